@@ -1,0 +1,137 @@
+"""cloudha: Apache CloudStack's host-availability machinery as a library.
+
+The public API is what this module exports (``__all__``); test support lives
+in :mod:`cloudha.testing`, which ``import cloudha`` does not import.
+"""
+
+import logging as _logging
+
+from cloudha.clock import Clock as Clock
+from cloudha.clock import SystemClock as SystemClock
+from cloudha.detection import AgentManager as AgentManager
+from cloudha.detection import BehindOnPingListener as BehindOnPingListener
+from cloudha.detection import DisconnectAction as DisconnectAction
+from cloudha.detection import DisconnectDecision as DisconnectDecision
+from cloudha.detection import Investigation as Investigation
+from cloudha.detection import MonitorTask as MonitorTask
+from cloudha.detection import PingMap as PingMap
+from cloudha.detection import PingTask as PingTask
+from cloudha.detection import decide_after_investigation as decide_after_investigation
+from cloudha.detection import needs_investigation as needs_investigation
+from cloudha.errors import CloudHAError as CloudHAError
+from cloudha.errors import ConfigurationError as ConfigurationError
+from cloudha.errors import LifecycleError as LifecycleError
+from cloudha.errors import NoTransitionError as NoTransitionError
+from cloudha.errors import ProbeAuthError as ProbeAuthError
+from cloudha.errors import ProbeConnectionError as ProbeConnectionError
+from cloudha.errors import ProbeError as ProbeError
+from cloudha.errors import ProbeTimeout as ProbeTimeout
+from cloudha.errors import ScenarioError as ScenarioError
+from cloudha.errors import StaleStateError as StaleStateError
+from cloudha.evidence import Evidence as Evidence
+from cloudha.evidence import EvidenceLog as EvidenceLog
+from cloudha.evidence import EvidenceSink as EvidenceSink
+from cloudha.evidence import Recorder as Recorder
+from cloudha.investigators import BaseInvestigator as BaseInvestigator
+from cloudha.investigators import ChainResult as ChainResult
+from cloudha.investigators import Finding as Finding
+from cloudha.investigators import Investigator as Investigator
+from cloudha.investigators import InvestigatorChain as InvestigatorChain
+from cloudha.investigators import Verdict as Verdict
+from cloudha.investigators import host_outcome as host_outcome
+from cloudha.model import AlertType as AlertType
+from cloudha.model import Host as Host
+from cloudha.model import HostType as HostType
+from cloudha.model import HypervisorType as HypervisorType
+from cloudha.model import ReasonType as ReasonType
+from cloudha.model import ResourceState as ResourceState
+from cloudha.model import Vm as Vm
+from cloudha.model import VmState as VmState
+from cloudha.model import VmType as VmType
+from cloudha.ports import KEEP as KEEP
+from cloudha.ports import AgentGateway as AgentGateway
+from cloudha.ports import Alert as Alert
+from cloudha.ports import AlertSink as AlertSink
+from cloudha.ports import Answer as Answer
+from cloudha.ports import Command as Command
+from cloudha.ports import CommandListener as CommandListener
+from cloudha.ports import ConnectionListener as ConnectionListener
+from cloudha.ports import DirectAgentResource as DirectAgentResource
+from cloudha.ports import HAScheduler as HAScheduler
+from cloudha.ports import HostDirectory as HostDirectory
+from cloudha.ports import PingReport as PingReport
+from cloudha.ports import StatusChange as StatusChange
+from cloudha.runtime import Pump as Pump
+from cloudha.settings import Settings as Settings
+from cloudha.status import Event as Event
+from cloudha.status import Status as Status
+from cloudha.status import host_transition as host_transition
+from cloudha.status import next_status_on_disconnection as next_status_on_disconnection
+
+__version__ = "0.1.0"
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
+__all__ = [
+    "KEEP",
+    "AgentGateway",
+    "AgentManager",
+    "Alert",
+    "AlertSink",
+    "AlertType",
+    "Answer",
+    "BaseInvestigator",
+    "BehindOnPingListener",
+    "ChainResult",
+    "Clock",
+    "CloudHAError",
+    "Command",
+    "CommandListener",
+    "ConfigurationError",
+    "ConnectionListener",
+    "DirectAgentResource",
+    "DisconnectAction",
+    "DisconnectDecision",
+    "Event",
+    "Evidence",
+    "EvidenceLog",
+    "EvidenceSink",
+    "Finding",
+    "HAScheduler",
+    "Host",
+    "HostDirectory",
+    "HostType",
+    "HypervisorType",
+    "Investigation",
+    "Investigator",
+    "InvestigatorChain",
+    "LifecycleError",
+    "MonitorTask",
+    "NoTransitionError",
+    "PingMap",
+    "PingReport",
+    "PingTask",
+    "ProbeAuthError",
+    "ProbeConnectionError",
+    "ProbeError",
+    "ProbeTimeout",
+    "Pump",
+    "ReasonType",
+    "Recorder",
+    "ResourceState",
+    "ScenarioError",
+    "Settings",
+    "StaleStateError",
+    "Status",
+    "StatusChange",
+    "SystemClock",
+    "Verdict",
+    "Vm",
+    "VmState",
+    "VmType",
+    "decide_after_investigation",
+    "host_outcome",
+    "host_transition",
+    "needs_investigation",
+    "next_status_on_disconnection",
+]

@@ -1,0 +1,119 @@
+"""The ``cloudha`` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cloudha.errors import CloudHAError
+
+__all__ = ["main"]
+
+_SHOWN_KINDS = frozenset(
+    {"fault", "host_status", "alert", "ha_scheduled", "grace", "fence", "ha_work", "vm_state"}
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """cloudha: host availability for cloud orchestrators."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document alone on stdout.")
+@click.option(
+    "--all-events",
+    is_flag=True,
+    help="Show every evidence record in the timeline, not only changes.",
+)
+@click.option("--check", is_flag=True, help="Exit with status 1 when an invariant is violated.")
+def simulate(scenario: Path, as_json: bool, all_events: bool, check: bool) -> None:
+    """Run SCENARIO (a TOML file) on virtual time and report what happened."""
+    from cloudha.testing.simulator import simulate as run
+    from cloudha.testing.simulator import to_json
+
+    try:
+        document = run(scenario)
+    except CloudHAError as exc:
+        click.echo(f"cloudha simulate: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(to_json(document), nl=False)
+    else:
+        _print_timeline(document, all_events=all_events)
+    if check and any(document["invariants"].values()):
+        sys.exit(1)
+
+
+def _summary(event: dict[str, Any]) -> str:
+    kind = event["kind"]
+    if kind == "host_status":
+        return f"{event.get('from')} -> {event.get('to')}  ({event.get('event')})"
+    if kind == "fault":
+        target = f" {event['target']}" if event.get("target") else ""
+        return f"{event['fault']}{target} [{event['status']}]"
+    if kind == "investigation":
+        return (
+            f"result={event.get('result')} action={event.get('action')}: {event.get('reason', '')}"
+        )
+    if kind == "alert":
+        return str(event.get("subject", ""))
+    return str(event.get("reason", ""))
+
+
+def _print_timeline(document: dict[str, Any], *, all_events: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    meta = document["scenario"]
+    table = Table(
+        title=f"{meta['source']}: {meta['hosts']} hosts, {meta['vms']} VMs, seed {meta['seed']}"
+    )
+    table.add_column("t (s)", justify="right")
+    table.add_column("kind")
+    table.add_column("host/vm")
+    table.add_column("what")
+    hidden = 0
+    for event in document["events"]:
+        if not all_events and event["kind"] not in _SHOWN_KINDS:
+            hidden += 1
+            continue
+        who = event.get("host") or event.get("vm") or event.get("target") or ""
+        table.add_row(f"{event['t']:.1f}", event["kind"], str(who), _summary(event))
+    console.print(table)
+    if hidden:
+        console.print(
+            f"({hidden} more evidence records: behind-on-ping checks and investigations;"
+            " --all-events shows them)"
+        )
+    final = document["final"]["hosts"]
+    counts: dict[str, int] = {}
+    for host in final.values():
+        key = f"{host['status']}/{host['power']}"
+        counts[key] = counts.get(key, 0) + 1
+    console.print("Hosts at the end: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    vms = document["final"]["vms"]
+    running = sum(1 for vm in vms.values() if vm["state"] == "Running")
+    console.print(f"VMs at the end: {running} running, {len(vms) - running} stopped")
+    if document["unsupported_faults"]:
+        kinds = sorted({f["kind"] for f in document["unsupported_faults"]})
+        console.print(f"[yellow]Not simulated in this version: {', '.join(kinds)}[/yellow]")
+    invariants = document["invariants"]
+    bad = {k: v for k, v in invariants.items() if v}
+    if bad:
+        console.print(
+            "[red]Invariant violations: " + ", ".join(f"{k}={v}" for k, v in bad.items()) + "[/red]"
+        )
+    else:
+        console.print("[green]Invariants hold: " + ", ".join(invariants) + "[/green]")

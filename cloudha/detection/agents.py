@@ -1,0 +1,412 @@
+"""The management server's side of host connections (CloudStack's AgentManager).
+
+:class:`AgentManager` owns the ping map and turns connection events into
+host status transitions: agents connect, ping, and go away; the monitor
+reports hosts behind on ping; :meth:`AgentManager.disconnect_with_investigation`
+runs the investigation and the decision table of spec §2.6, and hands a host
+that ends Down to the HA scheduler.
+
+Every transition, investigation and alert is recorded as evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+
+import attrs
+
+from cloudha.clock import Clock
+from cloudha.detection.decisions import (
+    DisconnectAction,
+    decide_after_investigation,
+    needs_investigation,
+)
+from cloudha.detection.pingmap import PingMap
+from cloudha.errors import NoTransitionError, ProbeError
+from cloudha.evidence import EvidenceSink, Recorder
+from cloudha.investigators import ChainResult, Finding, InvestigatorChain, Verdict
+from cloudha.model import AlertType, Host, ReasonType
+from cloudha.ports import (
+    KEEP,
+    AgentGateway,
+    Alert,
+    AlertSink,
+    CommandListener,
+    ConnectionListener,
+    HAScheduler,
+    HostDirectory,
+    Keep,
+    PingReport,
+    StatusChange,
+)
+from cloudha.settings import Settings
+from cloudha.status import Event, Status, host_transition, next_status_on_disconnection
+
+__all__ = ["AgentManager", "BehindOnPingListener", "Investigation"]
+
+log = logging.getLogger(__name__)
+
+DIRECT_CHECK = "CheckHealth"
+_LOCK_STRIPES = 64
+
+
+@attrs.frozen
+class Investigation:
+    """The outcome of investigating a host, with every witness's finding."""
+
+    status: Status | None
+    decided_by: str | None
+    findings: tuple[Finding, ...]
+    reason: str
+
+
+class BehindOnPingListener:
+    """Keeps the ping map in step with connections and pings (spec §2.2)."""
+
+    def __init__(self, ping_map: PingMap) -> None:
+        self.ping_map = ping_map
+
+    def process_connect(self, host: Host) -> None:
+        self.ping_map.connect(host.id, host.type)
+
+    def process_disconnect(self, host_id: str, status: Status) -> None:
+        self.ping_map.disconnect(host_id)
+
+    def process_ping(self, report: PingReport) -> None:
+        if not self.ping_map.ping_by(report.host_id):
+            log.debug("ping from %s, which is not monitored", report.host_id)
+
+
+class AgentManager:
+    """Host connections, disconnect handling and host investigation.
+
+    Args:
+        management_server_id: this management server's id (owner of the hosts it connects).
+        settings: ``ping.*``, ``alert.wait``, ``vm.ha.*`` are read.
+        clock: the time source.
+        directory: the host inventory.
+        gateway: sends CheckHealth to agents (the direct check).
+        chain: the investigators asked when the direct check fails.
+        scheduler: receives hosts found Down.
+        alerts: operator alerts.
+        evidence: where decisions are recorded.
+        ping_map: the ping map to use (a new one by default).
+        check_timeout: seconds the direct check may take; by default one
+            ``ping.interval`` (an answer later than the next ping is no answer).
+    """
+
+    def __init__(
+        self,
+        *,
+        management_server_id: str,
+        settings: Settings,
+        clock: Clock,
+        directory: HostDirectory,
+        gateway: AgentGateway,
+        chain: InvestigatorChain,
+        scheduler: HAScheduler,
+        alerts: AlertSink,
+        evidence: EvidenceSink,
+        ping_map: PingMap | None = None,
+        check_timeout: float | None = None,
+    ) -> None:
+        self.management_server_id = management_server_id
+        self.settings = settings
+        self.clock = clock
+        self.directory = directory
+        self.gateway = gateway
+        self.chain = chain
+        self.scheduler = scheduler
+        self.alerts = alerts
+        self.recorder = Recorder(evidence, clock, management_server_id)
+        self.ping_map = ping_map if ping_map is not None else PingMap(clock)
+        self.check_timeout = settings.ping_interval if check_timeout is None else check_timeout
+        behind = BehindOnPingListener(self.ping_map)
+        self._connection_listeners: list[ConnectionListener] = [behind]
+        self._command_listeners: list[CommandListener] = [behind]
+        self._locks = tuple(threading.RLock() for _ in range(_LOCK_STRIPES))
+
+    # -- listeners -------------------------------------------------------
+
+    def add_connection_listener(self, listener: ConnectionListener) -> None:
+        """Register ``listener``; it is told after the ping map."""
+        self._connection_listeners.append(listener)
+
+    def add_command_listener(self, listener: CommandListener) -> None:
+        """Register ``listener`` for pings; it is told after the ping map."""
+        self._command_listeners.append(listener)
+
+    # -- connections ------------------------------------------------------
+
+    def agent_connected(self, host_id: str) -> bool:
+        """An agent connected: ``AgentConnected``, start monitoring, then ``Ready``.
+
+        Returns False (and records why) when the host is unknown or its status
+        has no such transition.
+        """
+        with self._lock(host_id):
+            host = self.directory.find_host(host_id)
+            if host is None:
+                self.recorder.emit(
+                    "connection_refused", host=host_id, reason="no such host in the directory"
+                )
+                return False
+            connecting = self._transit(host, Event.AGENT_CONNECTED)
+            if connecting is None:
+                return False
+            for listener in self._connection_listeners:
+                listener.process_connect(connecting)
+            return self._transit(connecting, Event.READY) is not None
+
+    def ping_received(self, report: PingReport | str) -> bool:
+        """A ping arrived; returns False if the host is not monitored (it should reconnect)."""
+        if isinstance(report, str):
+            report = PingReport(report)
+        for listener in self._command_listeners:
+            listener.process_ping(report)
+        return report.host_id in self.ping_map
+
+    def agent_link_closed(self, host_id: str) -> bool:
+        """The agent's connection closed: investigate with ``AgentDisconnected``."""
+        return self.disconnect_with_investigation(host_id, Event.AGENT_DISCONNECTED)
+
+    def agent_shutdown(self, host_id: str) -> bool:
+        """The agent announced a shutdown: disconnect with ``ShutdownRequested``."""
+        return self.disconnect_without_investigation(host_id, Event.SHUTDOWN_REQUESTED)
+
+    def mark_hosts_as_disconnected(self) -> list[str]:
+        """At start: every host this server owned becomes Disconnected, with a fresh grace.
+
+        The row's ``last_ping`` is set one ping timeout in the past (as
+        CloudStack does), and every such host enters the ping map as if it had
+        just pinged: a host whose agent does not reconnect within the ping
+        timeout is then investigated like any other host behind on ping,
+        instead of staying Disconnected forever.
+        """
+        timeout = self.settings.behind_on_ping_timeout
+        wall = self.clock.now().timestamp()
+        marked: list[str] = []
+        for host in self.directory.list_hosts(management_server_id=self.management_server_id):
+            if host.status not in (Status.UP, Status.CONNECTING, Status.REBALANCING):
+                continue
+            change = StatusChange(
+                host_id=host.id,
+                from_status=host.status,
+                to_status=Status.DISCONNECTED,
+                event=None,
+                expected_update_count=host.update_count,
+                last_ping=wall - timeout,
+            )
+            if self.directory.update_status(change):
+                self.recorder.emit(
+                    "host_status",
+                    host=host.id,
+                    reason="management server started: hosts it owned wait for their agents",
+                    **{"from": str(host.status), "to": str(Status.DISCONNECTED), "event": None},
+                )
+                self.ping_map.connect(host.id, host.type)
+                marked.append(host.id)
+        if marked:
+            self.recorder.emit(
+                "grace",
+                reason=f"{len(marked)} hosts get a fresh grace of {timeout:.0f}s to reconnect",
+                hosts=len(marked),
+                timeout=timeout,
+            )
+        return marked
+
+    # -- disconnects ------------------------------------------------------
+
+    def disconnect_without_investigation(
+        self, host_id: str, event: Event, *, transit_state: bool = True
+    ) -> bool:
+        """Spec §2.5: stop monitoring the host and apply ``event`` to its status."""
+        with self._lock(host_id):
+            host = self.directory.find_host(host_id)
+            if host is None:
+                self._forget(host_id, "no such host in the directory")
+                return False
+            return self._disconnect(host, event, transit_state=transit_state)
+
+    def disconnect_with_investigation(self, host_id: str, event: Event) -> bool:
+        """Spec §2.6: investigate when the host would go to Alert, then act.
+
+        Returns True if the host was disconnected (it left the ping map), False
+        if it stays monitored (Up, or not determined yet within ``alert.wait``).
+        """
+        with self._lock(host_id):
+            host = self.directory.find_host(host_id)
+            if host is None:
+                self._forget(host_id, "no such host in the directory")
+                return False
+            if needs_investigation(host.status, event):
+                investigation = self.investigate(host)
+                decision = decide_after_investigation(
+                    host_id=host.id,
+                    current=host.status,
+                    event=event,
+                    determined=investigation.status,
+                    resource_state=host.resource_state,
+                    host_type=host.type,
+                    since_last_ping=self.clock.now().timestamp() - host.last_ping,
+                    alert_wait=self.settings.alert_wait,
+                )
+                self.recorder.emit(
+                    "investigation",
+                    host=host.id,
+                    reason=decision.reason,
+                    result=None if investigation.status is None else str(investigation.status),
+                    decided_by=investigation.decided_by,
+                    findings=[f.to_dict() for f in investigation.findings],
+                    trigger=str(event),
+                    action=decision.action.value,
+                )
+                if decision.alert is not None:
+                    self._alert(host, decision.alert, decision.reason)
+                if decision.action is DisconnectAction.WAIT:
+                    return False
+                if decision.action is DisconnectAction.REFRESH:
+                    self._transit(host, Event.PING)
+                    return False
+                event = decision.event
+            if not self._disconnect(host, event, transit_state=True):
+                return False
+            after = self.directory.find_host(host.id)
+            if after is not None and after.status is Status.DOWN:
+                self.recorder.emit(
+                    "ha_scheduled",
+                    host=host.id,
+                    reason="host is Down: restart its HA VMs",
+                    ha_reason=str(ReasonType.HOST_DOWN),
+                )
+                self.scheduler.schedule_restart_for_vms_on_host(
+                    after, investigate=True, reason=ReasonType.HOST_DOWN
+                )
+            return True
+
+    # -- investigation ----------------------------------------------------
+
+    def investigate(self, host: Host) -> Investigation:
+        """Spec §2.6 step 3: system-VM agents are Alert; then the direct check; then the chain."""
+        if host.type.is_virtual:
+            return Investigation(Status.ALERT, None, (), f"{host.type} agents are not investigated")
+        direct = self._direct_check(host)
+        if direct is not None and direct.verdict is Verdict.ALIVE:
+            return Investigation(
+                Status.UP, DIRECT_CHECK, (direct,), "the agent answered CheckHealth"
+            )
+        findings: tuple[Finding, ...] = () if direct is None else (direct,)
+        if not self.settings.vm_ha_enabled:
+            if self.settings.vm_ha_alerts_enabled:
+                self._alert(host, f"VM HA disabled, {host.id}", "vm.ha.enabled is false")
+            return Investigation(Status.ALERT, None, findings, "vm.ha.enabled is false")
+        result: ChainResult = self.chain.investigate_host(host)
+        reason = (
+            f"{result.decided_by} decided {result.status}"
+            if result.decided_by is not None
+            else "no investigator could tell"
+        )
+        return Investigation(result.status, result.decided_by, findings + result.findings, reason)
+
+    def _direct_check(self, host: Host) -> Finding | None:
+        # easySend only talks to agents the row says are Up or Connecting.
+        if host.status not in (Status.UP, Status.CONNECTING):
+            return None
+        started = self.clock.monotonic()
+        try:
+            healthy = self.gateway.check_health(host, timeout=self.check_timeout)
+        except ProbeError as exc:
+            return Finding(
+                Verdict.UNKNOWN,
+                DIRECT_CHECK,
+                f"agent did not answer: {exc}",
+                observed_at=started,
+                evidence={"error": type(exc).__name__},
+            )
+        if healthy:
+            return Finding(Verdict.ALIVE, DIRECT_CHECK, "agent answered healthy", True, started)
+        return Finding(Verdict.UNKNOWN, DIRECT_CHECK, "agent answered unhealthy", None, started)
+
+    # -- internals --------------------------------------------------------
+
+    def _lock(self, host_id: str) -> threading.RLock:
+        return self._locks[zlib.crc32(host_id.encode()) % _LOCK_STRIPES]
+
+    def _disconnect(self, host: Host, event: Event, *, transit_state: bool) -> bool:
+        try:
+            next_status = next_status_on_disconnection(host.status, event)
+        except NoTransitionError as exc:
+            self._forget(host.id, f"cannot disconnect: {exc}")
+            return False
+        for listener in self._connection_listeners:
+            listener.process_disconnect(host.id, next_status)
+        if transit_state:
+            return self._transit(host, event, disconnecting=True) is not None
+        return True
+
+    def _forget(self, host_id: str, reason: str) -> None:
+        self.ping_map.disconnect(host_id)
+        self.recorder.emit("monitor_dropped", host=host_id, reason=reason)
+
+    def _transit(self, host: Host, event: Event, *, disconnecting: bool = False) -> Host | None:
+        """Apply ``event`` to the row optimistically; the new row, or None."""
+        try:
+            target = host_transition(host.status, event)
+        except NoTransitionError as exc:
+            self.recorder.emit(
+                "transition_refused",
+                host=host.id,
+                reason=str(exc),
+                status=None if host.status is None else str(host.status),
+                event=str(event),
+            )
+            return None
+        wall = self.clock.now().timestamp()
+        last_ping: float | Keep = KEEP
+        if event.refreshes_last_ping:
+            last_ping = wall
+        elif event is Event.MANAGEMENT_SERVER_DOWN:
+            last_ping = wall - self.settings.behind_on_ping_timeout
+        change = StatusChange(
+            host_id=host.id,
+            from_status=host.status,
+            to_status=target,
+            event=event,
+            expected_update_count=host.update_count,
+            last_ping=last_ping,
+            management_server_id=None if target.lost_connection else self.management_server_id,
+            disconnected_on=wall if disconnecting else KEEP,
+        )
+        if not self.directory.update_status(change):
+            self.recorder.emit(
+                "status_conflict",
+                host=host.id,
+                reason="the host row changed underneath us; transition not applied",
+                event=str(event),
+            )
+            return None
+        if target is not host.status:
+            self.recorder.emit(
+                "host_status",
+                host=host.id,
+                reason=f"event {event}",
+                **{
+                    "from": None if host.status is None else str(host.status),
+                    "to": str(target),
+                    "event": str(event),
+                },
+            )
+        return self.directory.find_host(host.id)
+
+    def _alert(self, host: Host, subject: str, body: str) -> None:
+        self.recorder.emit(
+            "alert", host=host.id, reason=body, alert=str(AlertType.HOST), subject=subject
+        )
+        try:
+            self.alerts.send(
+                Alert(AlertType.HOST, subject, body, host_id=host.id, zone=host.zone, pod=host.pod)
+            )
+        except Exception:
+            log.exception("alert sink failed for %s", host.id)

@@ -1,0 +1,119 @@
+"""The cloudha exception tree.
+
+::
+
+    CloudHAError
+     ├── ConfigurationError (+ValueError)      bad settings, scenario or plugin wiring
+     │    └── ScenarioError                    a simulator scenario file is wrong
+     ├── NoTransitionError                     a state machine has no such transition
+     ├── LifecycleError (+RuntimeError)        start/stop misuse
+     ├── StaleStateError                       an optimistic update lost a race
+     └── ProbeError                            a probe of a host failed (infrastructure fault)
+          ├── ProbeTimeout (+TimeoutError)
+          ├── ProbeConnectionError (+ConnectionError)
+          └── ProbeAuthError
+
+Every error keeps the structured facts it was raised with as attributes, so
+callers never parse messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CloudHAError",
+    "ConfigurationError",
+    "LifecycleError",
+    "NoTransitionError",
+    "ProbeAuthError",
+    "ProbeConnectionError",
+    "ProbeError",
+    "ProbeTimeout",
+    "ScenarioError",
+    "StaleStateError",
+]
+
+
+class CloudHAError(Exception):
+    """Base class of every error cloudha raises on purpose."""
+
+
+class ConfigurationError(CloudHAError, ValueError):
+    """A setting, a scenario entry or a plugin is wrong.
+
+    Attributes:
+        key: the setting or scenario key at fault, when there is one.
+        value: the offending value, when it is safe to show.
+        source: where the value came from (a file path, ``environment``...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        value: Any = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.value = value
+        self.source = source
+
+
+class ScenarioError(ConfigurationError):
+    """A simulator scenario is wrong; ``line`` is its 1-based line when known."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str | None = None,
+        value: Any = None,
+        source: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(message, key=key, value=value, source=source)
+        self.line = line
+
+
+class NoTransitionError(CloudHAError):
+    """A state machine has no transition for ``(current, event)``."""
+
+    def __init__(self, current: object, event: object) -> None:
+        shown = "initial state" if current is None else repr(str(current))
+        super().__init__(f"no transition from {shown} on event {str(event)!r}")
+        self.current = current
+        self.event = event
+
+
+class LifecycleError(CloudHAError, RuntimeError):
+    """A component was used in the wrong lifecycle state (e.g. started twice)."""
+
+
+class StaleStateError(CloudHAError):
+    """An optimistic update found the row changed underneath it."""
+
+
+class ProbeError(CloudHAError):
+    """A probe could not get an answer from ``host_id``.
+
+    Investigators turn it into an UNKNOWN verdict; it is never a DEAD one.
+    """
+
+    def __init__(self, message: str, *, host_id: str | None = None) -> None:
+        super().__init__(message)
+        self.host_id = host_id
+
+
+class ProbeTimeout(ProbeError, TimeoutError):
+    """The probe did not finish in time."""
+
+
+class ProbeConnectionError(ProbeError, ConnectionError):
+    """The probe could not connect."""
+
+
+class ProbeAuthError(ProbeError):
+    """The probe was refused its credentials."""

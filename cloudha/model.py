@@ -1,0 +1,228 @@
+"""Inventory values and enums shared by every layer.
+
+Enum members carry CloudStack's exact strings as values, so
+``ResourceState("Maintenance") is ResourceState.MAINTENANCE``.
+Entities (:class:`Host`, :class:`Vm`) are immutable snapshots: the
+orchestrator's directory owns the real rows, cloudha reads snapshots and
+asks for changes through the ports.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from cloudha.status import Status
+
+__all__ = [
+    "AlertType",
+    "Host",
+    "HostType",
+    "HypervisorType",
+    "ReasonType",
+    "ResourceState",
+    "Vm",
+    "VmState",
+    "VmType",
+]
+
+
+class ResourceState(enum.Enum):
+    """Administrative state of a host (CloudStack ``ResourceState``)."""
+
+    CREATING = "Creating"
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+    PREPARE_FOR_MAINTENANCE = "PrepareForMaintenance"
+    ERROR_IN_PREPARE_FOR_MAINTENANCE = "ErrorInPrepareForMaintenance"
+    MAINTENANCE = "Maintenance"
+    ERROR_IN_MAINTENANCE = "ErrorInMaintenance"
+    DEGRADED = "Degraded"
+    ERROR = "Error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class HostType(enum.Enum):
+    """What kind of host a row describes (CloudStack ``Host.Type``)."""
+
+    STORAGE = "Storage"
+    ROUTING = "Routing"
+    SECONDARY_STORAGE = "SecondaryStorage"
+    SECONDARY_STORAGE_CMD_EXECUTOR = "SecondaryStorageCmdExecutor"
+    CONSOLE_PROXY = "ConsoleProxy"
+    EXTERNAL_FIREWALL = "ExternalFirewall"
+    EXTERNAL_LOAD_BALANCER = "ExternalLoadBalancer"
+    EXTERNAL_DHCP = "ExternalDhcp"
+    SECONDARY_STORAGE_VM = "SecondaryStorageVM"
+    LOCAL_SECONDARY_STORAGE = "LocalSecondaryStorage"
+    L2_NETWORKING = "L2Networking"
+    TRAFFIC_MONITOR = "TrafficMonitor"
+    BAREMETAL_DHCP = "BaremetalDhcp"
+    BAREMETAL_PXE = "BaremetalPxe"
+
+    @property
+    def is_virtual(self) -> bool:
+        """True for agents that run inside system VMs (console proxy, secondary storage VM)."""
+        return self in (HostType.CONSOLE_PROXY, HostType.SECONDARY_STORAGE_VM)
+
+    @property
+    def is_system_vm_agent(self) -> bool:
+        """Types the monitor disconnects without investigation (spec §2.3)."""
+        return self in (
+            HostType.CONSOLE_PROXY,
+            HostType.SECONDARY_STORAGE_VM,
+            HostType.SECONDARY_STORAGE_CMD_EXECUTOR,
+        )
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class HypervisorType(enum.Enum):
+    """Hypervisor of a host (CloudStack ``Hypervisor.HypervisorType``)."""
+
+    KVM = "KVM"
+    LXC = "LXC"
+    XEN_SERVER = "XenServer"
+    VMWARE = "VMware"
+    HYPERV = "Hyperv"
+    OVM = "Ovm"
+    OVM3 = "Ovm3"
+    BAREMETAL = "BareMetal"
+    SIMULATOR = "Simulator"
+    EXTERNAL = "External"
+    NONE = "None"
+
+    @property
+    def has_direct_agent(self) -> bool:
+        """True when the management server polls the host itself (PingTask).
+
+        KVM and LXC hosts run an agent that pings the management server; the
+        other hypervisors are driven by a resource inside the management
+        server, which asks the host for its status every ``ping.interval``.
+        """
+        return self not in (HypervisorType.KVM, HypervisorType.LXC, HypervisorType.NONE)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class VmType(enum.Enum):
+    """Kind of virtual machine (CloudStack ``VirtualMachine.Type``)."""
+
+    USER = "User"
+    DOMAIN_ROUTER = "DomainRouter"
+    CONSOLE_PROXY = "ConsoleProxy"
+    SECONDARY_STORAGE_VM = "SecondaryStorageVm"
+    ELASTIC_IP_VM = "ElasticIpVm"
+    ELASTIC_LOAD_BALANCER_VM = "ElasticLoadBalancerVm"
+    INTERNAL_LOAD_BALANCER_VM = "InternalLoadBalancerVm"
+    INSTANCE = "Instance"
+
+    @property
+    def is_system(self) -> bool:
+        """System VMs are restarted before user VMs."""
+        return self is not VmType.USER
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class VmState(enum.Enum):
+    """Virtual machine state (CloudStack ``VirtualMachine.State``)."""
+
+    STARTING = "Starting"
+    RUNNING = "Running"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    DESTROYED = "Destroyed"
+    EXPUNGING = "Expunging"
+    MIGRATING = "Migrating"
+    ERROR = "Error"
+    UNKNOWN = "Unknown"
+    SHUTDOWN = "Shutdown"
+    RESTORING = "Restoring"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ReasonType(enum.Enum):
+    """Why HA work was scheduled (CloudStack ``HighAvailabilityManager.ReasonType``)."""
+
+    UNKNOWN = "Unknown"
+    HOST_MAINTENANCE = "HostMaintenance"
+    HOST_DOWN = "HostDown"
+    HOST_DEGRADED = "HostDegraded"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class AlertType(enum.Enum):
+    """Alert categories cloudha raises (a subset of CloudStack's ``AlertType``)."""
+
+    HOST = "ALERT.HOST"
+    ROUTING = "ALERT.ROUTING"
+    USERVM = "ALERT.USERVM"
+    DOMAIN_ROUTER = "ALERT.DOMAIN_ROUTER"
+    CONSOLE_PROXY = "ALERT.CONSOLE_PROXY"
+    SSVM = "ALERT.SSVM"
+    HA_ACTION = "ALERT.HA_ACTION"
+    OOBM_AUTH_ERROR = "ALERT.OOBM_AUTH_ERROR"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class Host:
+    """A snapshot of one host row.
+
+    ``last_ping`` is the row's wall-clock epoch seconds (``clock.now()``), the
+    value CloudStack keeps in ``host.last_ping``: it moves only on connect, on
+    a ``Ping`` transition (an investigation that found the host Up) and when a
+    management server gives hosts a fresh grace. Agent pings themselves live in
+    memory, in the :class:`~cloudha.detection.PingMap`.
+    """
+
+    id: str
+    name: str = attrs.field(default="")
+    type: HostType = HostType.ROUTING
+    hypervisor: HypervisorType = HypervisorType.KVM
+    status: Status | None = None
+    resource_state: ResourceState = ResourceState.ENABLED
+    cluster: str | None = None
+    pod: str = "p1"
+    zone: str = "z1"
+    private_ip: str | None = None
+    last_ping: float = 0.0
+    management_server_id: str | None = None
+    disconnected_on: float | None = None
+    update_count: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.id)
+
+
+@attrs.frozen
+class Vm:
+    """A snapshot of one virtual machine."""
+
+    id: str
+    name: str = attrs.field(default="")
+    type: VmType = VmType.USER
+    state: VmState = VmState.RUNNING
+    host_id: str | None = None
+    last_host_id: str | None = None
+    ha_enabled: bool = False
+    hypervisor: HypervisorType = HypervisorType.KVM
+    updated: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.id)

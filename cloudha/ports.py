@@ -1,0 +1,207 @@
+"""Ports: what the embedding orchestrator implements for cloudha.
+
+Each port is a :class:`typing.Protocol`, so the orchestrator's own classes
+fit without inheriting from cloudha. In-memory fakes of every port live in
+:mod:`cloudha.testing`.
+
+Contract shared by all ports: methods may block (they talk to a database or
+an agent) and are called from cloudha's worker threads, several at once, so
+they must be thread-safe. Infrastructure faults are raised as
+:class:`~cloudha.errors.ProbeError` subclasses (agent gateway) or returned as
+``False`` from optimistic updates (directory); anything else is treated as a
+bug and logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from cloudha.model import AlertType, Host, ReasonType
+from cloudha.status import Event, Status
+
+__all__ = [
+    "KEEP",
+    "AgentGateway",
+    "Alert",
+    "AlertSink",
+    "Answer",
+    "Command",
+    "CommandListener",
+    "ConnectionListener",
+    "DirectAgentResource",
+    "HAScheduler",
+    "HostDirectory",
+    "Keep",
+    "PingReport",
+    "StatusChange",
+]
+
+
+class Keep(enum.Enum):
+    """Sentinel type: leave a column as it is."""
+
+    KEEP = "keep"
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = Keep.KEEP
+
+
+@attrs.frozen
+class StatusChange:
+    """An optimistic update of one host row.
+
+    The directory applies it only if the row still has ``from_status`` and
+    ``expected_update_count``; it then sets the new values, increments
+    ``update_count`` and returns True. Otherwise it changes nothing and
+    returns False (someone else changed the host first).
+
+    Attributes:
+        host_id: the row.
+        from_status: the status the row must still have (None: no status yet).
+        to_status: the new status.
+        event: the event that caused it (None for an administrative reset, such
+            as a management server marking its hosts Disconnected at start).
+        expected_update_count: the ``update_count`` read with the row.
+        last_ping: new wall-clock ``last_ping``, or KEEP.
+        management_server_id: new owner (None clears it), or KEEP.
+        disconnected_on: new wall-clock ``disconnected_on``, or KEEP.
+    """
+
+    host_id: str
+    from_status: Status | None
+    to_status: Status
+    event: Event | None
+    expected_update_count: int
+    last_ping: float | Keep = KEEP
+    management_server_id: str | Keep | None = KEEP
+    disconnected_on: float | Keep = KEEP
+
+
+@runtime_checkable
+class HostDirectory(Protocol):
+    """The orchestrator's host inventory (CloudStack's ``host`` table)."""
+
+    def find_host(self, host_id: str) -> Host | None:
+        """The host's current row, or None if there is no such host (or it was removed)."""
+
+    def list_hosts(
+        self,
+        *,
+        cluster: str | None = None,
+        pod: str | None = None,
+        zone: str | None = None,
+        management_server_id: str | None = None,
+    ) -> Sequence[Host]:
+        """Hosts matching every given filter (None means any)."""
+
+    def update_status(self, change: StatusChange) -> bool:
+        """Apply ``change`` if the row is as expected; see :class:`StatusChange`."""
+
+
+@attrs.frozen
+class Command:
+    """A command for a host's agent: a name and JSON-able parameters."""
+
+    name: str
+    params: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Answer:
+    """An agent's answer: ``result`` is the command's own success flag."""
+
+    result: bool
+    details: str = ""
+    data: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class AgentGateway(Protocol):
+    """Sends commands to host agents.
+
+    Both methods raise :class:`~cloudha.errors.ProbeTimeout` when no answer
+    comes within ``timeout`` seconds and :class:`~cloudha.errors.ProbeConnectionError`
+    when the agent cannot be reached; they never hang past ``timeout``.
+    """
+
+    def check_health(self, host: Host, *, timeout: float) -> bool:
+        """CloudStack's CheckHealthCommand: True if the agent answers healthy."""
+
+    def send(self, host: Host, command: Command, *, timeout: float) -> Answer:
+        """Send ``command`` to the host's agent and return its answer."""
+
+
+@runtime_checkable
+class AlertSink(Protocol):
+    """Where operator alerts go (email, chat, the orchestrator's alert table)."""
+
+    def send(self, alert: Alert) -> None:
+        """Deliver ``alert``; must not raise for delivery problems (log them)."""
+
+
+@attrs.frozen
+class Alert:
+    """An operator alert."""
+
+    type: AlertType
+    subject: str
+    body: str = ""
+    host_id: str | None = None
+    zone: str | None = None
+    pod: str | None = None
+
+
+@runtime_checkable
+class HAScheduler(Protocol):
+    """Receives hosts found Down, to restart their HA VMs (the HA work queue)."""
+
+    def schedule_restart_for_vms_on_host(
+        self, host: Host, *, investigate: bool, reason: ReasonType
+    ) -> None:
+        """Schedule HA work for every VM of ``host`` (spec §3.4)."""
+
+
+@attrs.frozen
+class PingReport:
+    """What a ping says: the host is there (and whether it sees its gateway)."""
+
+    host_id: str
+    gateway_accessible: bool = True
+
+
+@runtime_checkable
+class DirectAgentResource(Protocol):
+    """The management-server side of a directly managed host (XenServer, VMware ...).
+
+    ``current_status`` asks the hypervisor for its status; it returns None, or
+    raises a ProbeError, when the host does not answer.
+    """
+
+    def current_status(self, host: Host) -> PingReport | None:
+        """One status probe of ``host``."""
+
+
+@runtime_checkable
+class ConnectionListener(Protocol):
+    """Told when an agent connects and disconnects (CloudStack's ``Listener``)."""
+
+    def process_connect(self, host: Host) -> None:
+        """``host``'s agent has connected."""
+
+    def process_disconnect(self, host_id: str, status: Status) -> None:
+        """``host_id``'s agent is gone, leaving it in ``status``."""
+
+
+@runtime_checkable
+class CommandListener(Protocol):
+    """Told about every ping received from an agent."""
+
+    def process_ping(self, report: PingReport) -> None:
+        """A ping arrived."""

@@ -1,0 +1,36 @@
+"""Test support: a fake clock, fakes of every port, and the simulator.
+
+Not imported by ``import cloudha``.
+"""
+
+from cloudha.testing.clock import FakeClock as FakeClock
+from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
+from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
+from cloudha.testing.fakes import InMemoryHostDirectory as InMemoryHostDirectory
+from cloudha.testing.fakes import RecordingAlertSink as RecordingAlertSink
+from cloudha.testing.fakes import RecordingHAScheduler as RecordingHAScheduler
+from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
+from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
+from cloudha.testing.scenario import Scenario as Scenario
+from cloudha.testing.scenario import load_scenario as load_scenario
+from cloudha.testing.scenario import parse_scenario as parse_scenario
+from cloudha.testing.simulator import Simulation as Simulation
+from cloudha.testing.simulator import simulate as simulate
+from cloudha.testing.simulator import to_json as to_json
+
+__all__ = [
+    "FakeAgentGateway",
+    "FakeClock",
+    "FakeDirectAgentResource",
+    "InMemoryHostDirectory",
+    "RecordingAlertSink",
+    "RecordingHAScheduler",
+    "Scenario",
+    "ScheduledRestart",
+    "ScriptedInvestigator",
+    "Simulation",
+    "load_scenario",
+    "parse_scenario",
+    "simulate",
+    "to_json",
+]

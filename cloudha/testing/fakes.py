@@ -1,0 +1,218 @@
+"""In-memory fakes of every port, for unit tests and the simulator.
+
+They behave like the real thing (optimistic updates really check the row)
+and record what they were asked, so tests can assert on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+import attrs
+
+from cloudha.clock import Clock
+from cloudha.errors import ProbeConnectionError
+from cloudha.investigators import BaseInvestigator, Finding, Verdict
+from cloudha.model import Host, ReasonType, Vm
+from cloudha.ports import KEEP, Alert, Answer, Command, PingReport, StatusChange
+
+__all__ = [
+    "FakeAgentGateway",
+    "FakeDirectAgentResource",
+    "InMemoryHostDirectory",
+    "RecordingAlertSink",
+    "RecordingHAScheduler",
+    "ScheduledRestart",
+    "ScriptedInvestigator",
+]
+
+
+class InMemoryHostDirectory:
+    """A host table in a dict, with CloudStack's optimistic status update."""
+
+    def __init__(self, hosts: Iterable[Host] = ()) -> None:
+        self._hosts: dict[str, Host] = {}
+        self._lock = threading.Lock()
+        self.changes: list[StatusChange] = []
+        for host in hosts:
+            self.add(host)
+
+    def add(self, host: Host) -> None:
+        with self._lock:
+            self._hosts[host.id] = host
+
+    def remove(self, host_id: str) -> None:
+        with self._lock:
+            self._hosts.pop(host_id, None)
+
+    def replace(self, host: Host) -> None:
+        """Overwrite a row as an administrator would (bumps ``update_count``)."""
+        with self._lock:
+            self._hosts[host.id] = attrs.evolve(host, update_count=host.update_count + 1)
+
+    def find_host(self, host_id: str) -> Host | None:
+        with self._lock:
+            return self._hosts.get(host_id)
+
+    def list_hosts(
+        self,
+        *,
+        cluster: str | None = None,
+        pod: str | None = None,
+        zone: str | None = None,
+        management_server_id: str | None = None,
+    ) -> Sequence[Host]:
+        with self._lock:
+            hosts = list(self._hosts.values())
+        return [
+            h
+            for h in hosts
+            if (cluster is None or h.cluster == cluster)
+            and (pod is None or h.pod == pod)
+            and (zone is None or h.zone == zone)
+            and (management_server_id is None or h.management_server_id == management_server_id)
+        ]
+
+    def update_status(self, change: StatusChange) -> bool:
+        with self._lock:
+            host = self._hosts.get(change.host_id)
+            if (
+                host is None
+                or host.status is not change.from_status
+                or host.update_count != change.expected_update_count
+            ):
+                return False
+            updated = attrs.evolve(
+                host,
+                status=change.to_status,
+                update_count=host.update_count + 1,
+                last_ping=host.last_ping if change.last_ping is KEEP else change.last_ping,
+                management_server_id=(
+                    host.management_server_id
+                    if change.management_server_id is KEEP
+                    else change.management_server_id
+                ),
+                disconnected_on=(
+                    host.disconnected_on
+                    if change.disconnected_on is KEEP
+                    else change.disconnected_on
+                ),
+            )
+            self._hosts[host.id] = updated
+            self.changes.append(change)
+            return True
+
+
+class FakeAgentGateway:
+    """Agents as a dict of answers: ``healthy[host_id] = True`` answers CheckHealth.
+
+    A host missing from ``healthy`` (or mapped to None) is unreachable and
+    raises :class:`~cloudha.errors.ProbeConnectionError`. ``handler``, when
+    set, answers :meth:`send`.
+    """
+
+    def __init__(
+        self,
+        healthy: dict[str, bool | None] | None = None,
+        handler: Callable[[Host, Command], Answer] | None = None,
+    ) -> None:
+        self.healthy: dict[str, bool | None] = {} if healthy is None else healthy
+        self.handler = handler
+        self.calls: list[tuple[str, str]] = []
+
+    def check_health(self, host: Host, *, timeout: float) -> bool:
+        self.calls.append((host.id, "CheckHealth"))
+        answer = self.healthy.get(host.id)
+        if answer is None:
+            raise ProbeConnectionError(f"agent of {host.id} is unreachable", host_id=host.id)
+        return answer
+
+    def send(self, host: Host, command: Command, *, timeout: float) -> Answer:
+        self.calls.append((host.id, command.name))
+        if self.handler is None:
+            raise ProbeConnectionError(f"agent of {host.id} is unreachable", host_id=host.id)
+        return self.handler(host, command)
+
+
+class FakeDirectAgentResource:
+    """A direct-agent resource whose answer is set per host (True: answers)."""
+
+    def __init__(self, answering: dict[str, bool] | None = None) -> None:
+        self.answering: dict[str, bool] = {} if answering is None else answering
+        self.calls: list[str] = []
+
+    def current_status(self, host: Host) -> PingReport | None:
+        self.calls.append(host.id)
+        return PingReport(host.id) if self.answering.get(host.id, False) else None
+
+
+class RecordingAlertSink:
+    """Keeps every alert it is sent."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    def subjects(self) -> list[str]:
+        return [a.subject for a in self.alerts]
+
+
+@attrs.frozen
+class ScheduledRestart:
+    host_id: str
+    investigate: bool
+    reason: ReasonType
+
+
+class RecordingHAScheduler:
+    """Records hosts handed over for VM restarts."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[ScheduledRestart] = []
+
+    def schedule_restart_for_vms_on_host(
+        self, host: Host, *, investigate: bool, reason: ReasonType
+    ) -> None:
+        self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
+
+
+class ScriptedInvestigator(BaseInvestigator):
+    """An investigator whose findings are set per host by the test.
+
+    ``script[host_id]`` is a Verdict (ALIVE means reachable unless
+    ``unreachable`` lists the host) or a callable returning a Finding.
+    Hosts not in the script get UNKNOWN.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        name: str = "Scripted",
+        *,
+        script: dict[str, Verdict] | None = None,
+        unreachable: Iterable[str] = (),
+        supported: Callable[[Host], bool] | None = None,
+    ) -> None:
+        super().__init__(clock)
+        self.name = name
+        self.script: dict[str, Verdict] = {} if script is None else script
+        self.unreachable = set(unreachable)
+        self._supported = supported
+        self.asked: list[str] = []
+
+    def supports(self, host: Host) -> bool:
+        return True if self._supported is None else self._supported(host)
+
+    def _agent_alive(self, host: Host) -> Finding:
+        self.asked.append(host.id)
+        verdict = self.script.get(host.id, Verdict.UNKNOWN)
+        reachable = None
+        if verdict is Verdict.ALIVE:
+            reachable = host.id not in self.unreachable
+        return self.finding(verdict, f"scripted {verdict}", reachable=reachable)
+
+    def _vm_alive(self, vm: Vm, host: Host) -> Finding:
+        return self.finding(self.script.get(vm.id, Verdict.UNKNOWN), "scripted")

@@ -1,0 +1,510 @@
+"""Simulator scenarios: the TOML format of ARCHITECTURE.md §3.1, validated.
+
+Every mistake is a :class:`~cloudha.errors.ScenarioError` naming the key,
+the value and (when it can be found) the line of the file.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from cloudha.errors import ConfigurationError, ScenarioError
+from cloudha.model import HostType, HypervisorType, ResourceState, VmType
+from cloudha.settings import Settings
+
+__all__ = [
+    "FAULT_KINDS",
+    "SUPPORTED_FAULT_KINDS",
+    "FaultSpec",
+    "HostSpec",
+    "Scenario",
+    "VmSpec",
+    "load_scenario",
+    "parse_scenario",
+]
+
+FAULT_KINDS = frozenset(
+    {
+        "host_crash",
+        "host_recover",
+        "agent_stop",
+        "agent_start",
+        "heartbeat_stop",
+        "heartbeat_start",
+        "mgmt_partition",
+        "mgmt_heal",
+        "host_isolation",
+        "host_heal",
+        "storage_outage",
+        "storage_heal",
+        "bmc_down",
+        "bmc_up",
+        "ms_crash",
+        "ms_restart",
+        "ms_isolation",
+        "ms_heal",
+    }
+)
+"""Every fault kind the scenario format knows."""
+
+SUPPORTED_FAULT_KINDS = frozenset(
+    {
+        "host_crash",
+        "host_recover",
+        "agent_stop",
+        "agent_start",
+        "mgmt_partition",
+        "mgmt_heal",
+        "host_isolation",
+        "host_heal",
+        "ms_crash",
+        "ms_restart",
+        "ms_isolation",
+        "ms_heal",
+    }
+)
+"""Fault kinds this version simulates; the others are reported as ``unsupported``."""
+
+_HOST_TARGET = frozenset(
+    {
+        "host_crash",
+        "host_recover",
+        "agent_stop",
+        "agent_start",
+        "heartbeat_stop",
+        "heartbeat_start",
+        "mgmt_partition",
+        "mgmt_heal",
+        "host_isolation",
+        "host_heal",
+        "bmc_down",
+        "bmc_up",
+    }
+)
+_POOL_TARGET = frozenset({"storage_outage", "storage_heal"})
+_MS_TARGET = frozenset({"ms_crash", "ms_restart", "ms_isolation", "ms_heal"})
+
+_TOP_KEYS = frozenset({"settings", "hosts", "vms", "faults", "run"})
+_HOST_KEYS = frozenset(
+    {
+        "id",
+        "cluster",
+        "pod",
+        "zone",
+        "hypervisor",
+        "type",
+        "resource_state",
+        "pools",
+        "oobm",
+        "capacity",
+        "ha_provider",
+    }
+)
+_VM_KEYS = frozenset({"id", "host", "ha", "type"})
+_FAULT_KEYS = frozenset({"at", "kind", "target"})
+_RUN_KEYS = frozenset({"until", "seed"})
+_OOBM = frozenset({"ipmi", "redfish", "none"})
+
+
+@attrs.frozen
+class HostSpec:
+    id: str
+    cluster: str
+    pod: str = "p1"
+    zone: str = "z1"
+    hypervisor: HypervisorType = HypervisorType.KVM
+    type: HostType = HostType.ROUTING
+    resource_state: ResourceState = ResourceState.ENABLED
+    pools: tuple[str, ...] = ()
+    oobm: str = "none"
+    capacity: int | None = None
+    ha_provider: bool = False
+
+
+@attrs.frozen
+class VmSpec:
+    id: str
+    host: str
+    ha: bool = False
+    type: VmType = VmType.USER
+
+
+@attrs.frozen
+class FaultSpec:
+    at: float
+    kind: str
+    target: str | None
+    line: int | None = None
+
+
+@attrs.frozen
+class Scenario:
+    settings: Settings
+    hosts: tuple[HostSpec, ...]
+    vms: tuple[VmSpec, ...]
+    faults: tuple[FaultSpec, ...]
+    until: float
+    seed: int
+    source: str = "<scenario>"
+
+
+class _Lines:
+    """Finds the line of ``key`` in the n-th ``[[table]]`` (or ``[table]``) of a TOML text."""
+
+    _array = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]")
+    _table = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+    _key = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_.-]+))\s*=""")
+
+    def __init__(self, text: str | None) -> None:
+        self.keys: dict[tuple[str, int, str], int] = {}
+        self.headers: dict[tuple[str, int], int] = {}
+        if text is None:
+            return
+        counts: dict[str, int] = {}
+        table, index = "", 0
+        for number, line in enumerate(text.splitlines(), start=1):
+            if m := self._array.match(line):
+                table = m.group(1)
+                index = counts.get(table, 0)
+                counts[table] = index + 1
+                self.headers[(table, index)] = number
+            elif m := self._table.match(line):
+                table, index = m.group(1), 0
+                self.headers[(table, 0)] = number
+            elif m := self._key.match(line):
+                key = m.group(1) or m.group(2) or m.group(3)
+                self.keys.setdefault((table, index, key), number)
+
+    def find(self, table: str, index: int, key: str | None) -> int | None:
+        if key is not None and (table, index, key) in self.keys:
+            return self.keys[(table, index, key)]
+        return self.headers.get((table, index))
+
+
+class _Parser:
+    def __init__(self, source: str, text: str | None) -> None:
+        self.source = source
+        self.lines = _Lines(text)
+
+    def fail(
+        self,
+        message: str,
+        *,
+        table: str = "",
+        index: int = 0,
+        key: str | None = None,
+        value: Any = None,
+    ) -> ScenarioError:
+        line = self.lines.find(table, index, key)
+        where = self.source + (f", line {line}" if line is not None else "")
+        return ScenarioError(
+            f"{where}: {message}", key=key, value=value, source=self.source, line=line
+        )
+
+    def table_list(self, doc: Mapping[str, Any], name: str) -> list[Mapping[str, Any]]:
+        raw = doc.get(name, [])
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise self.fail(f"'{name}' must be an array of tables ([[{name}]])", key=name)
+        return raw
+
+    def check_keys(
+        self, entry: Mapping[str, Any], allowed: frozenset[str], table: str, index: int
+    ) -> None:
+        for key in entry:
+            if key not in allowed:
+                raise self.fail(
+                    f"unknown key '{key}' in [[{table}]] #{index + 1}"
+                    f" (known: {', '.join(sorted(allowed))})",
+                    table=table,
+                    index=index,
+                    key=key,
+                    value=entry[key],
+                )
+
+    def string(
+        self, entry: Mapping[str, Any], key: str, table: str, index: int, default: str | None = None
+    ) -> str:
+        value = entry.get(key, default)
+        if value is None:
+            raise self.fail(
+                f"[[{table}]] #{index + 1} needs '{key}'", table=table, index=index, key=key
+            )
+        if not isinstance(value, str) or not value:
+            raise self.fail(
+                f"'{key}' in [[{table}]] #{index + 1} must be a non-empty string, got {value!r}",
+                table=table,
+                index=index,
+                key=key,
+                value=value,
+            )
+        return value
+
+    def boolean(
+        self, entry: Mapping[str, Any], key: str, table: str, index: int, default: bool
+    ) -> bool:
+        value = entry.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(
+                f"'{key}' in [[{table}]] #{index + 1} must be true or false, got {value!r}",
+                table=table,
+                index=index,
+                key=key,
+                value=value,
+            )
+        return value
+
+    def enum(
+        self,
+        enum_type: Any,
+        entry: Mapping[str, Any],
+        key: str,
+        table: str,
+        index: int,
+        default: Any,
+    ) -> Any:
+        if key not in entry:
+            return default
+        value = entry[key]
+        try:
+            return enum_type(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in enum_type)
+            raise self.fail(
+                f"'{key}' in [[{table}]] #{index + 1} is {value!r}; expected one of {choices}",
+                table=table,
+                index=index,
+                key=key,
+                value=value,
+            ) from None
+
+    def number(self, value: Any, key: str, table: str, index: int) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(
+                f"'{key}' must be a number, got {value!r}",
+                table=table,
+                index=index,
+                key=key,
+                value=value,
+            )
+        return float(value)
+
+
+def parse_scenario(
+    doc: Mapping[str, Any], *, source: str = "<scenario>", text: str | None = None
+) -> Scenario:
+    """Validate a parsed scenario document; ``text`` (the TOML) lets errors name lines."""
+    p = _Parser(source, text)
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise p.fail(
+                f"unknown top-level key '{key}' (known: {', '.join(sorted(_TOP_KEYS))})", key=key
+            )
+    raw_settings = doc.get("settings", {})
+    if not isinstance(raw_settings, dict):
+        raise p.fail("[settings] must be a table", key="settings")
+    try:
+        settings = Settings.from_mapping(raw_settings, source=source)
+    except ConfigurationError as exc:
+        line = p.lines.find("settings", 0, exc.key)
+        where = source + (f", line {line}" if line is not None else "")
+        raise ScenarioError(
+            f"{where}: {exc}", key=exc.key, value=exc.value, source=source, line=line
+        ) from None
+
+    run = doc.get("run", {})
+    if not isinstance(run, dict):
+        raise p.fail("[run] must be a table", key="run")
+    for key in run:
+        if key not in _RUN_KEYS:
+            raise p.fail(f"unknown key '{key}' in [run] (known: until, seed)", table="run", key=key)
+    until = p.number(run.get("until", 3600), "until", "run", 0)
+    if not 0 < until < float("inf"):
+        raise p.fail(
+            f"'until' must be > 0 seconds, got {until!r}", table="run", key="until", value=until
+        )
+    seed = run.get("seed", 1)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise p.fail(
+            f"'seed' must be an integer, got {seed!r}", table="run", key="seed", value=seed
+        )
+
+    hosts: list[HostSpec] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(p.table_list(doc, "hosts")):
+        p.check_keys(entry, _HOST_KEYS, "hosts", i)
+        host_id = p.string(entry, "id", "hosts", i)
+        if host_id in seen:
+            raise p.fail(
+                f"host id '{host_id}' is used twice",
+                table="hosts",
+                index=i,
+                key="id",
+                value=host_id,
+            )
+        seen[host_id] = i
+        pools = entry.get("pools", [])
+        if not isinstance(pools, list) or not all(isinstance(x, str) and x for x in pools):
+            raise p.fail(
+                "'pools' must be a list of pool ids",
+                table="hosts",
+                index=i,
+                key="pools",
+                value=pools,
+            )
+        oobm = p.string(entry, "oobm", "hosts", i, "none")
+        if oobm not in _OOBM:
+            raise p.fail(
+                f"'oobm' is {oobm!r}; expected one of ipmi, redfish, none",
+                table="hosts",
+                index=i,
+                key="oobm",
+                value=oobm,
+            )
+        capacity = entry.get("capacity")
+        if capacity is not None and (
+            isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 0
+        ):
+            raise p.fail(
+                f"'capacity' must be a whole number >= 0, got {capacity!r}",
+                table="hosts",
+                index=i,
+                key="capacity",
+                value=capacity,
+            )
+        hosts.append(
+            HostSpec(
+                id=host_id,
+                cluster=p.string(entry, "cluster", "hosts", i, "c1"),
+                pod=p.string(entry, "pod", "hosts", i, "p1"),
+                zone=p.string(entry, "zone", "hosts", i, "z1"),
+                hypervisor=p.enum(
+                    HypervisorType, entry, "hypervisor", "hosts", i, HypervisorType.KVM
+                ),
+                type=p.enum(HostType, entry, "type", "hosts", i, HostType.ROUTING),
+                resource_state=p.enum(
+                    ResourceState, entry, "resource_state", "hosts", i, ResourceState.ENABLED
+                ),
+                pools=tuple(pools),
+                oobm=oobm,
+                capacity=capacity,
+                ha_provider=p.boolean(entry, "ha_provider", "hosts", i, False),
+            )
+        )
+    if not hosts:
+        raise p.fail("a scenario needs at least one [[hosts]] entry", key="hosts")
+    pools_known = {pool for h in hosts for pool in h.pools}
+
+    vms: list[VmSpec] = []
+    vm_ids: set[str] = set()
+    for i, entry in enumerate(p.table_list(doc, "vms")):
+        p.check_keys(entry, _VM_KEYS, "vms", i)
+        vm_id = p.string(entry, "id", "vms", i)
+        if vm_id in vm_ids:
+            raise p.fail(
+                f"vm id '{vm_id}' is used twice", table="vms", index=i, key="id", value=vm_id
+            )
+        vm_ids.add(vm_id)
+        host = p.string(entry, "host", "vms", i)
+        if host not in seen:
+            raise p.fail(
+                f"vm '{vm_id}' names unknown host '{host}'",
+                table="vms",
+                index=i,
+                key="host",
+                value=host,
+            )
+        vms.append(
+            VmSpec(
+                id=vm_id,
+                host=host,
+                ha=p.boolean(entry, "ha", "vms", i, False),
+                type=p.enum(VmType, entry, "type", "vms", i, VmType.USER),
+            )
+        )
+
+    faults: list[FaultSpec] = []
+    for i, entry in enumerate(p.table_list(doc, "faults")):
+        p.check_keys(entry, _FAULT_KEYS, "faults", i)
+        if "at" not in entry:
+            raise p.fail(f"[[faults]] #{i + 1} needs 'at'", table="faults", index=i, key="at")
+        at = p.number(entry["at"], "at", "faults", i)
+        if not 0 <= at <= until:
+            raise p.fail(
+                f"fault time {entry['at']!r} is out of range:"
+                f" it must be within 0..{until:g} (run.until)",
+                table="faults",
+                index=i,
+                key="at",
+                value=entry["at"],
+            )
+        kind = p.string(entry, "kind", "faults", i)
+        if kind not in FAULT_KINDS:
+            raise p.fail(
+                f"unknown fault kind {kind!r} (known: {', '.join(sorted(FAULT_KINDS))})",
+                table="faults",
+                index=i,
+                key="kind",
+                value=kind,
+            )
+        target = entry.get("target")
+        if target is not None and not isinstance(target, str):
+            raise p.fail(
+                "'target' must be a string", table="faults", index=i, key="target", value=target
+            )
+        if kind in _HOST_TARGET and target not in seen:
+            raise p.fail(
+                f"fault {kind} needs 'target' naming a host; {target!r} is not one",
+                table="faults",
+                index=i,
+                key="target",
+                value=target,
+            )
+        if kind in _POOL_TARGET and target not in pools_known:
+            raise p.fail(
+                f"fault {kind} needs 'target' naming a pool; {target!r} is not one",
+                table="faults",
+                index=i,
+                key="target",
+                value=target,
+            )
+        if kind in _MS_TARGET and target is not None:
+            raise p.fail(
+                f"fault {kind} targets the management server; leave 'target' out",
+                table="faults",
+                index=i,
+                key="target",
+                value=target,
+            )
+        faults.append(FaultSpec(at, kind, target, p.lines.find("faults", i, None)))
+
+    return Scenario(
+        settings=settings,
+        hosts=tuple(hosts),
+        vms=tuple(vms),
+        faults=tuple(sorted(faults, key=lambda f: f.at)),
+        until=until,
+        seed=seed,
+        source=source,
+    )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(
+            f"{source}: cannot read scenario: {exc.strerror}", source=source
+        ) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: not valid TOML: {exc}", source=source) from None
+    return parse_scenario(doc, source=source, text=text)
