@@ -1,0 +1,1165 @@
+"""Every CloudStack setting cloudha reads, by its CloudStack name.
+
+:class:`Settings` is one immutable value holding each setting of spec §2.1
+(agent monitoring), §3.8 (VM HA work queue), §4/§5 (investigator and fence
+builder registries), §6.1 (KVM storage heartbeat agent properties), §7.5
+(Host-HA executors and the KVM provider) and §8 (out-of-band management),
+with CloudStack's default. :data:`KEYS` is the catalogue describing them.
+
+Units:
+
+* On input, every value is given in the unit CloudStack documents for that
+  key: **seconds** for the management-server (global / cluster / zone)
+  settings, **milliseconds** for the KVM agent properties of spec §6.1
+  (``kvm.heartbeat.update.frequency``, ``kvm.heartbeat.update.retry.sleep``,
+  ``heartbeat.update.timeout``, ``kvm.heartbeat.checker.timeout``).
+  :attr:`KeySpec.unit` says which (``"s"``, ``"ms"`` or ``None`` for values
+  that are not durations).
+* As attributes, every duration is a ``float`` number of **seconds**, whatever
+  its input unit: ``Settings().kvm_heartbeat_update_frequency == 60.0``.
+* :meth:`Settings.to_mapping` gives values back in each key's own unit, so it
+  round-trips through :meth:`Settings.from_mapping`.
+
+Attribute names are the key names with dots replaced by underscores
+(``ping.interval`` → ``settings.ping_interval``). Environment variables are
+the key names upper-cased with dots replaced by underscores and prefixed
+with ``CLOUDHA_`` (``CLOUDHA_PING_INTERVAL``).
+
+Every invalid value raises :class:`~cloudha.errors.ConfigurationError` whose
+message names the key and the value, with ``key``, ``value`` and ``source``
+set. Nothing here reads the environment, a file or the clock at import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, NoReturn, TypeAlias, final
+
+import attrs
+
+from cloudha.errors import ConfigurationError
+
+__all__ = ["KEYS", "RESERVED_ENVIRONMENT", "KeySpec", "Settings"]
+
+_Kind: TypeAlias = Literal[
+    "duration", "count", "ratio", "multiplier", "bool", "string", "names", "port"
+]
+"""What a setting holds.
+
+* ``duration``: a time span; input in :attr:`KeySpec.unit`, attribute in float seconds;
+  must be finite and > 0.
+* ``count``: an ``int`` >= :attr:`KeySpec.minimum`.
+* ``ratio``: a ``float`` in [0, 1].
+* ``multiplier``: a ``float`` >= :attr:`KeySpec.minimum`.
+* ``bool``: ``True`` or ``False``.
+* ``string``: a ``str`` (``None`` allowed where the default is ``None``).
+* ``names``: a ``tuple[str, ...]`` of plugin names, given as a comma-separated
+  string or a list of strings.
+* ``port``: a TCP port number, 1..65535.
+"""
+
+_Unit: TypeAlias = Literal["s", "ms"]
+
+_Value: TypeAlias = int | float | bool | str | tuple[str, ...] | None
+"""A setting's value (in a key's own unit, or as an attribute)."""
+
+_ENVIRONMENT_PREFIX = "CLOUDHA_"
+
+RESERVED_ENVIRONMENT: frozenset[str] = frozenset({"CLOUDHA_TEST_DB_URL", "CLOUDHA_LOG_LEVEL"})
+"""``CLOUDHA_*`` variables that are not settings; :meth:`Settings.from_env` ignores them."""
+
+_ENVIRONMENT_SOURCE = "environment"
+_MS_PER_S = 1000.0
+_MAX_PORT = 65535
+
+
+@final
+@attrs.frozen
+class KeySpec:
+    """The catalogue entry of one setting.
+
+    Attributes:
+        name: the CloudStack key, e.g. ``"ping.interval"``.
+        attribute: the :class:`Settings` attribute, e.g. ``"ping_interval"``.
+        kind: what the setting holds: ``duration``, ``count``, ``ratio``,
+            ``multiplier``, ``bool``, ``string``, ``names`` or ``port``.
+        unit: ``"s"`` or ``"ms"`` for durations (the unit values are given
+            in), ``None`` for every other kind.
+        default: CloudStack's default, in the key's own unit.
+        description: one line saying what the setting does.
+        section: the spec section the key comes from, e.g. ``"§2.1"``.
+        minimum: the smallest accepted value for ``count``, ``multiplier``
+            and ``port`` keys; ``None`` for the other kinds (durations must
+            be > 0 and ratios lie in [0, 1]).
+    """
+
+    name: str
+    attribute: str
+    kind: _Kind
+    unit: _Unit | None
+    default: _Value
+    description: str
+    section: str
+    minimum: int | float | None = None
+
+    @property
+    def environment_variable(self) -> str:
+        """The variable :meth:`Settings.from_env` reads, e.g. ``CLOUDHA_PING_INTERVAL``."""
+        return _ENVIRONMENT_PREFIX + self.attribute.upper()
+
+
+def _key(
+    name: str,
+    kind: _Kind,
+    default: _Value,
+    description: str,
+    section: str,
+    *,
+    unit: _Unit | None = None,
+    minimum: int | float | None = None,
+) -> KeySpec:
+    if kind == "duration" and unit is None:
+        unit = "s"
+    if kind == "port":
+        minimum = 1
+    return KeySpec(
+        name=name,
+        attribute=name.replace(".", "_"),
+        kind=kind,
+        unit=unit,
+        default=default,
+        description=description,
+        section=section,
+        minimum=minimum,
+    )
+
+
+_INVESTIGATORS_ORDER = (
+    "SimpleInvestigator",
+    "XenServerInvestigator",
+    "KVMInvestigator",
+    "HypervInvestigator",
+    "VMwareInvestigator",
+    "PingInvestigator",
+    "ManagementIPSysVMInvestigator",
+    "Ovm3Investigator",
+)
+
+_S21, _S38, _S4, _S5, _S61, _S75, _S8 = "§2.1", "§3.8", "§4", "§5", "§6.1", "§7.5", "§8"
+
+_SPECS: tuple[KeySpec, ...] = (
+    # §2.1 agent monitoring and disconnect handling.
+    _key(
+        "ping.interval", "duration", 60, "How often agents ping; also the MonitorTask period.", _S21
+    ),
+    _key(
+        "ping.timeout",
+        "multiplier",
+        2.5,
+        "Pings a host may miss, as a multiple of ping.interval, before it is behind on ping.",
+        _S21,
+        minimum=1.0,
+    ),
+    _key("alert.wait", "duration", 1800, "How long an undecided host waits before Alert.", _S21),
+    _key("wait", "duration", 1800, "Default agent command timeout; new-connection check.", _S21),
+    _key("ready.command.wait", "duration", 60, "Timeout of the ReadyCommand after connect.", _S21),
+    _key(
+        "commands.timeout",
+        "string",
+        "",
+        "Per-command timeouts as 'CommandName=seconds,...'; empty means none.",
+        _S21,
+    ),
+    _key(
+        "enable.kvm.host.auto.enable.disable",
+        "bool",
+        False,
+        "Let the agent health-check script enable or disable KVM hosts.",
+        _S21,
+    ),
+    _key(
+        "direct.agent.load.size",
+        "count",
+        16,
+        "Direct agents loaded per scan round; size of the agent task pool.",
+        _S21,
+        minimum=1,
+    ),
+    _key(
+        "direct.agent.pool.size",
+        "count",
+        500,
+        "Threads serving direct agents and their ping cron jobs.",
+        _S21,
+        minimum=1,
+    ),
+    _key(
+        "direct.agent.thread.cap",
+        "ratio",
+        1.0,
+        "Share of the direct-agent pool one attache may hold busy.",
+        _S21,
+    ),
+    _key(
+        "direct.agent.scan.interval",
+        "duration",
+        90,
+        "How often to look for direct agents no server owns.",
+        _S21,
+    ),
+    _key("agent.lb.enabled", "bool", False, "Rebalance direct agents across servers.", _S21),
+    _key(
+        "agent.load.threshold",
+        "ratio",
+        0.7,
+        "Load share above which a server hands direct agents to others.",
+        _S21,
+    ),
+    _key(
+        "host.ping.retry.count",
+        "count",
+        0,
+        "Extra status queries when a direct agent's resource gives no answer.",
+        _S21,
+        minimum=0,
+    ),
+    _key("host.ping.retry.timer", "duration", 5, "Pause between those extra queries.", _S21),
+    _key("workers", "count", 5, "Threads handling agent requests.", _S21, minimum=1),
+    _key("port", "port", 8250, "TCP port agents connect to.", _S21),
+    _key("agent.ssl.handshake.timeout", "duration", 30, "Limit on an agent's TLS handshake.", _S21),
+    _key(
+        "agent.max.concurrent.new.connections",
+        "count",
+        0,
+        "Agent connections accepted at once; 0 means unlimited.",
+        _S21,
+        minimum=0,
+    ),
+    _key(
+        "agent.connections.monitor.interval",
+        "duration",
+        1800,
+        "How often stale new-connection records are cleaned up.",
+        _S21,
+    ),
+    _key(
+        "check.txn.before.sending.agent.commands",
+        "bool",
+        False,
+        "Refuse to send agent commands from inside a database transaction.",
+        _S21,
+    ),
+    # §3.8 VM HA work queue.
+    _key("ha.workers", "count", 5, "HA worker threads (and cleanup pool size).", _S38, minimum=1),
+    _key("time.to.sleep", "duration", 60, "Idle pause of an HA worker with nothing to do.", _S38),
+    _key(
+        "investigate.retry.interval",
+        "duration",
+        60,
+        "Recheck delay while a VM looks alive but its host is not Up.",
+        _S38,
+    ),
+    _key("migrate.retry.interval", "duration", 120, "Delay before retrying a migration.", _S38),
+    _key("restart.retry.interval", "duration", 600, "Delay before retrying an HA restart.", _S38),
+    _key("stop.retry.interval", "duration", 600, "Delay before retrying a stop or destroy.", _S38),
+    _key("time.between.cleanup", "duration", 86400, "Period of the HA work cleanup task.", _S38),
+    _key(
+        "time.between.failures",
+        "duration",
+        3600,
+        "Age after which finished HA work is purged; window for recent failures.",
+        _S38,
+    ),
+    _key(
+        "max.retries",
+        "count",
+        5,
+        "Declared attempt limit for migrations (unused by CloudStack).",
+        _S38,
+        minimum=1,
+    ),
+    _key(
+        "vm.ha.migration.max.retries",
+        "count",
+        5,
+        "Attempts any HA work item gets before it is given up.",
+        _S38,
+        minimum=1,
+    ),
+    _key("force.ha", "bool", False, "Treat every VM as HA-enabled.", _S38),
+    _key("vm.ha.enabled", "bool", True, "Master switch for scheduling VM HA work.", _S38),
+    _key("vm.ha.alerts.enabled", "bool", True, "Raise alerts when VM HA is switched off.", _S38),
+    _key(
+        "kvm.ha.fence.on.storage.heartbeat.failure",
+        "bool",
+        False,
+        "Judge a KVM host dead as soon as one storage pool's heartbeat is stale.",
+        _S38,
+    ),
+    _key("ha.tag", "string", None, "Host tag reserving hosts for HA restarts; unset = none.", _S38),
+    _key(
+        "ha.vm.restart.hostup",
+        "bool",
+        True,
+        "Restart HA VMs found powered off behind CloudStack's back on an Up host.",
+        _S38,
+    ),
+    # §4 and §5: investigator and fence builder registries.
+    _key(
+        "ha.investigators.order",
+        "names",
+        _INVESTIGATORS_ORDER,
+        "Order in which investigators are asked; unlisted ones come after.",
+        _S4,
+    ),
+    _key("ha.investigators.exclude", "names", (), "Investigators left out of the chain.", _S4),
+    _key(
+        "ha.fence.builders.exclude",
+        "names",
+        ("RecreatableFencer",),
+        "Fence builders left out of the chain.",
+        _S5,
+    ),
+    # §6.1 KVM agent properties (milliseconds).
+    _key(
+        "kvm.heartbeat.update.frequency",
+        "duration",
+        60000,
+        "Pause between heartbeat write rounds; also the staleness limit for checkers.",
+        _S61,
+        unit="ms",
+    ),
+    _key(
+        "kvm.heartbeat.update.max.tries",
+        "count",
+        5,
+        "Heartbeat write attempts per pool per round.",
+        _S61,
+        minimum=1,
+    ),
+    _key(
+        "kvm.heartbeat.update.retry.sleep",
+        "duration",
+        10000,
+        "Pause between failed heartbeat write attempts.",
+        _S61,
+        unit="ms",
+    ),
+    _key(
+        "heartbeat.update.timeout",
+        "duration",
+        60000,
+        "Limit on one heartbeat write.",
+        _S61,
+        unit="ms",
+    ),
+    _key(
+        "kvm.heartbeat.checker.timeout",
+        "duration",
+        360000,
+        "Limit on one heartbeat check of a neighbour.",
+        _S61,
+        unit="ms",
+    ),
+    _key(
+        "reboot.host.and.alert.management.on.heartbeat.timeout",
+        "bool",
+        True,
+        "Reboot the host when every heartbeat write of a round fails.",
+        _S61,
+    ),
+    # §7.5 Host-HA executors.
+    _key(
+        "ha.max.concurrent.health.check.operations",
+        "count",
+        50,
+        "Threads running Host-HA health checks.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "ha.max.pending.health.check.operations",
+        "count",
+        5000,
+        "Queued health checks before the caller runs them itself.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "ha.max.concurrent.activity.check.operations",
+        "count",
+        25,
+        "Threads running Host-HA activity checks.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "ha.max.pending.activity.check.operations",
+        "count",
+        2500,
+        "Queued activity checks before the caller runs them itself.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "ha.max.concurrent.recovery.operations",
+        "count",
+        25,
+        "Threads running Host-HA recoveries.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "ha.max.pending.recovery.operations",
+        "count",
+        2500,
+        "Queued recoveries before the caller runs them itself.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "ha.max.concurrent.fence.operations",
+        "count",
+        25,
+        "Threads running Host-HA fence operations.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "ha.max.pending.fence.operations",
+        "count",
+        2500,
+        "Queued fence operations before the caller runs them itself.",
+        _S75,
+        minimum=1,
+    ),
+    # §7.5 KVM Host-HA provider.
+    _key("kvm.ha.health.check.timeout", "duration", 10, "Limit on one health check.", _S75),
+    _key("kvm.ha.activity.check.timeout", "duration", 60, "Limit on one activity check.", _S75),
+    _key(
+        "kvm.ha.activity.check.interval",
+        "duration",
+        60,
+        "Least time between two activity checks of a suspect host.",
+        _S75,
+    ),
+    _key(
+        "kvm.ha.activity.check.max.attempts",
+        "count",
+        10,
+        "Activity check samples taken before deciding.",
+        _S75,
+        minimum=1,
+    ),
+    _key(
+        "kvm.ha.activity.check.failure.ratio",
+        "ratio",
+        0.7,
+        "Share of samples without activity above which recovery starts.",
+        _S75,
+    ),
+    _key(
+        "kvm.ha.degraded.max.period",
+        "duration",
+        300,
+        "How long a Degraded host waits before its activity is checked again.",
+        _S75,
+    ),
+    _key("kvm.ha.recover.timeout", "duration", 60, "Limit on one recovery (power reset).", _S75),
+    _key(
+        "kvm.ha.recover.wait.period",
+        "duration",
+        600,
+        "How long a Recovered host waits before it is Available again.",
+        _S75,
+    ),
+    _key(
+        "kvm.ha.recover.failure.threshold",
+        "count",
+        1,
+        "Recovery attempts before the host is fenced.",
+        _S75,
+        minimum=1,
+    ),
+    _key("kvm.ha.fence.timeout", "duration", 60, "Limit on one fence (power off).", _S75),
+    # §8 out-of-band management.
+    _key(
+        "outofbandmanagement.action.timeout",
+        "duration",
+        60,
+        "Default limit on one power operation.",
+        _S8,
+    ),
+    _key(
+        "outofbandmanagement.sync.poolsize",
+        "count",
+        50,
+        "Threads querying power state in the background.",
+        _S8,
+        minimum=1,
+    ),
+    _key(
+        "outofbandmanagement.background.task.execution.interval",
+        "duration",
+        4,
+        "Period of the background power-state sync.",
+        _S8,
+    ),
+    _key(
+        "outofbandmanagement.ipmitool.path",
+        "string",
+        "/usr/bin/ipmitool",
+        "Path of the ipmitool program.",
+        _S8,
+    ),
+    _key(
+        "outofbandmanagement.ipmitool.interface",
+        "string",
+        "lanplus",
+        "ipmitool interface (its -I option).",
+        _S8,
+    ),
+    _key(
+        "outofbandmanagement.ipmitool.retries",
+        "count",
+        1,
+        "ipmitool retries (its -R option).",
+        _S8,
+        minimum=0,
+    ),
+    _key("redfish.ignore.ssl", "bool", False, "Skip TLS certificate checks of Redfish BMCs.", _S8),
+    _key("redfish.use.https", "bool", True, "Talk to Redfish BMCs over HTTPS.", _S8),
+    _key(
+        "redfish.retries",
+        "count",
+        2,
+        "Retries of a Redfish request after a connection failure.",
+        _S8,
+        minimum=0,
+    ),
+)
+
+KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
+"""Every setting by CloudStack key, in spec order (§2.1, §3.8, §4, §5, §6.1, §7.5, §8)."""
+
+_BY_ENVIRONMENT: Mapping[str, KeySpec] = types.MappingProxyType(
+    {spec.environment_variable: spec for spec in _SPECS}
+)
+
+# Extra sentence for a value below a key's minimum, where the reason is not obvious.
+_MINIMUM_REASONS: Mapping[str, str] = types.MappingProxyType(
+    {
+        "ping.timeout": (
+            "a host cannot be behind on ping before its next ping is due,"
+            " so the timeout must be at least one ping.interval"
+        ),
+    }
+)
+
+# String keys that must not be empty.
+_NONEMPTY_STRINGS = frozenset(
+    {"outofbandmanagement.ipmitool.path", "outofbandmanagement.ipmitool.interface"}
+)
+
+_ENV_TRUE = frozenset({"true", "1", "yes"})
+_ENV_FALSE = frozenset({"false", "0", "no"})
+
+
+# ---------------------------------------------------------------------------
+# Validation
+
+
+def _error(
+    key: str,
+    value: object,
+    problem: str,
+    source: str | None,
+    *,
+    where: str | None = None,
+) -> ConfigurationError:
+    """Build the error for ``key``: ``"<where>: <key>: <problem>, got <value>"``."""
+    shown = where if where is not None else source
+    prefix = f"{shown}: " if shown else ""
+    return ConfigurationError(
+        f"{prefix}{key}: {problem}, got {value!r}", key=key, value=value, source=source
+    )
+
+
+def _suggestion(name: str, candidates: Iterable[str], *, transform: str = "") -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""``."""
+    pool = list(candidates)
+    if transform == "dots":
+        dotted = name.replace("_", ".")
+        if dotted in pool:
+            return f" (did you mean {dotted!r}?)"
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _lookup(key: object, source: str | None) -> KeySpec:
+    if not isinstance(key, str):
+        raise _error(str(key), key, "setting names must be strings", source)
+    spec = KEYS.get(key)
+    if spec is None:
+        hint = _suggestion(key, KEYS, transform="dots")
+        prefix = f"{source}: " if source else ""
+        raise ConfigurationError(
+            f"{prefix}unknown setting {key!r}{hint}", key=key, value=None, source=source
+        )
+    return spec
+
+
+def _number(spec: KeySpec, raw: object, what: str, source: str | None, where: str | None) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise _error(spec.name, raw, f"expected {what}", source, where=where)
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise _error(spec.name, raw, f"expected {what} (finite)", source, where=where)
+    if isinstance(raw, int) and spec.kind not in ("count", "port"):
+        try:
+            float(raw)
+        except OverflowError:
+            raise _error(
+                spec.name, raw, f"expected {what} (too large)", source, where=where
+            ) from None
+    return raw
+
+
+def _whole(spec: KeySpec, raw: object, what: str, source: str | None, where: str | None) -> int:
+    number = _number(spec, raw, what, source, where)
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise _error(spec.name, raw, "must be a whole number", source, where=where)
+        return int(number)
+    return number
+
+
+def _below_minimum(spec: KeySpec, raw: object, source: str | None, where: str | None) -> NoReturn:
+    reason = _MINIMUM_REASONS.get(spec.name)
+    problem = f"must be >= {spec.minimum}"
+    if reason:
+        problem += f" ({reason})"
+    raise _error(spec.name, raw, problem, source, where=where)
+
+
+def _names(spec: KeySpec, raw: object, source: str | None, where: str | None) -> tuple[str, ...]:
+    items: list[str] = []
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, list | tuple):
+        for item in raw:
+            if not isinstance(item, str):
+                raise _error(
+                    spec.name, raw, f"expected names as strings, not {item!r}", source, where=where
+                )
+            name = item.strip()
+            if not name or "," in name:
+                raise _error(
+                    spec.name,
+                    raw,
+                    f"each name must be non-empty and without commas, not {item!r}",
+                    source,
+                    where=where,
+                )
+            items.append(name)
+    else:
+        raise _error(
+            spec.name,
+            raw,
+            "expected a comma-separated string or a list of names",
+            source,
+            where=where,
+        )
+    seen: set[str] = set()
+    for name in items:
+        if name in seen:
+            raise _error(spec.name, raw, f"lists {name!r} twice", source, where=where)
+        seen.add(name)
+    return tuple(items)
+
+
+def _parse_command_timeouts(text: str) -> dict[str, float]:
+    """Parse ``commands.timeout`` (``"Name=seconds,..."``); raise ``ValueError`` if malformed."""
+    timeouts: dict[str, float] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        name, sep, seconds = entry.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"entry {entry.strip()!r} is not 'CommandName=seconds'")
+        try:
+            value = float(seconds)
+        except ValueError:
+            raise ValueError(f"entry {entry.strip()!r} has no number of seconds") from None
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"entry {entry.strip()!r} needs a timeout > 0 seconds")
+        if name in timeouts:
+            raise ValueError(f"command {name!r} is given twice")
+        timeouts[name] = value
+    return timeouts
+
+
+def _string(spec: KeySpec, raw: object, source: str | None, where: str | None) -> str | None:
+    if raw is None and spec.default is None:
+        return None
+    if not isinstance(raw, str):
+        expected = "a string or nothing" if spec.default is None else "a string"
+        raise _error(spec.name, raw, f"expected {expected}", source, where=where)
+    if spec.default is None and not raw.strip():
+        return None
+    if spec.name in _NONEMPTY_STRINGS and not raw.strip():
+        raise _error(spec.name, raw, "must not be empty", source, where=where)
+    if spec.name == "commands.timeout":
+        try:
+            _parse_command_timeouts(raw)
+        except ValueError as exc:
+            raise _error(spec.name, raw, str(exc), source, where=where) from None
+    return raw
+
+
+def _check(
+    spec: KeySpec,
+    raw: object,
+    *,
+    source: str | None = None,
+    where: str | None = None,
+    in_key_unit: bool = True,
+) -> _Value:
+    """Validate ``raw`` for ``spec`` and return the attribute value.
+
+    Args:
+        spec: the key.
+        raw: the value given.
+        source: where it came from, for the error.
+        where: how to name the origin in the message, when not ``source``.
+        in_key_unit: ``raw`` is in the key's own unit (milliseconds for §6.1
+            durations); ``False`` when it is already an attribute value.
+
+    Raises:
+        ConfigurationError: naming the key and the value.
+    """
+    kind = spec.kind
+    if kind == "duration":
+        unit = spec.unit if in_key_unit else "s"
+        unit_word = "milliseconds" if unit == "ms" else "seconds"
+        number = _number(spec, raw, f"a number of {unit_word}", source, where)
+        if number <= 0:
+            raise _error(spec.name, raw, f"must be a duration > 0 {unit_word}", source, where=where)
+        seconds = float(number)
+        return seconds / _MS_PER_S if unit == "ms" else seconds
+    if kind in ("count", "port"):
+        what = "a port number" if kind == "port" else "a whole number"
+        count = _whole(spec, raw, what, source, where)
+        if spec.minimum is not None and count < spec.minimum:
+            _below_minimum(spec, raw, source, where)
+        if kind == "port" and count > _MAX_PORT:
+            raise _error(
+                spec.name, raw, f"must be a port number <= {_MAX_PORT}", source, where=where
+            )
+        return count
+    if kind == "ratio":
+        ratio = _number(spec, raw, "a ratio between 0 and 1", source, where)
+        if not 0.0 <= ratio <= 1.0:
+            raise _error(spec.name, raw, "must be a ratio between 0 and 1", source, where=where)
+        return float(ratio)
+    if kind == "multiplier":
+        factor = _number(spec, raw, "a number", source, where)
+        if spec.minimum is not None and factor < spec.minimum:
+            _below_minimum(spec, raw, source, where)
+        return float(factor)
+    if kind == "bool":
+        if not isinstance(raw, bool):
+            raise _error(spec.name, raw, "expected true or false", source, where=where)
+        return raw
+    if kind == "string":
+        return _string(spec, raw, source, where)
+    return _names(spec, raw, source, where)
+
+
+def _from_environment_text(spec: KeySpec, text: str, variable: str) -> _Value:
+    """Turn an environment variable's text into a value in the key's own unit."""
+    where = f"{_ENVIRONMENT_SOURCE} variable {variable}"
+    stripped = text.strip()
+    kind = spec.kind
+    if kind == "bool":
+        lowered = stripped.lower()
+        if lowered in _ENV_TRUE:
+            return True
+        if lowered in _ENV_FALSE:
+            return False
+        raise _error(
+            spec.name,
+            text,
+            "expected true/false, yes/no or 1/0",
+            _ENVIRONMENT_SOURCE,
+            where=where,
+        )
+    if kind in ("count", "port"):
+        try:
+            return int(stripped)
+        except ValueError:
+            pass
+    if kind in ("duration", "ratio", "multiplier", "count", "port"):
+        try:
+            return float(stripped)
+        except ValueError:
+            raise _error(
+                spec.name, text, "expected a number", _ENVIRONMENT_SOURCE, where=where
+            ) from None
+    return text
+
+
+def _seconds_to_ms(seconds: float) -> int | float:
+    """Milliseconds that read back (÷ 1000) as exactly ``seconds``; whole when possible."""
+    ms = seconds * _MS_PER_S
+    if not math.isfinite(ms):
+        return ms
+    whole = round(ms)
+    if whole / _MS_PER_S == seconds:
+        return whole
+    for candidate in (ms, math.nextafter(ms, math.inf), math.nextafter(ms, -math.inf)):
+        if candidate / _MS_PER_S == seconds:
+            return candidate
+    return ms
+
+
+def _to_key_unit(spec: KeySpec, value: _Value) -> _Value:
+    """An attribute value in the key's own unit (durations whole when they are)."""
+    if spec.kind != "duration" or not isinstance(value, float):
+        return value
+    if spec.unit == "ms":
+        return _seconds_to_ms(value)
+    return int(value) if value.is_integer() else value
+
+
+def _flatten(
+    table: Mapping[str, object], prefix: str, into: dict[str, object], source: str
+) -> None:
+    """Flatten nested TOML tables into dotted key names."""
+    for name, value in table.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        if isinstance(value, dict):
+            _flatten(value, dotted, into, source)
+            continue
+        if dotted in into:
+            raise ConfigurationError(
+                f"{source}: {dotted}: given more than once", key=dotted, value=value, source=source
+            )
+        into[dotted] = value
+
+
+# ---------------------------------------------------------------------------
+# Settings
+
+
+@final
+@attrs.frozen
+class Settings:
+    """Every setting of spec §2.1, §3.8, §4, §5, §6.1, §7.5 and §8, with its value.
+
+    An immutable value: derive changed copies with :meth:`with_overrides`.
+    Each attribute is the CloudStack key with dots as underscores; its kind,
+    input unit, default and meaning are in :data:`KEYS`. Durations are float
+    seconds, whatever unit the key is documented in.
+
+    ``Settings()`` holds CloudStack's defaults. Keyword arguments to the
+    constructor are attribute values (durations in seconds) and are validated
+    like every other source.
+    """
+
+    # §2.1 agent monitoring and disconnect handling.
+    ping_interval: float = 60.0
+    ping_timeout: float = 2.5
+    alert_wait: float = 1800.0
+    wait: float = 1800.0
+    ready_command_wait: float = 60.0
+    commands_timeout: str = ""
+    enable_kvm_host_auto_enable_disable: bool = False
+    direct_agent_load_size: int = 16
+    direct_agent_pool_size: int = 500
+    direct_agent_thread_cap: float = 1.0
+    direct_agent_scan_interval: float = 90.0
+    agent_lb_enabled: bool = False
+    agent_load_threshold: float = 0.7
+    host_ping_retry_count: int = 0
+    host_ping_retry_timer: float = 5.0
+    workers: int = 5
+    port: int = 8250
+    agent_ssl_handshake_timeout: float = 30.0
+    agent_max_concurrent_new_connections: int = 0
+    agent_connections_monitor_interval: float = 1800.0
+    check_txn_before_sending_agent_commands: bool = False
+    # §3.8 VM HA work queue.
+    ha_workers: int = 5
+    time_to_sleep: float = 60.0
+    investigate_retry_interval: float = 60.0
+    migrate_retry_interval: float = 120.0
+    restart_retry_interval: float = 600.0
+    stop_retry_interval: float = 600.0
+    time_between_cleanup: float = 86400.0
+    time_between_failures: float = 3600.0
+    max_retries: int = 5
+    vm_ha_migration_max_retries: int = 5
+    force_ha: bool = False
+    vm_ha_enabled: bool = True
+    vm_ha_alerts_enabled: bool = True
+    kvm_ha_fence_on_storage_heartbeat_failure: bool = False
+    ha_tag: str | None = None
+    ha_vm_restart_hostup: bool = True
+    # §4 and §5 investigator and fence builder registries.
+    ha_investigators_order: tuple[str, ...] = _INVESTIGATORS_ORDER
+    ha_investigators_exclude: tuple[str, ...] = ()
+    ha_fence_builders_exclude: tuple[str, ...] = ("RecreatableFencer",)
+    # §6.1 KVM agent properties (given in milliseconds, held in seconds).
+    kvm_heartbeat_update_frequency: float = 60.0
+    kvm_heartbeat_update_max_tries: int = 5
+    kvm_heartbeat_update_retry_sleep: float = 10.0
+    heartbeat_update_timeout: float = 60.0
+    kvm_heartbeat_checker_timeout: float = 360.0
+    reboot_host_and_alert_management_on_heartbeat_timeout: bool = True
+    # §7.5 Host-HA executors.
+    ha_max_concurrent_health_check_operations: int = 50
+    ha_max_pending_health_check_operations: int = 5000
+    ha_max_concurrent_activity_check_operations: int = 25
+    ha_max_pending_activity_check_operations: int = 2500
+    ha_max_concurrent_recovery_operations: int = 25
+    ha_max_pending_recovery_operations: int = 2500
+    ha_max_concurrent_fence_operations: int = 25
+    ha_max_pending_fence_operations: int = 2500
+    # §7.5 KVM Host-HA provider.
+    kvm_ha_health_check_timeout: float = 10.0
+    kvm_ha_activity_check_timeout: float = 60.0
+    kvm_ha_activity_check_interval: float = 60.0
+    kvm_ha_activity_check_max_attempts: int = 10
+    kvm_ha_activity_check_failure_ratio: float = 0.7
+    kvm_ha_degraded_max_period: float = 300.0
+    kvm_ha_recover_timeout: float = 60.0
+    kvm_ha_recover_wait_period: float = 600.0
+    kvm_ha_recover_failure_threshold: int = 1
+    kvm_ha_fence_timeout: float = 60.0
+    # §8 out-of-band management.
+    outofbandmanagement_action_timeout: float = 60.0
+    outofbandmanagement_sync_poolsize: int = 50
+    outofbandmanagement_background_task_execution_interval: float = 4.0
+    outofbandmanagement_ipmitool_path: str = "/usr/bin/ipmitool"
+    outofbandmanagement_ipmitool_interface: str = "lanplus"
+    outofbandmanagement_ipmitool_retries: int = 1
+    redfish_ignore_ssl: bool = False
+    redfish_use_https: bool = True
+    redfish_retries: int = 2
+
+    def __attrs_post_init__(self) -> None:
+        for spec in _SPECS:
+            current = getattr(self, spec.attribute)
+            checked = _check(spec, current, in_key_unit=False)
+            if type(checked) is not type(current) or checked != current:
+                # NOTE: normalise (int → float seconds, list → tuple, "" → None)
+                # so equal settings compare and hash equal.
+                object.__setattr__(self, spec.attribute, checked)
+
+    # -- constructors -------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, object], *, source: str | None = None) -> Settings:
+        """Build settings from CloudStack key names; keys not given keep their default.
+
+        Args:
+            mapping: CloudStack key → value in the key's documented unit
+                (seconds, or milliseconds for §6.1 KVM agent properties).
+                Booleans must be ``bool``, numbers ``int`` or ``float``, name
+                lists a comma-separated string or a list of strings.
+            source: where the mapping came from, shown in errors.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigurationError: for an unknown key (with the closest known key
+                when there is one) or an invalid value.
+        """
+        return cls().with_overrides(mapping, source=source)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> Settings:
+        """Read settings from a TOML file.
+
+        Keys may be quoted dotted names at top level (``"ping.interval" = 60``)
+        or nested tables (``[ping]`` / ``interval = 60``), which are flattened
+        into dotted names. If the document has a top-level ``settings`` table
+        (a simulator scenario), only that table is read.
+
+        Args:
+            path: the file.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigurationError: naming the file when it cannot be read or is
+                not valid TOML, and naming the file and the key for an unknown
+                key or a bad value.
+        """
+        source = os.fspath(path)
+        try:
+            with open(source, "rb") as handle:
+                document = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{source}: not valid TOML: {exc}", source=source) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(
+                f"{source}: not valid UTF-8 text: {exc}", source=source
+            ) from None
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{source}: cannot read settings file: {exc.strerror or exc}", source=source
+            ) from None
+        table: object = document.get("settings", document)
+        if not isinstance(table, dict):
+            raise ConfigurationError(
+                f"{source}: settings: expected a table, got {table!r}",
+                key="settings",
+                value=table,
+                source=source,
+            )
+        flat: dict[str, object] = {}
+        _flatten(table, "", flat, source)
+        return cls.from_mapping(flat, source=source)
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        base: Settings | None = None,
+    ) -> Settings:
+        """Override ``base`` with ``CLOUDHA_*`` environment variables.
+
+        ``CLOUDHA_PING_INTERVAL=30`` sets ``ping.interval`` (seconds);
+        ``CLOUDHA_KVM_HEARTBEAT_UPDATE_FREQUENCY=30000`` sets
+        ``kvm.heartbeat.update.frequency`` (milliseconds). Booleans read
+        true/false, yes/no or 1/0 (any case); name lists are comma-separated;
+        an empty value clears ``ha.tag``. Variables in
+        :data:`RESERVED_ENVIRONMENT` are not settings and are ignored.
+
+        Args:
+            environ: the variables; ``os.environ`` when omitted.
+            base: the settings to override; the defaults when omitted.
+
+        Returns:
+            The validated settings.
+
+        Raises:
+            ConfigurationError: for a ``CLOUDHA_*`` variable that names no
+                setting, or a value that does not parse or validate (the
+                message names the variable, the key and the value).
+        """
+        variables = os.environ if environ is None else environ
+        changes: dict[str, Any] = {}
+        for variable in sorted(variables):
+            if not variable.startswith(_ENVIRONMENT_PREFIX) or variable in RESERVED_ENVIRONMENT:
+                continue
+            spec = _BY_ENVIRONMENT.get(variable)
+            if spec is None:
+                hint = _suggestion(variable, _BY_ENVIRONMENT)
+                raise ConfigurationError(
+                    f"{_ENVIRONMENT_SOURCE}: unknown variable {variable}:"
+                    f" it names no setting{hint}",
+                    key=variable,
+                    value=variables[variable],
+                    source=_ENVIRONMENT_SOURCE,
+                )
+            text = variables[variable]
+            raw = _from_environment_text(spec, text, variable)
+            where = f"{_ENVIRONMENT_SOURCE} variable {variable}"
+            try:
+                changes[spec.attribute] = _check(spec, raw, source=_ENVIRONMENT_SOURCE, where=where)
+            except ConfigurationError as exc:
+                message = str(exc)
+                if raw is not text:
+                    # Show the variable's text, not the number parsed from it.
+                    message = f"{message.rpartition(', got ')[0]}, got {text!r}"
+                raise ConfigurationError(
+                    message, key=spec.name, value=text, source=_ENVIRONMENT_SOURCE
+                ) from None
+        return attrs.evolve(base if base is not None else cls(), **changes)
+
+    # -- derived copies and views ------------------------------------------
+
+    def with_overrides(
+        self, mapping: Mapping[str, object], *, source: str | None = None
+    ) -> Settings:
+        """Return a copy with the given keys changed.
+
+        Args:
+            mapping: CloudStack key → value, as for :meth:`from_mapping`.
+            source: where the mapping came from, shown in errors.
+
+        Returns:
+            New settings; ``self`` is unchanged.
+
+        Raises:
+            ConfigurationError: for an unknown key or an invalid value.
+        """
+        changes: dict[str, Any] = {}
+        for key, raw in mapping.items():
+            spec = _lookup(key, source)
+            changes[spec.attribute] = _check(spec, raw, source=source)
+        return attrs.evolve(self, **changes)
+
+    def to_mapping(self) -> dict[str, _Value]:
+        """Every key → its value in the key's own unit, in :data:`KEYS` order.
+
+        Durations are milliseconds for §6.1 keys and seconds otherwise (an
+        ``int`` when whole); name lists are tuples. The result round-trips:
+        ``Settings.from_mapping(s.to_mapping()) == s``.
+        """
+        return {spec.name: _to_key_unit(spec, getattr(self, spec.attribute)) for spec in _SPECS}
+
+    def get(self, key: str) -> _Value:
+        """The attribute value of CloudStack key ``key`` (durations in seconds).
+
+        Raises:
+            ConfigurationError: if ``key`` is not a known setting.
+        """
+        value: _Value = getattr(self, _lookup(key, None).attribute)
+        return value
+
+    @property
+    def behind_on_ping_timeout(self) -> float:
+        """Seconds without a ping after which a host is behind on ping.
+
+        ``ping.timeout * ping.interval`` (150.0 by default): CloudStack's
+        ``getTimeout()``, without its truncation to whole seconds.
+        """
+        return self.ping_timeout * self.ping_interval
+
+    @property
+    def command_timeouts(self) -> Mapping[str, float]:
+        """``commands.timeout`` parsed: command class name → timeout in seconds."""
+        return types.MappingProxyType(_parse_command_timeouts(self.commands_timeout))
+
+
+def _self_check() -> None:
+    """Check that the catalogue and the class agree (run at import; cheap, no I/O).
+
+    Raises:
+        RuntimeError: when an attribute, a default or an environment name is inconsistent.
+    """
+    fields = attrs.fields_dict(Settings)
+    if list(fields) != [spec.attribute for spec in _SPECS]:
+        raise RuntimeError("Settings attributes and KEYS disagree")
+    for spec in _SPECS:
+        if _check(spec, spec.default) != fields[spec.attribute].default:
+            raise RuntimeError(f"default of {spec.name} disagrees with Settings.{spec.attribute}")
+    if len(_BY_ENVIRONMENT) != len(_SPECS):
+        raise RuntimeError("two settings share an environment variable name")
+    if not RESERVED_ENVIRONMENT.isdisjoint(_BY_ENVIRONMENT):
+        raise RuntimeError("a reserved environment variable names a setting")
+
+
+_self_check()
