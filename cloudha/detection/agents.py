@@ -317,7 +317,10 @@ class AgentManager:
         started = self.clock.monotonic()
         try:
             healthy = self.gateway.check_health(host, timeout=self.check_timeout)
-        except ProbeError as exc:
+        except Exception as exc:
+            # easySend semantics: any failure to get an answer is "no answer".
+            if not isinstance(exc, ProbeError):
+                log.warning("CheckHealth of %s raised %r", host.id, exc)
             return Finding(
                 Verdict.UNKNOWN,
                 DIRECT_CHECK,
