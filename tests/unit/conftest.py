@@ -85,7 +85,9 @@ class World:
             self.clock.advance(delay)
 
 
-def make_world(settings: dict[str, Any] | None = None, *, investigators: Iterable[str] = ()) -> World:
+def make_world(
+    settings: dict[str, Any] | None = None, *, investigators: Iterable[str] = ()
+) -> World:
     clock = FakeClock(10_000.0)
     cfg = Settings.from_mapping(settings or {})
     directory = InMemoryHostDirectory()

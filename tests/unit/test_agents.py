@@ -19,7 +19,9 @@ def test_agent_connect_goes_connecting_then_up_and_monitors(world: World) -> Non
     assert host.last_ping == world.clock.monotonic()  # AgentConnected refreshes last_ping
     assert host.management_server_id == "ms1"
     assert "h1" in world.agents.ping_map
-    steps = [(r.details["from"], r.details["to"]) for r in world.evidence.records(kind="host_status")]
+    steps = [
+        (r.details["from"], r.details["to"]) for r in world.evidence.records(kind="host_status")
+    ]
     assert steps == [(None, "Connecting"), ("Connecting", "Up")]
 
 
@@ -40,7 +42,8 @@ def test_direct_check_up_refreshes_last_ping_and_keeps_monitoring(world: World) 
     world.gateway.healthy["h1"] = True
     assert not world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
     host = world.directory.find_host("h1")
-    assert host is not None and host.status is Status.UP
+    assert host is not None
+    assert host.status is Status.UP
     assert host.last_ping == world.clock.monotonic()
     assert "h1" in world.agents.ping_map
     inv = world.evidence.records(kind="investigation")[-1]
@@ -191,7 +194,8 @@ def test_mark_hosts_as_disconnected_gives_fresh_grace(world: World) -> None:
     assert host.last_ping == world.clock.monotonic() - world.settings.behind_on_ping_timeout
     assert "up" in world.agents.ping_map
     assert world.agents.ping_map.last_ping("up") == world.clock.monotonic()
-    assert "alert" not in world.agents.ping_map and "other" not in world.agents.ping_map
+    assert "alert" not in world.agents.ping_map
+    assert "other" not in world.agents.ping_map
 
 
 def test_listener_is_told_of_connect_and_disconnect(world: World) -> None:

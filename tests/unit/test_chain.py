@@ -62,7 +62,8 @@ def test_unsupported_investigators_are_skipped() -> None:
     )
     chain = InvestigatorChain([xen_only])
     result = chain.investigate_host(Host("h"))
-    assert result.status is None and result.findings == ()
+    assert result.status is None
+    assert result.findings == ()
 
 
 def test_nobody_can_tell_is_null() -> None:
@@ -109,7 +110,8 @@ def test_vm_chain_first_alive_or_dead() -> None:
     a = ScriptedInvestigator(clock, "A")
     b = ScriptedInvestigator(clock, "B", script={"vm1": Verdict.ALIVE})
     result = InvestigatorChain([a, b]).investigate_vm(Vm("vm1"), Host("h"))
-    assert result.verdict is Verdict.ALIVE and result.decided_by == "B"
+    assert result.verdict is Verdict.ALIVE
+    assert result.decided_by == "B"
 
 
 def test_duplicate_or_missing_names_are_configuration_errors() -> None:

@@ -103,7 +103,11 @@ def test_disconnected_from_other_status_keeps_event() -> None:
 
 @pytest.mark.parametrize("other", [Status.ALERT, Status.UNKNOWN])
 def test_anything_else_alerts(other: Status) -> None:
-    assert decide(other) == (DisconnectAction.DISCONNECT, Event.PING_TIMEOUT, "Host in ALERT state, h1")
+    assert decide(other) == (
+        DisconnectAction.DISCONNECT,
+        Event.PING_TIMEOUT,
+        "Host in ALERT state, h1",
+    )
 
 
 @pytest.mark.parametrize("state", [ResourceState.DISABLED, ResourceState.MAINTENANCE])
@@ -113,7 +117,11 @@ def test_disabled_and_maintenance_skip_investigation(state: ResourceState) -> No
 
 @pytest.mark.parametrize(
     "host_type",
-    [HostType.CONSOLE_PROXY, HostType.SECONDARY_STORAGE_VM, HostType.SECONDARY_STORAGE_CMD_EXECUTOR],
+    [
+        HostType.CONSOLE_PROXY,
+        HostType.SECONDARY_STORAGE_VM,
+        HostType.SECONDARY_STORAGE_CMD_EXECUTOR,
+    ],
 )
 def test_system_vm_agents_skip_investigation(host_type: HostType) -> None:
     assert monitor_event_for(ResourceState.ENABLED, host_type) == (Event.SHUTDOWN_REQUESTED, False)

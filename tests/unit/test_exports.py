@@ -6,7 +6,6 @@ import cloudha
 import cloudha.testing
 
 
-
 def _isort_key(name: str) -> tuple[int, str]:
     # The order ruff (RUF022) keeps: CONSTANTS, then Classes, then functions.
     return (0 if name.isupper() else 1 if name[0].isupper() else 2, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from cloudha import ConfigurationError, HostType, MonitorTask, ResourceState, Status, Verdict
@@ -45,7 +47,7 @@ def test_undetermined_host_is_examined_again_each_interval(world: World) -> None
     world.run_monitor(start + 150 + 1.5 + 3 * 60 + 1)
     times = [t - start for _, t in behind_events(world)]
     assert len(times) == 4
-    assert [round(b - a, 6) for a, b in zip(times, times[1:], strict=False)] == [60.0] * 3
+    assert [round(b - a, 6) for a, b in itertools.pairwise(times)] == [60.0] * 3
     assert world.status("h1") is Status.UP  # not determined, alert.wait not reached
 
 
@@ -69,7 +71,9 @@ def test_monitor_wakes_rarely_when_idle(world: World) -> None:
 
 
 @pytest.mark.parametrize("state", [ResourceState.DISABLED, ResourceState.MAINTENANCE])
-def test_disabled_hosts_disconnect_without_investigation(world: World, state: ResourceState) -> None:
+def test_disabled_hosts_disconnect_without_investigation(
+    world: World, state: ResourceState
+) -> None:
     world.add_host("h1", resource_state=state)
     world.gateway.healthy["h1"] = True
     world.run_monitor(world.clock.monotonic() + 200)
@@ -119,7 +123,7 @@ def test_gateway_bugs_count_as_no_answer(world: World) -> None:
     def explode(host: object, *, timeout: float) -> bool:
         raise ConnectionResetError("peer reset")
 
-    world.gateway.check_health = explode  # type: ignore[method-assign,assignment]
+    world.gateway.check_health = explode  # type: ignore[method-assign]
     world.run_monitor(world.clock.monotonic() + 200)
     assert world.status("h1") is Status.DOWN
     finding = world.evidence.records(kind="investigation")[0].details["findings"][0]

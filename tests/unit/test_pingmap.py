@@ -17,7 +17,8 @@ def clock() -> FakeClock:
 
 def test_connect_ping_behind(clock: FakeClock) -> None:
     pm = PingMap(clock)
-    assert pm.connect("a") and pm.connect("b")
+    assert pm.connect("a")
+    assert pm.connect("b")
     clock.advance(10)
     assert pm.ping_by("b")
     clock.advance(5)

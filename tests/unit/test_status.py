@@ -81,7 +81,7 @@ def test_each_spec_row(current: Status | None, event: Event, target: Status) -> 
         assert current.next_status(event) is target
 
 
-@pytest.mark.parametrize("current", STATES + [Status.UNKNOWN])
+@pytest.mark.parametrize("current", [*STATES, Status.UNKNOWN])
 @pytest.mark.parametrize("event", list(Event))
 def test_everything_else_raises(current: Status | None, event: Event) -> None:
     if (current, event) in SPEC:
