@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: a simulated rack failure (40 of 200 hosts lose power) on virtual time.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+exec .venv/bin/cloudha simulate examples/scenarios/rack-failure.toml "$@"
