@@ -16,6 +16,14 @@ never put the host back ("replace" semantics, as CloudStack's
 ``ConcurrentHashMap.replace``). ``behind`` copies the front of the map in one
 operation (doubling the copy while every copied host is behind), so it never
 iterates while a ping reorders the map.
+
+The order is exact for pings that do not overlap. A ping stamps its cell and
+then moves it to the end; two pings racing each other, or a ping racing
+``behind``, can leave a host a few microseconds out of place, and ``behind``
+(which stops at the first host not behind) then reports a host behind it at
+the monitor's next tick instead of this one. A ping that races ``connect`` of
+the same host lands in the replaced cell and is lost, which is harmless since
+``connect`` has just stamped the host.
 """
 
 from __future__ import annotations
@@ -36,6 +44,15 @@ UNMONITORED_HOST_TYPES = frozenset({HostType.TRAFFIC_MONITOR, HostType.SECONDARY
 _FIRST_COPY = 64
 
 
+class _Cell:
+    """One host's last ping, updated in place (so a detached cell absorbs a late ping)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, last: float) -> None:
+        self.last = last
+
+
 class PingMap:
     """Last ping per connected host, ordered by ping time.
 
@@ -48,7 +65,7 @@ class PingMap:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._monotonic: Callable[[], float] = clock.monotonic
-        self._cells: OrderedDict[str, list[float]] = OrderedDict()
+        self._cells: OrderedDict[str, _Cell] = OrderedDict()
         self._get = self._cells.get
         self._move_to_end = self._cells.move_to_end
         self._lock = threading.Lock()
@@ -64,7 +81,7 @@ class PingMap:
             return False
         with self._lock:
             self._cells.pop(host_id, None)
-            self._cells[host_id] = [self._monotonic()]
+            self._cells[host_id] = _Cell(self._monotonic())
         return True
 
     def ping_by(self, host_id: str) -> bool:
@@ -72,11 +89,11 @@ class PingMap:
         cell = self._get(host_id)
         if cell is None:
             return False
+        cell.last = self._monotonic()
         try:
             self._move_to_end(host_id)
-        except KeyError:  # disconnected while we were here: do not resurrect
+        except KeyError:  # disconnected meanwhile: the detached cell took the ping
             return False
-        cell[0] = self._monotonic()
         return True
 
     def disconnect(self, host_id: str) -> bool:
@@ -87,7 +104,7 @@ class PingMap:
     def last_ping(self, host_id: str) -> float | None:
         """``clock.monotonic()`` of the host's last ping, or None if not monitored."""
         cell = self._get(host_id)
-        return None if cell is None else cell[0]
+        return None if cell is None else cell.last
 
     def behind(self, timeout: float) -> list[str]:
         """Hosts whose last ping is older than ``clock.monotonic() - timeout``, oldest first."""
@@ -105,8 +122,8 @@ class PingMap:
             while True:
                 front = self._copy_front(size)
                 for _, cell in front:
-                    if cell[0] >= cutoff:
-                        return cell[0] + timeout
+                    if cell.last >= cutoff:
+                        return cell.last + timeout
                 if len(front) < size:
                     return None
                 size *= 2
@@ -125,17 +142,17 @@ class PingMap:
     def __repr__(self) -> str:
         return f"PingMap(hosts={len(self._cells)})"
 
-    def _front(self, selected: Callable[[float], bool]) -> list[tuple[str, list[float]]]:
+    def _front(self, selected: Callable[[float], bool]) -> list[tuple[str, _Cell]]:
         with self._lock:
             size = _FIRST_COPY
             while True:
                 front = self._copy_front(size)
-                taken = list(itertools.takewhile(lambda item: selected(item[1][0]), front))
+                taken = list(itertools.takewhile(lambda item: selected(item[1].last), front))
                 if len(taken) < len(front) or len(front) < size:
                     return taken
                 size *= 2
 
-    def _copy_front(self, size: int) -> list[tuple[str, list[float]]]:
+    def _copy_front(self, size: int) -> list[tuple[str, _Cell]]:
         # One C-level copy: a concurrent ping_by cannot interleave with it under
         # the GIL. On a free-threaded build the copy can see the map change and
         # raise; then it is simply taken again.
