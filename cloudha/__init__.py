@@ -59,6 +59,7 @@ from cloudha.ports import ConnectionListener as ConnectionListener
 from cloudha.ports import DirectAgentResource as DirectAgentResource
 from cloudha.ports import HAScheduler as HAScheduler
 from cloudha.ports import HostDirectory as HostDirectory
+from cloudha.ports import MaintenanceChecker as MaintenanceChecker
 from cloudha.ports import PingReport as PingReport
 from cloudha.ports import StatusChange as StatusChange
 from cloudha.runtime import Pump as Pump
@@ -106,6 +107,7 @@ __all__ = [
     "Investigator",
     "InvestigatorChain",
     "LifecycleError",
+    "MaintenanceChecker",
     "MonitorTask",
     "NoTransitionError",
     "PingMap",

@@ -36,6 +36,7 @@ __all__ = [
     "HAScheduler",
     "HostDirectory",
     "Keep",
+    "MaintenanceChecker",
     "PingReport",
     "StatusChange",
 ]
@@ -166,6 +167,14 @@ class HAScheduler(Protocol):
         self, host: Host, *, investigate: bool, reason: ReasonType
     ) -> None:
         """Schedule HA work for every VM of ``host`` (spec §3.4)."""
+
+
+@runtime_checkable
+class MaintenanceChecker(Protocol):
+    """The resource manager's maintenance step (CloudStack's ``checkAndMaintain``)."""
+
+    def check_and_maintain(self, host: Host) -> bool:
+        """Move ``host`` (preparing for maintenance) on; True when it is ready for maintenance."""
 
 
 @attrs.frozen

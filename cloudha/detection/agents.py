@@ -27,7 +27,7 @@ from cloudha.detection.pingmap import PingMap
 from cloudha.errors import NoTransitionError, ProbeError
 from cloudha.evidence import EvidenceSink, Recorder
 from cloudha.investigators import ChainResult, Finding, InvestigatorChain, Verdict
-from cloudha.model import AlertType, Host, ReasonType
+from cloudha.model import AlertType, Host, ReasonType, ResourceState
 from cloudha.ports import (
     KEEP,
     AgentGateway,
@@ -38,6 +38,7 @@ from cloudha.ports import (
     HAScheduler,
     HostDirectory,
     Keep,
+    MaintenanceChecker,
     PingReport,
     StatusChange,
 )
@@ -93,6 +94,8 @@ class AgentManager:
         alerts: operator alerts.
         evidence: where decisions are recorded.
         ping_map: the ping map to use (a new one by default).
+        maintenance: the resource manager's maintenance step, called once per
+            monitor round for hosts preparing for maintenance (optional).
         check_timeout: seconds the direct check may take; by default one
             ``ping.interval`` (an answer later than the next ping is no answer).
     """
@@ -110,6 +113,7 @@ class AgentManager:
         alerts: AlertSink,
         evidence: EvidenceSink,
         ping_map: PingMap | None = None,
+        maintenance: MaintenanceChecker | None = None,
         check_timeout: float | None = None,
     ) -> None:
         self.management_server_id = management_server_id
@@ -119,6 +123,7 @@ class AgentManager:
         self.gateway = gateway
         self.chain = chain
         self.scheduler = scheduler
+        self.maintenance = maintenance
         self.alerts = alerts
         self.recorder = Recorder(evidence, clock, management_server_id)
         self.ping_map = ping_map if ping_map is not None else PingMap(clock)
@@ -285,6 +290,37 @@ class AgentManager:
                     after, investigate=True, reason=ReasonType.HOST_DOWN
                 )
             return True
+
+    def check_maintenance(self) -> list[str]:
+        """Spec §2.3 step 3: give hosts preparing for maintenance their maintenance step.
+
+        Each host this server owns in PrepareForMaintenance or
+        ErrorInPrepareForMaintenance is passed to the maintenance checker; for
+        those that are ready an alert says so. Returns their ids.
+        """
+        if self.maintenance is None:
+            return []
+        preparing = (
+            ResourceState.PREPARE_FOR_MAINTENANCE,
+            ResourceState.ERROR_IN_PREPARE_FOR_MAINTENANCE,
+        )
+        ready: list[str] = []
+        for host in self.directory.list_hosts(management_server_id=self.management_server_id):
+            if host.resource_state not in preparing:
+                continue
+            try:
+                done = self.maintenance.check_and_maintain(host)
+            except Exception:
+                log.exception("maintenance step of %s failed", host.id)
+                continue
+            if done:
+                ready.append(host.id)
+                self._alert(
+                    host,
+                    f"Migration Complete for host {host.id}",
+                    f"host {host.id} is ready for maintenance",
+                )
+        return ready
 
     # -- investigation ----------------------------------------------------
 

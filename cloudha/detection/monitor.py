@@ -49,6 +49,7 @@ class MonitorTask:
                 value=resolution,
             )
         self._recheck_at: dict[str, float] = {}
+        self._maintenance_at: float | None = None
         self.examined = 0
 
     def tick(self) -> float:
@@ -77,6 +78,13 @@ class MonitorTask:
                 recheck[host_id] = now + interval
             else:
                 recheck.pop(host_id, None)
+        if self._maintenance_at is None or now >= self._maintenance_at:
+            # Once per ping.interval, as CloudStack's fixed-delay monitor round.
+            self._maintenance_at = now + interval
+            try:
+                agents.check_maintenance()
+            except Exception:
+                log.exception("maintenance check failed")
         return self.next_delay()
 
     def next_delay(self) -> float:
@@ -90,6 +98,8 @@ class MonitorTask:
             wake = min(wake, deadline + self.resolution)
         if self._recheck_at:
             wake = min(wake, min(self._recheck_at.values()))
+        if self._maintenance_at is not None and self.agents.maintenance is not None:
+            wake = min(wake, self._maintenance_at)
         return max(wake - now, self.resolution)
 
     def examine(self, host_id: str) -> bool:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from cloudha import ConfigurationError, HostType, MonitorTask, ResourceState, Status, Verdict
+from cloudha import ConfigurationError, Host, HostType, MonitorTask, ResourceState, Status, Verdict
 
 from .conftest import World
 
@@ -134,3 +134,30 @@ def test_gateway_bugs_count_as_no_answer(world: World) -> None:
 def test_resolution_must_be_positive(world: World) -> None:
     with pytest.raises(ConfigurationError, match="resolution"):
         MonitorTask(world.agents, resolution=0)
+
+
+class Maintenance:
+    def __init__(self, ready: set[str]) -> None:
+        self.ready = ready
+        self.asked: list[str] = []
+
+    def check_and_maintain(self, host: Host) -> bool:
+        self.asked.append(host.id)
+        return host.id in self.ready
+
+
+def test_hosts_preparing_for_maintenance_get_their_step_once_per_interval() -> None:
+    from .conftest import make_world
+
+    checker = Maintenance({"ready"})
+    world = make_world()
+    world.agents.maintenance = checker
+    world.add_host("ready", resource_state=ResourceState.PREPARE_FOR_MAINTENANCE, connect=False)
+    world.add_host(
+        "busy", resource_state=ResourceState.ERROR_IN_PREPARE_FOR_MAINTENANCE, connect=False
+    )
+    world.add_host("plain", connect=False)
+    ticks = world.run_monitor(world.clock.monotonic() + 3 * 60 + 1)
+    assert ticks == 4
+    assert sorted(checker.asked) == sorted(["ready", "busy"] * 4)
+    assert world.alerts.subjects() == ["Migration Complete for host ready"] * 4
