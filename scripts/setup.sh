@@ -33,6 +33,6 @@ fi
 stamp=.venv/.cloudha-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[all,test]"
     touch "$stamp"
 fi
