@@ -27,7 +27,6 @@ from cloudha.errors import ProbeConnectionError as ProbeConnectionError
 from cloudha.errors import ProbeError as ProbeError
 from cloudha.errors import ProbeTimeout as ProbeTimeout
 from cloudha.errors import ScenarioError as ScenarioError
-from cloudha.errors import StaleStateError as StaleStateError
 from cloudha.evidence import Evidence as Evidence
 from cloudha.evidence import EvidenceLog as EvidenceLog
 from cloudha.evidence import EvidenceSink as EvidenceSink
@@ -123,7 +122,6 @@ __all__ = [
     "ResourceState",
     "ScenarioError",
     "Settings",
-    "StaleStateError",
     "Status",
     "StatusChange",
     "SystemClock",

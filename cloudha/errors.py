@@ -7,7 +7,6 @@
      │    └── ScenarioError                    a simulator scenario file is wrong
      ├── NoTransitionError                     a state machine has no such transition
      ├── LifecycleError (+RuntimeError)        start/stop misuse
-     ├── StaleStateError                       an optimistic update lost a race
      └── ProbeError                            a probe of a host failed (infrastructure fault)
           ├── ProbeTimeout (+TimeoutError)
           ├── ProbeConnectionError (+ConnectionError)
@@ -31,7 +30,6 @@ __all__ = [
     "ProbeError",
     "ProbeTimeout",
     "ScenarioError",
-    "StaleStateError",
 ]
 
 
@@ -90,10 +88,6 @@ class NoTransitionError(CloudHAError):
 
 class LifecycleError(CloudHAError, RuntimeError):
     """A component was used in the wrong lifecycle state (e.g. started twice)."""
-
-
-class StaleStateError(CloudHAError):
-    """An optimistic update found the row changed underneath it."""
 
 
 class ProbeError(CloudHAError):
