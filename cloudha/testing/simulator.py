@@ -31,14 +31,14 @@ from cloudha.detection import AgentManager, MonitorTask, PingTask
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Evidence, Recorder
 from cloudha.investigators import InvestigatorChain
-from cloudha.model import Host, ReasonType
+from cloudha.model import Host
 from cloudha.ports import PingReport
 from cloudha.status import Status
 from cloudha.testing.clock import FakeClock
 from cloudha.testing.fakes import (
     InMemoryHostDirectory,
     RecordingAlertSink,
-    ScheduledRestart,
+    RecordingHAScheduler,
 )
 from cloudha.testing.scenario import (
     SUPPORTED_FAULT_KINDS,
@@ -89,18 +89,6 @@ class _SimVm:
     @property
     def host(self) -> str | None:
         return min(self.running_on) if self.running_on else self.last_host
-
-
-class _Scheduler:
-    """The HA scheduler port of the simulation: a persistent record (the SQL stand-in)."""
-
-    def __init__(self) -> None:
-        self.scheduled: list[ScheduledRestart] = []
-
-    def schedule_restart_for_vms_on_host(
-        self, host: Host, *, investigate: bool, reason: ReasonType
-    ) -> None:
-        self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
 
 
 class _ManagementServer:
@@ -169,7 +157,7 @@ class Simulation:
         self.timeline = _Timeline()
         self.recorder = Recorder(self.timeline, self.clock, "simulator")
         self.alerts = RecordingAlertSink()
-        self.scheduler = _Scheduler()
+        self.scheduler = RecordingHAScheduler()
         self.directory = InMemoryHostDirectory()
         self.hosts: dict[str, _SimHost] = {}
         self.vms: dict[str, _SimVm] = {}

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -16,7 +15,6 @@ from cloudha import (
     ResourceState,
     Settings,
     Status,
-    Verdict,
 )
 from cloudha.testing import (
     FakeAgentGateway,
@@ -85,9 +83,7 @@ class World:
             self.clock.advance(delay)
 
 
-def make_world(
-    settings: dict[str, Any] | None = None, *, investigators: Iterable[str] = ()
-) -> World:
+def make_world(settings: dict[str, Any] | None = None) -> World:
     clock = FakeClock(10_000.0)
     cfg = Settings.from_mapping(settings or {})
     directory = InMemoryHostDirectory()
@@ -124,6 +120,3 @@ def make_world(
 @pytest.fixture
 def world() -> World:
     return make_world()
-
-
-__all__ = ["Verdict", "World", "make_world"]
