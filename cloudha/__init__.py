@@ -25,26 +25,39 @@ from cloudha.errors import NoTransitionError as NoTransitionError
 from cloudha.errors import ProbeAuthError as ProbeAuthError
 from cloudha.errors import ProbeConnectionError as ProbeConnectionError
 from cloudha.errors import ProbeError as ProbeError
+from cloudha.errors import ProbeHostKeyError as ProbeHostKeyError
 from cloudha.errors import ProbeTimeout as ProbeTimeout
 from cloudha.errors import ScenarioError as ScenarioError
 from cloudha.evidence import Evidence as Evidence
 from cloudha.evidence import EvidenceLog as EvidenceLog
 from cloudha.evidence import EvidenceSink as EvidenceSink
 from cloudha.evidence import Recorder as Recorder
+from cloudha.investigators import AgentCheckInvestigator as AgentCheckInvestigator
+from cloudha.investigators import AgentInvestigatorBase as AgentInvestigatorBase
 from cloudha.investigators import BaseInvestigator as BaseInvestigator
 from cloudha.investigators import ChainResult as ChainResult
 from cloudha.investigators import Finding as Finding
+from cloudha.investigators import HypervisorInvestigator as HypervisorInvestigator
 from cloudha.investigators import Investigator as Investigator
 from cloudha.investigators import InvestigatorChain as InvestigatorChain
+from cloudha.investigators import InvestigatorContext as InvestigatorContext
+from cloudha.investigators import KVMInvestigator as KVMInvestigator
+from cloudha.investigators import ManagementIPInvestigator as ManagementIPInvestigator
+from cloudha.investigators import PingInvestigator as PingInvestigator
 from cloudha.investigators import Verdict as Verdict
+from cloudha.investigators import VMwareInvestigator as VMwareInvestigator
+from cloudha.investigators import XenServerInvestigator as XenServerInvestigator
+from cloudha.investigators import build_chain as build_chain
 from cloudha.investigators import host_outcome as host_outcome
 from cloudha.model import AlertType as AlertType
 from cloudha.model import Host as Host
 from cloudha.model import HostType as HostType
 from cloudha.model import HypervisorType as HypervisorType
+from cloudha.model import Pool as Pool
 from cloudha.model import ReasonType as ReasonType
 from cloudha.model import ResourceState as ResourceState
 from cloudha.model import Vm as Vm
+from cloudha.model import VmPowerState as VmPowerState
 from cloudha.model import VmState as VmState
 from cloudha.model import VmType as VmType
 from cloudha.ports import KEEP as KEEP
@@ -56,11 +69,18 @@ from cloudha.ports import Command as Command
 from cloudha.ports import CommandListener as CommandListener
 from cloudha.ports import ConnectionListener as ConnectionListener
 from cloudha.ports import DirectAgentResource as DirectAgentResource
+from cloudha.ports import DomainState as DomainState
+from cloudha.ports import GuestNic as GuestNic
 from cloudha.ports import HAScheduler as HAScheduler
 from cloudha.ports import HostDirectory as HostDirectory
+from cloudha.ports import HypervisorProbe as HypervisorProbe
+from cloudha.ports import HypervisorReport as HypervisorReport
 from cloudha.ports import MaintenanceChecker as MaintenanceChecker
 from cloudha.ports import PingReport as PingReport
+from cloudha.ports import Router as Router
 from cloudha.ports import StatusChange as StatusChange
+from cloudha.ports import StoragePoolDirectory as StoragePoolDirectory
+from cloudha.ports import VmNetworkDirectory as VmNetworkDirectory
 from cloudha.runtime import Pump as Pump
 from cloudha.settings import Settings as Settings
 from cloudha.status import Event as Event
@@ -72,9 +92,12 @@ __version__ = "0.1.0"
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
+
 __all__ = [
     "KEEP",
+    "AgentCheckInvestigator",
     "AgentGateway",
+    "AgentInvestigatorBase",
     "AgentManager",
     "Alert",
     "AlertSink",
@@ -92,43 +115,61 @@ __all__ = [
     "DirectAgentResource",
     "DisconnectAction",
     "DisconnectDecision",
+    "DomainState",
     "Event",
     "Evidence",
     "EvidenceLog",
     "EvidenceSink",
     "Finding",
+    "GuestNic",
     "HAScheduler",
     "Host",
     "HostDirectory",
     "HostType",
+    "HypervisorInvestigator",
+    "HypervisorProbe",
+    "HypervisorReport",
     "HypervisorType",
     "Investigation",
     "Investigator",
     "InvestigatorChain",
+    "InvestigatorContext",
+    "KVMInvestigator",
     "LifecycleError",
     "MaintenanceChecker",
+    "ManagementIPInvestigator",
     "MonitorTask",
     "NoTransitionError",
+    "PingInvestigator",
     "PingMap",
     "PingReport",
     "PingTask",
+    "Pool",
     "ProbeAuthError",
     "ProbeConnectionError",
     "ProbeError",
+    "ProbeHostKeyError",
     "ProbeTimeout",
     "Pump",
     "ReasonType",
     "Recorder",
     "ResourceState",
+    "Router",
     "ScenarioError",
     "Settings",
     "Status",
     "StatusChange",
+    "StoragePoolDirectory",
     "SystemClock",
+    "VMwareInvestigator",
     "Verdict",
     "Vm",
+    "VmNetworkDirectory",
+    "VmPowerState",
     "VmState",
     "VmType",
+    "XenServerInvestigator",
+    "build_chain",
     "decide_after_investigation",
     "host_outcome",
     "host_transition",

@@ -28,6 +28,7 @@ __all__ = [
     "ProbeAuthError",
     "ProbeConnectionError",
     "ProbeError",
+    "ProbeHostKeyError",
     "ProbeTimeout",
     "ScenarioError",
 ]
@@ -111,3 +112,7 @@ class ProbeConnectionError(ProbeError, ConnectionError):
 
 class ProbeAuthError(ProbeError):
     """The probe was refused its credentials."""
+
+
+class ProbeHostKeyError(ProbeAuthError):
+    """The server's host key is unknown or does not match the known_hosts entry."""

@@ -20,9 +20,11 @@ __all__ = [
     "Host",
     "HostType",
     "HypervisorType",
+    "Pool",
     "ReasonType",
     "ResourceState",
     "Vm",
+    "VmPowerState",
     "VmState",
     "VmType",
 ]
@@ -131,6 +133,18 @@ class VmType(enum.Enum):
         return self.value
 
 
+class VmPowerState(enum.Enum):
+    """A VM's power state as its host's agent reports it (CloudStack ``PowerState``)."""
+
+    POWER_ON = "PowerOn"
+    POWER_OFF = "PowerOff"
+    POWER_UNKNOWN = "PowerUnknown"
+    POWER_REPORT_MISSING = "PowerReportMissing"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class VmState(enum.Enum):
     """Virtual machine state (CloudStack ``VirtualMachine.State``)."""
 
@@ -226,3 +240,28 @@ class Vm:
     def __attrs_post_init__(self) -> None:
         if not self.name:
             object.__setattr__(self, "name", self.id)
+
+
+@attrs.frozen
+class Pool:
+    """A primary storage pool as mounted on the hosts that use it.
+
+    Attributes:
+        id: the pool's id.
+        mount_point: where the hosts mount it (the same path on every host,
+            as with CloudStack's ``/mnt/<pool uuid>``); the storage heartbeat
+            lives in ``<mount_point>/KVMHA/``.
+        type: CloudStack's ``StoragePoolType`` string (``NetworkFilesystem``,
+            ``SharedMountPoint``, ``RBD`` ...).
+        supports_ha: True if the pool can carry the storage heartbeat
+            (CloudStack: NFS only; other drivers may say so too).
+        cluster: the cluster of a cluster-wide pool; None for zone-wide.
+        zone: the zone.
+    """
+
+    id: str
+    mount_point: str
+    type: str = "NetworkFilesystem"
+    supports_ha: bool = True
+    cluster: str | None = None
+    zone: str = "z1"

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from cloudha.model import AlertType, Host, ReasonType
+from cloudha.model import AlertType, Host, Pool, ReasonType, Vm
 from cloudha.status import Event, Status
 
 __all__ = [
@@ -33,12 +33,19 @@ __all__ = [
     "CommandListener",
     "ConnectionListener",
     "DirectAgentResource",
+    "DomainState",
+    "GuestNic",
     "HAScheduler",
     "HostDirectory",
+    "HypervisorProbe",
+    "HypervisorReport",
     "Keep",
     "MaintenanceChecker",
     "PingReport",
+    "Router",
     "StatusChange",
+    "StoragePoolDirectory",
+    "VmNetworkDirectory",
 ]
 
 
@@ -214,3 +221,79 @@ class CommandListener(Protocol):
 
     def process_ping(self, report: PingReport) -> None:
         """A ping arrived."""
+
+
+@runtime_checkable
+class StoragePoolDirectory(Protocol):
+    """Which primary storage pools each host mounts (for the storage heartbeat)."""
+
+    def pools_for_host(self, host: Host) -> Sequence[Pool]:
+        """The pools ``host`` mounts: its cluster's pools, then zone-wide pools."""
+
+
+@attrs.frozen
+class Router:
+    """A virtual router of a guest network: where it runs and its private address."""
+
+    id: str
+    host_id: str
+    private_ip: str
+    pod: str = "p1"
+
+
+@attrs.frozen
+class GuestNic:
+    """One IPv4 guest address of a VM and the routers of that network."""
+
+    ip: str
+    routers: tuple[Router, ...] = ()
+
+
+@runtime_checkable
+class VmNetworkDirectory(Protocol):
+    """VM addresses, for the ping-based investigators."""
+
+    def guest_nics(self, vm: Vm) -> Sequence[GuestNic]:
+        """The VM's guest NICs that have an IPv4 address, with their networks' routers."""
+
+    def management_ips(self, vm: Vm) -> Sequence[str]:
+        """The IPv4 addresses of a system VM's management NICs (empty if none)."""
+
+
+class DomainState(enum.Enum):
+    """A hypervisor's view of one VM (libvirt's domain states, folded)."""
+
+    RUNNING = "Running"
+    """Running, blocked or paused: the VM holds its disks."""
+    SHUTOFF = "Shutoff"
+    """Defined but not running (shut off or crashed)."""
+    MISSING = "Missing"
+    """The hypervisor has no such domain."""
+    OTHER = "Other"
+    """A transitional or unknown state (shutting down, pm-suspended, no state)."""
+
+
+@attrs.frozen
+class HypervisorReport:
+    """What a hypervisor said when probed."""
+
+    uri: str
+    hostname: str = ""
+    version: int = 0
+    running_domains: int = 0
+
+
+@runtime_checkable
+class HypervisorProbe(Protocol):
+    """Talks to a host's hypervisor directly, bypassing the agent.
+
+    Both methods raise :class:`~cloudha.errors.ProbeError` subclasses
+    (ProbeTimeout, ProbeConnectionError, ProbeAuthError) when the hypervisor
+    does not answer, and never block past ``timeout``.
+    """
+
+    def probe_host(self, host: Host, *, timeout: float) -> HypervisorReport:
+        """Connect to ``host``'s hypervisor and ask it something cheap."""
+
+    def domain_state(self, host: Host, domain: str, *, timeout: float) -> DomainState:
+        """The state of the domain named ``domain`` on ``host``."""

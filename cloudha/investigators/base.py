@@ -53,9 +53,10 @@ class Finding:
         verdict: ALIVE, DEAD or UNKNOWN.
         source: the investigator's name.
         reason: why, in one sentence.
-        reachable: for ALIVE host findings: whether the management path to the
-            host's agent works (False means "alive, but cut off from us":
-            CloudStack's Disconnected). None when not known or not relevant.
+        reachable: for host findings: whether the management path to the
+            host's agent works. False means "cut off from us" (CloudStack's
+            Disconnected): alive but unreachable with ALIVE, unreachable and
+            undecidable with UNKNOWN. None when not known or not relevant.
         observed_at: ``clock.monotonic()`` of the observation.
         evidence: what was seen (JSON-able, no secrets).
     """
@@ -84,15 +85,29 @@ class Finding:
 def host_outcome(finding: Finding | None) -> Status | None:
     """Map a host finding to CloudStack's ``isAgentAlive`` outcome.
 
-    DEAD -> Down; ALIVE and unreachable -> Disconnected; ALIVE -> Up;
-    UNKNOWN (or no finding) -> None ("cannot determine").
+    ============================================  ================
+    finding                                       outcome
+    ============================================  ================
+    DEAD                                          Down
+    ALIVE, reachable                              Up
+    ALIVE, ``reachable=False``                    Disconnected
+    UNKNOWN, ``reachable=False``                  Disconnected
+    UNKNOWN otherwise, or no finding              None
+    ============================================  ================
+
+    ``reachable=False`` on an UNKNOWN finding is how a witness says "nobody
+    can reach this host, stop asking" (CloudStack's KVM investigator answers
+    Disconnected when neither the host nor a neighbour answers); the host then
+    goes to Alert and its VMs stay where they are.
     """
-    if finding is None or finding.verdict is Verdict.UNKNOWN:
+    if finding is None:
         return None
     if finding.verdict is Verdict.DEAD:
         return Status.DOWN
     if finding.reachable is False:
         return Status.DISCONNECTED
+    if finding.verdict is Verdict.UNKNOWN:
+        return None
     return Status.UP
 
 
@@ -148,14 +163,14 @@ class BaseInvestigator(abc.ABC):
             finding = self._agent_alive(host)
         except ProbeError as exc:
             finding = self.unknown(f"probe failed: {exc}", error=type(exc).__name__)
-        return self._stamp(finding)
+        return self._stamp(finding, "_agent_alive")
 
     def is_vm_alive(self, vm: Vm, host: Host) -> Finding:
         try:
             finding = self._vm_alive(vm, host)
         except ProbeError as exc:
             finding = self.unknown(f"probe failed: {exc}", error=type(exc).__name__)
-        return self._stamp(finding)
+        return self._stamp(finding, "_vm_alive")
 
     @abc.abstractmethod
     def _agent_alive(self, host: Host) -> Finding:
@@ -174,7 +189,9 @@ class BaseInvestigator(abc.ABC):
         """An UNKNOWN finding from this investigator."""
         return self.finding(Verdict.UNKNOWN, reason, **evidence)
 
-    def _stamp(self, finding: Finding) -> Finding:
+    def _stamp(self, finding: Finding, hook: str) -> Finding:
+        if not isinstance(finding, Finding):
+            raise TypeError(f"{type(self).__name__}.{hook} returned {finding!r}, not a Finding")
         return attrs.evolve(finding, observed_at=self.clock.monotonic())
 
     def __repr__(self) -> str:

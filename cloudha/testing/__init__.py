@@ -4,9 +4,13 @@ Not imported by ``import cloudha``.
 """
 
 from cloudha.testing.clock import FakeClock as FakeClock
+from cloudha.testing.contract import check_investigator as check_investigator
 from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
 from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
+from cloudha.testing.fakes import FakeHypervisorProbe as FakeHypervisorProbe
 from cloudha.testing.fakes import InMemoryHostDirectory as InMemoryHostDirectory
+from cloudha.testing.fakes import InMemoryStoragePools as InMemoryStoragePools
+from cloudha.testing.fakes import InMemoryVmNetworks as InMemoryVmNetworks
 from cloudha.testing.fakes import RecordingAlertSink as RecordingAlertSink
 from cloudha.testing.fakes import RecordingHAScheduler as RecordingHAScheduler
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
@@ -22,13 +26,17 @@ __all__ = [
     "FakeAgentGateway",
     "FakeClock",
     "FakeDirectAgentResource",
+    "FakeHypervisorProbe",
     "InMemoryHostDirectory",
+    "InMemoryStoragePools",
+    "InMemoryVmNetworks",
     "RecordingAlertSink",
     "RecordingHAScheduler",
     "Scenario",
     "ScheduledRestart",
     "ScriptedInvestigator",
     "Simulation",
+    "check_investigator",
     "load_scenario",
     "parse_scenario",
     "simulate",

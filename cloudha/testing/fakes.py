@@ -12,15 +12,28 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 
 from cloudha.clock import Clock
-from cloudha.errors import ProbeConnectionError
+from cloudha.errors import ProbeConnectionError, ProbeError
 from cloudha.investigators import BaseInvestigator, Finding, Verdict
-from cloudha.model import Host, ReasonType, Vm
-from cloudha.ports import KEEP, Alert, Answer, Command, PingReport, StatusChange
+from cloudha.model import Host, Pool, ReasonType, Vm
+from cloudha.ports import (
+    KEEP,
+    Alert,
+    Answer,
+    Command,
+    DomainState,
+    GuestNic,
+    HypervisorReport,
+    PingReport,
+    StatusChange,
+)
 
 __all__ = [
     "FakeAgentGateway",
     "FakeDirectAgentResource",
+    "FakeHypervisorProbe",
     "InMemoryHostDirectory",
+    "InMemoryStoragePools",
+    "InMemoryVmNetworks",
     "RecordingAlertSink",
     "RecordingHAScheduler",
     "ScheduledRestart",
@@ -216,3 +229,76 @@ class ScriptedInvestigator(BaseInvestigator):
 
     def _vm_alive(self, vm: Vm, host: Host) -> Finding:
         return self.finding(self.script.get(vm.id, Verdict.UNKNOWN), "scripted")
+
+
+class InMemoryStoragePools:
+    """Pools by cluster (and zone-wide pools by zone), as a StoragePoolDirectory."""
+
+    def __init__(self, pools: Iterable[Pool] = ()) -> None:
+        self.pools: list[Pool] = list(pools)
+
+    def pools_for_host(self, host: Host) -> Sequence[Pool]:
+        cluster_wide = [
+            p for p in self.pools if p.cluster is not None and p.cluster == host.cluster
+        ]
+        zone_wide = [p for p in self.pools if p.cluster is None and p.zone == host.zone]
+        return cluster_wide + zone_wide
+
+
+class InMemoryVmNetworks:
+    """Guest NICs and management addresses per VM id, as a VmNetworkDirectory."""
+
+    def __init__(
+        self,
+        guest: dict[str, Sequence[GuestNic]] | None = None,
+        management: dict[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.guest: dict[str, Sequence[GuestNic]] = {} if guest is None else guest
+        self.management: dict[str, Sequence[str]] = {} if management is None else management
+
+    def guest_nics(self, vm: Vm) -> Sequence[GuestNic]:
+        return list(self.guest.get(vm.id, ()))
+
+    def management_ips(self, vm: Vm) -> Sequence[str]:
+        return list(self.management.get(vm.id, ()))
+
+
+class FakeHypervisorProbe:
+    """A HypervisorProbe answering from dicts.
+
+    ``answering[host_id]`` True answers probes; False or missing raises
+    ``error`` (a ProbeConnectionError by default). ``domains[(host_id, name)]``
+    is a DomainState; unknown domains on an answering host are MISSING.
+    """
+
+    def __init__(
+        self,
+        answering: dict[str, bool] | None = None,
+        domains: dict[tuple[str, str], DomainState] | None = None,
+        error: Callable[[Host], ProbeError] | None = None,
+    ) -> None:
+        self.answering: dict[str, bool] = {} if answering is None else answering
+        self.domains: dict[tuple[str, str], DomainState] = {} if domains is None else domains
+        self._error = error
+        self.calls: list[tuple[str, str]] = []
+
+    def _require(self, host: Host) -> None:
+        if not self.answering.get(host.id, False):
+            if self._error is not None:
+                raise self._error(host)
+            raise ProbeConnectionError(f"hypervisor of {host.id} does not answer", host_id=host.id)
+
+    def probe_host(self, host: Host, *, timeout: float) -> HypervisorReport:
+        self.calls.append((host.id, "probe"))
+        self._require(host)
+        running = sum(
+            1 for (h, _), st in self.domains.items() if h == host.id and st is DomainState.RUNNING
+        )
+        return HypervisorReport(
+            uri=f"fake://{host.id}", hostname=host.name, running_domains=running
+        )
+
+    def domain_state(self, host: Host, domain: str, *, timeout: float) -> DomainState:
+        self.calls.append((host.id, domain))
+        self._require(host)
+        return self.domains.get((host.id, domain), DomainState.MISSING)

@@ -80,6 +80,8 @@ def test_alive_unreachable_maps_to_disconnected() -> None:
     assert host_outcome(Finding(Verdict.ALIVE, "x", "r")) is Status.UP
     assert host_outcome(Finding(Verdict.DEAD, "x", "r")) is Status.DOWN
     assert host_outcome(Finding(Verdict.UNKNOWN, "x", "r")) is None
+    assert host_outcome(Finding(Verdict.UNKNOWN, "x", "r", reachable=True)) is None
+    assert host_outcome(Finding(Verdict.UNKNOWN, "x", "r", reachable=False)) is Status.DISCONNECTED
     assert host_outcome(None) is None
 
 

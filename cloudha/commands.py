@@ -1,0 +1,93 @@
+"""The agent commands cloudha's investigators send, and how their answers read.
+
+Commands travel through the :class:`~cloudha.ports.AgentGateway` port as a
+name and JSON-able parameters; an orchestrator's agent (or cloudha's own SSH
+gateway, :mod:`cloudha.transport.gateway`) runs them on the host. Answers
+carry explicit verdicts in ``Answer.data``, never CloudStack's inverted
+booleans (where ``result=false`` meant "the heart is beating"):
+
+* ``CheckOnHostCommand`` (``host_id``, ``host_ip``, ``fail_on_one_pool``):
+  ``result`` is True when the check ran and ``data`` is a heartbeat report
+  (:meth:`cloudha.heartbeat.HeartbeatReport.to_dict`) whose ``verdict`` is
+  ALIVE, DEAD or UNKNOWN.
+* ``CheckVirtualMachineCommand`` (``vm_name``): ``data["power_state"]`` is a
+  :class:`~cloudha.model.VmPowerState` value.
+* ``PingTestCommand`` (``ip``, and ``router_ip`` to ping through a router):
+  ``result`` is True when ``ip`` answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cloudha.investigators.base import Verdict
+from cloudha.model import Host, Vm, VmPowerState
+from cloudha.ports import Answer, Command
+
+__all__ = [
+    "CHECK_ON_HOST",
+    "CHECK_VM",
+    "PING_TEST",
+    "answer_power_state",
+    "answer_verdict",
+    "check_on_host",
+    "check_vm",
+    "ping_test",
+]
+
+CHECK_ON_HOST = "CheckOnHostCommand"
+CHECK_VM = "CheckVirtualMachineCommand"
+PING_TEST = "PingTestCommand"
+
+
+def check_on_host(target: Host, *, fail_on_one_pool: bool) -> Command:
+    """Ask an agent to read ``target``'s storage heartbeat on its own pools."""
+    return Command(
+        CHECK_ON_HOST,
+        {"host_id": target.id, "host_ip": target.private_ip, "fail_on_one_pool": fail_on_one_pool},
+    )
+
+
+def check_vm(vm: Vm) -> Command:
+    """Ask the VM's host for the VM's power state."""
+    return Command(CHECK_VM, {"vm_name": vm.name})
+
+
+def ping_test(ip: str, *, router_ip: str | None = None) -> Command:
+    """Ask an agent whether ``ip`` answers (through ``router_ip`` when given)."""
+    params: dict[str, Any] = {"ip": ip}
+    if router_ip is not None:
+        params["router_ip"] = router_ip
+    return Command(PING_TEST, params)
+
+
+def answer_verdict(answer: Answer) -> tuple[Verdict, str]:
+    """The verdict and reason in a CheckOnHost answer; UNKNOWN when it has none.
+
+    A failed command or a malformed answer is UNKNOWN (never DEAD), with the
+    reason saying what was wrong.
+    """
+    if not answer.result:
+        return Verdict.UNKNOWN, f"check failed: {answer.details or 'no details'}"
+    raw = _get(answer.data, "verdict")
+    try:
+        verdict = Verdict(raw)
+    except ValueError:
+        return Verdict.UNKNOWN, f"answer has no valid verdict: {raw!r}"
+    reason = _get(answer.data, "reason")
+    return verdict, reason if isinstance(reason, str) and reason else answer.details
+
+
+def answer_power_state(answer: Answer) -> VmPowerState | None:
+    """The power state in a CheckVirtualMachine answer, or None when it has none."""
+    if not answer.result:
+        return None
+    try:
+        return VmPowerState(_get(answer.data, "power_state"))
+    except ValueError:
+        return None
+
+
+def _get(data: Mapping[str, Any], key: str) -> Any:
+    return data.get(key) if isinstance(data, Mapping) else None

@@ -1,0 +1,198 @@
+"""Building the investigator chain: the built-in witnesses and third-party plugins.
+
+Third-party investigators are found through the ``cloudha.investigators``
+entry-point group. Each entry point names a factory: a callable taking an
+:class:`InvestigatorContext` and returning an investigator (a class whose
+``__init__`` takes the context works, and so does a class with a
+``from_context`` classmethod). For example, in the plugin's
+``pyproject.toml``::
+
+    [project.entry-points."cloudha.investigators"]
+    ipmi-sel = "acme_ha.investigators:SelInvestigator.from_context"
+
+A plugin that cannot be imported, whose factory raises, or that returns
+something that is not an investigator stops :func:`build_chain` with a
+:class:`~cloudha.errors.ConfigurationError` naming the entry point: a
+witness silently missing from an HA chain is worse than a clear start-up
+failure.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from cloudha.clock import Clock
+from cloudha.errors import ConfigurationError
+from cloudha.investigators.agent_check import AgentCheckInvestigator
+from cloudha.investigators.base import Investigator
+from cloudha.investigators.chain import InvestigatorChain
+from cloudha.investigators.hypervisor import HypervisorInvestigator
+from cloudha.investigators.kvm import KVMInvestigator
+from cloudha.investigators.ping import ManagementIPInvestigator, PingInvestigator
+from cloudha.investigators.vmware import VMwareInvestigator
+from cloudha.investigators.xen import XenServerInvestigator
+from cloudha.ports import (
+    AgentGateway,
+    HostDirectory,
+    HypervisorProbe,
+    StoragePoolDirectory,
+    VmNetworkDirectory,
+)
+from cloudha.settings import Settings
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "InvestigatorContext",
+    "build_chain",
+    "builtin_investigators",
+    "discover_investigators",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "cloudha.investigators"
+
+
+@attrs.frozen
+class InvestigatorContext:
+    """Everything an investigator may need, handed to every factory.
+
+    Attributes:
+        clock: the time source.
+        directory: the host inventory.
+        gateway: sends commands to agents.
+        settings: the effective settings.
+        pools: which pools each host mounts; without it there is no KVM
+            storage-heartbeat investigator.
+        networks: VM addresses; without it the ping investigators judge
+            hosts only.
+        hypervisor_probe: a direct hypervisor connection (libvirt); without
+            it there is no hypervisor investigator.
+        timeout: limit on each command or probe, in seconds; None means
+            ``ping.interval``, the same limit as the direct CheckHealth.
+    """
+
+    clock: Clock
+    directory: HostDirectory
+    gateway: AgentGateway
+    settings: Settings = attrs.field(factory=Settings)
+    pools: StoragePoolDirectory | None = None
+    networks: VmNetworkDirectory | None = None
+    hypervisor_probe: HypervisorProbe | None = None
+    timeout: float | None = None
+
+    @property
+    def command_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else self.settings.ping_interval
+
+
+def builtin_investigators(ctx: InvestigatorContext) -> list[Investigator]:
+    """The built-in witnesses that ``ctx`` has the ports for, in registration order."""
+    common: dict[str, Any] = {
+        "directory": ctx.directory,
+        "gateway": ctx.gateway,
+        "timeout": ctx.command_timeout,
+    }
+    found: list[Investigator] = [
+        AgentCheckInvestigator(ctx.clock, **common),
+        XenServerInvestigator(ctx.clock, **common),
+    ]
+    if ctx.pools is not None:
+        found.append(
+            KVMInvestigator(
+                ctx.clock,
+                pools=ctx.pools,
+                fail_on_one_pool=ctx.settings.kvm_ha_fence_on_storage_heartbeat_failure,
+                **common,
+            )
+        )
+    found.append(VMwareInvestigator(ctx.clock))
+    found.append(PingInvestigator(ctx.clock, networks=ctx.networks, **common))
+    found.append(ManagementIPInvestigator(ctx.clock, networks=ctx.networks, **common))
+    if ctx.hypervisor_probe is not None:
+        found.append(
+            HypervisorInvestigator(
+                ctx.clock, probe=ctx.hypervisor_probe, timeout=ctx.command_timeout
+            )
+        )
+    return found
+
+
+def discover_investigators(
+    ctx: InvestigatorContext,
+    *,
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+) -> list[Investigator]:
+    """Load every investigator plugin of the ``cloudha.investigators`` group.
+
+    Args:
+        ctx: handed to each factory.
+        entry_points: the entry points to load (default: those installed).
+
+    Raises:
+        ConfigurationError: a plugin failed to load or built no investigator.
+    """
+    if entry_points is None:
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    loaded: list[Investigator] = []
+    for ep in sorted(entry_points, key=lambda e: e.name):
+        where = f"investigator plugin {ep.name!r} ({ep.value})"
+        try:
+            factory = ep.load()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{where} failed to load: {type(exc).__name__}: {exc}",
+                key=ENTRY_POINT_GROUP,
+                value=ep.name,
+            ) from exc
+        if not callable(factory):
+            raise ConfigurationError(
+                f"{where} is not callable", key=ENTRY_POINT_GROUP, value=ep.name
+            )
+        build = getattr(factory, "from_context", factory)
+        try:
+            investigator = build(ctx)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"{where} raised while being built: {type(exc).__name__}: {exc}",
+                key=ENTRY_POINT_GROUP,
+                value=ep.name,
+            ) from exc
+        if not isinstance(investigator, Investigator):
+            raise ConfigurationError(
+                f"{where} built {type(investigator).__name__}, which is not an Investigator "
+                "(needs name, supports, is_agent_alive and is_vm_alive)",
+                key=ENTRY_POINT_GROUP,
+                value=ep.name,
+            )
+        log.info("loaded %s as %s", where, investigator.name)
+        loaded.append(investigator)
+    return loaded
+
+
+def build_chain(
+    ctx: InvestigatorContext,
+    *,
+    extra: Iterable[Investigator] = (),
+    discover: bool = True,
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+) -> InvestigatorChain:
+    """The chain as CloudStack's registry would build it.
+
+    Registration order is: the built-ins (:func:`builtin_investigators`),
+    then ``extra``, then discovered plugins. ``ha.investigators.order`` and
+    ``ha.investigators.exclude`` from ``ctx.settings`` then apply.
+    """
+    investigators = builtin_investigators(ctx) + list(extra)
+    if discover:
+        investigators += discover_investigators(ctx, entry_points=entry_points)
+    return InvestigatorChain(
+        investigators,
+        order=ctx.settings.ha_investigators_order,
+        exclude=ctx.settings.ha_investigators_exclude,
+    )

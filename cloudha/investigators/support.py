@@ -1,0 +1,90 @@
+"""Shared plumbing for investigators that ask agents: neighbours and safe sends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+
+from cloudha.clock import Clock
+from cloudha.commands import answer_verdict
+from cloudha.errors import ProbeError
+from cloudha.investigators.base import BaseInvestigator, Verdict
+from cloudha.model import Host, HostType, HypervisorType
+from cloudha.ports import AgentGateway, Answer, Command, HostDirectory
+from cloudha.status import Status
+
+__all__ = ["AgentInvestigatorBase"]
+
+log = logging.getLogger(__name__)
+
+
+class AgentInvestigatorBase(BaseInvestigator):
+    """A :class:`BaseInvestigator` that asks host agents through the gateway.
+
+    Args:
+        clock: time source for findings.
+        directory: the host inventory (to find neighbours).
+        gateway: sends commands to agents.
+        timeout: limit on each command, in seconds.
+    """
+
+    def __init__(
+        self, clock: Clock, *, directory: HostDirectory, gateway: AgentGateway, timeout: float
+    ) -> None:
+        super().__init__(clock)
+        if timeout <= 0:
+            raise ValueError(f"{type(self).__name__}: timeout must be positive, got {timeout!r}")
+        self.directory = directory
+        self.gateway = gateway
+        self.timeout = timeout
+
+    def send(self, host: Host, command: Command) -> Answer | ProbeError:
+        """Send ``command`` to ``host``; a probe failure is returned, not raised."""
+        try:
+            return self.gateway.send(host, command, timeout=self.timeout)
+        except ProbeError as exc:
+            log.debug("%s: %s to %s failed: %s", self.name, command.name, host.id, exc)
+            return exc
+
+    def opinion(self, via: Host, command: Command, asked: dict[str, str]) -> Verdict | None:
+        """Send a heartbeat check to ``via``; None if it did not answer.
+
+        What ``via`` said (or that it did not answer) is recorded in ``asked``.
+        """
+        reply = self.send(via, command)
+        if isinstance(reply, ProbeError):
+            asked[via.id] = f"no answer: {reply}"
+            return None
+        verdict, reason = answer_verdict(reply)
+        asked[via.id] = f"{verdict}: {reason}"
+        return verdict
+
+    def neighbours(
+        self,
+        host: Host,
+        *,
+        scope: str = "cluster",
+        hypervisors: Collection[HypervisorType] | None = None,
+        statuses: Collection[Status] = (Status.UP,),
+    ) -> Sequence[Host]:
+        """Other routing hosts of ``host``'s cluster (or pod) in one of ``statuses``.
+
+        Sorted by id so the order of asking is stable.
+        """
+        if scope == "cluster":
+            if host.cluster is None:
+                return []
+            candidates = self.directory.list_hosts(cluster=host.cluster)
+        elif scope == "pod":
+            candidates = self.directory.list_hosts(pod=host.pod, zone=host.zone)
+        else:
+            raise ValueError(f"scope must be 'cluster' or 'pod', got {scope!r}")
+        chosen = [
+            h
+            for h in candidates
+            if h.id != host.id
+            and h.type is HostType.ROUTING
+            and h.status in statuses
+            and (hypervisors is None or h.hypervisor in hypervisors)
+        ]
+        return sorted(chosen, key=lambda h: h.id)
