@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES=(libvirt-dev pkg-config gcc)
+# libvirt-dev/pkg-config/gcc build libvirt-python; the rest are the real servers the
+# integration tests start on loopback (sshd, libvirtd with the test driver, nc for test+ssh).
+APT_PACKAGES=(libvirt-dev pkg-config gcc openssh-server libvirt-daemon libvirt-clients netcat-openbsd)
 command -v python3 >/dev/null 2>&1 || APT_PACKAGES+=(python3 python3-venv python3-dev)
 
 missing=()
