@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cloudha.cli import heartbeat as _heartbeat
 from cloudha.errors import CloudHAError
 
 __all__ = ["main"]
@@ -26,6 +27,9 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s"
     )
+
+
+main.add_command(_heartbeat.heartbeat)
 
 
 @main.command()

@@ -1,0 +1,344 @@
+"""The heartbeat writer (CloudStack's ``KVMHAMonitor``, spec §6.2).
+
+:func:`writer_plan` is the whole decision logic, as a generator of actions
+(:class:`Write`, :class:`Sleep`, :class:`SelfFence`) that knows nothing of
+threads, files or clocks. :class:`HeartbeatWriter` drives it on a real host;
+the simulator drives the same plan on virtual time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import types
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Protocol, TypeAlias, final, runtime_checkable
+
+import attrs
+
+from cloudha.clock import Clock
+from cloudha.heartbeat.files import format_heartbeat, heartbeat_path, normalize_host_ip
+from cloudha.heartbeat.storage import StorageAccess
+from cloudha.heartbeat.timing import HeartbeatTiming
+from cloudha.model import Pool
+
+__all__ = [
+    "HeartbeatWriter",
+    "SelfFence",
+    "SelfFencer",
+    "Sleep",
+    "SysrqSelfFencer",
+    "Write",
+    "WriterAction",
+    "writer_plan",
+]
+
+log = logging.getLogger("cloudha.heartbeat")
+
+
+@attrs.frozen
+class Write:
+    """Write the heartbeat to ``pool`` now; send back True (written) or False (failed).
+
+    ``attempt`` counts from 1 within the pool's round.
+    """
+
+    pool: Pool
+    attempt: int
+
+
+@attrs.frozen
+class Sleep:
+    """Pause ``seconds``, then send back None.
+
+    ``reason`` is ``"retry"`` (between failed attempts on a pool) or
+    ``"round"`` (after every pool of a round).
+    """
+
+    seconds: float
+    reason: str
+
+
+@attrs.frozen
+class SelfFence:
+    """Every attempt on ``pool`` failed: reset this host now. The plan ends after it."""
+
+    pool: Pool
+    reason: str
+
+
+WriterAction: TypeAlias = Write | Sleep | SelfFence
+"""What :func:`writer_plan` asks its driver to do."""
+
+
+def writer_plan(
+    pools: Callable[[], Sequence[Pool]],
+    timing: HeartbeatTiming,
+    *,
+    reboot_on_failure: bool,
+) -> Generator[WriterAction, bool | None, None]:
+    """The writer's actions, forever (CloudStack's ``KVMHAMonitor`` loop).
+
+    Each round calls ``pools()`` again, then for each pool yields
+    ``Write(pool, attempt)`` for attempt 1..``max_tries`` until one is
+    answered True, with ``Sleep(retry_sleep, "retry")`` between failed
+    attempts. When every attempt on a pool failed: with ``reboot_on_failure``
+    it yields ``SelfFence(pool, reason)`` and ends; without, it logs an error
+    and goes on with the next pool. After the pools (none is fine) it yields
+    ``Sleep(frequency, "round")``.
+
+    Driving: start with ``next(plan)`` (or ``plan.send(None)``); answer a
+    :class:`Write` with ``plan.send(True)`` or ``plan.send(False)``, a
+    :class:`Sleep` or a :class:`SelfFence` with ``plan.send(None)``.
+
+    Raises:
+        TypeError: (from ``send``) when a Write is answered with anything but a bool.
+    """
+    while True:
+        for pool in tuple(pools()):
+            written = False
+            for attempt in range(1, timing.max_tries + 1):
+                result = yield Write(pool, attempt)
+                if not isinstance(result, bool):
+                    raise TypeError(
+                        f"answer Write with True or False, got {result!r} (pool {pool.id})"
+                    )
+                if result:
+                    written = True
+                    break
+                if attempt < timing.max_tries:
+                    yield Sleep(timing.retry_sleep, "retry")
+            if written:
+                continue
+            reason = (
+                f"could not write the heartbeat to pool {pool.id} ({pool.mount_point})"
+                f" in {timing.max_tries} tries"
+            )
+            if reboot_on_failure:
+                yield SelfFence(pool, reason)
+                return
+            log.error("%s; not rebooting (reboot on heartbeat timeout is off)", reason)
+        yield Sleep(timing.frequency, "round")
+
+
+@runtime_checkable
+class SelfFencer(Protocol):
+    """Resets the local host when its heartbeat cannot be written."""
+
+    def self_fence(self, reason: str) -> None:
+        """Reset this host now; ``reason`` says why. On a real host this does not return."""
+
+
+@final
+class SysrqSelfFencer:
+    """Resets the host like ``kvmheartbeat.sh -c``: log, ``sync``, then sysrq ``b``.
+
+    Logs CRITICAL with the reason (logger ``cloudha.heartbeat``), runs
+    :func:`os.sync` in a daemon thread and waits at most ``sync_wait``
+    seconds for it (a sync to a hung NFS server never ends), then writes
+    ``b"b"`` to ``trigger_path``: an immediate reset, no clean shutdown.
+
+    Args:
+        trigger_path: the sysrq trigger (``/proc/sysrq-trigger``).
+        sync_wait: the longest wait for ``sync``, in seconds.
+        sync: the flush to run (``os.sync``; tests replace it).
+
+    Raises (from :meth:`self_fence`):
+        OSError: the trigger could not be written (logged, then re-raised).
+    """
+
+    def __init__(
+        self,
+        trigger_path: str = "/proc/sysrq-trigger",
+        sync_wait: float = 5.0,
+        *,
+        sync: Callable[[], None] = os.sync,
+    ) -> None:
+        if not sync_wait >= 0:
+            raise ValueError(f"sync_wait must be >= 0, got {sync_wait!r}")
+        self.trigger_path = trigger_path
+        self.sync_wait = sync_wait
+        self._sync = sync
+
+    def self_fence(self, reason: str) -> None:
+        log.critical(
+            "%s: resetting this host through %s (unable to write the storage heartbeat)",
+            reason,
+            self.trigger_path,
+        )
+        syncer = threading.Thread(target=self._sync, name="cloudha-self-fence-sync", daemon=True)
+        syncer.start()
+        syncer.join(self.sync_wait)
+        try:
+            with open(self.trigger_path, "wb", buffering=0) as trigger:
+                trigger.write(b"b")
+        except OSError as exc:
+            log.critical("cannot reset this host through %s: %s", self.trigger_path, exc)
+            raise
+
+    def __repr__(self) -> str:
+        return f"SysrqSelfFencer(trigger_path={self.trigger_path!r}, sync_wait={self.sync_wait!r})"
+
+
+class HeartbeatWriter:
+    """Writes this host's heartbeat to its HA pools, self-fencing when it cannot.
+
+    Args:
+        storage: access to the pools' mount points.
+        clock: the time written into the heartbeat, and the sleeps.
+        timing: frequency, tries, retry sleep and write timeout.
+        host_ip: this host's private address (the heartbeat file's name).
+        pools: the HA pools, or a callable giving them (asked every round).
+        reboot_on_failure: self-fence when every try on a pool failed
+            (``reboot.host.and.alert.management.on.heartbeat.timeout``).
+        self_fencer: how to self-fence; :class:`SysrqSelfFencer` by default.
+
+    Raises:
+        ConfigurationError: ``host_ip`` is not an IP address.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: StorageAccess,
+        clock: Clock,
+        timing: HeartbeatTiming,
+        host_ip: str,
+        pools: Sequence[Pool] | Callable[[], Sequence[Pool]],
+        reboot_on_failure: bool = True,
+        self_fencer: SelfFencer | None = None,
+    ) -> None:
+        self.storage = storage
+        self.clock = clock
+        self.timing = timing
+        self.host_ip = normalize_host_ip(host_ip)
+        if callable(pools):
+            self._pools: Callable[[], Sequence[Pool]] = pools
+        else:
+            fixed = tuple(pools)
+            self._pools = lambda: fixed
+        self.reboot_on_failure = reboot_on_failure
+        self.self_fencer: SelfFencer = self_fencer if self_fencer is not None else SysrqSelfFencer()
+        self._lock = threading.Lock()
+        self._last_success: dict[str, float] = {}
+        self._stuck: dict[str, threading.Thread] = {}
+
+    @property
+    def last_success(self) -> Mapping[str, float]:
+        """Pool id → ``clock.now()`` epoch seconds of its last successful write (a copy)."""
+        with self._lock:
+            return types.MappingProxyType(dict(self._last_success))
+
+    def run(self, stop: threading.Event) -> None:
+        """Write heartbeats until ``stop`` is set or the plan ends after self-fencing.
+
+        Sleeps with ``clock.wait(stop, seconds)``, so setting ``stop`` ends a
+        sleep at once; a write in progress is not interrupted (it is bounded
+        by ``timing.write_timeout``). Stopping never self-fences.
+
+        Raises:
+            OSError: the self-fencer could not reset the host.
+        """
+        plan = writer_plan(self._pools, self.timing, reboot_on_failure=self.reboot_on_failure)
+        answer: bool | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    action = plan.send(answer)
+                except StopIteration:
+                    return
+                answer = None
+                if isinstance(action, Write):
+                    answer = self.write_once(action.pool)
+                elif isinstance(action, Sleep):
+                    if self.clock.wait(stop, action.seconds):
+                        return
+                else:
+                    self.self_fencer.self_fence(action.reason)
+        finally:
+            plan.close()
+
+    def write_once(self, pool: Pool) -> bool:
+        """One attempt at writing the heartbeat (the current time) to ``pool``.
+
+        The write runs in a worker thread and the attempt lasts at most
+        ``timing.write_timeout`` seconds: a write to a hung NFS server must
+        not hang the writer. A worker that outlives its attempt is
+        remembered; the next attempt on that pool starts no second write
+        while it is stuck: it waits for it within its own timeout, fails if
+        it is still stuck, and otherwise writes a fresh heartbeat in the
+        time left. So every failed attempt takes as long as a hung write
+        would, and the writer self-fences only after its whole retry budget.
+        Failures (an :class:`OSError`, a timeout, any other exception from
+        the storage) are logged with the pool's id and the reason.
+
+        Returns:
+            True when the heartbeat was written, False otherwise.
+        """
+        path = heartbeat_path(pool.mount_point, self.host_ip)
+        timeout = self.timing.write_timeout
+        with self._lock:
+            stuck = self._stuck.pop(pool.id, None)
+        if stuck is not None:
+            started = self.clock.monotonic()
+            stuck.join(timeout)
+            if stuck.is_alive():
+                with self._lock:
+                    self._stuck[pool.id] = stuck
+                log.error(
+                    "heartbeat write to pool %s (%s): the previous write is still hung"
+                    " after %g s more; attempt counted as failed",
+                    pool.id,
+                    path,
+                    timeout,
+                )
+                return False
+            timeout -= self.clock.monotonic() - started
+            if timeout <= 0:
+                log.error(
+                    "heartbeat write to pool %s (%s): no time left after the previous hung write",
+                    pool.id,
+                    path,
+                )
+                return False
+        now = self.clock.now().timestamp()
+        data = format_heartbeat(now)
+        failure: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                self.storage.write_atomic(path, data)
+            except Exception as exc:  # any storage failure is a failed attempt
+                failure.append(exc)
+
+        worker = threading.Thread(
+            target=write, name=f"cloudha-heartbeat-write-{pool.id}", daemon=True
+        )
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            with self._lock:
+                self._stuck[pool.id] = worker
+            log.error(
+                "heartbeat write to pool %s (%s) timed out after %g s",
+                pool.id,
+                path,
+                self.timing.write_timeout,
+            )
+            return False
+        if failure:
+            exc = failure[0]
+            if isinstance(exc, OSError):
+                log.error(
+                    "heartbeat write to pool %s (%s) failed: %s", pool.id, path, exc.strerror or exc
+                )
+            else:
+                log.error("heartbeat write to pool %s (%s) failed", pool.id, path, exc_info=exc)
+            return False
+        with self._lock:
+            self._last_success[pool.id] = now
+        return True
+
+    def __repr__(self) -> str:
+        return f"HeartbeatWriter(host_ip={self.host_ip!r}, timing={self.timing!r})"

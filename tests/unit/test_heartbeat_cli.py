@@ -1,0 +1,314 @@
+"""``cloudha heartbeat``: write, check and activity on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import cloudha.cli.heartbeat as cli_heartbeat
+from cloudha.cli import main
+from cloudha.clock import SystemClock
+from cloudha.heartbeat import (
+    ActivityReport,
+    HeartbeatReport,
+    HeartbeatTiming,
+    HeartbeatWriter,
+    heartbeat_path,
+    parse_heartbeat,
+)
+from cloudha.investigators.base import Verdict
+from cloudha.model import Pool
+from cloudha.testing.heartbeat import MemoryStorage, RecordingSelfFencer
+
+IP = "10.1.2.3"
+ONCE = ("heartbeat", "write", "--once", "--host-ip", IP)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def fast_settings(tmp_path: Path) -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        '"kvm.heartbeat.update.max.tries" = 2\n"kvm.heartbeat.update.retry.sleep" = 1\n'
+        '"heartbeat.update.timeout" = 5000\n'
+    )
+    return path
+
+
+def beat(mount: Path, written_at: float) -> None:
+    path = Path(heartbeat_path(str(mount), IP))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"%d\n" % int(written_at))
+
+
+def mounts(tmp_path: Path, *names: str) -> list[Path]:
+    out = []
+    for name in names:
+        (tmp_path / name).mkdir()
+        out.append(tmp_path / name)
+    return out
+
+
+# -- check -----------------------------------------------------------------
+
+
+def test_check_json_with_a_fresh_and_a_stale_pool(runner: CliRunner, tmp_path: Path) -> None:
+    fresh, stale = mounts(tmp_path, "fresh", "stale")
+    beat(fresh, time.time() - 5)
+    beat(stale, time.time() - 10_000)
+    args = ["heartbeat", "check", "--json", "--host-ip", IP]
+    args += ["--mount", str(fresh), "--mount", str(stale)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = HeartbeatReport.from_dict(json.loads(result.stdout))
+    assert report.verdict is Verdict.ALIVE
+    assert [r.verdict for r in report.readings] == [Verdict.ALIVE, Verdict.DEAD]
+    assert report.readings[0].pool_id == str(fresh)
+    flagged = runner.invoke(main, [*args, "--fail-on-one-pool"])
+    assert flagged.exit_code == 0
+    assert json.loads(flagged.stdout)["verdict"] == "DEAD"
+
+
+def test_check_human_output_and_exit_0_for_every_verdict(runner: CliRunner, tmp_path: Path) -> None:
+    (stale,) = mounts(tmp_path, "stale")
+    beat(stale, time.time() - 10_000)
+    result = runner.invoke(main, ["heartbeat", "check", "--host-ip", IP, "--mount", str(stale)])
+    assert result.exit_code == 0
+    first, second = result.stdout.splitlines()
+    assert first.startswith(f"{IP}: DEAD: heartbeat on {stale} is ")
+    assert second.startswith(f"  {stale}: DEAD: ")
+
+
+def test_check_without_pools_is_unknown(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["heartbeat", "check", "--json", "--host-ip", IP])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["reason"] == "no HA storage pools"
+
+
+def test_check_reads_the_settings_file(runner: CliRunner, tmp_path: Path) -> None:
+    (mount,) = mounts(tmp_path, "m")
+    beat(mount, time.time() - 100)
+    settings = tmp_path / "s.toml"
+    settings.write_text('"kvm.heartbeat.update.frequency" = 1000\n')
+    args = ["heartbeat", "check", "--json", "--host-ip", IP, "--mount", str(mount)]
+    result = runner.invoke(main, [*args, "--settings", str(settings)])
+    assert json.loads(result.stdout)["threshold"] == 1 + 340 + 60 + 5
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--host-ip", "10.1.2"], "'--host-ip': not an IP address: '10.1.2'"),
+        (["--host-ip", IP, "--mount", "relative/dir"], "'--mount'"),
+        (["--host-ip", IP, "--settings", "/nonexistent/s.toml"], "'--settings'"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_option_and_exit_2(
+    runner: CliRunner, args: list[str], named: str
+) -> None:
+    result = runner.invoke(main, ["heartbeat", "check", *args])
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Error: Invalid value for ")
+    assert named in lines[0]
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_bad_environment_is_exit_2(runner: CliRunner) -> None:
+    result = runner.invoke(
+        main,
+        ["heartbeat", "check", "--host-ip", IP],
+        env={"CLOUDHA_KVM_HEARTBEAT_UPDATE_FREQUENCY": "often"},
+    )
+    assert result.exit_code == 2
+    assert "CLOUDHA_KVM_HEARTBEAT_UPDATE_FREQUENCY" in result.stderr
+
+
+def test_bad_settings_value_names_the_settings_option(runner: CliRunner, tmp_path: Path) -> None:
+    settings = tmp_path / "s.toml"
+    settings.write_text('"kvm.heartbeat.update.max.tries" = 0\n')
+    result = runner.invoke(
+        main, ["heartbeat", "check", "--host-ip", IP, "--settings", str(settings)]
+    )
+    assert result.exit_code == 2
+    assert "'--settings'" in result.stderr
+    assert "kvm.heartbeat.update.max.tries" in result.stderr
+
+
+# -- write -----------------------------------------------------------------
+
+
+def test_write_once_creates_the_heartbeat(runner: CliRunner, tmp_path: Path) -> None:
+    first, second = mounts(tmp_path, "a", "b")
+    before = int(time.time())
+    result = runner.invoke(
+        main,
+        [*ONCE, "--mount", str(first), "--mount", str(second)],
+    )
+    assert result.exit_code == 0, result.output
+    for mount in (first, second):
+        written = parse_heartbeat(Path(heartbeat_path(str(mount), IP)).read_bytes())
+        assert before <= written <= time.time()
+
+
+def test_write_once_exits_1_when_a_pool_cannot_be_written(
+    runner: CliRunner, tmp_path: Path, fast_settings: Path
+) -> None:
+    (good,) = mounts(tmp_path, "good")
+    blocked = tmp_path / "blocked"
+    blocked.write_bytes(b"")  # a file where the mount's directory should be
+    result = runner.invoke(
+        main,
+        [*ONCE, "--mount", str(good), "--mount", str(blocked), "--settings", str(fast_settings)],
+    )
+    assert result.exit_code == 1
+    assert f"not written to {blocked}" in result.stderr
+    assert Path(heartbeat_path(str(good), IP)).exists()
+
+
+def test_write_bad_ip_exits_2_without_traceback(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        main, ["heartbeat", "write", "--host-ip", "nope", "--mount", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "--host-ip" in result.stderr
+    assert "'nope'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_write_requires_a_mount(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["heartbeat", "write", "--host-ip", IP])
+    assert result.exit_code == 2
+    assert "--mount" in result.stderr
+
+
+def test_write_forever_runs_the_writer_with_the_reboot_setting(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[HeartbeatWriter] = []
+
+    def fake_run(writer: HeartbeatWriter) -> int:
+        seen.append(writer)
+        return 0
+
+    monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", fake_run)
+    settings = tmp_path / "s.toml"
+    settings.write_text('"reboot.host.and.alert.management.on.heartbeat.timeout" = false\n')
+    result = runner.invoke(main, ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)])
+    assert result.exit_code == 0
+    args = ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)]
+    result = runner.invoke(main, [*args, "--settings", str(settings)])
+    assert result.exit_code == 0
+    assert [writer.reboot_on_failure for writer in seen] == [True, False]
+
+
+def _writer(storage: MemoryStorage, fencer: RecordingSelfFencer) -> HeartbeatWriter:
+    return HeartbeatWriter(
+        storage=storage,
+        clock=SystemClock(),
+        timing=HeartbeatTiming(max_tries=2, retry_sleep=0.001),
+        host_ip=IP,
+        pools=[Pool("p", "/mnt/p")],
+        self_fencer=fencer,
+    )
+
+
+def test_sigterm_stops_the_writer_with_status_0() -> None:
+    storage = MemoryStorage(SystemClock())
+    storage.on_write = lambda path, data: os.kill(os.getpid(), signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli_heartbeat._run_until_signalled(_writer(storage, RecordingSelfFencer())) == 0
+    assert storage.writes == 1
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_writer_that_ends_by_itself_is_status_1(capsys: pytest.CaptureFixture[str]) -> None:
+    storage = MemoryStorage(SystemClock())
+    storage.fail_writes = True
+    fencer = RecordingSelfFencer()
+    assert cli_heartbeat._run_until_signalled(_writer(storage, fencer)) == 1
+    assert len(fencer.calls) == 1
+    assert "self-fenced, but this host is still running" in capsys.readouterr().err
+
+
+def test_a_writer_that_crashes_is_status_1(capsys: pytest.CaptureFixture[str]) -> None:
+    class Failing(RecordingSelfFencer):
+        def self_fence(self, reason: str) -> None:
+            raise PermissionError(13, "Permission denied")
+
+    storage = MemoryStorage(SystemClock())
+    storage.fail_writes = True
+    assert cli_heartbeat._run_until_signalled(_writer(storage, Failing())) == 1
+    assert "the writer stopped: [Errno 13] Permission denied" in capsys.readouterr().err
+
+
+def test_threads_left_are_daemons() -> None:
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("cloudha-heartbeat"))
+
+
+# -- activity --------------------------------------------------------------
+
+
+def test_activity_json(runner: CliRunner, tmp_path: Path) -> None:
+    (mount,) = mounts(tmp_path, "pool")
+    now = time.time()
+    beat(mount, now - 10_000)
+    volume = mount / "vols" / "v1.qcow2"
+    volume.parent.mkdir()
+    volume.write_bytes(b"qcow")
+    os.utime(volume, (now - 50, now - 50))
+    args = ["heartbeat", "activity", "--json", "--mount", str(mount), "--host-ip", IP]
+    args += ["--volume", "vols/v1.qcow2"]
+    result = runner.invoke(main, [*args, "--suspect-time", str(now - 100)])
+    assert result.exit_code == 0, result.output
+    report = ActivityReport.from_dict(json.loads(result.stdout))
+    assert report.verdict is Verdict.ALIVE
+    assert report.latest_mtime == pytest.approx(now - 50)
+    assert (mount / "KVMHA" / f"ac-{IP}").exists()
+    again = runner.invoke(main, [*args, "--suspect-time", str(now - 100)])
+    assert json.loads(again.stdout)["verdict"] == "DEAD"  # nothing written since
+
+
+def test_activity_human_output(runner: CliRunner, tmp_path: Path) -> None:
+    (mount,) = mounts(tmp_path, "pool")
+    beat(mount, time.time())
+    result = runner.invoke(
+        main,
+        ["heartbeat", "activity", "--mount", str(mount), "--host-ip", IP, "--suspect-time", "0"],
+    )
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"{IP}: ALIVE: heartbeat fresh: ")
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--volume", "../escape"], "'--volume'"),
+        (["--volume", "/abs"], "'--volume'"),
+        (["--suspect-time", "soon"], "'--suspect-time'"),
+    ],
+)
+def test_activity_bad_input_exits_2(
+    runner: CliRunner, tmp_path: Path, extra: list[str], named: str
+) -> None:
+    args = ["heartbeat", "activity", "--mount", str(tmp_path), "--host-ip", IP]
+    if "--suspect-time" not in extra:
+        args += ["--suspect-time", "0"]
+    result = runner.invoke(main, [*args, *extra])
+    assert result.exit_code == 2
+    assert named in result.stderr
+    assert "Traceback" not in result.output
