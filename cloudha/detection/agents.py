@@ -132,6 +132,8 @@ class AgentManager:
         self._connection_listeners: list[ConnectionListener] = [behind]
         self._command_listeners: list[CommandListener] = [behind]
         self._locks = tuple(threading.RLock() for _ in range(_LOCK_STRIPES))
+        self._alert_watch: dict[str, float] = {}
+        self._watch_lock = threading.Lock()
 
     # -- listeners -------------------------------------------------------
 
@@ -278,18 +280,66 @@ class AgentManager:
                 event = decision.event
             if not self._disconnect(host, event, transit_state=True):
                 return False
-            after = self.directory.find_host(host.id)
-            if after is not None and after.status is Status.DOWN:
-                self.recorder.emit(
-                    "ha_scheduled",
-                    host=host.id,
-                    reason="host is Down: restart its HA VMs",
-                    ha_reason=str(ReasonType.HOST_DOWN),
-                )
-                self.scheduler.schedule_restart_for_vms_on_host(
-                    after, investigate=True, reason=ReasonType.HOST_DOWN
-                )
+            self._hand_over_if_down(host.id)
             return True
+
+    @property
+    def alert_watch(self) -> frozenset[str]:
+        """Hosts in Alert that :meth:`recheck_alerted` investigates again."""
+        with self._watch_lock:
+            return frozenset(self._alert_watch)
+
+    def next_recheck_at(self) -> float | None:
+        """``clock.monotonic()`` when the next host in Alert is due, or None."""
+        with self._watch_lock:
+            return min(self._alert_watch.values(), default=None)
+
+    def recheck_alerted(self) -> list[str]:
+        """Investigate again every routing host this server left in Alert.
+
+        CloudStack leaves a host in Alert once an investigation could not
+        prove it dead (its agent is gone, so nothing examines it again), and
+        its HA VMs are never restarted. cloudha asks the chain again, once
+        per ``ping.interval`` from the monitor, until the host is found Down
+        (then its VMs are handed to the HA scheduler) or its agent
+        reconnects. A host is due one ``ping.interval`` after it entered
+        Alert and after each recheck. Returns the hosts found Down.
+        """
+        now = self.clock.monotonic()
+        with self._watch_lock:
+            due = sorted(h for h, at in self._alert_watch.items() if at <= now)
+            for host_id in due:
+                self._alert_watch[host_id] = now + self.settings.ping_interval
+        down: list[str] = []
+        for host_id in due:
+            with self._lock(host_id):
+                host = self.directory.find_host(host_id)
+                if host is None or host.status is not Status.ALERT or host.type.is_virtual:
+                    self._unwatch(host_id)
+                    continue
+                investigation = self.investigate(host)
+                found_down = investigation.status is Status.DOWN
+                self.recorder.emit(
+                    "investigation",
+                    host=host.id,
+                    reason=(
+                        "still in Alert: found Down"
+                        if found_down
+                        else f"still in Alert: {investigation.reason}"
+                    ),
+                    result=None if investigation.status is None else str(investigation.status),
+                    decided_by=investigation.decided_by,
+                    findings=[f.to_dict() for f in investigation.findings],
+                    trigger="AlertRecheck",
+                    action="disconnect" if found_down else "wait",
+                )
+                if not found_down:
+                    continue
+                self._alert(host, f"Host down, {host.id}", "investigation found the host Down")
+                if self._transit(host, Event.HOST_DOWN, disconnecting=True) is not None:
+                    self._hand_over_if_down(host.id)
+                    down.append(host.id)
+        return down
 
     def check_maintenance(self) -> list[str]:
         """Spec §2.3 step 3: give hosts preparing for maintenance their maintenance step.
@@ -385,6 +435,31 @@ class AgentManager:
             return self._transit(host, event, disconnecting=True) is not None
         return True
 
+    def _hand_over_if_down(self, host_id: str) -> None:
+        after = self.directory.find_host(host_id)
+        if after is not None and after.status is Status.DOWN:
+            self.recorder.emit(
+                "ha_scheduled",
+                host=host_id,
+                reason="host is Down: restart its HA VMs",
+                ha_reason=str(ReasonType.HOST_DOWN),
+            )
+            self.scheduler.schedule_restart_for_vms_on_host(
+                after, investigate=True, reason=ReasonType.HOST_DOWN
+            )
+
+    def _watch(self, host: Host, status: Status) -> None:
+        with self._watch_lock:
+            if status is Status.ALERT and not host.type.is_virtual:
+                due = self.clock.monotonic() + self.settings.ping_interval
+                self._alert_watch.setdefault(host.id, due)
+            else:
+                self._alert_watch.pop(host.id, None)
+
+    def _unwatch(self, host_id: str) -> None:
+        with self._watch_lock:
+            self._alert_watch.pop(host_id, None)
+
     def _forget(self, host_id: str, reason: str) -> None:
         self.ping_map.disconnect(host_id)
         self.recorder.emit("monitor_dropped", host=host_id, reason=reason)
@@ -426,6 +501,7 @@ class AgentManager:
                 event=str(event),
             )
             return None
+        self._watch(host, target)
         if target is not host.status:
             self.recorder.emit(
                 "host_status",

@@ -85,6 +85,10 @@ class MonitorTask:
                 agents.check_maintenance()
             except Exception:
                 log.exception("maintenance check failed")
+        try:
+            agents.recheck_alerted()
+        except Exception:
+            log.exception("re-investigating hosts in Alert failed")
         return self.next_delay()
 
     def next_delay(self) -> float:
@@ -98,6 +102,9 @@ class MonitorTask:
             wake = min(wake, deadline + self.resolution)
         if self._recheck_at:
             wake = min(wake, min(self._recheck_at.values()))
+        recheck = agents.next_recheck_at()
+        if recheck is not None:
+            wake = min(wake, recheck)
         if self._maintenance_at is not None and self.agents.maintenance is not None:
             wake = min(wake, self._maintenance_at)
         return max(wake - now, self.resolution)

@@ -236,3 +236,70 @@ def test_alert_sink_failure_does_not_stop_handling() -> None:
     assert w.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
     assert w.status("h1") is Status.DOWN
     assert w.scheduler.scheduled
+
+
+# -- hosts left in Alert are investigated again -----------------------------------
+
+
+def test_host_left_in_alert_is_rechecked_until_found_down(world: World) -> None:
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.ALIVE
+    world.investigator.unreachable.add("h1")
+    world.clock.advance(world.settings.behind_on_ping_timeout + 1)
+    world.monitor.tick()
+    assert world.status("h1") is Status.ALERT
+    assert "h1" not in world.agents.ping_map
+    assert world.agents.alert_watch == frozenset({"h1"})
+
+    world.run_monitor(world.clock.monotonic() + 3 * world.settings.ping_interval)
+    rechecks = list(world.evidence.records(kind="investigation", host="h1"))[1:]
+    assert len(rechecks) == 3
+    assert {r.details["trigger"] for r in rechecks} == {"AlertRecheck"}
+    assert world.status("h1") is Status.ALERT
+    assert world.scheduler.scheduled == []
+
+    world.investigator.script["h1"] = Verdict.DEAD
+    world.run_monitor(world.clock.monotonic() + world.settings.ping_interval + 1)
+    assert world.status("h1") is Status.DOWN
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", True, ReasonType.HOST_DOWN)]
+    assert world.agents.alert_watch == frozenset()
+    assert "Host down, h1" in world.alerts.subjects()
+
+
+def test_alert_watch_ends_when_the_agent_reconnects(world: World) -> None:
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.ALIVE
+    world.investigator.unreachable.add("h1")
+    world.clock.advance(world.settings.behind_on_ping_timeout + 1)
+    world.monitor.tick()
+    assert world.agents.alert_watch == frozenset({"h1"})
+    assert world.agents.agent_connected("h1")
+    assert world.status("h1") is Status.UP
+    assert world.agents.alert_watch == frozenset()
+    assert world.agents.recheck_alerted() == []
+
+
+def test_alert_watch_drops_hosts_changed_or_removed_elsewhere(world: World) -> None:
+    world.add_host("h1")
+    world.add_host("h2")
+    world.investigator.script.update({"h1": Verdict.ALIVE, "h2": Verdict.ALIVE})
+    world.investigator.unreachable.update({"h1", "h2"})
+    world.clock.advance(world.settings.behind_on_ping_timeout + 1)
+    world.monitor.tick()
+    assert world.agents.alert_watch == frozenset({"h1", "h2"})
+    world.directory.remove("h1")
+    row = world.directory.find_host("h2")
+    assert row is not None
+    world.directory.replace(attrs.evolve(row, status=Status.DISCONNECTED))
+    world.investigator.script.update({"h1": Verdict.DEAD, "h2": Verdict.DEAD})
+    world.clock.advance(world.settings.ping_interval)
+    assert world.agents.recheck_alerted() == []
+    assert world.agents.alert_watch == frozenset()
+    assert world.scheduler.scheduled == []
+
+
+def test_system_vm_agents_in_alert_are_not_watched(world: World) -> None:
+    world.add_host("cp", host_type=HostType.CONSOLE_PROXY)
+    world.agents.disconnect_with_investigation("cp", Event.AGENT_DISCONNECTED)
+    assert world.status("cp") is Status.ALERT
+    assert world.agents.alert_watch == frozenset()
