@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cloudha.clock import Clock
 from cloudha.commands import check_on_host
 from cloudha.investigators.base import Finding, Verdict
 from cloudha.investigators.support import AgentInvestigatorBase
-from cloudha.model import Host, HypervisorType, Vm
-from cloudha.ports import AgentGateway, HostDirectory, StoragePoolDirectory
+from cloudha.model import Host, HostType, HypervisorType, Vm
+from cloudha.ports import AgentGateway, Command, HostDirectory, StoragePoolDirectory
 from cloudha.status import Status
 
 __all__ = ["KVMInvestigator"]
@@ -33,12 +34,20 @@ class KVMInvestigator(AgentInvestigatorBase):
        Disconnected host nobody could judge is UNKNOWN with
        ``reachable=False``, which the chain reads as Disconnected.
 
+    One addition to CloudStack: when no neighbour of the cluster gave a
+    decisive answer (a whole rack or cluster lost at once), up to
+    ``zone_witnesses`` Up KVM hosts of other clusters that mount one of the
+    host's HA pools (zone-wide storage) are asked the same way. CloudStack
+    leaves such hosts in Alert for ever.
+
     A host with no HA-capable pool cannot be judged (UNKNOWN), as in
     CloudStack ("has no NFS storage").
 
     Args:
         pools: which pools each host mounts.
         fail_on_one_pool: ``kvm.ha.fence.on.storage.heartbeat.failure``.
+        zone_witnesses: how many hosts outside the cluster may be asked
+            (0: the cluster only, as CloudStack).
     """
 
     name = "KVMInvestigator"
@@ -52,10 +61,14 @@ class KVMInvestigator(AgentInvestigatorBase):
         pools: StoragePoolDirectory,
         timeout: float,
         fail_on_one_pool: bool = False,
+        zone_witnesses: int = 3,
     ) -> None:
         super().__init__(clock, directory=directory, gateway=gateway, timeout=timeout)
+        if zone_witnesses < 0:
+            raise ValueError(f"zone_witnesses must be >= 0, got {zone_witnesses!r}")
         self.pools = pools
         self.fail_on_one_pool = fail_on_one_pool
+        self.zone_witnesses = zone_witnesses
 
     def supports(self, host: Host) -> bool:
         return host.hypervisor in _KVM
@@ -74,16 +87,11 @@ class KVMInvestigator(AgentInvestigatorBase):
         else:
             host_status = Status.DOWN if own is Verdict.DEAD else Status.UP
 
-        neighbour_status: Status | None = None
-        neighbour_id: str | None = None
-        for neighbour in self.neighbours(host, hypervisors=_KVM):
-            verdict = self.opinion(neighbour, command, asked)
-            if verdict is None or verdict is Verdict.UNKNOWN:
-                continue
-            neighbour_status = Status.UP if verdict is Verdict.ALIVE else Status.DOWN
-            neighbour_id = neighbour.id
-            if verdict is Verdict.ALIVE:
-                break
+        cluster = self.neighbours(host, hypervisors=_KVM)
+        neighbour_status, neighbour_id = self._ask(cluster, command, asked)
+        if neighbour_status is None:
+            zone = self._zone_witnesses(host, set(ha_pools), exclude=set(asked) | {host.id})
+            neighbour_status, neighbour_id = self._ask(zone, command, asked)
 
         evidence: dict[str, Any] = {"pools": ha_pools, "host": host_said, "neighbours": asked}
         if host_status in (Status.DISCONNECTED, Status.DOWN):
@@ -115,6 +123,42 @@ class KVMInvestigator(AgentInvestigatorBase):
             reachable=False,
             **evidence,
         )
+
+    def _ask(
+        self, witnesses: Sequence[Host], command: Command, asked: dict[str, str]
+    ) -> tuple[Status | None, str | None]:
+        """CloudStack's neighbour loop: stop at the first ALIVE, remember the last DEAD."""
+        status: Status | None = None
+        decided_by: str | None = None
+        for witness in witnesses:
+            verdict = self.opinion(witness, command, asked)
+            if verdict is None or verdict is Verdict.UNKNOWN:
+                continue
+            decided_by = witness.id
+            if verdict is Verdict.ALIVE:
+                return Status.UP, decided_by
+            status = Status.DOWN
+        return status, decided_by
+
+    def _zone_witnesses(self, host: Host, pools: set[str], *, exclude: set[str]) -> list[Host]:
+        """Up KVM hosts outside the cluster that mount one of ``host``'s HA pools."""
+        if self.zone_witnesses <= 0:
+            return []
+        found: list[Host] = []
+        for other in sorted(self.directory.list_hosts(zone=host.zone), key=lambda h: h.id):
+            if (
+                other.id in exclude
+                or other.cluster == host.cluster
+                or other.status is not Status.UP
+                or other.hypervisor not in _KVM
+                or other.type is not HostType.ROUTING
+            ):
+                continue
+            if pools & {p.id for p in self.pools.pools_for_host(other) if p.supports_ha}:
+                found.append(other)
+                if len(found) == self.zone_witnesses:
+                    break
+        return found
 
     def _vm_alive(self, vm: Vm, host: Host) -> Finding:
         found = self.is_agent_alive(host)

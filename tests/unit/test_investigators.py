@@ -627,3 +627,55 @@ def test_contract_checker_rejects_nameless_investigators() -> None:
 
     with pytest.raises(AssertionError, match="name must be a non-empty str"):
         check_investigator(Nameless(FakeClock()))
+
+
+def zone_world(zone_witnesses: int = 3) -> tuple[Agents, KVMInvestigator, Host]:
+    target = Host(id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1")
+    directory = InMemoryHostDirectory([target])
+    for i in range(1, 6):
+        directory.add(Host(id=f"w{i}", status=UP, cluster="c2"))
+    directory.add(Host(id="x1", status=UP, cluster="c3", hypervisor=HypervisorType.XEN_SERVER))
+    directory.add(Host(id="w0", status=Status.ALERT, cluster="c2"))
+    agents = Agents()
+    inv = KVMInvestigator(
+        FakeClock(),
+        directory=directory,
+        gateway=agents.gateway,
+        pools=InMemoryStoragePools([Pool("zp", "/mnt/zp")]),  # zone-wide
+        timeout=T,
+        zone_witnesses=zone_witnesses,
+    )
+    return agents, inv, target
+
+
+def test_whole_cluster_lost_asks_hosts_sharing_a_zone_wide_pool() -> None:
+    agents, inv, target = zone_world()
+    agents.heartbeat("w2", Verdict.DEAD)
+    finding = inv.is_agent_alive(target)
+    assert finding.verdict is Verdict.DEAD
+    assert agents.asked(CHECK_ON_HOST) == ["h1", "w1", "w2", "w3"]  # capped at three witnesses
+
+
+def test_zone_witness_alive_keeps_the_host_disconnected() -> None:
+    agents, inv, target = zone_world()
+    agents.heartbeat("w1", Verdict.DEAD)
+    agents.heartbeat("w2", Verdict.ALIVE)
+    assert host_outcome(inv.is_agent_alive(target)) is Status.DISCONNECTED
+    assert agents.asked(CHECK_ON_HOST) == ["h1", "w1", "w2"]
+
+
+def test_zone_witnesses_off_is_cloudstack_behaviour() -> None:
+    agents, inv, target = zone_world(zone_witnesses=0)
+    agents.heartbeat("w1", Verdict.DEAD)
+    assert host_outcome(inv.is_agent_alive(target)) is Status.DISCONNECTED
+    assert agents.asked(CHECK_ON_HOST) == ["h1"]
+    with pytest.raises(ValueError, match="zone_witnesses"):
+        zone_world(zone_witnesses=-1)
+
+
+def test_zone_witnesses_are_not_asked_when_the_cluster_decided() -> None:
+    _, directory, agents, inv, target = kvm_world(("h2", UP, KVM))
+    directory.add(Host(id="w1", status=UP, cluster="c2"))
+    agents.heartbeat("h2", Verdict.DEAD)
+    assert inv.is_agent_alive(target).verdict is Verdict.DEAD
+    assert "w1" not in agents.asked(CHECK_ON_HOST)
