@@ -15,6 +15,8 @@ from cloudha.testing.fakes import RecordingAlertSink as RecordingAlertSink
 from cloudha.testing.fakes import RecordingHAScheduler as RecordingHAScheduler
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
 from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
+from cloudha.testing.heartbeat import MemoryStorage as MemoryStorage
+from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
 from cloudha.testing.scenario import Scenario as Scenario
 from cloudha.testing.scenario import load_scenario as load_scenario
 from cloudha.testing.scenario import parse_scenario as parse_scenario
@@ -30,8 +32,10 @@ __all__ = [
     "InMemoryHostDirectory",
     "InMemoryStoragePools",
     "InMemoryVmNetworks",
+    "MemoryStorage",
     "RecordingAlertSink",
     "RecordingHAScheduler",
+    "RecordingSelfFencer",
     "Scenario",
     "ScheduledRestart",
     "ScriptedInvestigator",

@@ -9,10 +9,13 @@ document (ARCHITECTURE.md §3.1).
 
 What is simulated in this version: host power, agent processes, the
 management network (per host, per management server), management server
-crash and restart (the host table survives, memory does not), and the
-invariant checker. Storage heartbeats, BMCs and VM restarts come with the
-investigators, fencing and HA work queue; their fault kinds are accepted and
-reported as ``unsupported``.
+crash and restart (the host table survives, memory does not), shared
+storage pools with each KVM host's real heartbeat writer plan
+(:func:`cloudha.heartbeat.writer_plan`, self-fencing included), the real
+heartbeat checker on neighbours, the built-in investigator chain over
+simulated agents and hypervisor connections, and the invariant checker.
+BMCs and VM restarts come with fencing and the HA work queue; their fault
+kinds are accepted and reported as ``unsupported``.
 """
 
 from __future__ import annotations
@@ -21,18 +24,30 @@ import functools
 import heapq
 import json
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from cloudha.commands import CHECK_ON_HOST, CHECK_VM, PING_TEST
 from cloudha.detection import AgentManager, MonitorTask, PingTask
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Evidence, Recorder
-from cloudha.investigators import InvestigatorChain
-from cloudha.model import Host
-from cloudha.ports import PingReport
+from cloudha.heartbeat import (
+    HeartbeatChecker,
+    HeartbeatTiming,
+    SelfFence,
+    Sleep,
+    Write,
+    WriterAction,
+    format_heartbeat,
+    heartbeat_path,
+    writer_plan,
+)
+from cloudha.investigators import InvestigatorContext, build_chain
+from cloudha.model import Host, HypervisorType, Pool, VmPowerState
+from cloudha.ports import Answer, Command, DomainState, HypervisorReport, PingReport
 from cloudha.status import Status
 from cloudha.testing.clock import FakeClock
 from cloudha.testing.fakes import (
@@ -55,16 +70,20 @@ BOOT_SECONDS = 60.0
 """Seconds from power-on (``host_recover``) until the host's agent runs."""
 AGENT_START_SECONDS = 1.0
 """Seconds from ``agent_start`` until the agent tries to connect."""
+_KVM = (HypervisorType.KVM, HypervisorType.LXC)
 
 
 class _Timeline:
-    """Evidence sink that keeps the JSON events in order."""
+    """Evidence sink that keeps the JSON events in order and watches for false Downs."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.on_record: Callable[[Evidence], None] | None = None
 
     def record(self, evidence: Evidence) -> None:
         self.events.append(evidence.to_event())
+        if self.on_record is not None:
+            self.on_record(evidence)
 
 
 @attrs.define
@@ -76,6 +95,9 @@ class _SimHost:
     isolated: bool = False
     connected: bool = True
     died: bool = False
+    heartbeat_running: bool = True
+    writer_epoch: int = 0
+    ip: str = ""
 
 
 @attrs.define
@@ -95,16 +117,23 @@ class _ManagementServer:
     def __init__(self, sim: Simulation, epoch: int) -> None:
         self.epoch = epoch
         self.alive = True
+        gateway = _Gateway(sim)
         self.agents = AgentManager(
             management_server_id=MANAGEMENT_SERVER_ID,
             settings=sim.settings,
             clock=sim.clock,
             directory=sim.directory,
-            gateway=_Gateway(sim),
-            chain=InvestigatorChain(
-                [],
-                order=sim.settings.ha_investigators_order,
-                exclude=sim.settings.ha_investigators_exclude,
+            gateway=gateway,
+            chain=build_chain(
+                InvestigatorContext(
+                    clock=sim.clock,
+                    directory=sim.directory,
+                    gateway=gateway,
+                    settings=sim.settings,
+                    pools=sim.pools,
+                    hypervisor_probe=_Hypervisors(sim),
+                ),
+                discover=False,
             ),
             scheduler=sim.scheduler,
             alerts=sim.alerts,
@@ -114,12 +143,12 @@ class _ManagementServer:
 
 
 class _Gateway:
-    """Answers CheckHealth for agents the management server can reach."""
+    """Agents as the management server reaches them: CheckHealth and the investigators' commands."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
 
-    def check_health(self, host: Host, *, timeout: float) -> bool:
+    def _agent(self, host: Host, timeout: float) -> _SimHost:
         sim_host = self.sim.hosts[host.id]
         if not self.sim.reachable(sim_host):
             raise ProbeTimeout(f"no answer from {host.id} within {timeout:g}s", host_id=host.id)
@@ -127,10 +156,119 @@ class _Gateway:
             raise ProbeConnectionError(
                 f"agent of {host.id} refused the connection", host_id=host.id
             )
+        return sim_host
+
+    def check_health(self, host: Host, *, timeout: float) -> bool:
+        self._agent(host, timeout)
         return True
 
-    def send(self, host: Host, command: Any, *, timeout: float) -> Any:
+    def send(self, host: Host, command: Command, *, timeout: float) -> Answer:
+        agent = self._agent(host, timeout)
+        if command.name == CHECK_ON_HOST:
+            report = self.sim.checker(agent).check(
+                self.sim.pools.pools_for_host(host),
+                str(command.params["host_ip"]),
+                fail_on_one_pool=bool(command.params.get("fail_on_one_pool", False)),
+            )
+            return Answer(True, report.reason, report.to_dict())
+        if command.name == CHECK_VM:
+            name = str(command.params["vm_name"])
+            vm = self.sim.vms.get(name)
+            state = (
+                VmPowerState.POWER_ON
+                if vm is not None and host.id in vm.running_on
+                else VmPowerState.POWER_OFF
+            )
+            return Answer(True, data={"power_state": state.value})
+        if command.name == PING_TEST:
+            target = self.sim.host_by_ip.get(str(command.params["ip"]))
+            answered = (
+                target is not None and target.powered and not target.isolated and not agent.isolated
+            )
+            return Answer(answered)
         raise ProbeConnectionError(f"{command.name} is not simulated", host_id=host.id)
+
+
+class _Hypervisors:
+    """Hypervisor connections from the management server (libvirt on the host's management link)."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def _reach(self, host: Host, timeout: float) -> _SimHost:
+        sim_host = self.sim.hosts[host.id]
+        if not self.sim.reachable(sim_host):
+            raise ProbeTimeout(f"hypervisor of {host.id} silent for {timeout:g}s", host_id=host.id)
+        return sim_host
+
+    def probe_host(self, host: Host, *, timeout: float) -> HypervisorReport:
+        self._reach(host, timeout)
+        running = sum(1 for vm in self.sim.vms.values() if host.id in vm.running_on)
+        return HypervisorReport(uri=f"sim://{host.id}", hostname=host.name, running_domains=running)
+
+    def domain_state(self, host: Host, domain: str, *, timeout: float) -> DomainState:
+        self._reach(host, timeout)
+        vm = self.sim.vms.get(domain)
+        if vm is None:
+            return DomainState.MISSING
+        return DomainState.RUNNING if host.id in vm.running_on else DomainState.SHUTOFF
+
+
+class _Pools:
+    """The pools each simulated host mounts, from its ``pools`` list."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.by_id: dict[str, Pool] = {}
+        for sim_host in sim.hosts.values():
+            for pool_id in sim_host.spec.pools:
+                self.by_id.setdefault(pool_id, Pool(pool_id, f"/mnt/{pool_id}"))
+
+    def pools_for_host(self, host: Host) -> list[Pool]:
+        return self.of(host.id)
+
+    def of(self, host_id: str) -> list[Pool]:
+        return [self.by_id[p] for p in self.sim.hosts[host_id].spec.pools]
+
+
+class _Storage:
+    """One host's view of the shared pools (a StorageAccess).
+
+    The files live in the simulation; a pool in outage, an isolated host or
+    a host without power cannot read or write them.
+    """
+
+    def __init__(self, sim: Simulation, host: _SimHost) -> None:
+        self.sim = sim
+        self.host = host
+
+    def _pool_of(self, path: str) -> str:
+        for pool_id in self.host.spec.pools:
+            if path.startswith(f"/mnt/{pool_id}/"):
+                if pool_id in self.sim.storage_out:
+                    raise OSError(f"pool {pool_id} is not responding")
+                if self.host.isolated or not self.host.powered:
+                    raise OSError(f"{self.host.spec.id} cannot reach pool {pool_id}")
+                return pool_id
+        raise FileNotFoundError(path)
+
+    def read_bytes(self, path: str, *, max_bytes: int) -> bytes:
+        self._pool_of(path)
+        try:
+            return self.sim.files[path][0][:max_bytes]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+    def mtime(self, path: str) -> float:
+        self._pool_of(path)
+        try:
+            return self.sim.files[path][1]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        self._pool_of(path)
+        self.sim.files[path] = (data, self.sim.clock.now().timestamp())
 
 
 class _DirectResource:
@@ -162,12 +300,20 @@ class Simulation:
         self.hosts: dict[str, _SimHost] = {}
         self.vms: dict[str, _SimVm] = {}
         self.ms_isolated = False
+        self.timing = HeartbeatTiming.from_settings(self.settings)
+        self.files: dict[str, tuple[bytes, float]] = {}
+        self.storage_out: set[str] = set()
+        self.host_by_ip: dict[str, _SimHost] = {}
+        self.down_with_running_vms = 0
+        self.timeline.on_record = self._watch
         self.unsupported: list[dict[str, Any]] = []
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._epoch = 0
-        for spec in scenario.hosts:
-            self.hosts[spec.id] = _SimHost(spec)
+        for index, spec in enumerate(scenario.hosts):
+            ip = f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
+            self.hosts[spec.id] = _SimHost(spec, ip=ip)
+            self.host_by_ip[ip] = self.hosts[spec.id]
             self.directory.add(
                 Host(
                     id=spec.id,
@@ -178,13 +324,35 @@ class Simulation:
                     cluster=spec.cluster,
                     pod=spec.pod,
                     zone=spec.zone,
+                    private_ip=ip,
                     last_ping=0.0,
                     management_server_id=MANAGEMENT_SERVER_ID,
                 )
             )
         for vm in scenario.vms:
             self.vms[vm.id] = _SimVm(vm.id, vm.ha, vm.host, {vm.host}, vm.host)
+        self.pools = _Pools(self)
+        self._storage = {host_id: _Storage(self, h) for host_id, h in self.hosts.items()}
+        self._checkers: dict[str, HeartbeatChecker] = {}
         self.ms: _ManagementServer | None = None
+
+    def checker(self, host: _SimHost) -> HeartbeatChecker:
+        """The heartbeat checker running on ``host`` (reading through its own mounts)."""
+        found = self._checkers.get(host.spec.id)
+        if found is None:
+            found = HeartbeatChecker(self._storage[host.spec.id], self.clock, self.timing)
+            self._checkers[host.spec.id] = found
+        return found
+
+    def _watch(self, evidence: Evidence) -> None:
+        # A host declared Down while VMs still run on it is how HA ends up
+        # running a VM twice; the checker counts every such verdict.
+        if (
+            evidence.kind == "host_status"
+            and evidence.details.get("to") == str(Status.DOWN)
+            and any(evidence.host in vm.running_on for vm in self.vms.values())
+        ):
+            self.down_with_running_vms += 1
 
     # -- the event queue ---------------------------------------------------
 
@@ -202,6 +370,9 @@ class Simulation:
             if self.hosts[host_id].spec.hypervisor.has_direct_agent:
                 continue
             self.at(phase, functools.partial(self._agent_slot, host_id))
+        for sim_host in self.hosts.values():
+            if self._writes_heartbeat(sim_host):
+                self._start_writer(sim_host, self.rng.uniform(0.0, self.timing.frequency))
         until = self.scenario.until
         while self._queue and self._queue[0][0] <= until:
             when, _, action = heapq.heappop(self._queue)
@@ -305,6 +476,81 @@ class Simulation:
             return
         host.connected = self.ms.agents.agent_connected(host.spec.id)
 
+    # -- storage heartbeat writers ----------------------------------------------
+
+    @staticmethod
+    def _writes_heartbeat(host: _SimHost) -> bool:
+        return host.spec.hypervisor in _KVM and bool(host.spec.pools)
+
+    def _start_writer(self, host: _SimHost, delay: float) -> None:
+        host.writer_epoch += 1
+        epoch = host.writer_epoch
+        host_id = host.spec.id
+        plan = writer_plan(
+            lambda: self.pools.of(host_id),
+            self.timing,
+            reboot_on_failure=self.settings.reboot_host_and_alert_management_on_heartbeat_timeout,
+        )
+        self.at(
+            self.clock.monotonic() + delay,
+            functools.partial(self._writer_step, host, epoch, plan, None),
+        )
+
+    def _writer_step(
+        self,
+        host: _SimHost,
+        epoch: int,
+        plan: Generator[WriterAction, bool | None, None],
+        result: bool | None,
+    ) -> None:
+        if host.writer_epoch != epoch or not (host.powered and host.heartbeat_running):
+            return
+        try:
+            action = plan.send(result)
+        except StopIteration:
+            return
+        now = self.clock.monotonic()
+        if isinstance(action, Write):
+            path = heartbeat_path(action.pool.mount_point, host.ip)
+            stamp = format_heartbeat(self.clock.now())
+            if self._try_write(host, path, stamp):
+                self._writer_step(host, epoch, plan, True)
+            else:
+                # A write to a pool that does not answer blocks; it completes if
+                # the pool comes back within the write timeout, else it fails.
+                self.at(
+                    now + self.timing.write_timeout,
+                    lambda: self._writer_step(
+                        host, epoch, plan, self._try_write(host, path, stamp)
+                    ),
+                )
+        elif isinstance(action, Sleep):
+            self.at(
+                now + action.seconds, functools.partial(self._writer_step, host, epoch, plan, None)
+            )
+        elif isinstance(action, SelfFence):
+            self._self_fence(host, action.reason)
+
+    def _try_write(self, host: _SimHost, path: str, data: bytes) -> bool:
+        try:
+            self._storage[host.spec.id].write_atomic(path, data)
+        except OSError:
+            return False
+        return True
+
+    def _self_fence(self, host: _SimHost, reason: str) -> None:
+        """The writer gave up: the host resets itself (sysrq ``b``) and boots again."""
+        self.recorder.emit("self_fence", host=host.spec.id, reason=reason)
+        self._power_off(host)
+        host.powered = True
+        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+
+    def _power_off(self, host: _SimHost) -> None:
+        host.powered = host.agent_running = host.connected = False
+        host.died = True
+        for vm in self.vms.values():
+            vm.running_on.discard(host.spec.id)
+
     # -- faults ---------------------------------------------------------------
 
     def _fault(self, kind: str, target: str | None) -> None:
@@ -327,10 +573,7 @@ class Simulation:
         now = self.clock.monotonic()
         if kind == "host_crash":
             assert host is not None
-            host.powered = host.agent_running = host.connected = False
-            host.died = True
-            for vm in self.vms.values():
-                vm.running_on.discard(host.spec.id)
+            self._power_off(host)
         elif kind == "host_recover":
             assert host is not None
             if not host.powered:
@@ -360,6 +603,21 @@ class Simulation:
         elif kind == "host_heal":
             assert host is not None
             host.isolated = False
+        elif kind == "heartbeat_stop":
+            assert host is not None
+            host.heartbeat_running = False
+        elif kind == "heartbeat_start":
+            assert host is not None
+            if not host.heartbeat_running:
+                host.heartbeat_running = True
+                if host.powered and self._writes_heartbeat(host):
+                    self._start_writer(host, 0.0)
+        elif kind == "storage_outage":
+            assert target is not None
+            self.storage_out.add(target)
+        elif kind == "storage_heal":
+            assert target is not None
+            self.storage_out.discard(target)
         elif kind == "ms_crash":
             if self.ms is not None and self.ms.alive:
                 self.ms.alive = False
@@ -376,6 +634,8 @@ class Simulation:
     def _boot_done(self, host: _SimHost) -> None:
         if host.powered and not host.agent_running:
             host.agent_running = True
+            if host.heartbeat_running and self._writes_heartbeat(host):
+                self._start_writer(host, 0.0)
             self._connect_indirect(host)
 
     def _connect_indirect(self, host: _SimHost) -> None:
@@ -423,6 +683,7 @@ class Simulation:
         return {
             "double_run": sum(1 for vm in self.vms.values() if len(vm.running_on) > 1),
             "fenced_alive_host": 0,
+            "down_with_running_vms": self.down_with_running_vms,
             "lost_work": 0,
             "unrecovered_ha_vm": unrecovered,
         }

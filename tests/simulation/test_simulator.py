@@ -10,6 +10,8 @@ import pytest
 from cloudha.testing import simulate, to_json
 
 TIMEOUT = 150.0
+STALE = 465.0  # heartbeat limit with the default settings, one pool
+BUDGET = 5 * 60 + 4 * 10  # the writer's retry budget: 5 tries of 60 s, 10 s apart
 
 
 def scenario(
@@ -43,21 +45,33 @@ def statuses(doc: dict[str, Any], host: str) -> list[tuple[str | None, str]]:
     return [(e["from"], e["to"]) for e in events(doc, "host_status", host)]
 
 
-def test_host_crash_detected_at_its_deadline_then_alert_after_alert_wait() -> None:
+def test_host_crash_detected_at_its_deadline_then_down_once_the_heartbeat_is_stale() -> None:
     doc = simulate(scenario([{"at": 300, "kind": "host_crash", "target": "h2"}]))
     first = events(doc, "behind_on_ping", "h2")[0]
     assert TIMEOUT < first["since_last_ping"] <= TIMEOUT * 1.02
     assert 300 < first["t"] <= 300 + 60 + TIMEOUT * 1.02
-    assert statuses(doc, "h2") == [("Up", "Alert")]
-    alert_at = events(doc, "host_status", "h2")[0]["t"]
-    assert 1800 < alert_at <= 1800 + 60 + 2  # alert.wait counted from the row's last_ping (t=0)
-    assert doc["final"]["hosts"]["h2"] == {"status": "Alert", "power": "Off"}
+    # Neighbours still see a fresh heartbeat at first: alive but cut off, so Alert.
+    assert statuses(doc, "h2") == [("Up", "Alert"), ("Alert", "Down")]
+    alert, down = events(doc, "host_status", "h2")
+    assert alert["t"] == first["t"]
+    # Rechecked every ping.interval; Down once the last heartbeat (written
+    # at most 60 s before the crash) is older than the 465 s limit.
+    assert 240 + STALE < down["t"] <= 300 + STALE + 60 + 1
+    verdict = next(e for e in events(doc, "investigation", "h2") if e["t"] == down["t"])
+    assert verdict["decided_by"] == "KVMInvestigator"
+    assert verdict["trigger"] == "AlertRecheck"
+    assert [f["verdict"] for f in verdict["findings"] if f["source"] == "KVMInvestigator"] == [
+        "DEAD"
+    ]
+    assert doc["ha_scheduled"] == [{"host": "h2", "investigate": True, "reason": "HostDown"}]
+    assert doc["final"]["hosts"]["h2"] == {"status": "Down", "power": "Off"}
     assert doc["final"]["hosts"]["h1"] == {"status": "Up", "power": "On"}
     assert doc["final"]["vms"]["vm2"]["state"] == "Stopped"
-    # Issue-2 scope: nothing restarts VMs yet, and the checker says so.
+    # Nothing restarts VMs yet (the HA work queue comes later), and the checker says so.
     assert doc["invariants"] == {
         "double_run": 0,
         "fenced_alive_host": 0,
+        "down_with_running_vms": 0,
         "lost_work": 0,
         "unrecovered_ha_vm": 1,
     }
@@ -74,8 +88,13 @@ def test_host_recover_brings_the_host_back_up() -> None:
             ]
         )
     )
-    assert statuses(doc, "h1") == [("Up", "Alert"), ("Alert", "Connecting"), ("Connecting", "Up")]
-    reconnect = events(doc, "host_status", "h1")[1]["t"]
+    assert statuses(doc, "h1") == [
+        ("Up", "Alert"),
+        ("Alert", "Down"),
+        ("Down", "Connecting"),
+        ("Connecting", "Up"),
+    ]
+    reconnect = events(doc, "host_status", "h1")[2]["t"]
     assert reconnect == pytest.approx(2500 + 60, abs=0.01)  # boot time, then the agent connects
     assert doc["final"]["hosts"]["h1"] == {"status": "Up", "power": "On"}
 
@@ -92,10 +111,11 @@ def test_agent_stop_investigates_at_once_and_vms_keep_running() -> None:
     first = events(doc, "investigation", "h3")[0]
     assert first["t"] == 200.0
     assert first["trigger"] == "AgentDisconnected"
-    assert first["action"] == "wait"
-    # Back before alert.wait: it never went Alert; the restarted agent reconnects.
-    assert statuses(doc, "h3") == [("Up", "Connecting"), ("Connecting", "Up")]
-    assert events(doc, "host_status", "h3")[0]["t"] == 901.0
+    assert first["result"] == "Disconnected"  # neighbours see its heartbeat
+    # CloudStack's Up + AgentDisconnected goes to Alert at once; the restarted agent reconnects.
+    assert statuses(doc, "h3") == [("Up", "Alert"), ("Alert", "Connecting"), ("Connecting", "Up")]
+    assert events(doc, "host_status", "h3")[1]["t"] == 901.0
+    assert doc["ha_scheduled"] == []
     assert doc["final"]["hosts"]["h3"] == {"status": "Up", "power": "On"}
     assert doc["final"]["vms"]["vm3"] == {"state": "Running", "host": "h3"}
     assert doc["invariants"]["double_run"] == 0
@@ -131,11 +151,17 @@ def test_long_partition_goes_alert_then_reconnects_after_heal() -> None:
     assert doc["final"]["hosts"]["h1"] == {"status": "Up", "power": "On"}
 
 
-def test_host_isolation_is_like_a_partition_but_the_host_keeps_running() -> None:
+def test_isolated_host_fences_itself_before_anyone_declares_it_down() -> None:
     doc = simulate(scenario([{"at": 100, "kind": "host_isolation", "target": "h2"}]))
-    assert doc["final"]["hosts"]["h2"] == {"status": "Alert", "power": "On"}
-    assert doc["final"]["vms"]["vm2"]["state"] == "Running"
-    assert doc["invariants"]["unrecovered_ha_vm"] == 0  # the host did not die
+    fences = events(doc, "self_fence", "h2")
+    assert fences, "an isolated host cannot write its heartbeat and must reset itself"
+    assert fences[0]["t"] <= 100 + 60 + BUDGET
+    down = [e for e in events(doc, "host_status", "h2") if e["to"] == "Down"]
+    assert len(down) == 1
+    assert down[0]["t"] > fences[0]["t"]
+    assert doc["invariants"]["down_with_running_vms"] == 0
+    assert doc["final"]["hosts"]["h2"] == {"status": "Down", "power": "On"}  # reset, still cut off
+    assert doc["final"]["vms"]["vm2"]["state"] == "Stopped"
 
 
 def test_ms_crash_and_restart_lose_memory_not_state() -> None:
@@ -165,7 +191,7 @@ def test_ms_crash_and_restart_lose_memory_not_state() -> None:
     first = events(doc, "behind_on_ping", "h2")[0]
     assert first["t"] == pytest.approx(700 + TIMEOUT + 1.5, abs=0.01)
     assert statuses(doc, "h2")[0] == ("Up", "Disconnected")
-    assert doc["final"]["hosts"]["h2"]["status"] == "Alert"
+    assert doc["final"]["hosts"]["h2"]["status"] == "Down"
 
 
 def test_nothing_happens_while_the_ms_is_down() -> None:
@@ -213,12 +239,12 @@ def test_unsupported_faults_are_reported_not_ignored() -> None:
     doc = simulate(
         scenario(
             [
-                {"at": 10, "kind": "storage_outage", "target": "nfs1"},
-                {"at": 20, "kind": "bmc_down", "target": "h1"},
+                {"at": 10, "kind": "bmc_down", "target": "h1"},
+                {"at": 20, "kind": "bmc_up", "target": "h1"},
             ]
         )
     )
-    assert [f["kind"] for f in doc["unsupported_faults"]] == ["storage_outage", "bmc_down"]
+    assert [f["kind"] for f in doc["unsupported_faults"]] == ["bmc_down", "bmc_up"]
     assert [e["status"] for e in events(doc, "fault")] == ["unsupported", "unsupported"]
 
 
@@ -245,6 +271,7 @@ def test_contract_shape() -> None:
     assert set(doc["invariants"]) == {
         "double_run",
         "fenced_alive_host",
+        "down_with_running_vms",
         "lost_work",
         "unrecovered_ha_vm",
     }
@@ -263,4 +290,91 @@ def test_rack_failure_example_detects_every_dead_host_and_only_them() -> None:
     for host in dead:
         first = events(doc, "behind_on_ping", host)[0]
         assert first["since_last_ping"] <= TIMEOUT * 1.02
-        assert doc["final"]["hosts"][host]["status"] == "Alert"
+        assert doc["final"]["hosts"][host]["status"] == "Down"
+    # A whole cluster died: hosts of other clusters on the shared pool judged it.
+    assert {s["host"] for s in doc["ha_scheduled"]} == dead
+    assert doc["invariants"]["down_with_running_vms"] == 0
+
+
+# -- storage heartbeat faults -----------------------------------------------------
+
+
+def test_storage_outage_shorter_than_the_retry_budget_fences_nobody() -> None:
+    doc = simulate(
+        scenario(
+            [
+                {"at": 1000, "kind": "storage_outage", "target": "nfs1"},
+                {"at": 1000 + BUDGET - 10, "kind": "storage_heal", "target": "nfs1"},
+            ]
+        )
+    )
+    assert events(doc, "self_fence") == []
+    assert events(doc, "host_status") == []
+    assert events(doc, "investigation") == []
+    assert all(v["state"] == "Running" for v in doc["final"]["vms"].values())
+
+
+def test_storage_outage_longer_than_the_budget_resets_every_host_on_the_pool() -> None:
+    # CloudStack's known hazard (spec §10.1): one NFS outage reboots the whole cluster.
+    doc = simulate(
+        scenario(
+            [
+                {"at": 1000, "kind": "storage_outage", "target": "nfs1"},
+                {"at": 2000, "kind": "storage_heal", "target": "nfs1"},
+            ]
+        )
+    )
+    assert {e["host"] for e in events(doc, "self_fence")} == {"h1", "h2", "h3"}
+    for host in ("h1", "h2", "h3"):
+        first = events(doc, "self_fence", host)[0]
+        assert 1000 + BUDGET <= first["t"] <= 1000 + 60 + BUDGET
+    assert doc["invariants"]["down_with_running_vms"] == 0
+    assert doc["invariants"]["double_run"] == 0
+
+
+def test_agent_stop_on_a_live_host_never_leads_to_a_second_copy() -> None:
+    doc = simulate(scenario([{"at": 200, "kind": "agent_stop", "target": "h2"}], until=7200))
+    assert [to for _, to in statuses(doc, "h2")] == ["Alert"]
+    rechecks = [e for e in events(doc, "investigation", "h2") if e["trigger"] == "AlertRecheck"]
+    assert len(rechecks) > 100
+    assert {e["result"] for e in rechecks} == {"Disconnected"}
+    assert doc["ha_scheduled"] == []
+    assert doc["final"]["vms"]["vm2"] == {"state": "Running", "host": "h2"}
+    assert doc["invariants"]["double_run"] == 0
+    assert doc["invariants"]["down_with_running_vms"] == 0
+
+
+def test_heartbeat_stop_alone_changes_nothing_while_the_agent_pings() -> None:
+    doc = simulate(scenario([{"at": 200, "kind": "heartbeat_stop", "target": "h2"}]))
+    assert events(doc, "investigation") == []
+    assert doc["final"]["hosts"]["h2"]["status"] == "Up"
+
+
+def test_heartbeat_restarts_after_heartbeat_start() -> None:
+    doc = simulate(
+        scenario(
+            [
+                {"at": 200, "kind": "agent_stop", "target": "h2"},
+                {"at": 210, "kind": "heartbeat_stop", "target": "h2"},
+                {"at": 400, "kind": "heartbeat_start", "target": "h2"},
+            ]
+        )
+    )
+    assert doc["ha_scheduled"] == []
+    assert doc["invariants"]["down_with_running_vms"] == 0
+
+
+def test_dead_writer_on_a_live_host_fools_the_heartbeat_unless_the_hypervisor_is_asked() -> None:
+    faults = [
+        {"at": 200, "kind": "agent_stop", "target": "h2"},
+        {"at": 200, "kind": "heartbeat_stop", "target": "h2"},
+    ]
+    # With CloudStack's order the storage heartbeat decides: Down while vm2 runs.
+    doc = simulate(scenario(faults))
+    assert doc["final"]["hosts"]["h2"]["status"] == "Down"
+    assert doc["invariants"]["down_with_running_vms"] == 1
+    # Asking the hypervisor first shows the host is alive: it stays in Alert.
+    order = "LibvirtInvestigator,SimpleInvestigator,KVMInvestigator"
+    doc = simulate(scenario(faults, settings={"ha.investigators.order": order}))
+    assert doc["final"]["hosts"]["h2"]["status"] == "Alert"
+    assert doc["invariants"]["down_with_running_vms"] == 0
