@@ -20,6 +20,7 @@ _SHOWN_KINDS = frozenset(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cloudha", prog_name="cloudha")
 @click.option("-v", "--verbose", count=True, help="Log to stderr (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """cloudha: host availability for cloud orchestrators."""

@@ -7,7 +7,7 @@ known_hosts in a temporary directory, once per session. It never touches
 port 22 or ``/etc/ssh``. A missing sshd or ssh-keygen fails the tests: it is
 never a skip.
 
-sshd gives every session the environment variable ``CLOUDHA_TEST_SSHD``
+sshd gives every session the environment variable ``SSHD_FIXTURE_OF_CLOUDHA_TESTS``
 (set to the work directory); the finalizer kills every process carrying it
 (commands left running by a test, e.g. after a timeout), then the
 per-connection sshd processes, then sshd itself.
@@ -32,7 +32,7 @@ import pytest
 __all__ = ["SshServer", "sshd_server"]
 
 SSHD = "/usr/sbin/sshd"
-_MARKER = "CLOUDHA_TEST_SSHD"
+_MARKER = "SSHD_FIXTURE_OF_CLOUDHA_TESTS"
 _START_TIMEOUT = 10.0
 
 

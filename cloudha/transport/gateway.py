@@ -1,0 +1,105 @@
+"""An AgentGateway over SSH: run cloudha's own agent-side commands on hosts.
+
+For orchestrators without an agent of their own (or to add an independent
+path next to it), :class:`SSHAgentGateway` answers the investigators'
+commands by running ``cloudha`` on the host over SSH:
+
+* ``CheckHealth``: ``cloudha --version`` answers.
+* ``CheckOnHostCommand``: ``cloudha heartbeat check --json`` on the asked
+  host reads the target's heartbeat on the asked host's own HA pools.
+
+Other commands are answered ``result=False`` ("not supported over SSH"),
+which investigators read as UNKNOWN. cloudha must be installed on the
+hosts; ``remote_command`` says how to start it there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+
+from cloudha.commands import CHECK_ON_HOST
+from cloudha.errors import ConfigurationError, ProbeConnectionError, ProbeError
+from cloudha.heartbeat import HeartbeatReport
+from cloudha.model import Host
+from cloudha.ports import Answer, Command, StoragePoolDirectory
+from cloudha.transport.ssh import SSHTransport
+
+__all__ = ["SSHAgentGateway"]
+
+log = logging.getLogger(__name__)
+
+
+def _private_ip(host: Host) -> str:
+    if not host.private_ip:
+        raise ProbeConnectionError(f"host {host.id} has no private address", host_id=host.id)
+    return host.private_ip
+
+
+class SSHAgentGateway:
+    """The :class:`~cloudha.ports.AgentGateway` port over an :class:`SSHTransport`.
+
+    Args:
+        transport: the SSH connections (host keys verified by default).
+        pools: which pools each host mounts; the asked host checks its own.
+        remote_command: argv that starts cloudha on a host
+            (default ``("cloudha",)``; e.g. ``("/opt/cloudha/bin/python", "-m", "cloudha")``).
+        remote_settings: a settings TOML path on the hosts, passed to the
+            remote checker so its staleness limit matches the writers'.
+        address: how to reach a host (default: its private address).
+    """
+
+    def __init__(
+        self,
+        transport: SSHTransport,
+        *,
+        pools: StoragePoolDirectory,
+        remote_command: Sequence[str] = ("cloudha",),
+        remote_settings: str | None = None,
+        address: Callable[[Host], str] = _private_ip,
+    ) -> None:
+        if not remote_command:
+            raise ConfigurationError("remote_command must not be empty", key="remote_command")
+        self.transport = transport
+        self.pools = pools
+        self.remote_command = tuple(remote_command)
+        self.remote_settings = remote_settings
+        self.address = address
+
+    def check_health(self, host: Host, *, timeout: float) -> bool:
+        result = self.transport.run(
+            self.address(host),
+            [*self.remote_command, "--version"],
+            timeout=timeout,
+            host_id=host.id,
+        )
+        return result.exit_status == 0
+
+    def send(self, host: Host, command: Command, *, timeout: float) -> Answer:
+        if command.name == CHECK_ON_HOST:
+            return self._check_on_host(host, command, timeout)
+        return Answer(False, f"{command.name} is not supported over SSH")
+
+    def _check_on_host(self, host: Host, command: Command, timeout: float) -> Answer:
+        target_ip = command.params.get("host_ip")
+        if not isinstance(target_ip, str) or not target_ip:
+            return Answer(False, "the target host has no private address")
+        argv = [*self.remote_command, "heartbeat", "check", "--json", "--host-ip", target_ip]
+        for pool in self.pools.pools_for_host(host):
+            if pool.supports_ha:
+                argv += ["--mount", pool.mount_point]
+        if command.params.get("fail_on_one_pool"):
+            argv.append("--fail-on-one-pool")
+        if self.remote_settings is not None:
+            argv += ["--settings", self.remote_settings]
+        result = self.transport.run(self.address(host), argv, timeout=timeout, host_id=host.id)
+        if result.exit_status != 0:
+            first = result.stderr.decode(errors="replace").strip().splitlines()[:1]
+            return Answer(False, f"checker exited {result.exit_status}: {' '.join(first)}")
+        try:
+            report = HeartbeatReport.from_dict(json.loads(result.stdout))
+        except (ValueError, ProbeError) as exc:
+            log.warning("heartbeat checker on %s answered garbage: %s", host.id, exc)
+            return Answer(False, f"checker answered garbage: {exc}")
+        return Answer(True, report.reason, report.to_dict())
