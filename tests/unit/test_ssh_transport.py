@@ -9,6 +9,7 @@ import re
 import shlex
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -599,7 +600,7 @@ def test_watchdog_runs_closers_once_the_deadline_passes() -> None:
 
 def test_disarmed_watchdog_never_fires() -> None:
     fired: list[str] = []
-    watchdog = ssh_module._Watchdog(3600.0)
+    watchdog = ssh_module._Watchdog(time.monotonic() + 3600.0)
     watchdog.guard(lambda: fired.append("x"))
     assert watchdog.disarm() is True
     watchdog.guard(lambda: fired.append("y"))
