@@ -260,15 +260,8 @@ class AgentManager:
                     since_last_ping=self.clock.now().timestamp() - host.last_ping,
                     alert_wait=self.settings.alert_wait,
                 )
-                self.recorder.emit(
-                    "investigation",
-                    host=host.id,
-                    reason=decision.reason,
-                    result=None if investigation.status is None else str(investigation.status),
-                    decided_by=investigation.decided_by,
-                    findings=[f.to_dict() for f in investigation.findings],
-                    trigger=str(event),
-                    action=decision.action.value,
+                self._record(
+                    investigation, host, decision.reason, str(event), decision.action.value
                 )
                 if decision.alert is not None:
                     self._alert(host, decision.alert, decision.reason)
@@ -319,19 +312,12 @@ class AgentManager:
                     continue
                 investigation = self.investigate(host)
                 found_down = investigation.status is Status.DOWN
-                self.recorder.emit(
-                    "investigation",
-                    host=host.id,
-                    reason=(
-                        "still in Alert: found Down"
-                        if found_down
-                        else f"still in Alert: {investigation.reason}"
-                    ),
-                    result=None if investigation.status is None else str(investigation.status),
-                    decided_by=investigation.decided_by,
-                    findings=[f.to_dict() for f in investigation.findings],
-                    trigger="AlertRecheck",
-                    action="disconnect" if found_down else "wait",
+                self._record(
+                    investigation,
+                    host,
+                    f"still in Alert: {'found Down' if found_down else investigation.reason}",
+                    "AlertRecheck",
+                    "disconnect" if found_down else "wait",
                 )
                 if not found_down:
                     continue
@@ -434,6 +420,20 @@ class AgentManager:
         if transit_state:
             return self._transit(host, event, disconnecting=True) is not None
         return True
+
+    def _record(
+        self, investigation: Investigation, host: Host, reason: str, trigger: str, action: str
+    ) -> None:
+        self.recorder.emit(
+            "investigation",
+            host=host.id,
+            reason=reason,
+            result=None if investigation.status is None else str(investigation.status),
+            decided_by=investigation.decided_by,
+            findings=[f.to_dict() for f in investigation.findings],
+            trigger=trigger,
+            action=action,
+        )
 
     def _hand_over_if_down(self, host_id: str) -> None:
         after = self.directory.find_host(host_id)

@@ -26,8 +26,10 @@ class KVMInvestigator(AgentInvestigatorBase):
     1. The host itself is asked to check its own heartbeat. Any answer means
        the host is running: its verdict DEAD gives *Down*, anything else *Up*.
        No answer gives *Disconnected*.
-    2. Every other Up KVM/LXC host of the cluster is asked in turn; ALIVE
-       stops the loop, DEAD is remembered, UNKNOWN is skipped.
+    2. Unless the host answered (it is then Up, whatever the neighbours
+       would say, so they are not asked), every other Up KVM/LXC host of the
+       cluster is asked in turn; ALIVE stops the loop, DEAD is remembered,
+       UNKNOWN is skipped.
     3. If the host is Disconnected or Down: a neighbour's ALIVE makes it
        Disconnected (ALIVE, unreachable), a neighbour's DEAD makes it Down.
        Otherwise the host's own result stands: Up is ALIVE; Down is DEAD; a
@@ -87,11 +89,14 @@ class KVMInvestigator(AgentInvestigatorBase):
         else:
             host_status = Status.DOWN if own is Verdict.DEAD else Status.UP
 
-        cluster = self.neighbours(host, hypervisors=_KVM)
-        neighbour_status, neighbour_id = self._ask(cluster, command, asked)
-        if neighbour_status is None:
-            zone = self._zone_witnesses(host, set(ha_pools), exclude=set(asked) | {host.id})
-            neighbour_status, neighbour_id = self._ask(zone, command, asked)
+        neighbour_status: Status | None = None
+        neighbour_id: str | None = None
+        if host_status is not Status.UP:  # an answering host is Up whatever neighbours say
+            cluster = self.neighbours(host, hypervisors=_KVM)
+            neighbour_status, neighbour_id = self._ask(cluster, command, asked)
+            if neighbour_status is None:
+                zone = self._zone_witnesses(host, set(ha_pools), exclude=set(asked) | {host.id})
+                neighbour_status, neighbour_id = self._ask(zone, command, asked)
 
         evidence: dict[str, Any] = {"pools": ha_pools, "host": host_said, "neighbours": asked}
         if host_status in (Status.DISCONNECTED, Status.DOWN):

@@ -679,3 +679,11 @@ def test_zone_witnesses_are_not_asked_when_the_cluster_decided() -> None:
     agents.heartbeat("h2", Verdict.DEAD)
     assert inv.is_agent_alive(target).verdict is Verdict.DEAD
     assert "w1" not in agents.asked(CHECK_ON_HOST)
+
+
+def test_an_answering_host_is_up_without_asking_neighbours() -> None:
+    _, _, agents, inv, target = kvm_world(("h2", UP, KVM))
+    agents.heartbeat("h1", Verdict.ALIVE)
+    agents.heartbeat("h2", Verdict.DEAD)
+    assert host_outcome(inv.is_agent_alive(target)) is Status.UP
+    assert agents.asked(CHECK_ON_HOST) == ["h1"]
