@@ -14,6 +14,10 @@ booleans (where ``result=false`` meant "the heart is beating"):
   :class:`~cloudha.model.VmPowerState` value.
 * ``PingTestCommand`` (``ip``, and ``router_ip`` to ping through a router):
   ``result`` is True when ``ip`` answered.
+* ``FenceCommand`` (``vm_name``, ``host_id``, ``host_ip``): for hypervisors
+  whose agents fence a neighbour's VM themselves (XenServer): ``result`` is
+  True only when the VM was fenced off. KVM does not use it: KVM "fencing"
+  is proof through the storage heartbeat, the CheckOnHost command above.
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ from cloudha.ports import Answer, Command
 __all__ = [
     "CHECK_ON_HOST",
     "CHECK_VM",
+    "FENCE",
     "PING_TEST",
     "answer_power_state",
     "answer_verdict",
     "check_on_host",
     "check_vm",
+    "fence",
     "ping_test",
 ]
 
 CHECK_ON_HOST = "CheckOnHostCommand"
 CHECK_VM = "CheckVirtualMachineCommand"
 PING_TEST = "PingTestCommand"
+FENCE = "FenceCommand"
 
 
 def check_on_host(target: Host, *, fail_on_one_pool: bool) -> Command:
@@ -60,6 +67,11 @@ def ping_test(ip: str, *, router_ip: str | None = None) -> Command:
     if router_ip is not None:
         params["router_ip"] = router_ip
     return Command(PING_TEST, params)
+
+
+def fence(vm: Vm, target: Host) -> Command:
+    """Ask a neighbour's agent to fence ``vm`` off ``target``."""
+    return Command(FENCE, {"vm_name": vm.name, "host_id": target.id, "host_ip": target.private_ip})
 
 
 def answer_verdict(answer: Answer) -> tuple[Verdict, str]:

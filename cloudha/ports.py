@@ -37,6 +37,7 @@ __all__ = [
     "GuestNic",
     "HAScheduler",
     "HostDirectory",
+    "HypervisorControl",
     "HypervisorProbe",
     "HypervisorReport",
     "Keep",
@@ -297,3 +298,19 @@ class HypervisorProbe(Protocol):
 
     def domain_state(self, host: Host, domain: str, *, timeout: float) -> DomainState:
         """The state of the domain named ``domain`` on ``host``."""
+
+
+@runtime_checkable
+class HypervisorControl(HypervisorProbe, Protocol):
+    """A hypervisor connection that may also act: destroy (hard-stop) a domain.
+
+    Raises :class:`~cloudha.errors.ProbeError` subclasses like
+    :class:`HypervisorProbe` and never blocks past ``timeout``.
+    """
+
+    def destroy_domain(self, host: Host, domain: str, *, timeout: float) -> DomainState:
+        """Hard-stop the domain named ``domain`` on ``host`` and return its state read back.
+
+        A domain that is already shut off or missing is left alone and its
+        state returned.
+        """

@@ -111,9 +111,6 @@ def _print_timeline(document: dict[str, Any], *, all_events: bool) -> None:
     vms = document["final"]["vms"]
     running = sum(1 for vm in vms.values() if vm["state"] == "Running")
     console.print(f"VMs at the end: {running} running, {len(vms) - running} stopped")
-    if document["unsupported_faults"]:
-        kinds = sorted({f["kind"] for f in document["unsupported_faults"]})
-        console.print(f"[yellow]Not simulated in this version: {', '.join(kinds)}[/yellow]")
     invariants = document["invariants"]
     bad = {k: v for k, v in invariants.items() if v}
     if bad:

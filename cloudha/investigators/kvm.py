@@ -8,8 +8,8 @@ from typing import Any
 from cloudha.clock import Clock
 from cloudha.commands import check_on_host
 from cloudha.investigators.base import Finding, Verdict
-from cloudha.investigators.support import AgentInvestigatorBase
-from cloudha.model import Host, HostType, HypervisorType, Vm
+from cloudha.investigators.support import AgentInvestigatorBase, list_zone_witnesses
+from cloudha.model import Host, HypervisorType, Vm
 from cloudha.ports import AgentGateway, Command, HostDirectory, StoragePoolDirectory
 from cloudha.status import Status
 
@@ -147,23 +147,9 @@ class KVMInvestigator(AgentInvestigatorBase):
 
     def _zone_witnesses(self, host: Host, pools: set[str], *, exclude: set[str]) -> list[Host]:
         """Up KVM hosts outside the cluster that mount one of ``host``'s HA pools."""
-        if self.zone_witnesses <= 0:
-            return []
-        found: list[Host] = []
-        for other in sorted(self.directory.list_hosts(zone=host.zone), key=lambda h: h.id):
-            if (
-                other.id in exclude
-                or other.cluster == host.cluster
-                or other.status is not Status.UP
-                or other.hypervisor not in _KVM
-                or other.type is not HostType.ROUTING
-            ):
-                continue
-            if pools & {p.id for p in self.pools.pools_for_host(other) if p.supports_ha}:
-                found.append(other)
-                if len(found) == self.zone_witnesses:
-                    break
-        return found
+        return list_zone_witnesses(
+            self.directory, self.pools, host, pools, exclude=exclude, limit=self.zone_witnesses
+        )
 
     def _vm_alive(self, vm: Vm, host: Host) -> Finding:
         found = self.is_agent_alive(host)

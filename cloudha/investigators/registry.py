@@ -1,20 +1,11 @@
 """Building the investigator chain: the built-in witnesses and third-party plugins.
 
 Third-party investigators are found through the ``cloudha.investigators``
-entry-point group. Each entry point names a factory: a callable taking an
-:class:`InvestigatorContext` and returning an investigator (a class whose
-``__init__`` takes the context works, and so does a class with a
-``from_context`` classmethod). For example, in the plugin's
-``pyproject.toml``::
+entry-point group (:func:`cloudha.plugins.load_plugins` explains the
+factories and the errors). For example, in the plugin's ``pyproject.toml``::
 
     [project.entry-points."cloudha.investigators"]
     ipmi-sel = "acme_ha.investigators:SelInvestigator.from_context"
-
-A plugin that cannot be imported, whose factory raises, or that returns
-something that is not an investigator stops :func:`build_chain` with a
-:class:`~cloudha.errors.ConfigurationError` naming the entry point: a
-witness silently missing from an HA chain is worse than a clear start-up
-failure.
 """
 
 from __future__ import annotations
@@ -27,7 +18,6 @@ from typing import Any
 import attrs
 
 from cloudha.clock import Clock
-from cloudha.errors import ConfigurationError
 from cloudha.investigators.agent_check import AgentCheckInvestigator
 from cloudha.investigators.base import Investigator
 from cloudha.investigators.chain import InvestigatorChain
@@ -36,6 +26,7 @@ from cloudha.investigators.kvm import KVMInvestigator
 from cloudha.investigators.ping import ManagementIPInvestigator, PingInvestigator
 from cloudha.investigators.vmware import VMwareInvestigator
 from cloudha.investigators.xen import XenServerInvestigator
+from cloudha.plugins import load_plugins
 from cloudha.ports import (
     AgentGateway,
     HostDirectory,
@@ -137,42 +128,14 @@ def discover_investigators(
     Raises:
         ConfigurationError: a plugin failed to load or built no investigator.
     """
-    if entry_points is None:
-        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    loaded: list[Investigator] = []
-    for ep in sorted(entry_points, key=lambda e: e.name):
-        where = f"investigator plugin {ep.name!r} ({ep.value})"
-        try:
-            factory = ep.load()
-        except Exception as exc:
-            raise ConfigurationError(
-                f"{where} failed to load: {type(exc).__name__}: {exc}",
-                key=ENTRY_POINT_GROUP,
-                value=ep.name,
-            ) from exc
-        if not callable(factory):
-            raise ConfigurationError(
-                f"{where} is not callable", key=ENTRY_POINT_GROUP, value=ep.name
-            )
-        build = getattr(factory, "from_context", factory)
-        try:
-            investigator = build(ctx)
-        except Exception as exc:
-            raise ConfigurationError(
-                f"{where} raised while being built: {type(exc).__name__}: {exc}",
-                key=ENTRY_POINT_GROUP,
-                value=ep.name,
-            ) from exc
-        if not isinstance(investigator, Investigator):
-            raise ConfigurationError(
-                f"{where} built {type(investigator).__name__}, which is not an Investigator "
-                "(needs name, supports, is_agent_alive and is_vm_alive)",
-                key=ENTRY_POINT_GROUP,
-                value=ep.name,
-            )
-        log.info("loaded %s as %s", where, investigator.name)
-        loaded.append(investigator)
-    return loaded
+    return load_plugins(
+        ENTRY_POINT_GROUP,
+        ctx,
+        Investigator,  # type: ignore[type-abstract]
+        what="investigator",
+        needs="name, supports, is_agent_alive and is_vm_alive",
+        entry_points=entry_points,
+    )
 
 
 def build_chain(

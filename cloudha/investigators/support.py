@@ -10,10 +10,10 @@ from cloudha.commands import answer_verdict
 from cloudha.errors import ProbeError
 from cloudha.investigators.base import BaseInvestigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType
-from cloudha.ports import AgentGateway, Answer, Command, HostDirectory
+from cloudha.ports import AgentGateway, Answer, Command, HostDirectory, StoragePoolDirectory
 from cloudha.status import Status
 
-__all__ = ["AgentInvestigatorBase"]
+__all__ = ["AgentInvestigatorBase", "list_neighbours", "list_zone_witnesses"]
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,73 @@ class AgentInvestigatorBase(BaseInvestigator):
         hypervisors: Collection[HypervisorType] | None = None,
         statuses: Collection[Status] = (Status.UP,),
     ) -> Sequence[Host]:
-        """Other routing hosts of ``host``'s cluster (or pod) in one of ``statuses``.
+        """Other routing hosts of ``host``'s cluster (or pod); see :func:`list_neighbours`."""
+        return list_neighbours(
+            self.directory, host, scope=scope, hypervisors=hypervisors, statuses=statuses
+        )
 
-        Sorted by id so the order of asking is stable.
-        """
-        if scope == "cluster":
-            if host.cluster is None:
-                return []
-            candidates = self.directory.list_hosts(cluster=host.cluster)
-        elif scope == "pod":
-            candidates = self.directory.list_hosts(pod=host.pod, zone=host.zone)
-        else:
-            raise ValueError(f"scope must be 'cluster' or 'pod', got {scope!r}")
-        chosen = [
-            h
-            for h in candidates
-            if h.id != host.id
-            and h.type is HostType.ROUTING
-            and h.status in statuses
-            and (hypervisors is None or h.hypervisor in hypervisors)
-        ]
-        return sorted(chosen, key=lambda h: h.id)
+
+def list_neighbours(
+    directory: HostDirectory,
+    host: Host,
+    *,
+    scope: str = "cluster",
+    hypervisors: Collection[HypervisorType] | None = None,
+    statuses: Collection[Status] = (Status.UP,),
+) -> Sequence[Host]:
+    """Other routing hosts of ``host``'s cluster (or pod) in one of ``statuses``.
+
+    Sorted by id so the order of asking is stable.
+    """
+    if scope == "cluster":
+        if host.cluster is None:
+            return []
+        candidates = directory.list_hosts(cluster=host.cluster)
+    elif scope == "pod":
+        candidates = directory.list_hosts(pod=host.pod, zone=host.zone)
+    else:
+        raise ValueError(f"scope must be 'cluster' or 'pod', got {scope!r}")
+    chosen = [
+        h
+        for h in candidates
+        if h.id != host.id
+        and h.type is HostType.ROUTING
+        and h.status in statuses
+        and (hypervisors is None or h.hypervisor in hypervisors)
+    ]
+    return sorted(chosen, key=lambda h: h.id)
+
+
+def list_zone_witnesses(
+    directory: HostDirectory,
+    pools: StoragePoolDirectory,
+    host: Host,
+    pool_ids: Collection[str],
+    *,
+    exclude: Collection[str],
+    limit: int,
+) -> list[Host]:
+    """Up KVM/LXC routing hosts outside ``host``'s cluster that mount one of ``pool_ids``.
+
+    At most ``limit``, sorted by id; ``exclude`` lists host ids to leave out.
+    They can read ``host``'s storage heartbeat when its whole cluster is silent.
+    """
+    if limit <= 0:
+        return []
+    wanted = set(pool_ids)
+    found: list[Host] = []
+    for other in sorted(directory.list_hosts(zone=host.zone), key=lambda h: h.id):
+        if (
+            other.id in exclude
+            or other.id == host.id
+            or other.cluster == host.cluster
+            or other.status is not Status.UP
+            or other.hypervisor not in (HypervisorType.KVM, HypervisorType.LXC)
+            or other.type is not HostType.ROUTING
+        ):
+            continue
+        if wanted & {p.id for p in pools.pools_for_host(other) if p.supports_ha}:
+            found.append(other)
+            if len(found) == limit:
+                break
+    return found

@@ -1,22 +1,26 @@
-"""Contract checks for users' own investigators.
+"""Contract checks for users' own investigators and fencers.
 
 ``check_investigator(MyInvestigator(...))`` asks the investigator about a
 spread of hosts and VMs (every hypervisor, with and without an address, in
 several states), from several threads at once, and fails with every
 broken rule listed, so a plugin author learns all of them in one run.
+``check_fencer(MyFencer(...))`` does the same for a fence builder.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
+from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
+from cloudha.fencing.chain import GRACE
 from cloudha.investigators.base import Finding, Investigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType, Vm, VmType
 from cloudha.status import Status
 
-__all__ = ["check_investigator", "sample_hosts", "sample_vms"]
+__all__ = ["check_fencer", "check_investigator", "sample_hosts", "sample_vms"]
 
 
 def sample_hosts() -> list[Host]:
@@ -87,8 +91,8 @@ def check_investigator(
     subjects = list(sample_hosts() if hosts is None else hosts)
     vms_of = sample_vms if vms is None else vms
 
-    def ask_all() -> list[tuple[str, Verdict]]:
-        answers: list[tuple[str, Verdict]] = []
+    def ask_all() -> list[tuple[str, object]]:
+        answers: list[tuple[str, object]] = []
         for host in subjects:
             try:
                 supported = investigator.supports(host)
@@ -113,29 +117,7 @@ def check_investigator(
                     answers.append((label, finding.verdict))
         return answers
 
-    baseline = ask_all()
-    results: list[list[tuple[str, Verdict]]] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        got = ask_all()
-        with lock:
-            results.append(got)
-
-    pool = [threading.Thread(target=worker, name=f"contract-{i}") for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    for got in results:
-        if got != baseline:
-            problems.append(f"answers from concurrent calls differ: {got} != {baseline}")
-            break
-    if problems:
-        unique = list(dict.fromkeys(problems))
-        raise AssertionError(
-            f"investigator {name!r} breaks the contract:\n  - " + "\n  - ".join(unique)
-        )
+    _judge(problems, f"investigator {name!r}", "answers", ask_all, threads)
 
 
 def _call(
@@ -169,3 +151,118 @@ def _check_finding(
         json.dumps(finding.to_dict())
     except (TypeError, ValueError) as exc:
         problems.append(f"{label}: evidence is not JSON-able ({exc})")
+
+
+def check_fencer(
+    fencer: FenceBuilder,
+    *,
+    hosts: Iterable[Host] | None = None,
+    vms: Callable[[Host], Sequence[Vm]] | None = None,
+    threads: int = 4,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Check ``fencer`` against the contract of :class:`~cloudha.fencing.base.FenceBuilder`.
+
+    Rules checked: a non-empty string ``name``; a positive number
+    ``timeout``; ``fence_off`` returns a :class:`FenceResult` (never None,
+    never raises) whose ``fencer`` is the name, whose outcome is a
+    :class:`FenceOutcome`, with a non-empty reason and JSON-able evidence
+    containing none of ``secrets``; each call returns within ``timeout``
+    (plus the chain's grace) of wall time; the same outcomes come back when
+    asked from ``threads`` threads at once.
+
+    Args:
+        fencer: the instance under test, wired to the user's fakes.
+        hosts: hosts to fence (default :func:`sample_hosts`).
+        vms: VMs to fence off each host (default :func:`sample_vms`).
+        threads: how many threads ask at once in the concurrency round.
+        secrets: strings (passwords, tokens) that must never appear in a result.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    problems: list[str] = []
+    name = getattr(fencer, "name", None)
+    if not isinstance(name, str) or not name:
+        raise AssertionError(f"fencer {fencer!r}: name must be a non-empty str")
+    limit = getattr(fencer, "timeout", None)
+    if not isinstance(limit, int | float) or isinstance(limit, bool) or not limit > 0:
+        raise AssertionError(f"fencer {name!r}: timeout must be a positive number, got {limit!r}")
+    subjects = list(sample_hosts() if hosts is None else hosts)
+    vms_of = sample_vms if vms is None else vms
+    hidden = [s for s in secrets if s]
+
+    def ask_all() -> list[tuple[str, object]]:
+        answers: list[tuple[str, object]] = []
+        for host in subjects:
+            for vm in vms_of(host):
+                label = f"fence_off({vm.id}, {host.id})"
+                started = time.monotonic()
+                try:
+                    result = fencer.fence_off(vm, host)
+                except Exception as exc:
+                    problems.append(
+                        f"{label} raised {type(exc).__name__}: {exc} (return NOT_FENCED)"
+                    )
+                    continue
+                took = time.monotonic() - started
+                if took > limit + GRACE:
+                    problems.append(f"{label} took {took:.1f}s, more than its timeout {limit:g}s")
+                if not isinstance(result, FenceResult):
+                    problems.append(f"{label} returned {result!r}, not a FenceResult")
+                    continue
+                _check_fence_result(problems, name, label, result, hidden)
+                answers.append((label, result.outcome))
+        return answers
+
+    _judge(problems, f"fencer {name!r}", "outcomes", ask_all, threads)
+
+
+def _judge(
+    problems: list[str],
+    subject: str,
+    what: str,
+    ask_all: Callable[[], list[tuple[str, object]]],
+    threads: int,
+) -> None:
+    """Ask once, then from ``threads`` threads at once; raise listing every problem."""
+    baseline = ask_all()
+    results: list[list[tuple[str, object]]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        got = ask_all()
+        with lock:
+            results.append(got)
+
+    pool = [threading.Thread(target=worker, name=f"contract-{i}") for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    for got in results:
+        if got != baseline:
+            problems.append(f"{what} from concurrent calls differ: {got} != {baseline}")
+            break
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise AssertionError(f"{subject} breaks the contract:\n  - " + "\n  - ".join(unique))
+
+
+def _check_fence_result(
+    problems: list[str], name: str, label: str, result: FenceResult, secrets: Sequence[str]
+) -> None:
+    if result.fencer != name:
+        problems.append(f"{label}: fencer is {result.fencer!r}, not the name {name!r}")
+    if not isinstance(result.outcome, FenceOutcome):
+        problems.append(f"{label}: outcome {result.outcome!r} is not a FenceOutcome")
+    if not isinstance(result.reason, str) or not result.reason.strip():
+        problems.append(f"{label}: a result needs a reason")
+    try:
+        text = json.dumps(result.to_dict())
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{label}: evidence is not JSON-able ({exc})")
+        return
+    for secret in secrets:
+        if secret in text:
+            problems.append(f"{label}: the result contains a secret")

@@ -20,7 +20,6 @@ from cloudha.settings import Settings
 
 __all__ = [
     "FAULT_KINDS",
-    "SUPPORTED_FAULT_KINDS",
     "FaultSpec",
     "HostSpec",
     "Scenario",
@@ -33,6 +32,7 @@ FAULT_KINDS = frozenset(
     {
         "host_crash",
         "host_recover",
+        "host_hang",
         "agent_stop",
         "agent_start",
         "heartbeat_stop",
@@ -53,32 +53,11 @@ FAULT_KINDS = frozenset(
 )
 """Every fault kind the scenario format knows."""
 
-SUPPORTED_FAULT_KINDS = frozenset(
-    {
-        "host_crash",
-        "host_recover",
-        "agent_stop",
-        "agent_start",
-        "heartbeat_stop",
-        "heartbeat_start",
-        "mgmt_partition",
-        "mgmt_heal",
-        "host_isolation",
-        "host_heal",
-        "storage_outage",
-        "storage_heal",
-        "ms_crash",
-        "ms_restart",
-        "ms_isolation",
-        "ms_heal",
-    }
-)
-"""Fault kinds this version simulates; the others are reported as ``unsupported``."""
-
 _HOST_TARGET = frozenset(
     {
         "host_crash",
         "host_recover",
+        "host_hang",
         "agent_stop",
         "agent_start",
         "heartbeat_stop",

@@ -13,9 +13,16 @@ crash and restart (the host table survives, memory does not), shared
 storage pools with each KVM host's real heartbeat writer plan
 (:func:`cloudha.heartbeat.writer_plan`, self-fencing included), the real
 heartbeat checker on neighbours, the built-in investigator chain over
-simulated agents and hypervisor connections, and the invariant checker.
-BMCs and VM restarts come with fencing and the HA work queue; their fault
-kinds are accepted and reported as ``unsupported``.
+simulated agents and hypervisor connections, BMCs (power state read and
+switched through the real :class:`~cloudha.oobm.OutOfBandManager`, with
+``bmc_down``/``bmc_up``), the real fence chain in the HA path, and the
+invariant checker.
+
+Until the SQL HA work queue lands, the HA path is a stand-in (:class:`_HaPath`):
+for every HA VM of a host found Down it runs the real fence chain and, once
+fenced, starts the VM on the least loaded Up host with room (retrying every
+``restart.retry.interval``, at most ``max.retries`` times). Synchronous calls
+(a BMC or an agent that times out) take no virtual time.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from typing import Any
 
 import attrs
 
-from cloudha.commands import CHECK_ON_HOST, CHECK_VM, PING_TEST
+from cloudha.commands import CHECK_ON_HOST, CHECK_VM, FENCE, PING_TEST
 from cloudha.detection import AgentManager, MonitorTask, PingTask
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Evidence, Recorder
+from cloudha.fencing.chain import InlineRunner
+from cloudha.fencing.registry import FencerContext, build_fence_chain
 from cloudha.heartbeat import (
     HeartbeatChecker,
     HeartbeatTiming,
@@ -46,17 +55,24 @@ from cloudha.heartbeat import (
     writer_plan,
 )
 from cloudha.investigators import InvestigatorContext, build_chain
-from cloudha.model import Host, HypervisorType, Pool, VmPowerState
+from cloudha.model import Host, HypervisorType, Pool, ReasonType, Vm, VmPowerState
+from cloudha.oobm.manager import OobmSyncTask, OutOfBandManager, StaticOobmConfigs
+from cloudha.oobm.power import (
+    BasePowerDriver,
+    OobmConfig,
+    PowerOperation,
+    PowerResult,
+    PowerState,
+)
 from cloudha.ports import Answer, Command, DomainState, HypervisorReport, PingReport
 from cloudha.status import Status
 from cloudha.testing.clock import FakeClock
 from cloudha.testing.fakes import (
     InMemoryHostDirectory,
     RecordingAlertSink,
-    RecordingHAScheduler,
+    ScheduledRestart,
 )
 from cloudha.testing.scenario import (
-    SUPPORTED_FAULT_KINDS,
     HostSpec,
     Scenario,
     load_scenario,
@@ -98,6 +114,8 @@ class _SimHost:
     heartbeat_running: bool = True
     writer_epoch: int = 0
     ip: str = ""
+    hung: bool = False
+    bmc_up: bool = True
 
 
 @attrs.define
@@ -107,6 +125,7 @@ class _SimVm:
     original_host: str
     running_on: set[str] = attrs.Factory(set)
     last_host: str | None = None
+    frozen_on: set[str] = attrs.Factory(set)
 
     @property
     def host(self) -> str | None:
@@ -118,6 +137,34 @@ class _ManagementServer:
         self.epoch = epoch
         self.alive = True
         gateway = _Gateway(sim)
+        hypervisors = _Hypervisors(sim)
+        recorder = Recorder(sim.timeline, sim.clock, MANAGEMENT_SERVER_ID)
+        self.oobm = OutOfBandManager(
+            clock=sim.clock,
+            configs=sim.oobm_configs,
+            drivers=[_SimPowerDriver(sim, "ipmi"), _SimPowerDriver(sim, "redfish")],
+            settings=sim.settings,
+            alerts=sim.alerts,
+            recorder=recorder,
+        )
+        self.oobm_sync = OobmSyncTask(
+            self.oobm, lambda: [h for h in sim.directory.list_hosts() if h.id in sim.hosts]
+        )
+        self.fence_chain = build_fence_chain(
+            FencerContext(
+                clock=sim.clock,
+                directory=sim.directory,
+                gateway=gateway,
+                settings=sim.settings,
+                pools=sim.pools,
+                oobm=self.oobm,
+                hypervisor_control=hypervisors,
+                alerts=sim.alerts,
+                recorder=recorder,
+                runner=InlineRunner(sim.clock),
+            ),
+            discover=False,
+        )
         self.agents = AgentManager(
             management_server_id=MANAGEMENT_SERVER_ID,
             settings=sim.settings,
@@ -131,7 +178,7 @@ class _ManagementServer:
                     gateway=gateway,
                     settings=sim.settings,
                     pools=sim.pools,
-                    hypervisor_probe=_Hypervisors(sim),
+                    hypervisor_probe=hypervisors,
                 ),
                 discover=False,
             ),
@@ -186,6 +233,12 @@ class _Gateway:
                 target is not None and target.powered and not target.isolated and not agent.isolated
             )
             return Answer(answered)
+        if command.name == FENCE:
+            # A XenServer pool member fences a VM off a member the pool sees without power.
+            target = self.sim.hosts.get(str(command.params["host_id"]))
+            if target is not None and not target.powered:
+                return Answer(True, f"{target.spec.id} is off: {command.params['vm_name']} fenced")
+            return Answer(False, "the pool still sees the host running")
         raise ProbeConnectionError(f"{command.name} is not simulated", host_id=host.id)
 
 
@@ -212,6 +265,115 @@ class _Hypervisors:
         if vm is None:
             return DomainState.MISSING
         return DomainState.RUNNING if host.id in vm.running_on else DomainState.SHUTOFF
+
+    def destroy_domain(self, host: Host, domain: str, *, timeout: float) -> DomainState:
+        self._reach(host, timeout)
+        vm = self.sim.vms.get(domain)
+        if vm is None:
+            return DomainState.MISSING
+        vm.running_on.discard(host.id)
+        return DomainState.SHUTOFF
+
+
+class _SimPowerDriver(BasePowerDriver):
+    """The simulated hosts' BMCs, as one power driver per protocol name.
+
+    A BMC answers while the host has standby power, whatever the host's OS
+    does; ``bmc_down`` makes it silent. OFF cuts the power at once; SOFT is
+    an ACPI request a hung OS ignores.
+    """
+
+    def __init__(self, sim: Simulation, name: str) -> None:
+        self.sim = sim
+        self.name = name
+
+    def _execute(
+        self, config: OobmConfig, operation: PowerOperation, timeout: float
+    ) -> PowerResult:
+        assert config.host_id is not None
+        host = self.sim.hosts[config.host_id]
+        if not host.bmc_up:
+            raise ProbeTimeout(f"BMC of {config.host_id} silent for {timeout:g}s")
+        if operation is PowerOperation.STATUS:
+            return PowerResult(operation, True, PowerState.ON if host.powered else PowerState.OFF)
+        if operation is PowerOperation.OFF or (operation is PowerOperation.SOFT and not host.hung):
+            if host.powered:
+                self.sim.power_cut(host, f"BMC {operation}")
+        elif operation is PowerOperation.ON:
+            if not host.powered:
+                self.sim.power_on(host, f"BMC {operation}")
+        elif operation in (PowerOperation.CYCLE, PowerOperation.RESET):
+            self.sim.power_cut(host, f"BMC {operation}")
+            self.sim.power_on(host, f"BMC {operation}")
+        return PowerResult(operation, True)
+
+
+class _HaPath:
+    """Stand-in for the HA work queue: fence each HA VM of a Down host, then restart it.
+
+    Replaced by the real HA manager and its SQL work queue in a later version;
+    the fencing it drives is the real chain.
+    """
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.scheduled: list[ScheduledRestart] = []
+
+    def schedule_restart_for_vms_on_host(
+        self, host: Host, *, investigate: bool, reason: ReasonType
+    ) -> None:
+        self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
+        sim = self.sim
+        assert sim.ms is not None
+        epoch = sim.ms.epoch
+        for vm in sorted(sim.vms.values(), key=lambda v: v.id):
+            if vm.ha and host.id in (vm.running_on | vm.frozen_on | {vm.last_host}):
+                sim.at(
+                    sim.clock.monotonic(),
+                    functools.partial(self._attempt, vm.id, host.id, epoch, 1),
+                )
+
+    def _work(self, vm: _SimVm, step: str, reason: str, attempt: int) -> None:
+        self.sim.recorder.emit(
+            "ha_work", vm=vm.id, reason=reason, type="HA", step=step, attempt=attempt
+        )
+
+    def _attempt(self, vm_id: str, host_id: str, epoch: int, attempt: int) -> None:
+        sim = self.sim
+        ms = sim._current(epoch)
+        if ms is None:
+            return  # the management server died: this in-memory work is gone
+        vm = sim.vms[vm_id]
+        if vm.running_on - {host_id}:
+            self._work(vm, "Done", "already running elsewhere", attempt)
+            return
+        row = sim.directory.find_host(host_id)
+        if row is None or row.status is not Status.DOWN:
+            self._work(vm, "Cancelled", f"host {host_id} is no longer Down", attempt)
+            return
+        alive = sim.alive_with_storage(sim.hosts[host_id])
+        decision = ms.fence_chain.fence_off(
+            Vm(id=vm.id, host_id=host_id, ha_enabled=True, hypervisor=row.hypervisor), row
+        )
+        if decision.fenced:
+            if alive:
+                sim.fenced_alive_host += 1
+            target = sim.pick_target(host_id)
+            if target is not None:
+                sim.start_vm(vm, target)
+                self._work(vm, "Done", f"fenced ({decision.reason}); started on {target}", attempt)
+                return
+            reason = f"fenced ({decision.reason}) but no host has room"
+        else:
+            reason = decision.reason
+        if attempt >= sim.settings.max_retries:
+            self._work(vm, "Error", f"gave up after {attempt} attempts: {reason}", attempt)
+            return
+        self._work(vm, "Scheduled", f"{reason}; trying again", attempt)
+        sim.at(
+            sim.clock.monotonic() + sim.settings.restart_retry_interval,
+            functools.partial(self._attempt, vm_id, host_id, epoch, attempt + 1),
+        )
 
 
 class _Pools:
@@ -295,7 +457,10 @@ class Simulation:
         self.timeline = _Timeline()
         self.recorder = Recorder(self.timeline, self.clock, "simulator")
         self.alerts = RecordingAlertSink()
-        self.scheduler = RecordingHAScheduler()
+        self.scheduler = _HaPath(self)
+        self.oobm_configs = StaticOobmConfigs()
+        self.fenced_alive_host = 0
+        self.double_runs: set[str] = set()
         self.directory = InMemoryHostDirectory()
         self.hosts: dict[str, _SimHost] = {}
         self.vms: dict[str, _SimVm] = {}
@@ -306,7 +471,6 @@ class Simulation:
         self.host_by_ip: dict[str, _SimHost] = {}
         self.down_with_running_vms = 0
         self.timeline.on_record = self._watch
-        self.unsupported: list[dict[str, Any]] = []
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._epoch = 0
@@ -314,6 +478,17 @@ class Simulation:
             ip = f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
             self.hosts[spec.id] = _SimHost(spec, ip=ip)
             self.host_by_ip[ip] = self.hosts[spec.id]
+            if spec.oobm != "none":
+                self.oobm_configs.set(
+                    spec.id,
+                    OobmConfig(
+                        spec.oobm,
+                        f"bmc-{spec.id}",
+                        "admin",
+                        "simulated",
+                        host_id=spec.id,
+                    ),
+                )
             self.directory.add(
                 Host(
                     id=spec.id,
@@ -376,9 +551,13 @@ class Simulation:
         until = self.scenario.until
         while self._queue and self._queue[0][0] <= until:
             when, _, action = heapq.heappop(self._queue)
-            self.clock.set(when)
+            # A synchronous call may have taken virtual time (a fencer polling a
+            # BMC); what was due meanwhile runs as soon as it returns.
+            if when > self.clock.monotonic():
+                self.clock.set(when)
             action()
-        self.clock.set(until)
+        if until > self.clock.monotonic():
+            self.clock.set(until)
         return self._document()
 
     # -- reachability --------------------------------------------------------
@@ -391,6 +570,7 @@ class Simulation:
             and ms.alive
             and not self.ms_isolated
             and host.powered
+            and not host.hung
             and host.mgmt_link
             and not host.isolated
         )
@@ -426,6 +606,15 @@ class Simulation:
         self.at(
             self.clock.monotonic() + ms.monitor.next_delay(), lambda: self._monitor_tick(ms.epoch)
         )
+        if self.oobm_configs.host_ids():
+            self.at(self.clock.monotonic(), lambda: self._oobm_tick(ms.epoch))
+
+    def _oobm_tick(self, epoch: int) -> None:
+        ms = self._current(epoch)
+        if ms is None:
+            return
+        ms.oobm.sync([h for h in self.directory.list_hosts() if h.id in self.hosts], parallel=False)
+        self.at(self.clock.monotonic() + ms.oobm_sync.interval, lambda: self._oobm_tick(epoch))
 
     def _current(self, epoch: int) -> _ManagementServer | None:
         ms = self.ms
@@ -503,7 +692,9 @@ class Simulation:
         plan: Generator[WriterAction, bool | None, None],
         result: bool | None,
     ) -> None:
-        if host.writer_epoch != epoch or not (host.powered and host.heartbeat_running):
+        if host.writer_epoch != epoch or not (
+            host.powered and host.heartbeat_running and not host.hung
+        ):
             return
         try:
             action = plan.send(result)
@@ -547,25 +738,63 @@ class Simulation:
 
     def _power_off(self, host: _SimHost) -> None:
         host.powered = host.agent_running = host.connected = False
+        host.hung = False
         host.died = True
         for vm in self.vms.values():
             vm.running_on.discard(host.spec.id)
+            vm.frozen_on.discard(host.spec.id)
+
+    def power_cut(self, host: _SimHost, reason: str) -> None:
+        """The BMC switched ``host`` off."""
+        self.recorder.emit("power", host=host.spec.id, reason=reason, power="Off")
+        self._power_off(host)
+
+    def power_on(self, host: _SimHost, reason: str) -> None:
+        """The BMC switched ``host`` on: it boots."""
+        self.recorder.emit("power", host=host.spec.id, reason=reason, power="On")
+        host.powered = True
+        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+
+    def alive_with_storage(self, host: _SimHost) -> bool:
+        """Is ``host`` running (not hung) and able to reach one of its pools right now?"""
+        if not host.powered or host.hung or host.isolated:
+            return False
+        return any(p not in self.storage_out for p in host.spec.pools)
+
+    def pick_target(self, dead_host: str) -> str | None:
+        """The least loaded Up host of the dead host's zone and hypervisor with room."""
+        dead = self.hosts[dead_host].spec
+        best: tuple[int, str] | None = None
+        for host_id, host in self.hosts.items():
+            row = self.directory.find_host(host_id)
+            if (
+                host_id == dead_host
+                or row is None
+                or row.status is not Status.UP
+                or not host.powered
+                or host.hung
+                or host.spec.zone != dead.zone
+                or host.spec.hypervisor is not dead.hypervisor
+            ):
+                continue
+            load = sum(1 for vm in self.vms.values() if host_id in vm.running_on)
+            if host.spec.capacity is not None and load >= host.spec.capacity:
+                continue
+            if best is None or (load, host_id) < best:
+                best = (load, host_id)
+        return None if best is None else best[1]
+
+    def start_vm(self, vm: _SimVm, host_id: str) -> None:
+        """Start ``vm`` on ``host_id`` (counting a double run if it runs elsewhere too)."""
+        vm.running_on.add(host_id)
+        vm.last_host = host_id
+        if len(vm.running_on) > 1:
+            self.double_runs.add(vm.id)
+        self.recorder.emit("vm_state", vm=vm.id, host=host_id, state="Running")
 
     # -- faults ---------------------------------------------------------------
 
     def _fault(self, kind: str, target: str | None) -> None:
-        if kind not in SUPPORTED_FAULT_KINDS:
-            self.unsupported.append(
-                {"t": round(self.clock.monotonic(), 3), "kind": kind, "target": target}
-            )
-            self.recorder.emit(
-                "fault",
-                reason="fault kind not simulated in this version",
-                fault=kind,
-                target=target,
-                status="unsupported",
-            )
-            return
         self.recorder.emit(
             "fault", reason="fault injected", fault=kind, target=target, status="applied"
         )
@@ -579,6 +808,23 @@ class Simulation:
             if not host.powered:
                 host.powered = True
                 self.at(now + BOOT_SECONDS, lambda: self._boot_done(host))
+            elif host.hung:
+                self._unhang(host)
+        elif kind == "host_hang":
+            assert host is not None
+            if host.powered and not host.hung:
+                host.hung = True
+                host.agent_running = host.connected = False
+                for vm in self.vms.values():
+                    if host.spec.id in vm.running_on:
+                        vm.running_on.discard(host.spec.id)
+                        vm.frozen_on.add(host.spec.id)
+        elif kind == "bmc_down":
+            assert host is not None
+            host.bmc_up = False
+        elif kind == "bmc_up":
+            assert host is not None
+            host.bmc_up = True
         elif kind == "agent_stop":
             assert host is not None
             was_connected = host.connected and self.reachable(host)
@@ -631,6 +877,20 @@ class Simulation:
         elif kind == "ms_heal":
             self.ms_isolated = False
 
+    def _unhang(self, host: _SimHost) -> None:
+        """The hang ends: frozen VMs run again where they were, the agent and writer go on."""
+        host.hung = False
+        for vm in sorted(self.vms.values(), key=lambda v: v.id):
+            if host.spec.id in vm.frozen_on:
+                vm.frozen_on.discard(host.spec.id)
+                vm.running_on.add(host.spec.id)
+                if len(vm.running_on) > 1:
+                    self.double_runs.add(vm.id)
+        host.agent_running = True
+        if host.heartbeat_running and self._writes_heartbeat(host):
+            self._start_writer(host, 0.0)
+        self._connect_indirect(host)
+
     def _boot_done(self, host: _SimHost) -> None:
         if host.powered and not host.agent_running:
             host.agent_running = True
@@ -650,6 +910,8 @@ class Simulation:
             row = self.directory.find_host(host_id)
             status = None if row is None or row.status is None else str(row.status)
             hosts[host_id] = {"status": status, "power": "On" if sim_host.powered else "Off"}
+            if sim_host.spec.oobm != "none":
+                hosts[host_id]["bmc"] = "up" if sim_host.bmc_up else "down"
         vms: dict[str, Any] = {}
         for vm in self.vms.values():
             vms[vm.id] = {"state": "Running" if vm.running_on else "Stopped", "host": vm.host}
@@ -664,7 +926,6 @@ class Simulation:
             "events": self.timeline.events,
             "final": {"hosts": hosts, "vms": vms},
             "invariants": self._invariants(vms),
-            "unsupported_faults": self.unsupported,
             "ha_scheduled": [
                 {"host": s.host_id, "investigate": s.investigate, "reason": str(s.reason)}
                 for s in self.scheduler.scheduled
@@ -681,8 +942,10 @@ class Simulation:
             if self._capacity_elsewhere(vm.original_host):
                 unrecovered += 1
         return {
-            "double_run": sum(1 for vm in self.vms.values() if len(vm.running_on) > 1),
-            "fenced_alive_host": 0,
+            "double_run": len(
+                self.double_runs | {vm.id for vm in self.vms.values() if len(vm.running_on) > 1}
+            ),
+            "fenced_alive_host": self.fenced_alive_host,
             "down_with_running_vms": self.down_with_running_vms,
             "lost_work": 0,
             "unrecovered_ha_vm": unrecovered,

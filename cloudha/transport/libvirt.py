@@ -1,5 +1,8 @@
 """A :class:`~cloudha.ports.HypervisorProbe` over libvirt: ask a host's libvirtd directly.
 
+It is also a :class:`~cloudha.ports.HypervisorControl`: it can destroy
+(hard-stop) a domain and read its state back, for the libvirt fencer.
+
 :class:`LibvirtHypervisorProbe` opens one libvirt connection per call, asks
 its question and closes the connection again. Nothing is cached between
 calls, so a host that restarts its libvirtd is seen afresh on the next call.
@@ -248,7 +251,8 @@ def _check_timeout(timeout: float) -> float:
 
 
 class LibvirtHypervisorProbe:
-    """The :class:`~cloudha.ports.HypervisorProbe` port over libvirt.
+    """The :class:`~cloudha.ports.HypervisorProbe` and
+    :class:`~cloudha.ports.HypervisorControl` ports over libvirt.
 
     Each call opens a connection to the URI made from ``uri_template`` for
     the host, asks its question, and closes the connection, all in a daemon
@@ -435,6 +439,53 @@ class LibvirtHypervisorProbe:
             return _fold_state(int(state))
 
         return self._call(host, uri, timeout, ask)
+
+    def destroy_domain(self, host: Host, domain: str, *, timeout: float) -> DomainState:
+        """Hard-stop the domain named ``domain`` on ``host`` and return its state read back.
+
+        Looks the domain up by name; if it is active (running, paused,
+        shutting down...) calls ``destroy()`` (libvirt's immediate power-off,
+        never a graceful shutdown), then reads the state back. A domain that
+        is already inactive is left alone. The state returned is the folded
+        state read after the action, as by :meth:`domain_state`:
+        ``SHUTOFF`` (or ``MISSING`` for a transient domain, which libvirt
+        forgets once it stops) when the destroy worked; ``MISSING`` when
+        there never was such a domain. A domain that stopped on its own
+        between the check and the destroy is not an error.
+
+        This makes :class:`LibvirtHypervisorProbe` a
+        :class:`~cloudha.ports.HypervisorControl`.
+
+        Raises:
+            ValueError: ``domain`` is empty or ``timeout`` is not a positive
+                finite number.
+            ProbeTimeout, ProbeAuthError, ProbeConnectionError: see the class;
+                also when libvirt refuses the destroy itself. On a timeout the
+                destroy may still happen later: read the state again.
+        """
+        if not isinstance(domain, str) or not domain:
+            raise ValueError(f"domain must be a non-empty name, got {domain!r}")
+        timeout = _check_timeout(timeout)
+        uri = self.uri_for(host)
+
+        def act(conn: Any) -> DomainState:
+            try:
+                dom = conn.lookupByName(domain)
+                if dom.isActive():
+                    try:
+                        dom.destroy()
+                    except libvirt.libvirtError as exc:
+                        # It stopped by itself in between: the read-back decides.
+                        if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                            raise
+                state, _reason = dom.state()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return DomainState.MISSING
+                raise
+            return _fold_state(int(state))
+
+        return self._call(host, uri, timeout, act)
 
     def close(self) -> None:
         """Release what the probe holds: nothing, as connections live for one call.

@@ -1,8 +1,10 @@
-"""Investigator plugins loaded through entry points by test_investigators."""
+"""Investigator and fencer plugins loaded through entry points by the unit tests."""
 
 from __future__ import annotations
 
-from cloudha import Finding, Host, InvestigatorContext
+from cloudha import Finding, Host, InvestigatorContext, Vm
+from cloudha.fencing.base import BaseFenceBuilder, FenceResult
+from cloudha.fencing.registry import FencerContext
 from cloudha.investigators import BaseInvestigator
 
 
@@ -36,3 +38,19 @@ def not_an_investigator(ctx: InvestigatorContext) -> object:
 
 
 NOT_CALLABLE = 42
+
+
+class ExampleFencer(BaseFenceBuilder):
+    """A fencer plugin built from the fencer context."""
+
+    name = "ExampleFencer"
+
+    def __init__(self, ctx: FencerContext) -> None:
+        super().__init__(ctx.clock, timeout=5.0)
+
+    def _fence(self, vm: Vm, host: Host) -> FenceResult:
+        return self.not_fenced("example fencer never fences")
+
+
+def not_a_fencer(ctx: FencerContext) -> object:
+    return object()

@@ -26,7 +26,7 @@ from cloudha.errors import (
     ProbeTimeout,
 )
 from cloudha.model import Host
-from cloudha.ports import DomainState, HypervisorProbe, HypervisorReport
+from cloudha.ports import DomainState, HypervisorControl, HypervisorProbe, HypervisorReport
 from cloudha.transport.libvirt import (
     DEFAULT_URI_TEMPLATE,
     EVENT_LOOP_THREAD_NAME,
@@ -581,3 +581,209 @@ def test_close_is_idempotent_and_the_probe_stays_usable() -> None:
         probe.close()
     probe.close()
     assert probe.probe_host(HOST, timeout=5.0).running_domains == 1
+
+
+# -- destroy_domain (HypervisorControl) --------------------------------------------------
+
+
+class DestroyableDomain(FakeDomain):
+    """A fake domain that can be destroyed; records the calls made on it."""
+
+    def __init__(
+        self,
+        state: int,
+        *,
+        destroy_error: BaseException | None = None,
+        transient: bool = False,
+    ) -> None:
+        super().__init__(state)
+        self.current = state
+        self.destroy_error = destroy_error
+        self.transient = transient
+        self.calls: list[str] = []
+
+    def isActive(self) -> int:
+        self.calls.append("isActive")
+        return int(self.current not in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED))
+
+    def destroy(self) -> int:
+        self.calls.append("destroy")
+        if self.destroy_error is not None:
+            raise self.destroy_error
+        self.current = libvirt.VIR_DOMAIN_SHUTOFF
+        return 0
+
+    def state(self) -> list[int]:
+        self.calls.append("state")
+        if self.transient and self.current == libvirt.VIR_DOMAIN_SHUTOFF:
+            raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found")
+        return [self.current, 0]
+
+
+def test_the_probe_implements_the_control_port() -> None:
+    assert isinstance(LibvirtHypervisorProbe(), HypervisorControl)
+
+
+def test_destroy_domain_against_the_in_process_test_driver() -> None:
+    probe = LibvirtHypervisorProbe("test:///default")
+    holder = libvirt.open("test:///default")  # keeps the shared default state alive
+    try:
+        assert probe.destroy_domain(HOST, "test", timeout=5.0) is DomainState.SHUTOFF
+        assert not holder.lookupByName("test").isActive()
+        assert probe.domain_state(HOST, "test", timeout=5.0) is DomainState.SHUTOFF
+        # Already shut off: left alone, state returned.
+        assert probe.destroy_domain(HOST, "test", timeout=5.0) is DomainState.SHUTOFF
+        assert probe.destroy_domain(HOST, "no-such-vm", timeout=5.0) is DomainState.MISSING
+        assert "test" in holder.listDefinedDomains()  # stopped, not undefined
+    finally:
+        test = holder.lookupByName("test")
+        if not test.isActive():
+            test.create()
+        del test
+        holder.close()
+
+
+def test_a_destroyed_transient_domain_reads_back_missing_from_the_test_driver() -> None:
+    probe = LibvirtHypervisorProbe("test:///default")
+    holder = libvirt.open("test:///default")
+    try:
+        xml = holder.lookupByName("test").XMLDesc()
+        xml = xml.replace("<name>test</name>", "<name>transient-1</name>")
+        xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
+        holder.createXML(xml).isActive()
+        assert probe.domain_state(HOST, "transient-1", timeout=5.0) is DomainState.RUNNING
+        assert probe.destroy_domain(HOST, "transient-1", timeout=5.0) is DomainState.MISSING
+        assert "transient-1" not in holder.listDefinedDomains()
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize(
+    ("state", "destroyed", "expected"),
+    [
+        (libvirt.VIR_DOMAIN_RUNNING, True, DomainState.SHUTOFF),
+        (libvirt.VIR_DOMAIN_PAUSED, True, DomainState.SHUTOFF),
+        (libvirt.VIR_DOMAIN_PMSUSPENDED, True, DomainState.SHUTOFF),
+        (libvirt.VIR_DOMAIN_SHUTOFF, False, DomainState.SHUTOFF),
+        (libvirt.VIR_DOMAIN_CRASHED, False, DomainState.SHUTOFF),
+    ],
+)
+def test_destroy_domain_destroys_only_active_domains(
+    opened: Callable[..., list[str]], state: int, destroyed: bool, expected: DomainState
+) -> None:
+    dom = DestroyableDomain(state)
+    conn = FakeConn({"vm-1": dom})
+    uris = opened(conn)
+    assert LibvirtHypervisorProbe().destroy_domain(HOST, "vm-1", timeout=5.0) is expected
+    assert ("destroy" in dom.calls) is destroyed
+    assert dom.calls[-1] == "state"  # always read back
+    assert uris == ["qemu+ssh://root@192.0.2.10/system"]
+    assert conn.closed == 1
+
+
+def test_destroy_domain_of_an_unknown_domain_is_missing(
+    opened: Callable[..., list[str]],
+) -> None:
+    conn = FakeConn()
+    opened(conn)
+    assert LibvirtHypervisorProbe().destroy_domain(HOST, "vm-1", timeout=5.0) is (
+        DomainState.MISSING
+    )
+    assert conn.closed == 1
+
+
+def test_a_transient_domain_gone_after_destroy_is_missing(
+    opened: Callable[..., list[str]],
+) -> None:
+    dom = DestroyableDomain(libvirt.VIR_DOMAIN_RUNNING, transient=True)
+    opened(FakeConn({"vm-1": dom}))
+    assert LibvirtHypervisorProbe().destroy_domain(HOST, "vm-1", timeout=5.0) is (
+        DomainState.MISSING
+    )
+    assert dom.calls == ["isActive", "destroy", "state"]
+
+
+def test_a_domain_that_stopped_before_the_destroy_is_read_back(
+    opened: Callable[..., list[str]],
+) -> None:
+    invalid = libvirt_error(libvirt.VIR_ERR_OPERATION_INVALID, "domain is not running")
+    dom = DestroyableDomain(libvirt.VIR_DOMAIN_RUNNING, destroy_error=invalid)
+    opened(FakeConn({"vm-1": dom}))
+    # The fake's state did not change: the read-back is what is returned.
+    assert LibvirtHypervisorProbe().destroy_domain(HOST, "vm-1", timeout=5.0) is (
+        DomainState.RUNNING
+    )
+    assert dom.calls == ["isActive", "destroy", "state"]
+
+
+def test_a_refused_destroy_is_a_probe_error_and_closes_the_connection(
+    opened: Callable[..., list[str]],
+) -> None:
+    denied = libvirt_error(libvirt.VIR_ERR_OPERATION_DENIED, "access denied: destroy")
+    dom = DestroyableDomain(libvirt.VIR_DOMAIN_RUNNING, destroy_error=denied)
+    conn = FakeConn({"vm-1": dom})
+    opened(conn)
+    with pytest.raises(ProbeConnectionError, match="access denied") as info:
+        LibvirtHypervisorProbe().destroy_domain(HOST, "vm-1", timeout=5.0)
+    assert info.value.host_id == "h-1"
+    assert info.value.__cause__ is None
+    assert conn.closed == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected"),
+    [
+        (libvirt.VIR_ERR_AUTH_FAILED, "authentication failed", ProbeAuthError),
+        (libvirt.VIR_ERR_SYSTEM_ERROR, "unable to connect: refused", ProbeConnectionError),
+        (
+            libvirt.VIR_ERR_INTERNAL_ERROR,
+            "internal error: connection closed due to keepalive timeout",
+            ProbeTimeout,
+        ),
+    ],
+)
+def test_destroy_domain_maps_errors_like_the_other_calls(
+    opened: Callable[..., list[str]],
+    code: int,
+    message: str,
+    expected: type[ProbeError],
+) -> None:
+    opened(libvirt_error(code, message))
+    with pytest.raises(ProbeError) as info:
+        LibvirtHypervisorProbe().destroy_domain(HOST, "vm-1", timeout=5.0)
+    assert type(info.value) is expected
+    assert info.value.host_id == "h-1"
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), True])
+def test_destroy_domain_checks_its_arguments(timeout: Any) -> None:
+    probe = LibvirtHypervisorProbe("test:///default")
+    with pytest.raises(ValueError, match="timeout"):
+        probe.destroy_domain(HOST, "test", timeout=timeout)
+    with pytest.raises(ValueError, match="domain"):
+        probe.destroy_domain(HOST, "", timeout=1.0)
+
+
+def test_a_hung_destroy_times_out_and_its_worker_finishes_later(
+    monkeypatch: pytest.MonkeyPatch, gate: threading.Event
+) -> None:
+    dom = DestroyableDomain(libvirt.VIR_DOMAIN_RUNNING)
+    conn = FakeConn({"vm-1": dom})
+
+    def hung_open(uri: str) -> FakeConn:
+        gate.wait(30.0)
+        return conn
+
+    monkeypatch.setattr(libvirt, "open", hung_open)
+    probe = LibvirtHypervisorProbe()
+    started = time.monotonic()
+    with pytest.raises(ProbeTimeout) as info:
+        probe.destroy_domain(HOST, "vm-1", timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 0.4
+    assert info.value.host_id == "h-1"
+    assert probe.lingering == 1
+    gate.set()
+    assert wait_until(lambda: probe.lingering == 0)
+    assert conn.closed == 1
+    assert "destroy" in dom.calls  # the late worker still acted: read the state again

@@ -1,0 +1,1 @@
+"""Fencing: fence builders, the fence chain and its levels."""

@@ -1,0 +1,1 @@
+"""Out-of-band management: power drivers and the power-state machine."""
