@@ -32,6 +32,18 @@ from cloudha.evidence import Evidence as Evidence
 from cloudha.evidence import EvidenceLog as EvidenceLog
 from cloudha.evidence import EvidenceSink as EvidenceSink
 from cloudha.evidence import Recorder as Recorder
+from cloudha.fencing import BaseFenceBuilder as BaseFenceBuilder
+from cloudha.fencing import FenceBuilder as FenceBuilder
+from cloudha.fencing import FenceChain as FenceChain
+from cloudha.fencing import FenceDecision as FenceDecision
+from cloudha.fencing import FenceLevel as FenceLevel
+from cloudha.fencing import FenceOutcome as FenceOutcome
+from cloudha.fencing import FencerContext as FencerContext
+from cloudha.fencing import FenceResult as FenceResult
+from cloudha.fencing import KVMFenceBuilder as KVMFenceBuilder
+from cloudha.fencing import LibvirtFencer as LibvirtFencer
+from cloudha.fencing import PowerFencer as PowerFencer
+from cloudha.fencing import build_fence_chain as build_fence_chain
 from cloudha.investigators import AgentCheckInvestigator as AgentCheckInvestigator
 from cloudha.investigators import AgentInvestigatorBase as AgentInvestigatorBase
 from cloudha.investigators import BaseInvestigator as BaseInvestigator
@@ -60,6 +72,13 @@ from cloudha.model import Vm as Vm
 from cloudha.model import VmPowerState as VmPowerState
 from cloudha.model import VmState as VmState
 from cloudha.model import VmType as VmType
+from cloudha.oobm import BasePowerDriver as BasePowerDriver
+from cloudha.oobm import OobmConfig as OobmConfig
+from cloudha.oobm import OutOfBandManager as OutOfBandManager
+from cloudha.oobm import PowerDriver as PowerDriver
+from cloudha.oobm import PowerOperation as PowerOperation
+from cloudha.oobm import PowerState as PowerState
+from cloudha.oobm import StaticOobmConfigs as StaticOobmConfigs
 from cloudha.ports import KEEP as KEEP
 from cloudha.ports import AgentGateway as AgentGateway
 from cloudha.ports import Alert as Alert
@@ -73,6 +92,7 @@ from cloudha.ports import DomainState as DomainState
 from cloudha.ports import GuestNic as GuestNic
 from cloudha.ports import HAScheduler as HAScheduler
 from cloudha.ports import HostDirectory as HostDirectory
+from cloudha.ports import HypervisorControl as HypervisorControl
 from cloudha.ports import HypervisorProbe as HypervisorProbe
 from cloudha.ports import HypervisorReport as HypervisorReport
 from cloudha.ports import MaintenanceChecker as MaintenanceChecker
@@ -103,7 +123,9 @@ __all__ = [
     "AlertSink",
     "AlertType",
     "Answer",
+    "BaseFenceBuilder",
     "BaseInvestigator",
+    "BasePowerDriver",
     "BehindOnPingListener",
     "ChainResult",
     "Clock",
@@ -120,12 +142,20 @@ __all__ = [
     "Evidence",
     "EvidenceLog",
     "EvidenceSink",
+    "FenceBuilder",
+    "FenceChain",
+    "FenceDecision",
+    "FenceLevel",
+    "FenceOutcome",
+    "FenceResult",
+    "FencerContext",
     "Finding",
     "GuestNic",
     "HAScheduler",
     "Host",
     "HostDirectory",
     "HostType",
+    "HypervisorControl",
     "HypervisorInvestigator",
     "HypervisorProbe",
     "HypervisorReport",
@@ -134,17 +164,25 @@ __all__ = [
     "Investigator",
     "InvestigatorChain",
     "InvestigatorContext",
+    "KVMFenceBuilder",
     "KVMInvestigator",
+    "LibvirtFencer",
     "LifecycleError",
     "MaintenanceChecker",
     "ManagementIPInvestigator",
     "MonitorTask",
     "NoTransitionError",
+    "OobmConfig",
+    "OutOfBandManager",
     "PingInvestigator",
     "PingMap",
     "PingReport",
     "PingTask",
     "Pool",
+    "PowerDriver",
+    "PowerFencer",
+    "PowerOperation",
+    "PowerState",
     "ProbeAuthError",
     "ProbeConnectionError",
     "ProbeError",
@@ -157,6 +195,7 @@ __all__ = [
     "Router",
     "ScenarioError",
     "Settings",
+    "StaticOobmConfigs",
     "Status",
     "StatusChange",
     "StoragePoolDirectory",
@@ -170,6 +209,7 @@ __all__ = [
     "VmType",
     "XenServerInvestigator",
     "build_chain",
+    "build_fence_chain",
     "decide_after_investigation",
     "host_outcome",
     "host_transition",

@@ -4,6 +4,7 @@ Not imported by ``import cloudha``.
 """
 
 from cloudha.testing.clock import FakeClock as FakeClock
+from cloudha.testing.contract import check_fencer as check_fencer
 from cloudha.testing.contract import check_investigator as check_investigator
 from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
 from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
@@ -17,6 +18,8 @@ from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
 from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
 from cloudha.testing.heartbeat import MemoryStorage as MemoryStorage
 from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
+from cloudha.testing.oobm import FakeBmc as FakeBmc
+from cloudha.testing.oobm import FakePowerDriver as FakePowerDriver
 from cloudha.testing.scenario import Scenario as Scenario
 from cloudha.testing.scenario import load_scenario as load_scenario
 from cloudha.testing.scenario import parse_scenario as parse_scenario
@@ -26,9 +29,11 @@ from cloudha.testing.simulator import to_json as to_json
 
 __all__ = [
     "FakeAgentGateway",
+    "FakeBmc",
     "FakeClock",
     "FakeDirectAgentResource",
     "FakeHypervisorProbe",
+    "FakePowerDriver",
     "InMemoryHostDirectory",
     "InMemoryStoragePools",
     "InMemoryVmNetworks",
@@ -40,6 +45,7 @@ __all__ = [
     "ScheduledRestart",
     "ScriptedInvestigator",
     "Simulation",
+    "check_fencer",
     "check_investigator",
     "load_scenario",
     "parse_scenario",

@@ -49,6 +49,7 @@ from cloudha.errors import (
 )
 from cloudha.model import Host
 from cloudha.ports import DomainState, HypervisorReport
+from cloudha.redact import REDACTED, redact
 
 __all__ = [
     "DEFAULT_URI_TEMPLATE",
@@ -87,8 +88,6 @@ _DOMAIN_STATES: Final[dict[int, DomainState]] = {
 
 _SENSITIVE_KEY_PARTS: Final = ("pass", "secret")
 """Query keys containing one of these (``password``, ``passwd``...) have their values redacted."""
-
-_REDACTED: Final = "***"
 
 
 # --------------------------------------------------------------------------
@@ -188,13 +187,13 @@ def redact_uri(uri: str) -> tuple[str, tuple[str, ...]]:
         user, _colon, password = userinfo.partition(":")
         if password:
             secrets += [password, urllib.parse.unquote(password)]
-        netloc = f"{user}:{_REDACTED}@{hostport}"
+        netloc = f"{user}:{REDACTED}@{hostport}"
     items = []
     for item in parts.query.split("&") if parts.query else []:
         key, eq, value = item.partition("=")
         if eq and value and _is_sensitive(key):
             secrets += [value, urllib.parse.unquote_plus(value)]
-            item = f"{key}={_REDACTED}"
+            item = f"{key}={REDACTED}"
         items.append(item)
     query = "&".join(items)
     if netloc == parts.netloc and query == parts.query:
@@ -212,9 +211,7 @@ def redact_uri(uri: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, _REDACTED)
-    return text
+    return redact(text, *secrets)
 
 
 # --------------------------------------------------------------------------

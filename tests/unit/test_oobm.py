@@ -280,3 +280,60 @@ def test_power_command_errors_are_unknown_events() -> None:
     with pytest.raises(PowerCommandError, match="409"):
         fleet.manager.execute(fleet.hosts[0], PowerOperation.OFF)
     assert fleet.manager.power_state("h1") is UNKNOWN
+
+
+def test_readiness_and_power_state_are_prometheus_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from cloudha.oobm.metrics import register_oobm_metrics
+
+    clock = FakeClock(100.0)
+    fleet = Fleet(clock, hosts=2)
+    fleet.bmcs["h2"].silent = True
+    fleet.manager.sync(fleet.hosts)
+    clock.advance(7)
+    registry = CollectorRegistry()
+    register_oobm_metrics(fleet.manager, registry)
+    text = generate_latest(registry).decode()
+    assert 'cloudha_fence_path_ready{driver="fake",host="h1"} 1.0' in text
+    assert 'cloudha_fence_path_ready{driver="fake",host="h2"} 0.0' in text
+    assert 'cloudha_fence_path_checked_age_seconds{host="h1"} 7.0' in text
+    assert 'cloudha_oobm_power_state{host="h1",state="On"} 1.0' in text
+    assert 'cloudha_oobm_power_state{host="h2",state="Unknown"} 1.0' in text
+    assert PASSWORD not in text
+
+
+def test_default_drivers_are_built_from_settings() -> None:
+    from cloudha.oobm.drivers import default_power_drivers
+
+    settings = Settings.from_mapping(
+        {
+            "outofbandmanagement.ipmitool.path": "/opt/ipmitool",
+            "redfish.ignore.ssl": True,
+        }
+    )
+    drivers = {d.name: d for d in default_power_drivers(settings)}
+    assert sorted(drivers) == ["ipmi", "ipmitool", "redfish"]
+    assert drivers["ipmitool"].path == "/opt/ipmitool"  # type: ignore[attr-defined]
+    assert drivers["redfish"].verify is False  # type: ignore[attr-defined]
+    assert default_power_drivers()[0].name == "ipmitool"
+
+
+def test_a_missing_optional_driver_is_left_out_and_named_when_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from cloudha.oobm.drivers import default_power_drivers
+
+    monkeypatch.setitem(sys.modules, "cloudha.oobm.redfish", None)
+    drivers = default_power_drivers()
+    assert [d.name for d in drivers] == ["ipmitool", "ipmi"]
+    configs = StaticOobmConfigs(
+        {"h1": OobmConfig("redfish", "10.0.0.1", "admin", PASSWORD, host_id="h1")}
+    )
+    manager = OutOfBandManager(clock=FakeClock(), configs=configs, drivers=drivers)
+    with pytest.raises(
+        ConfigurationError, match=r"driver 'redfish' is not available \(have: ipmi, ipmitool\)"
+    ):
+        manager.execute(Host(id="h1"), PowerOperation.STATUS)
