@@ -6,7 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # libvirt-dev/pkg-config/gcc build libvirt-python; the rest are the real servers the
 # integration tests start on loopback (sshd, libvirtd with the test driver, nc for test+ssh).
-APT_PACKAGES=(libvirt-dev pkg-config gcc openssh-server libvirt-daemon libvirt-clients netcat-openbsd ipmitool)
+APT_PACKAGES=(libvirt-dev pkg-config gcc openssh-server libvirt-daemon libvirt-clients netcat-openbsd ipmitool postgresql)
 command -v python3 >/dev/null 2>&1 || APT_PACKAGES+=(python3 python3-venv python3-dev)
 
 missing=()

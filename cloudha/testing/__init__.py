@@ -20,6 +20,10 @@ from cloudha.testing.heartbeat import MemoryStorage as MemoryStorage
 from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
 from cloudha.testing.oobm import FakeBmc as FakeBmc
 from cloudha.testing.oobm import FakePowerDriver as FakePowerDriver
+from cloudha.testing.orchestrator import FakeOrchestratorHost as FakeOrchestratorHost
+from cloudha.testing.orchestrator import InMemoryOrchestrator as InMemoryOrchestrator
+from cloudha.testing.orchestrator import OrchestratorCall as OrchestratorCall
+from cloudha.testing.orchestrator import StartRecord as StartRecord
 from cloudha.testing.scenario import Scenario as Scenario
 from cloudha.testing.scenario import load_scenario as load_scenario
 from cloudha.testing.scenario import parse_scenario as parse_scenario
@@ -33,11 +37,14 @@ __all__ = [
     "FakeClock",
     "FakeDirectAgentResource",
     "FakeHypervisorProbe",
+    "FakeOrchestratorHost",
     "FakePowerDriver",
     "InMemoryHostDirectory",
+    "InMemoryOrchestrator",
     "InMemoryStoragePools",
     "InMemoryVmNetworks",
     "MemoryStorage",
+    "OrchestratorCall",
     "RecordingAlertSink",
     "RecordingHAScheduler",
     "RecordingSelfFencer",
@@ -45,6 +52,7 @@ __all__ = [
     "ScheduledRestart",
     "ScriptedInvestigator",
     "Simulation",
+    "StartRecord",
     "check_fencer",
     "check_investigator",
     "load_scenario",

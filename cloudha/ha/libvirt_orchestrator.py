@@ -1,0 +1,508 @@
+"""A reference :class:`~cloudha.ha.orchestrator.VmOrchestrator` over libvirt, for demos and tests.
+
+:class:`LibvirtOrchestrator` keeps its VM registry in memory (VM id → domain
+XML, state, current host, highest generation) and drives one libvirtd per
+host id. It is not a cloud's VM manager: there is no database, no planner
+beyond first-fit over sorted host ids, and no storage handling.
+
+Like :mod:`cloudha.transport.libvirt`, every libvirt call runs in its own
+daemon worker thread with its own connection, and the caller waits at most
+the configured timeout; a worker that misses its deadline is abandoned and
+closes its connection when libvirt returns. Registry changes happen under a
+lock; libvirt calls happen outside it, with the VM marked Starting or
+Stopping meanwhile so that a concurrent operation on the same VM is refused
+(:class:`~cloudha.ha.orchestrator.ConcurrentOperationError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Generic, TypeVar, cast
+
+import attrs
+import libvirt
+
+from cloudha.errors import (
+    ConfigurationError,
+    ProbeAuthError,
+    ProbeConnectionError,
+    ProbeError,
+    ProbeTimeout,
+)
+from cloudha.ha.orchestrator import (
+    ConcurrentOperationError,
+    InsufficientCapacityError,
+    Planner,
+    StaleGenerationError,
+    StartParams,
+    UnknownVmError,
+)
+from cloudha.model import HypervisorType, Vm, VmState, VmType
+from cloudha.redact import redact
+from cloudha.transport.libvirt import redact_uri
+
+__all__ = ["LibvirtOrchestrator"]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+_AUTH_ERROR_CODES: Final = frozenset(
+    {
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+    }
+)
+_COUNTED: Final = frozenset({VmState.RUNNING, VmState.STARTING, VmState.STOPPING, VmState.UNKNOWN})
+"""States in which a VM takes room on its host."""
+
+
+@attrs.define
+class _Entry:
+    """A VM of the registry (mutable; guarded by the orchestrator's lock)."""
+
+    vm: Vm
+    xml: str
+    domain: str
+    local_storage: bool
+    generation: int = 0
+
+
+class _Call(Generic[_T]):
+    __slots__ = ("abandoned", "done", "error", "finished", "lock", "result")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.finished = False
+        self.abandoned = False
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+
+def _positive(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds, got {value!r}", key=name, value=value
+        )
+    return float(value)
+
+
+def _parse_domain(xml: str) -> tuple[str, str]:
+    """The domain's name and its XML with a ``<uuid>`` (one is added when missing).
+
+    A fixed UUID makes redefining the domain on a host idempotent; libvirt
+    refuses a second definition of a name under another UUID.
+    """
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise ConfigurationError(f"domain XML is malformed: {exc}", key="xml") from None
+    name = root.findtext("name")
+    if root.tag != "domain" or not name or not name.strip():
+        raise ConfigurationError("domain XML needs a <domain> root with a <name>", key="xml")
+    if not (root.findtext("uuid") or "").strip():
+        for old in root.findall("uuid"):
+            root.remove(old)
+        uuid_element = ET.Element("uuid")
+        uuid_element.text = str(uuid.uuid4())
+        root.insert(1, uuid_element)
+        xml = ET.tostring(root, encoding="unicode")
+    return name.strip(), xml
+
+
+class LibvirtOrchestrator:
+    """The VM orchestrator port over libvirt daemons, one per host id.
+
+    Args:
+        hosts: host id → libvirt URI. Several host ids may share a URI (one
+            daemon playing several hosts in a demo).
+        capacity: how many VMs each host may run (Running, Starting,
+            Stopping or Unknown VMs of the registry count); an int for every
+            host or a mapping host id → count (missing hosts: 1).
+        host_tags: host id → tags, for ``StartParams.ha_tag``.
+        timeout: seconds a caller waits for one libvirt call (connect
+            included).
+        shutdown_timeout: seconds a graceful stop (``force=False``) waits for
+            the guest to power off, on top of ``timeout``.
+
+    Raises:
+        ConfigurationError: no hosts, an empty URI, a negative capacity or a
+            bad timeout.
+
+    Semantics beyond the port (see :class:`~cloudha.ha.orchestrator.VmOrchestrator`):
+
+    * ``advance_stop``: ``force=True`` calls ``destroy()``, ``force=False``
+      ``shutdown()`` and waits up to ``shutdown_timeout`` for the domain to be
+      inactive (else :class:`~cloudha.errors.ProbeTimeout`, VM ``Unknown``).
+      A domain that is already inactive or missing on the host counts as
+      stopped.
+    * ``advance_start``: picks the first host in sorted id order that is not
+      avoided, carries ``ha_tag`` when set and has room; ``defineXML`` then
+      ``create()`` there. A libvirt error before ``create()`` was sent (cannot
+      connect, define refused) leaves the VM Stopped and the generation
+      unused; a failure of ``create()`` itself, or a timeout, leaves it
+      ``Unknown`` on that host with the generation used (it may be running):
+      stop it with ``force=True`` before the next start. A domain found
+      already active on the chosen host is refused
+      (:class:`~cloudha.ha.orchestrator.ConcurrentOperationError`). No other
+      host is tried after a libvirt failure; the caller retries with
+      ``avoid_hosts``.
+    * Errors: :class:`~cloudha.errors.ProbeTimeout` (no answer in time, or a
+      keepalive timeout), :class:`~cloudha.errors.ProbeAuthError`
+      (authentication refused), :class:`~cloudha.errors.ProbeConnectionError`
+      (anything else libvirt reports); all carry ``host_id``, and messages
+      never show a password from a URI.
+    """
+
+    def __init__(
+        self,
+        hosts: Mapping[str, str],
+        *,
+        capacity: int | Mapping[str, int] = 1,
+        host_tags: Mapping[str, Iterable[str]] | None = None,
+        timeout: float = 10.0,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if not hosts:
+            raise ConfigurationError("at least one host is needed", key="hosts")
+        for host_id, uri in hosts.items():
+            if not isinstance(uri, str) or not uri.strip():
+                raise ConfigurationError(
+                    f"host {host_id} has no libvirt URI", key="hosts", value=host_id
+                )
+        self._uris = dict(hosts)
+        if isinstance(capacity, int):
+            capacities = dict.fromkeys(self._uris, capacity)
+        else:
+            capacities = {h: capacity.get(h, 1) for h in self._uris}
+        for host_id, count in capacities.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ConfigurationError(
+                    f"capacity of host {host_id} must be a whole number >= 0, got {count!r}",
+                    key="capacity",
+                    value=count,
+                )
+        self._capacity = capacities
+        self._tags = {h: frozenset((host_tags or {}).get(h, ())) for h in self._uris}
+        self.timeout = _positive("timeout", timeout)
+        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
+        self._lock = threading.Lock()
+        self._vms: dict[str, _Entry] = {}
+        self._lingering = 0
+
+    # -- registry ----------------------------------------------------------------
+
+    def register_vm(
+        self,
+        vm_id: str,
+        xml: str,
+        *,
+        host_id: str | None = None,
+        vm_type: VmType = VmType.USER,
+        ha_enabled: bool = True,
+        local_storage: bool = False,
+    ) -> Vm:
+        """Add a VM to the registry (no libvirt call is made).
+
+        ``host_id`` given: the domain is taken to be running there already
+        (state Running); None: the VM is Stopped. The VM's name is the
+        domain name in ``xml``. Give ``xml`` the ``<uuid>`` of the domain
+        already defined on the hosts, if any: without one a fresh UUID is
+        added, and libvirt refuses to redefine a name under another UUID.
+
+        Raises:
+            ConfigurationError: unknown host, malformed XML or no ``<name>``,
+                or the VM id is already registered.
+        """
+        name, xml = _parse_domain(xml)
+        if host_id is not None and host_id not in self._uris:
+            raise ConfigurationError(f"unknown host {host_id!r}", key="host_id", value=host_id)
+        vm = Vm(
+            vm_id,
+            name=name,
+            type=vm_type,
+            state=VmState.RUNNING if host_id else VmState.STOPPED,
+            host_id=host_id,
+            last_host_id=host_id,
+            ha_enabled=ha_enabled,
+            hypervisor=HypervisorType.KVM,
+        )
+        with self._lock:
+            if vm_id in self._vms:
+                raise ConfigurationError(f"VM {vm_id!r} is already registered", key="vm_id")
+            self._vms[vm_id] = _Entry(vm, xml, name, local_storage)
+        return vm
+
+    def uri_of(self, host_id: str) -> str:
+        """The libvirt URI of ``host_id`` (may hold credentials; see :func:`redact_uri`)."""
+        return self._uris[host_id]
+
+    def highest_generation(self, vm_id: str) -> int:
+        """The highest generation used for the VM (0: none yet)."""
+        with self._lock:
+            return self._entry(vm_id).generation
+
+    @property
+    def lingering(self) -> int:
+        """Workers abandoned on a timeout that have not returned yet."""
+        with self._lock:
+            return self._lingering
+
+    # -- the port -----------------------------------------------------------------
+
+    def find_vm(self, vm_id: str) -> Vm | None:
+        """The VM's snapshot from the registry, or None."""
+        with self._lock:
+            entry = self._vms.get(vm_id)
+            return entry.vm if entry else None
+
+    def list_vms_on_host(self, host_id: str) -> Sequence[Vm]:
+        """Registry VMs whose ``host_id`` is ``host_id``, sorted by id (libvirt is not asked)."""
+        with self._lock:
+            return [e.vm for _id, e in sorted(self._vms.items()) if e.vm.host_id == host_id]
+
+    def can_restart_on_another_server(self, vm: Vm) -> bool:
+        """False for VMs registered with ``local_storage=True`` (and unknown VMs)."""
+        with self._lock:
+            entry = self._vms.get(vm.id)
+            return entry is not None and not entry.local_storage
+
+    def advance_stop(self, vm: Vm, *, force: bool) -> None:
+        """Destroy (``force``) or shut down the VM's domain on its host; see the class."""
+        with self._lock:
+            entry = self._entry(vm.id)
+            before = entry.vm
+            if before.state is VmState.STOPPED:
+                return
+            if before.state in (VmState.STARTING, VmState.STOPPING):
+                raise ConcurrentOperationError(vm.id, f"VM is {before.state}")
+            host_id = before.host_id
+            if host_id is not None:
+                self._set(entry, state=VmState.STOPPING)
+        if host_id is not None:
+            try:
+                self._run(
+                    host_id,
+                    lambda conn: self._stop_domain(conn, entry.domain, force),
+                    extra=0.0 if force else self.shutdown_timeout,
+                )
+            except ProbeTimeout:
+                with self._lock:
+                    self._set(entry, state=VmState.UNKNOWN)
+                raise
+            except ProbeError:
+                with self._lock:
+                    self._set(entry, state=before.state)
+                raise
+        with self._lock:
+            self._set(
+                entry,
+                state=VmState.STOPPED,
+                host_id=None,
+                last_host_id=host_id or entry.vm.last_host_id,
+            )
+
+    def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
+        """Define and create the VM's domain on the first eligible host; see the class.
+
+        ``planner`` is recorded in the log only: both planners are first-fit here.
+        """
+        with self._lock:
+            entry = self._entry(vm.id)
+            if params.generation <= entry.generation:
+                raise StaleGenerationError(
+                    vm.id, generation=params.generation, highest=entry.generation
+                )
+            if entry.vm.state is not VmState.STOPPED:
+                raise ConcurrentOperationError(vm.id, f"VM is {entry.vm.state}")
+            host_id = self._choose_host(params)
+            if host_id is None:
+                raise InsufficientCapacityError(
+                    vm.id, scope="zone", reason="no eligible host has room"
+                )
+            previous = entry.generation
+            entry.generation = params.generation
+            self._set(entry, state=VmState.STARTING, host_id=host_id)
+        log.info(
+            "starting VM %s (generation %d, %s planner) on host %s",
+            vm.id,
+            params.generation,
+            planner,
+            host_id,
+        )
+        sent = threading.Event()
+        try:
+            self._run(host_id, lambda conn: self._start_domain(conn, entry, sent))
+        except ProbeError as exc:
+            uncertain = sent.is_set() or isinstance(exc, ProbeTimeout)
+            with self._lock:
+                if uncertain:
+                    self._set(entry, state=VmState.UNKNOWN)
+                else:
+                    entry.generation = previous
+                    self._set(entry, state=VmState.STOPPED, host_id=None)
+            raise
+        except ConcurrentOperationError:
+            with self._lock:
+                entry.generation = previous
+                self._set(entry, state=VmState.STOPPED, host_id=None)
+            raise
+        with self._lock:
+            self._set(entry, state=VmState.RUNNING, host_id=host_id, last_host_id=host_id)
+        return host_id
+
+    # -- libvirt work (in worker threads) --------------------------------------------
+
+    def _stop_domain(self, conn: Any, domain: str, force: bool) -> None:
+        try:
+            dom = conn.lookupByName(domain)
+            if not dom.isActive():
+                return
+            try:
+                if force:
+                    dom.destroy()
+                else:
+                    dom.shutdown()
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
+            if force:
+                return
+            deadline = time.monotonic() + self.shutdown_timeout
+            pause = threading.Event()
+            while dom.isActive():
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"domain {domain} did not shut down within {self.shutdown_timeout:.3g} s"
+                    )
+                pause.wait(0.1)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+
+    @staticmethod
+    def _start_domain(conn: Any, entry: _Entry, sent: threading.Event) -> None:
+        dom = conn.defineXML(entry.xml)
+        if dom.isActive():
+            raise ConcurrentOperationError(
+                entry.vm.id, f"domain {entry.domain} is already running there"
+            )
+        sent.set()
+        dom.create()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _entry(self, vm_id: str) -> _Entry:
+        entry = self._vms.get(vm_id)
+        if entry is None:
+            raise UnknownVmError(vm_id)
+        return entry
+
+    def _set(self, entry: _Entry, **changes: Any) -> None:
+        """Apply ``changes`` to the VM's snapshot, counting a state change in ``updated``."""
+        changed = any(getattr(entry.vm, k) != v for k, v in changes.items())
+        if changed:
+            entry.vm = attrs.evolve(entry.vm, updated=entry.vm.updated + 1, **changes)
+
+    def _choose_host(self, params: StartParams) -> str | None:
+        for host_id in sorted(self._uris):
+            if host_id in params.avoid_hosts:
+                continue
+            if params.ha_tag is not None and params.ha_tag not in self._tags[host_id]:
+                continue
+            used = sum(
+                1 for e in self._vms.values() if e.vm.host_id == host_id and e.vm.state in _COUNTED
+            )
+            if used < self._capacity[host_id]:
+                return host_id
+        return None
+
+    def _run(self, host_id: str, act: Callable[[Any], _T], *, extra: float = 0.0) -> _T:
+        uri = self._uris[host_id]
+        shown, secrets = redact_uri(uri)
+        timeout = self.timeout
+        call: _Call[_T] = _Call()
+        worker = threading.Thread(
+            target=self._work,
+            args=(call, uri, shown, act),
+            name=f"cloudha-libvirt-orchestrator:{host_id}",
+            daemon=True,
+        )
+        worker.start()
+        call.done.wait(timeout + extra)
+        with call.lock:
+            if not call.finished:
+                call.abandoned = True
+                with self._lock:
+                    self._lingering += 1
+                raise ProbeTimeout(
+                    f"libvirt on host {host_id} ({shown}) did not answer in time",
+                    host_id=host_id,
+                )
+        error = call.error
+        if error is None:
+            return cast(_T, call.result)
+        if isinstance(error, libvirt.libvirtError):
+            raise self._map_error(error, host_id, shown, secrets) from None
+        if isinstance(error, TimeoutError):
+            raise ProbeTimeout(f"host {host_id}: {error}", host_id=host_id) from None
+        raise error
+
+    def _work(self, call: _Call[_T], uri: str, shown: str, act: Callable[[Any], _T]) -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        conn: Any = None
+        try:
+            conn = libvirt.open(uri)
+            result = act(conn)
+        except BaseException as exc:
+            # Without its traceback the error keeps no frame holding a virDomain alive.
+            error = exc.with_traceback(None)
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except libvirt.libvirtError as exc:
+                    log.debug("closing the libvirt connection to %s failed: %s", shown, exc)
+                conn = None
+        with call.lock:
+            call.result = result
+            call.error = error
+            call.finished = True
+            call.done.set()
+            abandoned = call.abandoned
+        if abandoned:
+            with self._lock:
+                self._lingering -= 1
+            log.info("abandoned libvirt call to %s returned late", shown)
+
+    @staticmethod
+    def _map_error(exc: Any, host_id: str, shown: str, secrets: tuple[str, ...]) -> ProbeError:
+        message = redact(str(exc), *secrets)
+        code = exc.get_error_code()
+        if code in _AUTH_ERROR_CODES:
+            return ProbeAuthError(
+                f"libvirt on host {host_id} ({shown}) refused authentication: {message}",
+                host_id=host_id,
+            )
+        if "keepalive" in message.lower():
+            return ProbeTimeout(
+                f"libvirt on host {host_id} ({shown}) stopped answering: {message}",
+                host_id=host_id,
+            )
+        return ProbeConnectionError(
+            f"libvirt on host {host_id} ({shown}) failed: {message}", host_id=host_id
+        )

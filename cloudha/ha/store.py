@@ -1,0 +1,679 @@
+"""The persistent HA work queue: CloudStack's ``op_ha_work`` table, in SQLAlchemy 2 Core.
+
+Backends: SQLite (``sqlite:///path``) and PostgreSQL
+(``postgresql+psycopg://user@host:port/db``). The library never creates
+tables by itself: call :func:`create_schema` (tests, throwaway databases) or
+:func:`upgrade` (Alembic migrations, production) first.
+
+Deliberate differences from CloudStack (design §4):
+
+* one clock: ``time_to_try`` is float seconds since the Unix epoch read from
+  the injected :class:`~cloudha.clock.Clock` (no ``ms >> 10`` units);
+  ``created`` and ``taken`` are timezone-aware UTC datetimes from the same clock;
+* :meth:`WorkStore.claim` orders by ``priority`` (higher first), then ``id``;
+* every claim writes a fresh per-VM fencing token into ``generation``, and
+  the writing methods (:meth:`~WorkStore.reschedule`, :meth:`~WorkStore.finish`,
+  :meth:`~WorkStore.update_step`) only touch a row that is still the claim
+  they were given (:class:`StaleWorkError` otherwise), so a management server
+  whose works were released and re-claimed cannot complete them a second time;
+* ``Error`` is a terminal step everywhere (never claimed, never re-marked).
+
+Rows edited by hand: every method that returns :class:`Work` values raises
+:class:`UnreadableWorkError` (naming the row id, column and value) when a
+row it read holds a value that is not a known ``type``, ``step``, ``state``,
+``vm_type`` or ``reason``. It never returns a half-parsed row. The caller
+marks the row with :meth:`WorkStore.mark_error` (which does not parse it) and
+carries on. A :meth:`~WorkStore.claim` that picks such a row commits the claim
+first (the row then belongs to the caller) and raises afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Engine, Row
+
+from cloudha.clock import Clock
+from cloudha.errors import CloudHAError
+from cloudha.model import ReasonType, VmState, VmType
+
+__all__ = [
+    "TERMINAL_STEPS",
+    "StaleWorkError",
+    "Step",
+    "UnreadableWorkError",
+    "Work",
+    "WorkStore",
+    "WorkType",
+    "create_schema",
+    "drop_schema",
+    "metadata",
+    "op_ha_generation",
+    "op_ha_work",
+    "prepare_sqlite_engine",
+    "upgrade",
+]
+
+
+class WorkType(enum.Enum):
+    """What a work item does (CloudStack ``HighAvailabilityManager.WorkType``)."""
+
+    MIGRATION = "Migration"
+    STOP = "Stop"
+    CHECK_STOP = "CheckStop"
+    FORCE_STOP = "ForceStop"
+    DESTROY = "Destroy"
+    HA = "HA"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Step(enum.Enum):
+    """Progress of a work item (CloudStack ``HighAvailabilityManager.Step``)."""
+
+    SCHEDULED = "Scheduled"
+    INVESTIGATING = "Investigating"
+    FENCING = "Fencing"
+    STOPPING = "Stopping"
+    RESTARTING = "Restarting"
+    MIGRATING = "Migrating"
+    CANCELLED = "Cancelled"
+    DONE = "Done"
+    ERROR = "Error"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL_STEPS: Final = frozenset({Step.DONE, Step.CANCELLED, Step.ERROR})
+"""Steps a work never leaves; such works are never claimed nor counted as pending."""
+
+_TERMINAL_VALUES: Final = tuple(sorted(step.value for step in TERMINAL_STEPS))
+
+
+class UnreadableWorkError(CloudHAError):
+    """A row of ``op_ha_work`` holds a value cloudha does not know (a hand-edited row).
+
+    Attributes:
+        work_id: the row's ``id``; pass it to :meth:`WorkStore.mark_error`.
+        column: the column at fault (``type``, ``step``, ``state``, ``vm_type``, ``reason``).
+        value: the stored value.
+    """
+
+    def __init__(self, work_id: int, column: str, value: object) -> None:
+        super().__init__(f"op_ha_work row {work_id}: unknown {column} {value!r}")
+        self.work_id = work_id
+        self.column = column
+        self.value = value
+
+
+class StaleWorkError(CloudHAError):
+    """The work is no longer the claim the caller holds (released, re-claimed or deleted).
+
+    Attributes:
+        work_id: the row's ``id``.
+    """
+
+    def __init__(self, work_id: int) -> None:
+        super().__init__(
+            f"op_ha_work row {work_id} is no longer held as given "
+            "(released, claimed again, or deleted)"
+        )
+        self.work_id = work_id
+
+
+class _UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """``DateTime(timezone=True)`` that always returns aware UTC datetimes (SQLite drops tz)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: cloudha stores aware UTC times only")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+metadata: Final = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+"""Every cloudha table, with deterministic constraint and index names."""
+
+op_ha_work: Final = sa.Table(
+    "op_ha_work",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), sa.Identity(), primary_key=True
+    ),
+    sa.Column("instance_id", sa.String(255), nullable=False),
+    sa.Column("mgmt_server_id", sa.String(255), nullable=True),
+    sa.Column("created", _UTCDateTime(), nullable=False),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("host_id", sa.String(255), nullable=True),
+    sa.Column("taken", _UTCDateTime(), nullable=True),
+    sa.Column("time_to_try", sa.Double(), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("updated", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("step", sa.String(32), nullable=False),
+    sa.Column("vm_type", sa.String(32), nullable=False),
+    sa.Column("tried", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("reason", sa.String(32), nullable=True),
+    sa.Column("generation", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("priority", sa.Integer(), nullable=False, server_default="0"),
+    sa.Index(None, "step", "mgmt_server_id", "taken", "time_to_try"),
+    sa.Index(None, "instance_id"),
+    sa.Index(None, "host_id"),
+)
+"""CloudStack's ``op_ha_work`` (spec §3.2) plus ``generation`` and ``priority``."""
+
+op_ha_generation: Final = sa.Table(
+    "op_ha_generation",
+    metadata,
+    sa.Column("instance_id", sa.String(255), primary_key=True),
+    sa.Column("generation", sa.Integer(), nullable=False),
+)
+"""The last fencing token handed out per VM (see :meth:`WorkStore.next_generation`)."""
+
+
+def create_schema(engine: Engine) -> None:
+    """Create cloudha's tables (skipping existing ones). Prefer :func:`upgrade` in production."""
+    metadata.create_all(engine)
+
+
+def drop_schema(engine: Engine) -> None:
+    """Drop cloudha's tables and Alembic's version table (tests only)."""
+    metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+
+
+_MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Run the shipped Alembic migrations up to ``revision`` on ``engine``, in one transaction."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+
+_SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver must not open transactions itself: "begin" below does it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    dbapi_connection.isolation_level = None  # also for connections opened before the hooks
+    conn.exec_driver_sql(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def prepare_sqlite_engine(engine: Engine) -> None:
+    """Make every transaction on a SQLite ``engine`` ``BEGIN IMMEDIATE`` with a 60 s busy timeout.
+
+    SQLite has no row locks: with immediate transactions a claim holds the
+    database's write lock from its first read, so concurrent threads and
+    processes on one file cannot claim a work twice, and they wait for each
+    other (up to the busy timeout) instead of failing with "database is
+    locked". New connections also switch the file to WAL. Idempotent; a no-op
+    for other backends. :class:`WorkStore` calls it; it affects every user of
+    the engine.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    if not sa.event.contains(engine, "connect", _sqlite_on_connect):
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+    if not sa.event.contains(engine, "begin", _sqlite_on_begin):
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
+
+
+@attrs.frozen
+class Work:
+    """One ``op_ha_work`` row, as read.
+
+    Attributes:
+        id: the row id.
+        instance_id: the VM.
+        type: what to do.
+        step: where it is.
+        previous_state: the VM's state when the work was scheduled (column ``state``).
+        vm_type: the VM's type.
+        host_id: the host the VM was on, if known.
+        mgmt_server_id: the management server holding the claim; ``None`` = unclaimed.
+        created: when the work was added (aware UTC).
+        taken: when it was last claimed (aware UTC), ``None`` when unclaimed.
+        time_to_try: not claimable before this (epoch seconds).
+        tried: how many times it was rescheduled.
+        updated: the VM's update counter when scheduled.
+        reason: why it was scheduled (a NULL column reads as ``Unknown``).
+        generation: the per-VM fencing token of its last claim, 0 before any claim.
+        priority: higher values are claimed first.
+    """
+
+    id: int
+    instance_id: str
+    type: WorkType
+    step: Step
+    previous_state: VmState
+    vm_type: VmType
+    host_id: str | None
+    mgmt_server_id: str | None
+    created: dt.datetime
+    taken: dt.datetime | None
+    time_to_try: float
+    tried: int
+    updated: int
+    reason: ReasonType
+    generation: int
+    priority: int
+
+    def __str__(self) -> str:
+        return f"HAWork[{self.id}-{self.type}-{self.instance_id}-{self.previous_state}-{self.step}]"
+
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _parse(cls: type[_E], row_id: int, column: str, value: object) -> _E:
+    try:
+        return cls(value)
+    except ValueError:
+        raise UnreadableWorkError(row_id, column, value) from None
+
+
+def _to_work(row: Row[Any]) -> Work:
+    m = row._mapping
+    work_id = int(m["id"])
+    reason = m["reason"]
+    return Work(
+        id=work_id,
+        instance_id=m["instance_id"],
+        type=_parse(WorkType, work_id, "type", m["type"]),
+        step=_parse(Step, work_id, "step", m["step"]),
+        previous_state=_parse(VmState, work_id, "state", m["state"]),
+        vm_type=_parse(VmType, work_id, "vm_type", m["vm_type"]),
+        host_id=m["host_id"],
+        mgmt_server_id=m["mgmt_server_id"],
+        created=m["created"],
+        taken=m["taken"],
+        time_to_try=float(m["time_to_try"]),
+        tried=int(m["tried"]),
+        updated=int(m["updated"]),
+        reason=ReasonType.UNKNOWN
+        if reason is None
+        else _parse(ReasonType, work_id, "reason", reason),
+        generation=int(m["generation"]),
+        priority=int(m["priority"]),
+    )
+
+
+_W = op_ha_work.c
+_CLAIM_ATTEMPTS: Final = 5
+
+
+class WorkStore:
+    """The HA work queue on one database.
+
+    Thread-safe (each call uses its own connection and transaction from the
+    engine's pool) and safe across processes and management servers sharing
+    the database. The schema must exist (:func:`create_schema` / :func:`upgrade`).
+
+    Args:
+        engine: ``sqlite:///...`` or ``postgresql+psycopg://...``. SQLite
+            engines are prepared with :func:`prepare_sqlite_engine`. The caller
+            owns the engine (and disposes of it).
+        clock: the only source of time.
+    """
+
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {engine.dialect.name!r}")
+        prepare_sqlite_engine(engine)
+        self._engine = engine
+        self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+
+    @property
+    def engine(self) -> Engine:
+        """The engine given at construction."""
+        return self._engine
+
+    def _now(self) -> tuple[dt.datetime, float]:
+        now = self._clock.now()
+        return now, now.timestamp()
+
+    # -- adding and reading ----------------------------------------------------
+
+    def add(
+        self,
+        instance_id: str,
+        type: WorkType,
+        previous_state: VmState,
+        *,
+        vm_type: VmType = VmType.USER,
+        step: Step = Step.SCHEDULED,
+        host_id: str | None = None,
+        reason: ReasonType = ReasonType.UNKNOWN,
+        tried: int = 0,
+        updated: int = 0,
+        priority: int = 0,
+        time_to_try: float | None = None,
+    ) -> Work:
+        """Persist a new unclaimed work and return it.
+
+        ``created`` is now; ``time_to_try`` defaults to now (claimable at once).
+        """
+        now, now_s = self._now()
+        stmt = (
+            op_ha_work.insert()
+            .values(
+                instance_id=instance_id,
+                type=type.value,
+                step=step.value,
+                state=previous_state.value,
+                vm_type=vm_type.value,
+                host_id=host_id,
+                reason=reason.value,
+                tried=tried,
+                updated=updated,
+                priority=priority,
+                created=now,
+                time_to_try=now_s if time_to_try is None else float(time_to_try),
+                generation=0,
+            )
+            .returning(*op_ha_work.c)
+        )
+        with self._engine.begin() as conn:
+            return _to_work(conn.execute(stmt).one())
+
+    def get(self, work_id: int) -> Work | None:
+        """The work with this id, or ``None``. Raises :class:`UnreadableWorkError`."""
+        with self._engine.begin() as conn:
+            row = conn.execute(sa.select(op_ha_work).where(_W.id == work_id)).one_or_none()
+        return None if row is None else _to_work(row)
+
+    def _select(self, where: sa.ColumnElement[bool]) -> list[Work]:
+        with self._engine.begin() as conn:
+            rows = conn.execute(sa.select(op_ha_work).where(where).order_by(_W.id)).all()
+        return [_to_work(row) for row in rows]
+
+    def pending_for_vm(self, instance_id: str) -> list[Work]:
+        """The VM's works of any type whose step is not terminal, oldest first."""
+        return self._select(
+            sa.and_(_W.instance_id == instance_id, _W.step.not_in(_TERMINAL_VALUES))
+        )
+
+    def pending_ha_for_host(self, host_id: str) -> list[Work]:
+        """Works of type HA on this host whose step is not terminal, oldest first
+        (CloudStack ``listPendingHAWorkForHost``)."""
+        return self._select(
+            sa.and_(
+                _W.host_id == host_id,
+                _W.type == WorkType.HA.value,
+                _W.step.not_in(_TERMINAL_VALUES),
+            )
+        )
+
+    def has_been_scheduled(self, instance_id: str, type: WorkType) -> bool:
+        """True when an untaken (``taken IS NULL``) work of this VM and type exists, any step."""
+        stmt = sa.select(
+            sa.exists().where(
+                _W.instance_id == instance_id, _W.type == type.value, _W.taken.is_(None)
+            )
+        )
+        with self._engine.begin() as conn:
+            return bool(conn.execute(stmt).scalar_one())
+
+    # -- claiming --------------------------------------------------------------
+
+    def _claimable(self, now_s: float) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            _W.mgmt_server_id.is_(None),
+            _W.taken.is_(None),
+            _W.time_to_try <= now_s,
+            _W.step.not_in(_TERMINAL_VALUES),
+        )
+
+    def claim(self, server_id: str) -> Work | None:
+        """Atomically take one claimable work for ``server_id``; ``None`` when there is none.
+
+        Claimable: ``mgmt_server_id`` and ``taken`` NULL, ``time_to_try <= now``,
+        step not Done/Cancelled/Error. Order: highest ``priority`` first, then
+        lowest ``id``. The row gets ``mgmt_server_id = server_id``, ``taken = now``
+        and ``generation = next_generation(instance_id)``, all in one transaction.
+
+        PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1`` then a guarded
+        ``UPDATE``, so concurrent claimers take different rows without waiting.
+        SQLite: the transaction is ``BEGIN IMMEDIATE`` (it holds the write lock
+        from its first read), and the ``UPDATE`` is still guarded by
+        ``mgmt_server_id IS NULL AND taken IS NULL`` and checked; a miss retries
+        at once, at most 5 times, without sleeping.
+
+        Raises :class:`UnreadableWorkError` after committing the claim when the
+        claimed row is unreadable.
+        """
+        now, now_s = self._now()
+        pick = (
+            sa.select(_W.id)
+            .where(self._claimable(now_s))
+            .order_by(_W.priority.desc(), _W.id)
+            .limit(1)
+        )
+        if self._postgres:
+            pick = pick.with_for_update(skip_locked=True)
+        row: Row[Any] | None = None
+        with self._engine.begin() as conn:
+            for _attempt in range(_CLAIM_ATTEMPTS):
+                work_id = conn.execute(pick).scalar_one_or_none()
+                if work_id is None:
+                    return None
+                row = conn.execute(
+                    op_ha_work.update()
+                    .where(_W.id == work_id, _W.mgmt_server_id.is_(None), _W.taken.is_(None))
+                    .values(mgmt_server_id=server_id, taken=now)
+                    .returning(*op_ha_work.c)
+                ).one_or_none()
+                if row is not None:
+                    break
+            if row is None:
+                return None
+            generation = self._bump_generation(conn, row._mapping["instance_id"])
+            row = conn.execute(
+                op_ha_work.update()
+                .where(_W.id == row._mapping["id"])
+                .values(generation=generation)
+                .returning(*op_ha_work.c)
+            ).one()
+        return _to_work(row)
+
+    # -- fencing tokens --------------------------------------------------------
+
+    def _bump_generation(self, conn: Connection, instance_id: str) -> int:
+        insert = pg_dialect.insert if self._postgres else sqlite_dialect.insert
+        stmt = (
+            insert(op_ha_generation)
+            .values(instance_id=instance_id, generation=1)
+            .on_conflict_do_update(
+                index_elements=[op_ha_generation.c.instance_id],
+                set_={"generation": op_ha_generation.c.generation + 1},
+            )
+            .returning(op_ha_generation.c.generation)
+        )
+        return int(conn.execute(stmt).scalar_one())
+
+    def next_generation(self, instance_id: str) -> int:
+        """Hand out the VM's next fencing token: 1, 2, 3... never repeated, even across processes.
+
+        One atomic upsert (``INSERT ... ON CONFLICT DO UPDATE SET generation =
+        generation + 1 RETURNING generation``) on ``op_ha_generation``; every
+        :meth:`claim` also takes one, in the claim's transaction.
+        """
+        with self._engine.begin() as conn:
+            return self._bump_generation(conn, instance_id)
+
+    def current_generation(self, instance_id: str) -> int:
+        """The VM's last fencing token handed out; 0 when none was."""
+        stmt = sa.select(op_ha_generation.c.generation).where(
+            op_ha_generation.c.instance_id == instance_id
+        )
+        with self._engine.begin() as conn:
+            value = conn.execute(stmt).scalar_one_or_none()
+        return 0 if value is None else int(value)
+
+    # -- changing one claimed work ---------------------------------------------
+
+    def _update_held(self, work: Work, **values: Any) -> Work:
+        stmt = (
+            op_ha_work.update()
+            .where(
+                _W.id == work.id,
+                _W.generation == work.generation,
+                _W.mgmt_server_id.is_not_distinct_from(work.mgmt_server_id),
+            )
+            .values(**values)
+            .returning(*op_ha_work.c)
+        )
+        with self._engine.begin() as conn:
+            row = conn.execute(stmt).one_or_none()
+        if row is None:
+            raise StaleWorkError(work.id)
+        return _to_work(row)
+
+    def reschedule(self, work: Work, time_to_try: float) -> Work:
+        """Give the work back: ``tried += 1``, not before ``time_to_try``, unclaimed.
+
+        Raises :class:`StaleWorkError` when the row is no longer the claim
+        ``work`` describes (same ``mgmt_server_id`` and ``generation``).
+        """
+        return self._update_held(
+            work,
+            tried=_W.tried + 1,
+            time_to_try=float(time_to_try),
+            mgmt_server_id=None,
+            taken=None,
+        )
+
+    def finish(self, work: Work, step: Step = Step.DONE) -> Work:
+        """End the work with a terminal ``step`` (Done, Cancelled or Error); the claim stays.
+
+        Raises :class:`ValueError` for a non-terminal step and
+        :class:`StaleWorkError` as :meth:`reschedule` does.
+        """
+        if step not in TERMINAL_STEPS:
+            raise ValueError(f"finish() needs a terminal step, not {step}")
+        return self._update_held(work, step=step.value)
+
+    def update_step(self, work: Work, step: Step) -> Work:
+        """Record progress (any step). Raises :class:`StaleWorkError` as :meth:`reschedule` does."""
+        return self._update_held(work, step=step.value)
+
+    def mark_error(self, work_id: int) -> bool:
+        """Set step Error on a row by id without reading it (for unreadable rows); True if found."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                op_ha_work.update().where(_W.id == work_id).values(step=Step.ERROR.value)
+            )
+        return result.rowcount == 1
+
+    # -- bulk changes ----------------------------------------------------------
+
+    def release_server(self, server_id: str) -> int:
+        """Unclaim ``server_id``'s non-terminal works (server and taken cleared); return how many.
+
+        CloudStack ``releaseWorkItems``: on start-up for this server, and for a
+        departed (or killed) management server.
+        """
+        stmt = (
+            op_ha_work.update()
+            .where(_W.mgmt_server_id == server_id, _W.step.not_in(_TERMINAL_VALUES))
+            .values(mgmt_server_id=None, taken=None)
+        )
+        with self._engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def mark_pending_as_investigating(self) -> int:
+        """Every claimable work (see :meth:`claim`) gets step Investigating; return how many."""
+        _now, now_s = self._now()
+        stmt = (
+            op_ha_work.update().where(self._claimable(now_s)).values(step=Step.INVESTIGATING.value)
+        )
+        with self._engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def mark_server_pending_as_investigating(self, server_id: str) -> int:
+        """Give ``server_id``'s non-terminal works step Investigating (claim kept); count them."""
+        stmt = (
+            op_ha_work.update()
+            .where(_W.mgmt_server_id == server_id, _W.step.not_in(_TERMINAL_VALUES))
+            .values(step=Step.INVESTIGATING.value)
+        )
+        with self._engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def cleanup(self, older_than_seconds: float) -> int:
+        """Delete Done and Cancelled works last active more than ``older_than_seconds`` ago.
+
+        "Last active" is ``taken`` (the claim that ended it; Cancelled works
+        get one too) or, for a work never claimed, ``created``. Error works
+        are kept for operators. Returns how many rows were deleted.
+        """
+        now, _now_s = self._now()
+        cutoff = now - dt.timedelta(seconds=older_than_seconds)
+        stmt = op_ha_work.delete().where(
+            _W.step.in_((Step.DONE.value, Step.CANCELLED.value)),
+            sa.func.coalesce(_W.taken, _W.created) < cutoff,
+        )
+        with self._engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def delete(self, work_ids: Iterable[int]) -> int:
+        """Delete the rows with these ids (e.g. ``cancelDestroy``); return how many."""
+        ids: Sequence[int] = list(work_ids)
+        if not ids:
+            return 0
+        with self._engine.begin() as conn:
+            return conn.execute(op_ha_work.delete().where(_W.id.in_(ids))).rowcount
+
+    def __repr__(self) -> str:
+        return f"WorkStore({self._engine.url.render_as_string(hide_password=True)!r})"

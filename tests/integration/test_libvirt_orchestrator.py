@@ -1,0 +1,256 @@
+"""The libvirt reference orchestrator against real libvirtd daemons (test driver, loopback)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+
+import libvirt
+import pytest
+
+from cloudha.errors import ProbeConnectionError, ProbeTimeout
+from cloudha.ha.libvirt_orchestrator import LibvirtOrchestrator
+from cloudha.ha.orchestrator import (
+    ConcurrentOperationError,
+    Planner,
+    StaleGenerationError,
+    StartParams,
+    VmOrchestrator,
+)
+from cloudha.model import VmState
+from tests.integration.libvirtd import (
+    LibvirtServer,
+    free_port,
+    libvirtd_server,  # noqa: F401
+    start_libvirtd,
+    stop_libvirtd,
+    stoppable_libvirtd,  # noqa: F401
+)
+from tests.unit.orchestrator_contract import check_orchestrator
+
+pytestmark = pytest.mark.integration
+
+_names = itertools.count(1)
+
+
+def domain_xml(name: str, domain_uuid: str | None = None) -> str:
+    return (
+        f"<domain type='test'><name>{name}</name><uuid>{domain_uuid or uuid.uuid4()}</uuid>"
+        "<memory unit='MiB'>64</memory>"
+        "<vcpu>1</vcpu><os><type>hvm</type></os></domain>"
+    )
+
+
+@pytest.fixture(scope="module")
+def second_libvirtd() -> Iterator[LibvirtServer]:
+    """A second daemon, so that "host b" really is another libvirtd."""
+    daemon = start_libvirtd("libvirtd-b")
+    try:
+        yield daemon.server
+    finally:
+        stop_libvirtd(daemon)
+
+
+@pytest.fixture
+def pair(
+    libvirtd_server: LibvirtServer,  # noqa: F811
+    second_libvirtd: LibvirtServer,
+) -> Iterator[tuple[LibvirtServer, LibvirtServer, list[str]]]:
+    """Hosts a and b; domains named in the list are destroyed and undefined afterwards."""
+    created: list[str] = []
+    yield libvirtd_server, second_libvirtd, created
+    for server in (libvirtd_server, second_libvirtd):
+        for name in created:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom = server.holder.lookupByName(name)
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
+
+
+def running_on(server: LibvirtServer, name: str) -> bool:
+    try:
+        return bool(server.holder.lookupByName(name).isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+def orchestrator(a: LibvirtServer, b: LibvirtServer) -> LibvirtOrchestrator:
+    return LibvirtOrchestrator({"a": a.uri, "b": b.uri}, capacity=2, timeout=5.0)
+
+
+def deploy(orch: LibvirtOrchestrator, server: LibvirtServer, created: list[str]) -> str:
+    """Define and start a fresh domain on host a (through the holder) and register it."""
+    n = next(_names)
+    name = f"cloudha-orch-{os.getpid()}-{n}"
+    created.append(name)
+    xml = domain_xml(name)
+    server.holder.defineXML(xml).create()
+    orch.register_vm(f"vm-{n}", xml, host_id="a")
+    return f"vm-{n}"
+
+
+def test_the_libvirt_orchestrator_meets_the_contract(
+    pair: tuple[LibvirtServer, LibvirtServer, list[str]],
+) -> None:
+    a, b, created = pair
+
+    def make() -> tuple[VmOrchestrator, str, Sequence[str]]:
+        orch = orchestrator(a, b)
+        return orch, deploy(orch, a, created), ["a", "b"]
+
+    check_orchestrator(make)
+
+
+def test_stop_then_restart_elsewhere_is_seen_by_libvirt_and_fenced_by_generation(
+    pair: tuple[LibvirtServer, LibvirtServer, list[str]],
+) -> None:
+    a, b, created = pair
+    orch = orchestrator(a, b)
+    vm_id = deploy(orch, a, created)
+    vm = orch.find_vm(vm_id)
+    assert vm is not None
+    name = vm.name
+    assert running_on(a, name)
+
+    orch.advance_stop(vm, force=True)
+    assert not running_on(a, name)  # inactive, still defined on a
+    assert a.holder.lookupByName(name).isActive() == 0
+
+    host = orch.advance_start(
+        vm, StartParams(generation=1, avoid_hosts=frozenset({"a"})), Planner.DEFAULT
+    )
+    assert host == "b"
+    assert running_on(b, name)
+    assert not running_on(a, name)
+    assert [v.id for v in orch.list_vms_on_host("b")] == [vm_id]
+
+    # A late duplicate of generation 1: refused, and nothing new runs anywhere.
+    active_a, active_b = a.holder.numOfDomains(), b.holder.numOfDomains()
+    orch.advance_stop(vm, force=True)  # even with the VM stopped again
+    assert not running_on(b, name)
+    with pytest.raises(StaleGenerationError):
+        orch.advance_start(vm, StartParams(generation=1), Planner.HA)
+    assert not running_on(a, name)
+    assert not running_on(b, name)
+    assert (a.holder.numOfDomains(), b.holder.numOfDomains()) == (active_a, active_b - 1)
+    assert orch.highest_generation(vm_id) == 1
+
+    # Generation 2 starts it on the first host with room.
+    assert orch.advance_start(vm, StartParams(generation=2), Planner.HA) == "a"
+    assert running_on(a, name)
+    after = orch.find_vm(vm_id)
+    assert after is not None
+    assert (after.state, after.host_id) == (VmState.RUNNING, "a")
+    orch.advance_stop(after, force=False)  # graceful: the test driver powers off at once
+    assert not running_on(a, name)
+
+
+def test_a_domain_already_running_on_the_chosen_host_is_not_started_twice(
+    pair: tuple[LibvirtServer, LibvirtServer, list[str]],
+) -> None:
+    a, b, created = pair
+    orch = orchestrator(a, b)
+    vm_id = deploy(orch, a, created)
+    vm = orch.find_vm(vm_id)
+    assert vm is not None
+    # The registry is told it stopped, but the domain still runs on a.
+    orch.advance_stop(vm, force=True)
+    a.holder.lookupByName(vm.name).create()
+    with pytest.raises(ConcurrentOperationError):
+        orch.advance_start(vm, StartParams(generation=1), Planner.DEFAULT)
+    stopped = orch.find_vm(vm_id)
+    assert stopped is not None
+    assert stopped.state is VmState.STOPPED
+    assert orch.highest_generation(vm_id) == 0
+
+
+def test_an_unreachable_host_is_a_connection_error_and_the_vm_stays_stopped(
+    pair: tuple[LibvirtServer, LibvirtServer, list[str]],
+) -> None:
+    a, _b, created = pair
+    dead = f"test+tcp://127.0.0.1:{free_port()}/default"
+    orch = LibvirtOrchestrator({"a": a.uri, "z": dead}, capacity=2, timeout=5.0)
+    vm_id = deploy(orch, a, created)
+    vm = orch.find_vm(vm_id)
+    assert vm is not None
+    orch.advance_stop(vm, force=True)
+    with pytest.raises(ProbeConnectionError) as exc:
+        orch.advance_start(vm, StartParams(generation=1, avoid_hosts={"a"}), Planner.HA)
+    assert exc.value.host_id == "z"
+    after = orch.find_vm(vm_id)
+    assert after is not None
+    assert (after.state, after.host_id) == (VmState.STOPPED, None)
+    assert orch.highest_generation(vm_id) == 0  # nothing was sent: generation unused
+
+
+def test_a_stopped_libvirtd_times_out_in_bounded_time(
+    stoppable_libvirtd: LibvirtServer,  # noqa: F811
+) -> None:
+    server = stoppable_libvirtd
+    orch = LibvirtOrchestrator({"s": server.uri}, capacity=2, timeout=1.0)
+    orch.register_vm("vm-test", domain_xml("test"), host_id="s")  # the driver's running domain
+    orch.register_vm("vm-new", domain_xml("cloudha-orch-new"))
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ProbeTimeout) as stop_exc:
+            orch.advance_stop(orch.find_vm("vm-test"), force=True)  # type: ignore[arg-type]
+        stop_elapsed = time.monotonic() - start
+        start = time.monotonic()
+        with pytest.raises(ProbeTimeout):
+            orch.advance_start(
+                orch.find_vm("vm-new"),  # type: ignore[arg-type]
+                StartParams(generation=1),
+                Planner.HA,
+            )
+        start_elapsed = time.monotonic() - start
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert stop_exc.value.host_id == "s"
+    assert stop_elapsed < 1.5
+    assert start_elapsed < 1.5
+    # Both outcomes are uncertain: Unknown on the host, and the generation is spent.
+    for vm_id in ("vm-test", "vm-new"):
+        vm = orch.find_vm(vm_id)
+        assert vm is not None
+        assert (vm.state, vm.host_id) == (VmState.UNKNOWN, "s")
+    assert orch.highest_generation("vm-new") == 1
+    with pytest.raises(ConcurrentOperationError):
+        orch.advance_start(orch.find_vm("vm-new"), StartParams(generation=2), Planner.HA)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while orch.lingering and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert orch.lingering == 0
+
+
+def test_configuration_is_checked_and_a_uuid_is_added_when_missing() -> None:
+    from cloudha.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        LibvirtOrchestrator({})
+    with pytest.raises(ConfigurationError):
+        LibvirtOrchestrator({"a": ""})
+    with pytest.raises(ConfigurationError):
+        LibvirtOrchestrator({"a": "test:///default"}, capacity=-1)
+    with pytest.raises(ConfigurationError):
+        LibvirtOrchestrator({"a": "test:///default"}, timeout=0)
+    orch = LibvirtOrchestrator({"a": "test:///default"})
+    with pytest.raises(ConfigurationError):
+        orch.register_vm("x", "<domain><name>x</name>")
+    with pytest.raises(ConfigurationError):
+        orch.register_vm("x", "<domain/>")
+    with pytest.raises(ConfigurationError):
+        orch.register_vm("x", "<domain><name>x</name></domain>", host_id="nope")
+    vm = orch.register_vm("x", "<domain type='test'><name>dom-x</name></domain>")
+    assert (vm.name, vm.state, vm.host_id) == ("dom-x", VmState.STOPPED, None)
+    with pytest.raises(ConfigurationError):
+        orch.register_vm("x", "<domain><name>again</name></domain>")
+    assert orch.can_restart_on_another_server(vm)
+    orch.register_vm("y", domain_xml("dom-y"), host_id="a", local_storage=True)
+    assert not orch.can_restart_on_another_server(orch.find_vm("y"))  # type: ignore[arg-type]
