@@ -21,13 +21,13 @@ names the host and every attempt, and the evidence says so.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, final, runtime_checkable
 
 import attrs
 
 from cloudha.clock import Clock
+from cloudha.deadline import DeadlineExceeded, DeadlineRunner
 from cloudha.errors import ConfigurationError
 from cloudha.evidence import Recorder
 from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
@@ -68,28 +68,22 @@ class ThreadRunner:
     """Runs each call on a daemon thread and waits at most ``timeout`` wall seconds.
 
     A fencer stuck in I/O past its timeout is abandoned, not joined: it may
-    not block the chain, nor the interpreter's exit.
+    not block the chain, nor the interpreter's exit (:mod:`cloudha.deadline`).
     """
 
+    def __init__(self) -> None:
+        self._runner = DeadlineRunner("cloudha-fence")
+
+    @property
+    def lingering(self) -> int:
+        """Abandoned fencer calls that have not returned yet."""
+        return self._runner.lingering
+
     def run(self, call: Callable[[], FenceResult], timeout: float) -> FenceResult:
-        done = threading.Event()
-        box: list[FenceResult | BaseException] = []
-
-        def target() -> None:
-            try:
-                box.append(call())
-            except BaseException as exc:
-                box.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=target, name="cloudha-fence", daemon=True).start()
-        if not done.wait(timeout):
-            raise TimeoutError(f"no answer within {timeout:g}s")
-        outcome = box[0]
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
+        try:
+            return self._runner.run(lambda _ticket: call(), timeout, label="fence_off")
+        except DeadlineExceeded:
+            raise TimeoutError(f"no answer within {timeout:g}s") from None
 
 
 @final

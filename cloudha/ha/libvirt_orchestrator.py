@@ -23,11 +23,12 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import attrs
 import libvirt
 
+from cloudha.deadline import DeadlineExceeded, DeadlineRunner
 from cloudha.errors import (
     ConfigurationError,
     ProbeAuthError,
@@ -73,18 +74,6 @@ class _Entry:
     domain: str
     local_storage: bool
     generation: int = 0
-
-
-class _Call(Generic[_T]):
-    __slots__ = ("abandoned", "done", "error", "finished", "lock", "result")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.finished = False
-        self.abandoned = False
-        self.result: _T | None = None
-        self.error: BaseException | None = None
 
 
 def _positive(name: str, value: object) -> float:
@@ -201,7 +190,7 @@ class LibvirtOrchestrator:
         self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
         self._lock = threading.Lock()
         self._vms: dict[str, _Entry] = {}
-        self._lingering = 0
+        self._runner = DeadlineRunner("libvirt orchestrator")
 
     # -- registry ----------------------------------------------------------------
 
@@ -258,8 +247,7 @@ class LibvirtOrchestrator:
     @property
     def lingering(self) -> int:
         """Workers abandoned on a timeout that have not returned yet."""
-        with self._lock:
-            return self._lingering
+        return self._runner.lingering
 
     # -- the port -----------------------------------------------------------------
 
@@ -433,61 +421,32 @@ class LibvirtOrchestrator:
     def _run(self, host_id: str, act: Callable[[Any], _T], *, extra: float = 0.0) -> _T:
         uri = self._uris[host_id]
         shown, secrets = redact_uri(uri)
-        timeout = self.timeout
-        call: _Call[_T] = _Call()
-        worker = threading.Thread(
-            target=self._work,
-            args=(call, uri, shown, act),
-            name=f"cloudha-libvirt-orchestrator:{host_id}",
-            daemon=True,
-        )
-        worker.start()
-        call.done.wait(timeout + extra)
-        with call.lock:
-            if not call.finished:
-                call.abandoned = True
-                with self._lock:
-                    self._lingering += 1
-                raise ProbeTimeout(
-                    f"libvirt on host {host_id} ({shown}) did not answer in time",
-                    host_id=host_id,
-                )
-        error = call.error
-        if error is None:
-            return cast(_T, call.result)
-        if isinstance(error, libvirt.libvirtError):
-            raise self._map_error(error, host_id, shown, secrets) from None
-        if isinstance(error, TimeoutError):
-            raise ProbeTimeout(f"host {host_id}: {error}", host_id=host_id) from None
-        raise error
-
-    def _work(self, call: _Call[_T], uri: str, shown: str, act: Callable[[Any], _T]) -> None:
-        result: _T | None = None
-        error: BaseException | None = None
-        conn: Any = None
         try:
-            conn = libvirt.open(uri)
-            result = act(conn)
-        except BaseException as exc:
-            # Without its traceback the error keeps no frame holding a virDomain alive.
-            error = exc.with_traceback(None)
+            return self._runner.run(
+                lambda _ticket: self._work(uri, shown, act),
+                self.timeout + extra,
+                label=f"{host_id} at {shown}",
+            )
+        except DeadlineExceeded:
+            raise ProbeTimeout(
+                f"libvirt on host {host_id} ({shown}) did not answer in time", host_id=host_id
+            ) from None
+        except libvirt.libvirtError as exc:
+            raise self._map_error(exc, host_id, shown, secrets) from None
+        except TimeoutError as exc:
+            raise ProbeTimeout(f"host {host_id}: {exc}", host_id=host_id) from None
+
+    @staticmethod
+    def _work(uri: str, shown: str, act: Callable[[Any], _T]) -> _T:
+        """In the worker: open, act, and always close the connection."""
+        conn: Any = libvirt.open(uri)
+        try:
+            return act(conn)
         finally:
-            if conn is not None:
-                try:
-                    conn.close()
-                except libvirt.libvirtError as exc:
-                    log.debug("closing the libvirt connection to %s failed: %s", shown, exc)
-                conn = None
-        with call.lock:
-            call.result = result
-            call.error = error
-            call.finished = True
-            call.done.set()
-            abandoned = call.abandoned
-        if abandoned:
-            with self._lock:
-                self._lingering -= 1
-            log.info("abandoned libvirt call to %s returned late", shown)
+            try:
+                conn.close()
+            except libvirt.libvirtError as exc:
+                log.debug("closing the libvirt connection to %s failed: %s", shown, exc)
 
     @staticmethod
     def _map_error(exc: Any, host_id: str, shown: str, secrets: tuple[str, ...]) -> ProbeError:

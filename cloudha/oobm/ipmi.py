@@ -53,6 +53,7 @@ from typing import Any, Final, Protocol
 
 import pyghmi.exceptions as pyghmi_exceptions
 
+from cloudha.deadline import DeadlineExceeded, DeadlineRunner, Ticket
 from cloudha.errors import (
     ProbeAuthError,
     ProbeConnectionError,
@@ -243,20 +244,6 @@ class _Refused(Exception):
     """The BMC answered a raw request with an error completion code."""
 
 
-class _Call:
-    """One worker's outcome, handed over under ``lock``."""
-
-    __slots__ = ("abandoned", "done", "error", "finished", "lock", "result")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.finished = False
-        self.abandoned = False
-        self.result: PowerResult | None = None
-        self.error: BaseException | None = None
-
-
 class PyghmiDriver(BasePowerDriver):
     """Power operations with pyghmi (driver name ``ipmi``).
 
@@ -290,13 +277,12 @@ class PyghmiDriver(BasePowerDriver):
         self._factory = command_factory
         self._lock = threading.Lock()
         self._bmc_locks: dict[tuple[str, int], threading.Lock] = {}
-        self._lingering = 0
+        self._runner = DeadlineRunner("ipmi")
 
     @property
     def lingering(self) -> int:
         """Workers abandoned on a timeout that have not returned yet."""
-        with self._lock:
-            return self._lingering
+        return self._runner.lingering
 
     def _bmc_lock(self, key: tuple[str, int]) -> threading.Lock:
         with self._lock:
@@ -308,76 +294,42 @@ class PyghmiDriver(BasePowerDriver):
         port = config.port if config.port is not None else DEFAULT_IPMI_PORT
         where = f"ipmi {operation} of BMC {config.address}:{port}"
         deadline = time.monotonic() + timeout
-        call = _Call()
-        worker = threading.Thread(
-            target=self._work,
-            args=(call, config, port, operation, deadline, where),
-            name=f"cloudha-ipmi:{config.host_id or config.address}",
-            daemon=True,
-        )
         log.debug("%s as user %r (timeout %.3g s)", where, config.username, timeout)
-        worker.start()
-        call.done.wait(timeout)
-        with call.lock:
-            if not call.finished:
-                call.abandoned = True
-                with self._lock:
-                    self._lingering += 1
-                log.warning(
-                    "%s did not finish within %.3g s; its worker is left to finish on its own",
-                    where,
-                    timeout,
-                )
-                raise ProbeTimeout(
-                    f"{where}: no answer within {timeout:.3g} s", host_id=config.host_id
-                )
-        if call.error is not None:
-            raise self._map_error(call.error, config, where) from None
-        assert call.result is not None
-        return call.result
+        try:
+            return self._runner.run(
+                lambda ticket: self._work(ticket, config, port, operation, deadline, where),
+                timeout,
+                label=where,
+            )
+        except DeadlineExceeded:
+            raise ProbeTimeout(
+                f"{where}: no answer within {timeout:.3g} s", host_id=config.host_id
+            ) from None
+        except Exception as exc:
+            raise self._map_error(exc, config, where) from None
 
     def _work(
         self,
-        call: _Call,
+        ticket: Ticket[PowerResult],
         config: OobmConfig,
         port: int,
         operation: PowerOperation,
         deadline: float,
         where: str,
-    ) -> None:
-        result: PowerResult | None = None
-        error: BaseException | None = None
+    ) -> PowerResult:
+        """In the worker: one operation at a time per BMC; skipped if the caller gave up."""
         lock = self._bmc_lock((config.address, port))
-        try:
-            if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise ProbeTimeout(
-                    f"{where}: an earlier operation on this BMC has not finished",
-                    host_id=config.host_id,
-                )
-            try:
-                with call.lock:
-                    skip = call.abandoned
-                if not skip:
-                    result = self._operate(config, port, operation)
-            finally:
-                lock.release()
-        except Exception as exc:
-            # Without its traceback the error keeps no frame (and no session) alive.
-            error = exc.with_traceback(None)
-        with call.lock:
-            call.result = result
-            call.error = error
-            call.finished = True
-            call.done.set()
-            abandoned = call.abandoned
-        if abandoned:
-            with self._lock:
-                self._lingering -= 1
-            log.info(
-                "abandoned %s returned late (%s)",
-                where,
-                "ok" if error is None else type(error).__name__,
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise ProbeTimeout(
+                f"{where}: an earlier operation on this BMC has not finished",
+                host_id=config.host_id,
             )
+        try:
+            if ticket.abandoned:
+                raise ProbeTimeout(f"{where}: abandoned before it started", host_id=config.host_id)
+            return self._operate(config, port, operation)
+        finally:
+            lock.release()
 
     def _operate(self, config: OobmConfig, port: int, operation: PowerOperation) -> PowerResult:
         session = self._factory(

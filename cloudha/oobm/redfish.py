@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import base64
 import collections
-import concurrent.futures
 import json
 import logging
 import os
 import ssl
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -45,6 +43,7 @@ from sushy import auth as sushy_auth
 from sushy import connector as sushy_connector
 from sushy import exceptions as sushy_exc
 
+from cloudha.deadline import DeadlineExceeded, DeadlineRunner
 from cloudha.errors import (
     ConfigurationError,
     ProbeAuthError,
@@ -212,6 +211,7 @@ class RedfishDriver(BasePowerDriver):
         self.retries = retries
         self._verify: bool | str = checked
         self._factory: SushyFactory = sushy_factory if sushy_factory is not None else _sushy_root
+        self._runner = DeadlineRunner("redfish")
         if checked is False:
             log.warning(
                 "redfish: TLS certificates of Redfish BMCs are NOT verified "
@@ -239,6 +239,11 @@ class RedfishDriver(BasePowerDriver):
         )
 
     @property
+    def lingering(self) -> int:
+        """Workers abandoned on a timeout that have not returned yet."""
+        return self._runner.lingering
+
+    @property
     def verify(self) -> bool | str:
         """True, False or the CA bundle path: what certificate checks are made."""
         return self._verify
@@ -261,26 +266,18 @@ class RedfishDriver(BasePowerDriver):
         self, config: OobmConfig, operation: PowerOperation, timeout: float
     ) -> PowerResult:
         deadline = time.monotonic() + timeout
-        future: concurrent.futures.Future[PowerResult] = concurrent.futures.Future()
-
-        def work() -> None:
-            try:
-                future.set_result(self._run(config, operation, deadline))
-            except BaseException as exc:  # handed to the caller, never lost
-                future.set_exception(exc)
-
-        worker = threading.Thread(
-            target=work, name=f"redfish-{operation.value.lower()}-{config.address}", daemon=True
-        )
-        worker.start()
-        done, _ = concurrent.futures.wait([future], timeout=timeout + _GRACE)
-        if not done:
+        try:
+            return self._runner.run(
+                lambda _ticket: self._run(config, operation, deadline),
+                timeout + _GRACE,
+                label=f"{operation} of {config.address}",
+            )
+        except DeadlineExceeded:
             raise ProbeTimeout(
                 f"redfish BMC {self.service_url(config)}: no answer to {operation} "
                 f"within {timeout:g}s",
                 host_id=config.host_id,
-            )
-        return future.result()
+            ) from None
 
     def _run(self, config: OobmConfig, operation: PowerOperation, deadline: float) -> PowerResult:
         """All attempts, in the worker thread."""

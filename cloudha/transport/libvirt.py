@@ -36,10 +36,11 @@ import string
 import threading
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import libvirt
 
+from cloudha.deadline import DeadlineExceeded, DeadlineRunner
 from cloudha.errors import (
     ConfigurationError,
     ProbeAuthError,
@@ -218,20 +219,6 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 # Worker calls
 
 
-class _Call(Generic[_T]):
-    """The outcome of one worker, handed over under a lock."""
-
-    __slots__ = ("abandoned", "done", "error", "finished", "lock", "result")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.finished = False
-        self.abandoned = False
-        self.result: _T | None = None
-        self.error: BaseException | None = None
-
-
 def _fold_state(state: int) -> DomainState:
     return _DOMAIN_STATES.get(state, DomainState.OTHER)
 
@@ -322,8 +309,7 @@ class LibvirtHypervisorProbe:
             )
         self.keepalive_interval = keepalive_interval
         self.keepalive_count = keepalive_count
-        self._lock = threading.Lock()
-        self._lingering = 0
+        self._runner = DeadlineRunner("libvirt probe")
 
     @property
     def uri_template(self) -> str:
@@ -333,8 +319,7 @@ class LibvirtHypervisorProbe:
     @property
     def lingering(self) -> int:
         """Workers abandoned on a timeout that have not returned yet (connections still open)."""
-        with self._lock:
-            return self._lingering
+        return self._runner.lingering
 
     def __repr__(self) -> str:
         shown, _ = redact_uri(self._template)
@@ -508,75 +493,32 @@ class LibvirtHypervisorProbe:
                 f"cannot start libvirt's event loop: {_scrub(str(exc), secrets)}",
                 host_id=host.id,
             ) from None
-        call: _Call[_T] = _Call()
-        worker = threading.Thread(
-            target=self._work,
-            args=(call, uri, shown, ask),
-            name=f"cloudha-libvirt-probe:{host.id}",
-            daemon=True,
-        )
-        worker.start()
-        call.done.wait(timeout)
-        with call.lock:
-            if not call.finished:
-                call.abandoned = True
-                with self._lock:
-                    self._lingering += 1
-                log.warning(
-                    "libvirt probe of host %s at %s did not finish within %.3g s; "
-                    "its worker is left to finish on its own",
-                    host.id,
-                    shown,
-                    timeout,
-                )
-                raise ProbeTimeout(
-                    f"libvirt on host {host.id} ({shown}) did not answer within {timeout:.3g} s",
-                    host_id=host.id,
-                )
-        if call.error is None:
-            return cast(_T, call.result)
-        if isinstance(call.error, libvirt.libvirtError):
-            raise self._map_error(call.error, host, shown, secrets) from None
-        raise call.error
-
-    def _work(self, call: _Call[_T], uri: str, shown: str, ask: Callable[[Any], _T]) -> None:
-        result: _T | None = None
-        error: BaseException | None = None
-        conn: Any = None
         try:
-            conn = libvirt.open(uri)
+            return self._runner.run(
+                lambda _ticket: self._work(uri, shown, ask), timeout, label=f"{host.id} at {shown}"
+            )
+        except DeadlineExceeded:
+            raise ProbeTimeout(
+                f"libvirt on host {host.id} ({shown}) did not answer within {timeout:.3g} s",
+                host_id=host.id,
+            ) from None
+        except libvirt.libvirtError as exc:
+            raise self._map_error(exc, host, shown, secrets) from None
+
+    def _work(self, uri: str, shown: str, ask: Callable[[Any], _T]) -> _T:
+        """In the worker: open, ask, and always close the connection."""
+        conn: Any = libvirt.open(uri)
+        try:
             try:
                 conn.setKeepAlive(self.keepalive_interval, self.keepalive_count)
             except libvirt.libvirtError as exc:
                 log.debug("libvirt at %s has no keepalive: %s", shown, exc)
-            result = ask(conn)
-        except libvirt.libvirtError as exc:
-            # Without its traceback, the error holds no frame that could keep a
-            # virDomain (and with it the connection) alive after close().
-            error = exc.with_traceback(None)
-        except BaseException as exc:
-            error = exc
+            return ask(conn)
         finally:
-            if conn is not None:
-                try:
-                    conn.close()
-                except libvirt.libvirtError as exc:
-                    log.debug("closing the libvirt connection to %s failed: %s", shown, exc)
-                conn = None
-        with call.lock:
-            call.result = result
-            call.error = error
-            call.finished = True
-            call.done.set()
-            abandoned = call.abandoned
-        if abandoned:
-            with self._lock:
-                self._lingering -= 1
-            log.info(
-                "abandoned libvirt probe of %s returned late (%s)",
-                shown,
-                "ok" if error is None else type(error).__name__,
-            )
+            try:
+                conn.close()
+            except libvirt.libvirtError as exc:
+                log.debug("closing the libvirt connection to %s failed: %s", shown, exc)
 
     @staticmethod
     def _map_error(exc: Any, host: Host, shown: str, secrets: tuple[str, ...]) -> ProbeError:
