@@ -9,8 +9,9 @@ Like :mod:`cloudha.transport.libvirt`, every libvirt call runs in its own
 daemon worker thread with its own connection, and the caller waits at most
 the configured timeout; a worker that misses its deadline is abandoned and
 closes its connection when libvirt returns. Registry changes happen under a
-lock; libvirt calls happen outside it, with the VM marked Starting or
-Stopping meanwhile so that a concurrent operation on the same VM is refused
+lock; libvirt calls happen outside it, with the VM marked Starting,
+Stopping, Migrating or Expunging meanwhile so that a concurrent operation on
+the same VM is refused
 (:class:`~cloudha.ha.orchestrator.ConcurrentOperationError`).
 """
 
@@ -61,19 +62,32 @@ _AUTH_ERROR_CODES: Final = frozenset(
         libvirt.VIR_ERR_AUTH_UNAVAILABLE,
     }
 )
-_COUNTED: Final = frozenset({VmState.RUNNING, VmState.STARTING, VmState.STOPPING, VmState.UNKNOWN})
+_COUNTED: Final = frozenset(
+    {VmState.RUNNING, VmState.STARTING, VmState.STOPPING, VmState.MIGRATING, VmState.UNKNOWN}
+)
 """States in which a VM takes room on its host."""
+_BUSY: Final = frozenset({VmState.STARTING, VmState.STOPPING, VmState.MIGRATING, VmState.EXPUNGING})
+"""States in which an operation of this adapter is under way on the VM."""
 
 
 @attrs.define
 class _Entry:
-    """A VM of the registry (mutable; guarded by the orchestrator's lock)."""
+    """A VM of the registry (mutable; guarded by the orchestrator's lock).
+
+    ``defined_on``: hosts where this adapter may have defined the domain
+    (the registration host, and every host a start was attempted on).
+    ``migrating_to``: the target of a migration under way; the VM takes
+    room there as well as on its source meanwhile.
+    """
 
     vm: Vm
     xml: str
     domain: str
+    uuid: str
     local_storage: bool
     generation: int = 0
+    defined_on: set[str] = attrs.field(factory=set)
+    migrating_to: str | None = None
 
 
 def _positive(name: str, value: object) -> float:
@@ -89,8 +103,8 @@ def _positive(name: str, value: object) -> float:
     return float(value)
 
 
-def _parse_domain(xml: str) -> tuple[str, str]:
-    """The domain's name and its XML with a ``<uuid>`` (one is added when missing).
+def _parse_domain(xml: str) -> tuple[str, str, str]:
+    """The domain's name, its UUID and its XML with a ``<uuid>`` (one is added when missing).
 
     A fixed UUID makes redefining the domain on a host idempotent; libvirt
     refuses a second definition of a name under another UUID.
@@ -102,14 +116,16 @@ def _parse_domain(xml: str) -> tuple[str, str]:
     name = root.findtext("name")
     if root.tag != "domain" or not name or not name.strip():
         raise ConfigurationError("domain XML needs a <domain> root with a <name>", key="xml")
-    if not (root.findtext("uuid") or "").strip():
+    domain_uuid = (root.findtext("uuid") or "").strip()
+    if not domain_uuid:
         for old in root.findall("uuid"):
             root.remove(old)
+        domain_uuid = str(uuid.uuid4())
         uuid_element = ET.Element("uuid")
-        uuid_element.text = str(uuid.uuid4())
+        uuid_element.text = domain_uuid
         root.insert(1, uuid_element)
         xml = ET.tostring(root, encoding="unicode")
-    return name.strip(), xml
+    return name.strip(), domain_uuid, xml
 
 
 class LibvirtOrchestrator:
@@ -149,6 +165,33 @@ class LibvirtOrchestrator:
       (:class:`~cloudha.ha.orchestrator.ConcurrentOperationError`). No other
       host is tried after a libvirt failure; the caller retries with
       ``avoid_hosts``.
+    * ``migrate_away`` is a **cold migration**: this reference adapter has no
+      shared storage, so the domain is shut down gracefully on the source
+      (as ``advance_stop(force=False)``) and defined and started on the
+      target, i.e. the guest restarts. A real adapter would live-migrate with
+      ``virDomainMigrateToURI3``. The target is the first host in sorted id
+      order other than the source with room (every configured host counts as
+      Up; host tags play no part). The VM is Migrating meanwhile (it takes
+      room on both hosts, and concurrent operations on it are refused). The
+      generation is unchanged: a migration is not an HA restart. Outcomes:
+      the source does not stop (a definite libvirt error) → still Running
+      there; it may not have stopped (timeout) → ``Unknown`` on the source;
+      the target start fails before ``create()`` was sent (cannot connect,
+      define refused) → the domain is started again on the source (Running
+      there, or Stopped if that fails too) and the target's error is
+      raised; the target start may have happened (``create()`` failed or
+      timed out) or the domain is already active on the target → ``Unknown``
+      on the target, and the source is **not** restarted, so that the guest
+      never runs twice. The domain stays defined (inactive) on the source.
+    * ``destroy``: stops the domain as ``advance_stop(force=True)`` if the VM
+      is not Stopped or Destroyed, then marks it Destroyed (the domain stays
+      defined). With ``expunge=True`` the VM is Expunging meanwhile and the
+      domain is undefined on every host in which this adapter may have
+      defined it (a domain already missing there is fine; one that is
+      active there, or that has another UUID, is left alone: the first is
+      refused with :class:`~cloudha.ha.orchestrator.ConcurrentOperationError`);
+      then the VM leaves the registry. When an undefine fails the VM stays
+      Destroyed and the error is raised; calling again finishes the expunge.
     * Errors: :class:`~cloudha.errors.ProbeTimeout` (no answer in time, or a
       keepalive timeout), :class:`~cloudha.errors.ProbeAuthError`
       (authentication refused), :class:`~cloudha.errors.ProbeConnectionError`
@@ -216,7 +259,7 @@ class LibvirtOrchestrator:
             ConfigurationError: unknown host, malformed XML or no ``<name>``,
                 or the VM id is already registered.
         """
-        name, xml = _parse_domain(xml)
+        name, domain_uuid, xml = _parse_domain(xml)
         if host_id is not None and host_id not in self._uris:
             raise ConfigurationError(f"unknown host {host_id!r}", key="host_id", value=host_id)
         vm = Vm(
@@ -232,7 +275,14 @@ class LibvirtOrchestrator:
         with self._lock:
             if vm_id in self._vms:
                 raise ConfigurationError(f"VM {vm_id!r} is already registered", key="vm_id")
-            self._vms[vm_id] = _Entry(vm, xml, name, local_storage)
+            self._vms[vm_id] = _Entry(
+                vm,
+                xml,
+                name,
+                domain_uuid,
+                local_storage,
+                defined_on={host_id} if host_id else set(),
+            )
         return vm
 
     def uri_of(self, host_id: str) -> str:
@@ -272,29 +322,10 @@ class LibvirtOrchestrator:
         """Destroy (``force``) or shut down the VM's domain on its host; see the class."""
         with self._lock:
             entry = self._entry(vm.id)
-            before = entry.vm
-            if before.state is VmState.STOPPED:
+            if entry.vm.state is VmState.STOPPED:
                 return
-            if before.state in (VmState.STARTING, VmState.STOPPING):
-                raise ConcurrentOperationError(vm.id, f"VM is {before.state}")
-            host_id = before.host_id
-            if host_id is not None:
-                self._set(entry, state=VmState.STOPPING)
-        if host_id is not None:
-            try:
-                self._run(
-                    host_id,
-                    lambda conn: self._stop_domain(conn, entry.domain, force),
-                    extra=0.0 if force else self.shutdown_timeout,
-                )
-            except ProbeTimeout:
-                with self._lock:
-                    self._set(entry, state=VmState.UNKNOWN)
-                raise
-            except ProbeError:
-                with self._lock:
-                    self._set(entry, state=before.state)
-                raise
+            before, host_id = self._begin_stop(entry)
+        self._stop_on_host(entry, host_id, before, force)
         with self._lock:
             self._set(
                 entry,
@@ -302,6 +333,84 @@ class LibvirtOrchestrator:
                 host_id=None,
                 last_host_id=host_id or entry.vm.last_host_id,
             )
+
+    def migrate_away(self, vm: Vm, source_host_id: str) -> str:
+        """Move the VM off ``source_host_id`` by a cold migration; see the class.
+
+        This reference adapter has no shared storage, so the domain is shut
+        down on the source and started on the target: the guest restarts. A
+        real adapter would live-migrate with ``virDomainMigrateToURI3``.
+        """
+        with self._lock:
+            entry = self._entry(vm.id)
+            current = entry.vm
+            if current.state is not VmState.RUNNING or current.host_id != source_host_id:
+                where = f" on host {current.host_id}" if current.host_id else ""
+                raise ConcurrentOperationError(
+                    vm.id, f"VM is {current.state}{where}, not Running on host {source_host_id}"
+                )
+            target = self._first_fit(avoid_hosts=frozenset({source_host_id}), ha_tag=None)
+            if target is None:
+                raise InsufficientCapacityError(
+                    vm.id, scope="zone", reason=f"no host other than {source_host_id} has room"
+                )
+            entry.migrating_to = target
+            self._set(entry, state=VmState.MIGRATING)
+        log.info("migrating VM %s from host %s to host %s (cold)", vm.id, source_host_id, target)
+        self._stop_on_host(entry, source_host_id, VmState.RUNNING, force=False)
+        with self._lock:
+            entry.defined_on.add(target)
+        sent = threading.Event()
+        try:
+            self._run(target, lambda conn: self._start_domain(conn, entry, sent))
+        except (ProbeError, ConcurrentOperationError) as exc:
+            uncertain = sent.is_set() or isinstance(exc, ProbeTimeout | ConcurrentOperationError)
+            if uncertain:
+                with self._lock:
+                    entry.migrating_to = None
+                    self._set(entry, state=VmState.UNKNOWN, host_id=target)
+            else:
+                self._start_back(entry, source_host_id, target, exc)
+            raise
+        with self._lock:
+            entry.migrating_to = None
+            self._set(entry, state=VmState.RUNNING, host_id=target, last_host_id=target)
+        return target
+
+    def destroy(self, vm: Vm, *, expunge: bool) -> None:
+        """Force-stop the VM's domain if it runs, then mark it Destroyed or expunge it.
+
+        See the class.
+        """
+        with self._lock:
+            entry = self._entry(vm.id)
+            if entry.vm.state is VmState.DESTROYED and not expunge:
+                return
+            # A Stopped or Destroyed VM has no host: nothing is stopped then.
+            before, host_id = self._begin_stop(entry)
+        self._stop_on_host(entry, host_id, before, force=True)
+        with self._lock:
+            last = entry.vm.host_id or entry.vm.last_host_id
+            self._set(
+                entry,
+                state=VmState.EXPUNGING if expunge else VmState.DESTROYED,
+                host_id=None,
+                last_host_id=last,
+            )
+            hosts = sorted(entry.defined_on)
+        if not expunge:
+            return
+        for host_id in hosts:
+            try:
+                self._run(host_id, lambda conn: self._undefine_domain(conn, entry))
+            except (ProbeError, ConcurrentOperationError):
+                with self._lock:
+                    self._set(entry, state=VmState.DESTROYED)
+                raise
+            with self._lock:
+                entry.defined_on.discard(host_id)
+        with self._lock:
+            del self._vms[vm.id]
 
     def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
         """Define and create the VM's domain on the first eligible host; see the class.
@@ -323,6 +432,7 @@ class LibvirtOrchestrator:
                 )
             previous = entry.generation
             entry.generation = params.generation
+            entry.defined_on.add(host_id)
             self._set(entry, state=VmState.STARTING, host_id=host_id)
         log.info(
             "starting VM %s (generation %d, %s planner) on host %s",
@@ -391,6 +501,22 @@ class LibvirtOrchestrator:
         sent.set()
         dom.create()
 
+    @staticmethod
+    def _undefine_domain(conn: Any, entry: _Entry) -> None:
+        """Undefine the VM's domain: missing or another UUID is fine, active is refused."""
+        try:
+            dom = conn.lookupByName(entry.domain)
+            if dom.UUIDString().lower() != entry.uuid.lower():
+                return
+            if dom.isActive():
+                raise ConcurrentOperationError(
+                    entry.vm.id, f"domain {entry.domain} is running there; not undefined"
+                )
+            dom.undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+
     # -- plumbing ---------------------------------------------------------------------
 
     def _entry(self, vm_id: str) -> _Entry:
@@ -399,6 +525,73 @@ class LibvirtOrchestrator:
             raise UnknownVmError(vm_id)
         return entry
 
+    def _begin_stop(self, entry: _Entry) -> tuple[VmState, str | None]:
+        """Under the lock: refuse a busy VM, mark it Stopping if it has a host.
+
+        Returns its state before and its host (None: nothing to stop there).
+        """
+        before = entry.vm.state
+        if before in _BUSY:
+            raise ConcurrentOperationError(entry.vm.id, f"VM is {before}")
+        host_id = entry.vm.host_id
+        if host_id is not None:
+            self._set(entry, state=VmState.STOPPING)
+        return before, host_id
+
+    def _stop_on_host(
+        self, entry: _Entry, host_id: str | None, before: VmState, force: bool
+    ) -> None:
+        """Outside the lock: stop the domain on ``host_id`` (None: nothing to do).
+
+        On a timeout the VM becomes ``Unknown`` on that host; on another
+        libvirt error it gets its ``before`` state back; either is raised
+        (and a migration under way is over).
+        """
+        if host_id is None:
+            return
+        try:
+            self._run(
+                host_id,
+                lambda conn: self._stop_domain(conn, entry.domain, force),
+                extra=0.0 if force else self.shutdown_timeout,
+            )
+        except ProbeTimeout:
+            with self._lock:
+                entry.migrating_to = None
+                self._set(entry, state=VmState.UNKNOWN)
+            raise
+        except ProbeError:
+            with self._lock:
+                entry.migrating_to = None
+                self._set(entry, state=before)
+            raise
+
+    def _start_back(self, entry: _Entry, source: str, target: str, error: BaseException) -> None:
+        """After a definite failure on ``target``: start the domain again on ``source``."""
+        log.warning(
+            "migration of VM %s to host %s failed (%s); starting it again on host %s",
+            entry.vm.id,
+            target,
+            error,
+            source,
+        )
+        sent = threading.Event()
+        try:
+            self._run(source, lambda conn: self._start_domain(conn, entry, sent))
+        except (ProbeError, ConcurrentOperationError) as exc:
+            log.error("VM %s could not be started again on host %s: %s", entry.vm.id, source, exc)
+            uncertain = sent.is_set() or isinstance(exc, ProbeTimeout | ConcurrentOperationError)
+            with self._lock:
+                entry.migrating_to = None
+                if uncertain:
+                    self._set(entry, state=VmState.UNKNOWN, host_id=source)
+                else:
+                    self._set(entry, state=VmState.STOPPED, host_id=None, last_host_id=source)
+            return
+        with self._lock:
+            entry.migrating_to = None
+            self._set(entry, state=VmState.RUNNING, host_id=source, last_host_id=source)
+
     def _set(self, entry: _Entry, **changes: Any) -> None:
         """Apply ``changes`` to the VM's snapshot, counting a state change in ``updated``."""
         changed = any(getattr(entry.vm, k) != v for k, v in changes.items())
@@ -406,13 +599,19 @@ class LibvirtOrchestrator:
             entry.vm = attrs.evolve(entry.vm, updated=entry.vm.updated + 1, **changes)
 
     def _choose_host(self, params: StartParams) -> str | None:
+        return self._first_fit(avoid_hosts=params.avoid_hosts, ha_tag=params.ha_tag)
+
+    def _first_fit(self, *, avoid_hosts: frozenset[str], ha_tag: str | None) -> str | None:
+        """Under the lock: the first host in sorted id order not avoided, tagged, with room."""
         for host_id in sorted(self._uris):
-            if host_id in params.avoid_hosts:
+            if host_id in avoid_hosts:
                 continue
-            if params.ha_tag is not None and params.ha_tag not in self._tags[host_id]:
+            if ha_tag is not None and ha_tag not in self._tags[host_id]:
                 continue
             used = sum(
-                1 for e in self._vms.values() if e.vm.host_id == host_id and e.vm.state in _COUNTED
+                1
+                for e in self._vms.values()
+                if (e.vm.host_id == host_id and e.vm.state in _COUNTED) or e.migrating_to == host_id
             )
             if used < self._capacity[host_id]:
                 return host_id

@@ -3,7 +3,8 @@
 The HA manager (spec §3.4-§3.7) finds VMs, lists the VMs of a host, stops
 VMs (``advanceStop``) and starts them again elsewhere (``advanceStart``),
 first with the VM's own planner and, after an insufficient-capacity error,
-once more with the HA planner. :class:`VmOrchestrator` is that port.
+once more with the HA planner; for maintenance it migrates VMs away, and it
+destroys VMs (spec §3.7). :class:`VmOrchestrator` is that port.
 
 Fencing tokens (ARCHITECTURE §4): every restart of a VM carries a
 *generation*, a positive integer that grows with each restart attempt the HA
@@ -224,4 +225,39 @@ class VmOrchestrator(Protocol):
 
     def can_restart_on_another_server(self, vm: Vm) -> bool:
         """False when the VM cannot run anywhere but its own host (e.g. local storage)."""
+        ...
+
+    def migrate_away(self, vm: Vm, source_host_id: str) -> str:
+        """Live-migrate the VM (re-read by ``vm.id``), Running on ``source_host_id``, elsewhere.
+
+        The planner picks an Up host other than the source with room (the
+        maintenance path of spec §3.7). On success the VM is ``Running`` on
+        that host.
+
+        Returns:
+            The id of the host the VM now runs on.
+
+        Raises:
+            UnknownVmError: no such VM.
+            ConcurrentOperationError: the VM is not Running on ``source_host_id``,
+                or another operation on it is under way.
+            InsufficientCapacityError: no other host has room (the VM keeps
+                running on the source).
+            ProbeError: a host could not be reached (the VM keeps running on
+                the source, or is ``Unknown`` when the outcome cannot be told).
+        """
+        ...
+
+    def destroy(self, vm: Vm, *, expunge: bool) -> None:
+        """Destroy the VM (re-read by ``vm.id``), stopping it first (forced) if it runs.
+
+        On return the VM is ``Destroyed`` (not running, kept in the inventory)
+        or, with ``expunge=True``, gone: :meth:`find_vm` returns None.
+        Destroying a Destroyed VM again changes nothing unless ``expunge``.
+
+        Raises:
+            UnknownVmError: no such VM.
+            ConcurrentOperationError: another operation on the VM is under way.
+            ProbeError: its host could not be reached (nothing changed).
+        """
         ...

@@ -113,3 +113,99 @@ def check_orchestrator(make: Make) -> None:
         hosts2
     )
     orch2.advance_stop(_vm(orch2, vm2), force=True)
+
+    _check_migrate_away(make)
+    _check_destroy(make)
+
+
+def _ids_on(orch: VmOrchestrator, host_id: str) -> list[str]:
+    return [v.id for v in orch.list_vms_on_host(host_id)]
+
+
+def _check_migrate_away(make: Make) -> None:
+    orch, vm_id, hosts = make()
+    first = hosts[0]
+    vm = _vm(orch, vm_id)
+
+    # From a host the VM does not run on: refused, nothing changes.
+    for wrong in ("contract-no-such-host", hosts[1]):
+        with pytest.raises(ConcurrentOperationError) as wrong_source:
+            orch.migrate_away(vm, wrong)
+        assert wrong_source.value.vm_id == vm_id
+        assert _vm(orch, vm_id) == vm
+
+    # A Running VM moves to another host and keeps running there.
+    target = orch.migrate_away(vm, first)
+    assert target in hosts
+    assert target != first
+    moved = _vm(orch, vm_id)
+    assert (moved.state, moved.host_id) == (VmState.RUNNING, target)
+    assert moved.updated > vm.updated
+    assert vm_id in _ids_on(orch, target)
+    assert vm_id not in _ids_on(orch, first)
+
+    # The old source is wrong now; the new one works (back to a host other than it).
+    with pytest.raises(ConcurrentOperationError):
+        orch.migrate_away(moved, first)
+    assert _vm(orch, vm_id) == moved
+    back = orch.migrate_away(moved, target)
+    assert back != target
+    assert _vm(orch, vm_id).host_id == back
+
+    # A Stopped VM is not migrated, whatever the source.
+    orch.advance_stop(_vm(orch, vm_id), force=True)
+    stopped = _vm(orch, vm_id)
+    for source in (back, first):
+        with pytest.raises(ConcurrentOperationError):
+            orch.migrate_away(stopped, source)
+    assert _vm(orch, vm_id) == stopped
+
+    with pytest.raises(UnknownVmError):
+        orch.migrate_away(Vm("contract-no-such-vm"), first)
+
+
+def _check_destroy(make: Make) -> None:
+    # A running VM: stopped, Destroyed, off its host; destroying it again changes nothing.
+    orch, vm_id, hosts = make()
+    first = hosts[0]
+    running = _vm(orch, vm_id)
+    orch.destroy(running, expunge=False)
+    destroyed = _vm(orch, vm_id)
+    assert (destroyed.state, destroyed.host_id) == (VmState.DESTROYED, None)
+    assert destroyed.updated > running.updated
+    assert vm_id not in _ids_on(orch, first)
+    orch.destroy(destroyed, expunge=False)
+    assert _vm(orch, vm_id) == destroyed
+    # A Destroyed VM is neither started nor migrated.
+    with pytest.raises(ConcurrentOperationError):
+        orch.advance_start(destroyed, StartParams(generation=1), Planner.HA)
+    with pytest.raises(ConcurrentOperationError):
+        orch.migrate_away(destroyed, first)
+    assert _vm(orch, vm_id) == destroyed
+    # Expunging a Destroyed VM: gone; it is then unknown.
+    orch.destroy(destroyed, expunge=True)
+    assert orch.find_vm(vm_id) is None
+    for host in hosts:
+        assert vm_id not in _ids_on(orch, host)
+    with pytest.raises(UnknownVmError):
+        orch.destroy(destroyed, expunge=True)
+
+    # Expunging a running VM at once.
+    orch2, vm2, hosts2 = make()
+    orch2.destroy(_vm(orch2, vm2), expunge=True)
+    assert orch2.find_vm(vm2) is None
+    assert vm2 not in _ids_on(orch2, hosts2[0])
+
+    # A Stopped VM is destroyed too.
+    orch3, vm3, _hosts3 = make()
+    orch3.advance_stop(_vm(orch3, vm3), force=True)
+    stopped = _vm(orch3, vm3)
+    orch3.destroy(stopped, expunge=False)
+    after = _vm(orch3, vm3)
+    assert (after.state, after.host_id) == (VmState.DESTROYED, None)
+    assert after.updated > stopped.updated
+
+    ghost = Vm("contract-no-such-vm")
+    for expunge in (False, True):
+        with pytest.raises(UnknownVmError):
+            orch3.destroy(ghost, expunge=expunge)

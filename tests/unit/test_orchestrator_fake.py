@@ -245,3 +245,173 @@ def test_many_workers_with_increasing_generations_never_start_a_generation_twice
         1 for c in orch.calls if c.method == "advance_stop" and c.outcome == "ok"
     )
     assert vm.updated <= state_changes
+
+
+def test_migrate_away_picks_the_first_other_up_host_with_room_outside_reserved_hosts() -> None:
+    orch = fake(
+        FakeOrchestratorHost("h1"),
+        FakeOrchestratorHost("h2", tags={"ha"}),
+        FakeOrchestratorHost("h3", capacity=1),
+        FakeOrchestratorHost("h4"),
+        FakeOrchestratorHost("h5"),
+        vms=[Vm("vm-1", host_id="h1", updated=3), Vm("busy", host_id="h3")],
+        reserved_tag="ha",
+    )
+    orch.set_host_up("h4", False)
+    # h2 is reserved for HA, h3 is full, h4 is down.
+    assert orch.migrate_away(Vm("vm-1"), "h1") == "h5"
+    after = orch.find_vm("vm-1")
+    assert after is not None
+    assert (after.state, after.host_id, after.last_host_id, after.updated) == (
+        VmState.RUNNING,
+        "h5",
+        "h5",
+        4,
+    )
+    assert (orch.running_count("h1"), orch.running_count("h5")) == (0, 1)
+    assert orch.highest_generation("vm-1") == 0  # a migration is not a restart
+
+
+def test_migrate_away_without_room_raises_and_leaves_the_vm_running_on_the_source() -> None:
+    vm = Vm("vm-1", host_id="h1", updated=2)
+    orch = fake(
+        FakeOrchestratorHost("h1"),
+        FakeOrchestratorHost("h2", capacity=1),
+        vms=[vm, Vm("busy", host_id="h2")],
+    )
+    with pytest.raises(InsufficientCapacityError) as exc:
+        orch.migrate_away(vm, "h1")
+    assert exc.value.vm_id == "vm-1"
+    assert orch.find_vm("vm-1") == vm
+    assert orch.running_count("h1") == 1
+    # Room appears: the migration goes through.
+    orch.destroy(Vm("busy"), expunge=True)
+    assert orch.migrate_away(vm, "h1") == "h2"
+
+
+def test_armed_migration_failures_leave_the_vm_on_its_source_and_are_recorded() -> None:
+    vm = Vm("vm-1", host_id="h1", updated=7)
+    orch = fake(vms=[vm, Vm("off", state=VmState.STOPPED)])
+    orch.fail_next_migration()
+    orch.fail_next_migration(error=ProbeTimeout("h2 silent", host_id="h2"))
+    # Refused calls do not consume the armed failures.
+    with pytest.raises(UnknownVmError):
+        orch.migrate_away(Vm("ghost"), "h1")
+    with pytest.raises(ConcurrentOperationError):
+        orch.migrate_away(vm, "h2")
+    with pytest.raises(ConcurrentOperationError):
+        orch.migrate_away(Vm("off"), "h1")
+    with pytest.raises(InsufficientCapacityError) as armed:
+        orch.migrate_away(vm, "h1")
+    assert (armed.value.vm_id, armed.value.reason) == ("vm-1", "armed failure")
+    with pytest.raises(ProbeTimeout):
+        orch.migrate_away(vm, "h1")
+    assert orch.find_vm("vm-1") == vm
+    assert orch.migrate_away(vm, "h1") == "h2"
+    migrations = [(c.target, c.source, c.outcome) for c in orch.calls if c.method == "migrate_away"]
+    assert migrations == [
+        ("ghost", "h1", "UnknownVmError"),
+        ("vm-1", "h2", "ConcurrentOperationError"),
+        ("off", "h1", "ConcurrentOperationError"),
+        ("vm-1", "h1", "InsufficientCapacityError"),
+        ("vm-1", "h1", "ProbeTimeout"),
+        ("vm-1", "h1", "h2"),
+    ]
+
+
+def test_destroy_force_stops_a_running_vm_and_expunge_removes_it() -> None:
+    orch = fake(
+        FakeOrchestratorHost("h1", capacity=1),
+        vms=[Vm("vm-1", host_id="h1", updated=1), stopped("vm-2")],
+        local_storage=["vm-2"],
+    )
+    assert orch.running_count("h1") == 1
+    orch.destroy(Vm("vm-1"), expunge=False)
+    gone = orch.find_vm("vm-1")
+    assert gone is not None
+    assert (gone.state, gone.host_id, gone.last_host_id, gone.updated) == (
+        VmState.DESTROYED,
+        None,
+        "h1",
+        2,
+    )
+    assert orch.running_count("h1") == 0
+    orch.destroy(gone, expunge=False)  # again: nothing changes
+    assert orch.find_vm("vm-1") == gone
+    # A Destroyed VM is not "stopped": it cannot start, its room is free for others.
+    with pytest.raises(ConcurrentOperationError):
+        orch.advance_start(gone, StartParams(generation=1), Planner.HA)
+    orch.destroy(gone, expunge=True)
+    orch.destroy(stopped("vm-2"), expunge=True)
+    assert orch.find_vm("vm-1") is None
+    assert orch.find_vm("vm-2") is None
+    assert orch.list_vms_on_host("h1") == []
+    assert orch.can_restart_on_another_server(Vm("vm-2")) is True
+    with pytest.raises(UnknownVmError):
+        orch.destroy(Vm("vm-1"), expunge=False)
+    destroys = [(c.target, c.expunge, c.outcome) for c in orch.calls if c.method == "destroy"]
+    assert destroys == [
+        ("vm-1", False, "ok"),
+        ("vm-1", False, "ok"),
+        ("vm-1", True, "ok"),
+        ("vm-2", True, "ok"),
+        ("vm-1", False, "UnknownVmError"),
+    ]
+
+
+def test_an_expunged_vm_keeps_its_fencing_tokens_when_added_again() -> None:
+    orch = fake(vms=[stopped()])
+    orch.advance_start(stopped(), StartParams(generation=3), Planner.HA)
+    orch.destroy(stopped(), expunge=True)
+    orch.add_vm(stopped())
+    with pytest.raises(StaleGenerationError):
+        orch.advance_start(stopped(), StartParams(generation=3), Planner.HA)
+
+
+def test_destroy_of_a_running_vm_consumes_armed_stop_failures_and_changes_nothing() -> None:
+    vm = Vm("vm-1", host_id="h1", updated=4)
+    orch = fake(vms=[vm, stopped("vm-2")])
+    orch.fail_next_stop(error=ProbeTimeout("h1 silent", host_id="h1"))
+    # A Stopped VM needs no stop: the armed failure is not consumed.
+    orch.destroy(stopped("vm-2"), expunge=False)
+    with pytest.raises(ProbeTimeout):
+        orch.destroy(vm, expunge=True)
+    assert orch.find_vm("vm-1") == vm
+    assert orch.running_count("h1") == 1
+    orch.destroy(vm, expunge=True)
+    assert orch.find_vm("vm-1") is None
+    assert orch.running_count("h1") == 0
+    destroys = [(c.target, c.outcome) for c in orch.calls if c.method == "destroy"]
+    assert destroys == [("vm-2", "ok"), ("vm-1", "ProbeTimeout"), ("vm-1", "ok")]
+
+
+def test_racing_migrations_move_the_vm_once() -> None:
+    orch = fake(
+        FakeOrchestratorHost("h1"),
+        FakeOrchestratorHost("h2"),
+        FakeOrchestratorHost("h3"),
+        vms=[Vm("vm-1", host_id="h1")],
+    )
+    threads_n = 8
+    barrier = threading.Barrier(threads_n)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        barrier.wait()
+        try:
+            result = orch.migrate_away(Vm("vm-1"), "h1")
+        except ConcurrentOperationError as exc:
+            result = type(exc).__name__
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=worker) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert Counter(outcomes) == {"h2": 1, "ConcurrentOperationError": threads_n - 1}
+    after = orch.find_vm("vm-1")
+    assert after is not None
+    assert (after.host_id, after.updated) == ("h2", 1)
