@@ -23,7 +23,8 @@ Rows edited by hand: every method that returns :class:`Work` values raises
 row it read holds a value that is not a known ``type``, ``step``, ``state``,
 ``vm_type`` or ``reason``. It never returns a half-parsed row. The caller
 marks the row with :meth:`WorkStore.mark_error` (which does not parse it) and
-carries on. A :meth:`~WorkStore.claim` that picks such a row commits the claim
+carries on: the list readers skip unreadable rows once they are in step
+Error. A :meth:`~WorkStore.claim` that picks such a row commits the claim
 first (the row then belongs to the caller) and raises afterwards.
 """
 
@@ -236,7 +237,12 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        # WAL is a property of the file: switch only when it is not WAL yet,
+        # since the switch needs the file to itself ("database is locked"
+        # at once while another connection is in a transaction).
+        mode = cursor.execute("PRAGMA journal_mode").fetchone()
+        if mode is not None and str(mode[0]).lower() not in ("wal", "memory"):
+            cursor.execute("PRAGMA journal_mode = WAL")
     finally:
         cursor.close()
 
@@ -264,6 +270,12 @@ def prepare_sqlite_engine(engine: Engine) -> None:
         return
     if not sa.event.contains(engine, "connect", _sqlite_on_connect):
         sa.event.listen(engine, "connect", _sqlite_on_connect)
+        # Connections pooled before (e.g. by create_schema) missed the hook:
+        # switch the file to WAL now, before any worker holds a transaction.
+        with engine.connect() as conn:
+            dbapi_connection = conn.connection.dbapi_connection
+            assert dbapi_connection is not None
+            _sqlite_on_connect(dbapi_connection, None)
     if not sa.event.contains(engine, "begin", _sqlite_on_begin):
         sa.event.listen(engine, "begin", _sqlite_on_begin)
 
@@ -349,6 +361,84 @@ def _to_work(row: Row[Any]) -> Work:
 
 
 _W = op_ha_work.c
+
+
+def _claimable_now() -> sa.ColumnElement[bool]:
+    return sa.and_(
+        _W.mgmt_server_id.is_(None),
+        _W.taken.is_(None),
+        _W.time_to_try <= sa.bindparam("now_s"),
+        _W.step.not_in(_TERMINAL_VALUES),
+    )
+
+
+def _build_pg_claim() -> sa.UpdateBase:
+    """One statement, one round trip: pick (SKIP LOCKED), bump the VM's token, take the row."""
+    picked = (
+        sa.select(_W.id, _W.instance_id)
+        .where(_claimable_now())
+        .order_by(_W.priority.desc(), _W.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    generation = (
+        pg_dialect.insert(op_ha_generation)
+        .from_select(
+            ["instance_id", "generation"],
+            sa.select(picked.c.instance_id, sa.literal(1, sa.Integer())),
+        )
+        .on_conflict_do_update(
+            index_elements=[op_ha_generation.c.instance_id],
+            set_={"generation": op_ha_generation.c.generation + 1},
+        )
+        .returning(op_ha_generation.c.generation)
+        .cte("bumped")
+    )
+    return (
+        op_ha_work.update()
+        .where(_W.id == sa.select(picked.c.id).scalar_subquery())
+        .values(
+            mgmt_server_id=sa.bindparam("server"),
+            taken=sa.bindparam("taken", type_=_UTCDateTime()),
+            generation=sa.select(generation.c.generation).scalar_subquery(),
+        )
+        .returning(*op_ha_work.c)
+    )
+
+
+_PG_CLAIM: Final = _build_pg_claim()
+_SQLITE_PICK: Final = (
+    sa.select(_W.id, _W.instance_id)
+    .where(_claimable_now())
+    .order_by(_W.priority.desc(), _W.id)
+    .limit(1)
+)
+_SQLITE_TAKE: Final = (
+    op_ha_work.update()
+    .where(
+        _W.id == sa.bindparam("work_id"),
+        _W.mgmt_server_id.is_(None),
+        _W.taken.is_(None),
+    )
+    .values(
+        mgmt_server_id=sa.bindparam("server"),
+        taken=sa.bindparam("taken", type_=_UTCDateTime()),
+        generation=sa.bindparam("generation"),
+    )
+    .returning(*op_ha_work.c)
+)
+
+
+def _snapshot(previous_state: VmState | None, updated: int | None) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if previous_state is not None:
+        values["state"] = previous_state.value
+    if updated is not None:
+        values["updated"] = int(updated)
+    return values
+
+
 _CLAIM_ATTEMPTS: Final = 5
 
 
@@ -436,7 +526,15 @@ class WorkStore:
     def _select(self, where: sa.ColumnElement[bool]) -> list[Work]:
         with self._engine.begin() as conn:
             rows = conn.execute(sa.select(op_ha_work).where(where).order_by(_W.id)).all()
-        return [_to_work(row) for row in rows]
+        works = []
+        for row in rows:
+            try:
+                works.append(_to_work(row))
+            except UnreadableWorkError:
+                if row._mapping["step"] == Step.ERROR.value:
+                    continue  # already taken out of the queue by mark_error
+                raise
+        return works
 
     def pending_for_vm(self, instance_id: str) -> list[Work]:
         """The VM's works of any type whose step is not terminal, oldest first."""
@@ -454,6 +552,10 @@ class WorkStore:
                 _W.step.not_in(_TERMINAL_VALUES),
             )
         )
+
+    def works_for_vm(self, instance_id: str) -> list[Work]:
+        """Every work of the VM still in the table, terminal ones included, oldest first."""
+        return self._select(_W.instance_id == instance_id)
 
     def has_been_scheduled(self, instance_id: str, type: WorkType) -> bool:
         """True when an untaken (``taken IS NULL``) work of this VM and type exists, any step."""
@@ -483,49 +585,37 @@ class WorkStore:
         lowest ``id``. The row gets ``mgmt_server_id = server_id``, ``taken = now``
         and ``generation = next_generation(instance_id)``, all in one transaction.
 
-        PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1`` then a guarded
-        ``UPDATE``, so concurrent claimers take different rows without waiting.
-        SQLite: the transaction is ``BEGIN IMMEDIATE`` (it holds the write lock
-        from its first read), and the ``UPDATE`` is still guarded by
+        PostgreSQL: one statement (one round trip): ``SELECT ... FOR UPDATE SKIP
+        LOCKED LIMIT 1`` and the token upsert as CTEs feeding the ``UPDATE``, so
+        concurrent claimers take different rows without waiting. SQLite: the
+        transaction is ``BEGIN IMMEDIATE`` (it holds the write lock from its
+        first read); the token is bumped, then the ``UPDATE`` is still guarded by
         ``mgmt_server_id IS NULL AND taken IS NULL`` and checked; a miss retries
-        at once, at most 5 times, without sleeping.
+        at once, at most 5 times, without sleeping (a token bumped for a miss
+        is skipped: tokens only need to grow).
 
         Raises :class:`UnreadableWorkError` after committing the claim when the
         claimed row is unreadable.
         """
         now, now_s = self._now()
-        pick = (
-            sa.select(_W.id)
-            .where(self._claimable(now_s))
-            .order_by(_W.priority.desc(), _W.id)
-            .limit(1)
-        )
+        params = {"now_s": now_s, "server": server_id, "taken": now}
         if self._postgres:
-            pick = pick.with_for_update(skip_locked=True)
-        row: Row[Any] | None = None
+            with self._engine.begin() as conn:
+                row = conn.execute(_PG_CLAIM, params).one_or_none()
+            return None if row is None else _to_work(row)
+        row = None
         with self._engine.begin() as conn:
             for _attempt in range(_CLAIM_ATTEMPTS):
-                work_id = conn.execute(pick).scalar_one_or_none()
-                if work_id is None:
+                picked = conn.execute(_SQLITE_PICK, params).one_or_none()
+                if picked is None:
                     return None
+                generation = self._bump_generation(conn, picked.instance_id)
                 row = conn.execute(
-                    op_ha_work.update()
-                    .where(_W.id == work_id, _W.mgmt_server_id.is_(None), _W.taken.is_(None))
-                    .values(mgmt_server_id=server_id, taken=now)
-                    .returning(*op_ha_work.c)
+                    _SQLITE_TAKE, {**params, "work_id": picked.id, "generation": generation}
                 ).one_or_none()
                 if row is not None:
                     break
-            if row is None:
-                return None
-            generation = self._bump_generation(conn, row._mapping["instance_id"])
-            row = conn.execute(
-                op_ha_work.update()
-                .where(_W.id == row._mapping["id"])
-                .values(generation=generation)
-                .returning(*op_ha_work.c)
-            ).one()
-        return _to_work(row)
+        return None if row is None else _to_work(row)
 
     # -- fencing tokens --------------------------------------------------------
 
@@ -580,8 +670,18 @@ class WorkStore:
             raise StaleWorkError(work.id)
         return _to_work(row)
 
-    def reschedule(self, work: Work, time_to_try: float) -> Work:
+    def reschedule(
+        self,
+        work: Work,
+        time_to_try: float,
+        *,
+        previous_state: VmState | None = None,
+        updated: int | None = None,
+    ) -> Work:
         """Give the work back: ``tried += 1``, not before ``time_to_try``, unclaimed.
+
+        ``previous_state`` and ``updated``, when given, replace the VM snapshot
+        the work compares against (after the worker's own operation changed the VM).
 
         Raises :class:`StaleWorkError` when the row is no longer the claim
         ``work`` describes (same ``mgmt_server_id`` and ``generation``).
@@ -592,17 +692,33 @@ class WorkStore:
             time_to_try=float(time_to_try),
             mgmt_server_id=None,
             taken=None,
+            **_snapshot(previous_state, updated),
         )
 
-    def finish(self, work: Work, step: Step = Step.DONE) -> Work:
+    def finish(
+        self,
+        work: Work,
+        step: Step = Step.DONE,
+        *,
+        attempt: bool = False,
+        previous_state: VmState | None = None,
+        updated: int | None = None,
+    ) -> Work:
         """End the work with a terminal ``step`` (Done, Cancelled or Error); the claim stays.
+
+        ``attempt=True`` also counts the attempt that ended it (``tried += 1``:
+        a work that gives up after its last try); ``previous_state`` and
+        ``updated`` as in :meth:`reschedule`.
 
         Raises :class:`ValueError` for a non-terminal step and
         :class:`StaleWorkError` as :meth:`reschedule` does.
         """
         if step not in TERMINAL_STEPS:
             raise ValueError(f"finish() needs a terminal step, not {step}")
-        return self._update_held(work, step=step.value)
+        extra = _snapshot(previous_state, updated)
+        if attempt:
+            extra["tried"] = _W.tried + 1
+        return self._update_held(work, step=step.value, **extra)
 
     def update_step(self, work: Work, step: Step) -> Work:
         """Record progress (any step). Raises :class:`StaleWorkError` as :meth:`reschedule` does."""
@@ -628,6 +744,34 @@ class WorkStore:
             op_ha_work.update()
             .where(_W.mgmt_server_id == server_id, _W.step.not_in(_TERMINAL_VALUES))
             .values(mgmt_server_id=None, taken=None)
+        )
+        with self._engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def cancel_untaken(self, host_id: str, types: Iterable[WorkType], server_id: str) -> int:
+        """Cancel the host's unclaimed, non-terminal works of these types; count them.
+
+        CloudStack ``cancelScheduledMigrations``: step Cancelled, ``taken`` now
+        and ``mgmt_server_id`` the canceller.
+        """
+        now, _now_s = self._now()
+        stmt = (
+            op_ha_work.update()
+            .where(
+                _W.host_id == host_id,
+                _W.type.in_([t.value for t in types]),
+                _W.taken.is_(None),
+                _W.step.not_in(_TERMINAL_VALUES),
+            )
+            .values(step=Step.CANCELLED.value, taken=now, mgmt_server_id=server_id)
+        )
+        with self._engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def delete_untaken(self, instance_id: str, type: WorkType) -> int:
+        """Delete the VM's unclaimed works of ``type`` (``cancelDestroy``); count them."""
+        stmt = op_ha_work.delete().where(
+            _W.instance_id == instance_id, _W.type == type.value, _W.taken.is_(None)
         )
         with self._engine.begin() as conn:
             return conn.execute(stmt).rowcount

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -482,3 +483,31 @@ def test_sigkilled_worker_is_released_and_nothing_completes_twice(
         assert dead_done == 0
     finally:
         eng.dispose()
+
+
+def test_a_schema_created_before_the_store_cannot_lock_out_new_connections(
+    tmp_path: Path,
+) -> None:
+    # create_schema pools a connection before WorkStore installs its hooks;
+    # the switch to WAL must still happen at once, not later on a new
+    # connection while another one is in a transaction ("database is locked").
+    path = tmp_path / "queue.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    try:
+        create_schema(engine)
+        store = WorkStore(engine, SystemClock())
+        raw = sqlite3.connect(path)
+        try:
+            assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        finally:
+            raw.close()
+        store.add("vm1", WorkType.HA, VmState.RUNNING)
+        with engine.begin() as held:  # a worker's transaction holds the write lock
+            held.execute(sa.select(op_ha_work.c.id)).all()
+            # Another worker's pool opens a new connection meanwhile: its set-up
+            # must not need the file to itself.
+            fresh = engine.raw_connection()
+            fresh.close()
+        assert store.claim("ms1") is not None
+    finally:
+        engine.dispose()
