@@ -16,6 +16,7 @@ import attrs
 from cloudha.status import Status
 
 __all__ = [
+    "HA_PRIORITY_LIMIT",
     "AlertType",
     "Host",
     "HostType",
@@ -223,9 +224,34 @@ class Host:
             object.__setattr__(self, "name", self.id)
 
 
+HA_PRIORITY_LIMIT = 100_000
+"""``Vm.ha_priority`` lies in ``[-HA_PRIORITY_LIMIT, HA_PRIORITY_LIMIT]``."""
+
+
+def _check_ha_priority(_inst: object, _attr: object, value: object) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not -HA_PRIORITY_LIMIT <= value <= HA_PRIORITY_LIMIT
+    ):
+        raise ValueError(
+            f"ha_priority must be an integer between -{HA_PRIORITY_LIMIT} and "
+            f"{HA_PRIORITY_LIMIT}, got {value!r}"
+        )
+
+
 @attrs.frozen
 class Vm:
-    """A snapshot of one virtual machine."""
+    """A snapshot of one virtual machine.
+
+    Attributes:
+        updated: the orchestrator's change counter; every state change bumps it.
+        ha_priority: among VMs of the same kind (system or user), HA restarts
+            those with a higher value first; system VMs always come before
+            user VMs.
+        zone: the VM's zone, when the orchestrator knows it (otherwise the
+            zone of its host is used).
+    """
 
     id: str
     name: str = attrs.field(default="")
@@ -236,6 +262,8 @@ class Vm:
     ha_enabled: bool = False
     hypervisor: HypervisorType = HypervisorType.KVM
     updated: int = 0
+    ha_priority: int = attrs.field(default=0, validator=_check_ha_priority)
+    zone: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

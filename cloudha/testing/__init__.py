@@ -15,6 +15,7 @@ from cloudha.testing.fakes import InMemoryVmNetworks as InMemoryVmNetworks
 from cloudha.testing.fakes import RecordingAlertSink as RecordingAlertSink
 from cloudha.testing.fakes import RecordingHAScheduler as RecordingHAScheduler
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
+from cloudha.testing.fakes import ScriptedFencer as ScriptedFencer
 from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
 from cloudha.testing.heartbeat import MemoryStorage as MemoryStorage
 from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
@@ -50,6 +51,7 @@ __all__ = [
     "RecordingSelfFencer",
     "Scenario",
     "ScheduledRestart",
+    "ScriptedFencer",
     "ScriptedInvestigator",
     "Simulation",
     "StartRecord",

@@ -13,6 +13,7 @@ import attrs
 
 from cloudha.clock import Clock
 from cloudha.errors import ProbeConnectionError, ProbeError
+from cloudha.fencing.base import BaseFenceBuilder, FenceOutcome, FenceResult
 from cloudha.investigators import BaseInvestigator, Finding, Verdict
 from cloudha.model import Host, Pool, ReasonType, Vm
 from cloudha.ports import (
@@ -37,6 +38,7 @@ __all__ = [
     "RecordingAlertSink",
     "RecordingHAScheduler",
     "ScheduledRestart",
+    "ScriptedFencer",
     "ScriptedInvestigator",
 ]
 
@@ -302,3 +304,32 @@ class FakeHypervisorProbe:
         self.calls.append((host.id, domain))
         self._require(host)
         return self.domains.get((host.id, domain), DomainState.MISSING)
+
+
+class ScriptedFencer(BaseFenceBuilder):
+    """A fencer whose outcome is set per host by the test.
+
+    ``script[host_id]`` is a :class:`~cloudha.fencing.FenceOutcome`; hosts
+    not in the script get ``default``. Every call is kept in :attr:`calls`
+    as ``(vm_id, host_id)``.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        name: str = "ScriptedFencer",
+        *,
+        script: dict[str, FenceOutcome] | None = None,
+        default: FenceOutcome = FenceOutcome.NOT_APPLICABLE,
+        timeout: float = 10.0,
+    ) -> None:
+        super().__init__(clock, timeout=timeout)
+        self.name = name
+        self.script: dict[str, FenceOutcome] = {} if script is None else script
+        self.default = default
+        self.calls: list[tuple[str, str]] = []
+
+    def _fence(self, vm: Vm, host: Host) -> FenceResult:
+        self.calls.append((vm.id, host.id))
+        outcome = self.script.get(host.id, self.default)
+        return self.result(outcome, f"scripted {outcome}")

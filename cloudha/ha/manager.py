@@ -1,0 +1,999 @@
+"""The HA manager: schedules VM HA work and runs the workers that carry it out.
+
+:class:`HighAvailabilityManager` is CloudStack's ``HighAvailabilityManagerImpl``
+(spec §3.3-§3.7) over the persistent :class:`~cloudha.ha.store.WorkStore`:
+
+* the scheduling API (:meth:`~HighAvailabilityManager.schedule_restart_for_vms_on_host`,
+  :meth:`~HighAvailabilityManager.schedule_restart`,
+  :meth:`~HighAvailabilityManager.schedule_stop`,
+  :meth:`~HighAvailabilityManager.schedule_migration`,
+  :meth:`~HighAvailabilityManager.schedule_destroy`, cancellation and the
+  pending-work questions) writes rows and wakes the workers;
+* :meth:`~HighAvailabilityManager.process_next` claims one due work and
+  carries it out (``processWork``): restart, migrate, stop or destroy. The
+  worker threads (``ha.workers`` of them, started by
+  :meth:`~HighAvailabilityManager.start`) call it in a loop; tests and the
+  simulator call it directly on virtual time.
+
+Deliberate differences from CloudStack (ARCHITECTURE §4), each tested:
+
+* one clock in float seconds: ``time.between.failures`` is an hour when it
+  says 3600, both for the "recent failure" window and for the cleanup;
+* look-ups of a VM's other HA works filter on the work *type* (CloudStack
+  filters the ``vm_type`` column with "HA" and so never finds any);
+* every reschedule refreshes the VM snapshot the work compares against, so a
+  VM changed by the worker's own failed start is retried, not given up
+  (CloudStack #13510);
+* a restart needs a DEAD verdict from the investigators or a confirmed fence
+  (:meth:`~cloudha.fencing.chain.FenceChain.fence_off`); a work scheduled
+  without investigation whose forced stop failed is investigated anyway;
+* each start carries the claim's fencing token (``generation``), so a late
+  or duplicate worker cannot start the VM twice;
+* VMs in state Error are not restarted (CloudStack #13785); a VM the work
+  already stopped, found Investigating again after a server restart, is
+  restarted (CloudStack ends that work and leaves the VM down);
+* a work that uses up ``vm.ha.migration.max.retries`` ends in step Error
+  with an alert, not silently in Done; a row edited by hand to values
+  cloudha does not know is logged, marked Error, and the queue goes on;
+* :meth:`~HighAvailabilityManager.stop` hands this server's unfinished works
+  back at once (CloudStack waits for the server's next start).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, TypeVar
+
+import attrs
+import sqlalchemy.exc
+import tenacity
+
+from cloudha.clock import Clock
+from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError
+from cloudha.evidence import EvidenceSink, Recorder
+from cloudha.fencing.chain import FenceChain
+from cloudha.ha.orchestrator import (
+    InsufficientCapacityError,
+    Planner,
+    StartParams,
+    UnknownVmError,
+    VmOrchestrator,
+)
+from cloudha.ha.store import (
+    TERMINAL_STEPS,
+    StaleWorkError,
+    Step,
+    UnreadableWorkError,
+    Work,
+    WorkStore,
+    WorkType,
+)
+from cloudha.investigators.base import Verdict
+from cloudha.investigators.chain import InvestigatorChain
+from cloudha.model import (
+    HA_PRIORITY_LIMIT,
+    AlertType,
+    Host,
+    HostType,
+    HypervisorType,
+    ReasonType,
+    Vm,
+    VmState,
+    VmType,
+)
+from cloudha.ports import Alert, AlertSink, HostDirectory
+from cloudha.runtime import ThreadFactory
+from cloudha.settings import Settings
+from cloudha.status import Status
+
+__all__ = [
+    "CANCELLABLE_REASONS",
+    "SYSTEM_VM_PRIORITY",
+    "HighAvailabilityManager",
+    "WorkResult",
+]
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+CANCELLABLE_REASONS: Final = frozenset(
+    {ReasonType.HOST_MAINTENANCE, ReasonType.HOST_DOWN, ReasonType.HOST_DEGRADED}
+)
+"""Reasons whose Investigating works are cancelled when their host is found Up again."""
+
+SYSTEM_VM_PRIORITY: Final = 2 * HA_PRIORITY_LIMIT + 1
+"""Added to a system VM's work priority, so every system VM comes before every user VM."""
+
+_NO_HA_HYPERVISORS: Final = frozenset({HypervisorType.VMWARE, HypervisorType.HYPERV})
+_STOP_TYPES: Final = frozenset({WorkType.STOP, WorkType.CHECK_STOP, WorkType.FORCE_STOP})
+_EXPUNGED_TYPES: Final = frozenset({VmType.SECONDARY_STORAGE_VM, VmType.CONSOLE_PROXY})
+_UNREADABLE_LIMIT: Final = 1000
+_DB_ATTEMPTS: Final = 5
+
+
+class WorkResult(enum.Enum):
+    """What processing one work ended in."""
+
+    DONE = "Done"
+    CANCELLED = "Cancelled"
+    ERROR = "Error"
+    RESCHEDULED = "Rescheduled"
+    GAVE_UP = "GaveUp"
+    LOST = "Lost"
+    """The claim was taken away meanwhile (released, claimed again): nothing was written."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class _Outcome:
+    """A handler's decision: a terminal step, or a retry time."""
+
+    reason: str
+    step: Step | None = None
+    retry_at: float | None = None
+
+
+def _done(reason: str) -> _Outcome:
+    return _Outcome(reason, step=Step.DONE)
+
+
+def _alert_type(vm_type: VmType) -> AlertType:
+    return {
+        VmType.DOMAIN_ROUTER: AlertType.DOMAIN_ROUTER,
+        VmType.CONSOLE_PROXY: AlertType.CONSOLE_PROXY,
+        VmType.SECONDARY_STORAGE_VM: AlertType.SSVM,
+    }.get(vm_type, AlertType.USERVM)
+
+
+def _pause(clock: Clock, idle: threading.Event, seconds: float) -> None:
+    clock.wait(idle, seconds)
+
+
+def _restart_priority(vm: Vm) -> int:
+    return (SYSTEM_VM_PRIORITY if vm.type.is_system else 0) + vm.ha_priority
+
+
+class HighAvailabilityManager:
+    """VM HA work queue of one management server (spec §3).
+
+    Args:
+        server_id: this management server's id (``mgmt_server_id`` of its claims).
+        store: the work queue; several managers (processes, servers) may share it.
+        orchestrator: the VM manager that finds, stops, starts, migrates and
+            destroys VMs.
+        directory: the host table.
+        investigators: asked whether a host is Up (:meth:`investigate`) and
+            whether a VM is alive (:meth:`process_next`).
+        fence_chain: fences a VM off its host when the investigators cannot tell.
+        settings: global settings (the §3.8 keys).
+        clock: the only source of time.
+        alerts: where operator alerts go.
+        evidence: where ``ha_work`` evidence goes (one record per step change).
+        zone_settings: per-zone overrides for the zone-scoped keys
+            (``vm.ha.enabled``, ``vm.ha.alerts.enabled``); a zone not listed
+            uses ``settings``.
+        thread_factory: makes the worker and cleanup threads.
+
+    Thread-safe: scheduling calls and :meth:`process_next` may run from any
+    number of threads. Exceptions from the orchestrator during scheduling
+    propagate to the caller (nothing is written then), except a forced stop
+    that :meth:`schedule_restart` makes itself (logged; the work is then
+    investigated before any restart).
+    """
+
+    def __init__(
+        self,
+        *,
+        server_id: str,
+        store: WorkStore,
+        orchestrator: VmOrchestrator,
+        directory: HostDirectory,
+        investigators: InvestigatorChain,
+        fence_chain: FenceChain,
+        settings: Settings,
+        clock: Clock,
+        alerts: AlertSink,
+        evidence: EvidenceSink | None = None,
+        zone_settings: Mapping[str, Settings] | None = None,
+        thread_factory: ThreadFactory = threading.Thread,
+    ) -> None:
+        if not isinstance(server_id, str) or not server_id:
+            raise ConfigurationError("server_id must be a non-empty string", key="server_id")
+        self.server_id = server_id
+        self.store = store
+        self.orchestrator = orchestrator
+        self.directory = directory
+        self.investigators = investigators
+        self.fence_chain = fence_chain
+        self.settings = settings
+        self.clock = clock
+        self.alerts = alerts
+        self._zone_settings = dict(zone_settings or {})
+        self._recorder = None if evidence is None else Recorder(evidence, clock, server_id)
+        self._factory = thread_factory
+        self._stopping = threading.Event()
+        self._wake_events: list[threading.Event] = []
+        self._threads: list[threading.Thread] = []
+        self._state = "new"
+        self._lock = threading.Lock()
+        self._next_cleanup: float | None = None
+
+    # -- settings ---------------------------------------------------------------
+
+    def settings_for_zone(self, zone: str | None) -> Settings:
+        """The settings that hold in ``zone`` (the overrides given, else the global ones)."""
+        if zone is None:
+            return self.settings
+        return self._zone_settings.get(zone, self.settings)
+
+    def _zone_of(self, vm: Vm | None, host_id: str | None = None) -> str | None:
+        if vm is not None and vm.zone is not None:
+            return vm.zone
+        for candidate in (
+            host_id,
+            None if vm is None else vm.host_id,
+            None if vm is None else vm.last_host_id,
+        ):
+            if candidate is not None:
+                host = self.directory.find_host(candidate)
+                if host is not None:
+                    return host.zone
+        return None
+
+    def _ha_enabled(self, zone: str | None) -> bool:
+        return self.settings_for_zone(zone).vm_ha_enabled
+
+    def _ha_disabled_alert(self, zone: str | None, what: str) -> None:
+        log.warning("VM HA is disabled in zone %s: %s", zone, what)
+        if self.settings_for_zone(zone).vm_ha_alerts_enabled:
+            self._alert(AlertType.HA_ACTION, f"VM HA is disabled in zone {zone}", what, zone=zone)
+
+    def _alert(
+        self,
+        type: AlertType,
+        subject: str,
+        body: str = "",
+        *,
+        host: Host | None = None,
+        zone: str | None = None,
+    ) -> None:
+        try:
+            self.alerts.send(
+                Alert(
+                    type,
+                    subject,
+                    body,
+                    host_id=None if host is None else host.id,
+                    zone=zone if host is None else host.zone,
+                    pod=None if host is None else host.pod,
+                )
+            )
+        except Exception:
+            log.exception("alert sink failed on %r", subject)
+
+    def _emit(
+        self, work: Work, step: Step | str, reason: str, **details: str | int | float
+    ) -> None:
+        if self._recorder is not None:
+            self._recorder.emit(
+                "ha_work",
+                vm=work.instance_id,
+                host=work.host_id,
+                reason=reason,
+                work=work.id,
+                type=str(work.type),
+                step=str(step),
+                tried=work.tried,
+                **details,
+            )
+
+    # -- hosts -----------------------------------------------------------------
+
+    def investigate(self, host_id: str | None) -> Status | None:
+        """Host-level investigation (spec §3.3): Up, Down, Disconnected, Alert or None.
+
+        An unknown host is ``Alert``; a host whose zone has VM HA disabled is
+        ``Alert`` (with an alert when ``vm.ha.alerts.enabled``); otherwise
+        the investigator chain's first decisive outcome, None when no
+        investigator could tell.
+        """
+        host = None if host_id is None else self.directory.find_host(host_id)
+        if host is None:
+            return Status.ALERT
+        if not self._ha_enabled(host.zone):
+            self._ha_disabled_alert(host.zone, f"host {host.id} was not investigated")
+            return Status.ALERT
+        return self.investigators.investigate_host(host).status
+
+    # -- reading the store -----------------------------------------------------
+
+    def _quarantine(self, exc: UnreadableWorkError) -> None:
+        log.error(
+            "HA work %s cannot be read (%s); marking it Error so the queue goes on",
+            exc.work_id,
+            exc,
+        )
+        self.store.mark_error(exc.work_id)
+        if self._recorder is not None:
+            self._recorder.emit(
+                "ha_work",
+                reason=f"unreadable row: {exc}",
+                work=exc.work_id,
+                step=str(Step.ERROR),
+            )
+
+    def _read(self, query: Callable[[], _T]) -> _T:
+        """Run a store query, marking hand-edited rows Error until it reads cleanly."""
+        for _ in range(_UNREADABLE_LIMIT):
+            try:
+                return query()
+            except UnreadableWorkError as exc:
+                self._quarantine(exc)
+        return query()
+
+    def _db(self, call: Callable[[], _T]) -> _T:
+        """Run a store call, retrying transient database errors with backoff on our clock."""
+        idle = threading.Event()
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(_DB_ATTEMPTS),
+            wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
+            retry=tenacity.retry_if_exception_type(sqlalchemy.exc.OperationalError),
+            sleep=functools.partial(_pause, self.clock, idle),
+            before_sleep=lambda state: log.warning(
+                "database error (attempt %d), retrying: %s",
+                state.attempt_number,
+                None if state.outcome is None else state.outcome.exception(),
+            ),
+            reraise=True,
+        )
+        return retrying(call)
+
+    # -- scheduling (spec §3.4) --------------------------------------------------
+
+    def _can_schedule_new(self, work: Work) -> bool:
+        """CloudStack ``canScheduleNew(time.between.failures)``, in seconds."""
+        return work.time_to_try + self.settings.time_between_failures < self._now()
+
+    def _now(self) -> float:
+        return self.clock.now().timestamp()
+
+    def schedule_restart_for_vms_on_host(
+        self, host: Host, *, investigate: bool, reason: ReasonType
+    ) -> None:
+        """Schedule an HA restart for every VM on ``host`` (spec §3.4).
+
+        Only Routing hosts; never VMware or Hyper-V hosts (their own HA
+        does it). A VM whose latest pending HA work still has attempts left,
+        or failed less than ``time.between.failures`` ago, is skipped; system
+        VMs are scheduled before user VMs; VMs that cannot restart on another
+        server (local storage) and VMs that have meanwhile moved are skipped.
+        One ``Host is down`` alert lists the HA-enabled VMs, unless every VM
+        was skipped (a duplicate call).
+        """
+        if host.type is not HostType.ROUTING:
+            return
+        if host.hypervisor in _NO_HA_HYPERVISORS:
+            log.info("host %s is %s: its own HA restarts its VMs", host.id, host.hypervisor)
+            return
+        if not self._ha_enabled(host.zone):
+            self._ha_disabled_alert(host.zone, f"VMs of host {host.id} were not scheduled")
+            return
+        vms = self.orchestrator.list_vms_on_host(host.id)
+        latest: dict[str, Work] = {}
+        for work in self._read(lambda: self.store.pending_ha_for_host(host.id)):
+            latest[work.instance_id] = work  # oldest first: the last one wins
+        max_retries = self.settings.vm_ha_migration_max_retries
+        chosen: list[Vm] = []
+        for vm in vms:
+            previous = latest.get(vm.id)
+            if previous is not None and (
+                previous.tried < max_retries or not self._can_schedule_new(previous)
+            ):
+                log.info("%s already has HA work %s; skipped", vm.id, previous)
+                continue
+            chosen.append(vm)
+        if not chosen:
+            return
+        chosen.sort(key=lambda v: (not v.type.is_system, -v.ha_priority, v.id))
+        force = self.settings.force_ha
+        names = [v.name for v in chosen if force or v.ha_enabled]
+        self._alert(
+            AlertType.HOST,
+            f"Host is down, {host.name} ({host.id})",
+            "HA-enabled VMs to restart: " + (", ".join(names) if names else "none"),
+            host=host,
+        )
+        for vm in chosen:
+            if not self.orchestrator.can_restart_on_another_server(vm):
+                log.info("%s has local storage: it cannot be restarted elsewhere", vm.id)
+                continue
+            current = self.orchestrator.find_vm(vm.id)
+            if current is None:
+                continue
+            if current.host_id is not None and current.host_id != host.id:
+                log.info("%s is now on host %s; skipped", vm.id, current.host_id)
+                continue
+            self.schedule_restart(current, investigate=investigate, reason=reason)
+
+    def schedule_restart(
+        self, vm: Vm, *, investigate: bool, reason: ReasonType = ReasonType.UNKNOWN
+    ) -> Work | None:
+        """Schedule an HA restart of ``vm`` (spec §3.4 ``scheduleRestart``); the work, or None.
+
+        ``investigate=False`` means the caller knows the VM is not running
+        (maintenance, a degraded host): the VM is force-stopped at once and
+        the work starts at step Scheduled. Otherwise the worker first asks the
+        investigators and, if needed, fences (step Investigating).
+        """
+        zone = self._zone_of(vm)
+        if not self._ha_enabled(zone):
+            self._ha_disabled_alert(zone, f"VM {vm.id} was not scheduled for a restart")
+            return None
+        if vm.state is VmState.ERROR:
+            log.warning("%s is in state Error: not scheduled for an HA restart", vm.id)
+            return None
+        step = Step.INVESTIGATING if investigate else Step.SCHEDULED
+        if vm.host_id is None and not self._stop_for_schedule(vm):
+            step = Step.INVESTIGATING
+        if vm.hypervisor in _NO_HA_HYPERVISORS:
+            return None
+        if not investigate:
+            if not (self.settings.force_ha or vm.ha_enabled):
+                self._alert(
+                    _alert_type(vm.type),
+                    f"VM {vm.name} ({vm.id}) stopped unexpectedly",
+                    f"host {vm.host_id or vm.last_host_id}; the VM is not HA-enabled",
+                    zone=zone,
+                )
+            if not self._stop_for_schedule(vm):
+                step = Step.INVESTIGATING
+            vm = self.orchestrator.find_vm(vm.id) or vm
+        tried = self._inherited_tries(vm.id)
+        host_id = vm.host_id or vm.last_host_id
+        work = self._db(
+            lambda: self.store.add(
+                vm.id,
+                WorkType.HA,
+                vm.state,
+                vm_type=vm.type,
+                step=step,
+                host_id=host_id,
+                reason=reason,
+                tried=tried,
+                updated=vm.updated,
+                priority=_restart_priority(vm),
+            )
+        )
+        self._emit(work, step, f"scheduled ({reason})")
+        self.wakeup()
+        return work
+
+    def _stop_for_schedule(self, vm: Vm) -> bool:
+        try:
+            self.orchestrator.advance_stop(vm, force=True)
+        except CloudHAError as exc:
+            log.warning("forced stop of %s failed (%s); the work investigates first", vm.id, exc)
+            return False
+        return True
+
+    def _inherited_tries(self, vm_id: str) -> int:
+        """Attempts of a recent failed restart of the VM (spec §3.4 step 5)."""
+        works = self._read(lambda: self.store.works_for_vm(vm_id))
+        for work in reversed(works):
+            if work.type is WorkType.HA and work.tried > 0 and not self._can_schedule_new(work):
+                return work.tried
+        return 0
+
+    def schedule_stop(
+        self, vm: Vm, host_id: str | None, type: WorkType, reason: ReasonType
+    ) -> bool:
+        """Schedule a Stop, CheckStop or ForceStop of ``vm``; False when one is already queued."""
+        if type not in _STOP_TYPES:
+            raise ValueError(f"schedule_stop takes Stop, CheckStop or ForceStop, not {type}")
+        zone = self._zone_of(vm, host_id)
+        if not self._ha_enabled(zone):
+            self._ha_disabled_alert(zone, f"{type} of VM {vm.id} was not scheduled")
+            return False
+        if self._db(lambda: self.store.has_been_scheduled(vm.id, type)):
+            return False
+        return self._add(vm, type, host_id, reason)
+
+    def schedule_migration(self, vm: Vm, reason: ReasonType) -> bool:
+        """Schedule a migration of ``vm`` off its host; False when it has no host or HA is off."""
+        if vm.host_id is None:
+            return False
+        zone = self._zone_of(vm)
+        if not self._ha_enabled(zone):
+            self._ha_disabled_alert(zone, f"migration of VM {vm.id} was not scheduled")
+            return False
+        return self._add(vm, WorkType.MIGRATION, vm.host_id, reason)
+
+    def schedule_destroy(self, vm: Vm, host_id: str | None, reason: ReasonType) -> bool:
+        """Schedule the destruction of ``vm``; False when VM HA is off in its zone."""
+        zone = self._zone_of(vm, host_id)
+        if not self._ha_enabled(zone):
+            self._ha_disabled_alert(zone, f"destruction of VM {vm.id} was not scheduled")
+            return False
+        return self._add(vm, WorkType.DESTROY, host_id, reason)
+
+    def _add(self, vm: Vm, type: WorkType, host_id: str | None, reason: ReasonType) -> bool:
+        work = self._db(
+            lambda: self.store.add(
+                vm.id,
+                type,
+                vm.state,
+                vm_type=vm.type,
+                host_id=host_id,
+                reason=reason,
+                updated=vm.updated,
+                priority=_restart_priority(vm),
+            )
+        )
+        self._emit(work, Step.SCHEDULED, f"scheduled ({reason})")
+        self.wakeup()
+        return True
+
+    def cancel_destroy(self, vm: Vm) -> int:
+        """Delete the VM's queued (untaken) Destroy works; how many."""
+        return self._db(lambda: self.store.delete_untaken(vm.id, WorkType.DESTROY))
+
+    def cancel_scheduled_migrations(self, host: Host) -> int:
+        """Cancel the host's queued migrations (Stop works for Storage hosts); how many."""
+        types = [WorkType.STOP] if host.type is HostType.STORAGE else [WorkType.MIGRATION]
+        return self._db(lambda: self.store.cancel_untaken(host.id, types, self.server_id))
+
+    def has_pending_ha_work(self, vm_id: str) -> bool:
+        """True while the VM has an HA (restart) work that is not Done, Cancelled or Error."""
+        works = self._read(lambda: self.store.pending_for_vm(vm_id))
+        return any(w.type is WorkType.HA for w in works)
+
+    def has_pending_migrations_work(self, vm_id: str) -> bool:
+        """True while the VM has a pending migration with attempts left."""
+        works = self._read(lambda: self.store.pending_for_vm(vm_id))
+        limit = self.settings.vm_ha_migration_max_retries
+        return any(w.type is WorkType.MIGRATION and w.tried <= limit for w in works)
+
+    def on_vm_powered_off(self, vm: Vm) -> Work | None:
+        """A VM was found powered off behind our back on an Up host (``ha.vm.restart.hostup``).
+
+        Schedules an investigated restart of an HA VM that has no pending HA
+        work; otherwise does nothing and returns None.
+        """
+        if not self.settings.ha_vm_restart_hostup:
+            return None
+        if not (vm.ha_enabled or self.settings.force_ha):
+            return None
+        if self.has_pending_ha_work(vm.id):
+            return None
+        return self.schedule_restart(vm, investigate=True, reason=ReasonType.UNKNOWN)
+
+    # -- processing (spec §3.5-§3.7) -------------------------------------------------
+
+    def process_next(self) -> WorkResult | None:
+        """Claim one due work and carry it out; None when nothing was due.
+
+        A hand-edited row that cannot be read is marked Error
+        (:attr:`WorkResult.ERROR`); an exception from a handler reschedules
+        the work with its type's interval.
+        """
+        try:
+            work = self._db(lambda: self.store.claim(self.server_id))
+        except UnreadableWorkError as exc:
+            self._quarantine(exc)
+            return WorkResult.ERROR
+        if work is None:
+            return None
+        return self.process(work)
+
+    def process(self, work: Work) -> WorkResult:
+        """Carry out one claimed ``work`` (CloudStack ``processWork``)."""
+        holder = _Holder(work)
+        try:
+            vm = self.orchestrator.find_vm(work.instance_id)
+            if vm is None:
+                outcome = _done("the VM no longer exists")
+            elif not self._ha_enabled(self._zone_of(vm, work.host_id)):
+                outcome = _Outcome(
+                    "VM HA is disabled in the VM's zone",
+                    retry_at=self._now() + self._interval(work.type),
+                )
+            elif self._cancelled_by_host_up(work):
+                outcome = _Outcome(f"host {work.host_id} is Up again", step=Step.CANCELLED)
+            elif work.type is WorkType.HA:
+                outcome = self._restart(holder, vm)
+            elif work.type is WorkType.MIGRATION:
+                outcome = self._migrate(holder, vm)
+            elif work.type in _STOP_TYPES:
+                outcome = self._stop_vm(holder, vm)
+            else:
+                outcome = self._destroy_vm(holder, vm)
+        except StaleWorkError:
+            log.warning("%s: our claim was taken away while we worked on it", work)
+            return WorkResult.LOST
+        except Exception as exc:
+            log.exception("%s failed", work)
+            outcome = _Outcome(
+                f"failed: {type(exc).__name__}: {exc}",
+                retry_at=self._now() + self._interval(work.type),
+            )
+        try:
+            return self._conclude(holder.work, outcome)
+        except StaleWorkError:
+            log.warning("%s: our claim was taken away before we could record %s", work, outcome)
+            return WorkResult.LOST
+
+    def _interval(self, type: WorkType) -> float:
+        if type is WorkType.MIGRATION:
+            return self.settings.migrate_retry_interval
+        if type is WorkType.HA:
+            return self.settings.restart_retry_interval
+        return self.settings.stop_retry_interval
+
+    def _snapshot(self, work: Work) -> tuple[VmState | None, int | None]:
+        try:
+            vm = self.orchestrator.find_vm(work.instance_id)
+        except Exception:
+            log.exception("could not re-read VM %s", work.instance_id)
+            return None, None
+        return (None, None) if vm is None else (vm.state, vm.updated)
+
+    def _conclude(self, work: Work, outcome: _Outcome) -> WorkResult:
+        step = outcome.step
+        if step is not None:
+            self._db(lambda: self.store.finish(work, step))
+            self._emit(work, step, outcome.reason)
+            return {
+                Step.DONE: WorkResult.DONE,
+                Step.CANCELLED: WorkResult.CANCELLED,
+            }.get(step, WorkResult.ERROR)
+        assert outcome.retry_at is not None
+        state, updated = self._snapshot(work)
+        limit = self.settings.vm_ha_migration_max_retries
+        if work.tried + 1 >= limit:
+            reason = f"gave up after {work.tried + 1} attempts: {outcome.reason}"
+            self._db(
+                lambda: self.store.finish(
+                    work, Step.ERROR, attempt=True, previous_state=state, updated=updated
+                )
+            )
+            self._emit(work, Step.ERROR, reason)
+            vm_type = work.vm_type
+            self._alert(
+                _alert_type(vm_type),
+                f"HA gave up on VM {work.instance_id} ({work.type})",
+                reason,
+                host=None if work.host_id is None else self.directory.find_host(work.host_id),
+            )
+            return WorkResult.GAVE_UP
+        at = outcome.retry_at
+        self._db(lambda: self.store.reschedule(work, at, previous_state=state, updated=updated))
+        self._emit(work, "Rescheduled", outcome.reason, retry_in=round(at - self._now(), 3))
+        return WorkResult.RESCHEDULED
+
+    def _cancelled_by_host_up(self, work: Work) -> bool:
+        """``checkAndCancelWorkIfNeeded``: an Investigating work whose host is Up again."""
+        return (
+            work.step is Step.INVESTIGATING
+            and work.reason in CANCELLABLE_REASONS
+            and self.investigate(work.host_id) is Status.UP
+        )
+
+    def _restart(self, holder: _Holder, vm: Vm) -> _Outcome:
+        """One attempt of an HA restart (spec §3.6 with the fixes of ARCHITECTURE §4)."""
+        work = holder.work
+        others = [
+            w
+            for w in self._read(lambda: self.store.works_for_vm(work.instance_id))
+            if w.type is WorkType.HA and w.id != work.id
+        ]
+        newer = [w.id for w in others if w.id > work.id]
+        if newer:
+            return _done(f"superseded by HA work {newer[-1]}")
+        if any(w.taken is not None and w.step not in TERMINAL_STEPS for w in others):
+            return _Outcome(
+                "another HA work of this VM is running",
+                retry_at=self._now() + self.settings.investigate_retry_interval,
+            )
+        if vm.state is VmState.ERROR:
+            return _done("the VM is in state Error")
+        if vm.state is not work.previous_state or vm.updated != work.updated:
+            return _done(
+                f"the VM has been changed ({work.previous_state}/{work.updated} -> "
+                f"{vm.state}/{vm.updated})"
+            )
+        if vm.host_id is not None and vm.host_id != work.host_id:
+            return _done(f"the VM is now on host {vm.host_id}")
+        host = None if work.host_id is None else self.directory.find_host(work.host_id)
+        if work.host_id is not None and host is None:
+            return _Outcome(f"unknown host {work.host_id!r}", step=Step.ERROR)
+        removed = host is not None and host.status is Status.REMOVED
+        if work.step is Step.INVESTIGATING:
+            # NOTE: CloudStack ends the work when the VM has no host here. But a
+            # work this server had already fenced and stopped (step Scheduled)
+            # is marked Investigating again by recover() after a restart: the
+            # VM, stopped by us, must still be restarted. A VM on no host runs
+            # nowhere the orchestrator knows of, so there is nothing to prove.
+            if host is not None and not removed and vm.host_id is not None:
+                proof = self._prove_dead(holder, vm, host)
+                if proof is not None:
+                    return proof
+            else:
+                self.orchestrator.advance_stop(vm, force=True)
+            holder.work = self._db(lambda: self.store.update_step(holder.work, Step.SCHEDULED))
+            self._emit(holder.work, Step.SCHEDULED, "the VM is stopped; restarting it")
+        return self._start(holder, host, removed)
+
+    def _prove_dead(self, holder: _Holder, vm: Vm, host: Host) -> _Outcome | None:
+        """Investigate, fence if needed, and stop: None when the VM may be restarted."""
+        result = self.investigators.investigate_vm(vm, host)
+        if result.verdict is Verdict.ALIVE:
+            if host.status is Status.UP:
+                return _done(f"the VM is alive ({result.decided_by}) and its host is Up")
+            return _Outcome(
+                f"the VM is alive ({result.decided_by}) but host {host.id} is {host.status}",
+                retry_at=self._now() + self.settings.investigate_retry_interval,
+            )
+        if result.verdict is Verdict.DEAD:
+            why = f"the VM is dead ({result.decided_by})"
+        else:
+            decision = self.fence_chain.fence_off(vm, host)
+            if not decision.fenced:
+                self._alert(
+                    _alert_type(vm.type),
+                    f"Unable to restart {vm.name} ({vm.id}) which was running on host {host.id}",
+                    f"it could not be fenced off: {decision.reason}",
+                    host=host,
+                )
+                return _Outcome(
+                    f"not fenced: {decision.reason}",
+                    retry_at=self._now() + self.settings.restart_retry_interval,
+                )
+            why = decision.reason
+        self._emit(holder.work, Step.FENCING, why)
+        self.orchestrator.advance_stop(vm, force=True)
+        return None
+
+    def _start(self, holder: _Holder, host: Host | None, removed: bool) -> _Outcome:
+        work = holder.work
+        vm = self.orchestrator.find_vm(work.instance_id)
+        if vm is None:
+            return _done("the VM no longer exists")
+        if not (self.settings.force_ha or vm.ha_enabled):
+            return _done("the VM is not HA-enabled: it stays stopped")
+        host_down = host is None or removed or host.status is not Status.UP
+        if host_down and not self.orchestrator.can_restart_on_another_server(vm):
+            return _done("the VM cannot run on another host (local storage)")
+        params = StartParams(
+            ha_tag=self.settings.ha_tag,
+            ha_operation=True,
+            generation=work.generation,
+            avoid_hosts=(work.host_id,) if host_down and work.host_id is not None else (),
+        )
+        try:
+            try:
+                target = self.orchestrator.advance_start(vm, params, Planner.DEFAULT)
+            except InsufficientCapacityError as first:
+                log.info("%s: %s; trying the HA planner", work, first)
+                target = self.orchestrator.advance_start(vm, params, Planner.HA)
+        except UnknownVmError:
+            return _done("the VM no longer exists")
+        except CloudHAError as exc:
+            self._alert(
+                _alert_type(vm.type),
+                f"Unable to restart {vm.name} ({vm.id})",
+                f"{type(exc).__name__}: {exc}",
+                host=host,
+            )
+            return _Outcome(
+                f"start failed: {type(exc).__name__}: {exc}",
+                retry_at=self._now() + self.settings.restart_retry_interval,
+            )
+        started = self.orchestrator.find_vm(vm.id)
+        if started is not None and started.state is VmState.RUNNING:
+            self._alert(
+                _alert_type(vm.type),
+                f"HA starting VM: {vm.name} ({vm.id})",
+                f"started on host {target} (generation {work.generation})",
+                host=host,
+            )
+            return _done(f"started on host {target}")
+        return _Outcome(
+            f"the start on host {target} did not leave the VM Running",
+            retry_at=self._now() + self.settings.restart_retry_interval,
+        )
+
+    def _migrate(self, holder: _Holder, vm: Vm) -> _Outcome:
+        """Migrate a VM off its host for maintenance (spec §3.7)."""
+        work = holder.work
+        if vm.state is VmState.STOPPED:
+            return _done("the VM is stopped")
+        if vm.state is VmState.RUNNING and vm.host_id != work.host_id:
+            return _done(f"the VM already runs on host {vm.host_id}")
+        if work.host_id is None:
+            return _Outcome("a migration without a source host", step=Step.ERROR)
+        holder.work = self._db(lambda: self.store.update_step(holder.work, Step.MIGRATING))
+        try:
+            target = self.orchestrator.migrate_away(vm, work.host_id)
+        except InsufficientCapacityError as exc:
+            self._alert(
+                AlertType.HOST,
+                f"Unable to migrate {vm.name} ({vm.id}) away from host {work.host_id}",
+                str(exc),
+                host=self.directory.find_host(work.host_id),
+            )
+            return _Outcome(
+                f"no room: {exc}", retry_at=self._now() + self.settings.migrate_retry_interval
+            )
+        return _done(f"migrated to host {target}")
+
+    def _stop_vm(self, holder: _Holder, vm: Vm) -> _Outcome:
+        """Stop, CheckStop or ForceStop (spec §3.7)."""
+        work = holder.work
+        if work.type is not WorkType.STOP and (
+            vm.state is not work.previous_state
+            or vm.updated != work.updated
+            or vm.host_id != work.host_id
+        ):
+            return _done("the VM has been changed")
+        try:
+            self.orchestrator.advance_stop(vm, force=work.type is WorkType.FORCE_STOP)
+        except (CloudHAError, TimeoutError) as exc:
+            if isinstance(exc, UnknownVmError):
+                return _done("the VM no longer exists")
+            return _Outcome(
+                f"stop failed: {exc}", retry_at=self._now() + self.settings.stop_retry_interval
+            )
+        return _done("stopped")
+
+    def _destroy_vm(self, holder: _Holder, vm: Vm) -> _Outcome:
+        """Destroy (spec §3.7); console proxies and secondary storage VMs are expunged."""
+        work = holder.work
+        expunge = vm.type in _EXPUNGED_TYPES
+        if not expunge and work.previous_state is VmState.DESTROYED:
+            return _done("the VM was already destroyed")
+        try:
+            if work.previous_state is VmState.RUNNING:
+                self.orchestrator.advance_stop(vm, force=True)
+            if work.previous_state is VmState.EXPUNGING:
+                return _done("the VM is being expunged")
+            self.orchestrator.destroy(vm, expunge=expunge)
+        except UnknownVmError:
+            return _done("the VM no longer exists")
+        except CloudHAError as exc:
+            return _Outcome(
+                f"destroy failed: {exc}", retry_at=self._now() + self.settings.stop_retry_interval
+            )
+        return _done("expunged" if expunge else "destroyed")
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Release this server's old claims, mark due works Investigating, start the workers.
+
+        Starts ``ha.workers`` threads named ``HA-Worker-<i>`` and the cleanup
+        thread (every ``time.between.cleanup``).
+        """
+        with self._lock:
+            if self._state != "new":
+                raise LifecycleError(f"HA manager {self.server_id} is {self._state}")
+            self._state = "running"
+        self.recover()
+        for index in range(self.settings.ha_workers):
+            wake = threading.Event()
+            self._wake_events.append(wake)
+            thread = self._factory(
+                target=functools.partial(self._work_loop, wake),
+                name=f"HA-Worker-{index}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+        cleanup = self._factory(target=self._cleanup_loop, name="HA-Cleanup", daemon=True)
+        self._threads.append(cleanup)
+        for thread in self._threads:
+            thread.start()
+
+    def recover(self) -> tuple[int, int]:
+        """Take up after a previous run of this server: what :meth:`start` does first.
+
+        Releases the works this server id still holds (its previous process
+        died holding them) and marks every due unclaimed work Investigating,
+        so nothing is restarted before the investigators and fencers have
+        looked again. Returns ``(released, marked)``. Call it yourself when
+        you drive :meth:`process_next` from your own threads.
+        """
+        released = self._db(lambda: self.store.release_server(self.server_id))
+        marked = self._db(self.store.mark_pending_as_investigating)
+        log.info(
+            "HA manager %s: %d works released, %d marked Investigating",
+            self.server_id,
+            released,
+            marked,
+        )
+        return released, marked
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the workers, then hand this server's unfinished works back (step Investigating).
+
+        Raises :class:`~cloudha.errors.LifecycleError` when a worker did not
+        stop within ``timeout`` seconds (its work is handed back anyway; the
+        fencing token keeps it from starting a VM another server restarts).
+        """
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+        self._stopping.set()
+        for wake in self._wake_events:
+            wake.set()
+        stuck = []
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+                if thread.is_alive():
+                    stuck.append(thread.name)
+        self._db(lambda: self.store.mark_server_pending_as_investigating(self.server_id))
+        released = self._db(lambda: self.store.release_server(self.server_id))
+        log.info("HA manager %s stopped; %d works handed back", self.server_id, released)
+        if stuck:
+            raise LifecycleError(f"HA threads did not stop within {timeout}s: {stuck}")
+
+    def on_server_left(self, server_id: str) -> int:
+        """Another management server left the cluster: release its works; how many."""
+        if server_id == self.server_id:
+            raise ValueError("on_server_left() is for other servers, not this one")
+        released = self._db(lambda: self.store.release_server(server_id))
+        if released:
+            log.warning("management server %s left: %d HA works released", server_id, released)
+            self.wakeup()
+        return released
+
+    def wakeup(self) -> None:
+        """Wake idle workers (called by every schedule method)."""
+        for wake in self._wake_events:
+            wake.set()
+
+    def cleanup(self) -> int:
+        """Delete Done and Cancelled works older than ``time.between.failures``; how many."""
+        return self._db(lambda: self.store.cleanup(self.settings.time_between_failures))
+
+    def _work_loop(self, wake: threading.Event) -> None:
+        while not self._stopping.is_set():
+            wake.clear()
+            try:
+                busy = self.process_next() is not None
+            except Exception:
+                log.exception("HA worker %s: claiming failed", threading.current_thread().name)
+                busy = False
+            if not busy:
+                self.clock.wait(wake, self.settings.time_to_sleep)
+
+    def _cleanup_loop(self) -> None:
+        while not self.clock.wait(self._stopping, self.settings.time_between_cleanup):
+            try:
+                deleted = self.cleanup()
+                log.info("HA cleanup deleted %d finished works", deleted)
+            except Exception:
+                log.exception("HA cleanup failed")
+
+    @property
+    def threads(self) -> Sequence[threading.Thread]:
+        """The worker and cleanup threads (empty before :meth:`start`)."""
+        return tuple(self._threads)
+
+    def __repr__(self) -> str:
+        return f"HighAvailabilityManager({self.server_id!r}, {self.store!r})"
+
+
+@attrs.define
+class _Holder:
+    """The latest version of the claimed work while a handler advances its step."""
+
+    work: Work
