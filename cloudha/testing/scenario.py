@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from cloudha.errors import ConfigurationError, ScenarioError
-from cloudha.model import HostType, HypervisorType, ResourceState, VmType
+from cloudha.model import HA_PRIORITY_LIMIT, HostType, HypervisorType, ResourceState, VmType
 from cloudha.settings import Settings
 
 __all__ = [
@@ -89,7 +89,7 @@ _HOST_KEYS = frozenset(
         "ha_provider",
     }
 )
-_VM_KEYS = frozenset({"id", "host", "ha", "type"})
+_VM_KEYS = frozenset({"id", "host", "ha", "type", "priority"})
 _FAULT_KEYS = frozenset({"at", "kind", "target"})
 _RUN_KEYS = frozenset({"until", "seed"})
 _OOBM = frozenset({"ipmi", "redfish", "none"})
@@ -116,6 +116,7 @@ class VmSpec:
     host: str
     ha: bool = False
     type: VmType = VmType.USER
+    priority: int = 0
 
 
 @attrs.frozen
@@ -402,12 +403,27 @@ def parse_scenario(
                 key="host",
                 value=host,
             )
+        priority = entry.get("priority", 0)
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or abs(priority) > HA_PRIORITY_LIMIT
+        ):
+            raise p.fail(
+                f"'priority' must be a whole number between -{HA_PRIORITY_LIMIT} and "
+                f"{HA_PRIORITY_LIMIT}, got {priority!r}",
+                table="vms",
+                index=i,
+                key="priority",
+                value=priority,
+            )
         vms.append(
             VmSpec(
                 id=vm_id,
                 host=host,
                 ha=p.boolean(entry, "ha", "vms", i, False),
                 type=p.enum(VmType, entry, "type", "vms", i, VmType.USER),
+                priority=priority,
             )
         )
 

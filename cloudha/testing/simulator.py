@@ -18,11 +18,14 @@ switched through the real :class:`~cloudha.oobm.OutOfBandManager`, with
 ``bmc_down``/``bmc_up``), the real fence chain in the HA path, and the
 invariant checker.
 
-Until the SQL HA work queue lands, the HA path is a stand-in (:class:`_HaPath`):
-for every HA VM of a host found Down it runs the real fence chain and, once
-fenced, starts the VM on the least loaded Up host with room (retrying every
-``restart.retry.interval``, at most ``max.retries`` times). Synchronous calls
-(a BMC or an agent that times out) take no virtual time.
+The HA path is the real :class:`~cloudha.ha.manager.HighAvailabilityManager`
+on an in-memory SQLite work queue that survives management server crashes
+(like the cloud's database): ``ha.workers`` simulated workers claim due works,
+each work takes :data:`WORK_SECONDS` of virtual time between its claim and its
+processing (so an ``ms_crash`` can hit a claimed work), and VMs are started
+through a simulated orchestrator on the least loaded Up host of the same zone
+and hypervisor with room (``capacity``). Other synchronous calls (a BMC or an
+agent that times out) take no virtual time.
 """
 
 from __future__ import annotations
@@ -36,13 +39,24 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import sqlalchemy as sa
 
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM, FENCE, PING_TEST
 from cloudha.detection import AgentManager, MonitorTask, PingTask
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Evidence, Recorder
-from cloudha.fencing.chain import InlineRunner
+from cloudha.fencing.chain import FenceChain, FenceDecision, InlineRunner
 from cloudha.fencing.registry import FencerContext, build_fence_chain
+from cloudha.ha.manager import HighAvailabilityManager
+from cloudha.ha.orchestrator import (
+    ConcurrentOperationError,
+    InsufficientCapacityError,
+    Planner,
+    StaleGenerationError,
+    StartParams,
+    UnknownVmError,
+)
+from cloudha.ha.store import Step, WorkStore, create_schema, op_ha_work
 from cloudha.heartbeat import (
     HeartbeatChecker,
     HeartbeatTiming,
@@ -55,7 +69,7 @@ from cloudha.heartbeat import (
     writer_plan,
 )
 from cloudha.investigators import InvestigatorContext, build_chain
-from cloudha.model import Host, HypervisorType, Pool, ReasonType, Vm, VmPowerState
+from cloudha.model import Host, HypervisorType, Pool, ReasonType, Vm, VmPowerState, VmState
 from cloudha.oobm.manager import OobmSyncTask, OutOfBandManager, StaticOobmConfigs
 from cloudha.oobm.power import (
     BasePowerDriver,
@@ -82,6 +96,8 @@ from cloudha.testing.scenario import (
 __all__ = ["Simulation", "simulate"]
 
 MANAGEMENT_SERVER_ID = "ms1"
+WORK_SECONDS = 1.0
+"""Virtual seconds an HA worker spends on a work between claiming and processing it."""
 BOOT_SECONDS = 60.0
 """Seconds from power-on (``host_recover``) until the host's agent runs."""
 AGENT_START_SECONDS = 1.0
@@ -136,6 +152,7 @@ class _ManagementServer:
     def __init__(self, sim: Simulation, epoch: int) -> None:
         self.epoch = epoch
         self.alive = True
+        self.started_at = sim.clock.monotonic()
         gateway = _Gateway(sim)
         hypervisors = _Hypervisors(sim)
         recorder = Recorder(sim.timeline, sim.clock, MANAGEMENT_SERVER_ID)
@@ -150,7 +167,7 @@ class _ManagementServer:
         self.oobm_sync = OobmSyncTask(
             self.oobm, lambda: [h for h in sim.directory.list_hosts() if h.id in sim.hosts]
         )
-        self.fence_chain = build_fence_chain(
+        chain = build_fence_chain(
             FencerContext(
                 clock=sim.clock,
                 directory=sim.directory,
@@ -165,23 +182,45 @@ class _ManagementServer:
             ),
             discover=False,
         )
+        self.fence_chain = _WatchedFenceChain(
+            chain.levels,
+            clock=chain.clock,
+            runner=chain.runner,
+            alerts=chain.alerts,
+            recorder=chain.recorder,
+        )
+        self.fence_chain.sim = sim
+        investigators = build_chain(
+            InvestigatorContext(
+                clock=sim.clock,
+                directory=sim.directory,
+                gateway=gateway,
+                settings=sim.settings,
+                pools=sim.pools,
+                hypervisor_probe=hypervisors,
+            ),
+            discover=False,
+        )
+        self.ha = HighAvailabilityManager(
+            server_id=MANAGEMENT_SERVER_ID,
+            store=sim.store,
+            orchestrator=sim.orchestrator,
+            directory=sim.directory,
+            investigators=investigators,
+            fence_chain=self.fence_chain,
+            settings=sim.settings,
+            clock=sim.clock,
+            alerts=sim.alerts,
+            evidence=sim.timeline,
+        )
+        self.idle_workers: set[int] = set()
         self.agents = AgentManager(
             management_server_id=MANAGEMENT_SERVER_ID,
             settings=sim.settings,
             clock=sim.clock,
             directory=sim.directory,
             gateway=gateway,
-            chain=build_chain(
-                InvestigatorContext(
-                    clock=sim.clock,
-                    directory=sim.directory,
-                    gateway=gateway,
-                    settings=sim.settings,
-                    pools=sim.pools,
-                    hypervisor_probe=hypervisors,
-                ),
-                discover=False,
-            ),
+            chain=investigators,
             scheduler=sim.scheduler,
             alerts=sim.alerts,
             evidence=sim.timeline,
@@ -308,12 +347,8 @@ class _SimPowerDriver(BasePowerDriver):
         return PowerResult(operation, True)
 
 
-class _HaPath:
-    """Stand-in for the HA work queue: fence each HA VM of a Down host, then restart it.
-
-    Replaced by the real HA manager and its SQL work queue in a later version;
-    the fencing it drives is the real chain.
-    """
+class _SchedulerTap:
+    """What the agent manager calls on a Down host: recorded, then the current HA manager."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
@@ -323,57 +358,144 @@ class _HaPath:
         self, host: Host, *, investigate: bool, reason: ReasonType
     ) -> None:
         self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
-        sim = self.sim
-        assert sim.ms is not None
-        epoch = sim.ms.epoch
-        for vm in sorted(sim.vms.values(), key=lambda v: v.id):
-            if vm.ha and host.id in (vm.running_on | vm.frozen_on | {vm.last_host}):
-                sim.at(
-                    sim.clock.monotonic(),
-                    functools.partial(self._attempt, vm.id, host.id, epoch, 1),
-                )
+        ms = self.sim.ms
+        assert ms is not None
+        ms.ha.schedule_restart_for_vms_on_host(host, investigate=investigate, reason=reason)
+        self.sim.wake_workers(ms.epoch)
 
-    def _work(self, vm: _SimVm, step: str, reason: str, attempt: int) -> None:
-        self.sim.recorder.emit(
-            "ha_work", vm=vm.id, reason=reason, type="HA", step=step, attempt=attempt
+
+class _WatchedFenceChain(FenceChain):
+    """The real fence chain, counting fences of hosts that were alive at that moment."""
+
+    sim: Simulation
+
+    def fence_off(self, vm: Vm, host: Host) -> FenceDecision:
+        sim_host = self.sim.hosts.get(host.id)
+        alive = sim_host is not None and self.sim.alive_with_storage(sim_host)
+        decision = super().fence_off(vm, host)
+        if decision.fenced and alive:
+            self.sim.fenced_alive_host += 1
+        return decision
+
+
+@attrs.define
+class _VmRow:
+    """The orchestrator's database row of a VM (it survives management server crashes)."""
+
+    state: VmState
+    host_id: str | None
+    last_host_id: str | None
+    updated: int = 0
+    generation: int = 0
+
+
+class _Orchestrator:
+    """The cloud's VM manager over the simulated hosts (a ``VmOrchestrator``).
+
+    Rows are what the database believes; ``_SimVm.running_on`` is what
+    really runs. A stop reaches the VM only when its host's agent is
+    reachable; a forced stop of an unreachable host only cleans the row up
+    (the VM may still run there: that is what fencing is for).
+    """
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.rows: dict[str, _VmRow] = {
+            vm.id: _VmRow(VmState.RUNNING, vm.host, vm.host) for vm in sim.scenario.vms
+        }
+        self.specs = {vm.id: vm for vm in sim.scenario.vms}
+
+    def _vm(self, vm_id: str) -> Vm:
+        row = self.rows.get(vm_id)
+        if row is None:
+            raise UnknownVmError(vm_id)
+        sim_vm = self.sim.vms[vm_id]
+        return Vm(
+            id=vm_id,
+            type=self.specs[vm_id].type,
+            ha_priority=self.specs[vm_id].priority,
+            state=row.state,
+            host_id=row.host_id,
+            last_host_id=row.last_host_id,
+            ha_enabled=sim_vm.ha,
+            hypervisor=self.sim.hosts[sim_vm.original_host].spec.hypervisor,
+            updated=row.updated,
+            zone=self.sim.hosts[sim_vm.original_host].spec.zone,
         )
 
-    def _attempt(self, vm_id: str, host_id: str, epoch: int, attempt: int) -> None:
-        sim = self.sim
-        ms = sim._current(epoch)
-        if ms is None:
-            return  # the management server died: this in-memory work is gone
-        vm = sim.vms[vm_id]
-        if vm.running_on - {host_id}:
-            self._work(vm, "Done", "already running elsewhere", attempt)
+    def find_vm(self, vm_id: str) -> Vm | None:
+        return self._vm(vm_id) if vm_id in self.rows else None
+
+    def list_vms_on_host(self, host_id: str) -> list[Vm]:
+        return [self._vm(i) for i, row in sorted(self.rows.items()) if row.host_id == host_id]
+
+    def can_restart_on_another_server(self, vm: Vm) -> bool:
+        return True
+
+    def _stop(self, vm_id: str, *, force: bool) -> None:
+        row = self.rows.get(vm_id)
+        if row is None:
+            raise UnknownVmError(vm_id)
+        if row.state is VmState.STOPPED:
             return
-        row = sim.directory.find_host(host_id)
-        if row is None or row.status is not Status.DOWN:
-            self._work(vm, "Cancelled", f"host {host_id} is no longer Down", attempt)
-            return
-        alive = sim.alive_with_storage(sim.hosts[host_id])
-        decision = ms.fence_chain.fence_off(
-            Vm(id=vm.id, host_id=host_id, ha_enabled=True, hypervisor=row.hypervisor), row
-        )
-        if decision.fenced:
-            if alive:
-                sim.fenced_alive_host += 1
-            target = sim.pick_target(host_id)
-            if target is not None:
-                sim.start_vm(vm, target)
-                self._work(vm, "Done", f"fenced ({decision.reason}); started on {target}", attempt)
-                return
-            reason = f"fenced ({decision.reason}) but no host has room"
+        host_id = row.host_id
+        sim_vm = self.sim.vms[vm_id]
+        if host_id is not None:
+            sim_host = self.sim.hosts[host_id]
+            if self.sim.reachable(sim_host):
+                sim_vm.running_on.discard(host_id)
+            elif not force:
+                raise ProbeConnectionError(f"cannot reach host {host_id}", host_id=host_id)
+        row.state, row.host_id = VmState.STOPPED, None
+        row.last_host_id = host_id or row.last_host_id
+        row.updated += 1
+        self.sim.recorder.emit("vm_state", vm=vm_id, host=host_id, state="Stopped")
+
+    def advance_stop(self, vm: Vm, *, force: bool) -> None:
+        self._stop(vm.id, force=force)
+
+    def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
+        row = self.rows.get(vm.id)
+        if row is None:
+            raise UnknownVmError(vm.id)
+        if params.generation <= row.generation:
+            raise StaleGenerationError(vm.id, generation=params.generation, highest=row.generation)
+        if row.state is not VmState.STOPPED:
+            raise ConcurrentOperationError(vm.id, f"VM is {row.state}")
+        sim_vm = self.sim.vms[vm.id]
+        target = self.sim.pick_target(sim_vm.original_host, avoid=params.avoid_hosts)
+        if target is None:
+            raise InsufficientCapacityError(vm.id, scope="zone", reason=f"{planner} planner")
+        row.generation = params.generation
+        row.state, row.host_id, row.last_host_id = VmState.RUNNING, target, target
+        row.updated += 1
+        self.sim.start_vm(sim_vm, target)
+        return target
+
+    def migrate_away(self, vm: Vm, source_host_id: str) -> str:
+        row = self.rows.get(vm.id)
+        if row is None:
+            raise UnknownVmError(vm.id)
+        if row.state is not VmState.RUNNING or row.host_id != source_host_id:
+            raise ConcurrentOperationError(vm.id, f"VM is not Running on {source_host_id}")
+        sim_vm = self.sim.vms[vm.id]
+        target = self.sim.pick_target(source_host_id, avoid=frozenset({source_host_id}))
+        if target is None:
+            raise InsufficientCapacityError(vm.id, scope="zone", reason="migration")
+        sim_vm.running_on.discard(source_host_id)
+        row.host_id = row.last_host_id = target
+        row.updated += 1
+        self.sim.start_vm(sim_vm, target)
+        return target
+
+    def destroy(self, vm: Vm, *, expunge: bool) -> None:
+        self._stop(vm.id, force=True)
+        row = self.rows[vm.id]
+        if expunge:
+            del self.rows[vm.id]
         else:
-            reason = decision.reason
-        if attempt >= sim.settings.max_retries:
-            self._work(vm, "Error", f"gave up after {attempt} attempts: {reason}", attempt)
-            return
-        self._work(vm, "Scheduled", f"{reason}; trying again", attempt)
-        sim.at(
-            sim.clock.monotonic() + sim.settings.restart_retry_interval,
-            functools.partial(self._attempt, vm_id, host_id, epoch, attempt + 1),
-        )
+            row.state = VmState.DESTROYED
+            row.updated += 1
 
 
 class _Pools:
@@ -457,7 +579,16 @@ class Simulation:
         self.timeline = _Timeline()
         self.recorder = Recorder(self.timeline, self.clock, "simulator")
         self.alerts = RecordingAlertSink()
-        self.scheduler = _HaPath(self)
+        self.scheduler = _SchedulerTap(self)
+        self.engine = sa.create_engine(
+            "sqlite://",
+            poolclass=sa.pool.StaticPool,
+            connect_args={"check_same_thread": False},
+        )
+        create_schema(self.engine)
+        self.store = WorkStore(self.engine, self.clock)
+        self.ha_expected: list[tuple[float, str]] = []
+        self.ha_seen: dict[str, float] = {}
         self.oobm_configs = StaticOobmConfigs()
         self.fenced_alive_host = 0
         self.double_runs: set[str] = set()
@@ -506,6 +637,7 @@ class Simulation:
             )
         for vm in scenario.vms:
             self.vms[vm.id] = _SimVm(vm.id, vm.ha, vm.host, {vm.host}, vm.host)
+        self.orchestrator = _Orchestrator(self)
         self.pools = _Pools(self)
         self._storage = {host_id: _Storage(self, h) for host_id, h in self.hosts.items()}
         self._checkers: dict[str, HeartbeatChecker] = {}
@@ -520,6 +652,16 @@ class Simulation:
         return found
 
     def _watch(self, evidence: Evidence) -> None:
+        if evidence.kind == "ha_work" and evidence.vm is not None:
+            self.ha_seen[evidence.vm] = evidence.t
+        if (
+            evidence.kind == "host_status"
+            and evidence.details.get("to") == str(Status.DOWN)
+            and evidence.host is not None
+        ):
+            for vm in self.orchestrator.list_vms_on_host(evidence.host):
+                if vm.ha_enabled:
+                    self.ha_expected.append((evidence.t, vm.id))
         # A host declared Down while VMs still run on it is how HA ends up
         # running a VM twice; the checker counts every such verdict.
         if (
@@ -608,6 +750,61 @@ class Simulation:
         )
         if self.oobm_configs.host_ids():
             self.at(self.clock.monotonic(), lambda: self._oobm_tick(ms.epoch))
+        ms.ha.recover()
+        for worker in range(self.settings.ha_workers):
+            self.at(self.clock.monotonic(), functools.partial(self._ha_worker, ms.epoch, worker))
+        self.at(
+            self.clock.monotonic() + self.settings.time_between_cleanup,
+            lambda: self._ha_cleanup(ms.epoch),
+        )
+
+    # -- HA workers ------------------------------------------------------------
+
+    def _ha_worker(self, epoch: int, worker: int) -> None:
+        """One HA worker: claim a due work, or sleep ``time.to.sleep`` (woken by scheduling)."""
+        ms = self._current(epoch)
+        if ms is None:
+            return
+        ms.idle_workers.discard(worker)
+        work = ms.ha.store.claim(ms.ha.server_id)
+        if work is None:
+            ms.idle_workers.add(worker)
+            self.at(
+                self.clock.monotonic() + self.settings.time_to_sleep,
+                functools.partial(self._ha_wake, epoch, worker),
+            )
+            return
+
+        def process() -> None:
+            if self._current(epoch) is None:
+                return  # the server died holding the claim; its next start releases it
+            ms.ha.process(work)
+            self._ha_worker(epoch, worker)
+
+        self.at(self.clock.monotonic() + WORK_SECONDS, process)
+
+    def _ha_wake(self, epoch: int, worker: int) -> None:
+        ms = self._current(epoch)
+        if ms is not None and worker in ms.idle_workers:
+            self._ha_worker(epoch, worker)
+
+    def wake_workers(self, epoch: int) -> None:
+        """Scheduling wakes the idle workers at once."""
+        ms = self._current(epoch)
+        if ms is None:
+            return
+        for worker in sorted(ms.idle_workers):
+            self.at(self.clock.monotonic(), functools.partial(self._ha_wake, epoch, worker))
+
+    def _ha_cleanup(self, epoch: int) -> None:
+        ms = self._current(epoch)
+        if ms is None:
+            return
+        ms.ha.cleanup()
+        self.at(
+            self.clock.monotonic() + self.settings.time_between_cleanup,
+            lambda: self._ha_cleanup(epoch),
+        )
 
     def _oobm_tick(self, epoch: int) -> None:
         ms = self._current(epoch)
@@ -761,14 +958,14 @@ class Simulation:
             return False
         return any(p not in self.storage_out for p in host.spec.pools)
 
-    def pick_target(self, dead_host: str) -> str | None:
-        """The least loaded Up host of the dead host's zone and hypervisor with room."""
-        dead = self.hosts[dead_host].spec
+    def pick_target(self, home: str, avoid: frozenset[str] = frozenset()) -> str | None:
+        """The least loaded Up host, not avoided, of home's zone and hypervisor, with room."""
+        dead = self.hosts[home].spec
         best: tuple[int, str] | None = None
         for host_id, host in self.hosts.items():
             row = self.directory.find_host(host_id)
             if (
-                host_id == dead_host
+                host_id in avoid
                 or row is None
                 or row.status is not Status.UP
                 or not host.powered
@@ -947,9 +1144,32 @@ class Simulation:
             ),
             "fenced_alive_host": self.fenced_alive_host,
             "down_with_running_vms": self.down_with_running_vms,
-            "lost_work": 0,
+            "lost_work": self._lost_work(),
             "unrecovered_ha_vm": unrecovered,
         }
+
+    def _lost_work(self) -> int:
+        """HA work lost: a Down host's HA VM never given a work, or a claim nobody will finish.
+
+        A claim is stuck when the server holding it is running but took it
+        before its own (re)start: it will never be processed or released.
+        """
+        missing = {vm for t, vm in self.ha_expected if self.ha_seen.get(vm, -1.0) < t}
+        stuck = 0
+        ms = self.ms
+        if ms is not None and ms.alive:
+            with self.engine.begin() as conn:
+                rows = conn.execute(
+                    sa.select(op_ha_work.c.taken).where(
+                        op_ha_work.c.mgmt_server_id.is_not(None),
+                        op_ha_work.c.step.not_in(
+                            [Step.DONE.value, Step.CANCELLED.value, Step.ERROR.value]
+                        ),
+                    )
+                ).all()
+            started = ms.started_at
+            stuck = sum(1 for (taken,) in rows if taken.timestamp() < started)
+        return len(missing) + stuck
 
     def _capacity_elsewhere(self, dead_host: str) -> bool:
         for host_id, host in self.hosts.items():

@@ -6,6 +6,8 @@ import itertools
 from typing import Any
 
 from cloudha.testing import simulate
+from cloudha.testing.simulator import WORK_SECONDS
+from tests.simulation.support import CLEAN, down_time, events
 
 STALE = 465.0
 
@@ -40,47 +42,46 @@ def scenario(
     }
 
 
-def events(doc: dict[str, Any], kind: str, **match: Any) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in doc["events"]
-        if e["kind"] == kind and all(e.get(k) == v for k, v in match.items())
-    ]
+def final_steps(doc: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Each VM's last HA work step and its reason."""
+    return {e["vm"]: (e["step"], e["reason"]) for e in events(doc, "ha_work")}
 
 
-def down_time(doc: dict[str, Any], host: str) -> float:
-    (down,) = events(doc, "host_status", host=host, to="Down")
-    return float(down["t"])
-
-
-CLEAN = {
-    "double_run": 0,
-    "fenced_alive_host": 0,
-    "down_with_running_vms": 0,
-    "lost_work": 0,
-    "unrecovered_ha_vm": 0,
-}
+def starts(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    return {e["vm"]: (e["host"], e["t"]) for e in events(doc, "vm_state", state="Running")}
 
 
 def test_crash_with_the_bmc_alive_is_fenced_by_power_read_back_at_once() -> None:
     doc = simulate(scenario([{"at": 300, "kind": "host_crash", "target": "h2"}]))
-    t = down_time(doc, "h2")
+    t = down_time(doc, "h2") + WORK_SECONDS  # one HA worker per VM, claimed at once
     fences = events(doc, "fence", host="h2")
-    # Each HA VM is fenced off by reading the BMC: the host is already off.
+    # Each VM is fenced off by reading the BMC: the host is already off. The
+    # non-HA VM too (CloudStack does so), so that it is known Stopped.
     assert [(e["vm"], e["fencer"], e["outcome"], e["t"]) for e in fences] == [
         ("vm2a", "PowerFencer", "FENCED", t),
         ("vm2b", "PowerFencer", "FENCED", t),
+        ("vm2c", "PowerFencer", "FENCED", t),
     ]
     assert fences[0]["reason"] == "h2 is already powered off"
     assert fences[0]["evidence"]["steps"] == [
         {"operation": "STATUS", "success": True, "state": "Off"}
     ]
-    # Restarted elsewhere at the moment of the Down verdict; the non-HA VM stays down.
-    started = {e["vm"]: (e["host"], e["t"]) for e in events(doc, "vm_state")}
+    # Restarted elsewhere as soon as fenced; the non-HA VM stays down.
+    started = starts(doc)
     assert set(started) == {"vm2a", "vm2b"}
     assert all(host != "h2" and when == t for host, when in started.values())
     assert doc["final"]["vms"]["vm2c"]["state"] == "Stopped"
-    assert [e["step"] for e in events(doc, "ha_work")] == ["Done", "Done"]
+    assert final_steps(doc) == {
+        "vm2a": ("Done", f"started on host {started['vm2a'][0]}"),
+        "vm2b": ("Done", f"started on host {started['vm2b'][0]}"),
+        "vm2c": ("Done", "the VM is not HA-enabled: it stays stopped"),
+    }
+    assert [e["step"] for e in events(doc, "ha_work", vm="vm2a")] == [
+        "Investigating",
+        "Fencing",
+        "Scheduled",
+        "Done",
+    ]
     assert events(doc, "power") == []  # nothing had to be switched
     assert doc["final"]["hosts"]["h2"] == {"status": "Down", "power": "Off", "bmc": "up"}
     assert doc["invariants"] == CLEAN
@@ -95,7 +96,7 @@ def test_crash_with_a_dead_bmc_falls_back_to_storage_heartbeat_proof() -> None:
             ]
         )
     )
-    t = down_time(doc, "h2")
+    t = down_time(doc, "h2") + WORK_SECONDS
     per_vm = [
         (e["fencer"], e["outcome"], e["level"]) for e in events(doc, "fence", host="h2", vm="vm2a")
     ]
@@ -106,8 +107,8 @@ def test_crash_with_a_dead_bmc_falls_back_to_storage_heartbeat_proof() -> None:
     ]
     proof = events(doc, "fence", vm="vm2a", fencer="KVMFenceBuilder")[0]
     assert proof["evidence"]["proved_by"] in {"h1", "h3"}
-    assert {e["vm"] for e in events(doc, "vm_state")} == {"vm2a", "vm2b"}
-    assert all(e["t"] == t for e in events(doc, "vm_state"))
+    assert set(starts(doc)) == {"vm2a", "vm2b"}
+    assert all(when == t for _host, when in starts(doc).values())
     # The readiness check noticed the BMC going silent long before it was needed.
     readiness = events(doc, "fence_readiness", host="h2")
     assert [r["ready"] for r in readiness] == [True, False]
@@ -133,7 +134,7 @@ def test_a_hung_host_is_switched_off_and_confirmed_before_its_vms_move() -> None
     assert [s["operation"] for s in first[0]["evidence"]["steps"]] == ["STATUS", "OFF", "STATUS"]
     (power,) = events(doc, "power", host="h2")
     assert power["power"] == "Off"
-    assert power["t"] == t
+    assert power["t"] == t + WORK_SECONDS
     # The second VM finds the host already off.
     second = events(doc, "fence", host="h2", vm="vm2b")
     assert second[0]["reason"] == "h2 is already powered off"
@@ -181,7 +182,7 @@ def test_a_fence_that_cannot_be_proven_escalates_and_is_retried_then_given_up() 
     doc = simulate(
         {
             "settings": {
-                "max.retries": 3,
+                "vm.ha.migration.max.retries": 3,
                 "restart.retry.interval": 300,
                 "ha.fence.builders.exclude": "RecreatableFencer,KVMFenceBuilder",
             },
@@ -202,15 +203,19 @@ def test_a_fence_that_cannot_be_proven_escalates_and_is_retried_then_given_up() 
     assert len(escalations) == 3
     # A BMC that answers nothing is not polled for the whole timeout (and the
     # simulated calls take no time): each attempt ends when it starts.
-    assert escalations[0]["t"] == t
+    assert escalations[0]["t"] == t + WORK_SECONDS
+    # Retried once restart.retry.interval has passed, when an idle worker
+    # next looks (every time.to.sleep) and spends its WORK_SECONDS.
     gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(escalations)]
-    assert gaps == [300.0, 300.0]
+    assert all(300.0 < gap <= 300.0 + 60.0 + WORK_SECONDS for gap in gaps), gaps
     assert escalations[0]["attempts"][0]["reason"] == "the BMC of h2 does not answer"
     assert [e["step"] for e in events(doc, "ha_work", vm="vm")] == [
-        "Scheduled",
-        "Scheduled",
+        "Investigating",
+        "Rescheduled",
+        "Rescheduled",
         "Error",
     ]
+    assert final_steps(doc)["vm"][1].startswith("gave up after 3 attempts: not fenced")
     assert [f["fencer"] for f in escalations[0]["attempts"]] == [
         "PowerFencer",
         "LibvirtFencer",

@@ -62,6 +62,8 @@ def write(tmp_path: Path, text: str) -> Path:
         ('"ping.interval" = 60', '"ping.intervall" = 60', "ping.intervall", 2, "ping.interval"),
         ("seed = 3", 'seed = "x"', "seed", 24, "integer"),
         ("ha = true", 'ha = "yes"', "ha", 15, "true or false"),
+        ("ha = true", "ha = true\npriority = 1.5", "priority", 16, "whole number"),
+        ("ha = true", "ha = true\npriority = 100001", "priority", 16, "between -100000"),
         ('id = "h2"', 'id = "h1"', "id", 9, "used twice"),
     ],
 )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from cloudha.testing import simulate, to_json
+from cloudha.testing.simulator import WORK_SECONDS
 
 TIMEOUT = 150.0
 STALE = 465.0  # heartbeat limit with the default settings, one pool
@@ -68,9 +69,11 @@ def test_host_crash_detected_at_its_deadline_then_down_once_the_heartbeat_is_sta
     assert doc["final"]["hosts"]["h1"] == {"status": "Up", "power": "On"}
     # No BMC: a neighbour proves the heartbeat stale, then vm2 starts elsewhere at once.
     # (The libvirt fencer tries first: the hypervisor does not answer either.)
+    # The HA worker claims the work at once and spends WORK_SECONDS on it.
+    fenced_at = down["t"] + WORK_SECONDS
     assert [(e["fencer"], e["outcome"], e["t"]) for e in events(doc, "fence", "h2")] == [
-        ("LibvirtFencer", "NOT_FENCED", down["t"]),
-        ("KVMFenceBuilder", "FENCED", down["t"]),
+        ("LibvirtFencer", "NOT_FENCED", fenced_at),
+        ("KVMFenceBuilder", "FENCED", fenced_at),
     ]
     assert doc["final"]["vms"]["vm2"] == {"state": "Running", "host": "h1"}
     assert doc["invariants"] == {
