@@ -410,6 +410,9 @@ class HighAvailabilityManager:
             "HA-enabled VMs to restart: " + (", ".join(names) if names else "none"),
             host=host,
         )
+        history: dict[str, list[Work]] = {vm.id: [] for vm in chosen}
+        for work in self._read(lambda: self.store.works_for_vms(history)):
+            history[work.instance_id].append(work)
         for vm in chosen:
             if not self.orchestrator.can_restart_on_another_server(vm):
                 log.info("%s has local storage: it cannot be restarted elsewhere", vm.id)
@@ -420,7 +423,7 @@ class HighAvailabilityManager:
             if current.host_id is not None and current.host_id != host.id:
                 log.info("%s is now on host %s; skipped", vm.id, current.host_id)
                 continue
-            self.schedule_restart(current, investigate=investigate, reason=reason)
+            self._schedule_restart(current, investigate, reason, history[vm.id])
 
     def schedule_restart(
         self, vm: Vm, *, investigate: bool, reason: ReasonType = ReasonType.UNKNOWN
@@ -432,6 +435,16 @@ class HighAvailabilityManager:
         the work starts at step Scheduled. Otherwise the worker first asks the
         investigators and, if needed, fences (step Investigating).
         """
+        return self._schedule_restart(vm, investigate, reason, None)
+
+    def _schedule_restart(
+        self,
+        vm: Vm,
+        investigate: bool,
+        reason: ReasonType,
+        history: Sequence[Work] | None,
+    ) -> Work | None:
+        """``schedule_restart``; ``history``: the VM's works when the caller read them already."""
         zone = self._zone_of(vm)
         if not self._ha_enabled(zone):
             self._ha_disabled_alert(zone, f"VM {vm.id} was not scheduled for a restart")
@@ -455,7 +468,7 @@ class HighAvailabilityManager:
             if not self._stop_for_schedule(vm):
                 step = Step.INVESTIGATING
             vm = self.orchestrator.find_vm(vm.id) or vm
-        tried = self._inherited_tries(vm.id)
+        tried = self._inherited_tries(vm.id, history)
         host_id = vm.host_id or vm.last_host_id
         work = self._db(
             lambda: self.store.add(
@@ -483,10 +496,11 @@ class HighAvailabilityManager:
             return False
         return True
 
-    def _inherited_tries(self, vm_id: str) -> int:
+    def _inherited_tries(self, vm_id: str, history: Sequence[Work] | None) -> int:
         """Attempts of a recent failed restart of the VM (spec §3.4 step 5)."""
-        works = self._read(lambda: self.store.works_for_vm(vm_id))
-        for work in reversed(works):
+        if history is None:
+            history = self._read(lambda: self.store.works_for_vm(vm_id))
+        for work in reversed(history):
             if work.type is WorkType.HA and work.tried > 0 and not self._can_schedule_new(work):
                 return work.tried
         return 0

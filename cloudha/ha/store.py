@@ -557,6 +557,11 @@ class WorkStore:
         """Every work of the VM still in the table, terminal ones included, oldest first."""
         return self._select(_W.instance_id == instance_id)
 
+    def works_for_vms(self, instance_ids: Iterable[str]) -> list[Work]:
+        """:meth:`works_for_vm` for many VMs in one query, oldest first."""
+        ids = sorted(set(instance_ids))
+        return self._select(_W.instance_id.in_(ids)) if ids else []
+
     def has_been_scheduled(self, instance_id: str, type: WorkType) -> bool:
         """True when an untaken (``taken IS NULL``) work of this VM and type exists, any step."""
         stmt = sa.select(

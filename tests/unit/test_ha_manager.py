@@ -351,6 +351,29 @@ def test_host_scheduling_after_a_pending_work_used_up_its_attempts(
         assert env.alerts.alerts == []
 
 
+def test_host_scheduling_inherits_the_tries_of_a_recent_failed_work_of_each_vm() -> None:
+    # The history of every VM of the host is read in one query; each VM
+    # inherits from its own recent failure only.
+    env = make_env(
+        vms=[
+            Vm("vm1", host_id="h1", ha_enabled=True),
+            Vm("vm2", host_id="h1", ha_enabled=True),
+            Vm("vm3", host_id="h1", ha_enabled=True),
+        ]
+    )
+    env.add("vm1", WorkType.HA, step=Step.ERROR, tried=3, time_to_try=env.now - 600)
+    env.add("vm2", WorkType.HA, step=Step.ERROR, tried=2, time_to_try=env.now - 2 * 3600)
+    env.manager.schedule_restart_for_vms_on_host(
+        env.host(), investigate=True, reason=ReasonType.HOST_DOWN
+    )
+    latest = {vm: env.store.works_for_vm(vm)[-1] for vm in ("vm1", "vm2", "vm3")}
+    assert {vm: (w.step, w.tried) for vm, w in latest.items()} == {
+        "vm1": (Step.INVESTIGATING, 3),
+        "vm2": (Step.INVESTIGATING, 0),
+        "vm3": (Step.INVESTIGATING, 0),
+    }
+
+
 def test_host_scheduling_skips_a_vm_whose_pending_work_has_attempts_left(env: Env) -> None:
     old = env.add("vm1", WorkType.HA, tried=4, time_to_try=env.now - 10 * 3600)
     env.manager.schedule_restart_for_vms_on_host(
