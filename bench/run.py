@@ -10,7 +10,13 @@ fast and a slow machine:
   growth from 10k to 100k hosts;
 * P3  ``PingMap.ping_by`` throughput / a raw ``d[host] = monotonic()`` loop;
 * P6  bytes per monitored host (tracemalloc);
-* P7  simulator speed, virtual seconds per wall second.
+* P7  simulator speed, virtual seconds per wall second;
+* P8  HA work-queue throughput (``WorkStore.claim`` + ``finish``, 5 threads) /
+  raw-SQL ``UPDATE ... RETURNING`` + ``UPDATE`` on a trivial table, on SQLite
+  and on a throwaway PostgreSQL (``bench/ha_queue.py``);
+* P9  seconds to drain the HA work of a rack failure through the real
+  ``HighAvailabilityManager`` and its worker threads (informational,
+  ``bench/ha_drain.py``).
 
 The command prints a table and exits 0; with ``--strict`` it exits 1 when a
 target is missed. ``--quick`` shrinks the sizes for a smoke run.
@@ -35,6 +41,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ha_drain import p9_lines
+from ha_queue import WORKERS as QUEUE_WORKERS
+from ha_queue import p8_lines
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -113,6 +122,8 @@ class Sizes:
     speed_until: float
     repeats: int
     sample_seconds: float
+    queue_works: int
+    drain_works: int
 
 
 FULL = Sizes(
@@ -131,6 +142,8 @@ FULL = Sizes(
     speed_until=3600.0,
     repeats=7,
     sample_seconds=0.1,
+    queue_works=2000,
+    drain_works=10_000,
 )
 
 QUICK = Sizes(
@@ -149,6 +162,8 @@ QUICK = Sizes(
     speed_until=600.0,
     repeats=3,
     sample_seconds=0.01,
+    queue_works=200,
+    drain_works=200,
 )
 
 PING_TIMEOUT = 2.5
@@ -160,6 +175,7 @@ P2_GROWTH_TARGET = 1.5
 P3_TARGET = 0.33
 P6_TARGET = 300.0
 P7_TARGET = 360.0
+P8_TARGET = 0.3
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -674,6 +690,43 @@ def p7_simulator_speed(sizes: Sizes) -> list[Figure]:
     ]
 
 
+# -- P8: HA work-queue throughput (bench/ha_queue.py) ------------------------------------
+
+
+def p8_ha_queue(sizes: Sizes) -> list[Figure]:
+    return [
+        Figure(
+            "P8",
+            f"HA queue claim+finish works/s ÷ raw SQL, {line.backend}, "
+            f"{QUEUE_WORKERS} threads x {sizes.queue_works} works",
+            line.ratio,
+            P8_TARGET,
+            False,
+            detail=line.detail,
+        )
+        for line in p8_lines(sizes.queue_works)
+    ]
+
+
+# -- P9: draining a rack failure through the manager (bench/ha_drain.py) -------------------
+
+
+def p9_ha_drain(sizes: Sizes) -> list[Figure]:
+    return [
+        Figure(
+            "P9",
+            f"seconds to drain {sizes.drain_works:,} HA works (rack failure), {line.backend}, "
+            "5 HA workers",
+            line.seconds,
+            None,
+            True,
+            fmt="{:.1f} s",
+            detail=line.detail,
+        )
+        for line in p9_lines(sizes.drain_works)
+    ]
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -721,7 +774,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(width=200)
     began = time.perf_counter()
     figures: list[Figure] = []
-    for bench in (p1_simulator, p1_threads, p2_behind, p3_ping, p6_memory, p7_simulator_speed):
+    for bench in (
+        p1_simulator,
+        p1_threads,
+        p2_behind,
+        p3_ping,
+        p6_memory,
+        p7_simulator_speed,
+        p8_ha_queue,
+        p9_ha_drain,
+    ):
         figures.extend(bench(sizes))
     elapsed = time.perf_counter() - began
     mode = "quick" if args.quick else "full"

@@ -9,6 +9,15 @@ Fixtures (import them into the test module explicitly)::
 * ``postgres_db`` (function): the URL of a fresh, empty database
   ``test_<n>`` on that server, dropped (``WITH (FORCE)``) after the test.
 
+Without pytest (benchmarks, scripts)::
+
+    with running_postgres() as server, fresh_database(server, "bench_1") as url:
+        ...
+
+:func:`running_postgres` raises :class:`PostgresUnavailableError` (a plain
+``RuntimeError``, with a message saying what is missing) when no server can be
+started; the fixtures turn that into ``pytest.fail`` (they never skip).
+
 The server is ``initdb`` + ``pg_ctl start`` from ``/usr/lib/postgresql/*/bin``
 (apt package ``postgresql``), run as the ``postgres`` user through
 ``runuser`` when we are root (postgres refuses root). Its data directory, log
@@ -39,11 +48,25 @@ import sqlalchemy as sa
 
 from tests.integration.libvirtd import free_port
 
-__all__ = ["PostgresServer", "find_pg_bin", "postgres_db", "postgres_server"]
+__all__ = [
+    "PostgresServer",
+    "PostgresUnavailableError",
+    "find_pg_bin",
+    "fresh_database",
+    "postgres_db",
+    "postgres_server",
+    "running_postgres",
+    "start_postgres",
+    "stop_postgres",
+]
 
 _USER = "postgres"
 _START_TIMEOUT = 20.0
 _STOP_TIMEOUT = 10.0
+
+
+class PostgresUnavailableError(RuntimeError):
+    """No throwaway PostgreSQL can be started here (binaries missing, initdb or start failed)."""
 
 
 @attrs.frozen
@@ -68,16 +91,18 @@ class PostgresServer:
 
 
 def find_pg_bin() -> Path:
-    """The newest ``/usr/lib/postgresql/<version>/bin`` with ``pg_ctl``; fails the test if none."""
+    """The newest ``/usr/lib/postgresql/<version>/bin`` with ``pg_ctl``.
+
+    Raises :class:`PostgresUnavailableError` when there is none.
+    """
     candidates = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
         key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
     )
     if not candidates:
-        pytest.fail(
+        raise PostgresUnavailableError(
             "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin: "
-            "`apt-get install -y --no-install-recommends postgresql`",
-            pytrace=False,
+            "`apt-get install -y --no-install-recommends postgresql`"
         )
     return candidates[-1].parent
 
@@ -87,7 +112,7 @@ def _as_postgres(argv: list[str]) -> list[str]:
         return argv
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.fail("runuser (util-linux) is needed to run PostgreSQL as root", pytrace=False)
+        raise PostgresUnavailableError("runuser (util-linux) is needed to run PostgreSQL as root")
     return [runuser, "-u", _USER, "--", *argv]
 
 
@@ -131,6 +156,7 @@ def _accepts(url: str) -> bool:
 
 
 def _stop(bin_dir: Path, root: Path) -> None:
+    """Stop the server in ``root`` (pg_ctl immediate, then SIGKILL) and remove ``root``."""
     data = root / "data"
     pid = _postmaster_pid(data)
     if pid is not None:
@@ -146,7 +172,10 @@ def _stop(bin_dir: Path, root: Path) -> None:
 
 
 def start_postgres() -> PostgresServer:
-    """initdb + start a server; fails the test (never skips) when that is impossible."""
+    """initdb + start a server; stop it with :func:`stop_postgres`.
+
+    Raises :class:`PostgresUnavailableError` when that is impossible.
+    """
     bin_dir = find_pg_bin()
     as_root = os.geteuid() == 0
     last_error = ""
@@ -174,7 +203,7 @@ def start_postgres() -> PostgresServer:
                 60.0,
             )
             if init.returncode != 0:
-                pytest.fail(f"initdb failed:\n{init.stdout}\n{init.stderr}", pytrace=False)
+                raise PostgresUnavailableError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
             port = free_port()
             options = (
                 f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
@@ -212,17 +241,55 @@ def start_postgres() -> PostgresServer:
             raise
         last_error += f"\n--- {log} ---\n{_tail(log)}"
         _stop(bin_dir, root)
-    pytest.fail(f"could not start PostgreSQL: {last_error}", pytrace=False)
+    raise PostgresUnavailableError(f"could not start PostgreSQL: {last_error}")
+
+
+def stop_postgres(server: PostgresServer) -> None:
+    """Stop a server from :func:`start_postgres` and remove its directory."""
+    _stop(find_pg_bin(), server.root)
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A throwaway server for the ``with`` block (loopback, trust auth, no fsync).
+
+    Raises :class:`PostgresUnavailableError` when it cannot be started; the
+    server is stopped and its directory removed on exit, even on an exception.
+    """
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        stop_postgres(server)
+
+
+@contextlib.contextmanager
+def fresh_database(server: PostgresServer, name: str) -> Iterator[str]:
+    """The URL of a new empty database ``name`` on ``server``; dropped ``WITH (FORCE)`` on exit."""
+    admin = sa.create_engine(server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield server.database_url(name)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server shared by the session (loopback, trust auth, no fsync)."""
-    server = start_postgres()
+    try:
+        server = start_postgres()
+    except PostgresUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
     try:
         yield server
     finally:
-        _stop(find_pg_bin(), server.root)
+        stop_postgres(server)
 
 
 _db_numbers = itertools.count(1)
@@ -231,17 +298,5 @@ _db_numbers = itertools.count(1)
 @pytest.fixture
 def postgres_db(postgres_server: PostgresServer) -> Iterator[str]:
     """The URL of a fresh empty database on the session server, dropped after the test."""
-    name = f"test_{os.getpid()}_{next(_db_numbers)}"
-    admin = sa.create_engine(
-        postgres_server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
-    )
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield postgres_server.database_url(name)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with fresh_database(postgres_server, f"test_{os.getpid()}_{next(_db_numbers)}") as url:
+        yield url
