@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 
 from cloudha.ha.manager import HighAvailabilityManager
-from cloudha.testing import simulate
+from cloudha.ha.orchestrator import VmOrchestrator
+from cloudha.ports import HAScheduler
+from cloudha.testing import Simulation, parse_scenario, simulate
 from cloudha.testing.simulator import WORK_SECONDS
 from tests.simulation.support import CLEAN, down_time, events
 
@@ -165,3 +167,9 @@ def test_with_no_room_anywhere_the_work_gives_up_and_the_vm_counts_as_unrecovere
     assert doc["final"]["vms"]["vm2"]["state"] == "Stopped"
     # No capacity existed elsewhere, so this is not counted as a failure of HA.
     assert doc["invariants"]["unrecovered_ha_vm"] == 0
+
+
+def test_the_simulated_orchestrator_is_a_vm_orchestrator() -> None:
+    sim = Simulation(parse_scenario(scenario(CRASH)))
+    assert isinstance(sim.orchestrator, VmOrchestrator)
+    assert isinstance(sim.scheduler, HAScheduler)
