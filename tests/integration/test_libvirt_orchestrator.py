@@ -23,7 +23,7 @@ from cloudha.ha.orchestrator import (
     StartParams,
     VmOrchestrator,
 )
-from cloudha.model import VmState
+from cloudha.model import Vm, VmState
 from tests.integration.libvirtd import (
     LibvirtServer,
     free_port,
@@ -102,6 +102,17 @@ def deploy(orch: LibvirtOrchestrator, server: LibvirtServer, created: list[str])
     return f"vm-{n}"
 
 
+def deployed(
+    pair: tuple[LibvirtServer, LibvirtServer, list[str]],
+) -> tuple[LibvirtServer, LibvirtServer, LibvirtOrchestrator, Vm]:
+    """A fresh orchestrator over the pair and a VM running on host a."""
+    a, b, created = pair
+    orch = orchestrator(a, b)
+    vm = orch.find_vm(deploy(orch, a, created))
+    assert vm is not None
+    return a, b, orch, vm
+
+
 def test_the_libvirt_orchestrator_meets_the_contract(
     pair: tuple[LibvirtServer, LibvirtServer, list[str]],
 ) -> None:
@@ -117,11 +128,8 @@ def test_the_libvirt_orchestrator_meets_the_contract(
 def test_stop_then_restart_elsewhere_is_seen_by_libvirt_and_fenced_by_generation(
     pair: tuple[LibvirtServer, LibvirtServer, list[str]],
 ) -> None:
-    a, b, created = pair
-    orch = orchestrator(a, b)
-    vm_id = deploy(orch, a, created)
-    vm = orch.find_vm(vm_id)
-    assert vm is not None
+    a, b, orch, vm = deployed(pair)
+    vm_id = vm.id
     name = vm.name
     assert running_on(a, name)
 
@@ -161,11 +169,8 @@ def test_stop_then_restart_elsewhere_is_seen_by_libvirt_and_fenced_by_generation
 def test_a_domain_already_running_on_the_chosen_host_is_not_started_twice(
     pair: tuple[LibvirtServer, LibvirtServer, list[str]],
 ) -> None:
-    a, b, created = pair
-    orch = orchestrator(a, b)
-    vm_id = deploy(orch, a, created)
-    vm = orch.find_vm(vm_id)
-    assert vm is not None
+    a, _b, orch, vm = deployed(pair)
+    vm_id = vm.id
     # The registry is told it stopped, but the domain still runs on a.
     orch.advance_stop(vm, force=True)
     a.holder.lookupByName(vm.name).create()
@@ -266,11 +271,8 @@ def test_configuration_is_checked_and_a_uuid_is_added_when_missing() -> None:
 def test_migrate_away_moves_the_domain_and_expunge_undefines_it_everywhere(
     pair: tuple[LibvirtServer, LibvirtServer, list[str]],
 ) -> None:
-    a, b, created = pair
-    orch = orchestrator(a, b)
-    vm_id = deploy(orch, a, created)
-    vm = orch.find_vm(vm_id)
-    assert vm is not None
+    a, b, orch, vm = deployed(pair)
+    vm_id = vm.id
     name = vm.name
     assert name in domains(a, active=True)
     assert name not in domains(b, active=False)
@@ -300,11 +302,8 @@ def test_migrate_away_moves_the_domain_and_expunge_undefines_it_everywhere(
 def test_expunge_of_a_running_domain_stops_and_undefines_it(
     pair: tuple[LibvirtServer, LibvirtServer, list[str]],
 ) -> None:
-    a, b, created = pair
-    orch = orchestrator(a, b)
-    vm_id = deploy(orch, a, created)
-    vm = orch.find_vm(vm_id)
-    assert vm is not None
+    a, _b, orch, vm = deployed(pair)
+    vm_id = vm.id
     orch.destroy(vm, expunge=True)
     assert orch.find_vm(vm_id) is None
     assert vm.name not in domains(a, active=False)
