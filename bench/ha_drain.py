@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 import sqlalchemy as sa
+from ha_queue import on_postgres
 
 from cloudha.clock import SystemClock
 from cloudha.evidence import EvidenceLog
@@ -211,19 +212,12 @@ def p9_lines(works: int, workers: int = 5) -> list[DrainLine]:
     with sqlite_url() as url:
         result = drain(url, dead_hosts=dead_hosts, vms_per_host=vms_per_host, workers=workers)
     lines.append(_line("SQLite", result, "file in a temp dir"))
-    try:
-        from tests.integration.postgres import (
-            PostgresUnavailableError,
-            fresh_database,
-            running_postgres,
-        )
-    except ImportError as exc:
-        return [*lines, DrainLine("PostgreSQL", math.nan, f"NOT MEASURED: {exc}")]
-    try:
-        with running_postgres() as server, fresh_database(server, "bench_drain") as url:
-            result = drain(url, dead_hosts=dead_hosts, vms_per_host=vms_per_host, workers=workers)
-    except PostgresUnavailableError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        return [*lines, DrainLine("PostgreSQL", math.nan, f"NOT MEASURED: {reason}")]
+    measured = on_postgres(
+        ["bench_drain"],
+        lambda url: drain(url, dead_hosts=dead_hosts, vms_per_host=vms_per_host, workers=workers),
+    )
+    if isinstance(measured, str):
+        return [*lines, DrainLine("PostgreSQL", math.nan, f"NOT MEASURED: {measured}")]
+    result = measured
     lines.append(_line("PostgreSQL", result, "throwaway server on 127.0.0.1 (fsync off)"))
     return lines

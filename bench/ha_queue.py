@@ -31,9 +31,10 @@ import math
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -48,7 +49,14 @@ from cloudha.ha.store import (
 )
 from cloudha.model import VmState
 
-__all__ = ["QueueLine", "Throughput", "measure_baseline", "measure_store", "p8_lines"]
+__all__ = [
+    "QueueLine",
+    "Throughput",
+    "measure_baseline",
+    "measure_store",
+    "on_postgres",
+    "p8_lines",
+]
 
 SERVER_ID = "ms-bench"
 WORKERS = 5
@@ -234,8 +242,15 @@ def _sqlite(works: int, workers: int) -> QueueLine:
 
 _pg_databases = itertools.count(1)
 
+_T = TypeVar("_T")
 
-def _postgres(works: int, workers: int) -> QueueLine:
+
+def on_postgres(prefixes: Sequence[str], run: Callable[..., _T]) -> _T | str:
+    """``run(*urls)`` on a throwaway PostgreSQL, one fresh database per prefix.
+
+    Returns what ``run`` returns, or the reason (one line) when no server
+    could be started (binaries missing, no ``runuser`` ...).
+    """
     try:
         from tests.integration.postgres import (
             PostgresUnavailableError,
@@ -243,16 +258,31 @@ def _postgres(works: int, workers: int) -> QueueLine:
             running_postgres,
         )
     except ImportError as exc:
-        return QueueLine("PostgreSQL", math.nan, f"NOT MEASURED: {exc}")
+        return str(exc)
     try:
-        with running_postgres() as server:
-            with fresh_database(server, f"bench_baseline_{next(_pg_databases)}") as url:
-                baseline = measure_baseline(url, works, workers)
-            with fresh_database(server, f"bench_store_{next(_pg_databases)}") as url:
-                store = measure_store(url, works, workers)
-    except (PostgresUnavailableError, ImportError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        return QueueLine("PostgreSQL", math.nan, f"NOT MEASURED: {reason}")
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(running_postgres())
+            urls = [
+                stack.enter_context(fresh_database(server, f"{prefix}_{next(_pg_databases)}"))
+                for prefix in prefixes
+            ]
+            return run(*urls)
+    except PostgresUnavailableError as exc:
+        text = str(exc).strip()
+        return text.splitlines()[0] if text else repr(exc)
+
+
+def _postgres(works: int, workers: int) -> QueueLine:
+    def both(baseline_url: str, store_url: str) -> tuple[Throughput, Throughput]:
+        return (
+            measure_baseline(baseline_url, works, workers),
+            measure_store(store_url, works, workers),
+        )
+
+    measured = on_postgres(["bench_baseline", "bench_store"], both)
+    if isinstance(measured, str):
+        return QueueLine("PostgreSQL", math.nan, f"NOT MEASURED: {measured}")
+    baseline, store = measured
     return _line(
         "PostgreSQL",
         store,
