@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import logging
+import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import attrs
 import sqlalchemy as sa
+import tenacity
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row
@@ -62,6 +65,8 @@ __all__ = [
     "prepare_sqlite_engine",
     "upgrade",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class WorkType(enum.Enum):
@@ -231,18 +236,46 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 _SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
 
 
+def _journal_mode(cursor: Any) -> str:
+    row = cursor.execute("PRAGMA journal_mode").fetchone()
+    return "" if row is None else str(row[0]).lower()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database file in WAL mode unless it is already (or in memory).
+
+    WAL is a property of the file, so only the first connection ever has to
+    switch, and the switch needs the file to itself: a connection that lost
+    the race to another process (which holds a lock) gets "database is
+    locked" at once, without the busy handler. So it reads the mode again and
+    retries, within the busy timeout, until the file is WAL.
+    """
+
+    def attempt() -> None:
+        if _journal_mode(cursor) not in ("wal", "memory"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(_SQLITE_BUSY_TIMEOUT_MS / 1000),
+        wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.5),
+        retry=tenacity.retry_if_exception_type(sqlite3.OperationalError),
+        before_sleep=lambda state: log.debug(
+            "switching a SQLite file to WAL (attempt %d): %s",
+            state.attempt_number,
+            None if state.outcome is None else state.outcome.exception(),
+        ),
+        reraise=True,
+    )
+    retrying(attempt)
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # The driver must not open transactions itself: "begin" below does it.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-        # WAL is a property of the file: switch only when it is not WAL yet,
-        # since the switch needs the file to itself ("database is locked"
-        # at once while another connection is in a transaction).
-        mode = cursor.execute("PRAGMA journal_mode").fetchone()
-        if mode is not None and str(mode[0]).lower() not in ("wal", "memory"):
-            cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
     finally:
         cursor.close()
 

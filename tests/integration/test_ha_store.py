@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -511,3 +512,43 @@ def test_a_schema_created_before_the_store_cannot_lock_out_new_connections(
         assert store.claim("ms1") is not None
     finally:
         engine.dispose()
+
+
+def test_a_process_that_loses_the_race_to_switch_to_wal_waits_for_the_winner(
+    tmp_path: Path,
+) -> None:
+    # Several worker processes start on a file still in rollback-journal mode:
+    # while one of them holds its write lock, another's switch to WAL fails
+    # at once with "database is locked" (SQLite skips the busy handler there).
+    # The store must wait and retry, not die at start.
+    path = tmp_path / "queue.db"
+    plain = sa.create_engine(f"sqlite:///{path}")
+    create_schema(plain)
+    plain.dispose()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        other.execute("BEGIN IMMEDIATE")  # the other process, mid-claim
+        probe = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                probe.execute("PRAGMA journal_mode = WAL")  # at once, despite the timeout
+        finally:
+            probe.close()
+        release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+        release.start()
+        engine = sa.create_engine(f"sqlite:///{path}")
+        try:
+            store = WorkStore(engine, SystemClock())
+            release.join()
+            store.add("vm1", WorkType.HA, VmState.RUNNING)
+            assert store.claim("ms1") is not None
+        finally:
+            engine.dispose()
+    finally:
+        other.close()
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        check.close()

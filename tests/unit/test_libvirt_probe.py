@@ -558,7 +558,8 @@ def test_a_hung_open_times_out_and_the_worker_closes_its_connection_later(
     with pytest.raises(ProbeTimeout) as info:
         run()
     elapsed = time.monotonic() - started
-    assert 0.3 <= elapsed < 0.4
+    # Bounded by the timeout, not by the 30 s hang; the slack absorbs a loaded CI machine.
+    assert 0.3 <= elapsed < 0.3 + 1.0
     assert info.value.host_id == "h-1"
     assert "h-1" in str(info.value)
     assert "qemu+ssh://root:***@192.0.2.10/system" in str(info.value)
@@ -780,7 +781,7 @@ def test_a_hung_destroy_times_out_and_its_worker_finishes_later(
     started = time.monotonic()
     with pytest.raises(ProbeTimeout) as info:
         probe.destroy_domain(HOST, "vm-1", timeout=0.3)
-    assert 0.3 <= time.monotonic() - started < 0.4
+    assert 0.3 <= time.monotonic() - started < 0.3 + 1.0  # the timeout, not the 30 s hang
     assert info.value.host_id == "h-1"
     assert probe.lingering == 1
     gate.set()

@@ -582,7 +582,7 @@ def test_retries_are_bounded_by_the_timeout(service: FakeService) -> None:
     with pytest.raises(ProbeConnectionError):
         driver.execute(config(), PowerOperation.STATUS, timeout=0.5)
 
-    assert time.monotonic() - started < 0.5 + 0.3
+    assert time.monotonic() - started < 0.5 + 1.0  # not 1000 * 0.05 s; slack for a loaded machine
     assert 2 <= len(service.calls) <= 11
 
 
