@@ -73,6 +73,15 @@ def _summary(event: dict[str, Any]) -> str:
         )
     if kind == "alert":
         return str(event.get("subject", ""))
+    if kind == "vm_state":
+        return f"{event.get('vm')} {event.get('state')}"
+    if kind == "ha_work":
+        return (
+            f"{event.get('vm')} {event.get('type')} {event.get('step')}: {event.get('reason', '')}"
+        )
+    if kind == "fence":
+        outcome = f"{event.get('fencer')} {event.get('outcome')}"
+        return f"{event.get('vm')} {outcome}: {event.get('reason', '')}"
     return str(event.get("reason", ""))
 
 

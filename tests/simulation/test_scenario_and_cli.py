@@ -111,6 +111,16 @@ def test_cli_human_timeline(tmp_path: Path) -> None:
     assert "Hosts at the end" in result.output
 
 
+def test_cli_timeline_names_the_vm_of_every_vm_level_event() -> None:
+    scenario = ROOT / "examples" / "scenarios" / "single-host-crash.toml"
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["simulate", str(scenario)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any("vm_state" in line and "vm1 Running" in line for line in lines)
+    assert any("ha_work" in line and "vm1 HA Done: started on host" in line for line in lines)
+    assert any("fence" in line and "vm1 KVMFenceBuilder FENCED" in line for line in lines)
+
+
 def test_cli_error_exits_nonzero_without_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('kind = "host_crash"', 'kind = "meteor"'))
     result = CliRunner().invoke(main, ["simulate", str(path), "--json"])
