@@ -699,6 +699,18 @@ class HighAvailabilityManager:
             and self.investigate(work.host_id) is Status.UP
         )
 
+    def _confirm(self, holder: _Holder) -> None:
+        """Before an action with effects outside the database: is the work still ours?
+
+        A worker stuck long enough to lose its claim (handed back by
+        :meth:`stop`, released by :meth:`on_server_left` on another server,
+        claimed again) must not fence, stop, start or destroy anything on
+        the strength of it: :class:`StaleWorkError` ends the attempt as
+        :attr:`WorkResult.LOST`. Starts are guarded twice: the orchestrator
+        also refuses a stale fencing token.
+        """
+        self._db(lambda: self.store.confirm(holder.work))
+
     def _restart(self, holder: _Holder, vm: Vm) -> _Outcome:
         """One attempt of an HA restart (spec §3.6 with the fixes of ARCHITECTURE §4)."""
         work = holder.work
@@ -739,6 +751,7 @@ class HighAvailabilityManager:
                 if proof is not None:
                     return proof
             else:
+                self._confirm(holder)
                 self.orchestrator.advance_stop(vm, force=True)
             holder.work = self._db(lambda: self.store.update_step(holder.work, Step.SCHEDULED))
             self._emit(holder.work, Step.SCHEDULED, "the VM is stopped; restarting it")
@@ -757,6 +770,7 @@ class HighAvailabilityManager:
         if result.verdict is Verdict.DEAD:
             why = f"the VM is dead ({result.decided_by})"
         else:
+            self._confirm(holder)
             decision = self.fence_chain.fence_off(vm, host)
             if not decision.fenced:
                 self._alert(
@@ -771,6 +785,7 @@ class HighAvailabilityManager:
                 )
             why = decision.reason
         self._emit(holder.work, Step.FENCING, why)
+        self._confirm(holder)
         self.orchestrator.advance_stop(vm, force=True)
         return None
 
@@ -790,6 +805,7 @@ class HighAvailabilityManager:
             generation=work.generation,
             avoid_hosts=(work.host_id,) if host_down and work.host_id is not None else (),
         )
+        self._confirm(holder)
         try:
             try:
                 target = self.orchestrator.advance_start(vm, params, Planner.DEFAULT)
@@ -856,6 +872,7 @@ class HighAvailabilityManager:
             or vm.host_id != work.host_id
         ):
             return _done("the VM has been changed")
+        self._confirm(holder)
         try:
             self.orchestrator.advance_stop(vm, force=work.type is WorkType.FORCE_STOP)
         except (CloudHAError, TimeoutError) as exc:
@@ -872,6 +889,7 @@ class HighAvailabilityManager:
         expunge = vm.type in _EXPUNGED_TYPES
         if not expunge and work.previous_state is VmState.DESTROYED:
             return _done("the VM was already destroyed")
+        self._confirm(holder)
         try:
             if work.previous_state is VmState.RUNNING:
                 self.orchestrator.advance_stop(vm, force=True)

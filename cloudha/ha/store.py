@@ -691,17 +691,29 @@ class WorkStore:
 
     # -- changing one claimed work ---------------------------------------------
 
-    def _update_held(self, work: Work, **values: Any) -> Work:
-        stmt = (
-            op_ha_work.update()
-            .where(
-                _W.id == work.id,
-                _W.generation == work.generation,
-                _W.mgmt_server_id.is_not_distinct_from(work.mgmt_server_id),
-            )
-            .values(**values)
-            .returning(*op_ha_work.c)
+    @staticmethod
+    def _held(work: Work) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            _W.id == work.id,
+            _W.generation == work.generation,
+            _W.mgmt_server_id.is_not_distinct_from(work.mgmt_server_id),
         )
+
+    def confirm(self, work: Work) -> None:
+        """Check that ``work`` is still the caller's claim; :class:`StaleWorkError` if not.
+
+        The manager calls it before every action with an effect outside the
+        database (a fence, a stop, a start, a migration, a destroy), so a
+        worker that lost its claim while it was stuck (released by
+        :meth:`release_server`, claimed by another server) acts no further.
+        """
+        stmt = sa.select(_W.id).where(self._held(work), _W.step.not_in(_TERMINAL_VALUES))
+        with self._engine.begin() as conn:
+            if conn.execute(stmt).one_or_none() is None:
+                raise StaleWorkError(work.id)
+
+    def _update_held(self, work: Work, **values: Any) -> Work:
+        stmt = op_ha_work.update().where(self._held(work)).values(**values).returning(*op_ha_work.c)
         with self._engine.begin() as conn:
             row = conn.execute(stmt).one_or_none()
         if row is None:

@@ -176,7 +176,23 @@ def test_stale_claim_cannot_be_finished(store: WorkStore) -> None:
         store.reschedule(old, T0)
     with pytest.raises(StaleWorkError):
         store.update_step(old, Step.FENCING)
-    assert store.finish(new).step is Step.DONE
+    with pytest.raises(StaleWorkError):
+        store.confirm(old)
+    store.confirm(new)
+    finished = store.finish(new)
+    assert finished.step is Step.DONE
+    with pytest.raises(StaleWorkError):  # a finished work is nobody's claim any more
+        store.confirm(finished)
+
+
+def test_confirm_fails_once_the_claim_is_released(store: WorkStore) -> None:
+    _add(store)
+    held = store.claim("ms1")
+    assert held is not None
+    store.confirm(held)
+    assert store.release_server("ms1") == 1
+    with pytest.raises(StaleWorkError):
+        store.confirm(held)
 
 
 def test_release_server(store: WorkStore) -> None:

@@ -1558,11 +1558,33 @@ def test_stop_with_a_stuck_worker_raises_and_still_hands_its_work_back(tmp_path:
     release.set()
     for thread in manager.threads:
         thread.join(5)
-    # The late worker could not complete the work it no longer holds.
+    # The late worker acted no further on the work it no longer holds: it
+    # neither stopped nor started the VM, nor recorded anything.
     row = store.get(work.id)
     assert row is not None
     assert (row.mgmt_server_id, row.step) == (None, Step.INVESTIGATING)
+    assert [c.method for c in orch.calls if c.method != "find_vm"] == []
     assert orch.starts == ()
+    vm = orch.find_vm("vm1")
+    assert vm is not None
+    assert (vm.state, vm.host_id) == (VmState.RUNNING, "h1")
+    # So the next server finds the VM as scheduled and restarts it elsewhere.
+    other = HighAvailabilityManager(
+        server_id="ms2",
+        store=store,
+        orchestrator=orch,
+        directory=manager.directory,
+        investigators=manager.investigators,
+        fence_chain=manager.fence_chain,
+        settings=manager.settings,
+        clock=manager.clock,
+        alerts=manager.alerts,
+    )
+    assert other.process_next() is WorkResult.DONE
+    vm = orch.find_vm("vm1")
+    assert vm is not None
+    assert (vm.state, vm.host_id) == (VmState.RUNNING, "h2")
+    assert len(orch.starts) == 1
 
 
 def test_on_server_left_releases_another_servers_claims(env: Env) -> None:
