@@ -160,11 +160,16 @@ class LibvirtOrchestrator:
       connect, define refused) leaves the VM Stopped and the generation
       unused; a failure of ``create()`` itself, or a timeout, leaves it
       ``Unknown`` on that host with the generation used (it may be running):
-      stop it with ``force=True`` before the next start. A domain found
-      already active on the chosen host is refused
-      (:class:`~cloudha.ha.orchestrator.ConcurrentOperationError`). No other
-      host is tried after a libvirt failure; the caller retries with
-      ``avoid_hosts``.
+      stop it with ``force=True`` before the next start. Before starting,
+      every other host the domain was ever defined on (except
+      ``avoid_hosts``: the caller has proved those dead) is asked whether
+      the domain is active there; a domain found active there or on the
+      chosen host is not started again: the VM is recorded Running on that
+      host with the generation used, and
+      :class:`~cloudha.ha.orchestrator.ConcurrentOperationError` is raised.
+      A host that cannot be asked leaves the VM Stopped and its error is
+      raised: it might run the guest. No other host is tried after a
+      libvirt failure; the caller retries with ``avoid_hosts``.
     * ``migrate_away`` is a **cold migration**: this reference adapter has no
       shared storage, so the domain is shut down gracefully on the source
       (as ``advance_stop(force=False)``) and defined and started on the
@@ -359,6 +364,7 @@ class LibvirtOrchestrator:
         log.info("migrating VM %s from host %s to host %s (cold)", vm.id, source_host_id, target)
         self._stop_on_host(entry, source_host_id, VmState.RUNNING, force=False)
         with self._lock:
+            newly_defined = target not in entry.defined_on
             entry.defined_on.add(target)
         sent = threading.Event()
         try:
@@ -369,7 +375,10 @@ class LibvirtOrchestrator:
                 with self._lock:
                     entry.migrating_to = None
                     self._set(entry, state=VmState.UNKNOWN, host_id=target)
-            else:
+            else:  # not defined on the target: connecting or defining failed
+                if newly_defined:
+                    with self._lock:
+                        entry.defined_on.discard(target)
                 self._start_back(entry, source_host_id, target, exc)
             raise
         with self._lock:
@@ -432,6 +441,8 @@ class LibvirtOrchestrator:
                 )
             previous = entry.generation
             entry.generation = params.generation
+            elsewhere = sorted(entry.defined_on - set(params.avoid_hosts) - {host_id})
+            newly_defined = host_id not in entry.defined_on
             entry.defined_on.add(host_id)
             self._set(entry, state=VmState.STARTING, host_id=host_id)
         log.info(
@@ -441,23 +452,43 @@ class LibvirtOrchestrator:
             planner,
             host_id,
         )
+        try:
+            running_on = next(
+                (h for h in elsewhere if self._run(h, lambda conn: self._is_active(conn, entry))),
+                None,
+            )
+        except ProbeError:
+            with self._lock:  # nothing was sent: as if never asked
+                entry.generation = previous
+                if newly_defined:
+                    entry.defined_on.discard(host_id)
+                self._set(entry, state=VmState.STOPPED, host_id=None)
+            raise
         sent = threading.Event()
         try:
-            self._run(host_id, lambda conn: self._start_domain(conn, entry, sent))
+            if running_on is None:
+                self._run(host_id, lambda conn: self._start_domain(conn, entry, sent))
+        except ConcurrentOperationError:
+            running_on = host_id
         except ProbeError as exc:
             uncertain = sent.is_set() or isinstance(exc, ProbeTimeout)
             with self._lock:
                 if uncertain:
                     self._set(entry, state=VmState.UNKNOWN)
-                else:
+                else:  # not defined there: connecting or defining failed
                     entry.generation = previous
+                    if newly_defined:
+                        entry.defined_on.discard(host_id)
                     self._set(entry, state=VmState.STOPPED, host_id=None)
             raise
-        except ConcurrentOperationError:
+        if running_on is not None:
+            # It runs already (a late start, someone by hand): record where,
+            # keep the generation used, and start nothing.
             with self._lock:
-                entry.generation = previous
-                self._set(entry, state=VmState.STOPPED, host_id=None)
-            raise
+                self._set(entry, state=VmState.RUNNING, host_id=running_on, last_host_id=running_on)
+            raise ConcurrentOperationError(
+                vm.id, f"domain {entry.domain} is already running on host {running_on}"
+            )
         with self._lock:
             self._set(entry, state=VmState.RUNNING, host_id=host_id, last_host_id=host_id)
         return host_id
@@ -493,6 +524,7 @@ class LibvirtOrchestrator:
 
     @staticmethod
     def _start_domain(conn: Any, entry: _Entry, sent: threading.Event) -> None:
+        """Define and create the domain; refused when it is already active there."""
         dom = conn.defineXML(entry.xml)
         if dom.isActive():
             raise ConcurrentOperationError(
@@ -500,6 +532,16 @@ class LibvirtOrchestrator:
             )
         sent.set()
         dom.create()
+
+    @staticmethod
+    def _is_active(conn: Any, entry: _Entry) -> bool:
+        """Whether the VM's domain (by UUID) is active on this host."""
+        try:
+            return bool(conn.lookupByUUIDString(entry.uuid).isActive())
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
 
     @staticmethod
     def _undefine_domain(conn: Any, entry: _Entry) -> None:

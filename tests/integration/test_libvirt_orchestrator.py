@@ -174,12 +174,47 @@ def test_a_domain_already_running_on_the_chosen_host_is_not_started_twice(
     # The registry is told it stopped, but the domain still runs on a.
     orch.advance_stop(vm, force=True)
     a.holder.lookupByName(vm.name).create()
-    with pytest.raises(ConcurrentOperationError):
+    with pytest.raises(ConcurrentOperationError, match="already running on host a"):
         orch.advance_start(vm, StartParams(generation=1), Planner.DEFAULT)
-    stopped = orch.find_vm(vm_id)
+    # The registry now says where it runs, so no later start puts it elsewhere.
+    seen = orch.find_vm(vm_id)
+    assert seen is not None
+    assert (seen.state, seen.host_id) == (VmState.RUNNING, "a")
+    assert orch.highest_generation(vm_id) == 1
+    with pytest.raises(ConcurrentOperationError):
+        orch.advance_start(seen, StartParams(generation=2, avoid_hosts={"a"}), Planner.HA)
+    assert running_on(a, vm.name)
+    assert not running_on(_b, vm.name)
+
+
+def test_a_domain_still_running_on_another_host_it_was_defined_on_is_not_started_twice(
+    pair: tuple[LibvirtServer, LibvirtServer, list[str]],
+) -> None:
+    a, b, created = pair
+    orch = LibvirtOrchestrator(
+        {"a": a.uri, "b": b.uri}, capacity=2, host_tags={"b": {"ha"}}, timeout=5.0
+    )
+    vm = orch.find_vm(deploy(orch, a, created))
+    assert vm is not None
+    orch.advance_stop(vm, force=True)
+    a.holder.lookupByName(vm.name).create()  # it runs on a again, behind the registry's back
+    # The tag picks b, but a is not among the hosts the caller proved dead.
+    with pytest.raises(ConcurrentOperationError, match="already running on host a"):
+        orch.advance_start(vm, StartParams(generation=1, ha_tag="ha"), Planner.HA)
+    assert not running_on(b, vm.name)
+    seen = orch.find_vm(vm.id)
+    assert seen is not None
+    assert (seen.state, seen.host_id) == (VmState.RUNNING, "a")
+    # Once a is proved dead (avoided), the same start goes ahead on b.
+    a.holder.lookupByName(vm.name).destroy()
+    orch.advance_stop(seen, force=True)
+    stopped = orch.find_vm(vm.id)
     assert stopped is not None
-    assert stopped.state is VmState.STOPPED
-    assert orch.highest_generation(vm_id) == 0
+    host = orch.advance_start(stopped, StartParams(generation=2, avoid_hosts={"a"}), Planner.HA)
+    assert host == "b"
+    assert running_on(b, vm.name)
+    assert not running_on(a, vm.name)
+    orch.advance_stop(orch.find_vm(vm.id) or stopped, force=True)
 
 
 def test_an_unreachable_host_is_a_connection_error_and_the_vm_stays_stopped(
