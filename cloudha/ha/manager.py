@@ -138,6 +138,8 @@ class _Outcome:
     reason: str
     step: Step | None = None
     retry_at: float | None = None
+    refresh: bool = False
+    """Retake the VM's snapshot on reschedule (after an exception: it may have changed)."""
 
 
 def _done(reason: str) -> _Outcome:
@@ -223,7 +225,6 @@ class HighAvailabilityManager:
         self._threads: list[threading.Thread] = []
         self._state = "new"
         self._lock = threading.Lock()
-        self._next_cleanup: float | None = None
 
     # -- settings ---------------------------------------------------------------
 
@@ -453,8 +454,11 @@ class HighAvailabilityManager:
             log.warning("%s is in state Error: not scheduled for an HA restart", vm.id)
             return None
         step = Step.INVESTIGATING if investigate else Step.SCHEDULED
-        if vm.host_id is None and not self._stop_for_schedule(vm):
-            step = Step.INVESTIGATING
+        stopped = False
+        if vm.host_id is None:
+            stopped = True
+            if not self._stop_for_schedule(vm):
+                step = Step.INVESTIGATING
         if vm.hypervisor in _NO_HA_HYPERVISORS:
             return None
         if not investigate:
@@ -465,8 +469,11 @@ class HighAvailabilityManager:
                     f"host {vm.host_id or vm.last_host_id}; the VM is not HA-enabled",
                     zone=zone,
                 )
+            stopped = True
             if not self._stop_for_schedule(vm):
                 step = Step.INVESTIGATING
+        if stopped:
+            # The work compares against the VM as our own stop left it.
             vm = self.orchestrator.find_vm(vm.id) or vm
         tried = self._inherited_tries(vm.id, history)
         host_id = vm.host_id or vm.last_host_id
@@ -612,7 +619,7 @@ class HighAvailabilityManager:
         try:
             vm = self.orchestrator.find_vm(work.instance_id)
             if vm is None:
-                outcome = _done("the VM no longer exists")
+                outcome = self._vm_missing(work)
             elif not self._ha_enabled(self._zone_of(vm, work.host_id)):
                 outcome = _Outcome(
                     "VM HA is disabled in the VM's zone",
@@ -626,8 +633,10 @@ class HighAvailabilityManager:
                 outcome = self._migrate(holder, vm)
             elif work.type in _STOP_TYPES:
                 outcome = self._stop_vm(holder, vm)
-            else:
+            elif work.type is WorkType.DESTROY:
                 outcome = self._destroy_vm(holder, vm)
+            else:  # a WorkType added without a handler
+                raise AssertionError(f"no handler for work type {work.type}")
         except StaleWorkError:
             log.warning("%s: our claim was taken away while we worked on it", work)
             return WorkResult.LOST
@@ -636,12 +645,20 @@ class HighAvailabilityManager:
             outcome = _Outcome(
                 f"failed: {type(exc).__name__}: {exc}",
                 retry_at=self._now() + self._interval(work.type),
+                refresh=True,
             )
         try:
-            return self._conclude(holder.work, outcome)
+            return self._conclude(holder.work, outcome, refresh=outcome.refresh or holder.acted)
         except StaleWorkError:
             log.warning("%s: our claim was taken away before we could record %s", work, outcome)
             return WorkResult.LOST
+
+    @staticmethod
+    def _vm_missing(work: Work) -> _Outcome:
+        """The work names a VM the orchestrator does not know (bad input, or expunged)."""
+        if work.type is WorkType.DESTROY:
+            return _done("the VM no longer exists")
+        return _Outcome(f"unknown VM {work.instance_id!r}", step=Step.ERROR)
 
     def _interval(self, type: WorkType) -> float:
         if type is WorkType.MIGRATION:
@@ -658,17 +675,32 @@ class HighAvailabilityManager:
             return None, None
         return (None, None) if vm is None else (vm.state, vm.updated)
 
-    def _conclude(self, work: Work, outcome: _Outcome) -> WorkResult:
+    def _conclude(self, work: Work, outcome: _Outcome, *, refresh: bool) -> WorkResult:
+        """Record the outcome. ``refresh``: retake the VM snapshot the work compares against.
+
+        Only after this worker's own actions (a stop, a failed start) or an
+        exception: the next attempt must not take them for somebody else's
+        change (CloudStack #13510). A change by anybody else while the work
+        waited (an operator's stop during a failed fence) stays visible and
+        ends the work.
+        """
         step = outcome.step
         if step is not None:
             self._db(lambda: self.store.finish(work, step))
             self._emit(work, step, outcome.reason)
+            if step is Step.ERROR:
+                log.error("%s ended in Error: %s", work, outcome.reason)
+                self._alert(
+                    _alert_type(work.vm_type),
+                    f"HA work {work.id} for VM {work.instance_id} ({work.type}) ended in Error",
+                    outcome.reason,
+                )
             return {
                 Step.DONE: WorkResult.DONE,
                 Step.CANCELLED: WorkResult.CANCELLED,
             }.get(step, WorkResult.ERROR)
         assert outcome.retry_at is not None
-        state, updated = self._snapshot(work)
+        state, updated = self._snapshot(work) if refresh else (None, None)
         limit = self.settings.vm_ha_migration_max_retries
         if work.tried + 1 >= limit:
             reason = f"gave up after {work.tried + 1} attempts: {outcome.reason}"
@@ -699,7 +731,7 @@ class HighAvailabilityManager:
             and self.investigate(work.host_id) is Status.UP
         )
 
-    def _confirm(self, holder: _Holder) -> None:
+    def _confirm(self, holder: _Holder, *, on_vm: bool = True) -> None:
         """Before an action with effects outside the database: is the work still ours?
 
         A worker stuck long enough to lose its claim (handed back by
@@ -707,9 +739,12 @@ class HighAvailabilityManager:
         claimed again) must not fence, stop, start or destroy anything on
         the strength of it: :class:`StaleWorkError` ends the attempt as
         :attr:`WorkResult.LOST`. Starts are guarded twice: the orchestrator
-        also refuses a stale fencing token.
+        also refuses a stale fencing token. ``on_vm``: the action is on the
+        VM itself (a stop, a start...), not on its host (a fence), so the
+        attempt retakes the VM's snapshot when it is rescheduled.
         """
         self._db(lambda: self.store.confirm(holder.work))
+        holder.acted = holder.acted or on_vm
 
     def _restart(self, holder: _Holder, vm: Vm) -> _Outcome:
         """One attempt of an HA restart (spec §3.6 with the fixes of ARCHITECTURE §4)."""
@@ -753,7 +788,14 @@ class HighAvailabilityManager:
             else:
                 self._confirm(holder)
                 self.orchestrator.advance_stop(vm, force=True)
-            holder.work = self._db(lambda: self.store.update_step(holder.work, Step.SCHEDULED))
+            # The stop is ours: record the VM as it left it, so that an attempt
+            # after a crash or a lost claim does not take it for a change.
+            state, updated = self._snapshot(holder.work)
+            holder.work = self._db(
+                lambda: self.store.update_step(
+                    holder.work, Step.SCHEDULED, previous_state=state, updated=updated
+                )
+            )
             self._emit(holder.work, Step.SCHEDULED, "the VM is stopped; restarting it")
         return self._start(holder, host, removed)
 
@@ -770,7 +812,7 @@ class HighAvailabilityManager:
         if result.verdict is Verdict.DEAD:
             why = f"the VM is dead ({result.decided_by})"
         else:
-            self._confirm(holder)
+            self._confirm(holder, on_vm=False)
             decision = self.fence_chain.fence_off(vm, host)
             if not decision.fenced:
                 self._alert(
@@ -1029,3 +1071,5 @@ class _Holder:
     """The latest version of the claimed work while a handler advances its step."""
 
     work: Work
+    acted: bool = False
+    """Whether this attempt did (or may have done) something to the VM itself."""

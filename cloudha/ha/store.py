@@ -770,9 +770,19 @@ class WorkStore:
             extra["tried"] = _W.tried + 1
         return self._update_held(work, step=step.value, **extra)
 
-    def update_step(self, work: Work, step: Step) -> Work:
-        """Record progress (any step). Raises :class:`StaleWorkError` as :meth:`reschedule` does."""
-        return self._update_held(work, step=step.value)
+    def update_step(
+        self,
+        work: Work,
+        step: Step,
+        *,
+        previous_state: VmState | None = None,
+        updated: int | None = None,
+    ) -> Work:
+        """Record progress (any step); ``previous_state`` and ``updated`` as in :meth:`reschedule`.
+
+        Raises :class:`StaleWorkError` as :meth:`reschedule` does.
+        """
+        return self._update_held(work, step=step.value, **_snapshot(previous_state, updated))
 
     def mark_error(self, work_id: int) -> bool:
         """Set step Error on a row by id without reading it (for unreadable rows); True if found."""
