@@ -652,6 +652,9 @@ class HighAvailabilityManager:
         except StaleWorkError:
             log.warning("%s: our claim was taken away before we could record %s", work, outcome)
             return WorkResult.LOST
+        except UnreadableWorkError as exc:  # the row was edited by hand while we held it
+            self._quarantine(exc)
+            return WorkResult.ERROR
 
     @staticmethod
     def _vm_missing(work: Work) -> _Outcome:

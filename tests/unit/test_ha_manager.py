@@ -1194,6 +1194,39 @@ def test_a_hand_edited_row_is_marked_error_and_the_queue_goes_on(env: Env) -> No
     assert record.reason == f"unreadable row: op_ha_work row {bad.id}: unknown type 'Reboot'"
 
 
+def test_a_row_edited_by_hand_to_an_unknown_step_is_marked_error_and_the_queue_goes_on(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = env.add("vm0", WorkType.STOP, priority=10)
+    good = env.add("vm1", WorkType.STOP)
+    with env.engine.begin() as conn:
+        conn.execute(
+            sa.update(op_ha_work).where(op_ha_work.c.id == bad.id).values(step="Pondering")
+        )
+    assert env.manager.process_next() is WorkResult.ERROR
+    assert f"HA work {bad.id} cannot be read" in caplog.text
+    assert env.manager.process_next() is WorkResult.DONE
+    assert env.work(good.id).step is Step.DONE
+    assert env.work(bad.id).step is Step.ERROR
+
+
+def test_a_row_edited_by_hand_while_a_worker_holds_it_is_marked_error(env: Env) -> None:
+    work = env.add("vm1", WorkType.STOP)
+
+    def edit(_vm_id: str) -> None:
+        with env.engine.begin() as conn:
+            conn.execute(sa.update(op_ha_work).where(op_ha_work.c.id == work.id).values(type="Nap"))
+
+    env.orch.before("advance_stop", edit)
+    assert env.manager.process_next() is WorkResult.ERROR
+    with env.engine.begin() as conn:
+        step = conn.execute(
+            sa.select(op_ha_work.c.step).where(op_ha_work.c.id == work.id)
+        ).scalar_one()
+    assert step == "Error"
+    assert env.manager.process_next() is None  # nothing left claimed or due
+
+
 def test_a_hand_edited_row_of_a_vm_does_not_block_its_later_restarts(env: Env) -> None:
     # An old row of vm1 edited to an unknown type: it is quarantined once, and
     # scheduling and restarting vm1 (and the host's other VMs) go on.
@@ -1704,6 +1737,60 @@ def test_cleanup_deletes_finished_works_older_than_time_between_failures(env: En
     kept = {w.id for w in env.store.works_for_vm("vm1") + env.store.works_for_vm("vm2")}
     assert kept == {old_error.id, recent_done.id, pending.id}
     assert {old_done.id, old_cancelled.id}.isdisjoint(kept)
+
+
+class CapturingThreads(IdleThreads):
+    """Like IdleThreads, but keeps each thread's target to run by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.targets: dict[str, Callable[[], None]] = {}
+
+    def __call__(self, *, target: Callable[[], None], name: str, daemon: bool) -> threading.Thread:
+        self.targets[name] = target
+        return super().__call__(target=target, name=name, daemon=daemon)
+
+
+class PeriodsClock(FakeClock):
+    """A fake clock whose waits each pass the whole period; the ``periods``-th wait ends."""
+
+    def __init__(self, start: float, periods: int) -> None:
+        super().__init__(start)
+        self.periods = periods
+        self.waits: list[float] = []
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        self.waits.append(seconds)
+        if len(self.waits) >= self.periods:
+            event.set()
+        return super().wait(event, seconds)
+
+
+def test_the_cleanup_thread_deletes_finished_works_every_time_between_cleanup() -> None:
+    settings = Settings.from_mapping({"time.between.cleanup": 7200, "time.between.failures": 3600})
+    env = make_env(settings=settings)
+    done = env.add("vm1", WorkType.STOP)
+    env.manager.process_next()
+    assert env.work(done.id).step is Step.DONE
+    clock = PeriodsClock(T0, periods=2)
+    threads = CapturingThreads()
+    manager = HighAvailabilityManager(
+        server_id="ms1",
+        store=WorkStore(env.engine, clock),
+        orchestrator=env.orch,
+        directory=env.directory,
+        investigators=env.manager.investigators,
+        fence_chain=env.manager.fence_chain,
+        settings=settings,
+        clock=clock,
+        alerts=env.alerts,
+        thread_factory=threads,
+    )
+    manager.start()
+    threads.targets["HA-Cleanup"]()  # one period passes, it cleans, the second wait ends it
+    assert clock.waits == [7200, 7200]
+    assert env.store.get(done.id) is None
+    manager.stop()
 
 
 # -- odds and ends ---------------------------------------------------------------------------------
