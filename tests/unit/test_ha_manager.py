@@ -7,6 +7,7 @@ clock and a SQLite file.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -1751,19 +1752,25 @@ class CapturingThreads(IdleThreads):
         return super().__call__(target=target, name=name, daemon=daemon)
 
 
-class PeriodsClock(FakeClock):
+class PeriodsClock:
     """A fake clock whose waits each pass the whole period; the ``periods``-th wait ends."""
 
     def __init__(self, start: float, periods: int) -> None:
-        super().__init__(start)
+        self.fake = FakeClock(start)
         self.periods = periods
         self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.fake.monotonic()
+
+    def now(self) -> dt.datetime:
+        return self.fake.now()
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         self.waits.append(seconds)
         if len(self.waits) >= self.periods:
             event.set()
-        return super().wait(event, seconds)
+        return self.fake.wait(event, seconds)
 
 
 def test_the_cleanup_thread_deletes_finished_works_every_time_between_cleanup() -> None:
