@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -464,40 +463,6 @@ def test_four_processes_five_threads_claim_each_work_once(
                 sa.select(claims.c.server_id, sa.func.count()).group_by(claims.c.server_id)
             ).all()
         assert sum(n for _s, n in servers) == works
-    finally:
-        eng.dispose()
-
-
-def test_sigkilled_worker_is_released_and_nothing_completes_twice(
-    postgres_db: str,  # noqa: F811
-) -> None:
-    eng = sa.create_engine(postgres_db)
-    try:
-        create_schema(eng)
-        record_metadata.create_all(eng)
-        _fill(eng, 200)
-        hung = _spawn("claim-and-hang", postgres_db, "ms-dead", 25)
-        try:
-            assert hung.stdout is not None
-            assert hung.stdout.readline().strip() == "ready"
-        finally:
-            os.kill(hung.pid, signal.SIGKILL)
-            hung.communicate()
-        assert hung.returncode == -signal.SIGKILL
-        store = WorkStore(eng, SystemClock())
-        assert store.release_server("ms-dead") == 25
-        _finish(_spawn("claim-all", postgres_db, "ms-fresh", 5))
-        claimed = _counts(eng, claims)
-        finished = _counts(eng, done)
-        assert _steps(eng) == {"Done": 200}
-        assert len(finished) == 200
-        assert set(finished.values()) == {1}
-        assert sorted(claimed.values()).count(2) == 25  # the dead worker's, claimed again
-        with eng.connect() as conn:
-            dead_done = conn.execute(
-                sa.select(sa.func.count()).select_from(done).where(done.c.server_id == "ms-dead")
-            ).scalar_one()
-        assert dead_done == 0
     finally:
         eng.dispose()
 
