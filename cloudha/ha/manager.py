@@ -45,6 +45,7 @@ import enum
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 
@@ -1011,9 +1012,12 @@ class HighAvailabilityManager:
         for wake in self._wake_events:
             wake.set()
         stuck = []
+        # One deadline for all the threads, not ``timeout`` each. Joining is
+        # the runtime edge: the wall clock, not the injected one, bounds it.
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             if thread is not threading.current_thread():
-                thread.join(timeout)
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     stuck.append(thread.name)
         self._db(lambda: self.store.mark_server_pending_as_investigating(self.server_id))

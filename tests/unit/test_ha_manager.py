@@ -1652,6 +1652,38 @@ def test_stop_hands_back_the_works_this_server_holds(tmp_path: Path) -> None:
     assert not any(t.is_alive() for t in manager.threads)
 
 
+def test_stop_with_several_stuck_workers_waits_one_timeout_in_all(tmp_path: Path) -> None:
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+    vms = [Vm(f"vm{i}", host_id="h1", ha_enabled=True) for i in range(4)]
+    orch = HookedOrchestrator([FakeOrchestratorHost("h1"), FakeOrchestratorHost("h2")], vms)
+
+    def stuck(_vm_id: str) -> None:
+        entered.release()
+        release.wait(10)
+
+    manager, _store, _ = threaded_manager(
+        tmp_path, orch=orch, settings=Settings(ha_workers=4, time_to_sleep=3600)
+    )
+    for vm in vms:
+        manager.schedule_restart(vm, investigate=True, reason=ReasonType.HOST_DOWN)
+        orch.before("find_vm", stuck)
+    manager.start()
+    try:
+        for _ in vms:
+            assert entered.acquire(timeout=5)
+        started = time.monotonic()
+        with pytest.raises(LifecycleError) as info:
+            manager.stop(timeout=0.5)
+        elapsed = time.monotonic() - started
+        assert all(f"HA-Worker-{i}" in str(info.value) for i in range(4))
+        assert elapsed < 0.5 + 1.0  # one timeout for the four, not four
+    finally:
+        release.set()
+        for thread in manager.threads:
+            thread.join(5)
+
+
 def test_stop_with_a_stuck_worker_raises_and_still_hands_its_work_back(tmp_path: Path) -> None:
     release = threading.Event()
     entered = threading.Event()
