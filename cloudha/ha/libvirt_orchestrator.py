@@ -327,7 +327,7 @@ class LibvirtOrchestrator:
         """Destroy (``force``) or shut down the VM's domain on its host; see the class."""
         with self._lock:
             entry = self._entry(vm.id)
-            if entry.vm.state is VmState.STOPPED:
+            if entry.vm.state in (VmState.STOPPED, VmState.DESTROYED):
                 return
             before, host_id = self._begin_stop(entry)
         self._stop_on_host(entry, host_id, before, force)

@@ -190,7 +190,8 @@ class VmOrchestrator(Protocol):
         ``force=True`` powers it off at once (the HA path after fencing);
         ``force=False`` asks the guest to shut down. On return the VM is
         ``Stopped`` with ``host_id`` None and ``last_host_id`` the host it
-        was on. Stopping a VM that is already Stopped changes nothing.
+        was on. Stopping a VM that is already Stopped or Destroyed changes
+        nothing (it does not run; a Destroyed VM stays Destroyed).
 
         Raises:
             UnknownVmError: no such VM.

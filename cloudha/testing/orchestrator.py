@@ -259,7 +259,7 @@ class InMemoryOrchestrator:
         with self._lock:
             try:
                 current = self._get(vm.id)
-                if current.state is VmState.STOPPED:
+                if current.state in (VmState.STOPPED, VmState.DESTROYED):
                     self._record("advance_stop", vm.id, force=force)
                     return
                 if self._stop_failures:

@@ -260,7 +260,7 @@ class SqlOrchestrator:
             if conn.execute(stmt).rowcount == 1:
                 return
             current = self._row(conn, vm.id)  # UnknownVmError when there is no such VM
-            if current.state != VmState.STOPPED.value:
+            if current.state not in (VmState.STOPPED.value, VmState.DESTROYED.value):
                 raise ConcurrentOperationError(vm.id, f"VM is {current.state}")
 
     # -- start ------------------------------------------------------------------

@@ -176,6 +176,9 @@ def _check_destroy(make: Make) -> None:
     assert vm_id not in _ids_on(orch, first)
     orch.destroy(destroyed, expunge=False)
     assert _vm(orch, vm_id) == destroyed
+    # Stopping a Destroyed VM changes nothing: it does not run, and stays Destroyed.
+    orch.advance_stop(destroyed, force=True)
+    assert _vm(orch, vm_id) == destroyed
     # A Destroyed VM is neither started nor migrated.
     with pytest.raises(ConcurrentOperationError):
         orch.advance_start(destroyed, StartParams(generation=1), Planner.HA)
