@@ -1585,6 +1585,29 @@ def threaded_manager(
     return manager, store, orch
 
 
+def another_server(
+    manager: HighAvailabilityManager,
+    server_id: str,
+    *,
+    store: WorkStore | None = None,
+    clock: Clock | None = None,
+    thread_factory: Any = threading.Thread,
+) -> HighAvailabilityManager:
+    """A manager of another (or a restarted) server over ``manager``'s store and world."""
+    return HighAvailabilityManager(
+        server_id=server_id,
+        store=store or manager.store,
+        orchestrator=manager.orchestrator,
+        directory=manager.directory,
+        investigators=manager.investigators,
+        fence_chain=manager.fence_chain,
+        settings=manager.settings,
+        clock=clock or manager.clock,
+        alerts=manager.alerts,
+        thread_factory=thread_factory,
+    )
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -1725,17 +1748,7 @@ def test_stop_with_a_stuck_worker_raises_and_still_hands_its_work_back(tmp_path:
     assert vm is not None
     assert (vm.state, vm.host_id) == (VmState.RUNNING, "h1")
     # So the next server finds the VM as scheduled and restarts it elsewhere.
-    other = HighAvailabilityManager(
-        server_id="ms2",
-        store=store,
-        orchestrator=orch,
-        directory=manager.directory,
-        investigators=manager.investigators,
-        fence_chain=manager.fence_chain,
-        settings=manager.settings,
-        clock=manager.clock,
-        alerts=manager.alerts,
-    )
+    other = another_server(manager, "ms2")
     assert other.process_next() is WorkResult.DONE
     vm = orch.find_vm("vm1")
     assert vm is not None
@@ -1813,17 +1826,8 @@ def test_the_cleanup_thread_deletes_finished_works_every_time_between_cleanup() 
     assert env.work(done.id).step is Step.DONE
     clock = PeriodsClock(T0, periods=2)
     threads = CapturingThreads()
-    manager = HighAvailabilityManager(
-        server_id="ms1",
-        store=WorkStore(env.engine, clock),
-        orchestrator=env.orch,
-        directory=env.directory,
-        investigators=env.manager.investigators,
-        fence_chain=env.manager.fence_chain,
-        settings=settings,
-        clock=clock,
-        alerts=env.alerts,
-        thread_factory=threads,
+    manager = another_server(
+        env.manager, "ms1", store=WorkStore(env.engine, clock), clock=clock, thread_factory=threads
     )
     manager.start()
     threads.targets["HA-Cleanup"]()  # one period passes, it cleans, the second wait ends it
