@@ -21,9 +21,15 @@ Deliberate differences from CloudStack (ARCHITECTURE §4), each tested:
   says 3600, both for the "recent failure" window and for the cleanup;
 * look-ups of a VM's other HA works filter on the work *type* (CloudStack
   filters the ``vm_type`` column with "HA" and so never finds any);
-* every reschedule refreshes the VM snapshot the work compares against, so a
-  VM changed by the worker's own failed start is retried, not given up
-  (CloudStack #13510);
+* the VM snapshot the work compares against is retaken after the worker's
+  own actions on the VM (its forced stop, a failed start) and after an
+  exception, and only then, so a VM changed by the worker itself is
+  retried, not given up (CloudStack #13510), even after a crash between
+  the stop and the start, while a change by anybody else still ends the
+  work;
+* before every action outside the database (fence, stop, start, migrate,
+  destroy) the worker checks that it still holds the work: a worker stuck
+  long enough to lose its claim acts no further;
 * a restart needs a DEAD verdict from the investigators or a confirmed fence
   (:meth:`~cloudha.fencing.chain.FenceChain.fence_off`); a work scheduled
   without investigation whose forced stop failed is investigated anyway;
@@ -34,7 +40,8 @@ Deliberate differences from CloudStack (ARCHITECTURE §4), each tested:
   restarted (CloudStack ends that work and leaves the VM down);
 * a work that uses up ``vm.ha.migration.max.retries`` ends in step Error
   with an alert, not silently in Done; a row edited by hand to values
-  cloudha does not know is logged, marked Error, and the queue goes on;
+  cloudha does not know, a work for an unknown VM (but a Destroy) or an
+  unknown host is logged, marked Error and alerted, and the queue goes on;
 * :meth:`~HighAvailabilityManager.stop` hands this server's unfinished works
   back at once (CloudStack waits for the server's next start).
 """
