@@ -96,6 +96,7 @@ from cloudha.ports import HypervisorControl as HypervisorControl
 from cloudha.ports import HypervisorProbe as HypervisorProbe
 from cloudha.ports import HypervisorReport as HypervisorReport
 from cloudha.ports import MaintenanceChecker as MaintenanceChecker
+from cloudha.ports import MigrationFailureSink as MigrationFailureSink
 from cloudha.ports import PingReport as PingReport
 from cloudha.ports import Router as Router
 from cloudha.ports import StatusChange as StatusChange
@@ -170,6 +171,7 @@ __all__ = [
     "LifecycleError",
     "MaintenanceChecker",
     "ManagementIPInvestigator",
+    "MigrationFailureSink",
     "MonitorTask",
     "NoTransitionError",
     "OobmConfig",

@@ -42,6 +42,7 @@ __all__ = [
     "HypervisorReport",
     "Keep",
     "MaintenanceChecker",
+    "MigrationFailureSink",
     "PingReport",
     "Router",
     "StatusChange",
@@ -183,6 +184,21 @@ class MaintenanceChecker(Protocol):
 
     def check_and_maintain(self, host: Host) -> bool:
         """Move ``host`` (preparing for maintenance) on; True when it is ready for maintenance."""
+
+
+@runtime_checkable
+class MigrationFailureSink(Protocol):
+    """The resource manager, told when a VM could not be migrated off a host for lack of room.
+
+    CloudStack's ``ResourceManager.migrateAwayFailed(host, vm)``: the host
+    being prepared for maintenance cannot be emptied (CloudStack moves it to
+    ErrorInMaintenance). The HA manager calls it from a worker thread each
+    time a Migration work finds no room, then retries after
+    ``migrate.retry.interval``.
+    """
+
+    def migrate_away_failed(self, host_id: str, vm: Vm) -> None:
+        """``vm`` could not be moved off ``host_id``; must not raise for its own problems."""
 
 
 @attrs.frozen

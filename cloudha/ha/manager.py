@@ -93,7 +93,7 @@ from cloudha.model import (
     VmState,
     VmType,
 )
-from cloudha.ports import Alert, AlertSink, HostDirectory
+from cloudha.ports import Alert, AlertSink, HostDirectory, MigrationFailureSink
 from cloudha.runtime import ThreadFactory
 from cloudha.settings import Settings
 from cloudha.status import Status
@@ -189,6 +189,8 @@ class HighAvailabilityManager:
         zone_settings: per-zone overrides for the zone-scoped keys
             (``vm.ha.enabled``, ``vm.ha.alerts.enabled``); a zone not listed
             uses ``settings``.
+        resource_manager: told when a migration off a host finds no room
+            (spec §3.7 ``migrateAwayFailed``); None: only the alert.
         thread_factory: makes the worker and cleanup threads.
 
     Thread-safe: scheduling calls and :meth:`process_next` may run from any
@@ -212,6 +214,7 @@ class HighAvailabilityManager:
         alerts: AlertSink,
         evidence: EvidenceSink | None = None,
         zone_settings: Mapping[str, Settings] | None = None,
+        resource_manager: MigrationFailureSink | None = None,
         thread_factory: ThreadFactory = threading.Thread,
     ) -> None:
         if not isinstance(server_id, str) or not server_id:
@@ -226,6 +229,7 @@ class HighAvailabilityManager:
         self.clock = clock
         self.alerts = alerts
         self._zone_settings = dict(zone_settings or {})
+        self.resource_manager = resource_manager
         self._recorder = None if evidence is None else Recorder(evidence, clock, server_id)
         self._factory = thread_factory
         self._stopping = threading.Event()
@@ -911,6 +915,11 @@ class HighAvailabilityManager:
                 str(exc),
                 host=self.directory.find_host(work.host_id),
             )
+            if self.resource_manager is not None:
+                try:
+                    self.resource_manager.migrate_away_failed(work.host_id, vm)
+                except Exception:
+                    log.exception("resource manager failed on migrate_away_failed(%s)", vm.id)
             return _Outcome(
                 f"no room: {exc}", retry_at=self._now() + self.settings.migrate_retry_interval
             )

@@ -14,6 +14,7 @@ from cloudha.testing.fakes import InMemoryStoragePools as InMemoryStoragePools
 from cloudha.testing.fakes import InMemoryVmNetworks as InMemoryVmNetworks
 from cloudha.testing.fakes import RecordingAlertSink as RecordingAlertSink
 from cloudha.testing.fakes import RecordingHAScheduler as RecordingHAScheduler
+from cloudha.testing.fakes import RecordingMigrationFailures as RecordingMigrationFailures
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
 from cloudha.testing.fakes import ScriptedFencer as ScriptedFencer
 from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
@@ -48,6 +49,7 @@ __all__ = [
     "OrchestratorCall",
     "RecordingAlertSink",
     "RecordingHAScheduler",
+    "RecordingMigrationFailures",
     "RecordingSelfFencer",
     "Scenario",
     "ScheduledRestart",

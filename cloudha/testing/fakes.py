@@ -37,6 +37,7 @@ __all__ = [
     "InMemoryVmNetworks",
     "RecordingAlertSink",
     "RecordingHAScheduler",
+    "RecordingMigrationFailures",
     "ScheduledRestart",
     "ScriptedFencer",
     "ScriptedInvestigator",
@@ -173,6 +174,16 @@ class RecordingAlertSink:
 
     def subjects(self) -> list[str]:
         return [a.subject for a in self.alerts]
+
+
+class RecordingMigrationFailures:
+    """A :class:`~cloudha.ports.MigrationFailureSink` keeping ``(host_id, vm_id)`` per call."""
+
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, str]] = []
+
+    def migrate_away_failed(self, host_id: str, vm: Vm) -> None:
+        self.failures.append((host_id, vm.id))
 
 
 @attrs.frozen

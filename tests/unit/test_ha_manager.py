@@ -41,6 +41,7 @@ from cloudha.testing import (
     InMemoryOrchestrator,
     OrchestratorCall,
     RecordingAlertSink,
+    RecordingMigrationFailures,
     ScriptedFencer,
     ScriptedInvestigator,
 )
@@ -1392,6 +1393,28 @@ def test_migrate_without_room_alerts_and_retries_after_the_migrate_interval() ->
         "h1",
     )
     assert env.vm().host_id == "h1"
+
+
+def test_migrate_without_room_tells_the_resource_manager() -> None:
+    env, _work = migration_env()
+    failures = RecordingMigrationFailures()
+    env.manager.resource_manager = failures
+    env.orch.fail_next_migration(error=InsufficientCapacityError("vm1", reason="full"))
+    assert env.manager.process_next() is WorkResult.RESCHEDULED
+    assert failures.failures == [("h1", "vm1")]
+
+
+def test_a_failing_resource_manager_does_not_stop_the_migration_work() -> None:
+    env, work = migration_env()
+
+    class Broken:
+        def migrate_away_failed(self, host_id: str, vm: Vm) -> None:
+            raise RuntimeError("resource manager down")
+
+    env.manager.resource_manager = Broken()
+    env.orch.fail_next_migration(error=InsufficientCapacityError("vm1", reason="full"))
+    assert env.manager.process_next() is WorkResult.RESCHEDULED
+    assert env.work(work.id).time_to_try == T0 + env.manager.settings.migrate_retry_interval
 
 
 def test_migrate_without_a_source_host_ends_in_error() -> None:
