@@ -146,8 +146,6 @@ class _Outcome:
     reason: str
     step: Step | None = None
     retry_at: float | None = None
-    refresh: bool = False
-    """Retake the VM's snapshot on reschedule (after an exception: it may have changed)."""
 
 
 def _done(reason: str) -> _Outcome:
@@ -654,13 +652,13 @@ class HighAvailabilityManager:
             return WorkResult.LOST
         except Exception as exc:
             log.exception("%s failed", work)
+            holder.acted = True  # it may have failed half-way through an action on the VM
             outcome = _Outcome(
                 f"failed: {type(exc).__name__}: {exc}",
                 retry_at=self._now() + self._interval(work.type),
-                refresh=True,
             )
         try:
-            return self._conclude(holder.work, outcome, refresh=outcome.refresh or holder.acted)
+            return self._conclude(holder.work, outcome, refresh=holder.acted)
         except StaleWorkError:
             log.warning("%s: our claim was taken away before we could record %s", work, outcome)
             return WorkResult.LOST
