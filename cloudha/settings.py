@@ -1,10 +1,13 @@
-"""Every CloudStack setting cloudha reads, by its CloudStack name.
+"""Every CloudStack setting cloudha knows, by its CloudStack name, declared once.
 
 :class:`Settings` is one immutable value holding each setting of spec §2.1
 (agent monitoring), §3.8 (VM HA work queue), §4/§5 (investigator and fence
 builder registries), §6.1 (KVM storage heartbeat agent properties), §7.5
 (Host-HA executors and the KVM provider) and §8 (out-of-band management),
-with CloudStack's default. :data:`KEYS` is the catalogue describing them.
+with CloudStack's default, plus cloudha's own settings, which are named
+``cloudha.*`` (section ``"cloudha"``). :data:`KEYS` is the catalogue: one
+:class:`KeySpec` per key with its kind, unit, default, allowed range (and why),
+meaning, spec section and the modules that read it.
 
 Units:
 
@@ -21,30 +24,47 @@ Units:
   round-trips through :meth:`Settings.from_mapping`.
 
 Attribute names are the key names with dots replaced by underscores
-(``ping.interval`` → ``settings.ping_interval``). Environment variables are
-the key names upper-cased with dots replaced by underscores and prefixed
-with ``CLOUDHA_`` (``CLOUDHA_PING_INTERVAL``).
+(``ping.interval`` → ``settings.ping_interval``, ``cloudha.x.y`` →
+``settings.cloudha_x_y``). Environment variables are the key names
+upper-cased with dots replaced by underscores and prefixed with ``CLOUDHA_``
+(``CLOUDHA_PING_INTERVAL``); a ``cloudha.*`` key drops its own prefix
+(``cloudha.x.y`` → ``CLOUDHA_X_Y``).
+
+Every duration and count has a declared range (:attr:`KeySpec.minimum`,
+:attr:`KeySpec.maximum`) that a real deployment never needs to leave: a
+1e-9 s ``ping.interval`` or a million ``ha.workers`` is a mistake, and would
+make loops (and the simulator) spin forever.
+
+A key that nothing in cloudha reads yet (:attr:`KeySpec.consumers` empty,
+:data:`NOT_USED_YET`) is still accepted, since CloudStack configurations are
+copied whole, but each time one is given a warning naming it is logged on
+the ``cloudha.settings`` logger: an operator who sets it must not believe it
+acts.
 
 Every invalid value raises :class:`~cloudha.errors.ConfigurationError` whose
-message names the key and the value, with ``key``, ``value`` and ``source``
-set. Nothing here reads the environment, a file or the clock at import.
+message names the key and the value (and the allowed range when the value
+is outside it), with ``key``, ``value`` and ``source`` set. Nothing here
+reads the environment, a file or the clock at import.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
 import tomllib
 import types
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, NoReturn, TypeAlias, final
+from typing import Any, Literal, TypeAlias, final
 
 import attrs
 
 from cloudha.errors import ConfigurationError
 
-__all__ = ["KEYS", "RESERVED_ENVIRONMENT", "KeySpec", "Settings"]
+__all__ = ["KEYS", "NOT_USED_YET", "RESERVED_ENVIRONMENT", "KeySpec", "Settings"]
+
+log = logging.getLogger(__name__)
 
 _Kind: TypeAlias = Literal[
     "duration", "count", "ratio", "multiplier", "bool", "string", "names", "port"
@@ -52,10 +72,10 @@ _Kind: TypeAlias = Literal[
 """What a setting holds.
 
 * ``duration``: a time span; input in :attr:`KeySpec.unit`, attribute in float seconds;
-  must be finite and > 0.
-* ``count``: an ``int`` >= :attr:`KeySpec.minimum`.
+  must be finite and within [:attr:`KeySpec.minimum`, :attr:`KeySpec.maximum`].
+* ``count``: an ``int`` within [minimum, maximum].
 * ``ratio``: a ``float`` in [0, 1].
-* ``multiplier``: a ``float`` >= :attr:`KeySpec.minimum`.
+* ``multiplier``: a ``float`` within [minimum, maximum].
 * ``bool``: ``True`` or ``False``.
 * ``string``: a ``str`` (``None`` allowed where the default is ``None``).
 * ``names``: a ``tuple[str, ...]`` of plugin names, given as a comma-separated
@@ -69,9 +89,14 @@ _Value: TypeAlias = int | float | bool | str | tuple[str, ...] | None
 """A setting's value (in a key's own unit, or as an attribute)."""
 
 _ENVIRONMENT_PREFIX = "CLOUDHA_"
+_OWN_PREFIX = "cloudha."
+_OWN_SECTION = "cloudha"
 
 RESERVED_ENVIRONMENT: frozenset[str] = frozenset({"CLOUDHA_TEST_DB_URL", "CLOUDHA_LOG_LEVEL"})
 """``CLOUDHA_*`` variables that are not settings; :meth:`Settings.from_env` ignores them."""
+
+NOT_USED_YET: tuple[str, ...] = ()
+"""The :attr:`KeySpec.consumers` of a key that nothing in cloudha reads yet."""
 
 _ENVIRONMENT_SOURCE = "environment"
 _MS_PER_S = 1000.0
@@ -84,7 +109,8 @@ class KeySpec:
     """The catalogue entry of one setting.
 
     Attributes:
-        name: the CloudStack key, e.g. ``"ping.interval"``.
+        name: the CloudStack key, e.g. ``"ping.interval"``, or cloudha's own
+            ``"cloudha.<...>"``.
         attribute: the :class:`Settings` attribute, e.g. ``"ping_interval"``.
         kind: what the setting holds: ``duration``, ``count``, ``ratio``,
             ``multiplier``, ``bool``, ``string``, ``names`` or ``port``.
@@ -92,10 +118,16 @@ class KeySpec:
             in), ``None`` for every other kind.
         default: CloudStack's default, in the key's own unit.
         description: one line saying what the setting does.
-        section: the spec section the key comes from, e.g. ``"§2.1"``.
-        minimum: the smallest accepted value for ``count``, ``multiplier``
-            and ``port`` keys; ``None`` for the other kinds (durations must
-            be > 0 and ratios lie in [0, 1]).
+        section: the spec section the key comes from, e.g. ``"§2.1"``;
+            ``"cloudha"`` for cloudha's own ``cloudha.*`` keys.
+        minimum: the smallest accepted value of a ``duration``, ``count``,
+            ``multiplier`` or ``port`` key, in the key's own unit; ``None``
+            for the other kinds (ratios lie in [0, 1]).
+        maximum: the largest accepted value of those kinds, likewise.
+        why: why the range is what it is (shown in docs/settings.md).
+        consumers: the modules that read the setting, e.g.
+            ``("cloudha.detection.agents",)``; :data:`NOT_USED_YET` (empty)
+            for a key nothing reads yet. A test checks this against the code.
     """
 
     name: str
@@ -106,11 +138,25 @@ class KeySpec:
     description: str
     section: str
     minimum: int | float | None = None
+    maximum: int | float | None = None
+    why: str = ""
+    consumers: tuple[str, ...] = NOT_USED_YET
 
     @property
     def environment_variable(self) -> str:
         """The variable :meth:`Settings.from_env` reads, e.g. ``CLOUDHA_PING_INTERVAL``."""
-        return _ENVIRONMENT_PREFIX + self.attribute.upper()
+        own = self.name.removeprefix(_OWN_PREFIX)
+        return _ENVIRONMENT_PREFIX + own.replace(".", "_").upper()
+
+    @property
+    def used(self) -> bool:
+        """Whether anything in cloudha reads the setting (``consumers`` is not empty)."""
+        return bool(self.consumers)
+
+
+_Consumers: TypeAlias = tuple[str, ...]
+_Bounds: TypeAlias = tuple[int | float, int | float, str]
+"""(minimum, maximum, why) in the key's own unit."""
 
 
 def _key(
@@ -120,13 +166,15 @@ def _key(
     description: str,
     section: str,
     *,
+    read_by: _Consumers,
+    bounds: _Bounds | None = None,
     unit: _Unit | None = None,
-    minimum: int | float | None = None,
 ) -> KeySpec:
     if kind == "duration" and unit is None:
         unit = "s"
     if kind == "port":
-        minimum = 1
+        bounds = (1, _MAX_PORT, "a TCP port number")
+    minimum, maximum, why = bounds if bounds is not None else (None, None, "")
     return KeySpec(
         name=name,
         attribute=name.replace(".", "_"),
@@ -136,6 +184,9 @@ def _key(
         description=description,
         section=section,
         minimum=minimum,
+        maximum=maximum,
+        why=why,
+        consumers=read_by,
     )
 
 
@@ -152,10 +203,63 @@ _INVESTIGATORS_ORDER = (
 
 _S21, _S38, _S4, _S5, _S61, _S75, _S8 = "§2.1", "§3.8", "§4", "§5", "§6.1", "§7.5", "§8"
 
+# The modules that read settings (KeySpec.consumers); tests/unit/test_settings_consumers.py
+# scans each one's source and fails when a declaration and the code disagree.
+_AGENTS = "cloudha.detection.agents"
+_MONITOR = "cloudha.detection.monitor"
+_PING_TASK = "cloudha.detection.ping_task"
+_MANAGER = "cloudha.ha.manager"
+_INVESTIGATORS = "cloudha.investigators.registry"
+_FENCERS = "cloudha.fencing.registry"
+_TIMING = "cloudha.heartbeat.timing"
+_HEARTBEAT_CLI = "cloudha.cli.heartbeat"
+_OOBM = "cloudha.oobm.manager"
+_IPMITOOL = "cloudha.oobm.ipmitool"
+_REDFISH = "cloudha.oobm.redfish"
+_SIMULATOR = "cloudha.testing.simulator"
+
+# Allowed ranges, in each key's own unit, with the reason docs/settings.md shows.
+_LOOP_FLOOR = "0.1 s: a shorter period only spins its loop (tests on real threads use 0.1 s)"
+_DAY = 86400
+_PERIOD: _Bounds = (0.1, _DAY, f"from {_LOOP_FLOOR}; to 1 day: a longer wait is no HA")
+_WAIT: _Bounds = (0.1, _DAY, "from 0.1 s: nothing is decided faster; to 1 day: longer is no HA")
+_TIMEOUT: _Bounds = (
+    0.1,
+    3600,
+    "from 0.1 s: no remote call answers reliably sooner; to 1 h: a longer limit stalls HA",
+)
+_RETENTION: _Bounds = (
+    0.1,
+    30 * _DAY,
+    f"from {_LOOP_FLOOR}; to 30 days: finished work kept longer only fills op_ha_work",
+)
+_PING: _Bounds = (
+    0.1,
+    3600,
+    f"from {_LOOP_FLOOR}; to 1 h: a dead host would go unnoticed for hours",
+)
+_MS_TIMEOUT: _Bounds = (
+    100,
+    3_600_000,
+    "from 100 ms: no storage write or read answers reliably sooner; to 1 h",
+)
+_THREADS: _Bounds = (1, 1000, "from 1 thread; to 1000: more threads per server only contend")
+_POOL: _Bounds = (1, 10_000, "from 1; to 10000: beyond any deployment's hosts per server")
+_QUEUE: _Bounds = (1, 1_000_000, "from 1; to a million queued operations")
+_ATTEMPTS: _Bounds = (1, 100, "from 1 attempt; to 100: more only delay the decision")
+_RETRIES: _Bounds = (0, 100, "from none; to 100: more only delay the decision")
+_CONNECTIONS: _Bounds = (0, 100_000, "0 means unlimited; to 100000 at once")
+
 _SPECS: tuple[KeySpec, ...] = (
     # §2.1 agent monitoring and disconnect handling.
     _key(
-        "ping.interval", "duration", 60, "How often agents ping; also the MonitorTask period.", _S21
+        "ping.interval",
+        "duration",
+        60,
+        "How often agents ping; also the MonitorTask period.",
+        _S21,
+        bounds=_PING,
+        read_by=(_AGENTS, _MONITOR, _PING_TASK, _INVESTIGATORS, _SIMULATOR),
     ),
     _key(
         "ping.timeout",
@@ -163,17 +267,43 @@ _SPECS: tuple[KeySpec, ...] = (
         2.5,
         "Pings a host may miss, as a multiple of ping.interval, before it is behind on ping.",
         _S21,
-        minimum=1.0,
+        bounds=(1.0, 100.0, "from 1 ping.interval; to 100: a host 100 pings behind is long dead"),
+        read_by=(_AGENTS, _MONITOR),
     ),
-    _key("alert.wait", "duration", 1800, "How long an undecided host waits before Alert.", _S21),
-    _key("wait", "duration", 1800, "Default agent command timeout; new-connection check.", _S21),
-    _key("ready.command.wait", "duration", 60, "Timeout of the ReadyCommand after connect.", _S21),
+    _key(
+        "alert.wait",
+        "duration",
+        1800,
+        "How long an undecided host waits before Alert.",
+        _S21,
+        bounds=_WAIT,
+        read_by=(_AGENTS,),
+    ),
+    _key(
+        "wait",
+        "duration",
+        1800,
+        "Default agent command timeout; new-connection check.",
+        _S21,
+        bounds=_WAIT,
+        read_by=NOT_USED_YET,
+    ),
+    _key(
+        "ready.command.wait",
+        "duration",
+        60,
+        "Timeout of the ReadyCommand after connect.",
+        _S21,
+        bounds=_TIMEOUT,
+        read_by=NOT_USED_YET,
+    ),
     _key(
         "commands.timeout",
         "string",
         "",
         "Per-command timeouts as 'CommandName=seconds,...'; empty means none.",
         _S21,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "enable.kvm.host.auto.enable.disable",
@@ -181,6 +311,7 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "Let the agent health-check script enable or disable KVM hosts.",
         _S21,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "direct.agent.load.size",
@@ -188,7 +319,8 @@ _SPECS: tuple[KeySpec, ...] = (
         16,
         "Direct agents loaded per scan round; size of the agent task pool.",
         _S21,
-        minimum=1,
+        bounds=_POOL,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "direct.agent.pool.size",
@@ -196,7 +328,8 @@ _SPECS: tuple[KeySpec, ...] = (
         500,
         "Threads serving direct agents and their ping cron jobs.",
         _S21,
-        minimum=1,
+        bounds=_POOL,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "direct.agent.thread.cap",
@@ -204,6 +337,7 @@ _SPECS: tuple[KeySpec, ...] = (
         1.0,
         "Share of the direct-agent pool one attache may hold busy.",
         _S21,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "direct.agent.scan.interval",
@@ -211,14 +345,24 @@ _SPECS: tuple[KeySpec, ...] = (
         90,
         "How often to look for direct agents no server owns.",
         _S21,
+        bounds=_PERIOD,
+        read_by=NOT_USED_YET,
     ),
-    _key("agent.lb.enabled", "bool", False, "Rebalance direct agents across servers.", _S21),
+    _key(
+        "agent.lb.enabled",
+        "bool",
+        False,
+        "Rebalance direct agents across servers.",
+        _S21,
+        read_by=NOT_USED_YET,
+    ),
     _key(
         "agent.load.threshold",
         "ratio",
         0.7,
         "Load share above which a server hands direct agents to others.",
         _S21,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "host.ping.retry.count",
@@ -226,19 +370,45 @@ _SPECS: tuple[KeySpec, ...] = (
         0,
         "Extra status queries when a direct agent's resource gives no answer.",
         _S21,
-        minimum=0,
+        bounds=_RETRIES,
+        read_by=(_PING_TASK,),
     ),
-    _key("host.ping.retry.timer", "duration", 5, "Pause between those extra queries.", _S21),
-    _key("workers", "count", 5, "Threads handling agent requests.", _S21, minimum=1),
-    _key("port", "port", 8250, "TCP port agents connect to.", _S21),
-    _key("agent.ssl.handshake.timeout", "duration", 30, "Limit on an agent's TLS handshake.", _S21),
+    _key(
+        "host.ping.retry.timer",
+        "duration",
+        5,
+        "Pause between those extra queries.",
+        _S21,
+        bounds=_TIMEOUT,
+        read_by=(_PING_TASK,),
+    ),
+    _key(
+        "workers",
+        "count",
+        5,
+        "Threads handling agent requests.",
+        _S21,
+        bounds=_THREADS,
+        read_by=NOT_USED_YET,
+    ),
+    _key("port", "port", 8250, "TCP port agents connect to.", _S21, read_by=NOT_USED_YET),
+    _key(
+        "agent.ssl.handshake.timeout",
+        "duration",
+        30,
+        "Limit on an agent's TLS handshake.",
+        _S21,
+        bounds=_TIMEOUT,
+        read_by=NOT_USED_YET,
+    ),
     _key(
         "agent.max.concurrent.new.connections",
         "count",
         0,
         "Agent connections accepted at once; 0 means unlimited.",
         _S21,
-        minimum=0,
+        bounds=_CONNECTIONS,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "agent.connections.monitor.interval",
@@ -246,6 +416,8 @@ _SPECS: tuple[KeySpec, ...] = (
         1800,
         "How often stale new-connection records are cleaned up.",
         _S21,
+        bounds=_PERIOD,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "check.txn.before.sending.agent.commands",
@@ -253,27 +425,80 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "Refuse to send agent commands from inside a database transaction.",
         _S21,
+        read_by=NOT_USED_YET,
     ),
     # §3.8 VM HA work queue.
-    _key("ha.workers", "count", 5, "HA worker threads (and cleanup pool size).", _S38, minimum=1),
-    _key("time.to.sleep", "duration", 60, "Idle pause of an HA worker with nothing to do.", _S38),
+    _key(
+        "ha.workers",
+        "count",
+        5,
+        "HA worker threads (and cleanup pool size).",
+        _S38,
+        bounds=_THREADS,
+        read_by=(_MANAGER, _SIMULATOR),
+    ),
+    _key(
+        "time.to.sleep",
+        "duration",
+        60,
+        "Idle pause of an HA worker with nothing to do.",
+        _S38,
+        bounds=(0.1, 3600, f"from {_LOOP_FLOOR}; to 1 h: new HA work would wait that long"),
+        read_by=(_MANAGER, _SIMULATOR),
+    ),
     _key(
         "investigate.retry.interval",
         "duration",
         60,
         "Recheck delay while a VM looks alive but its host is not Up.",
         _S38,
+        bounds=_PERIOD,
+        read_by=(_MANAGER,),
     ),
-    _key("migrate.retry.interval", "duration", 120, "Delay before retrying a migration.", _S38),
-    _key("restart.retry.interval", "duration", 600, "Delay before retrying an HA restart.", _S38),
-    _key("stop.retry.interval", "duration", 600, "Delay before retrying a stop or destroy.", _S38),
-    _key("time.between.cleanup", "duration", 86400, "Period of the HA work cleanup task.", _S38),
+    _key(
+        "migrate.retry.interval",
+        "duration",
+        120,
+        "Delay before retrying a migration.",
+        _S38,
+        bounds=_PERIOD,
+        read_by=(_MANAGER,),
+    ),
+    _key(
+        "restart.retry.interval",
+        "duration",
+        600,
+        "Delay before retrying an HA restart.",
+        _S38,
+        bounds=_PERIOD,
+        read_by=(_MANAGER,),
+    ),
+    _key(
+        "stop.retry.interval",
+        "duration",
+        600,
+        "Delay before retrying a stop or destroy.",
+        _S38,
+        bounds=_PERIOD,
+        read_by=(_MANAGER,),
+    ),
+    _key(
+        "time.between.cleanup",
+        "duration",
+        86400,
+        "Period of the HA work cleanup task.",
+        _S38,
+        bounds=_RETENTION,
+        read_by=(_MANAGER, _SIMULATOR),
+    ),
     _key(
         "time.between.failures",
         "duration",
         3600,
         "Age after which finished HA work is purged; window for recent failures.",
         _S38,
+        bounds=_RETENTION,
+        read_by=(_MANAGER,),
     ),
     _key(
         "max.retries",
@@ -281,7 +506,8 @@ _SPECS: tuple[KeySpec, ...] = (
         5,
         "Declared attempt limit for migrations (unused by CloudStack).",
         _S38,
-        minimum=1,
+        bounds=_ATTEMPTS,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "vm.ha.migration.max.retries",
@@ -289,25 +515,56 @@ _SPECS: tuple[KeySpec, ...] = (
         5,
         "Attempts any HA work item gets before it is given up.",
         _S38,
-        minimum=1,
+        bounds=_ATTEMPTS,
+        read_by=(_MANAGER,),
     ),
-    _key("force.ha", "bool", False, "Treat every VM as HA-enabled.", _S38),
-    _key("vm.ha.enabled", "bool", True, "Master switch for scheduling VM HA work.", _S38),
-    _key("vm.ha.alerts.enabled", "bool", True, "Raise alerts when VM HA is switched off.", _S38),
+    _key(
+        "force.ha",
+        "bool",
+        False,
+        "Treat every VM as HA-enabled.",
+        _S38,
+        read_by=(_MANAGER,),
+    ),
+    _key(
+        "vm.ha.enabled",
+        "bool",
+        True,
+        "Master switch for scheduling VM HA work.",
+        _S38,
+        read_by=(_AGENTS, _MANAGER),
+    ),
+    _key(
+        "vm.ha.alerts.enabled",
+        "bool",
+        True,
+        "Raise alerts when VM HA is switched off.",
+        _S38,
+        read_by=(_AGENTS, _MANAGER),
+    ),
     _key(
         "kvm.ha.fence.on.storage.heartbeat.failure",
         "bool",
         False,
         "Judge a KVM host dead as soon as one storage pool's heartbeat is stale.",
         _S38,
+        read_by=(_INVESTIGATORS, _FENCERS),
     ),
-    _key("ha.tag", "string", None, "Host tag reserving hosts for HA restarts; unset = none.", _S38),
+    _key(
+        "ha.tag",
+        "string",
+        None,
+        "Host tag reserving hosts for HA restarts; unset = none.",
+        _S38,
+        read_by=(_MANAGER,),
+    ),
     _key(
         "ha.vm.restart.hostup",
         "bool",
         True,
         "Restart HA VMs found powered off behind CloudStack's back on an Up host.",
         _S38,
+        read_by=(_MANAGER,),
     ),
     # §4 and §5: investigator and fence builder registries.
     _key(
@@ -316,14 +573,23 @@ _SPECS: tuple[KeySpec, ...] = (
         _INVESTIGATORS_ORDER,
         "Order in which investigators are asked; unlisted ones come after.",
         _S4,
+        read_by=(_INVESTIGATORS,),
     ),
-    _key("ha.investigators.exclude", "names", (), "Investigators left out of the chain.", _S4),
+    _key(
+        "ha.investigators.exclude",
+        "names",
+        (),
+        "Investigators left out of the chain.",
+        _S4,
+        read_by=(_INVESTIGATORS,),
+    ),
     _key(
         "ha.fence.builders.exclude",
         "names",
         ("RecreatableFencer",),
         "Fence builders left out of the chain.",
         _S5,
+        read_by=(_FENCERS,),
     ),
     # §6.1 KVM agent properties (milliseconds).
     _key(
@@ -333,6 +599,12 @@ _SPECS: tuple[KeySpec, ...] = (
         "Pause between heartbeat write rounds; also the staleness limit for checkers.",
         _S61,
         unit="ms",
+        bounds=(
+            1000,
+            3_600_000,
+            "from 1 s: the heartbeat holds whole seconds; to 1 h: staleness would take hours",
+        ),
+        read_by=(_TIMING,),
     ),
     _key(
         "kvm.heartbeat.update.max.tries",
@@ -340,7 +612,8 @@ _SPECS: tuple[KeySpec, ...] = (
         5,
         "Heartbeat write attempts per pool per round.",
         _S61,
-        minimum=1,
+        bounds=_ATTEMPTS,
+        read_by=(_TIMING,),
     ),
     _key(
         "kvm.heartbeat.update.retry.sleep",
@@ -349,6 +622,8 @@ _SPECS: tuple[KeySpec, ...] = (
         "Pause between failed heartbeat write attempts.",
         _S61,
         unit="ms",
+        bounds=(1, 3_600_000, "from 1 ms: max.tries bounds the attempts of a round; to 1 h"),
+        read_by=(_TIMING,),
     ),
     _key(
         "heartbeat.update.timeout",
@@ -357,6 +632,8 @@ _SPECS: tuple[KeySpec, ...] = (
         "Limit on one heartbeat write.",
         _S61,
         unit="ms",
+        bounds=_MS_TIMEOUT,
+        read_by=(_TIMING,),
     ),
     _key(
         "kvm.heartbeat.checker.timeout",
@@ -365,6 +642,8 @@ _SPECS: tuple[KeySpec, ...] = (
         "Limit on one heartbeat check of a neighbour.",
         _S61,
         unit="ms",
+        bounds=_MS_TIMEOUT,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "reboot.host.and.alert.management.on.heartbeat.timeout",
@@ -372,6 +651,7 @@ _SPECS: tuple[KeySpec, ...] = (
         True,
         "Reboot the host when every heartbeat write of a round fails.",
         _S61,
+        read_by=(_HEARTBEAT_CLI, _SIMULATOR),
     ),
     # §7.5 Host-HA executors.
     _key(
@@ -380,7 +660,8 @@ _SPECS: tuple[KeySpec, ...] = (
         50,
         "Threads running Host-HA health checks.",
         _S75,
-        minimum=1,
+        bounds=_THREADS,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "ha.max.pending.health.check.operations",
@@ -388,7 +669,8 @@ _SPECS: tuple[KeySpec, ...] = (
         5000,
         "Queued health checks before the caller runs them itself.",
         _S75,
-        minimum=1,
+        bounds=_QUEUE,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "ha.max.concurrent.activity.check.operations",
@@ -396,7 +678,8 @@ _SPECS: tuple[KeySpec, ...] = (
         25,
         "Threads running Host-HA activity checks.",
         _S75,
-        minimum=1,
+        bounds=_THREADS,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "ha.max.pending.activity.check.operations",
@@ -404,7 +687,8 @@ _SPECS: tuple[KeySpec, ...] = (
         2500,
         "Queued activity checks before the caller runs them itself.",
         _S75,
-        minimum=1,
+        bounds=_QUEUE,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "ha.max.concurrent.recovery.operations",
@@ -412,7 +696,8 @@ _SPECS: tuple[KeySpec, ...] = (
         25,
         "Threads running Host-HA recoveries.",
         _S75,
-        minimum=1,
+        bounds=_THREADS,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "ha.max.pending.recovery.operations",
@@ -420,7 +705,8 @@ _SPECS: tuple[KeySpec, ...] = (
         2500,
         "Queued recoveries before the caller runs them itself.",
         _S75,
-        minimum=1,
+        bounds=_QUEUE,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "ha.max.concurrent.fence.operations",
@@ -428,7 +714,8 @@ _SPECS: tuple[KeySpec, ...] = (
         25,
         "Threads running Host-HA fence operations.",
         _S75,
-        minimum=1,
+        bounds=_THREADS,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "ha.max.pending.fence.operations",
@@ -436,17 +723,36 @@ _SPECS: tuple[KeySpec, ...] = (
         2500,
         "Queued fence operations before the caller runs them itself.",
         _S75,
-        minimum=1,
+        bounds=_QUEUE,
+        read_by=NOT_USED_YET,
     ),
     # §7.5 KVM Host-HA provider.
-    _key("kvm.ha.health.check.timeout", "duration", 10, "Limit on one health check.", _S75),
-    _key("kvm.ha.activity.check.timeout", "duration", 60, "Limit on one activity check.", _S75),
+    _key(
+        "kvm.ha.health.check.timeout",
+        "duration",
+        10,
+        "Limit on one health check.",
+        _S75,
+        bounds=_TIMEOUT,
+        read_by=NOT_USED_YET,
+    ),
+    _key(
+        "kvm.ha.activity.check.timeout",
+        "duration",
+        60,
+        "Limit on one activity check.",
+        _S75,
+        bounds=_TIMEOUT,
+        read_by=NOT_USED_YET,
+    ),
     _key(
         "kvm.ha.activity.check.interval",
         "duration",
         60,
         "Least time between two activity checks of a suspect host.",
         _S75,
+        bounds=_PERIOD,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "kvm.ha.activity.check.max.attempts",
@@ -454,7 +760,8 @@ _SPECS: tuple[KeySpec, ...] = (
         10,
         "Activity check samples taken before deciding.",
         _S75,
-        minimum=1,
+        bounds=(1, 1000, "from 1 sample; to 1000: more only delay the decision"),
+        read_by=NOT_USED_YET,
     ),
     _key(
         "kvm.ha.activity.check.failure.ratio",
@@ -462,6 +769,7 @@ _SPECS: tuple[KeySpec, ...] = (
         0.7,
         "Share of samples without activity above which recovery starts.",
         _S75,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "kvm.ha.degraded.max.period",
@@ -469,14 +777,26 @@ _SPECS: tuple[KeySpec, ...] = (
         300,
         "How long a Degraded host waits before its activity is checked again.",
         _S75,
+        bounds=_PERIOD,
+        read_by=NOT_USED_YET,
     ),
-    _key("kvm.ha.recover.timeout", "duration", 60, "Limit on one recovery (power reset).", _S75),
+    _key(
+        "kvm.ha.recover.timeout",
+        "duration",
+        60,
+        "Limit on one recovery (power reset).",
+        _S75,
+        bounds=_TIMEOUT,
+        read_by=NOT_USED_YET,
+    ),
     _key(
         "kvm.ha.recover.wait.period",
         "duration",
         600,
         "How long a Recovered host waits before it is Available again.",
         _S75,
+        bounds=_PERIOD,
+        read_by=NOT_USED_YET,
     ),
     _key(
         "kvm.ha.recover.failure.threshold",
@@ -484,9 +804,18 @@ _SPECS: tuple[KeySpec, ...] = (
         1,
         "Recovery attempts before the host is fenced.",
         _S75,
-        minimum=1,
+        bounds=_ATTEMPTS,
+        read_by=NOT_USED_YET,
     ),
-    _key("kvm.ha.fence.timeout", "duration", 60, "Limit on one fence (power off).", _S75),
+    _key(
+        "kvm.ha.fence.timeout",
+        "duration",
+        60,
+        "Limit on one fence (power off).",
+        _S75,
+        bounds=_TIMEOUT,
+        read_by=(_FENCERS,),
+    ),
     # §8 out-of-band management.
     _key(
         "outofbandmanagement.action.timeout",
@@ -494,6 +823,8 @@ _SPECS: tuple[KeySpec, ...] = (
         60,
         "Default limit on one power operation.",
         _S8,
+        bounds=_TIMEOUT,
+        read_by=(_FENCERS, _OOBM),
     ),
     _key(
         "outofbandmanagement.sync.poolsize",
@@ -501,7 +832,8 @@ _SPECS: tuple[KeySpec, ...] = (
         50,
         "Threads querying power state in the background.",
         _S8,
-        minimum=1,
+        bounds=_THREADS,
+        read_by=(_OOBM,),
     ),
     _key(
         "outofbandmanagement.background.task.execution.interval",
@@ -509,6 +841,8 @@ _SPECS: tuple[KeySpec, ...] = (
         4,
         "Period of the background power-state sync.",
         _S8,
+        bounds=_PERIOD,
+        read_by=(_OOBM,),
     ),
     _key(
         "outofbandmanagement.ipmitool.path",
@@ -516,6 +850,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "/usr/bin/ipmitool",
         "Path of the ipmitool program.",
         _S8,
+        read_by=(_IPMITOOL,),
     ),
     _key(
         "outofbandmanagement.ipmitool.interface",
@@ -523,6 +858,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "lanplus",
         "ipmitool interface (its -I option).",
         _S8,
+        read_by=(_IPMITOOL,),
     ),
     _key(
         "outofbandmanagement.ipmitool.retries",
@@ -530,17 +866,33 @@ _SPECS: tuple[KeySpec, ...] = (
         1,
         "ipmitool retries (its -R option).",
         _S8,
-        minimum=0,
+        bounds=_RETRIES,
+        read_by=(_IPMITOOL,),
     ),
-    _key("redfish.ignore.ssl", "bool", False, "Skip TLS certificate checks of Redfish BMCs.", _S8),
-    _key("redfish.use.https", "bool", True, "Talk to Redfish BMCs over HTTPS.", _S8),
+    _key(
+        "redfish.ignore.ssl",
+        "bool",
+        False,
+        "Skip TLS certificate checks of Redfish BMCs.",
+        _S8,
+        read_by=(_REDFISH,),
+    ),
+    _key(
+        "redfish.use.https",
+        "bool",
+        True,
+        "Talk to Redfish BMCs over HTTPS.",
+        _S8,
+        read_by=(_REDFISH,),
+    ),
     _key(
         "redfish.retries",
         "count",
         2,
         "Retries of a Redfish request after a connection failure.",
         _S8,
-        minimum=0,
+        bounds=_RETRIES,
+        read_by=(_REDFISH,),
     ),
 )
 
@@ -638,11 +990,47 @@ def _whole(spec: KeySpec, raw: object, what: str, source: str | None, where: str
     return number
 
 
-def _below_minimum(spec: KeySpec, raw: object, source: str | None, where: str | None) -> NoReturn:
-    reason = _MINIMUM_REASONS.get(spec.name)
-    problem = f"must be >= {spec.minimum}"
+def _shown(number: float) -> str:
+    """A bound as written: ``3600``, ``0.1``, ``3600000`` (never ``3.6e+06``)."""
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
+def _out_of_range(
+    spec: KeySpec,
+    raw: object,
+    value: float,
+    source: str | None,
+    where: str | None,
+    *,
+    in_key_unit: bool = True,
+) -> None:
+    """Raise unless ``value`` lies in the key's declared range.
+
+    ``value`` is in the key's own unit, or in seconds for a duration when
+    ``in_key_unit`` is false (an attribute value).
+
+    Raises:
+        ConfigurationError: naming the key, the value and the allowed range.
+    """
+    low, high = spec.minimum, spec.maximum
+    if low is None or high is None:
+        return
+    unit = spec.unit if in_key_unit else ("s" if spec.unit else None)
+    if spec.unit == "ms" and unit == "s":
+        low, high = low / _MS_PER_S, high / _MS_PER_S
+    if low <= value <= high:
+        return
+    words = {"s": " seconds", "ms": " milliseconds", None: ""}[unit]
+    if spec.kind == "duration" and value <= 0:
+        problem = f"must be a duration > 0{words}"
+    elif value < low:
+        problem = f"must be >= {_shown(low)}{words}"
+    else:
+        problem = f"must be <= {_shown(high)}{words}"
+    reason = _MINIMUM_REASONS.get(spec.name) if value < low else None
     if reason:
         problem += f" ({reason})"
+    problem += f"; allowed range {_shown(low)} to {_shown(high)}{words} ({spec.why})"
     raise _error(spec.name, raw, problem, source, where=where)
 
 
@@ -748,19 +1136,13 @@ def _check(
         unit = spec.unit if in_key_unit else "s"
         unit_word = "milliseconds" if unit == "ms" else "seconds"
         number = _number(spec, raw, f"a number of {unit_word}", source, where)
-        if number <= 0:
-            raise _error(spec.name, raw, f"must be a duration > 0 {unit_word}", source, where=where)
+        _out_of_range(spec, raw, number, source, where, in_key_unit=in_key_unit)
         seconds = float(number)
         return seconds / _MS_PER_S if unit == "ms" else seconds
     if kind in ("count", "port"):
         what = "a port number" if kind == "port" else "a whole number"
         count = _whole(spec, raw, what, source, where)
-        if spec.minimum is not None and count < spec.minimum:
-            _below_minimum(spec, raw, source, where)
-        if kind == "port" and count > _MAX_PORT:
-            raise _error(
-                spec.name, raw, f"must be a port number <= {_MAX_PORT}", source, where=where
-            )
+        _out_of_range(spec, raw, count, source, where)
         return count
     if kind == "ratio":
         ratio = _number(spec, raw, "a ratio between 0 and 1", source, where)
@@ -769,8 +1151,7 @@ def _check(
         return float(ratio)
     if kind == "multiplier":
         factor = _number(spec, raw, "a number", source, where)
-        if spec.minimum is not None and factor < spec.minimum:
-            _below_minimum(spec, raw, source, where)
+        _out_of_range(spec, raw, factor, source, where)
         return float(factor)
     if kind == "bool":
         if not isinstance(raw, bool):
@@ -779,6 +1160,19 @@ def _check(
     if kind == "string":
         return _string(spec, raw, source, where)
     return _names(spec, raw, source, where)
+
+
+def _warn_if_unused(spec: KeySpec, source: str | None) -> None:
+    """Log a warning naming ``spec``'s key when nothing in cloudha reads it yet."""
+    if spec.used:
+        return
+    prefix = f"{source}: " if source else ""
+    log.warning(
+        "%ssetting %r is accepted but not used yet: nothing in cloudha reads it, so it has"
+        " no effect (docs/settings.md lists the keys that act)",
+        prefix,
+        spec.name,
+    )
 
 
 def _from_environment_text(spec: KeySpec, text: str, variable: str) -> _Value:
@@ -1086,6 +1480,7 @@ class Settings:
                 raise ConfigurationError(
                     message, key=spec.name, value=text, source=_ENVIRONMENT_SOURCE
                 ) from None
+            _warn_if_unused(spec, f"{_ENVIRONMENT_SOURCE} variable {variable}")
         return attrs.evolve(base if base is not None else cls(), **changes)
 
     # -- derived copies and views ------------------------------------------
@@ -1109,6 +1504,7 @@ class Settings:
         for key, raw in mapping.items():
             spec = _lookup(key, source)
             changes[spec.attribute] = _check(spec, raw, source=source)
+            _warn_if_unused(spec, source)
         return attrs.evolve(self, **changes)
 
     def to_mapping(self) -> dict[str, _Value]:
@@ -1144,6 +1540,42 @@ class Settings:
         return types.MappingProxyType(_parse_command_timeouts(self.commands_timeout))
 
 
+_SECTIONS = frozenset({_S21, _S38, _S4, _S5, _S61, _S75, _S8, _OWN_SECTION})
+_RANGED_KINDS = frozenset({"duration", "count", "multiplier", "port"})
+
+
+def _check_declaration(spec: KeySpec) -> None:
+    """Check one catalogue entry on its own (name, section, range, consumers).
+
+    Raises:
+        RuntimeError: naming the key and what is wrong with its declaration.
+    """
+    own = spec.name.startswith(_OWN_PREFIX)
+    if spec.section not in _SECTIONS:
+        raise RuntimeError(f"{spec.name}: unknown section {spec.section!r}")
+    if own != (spec.section == _OWN_SECTION):
+        raise RuntimeError(
+            f"{spec.name}: cloudha's own keys, and only they, are named 'cloudha.*'"
+            f" and have section {_OWN_SECTION!r}"
+        )
+    if spec.attribute != spec.name.replace(".", "_"):
+        raise RuntimeError(f"{spec.name}: attribute must be {spec.name.replace('.', '_')!r}")
+    ranged = spec.kind in _RANGED_KINDS
+    if ranged != (spec.minimum is not None and spec.maximum is not None and bool(spec.why)):
+        raise RuntimeError(f"{spec.name}: a {spec.kind} key needs a range and its reason")
+    low, high = spec.minimum, spec.maximum
+    if low is not None and high is not None:
+        if not isinstance(spec.default, int | float) or not low <= spec.default <= high:
+            raise RuntimeError(f"{spec.name}: the default lies outside the allowed range")
+        if spec.kind == "duration" and low <= 0:
+            raise RuntimeError(f"{spec.name}: a duration's minimum must be > 0")
+    for module in spec.consumers:
+        if not module.startswith("cloudha.") or module == __name__:
+            raise RuntimeError(f"{spec.name}: consumer {module!r} is not a cloudha module")
+    if len(set(spec.consumers)) != len(spec.consumers):
+        raise RuntimeError(f"{spec.name}: a consumer is listed twice")
+
+
 def _self_check() -> None:
     """Check that the catalogue and the class agree (run at import; cheap, no I/O).
 
@@ -1156,6 +1588,8 @@ def _self_check() -> None:
     for spec in _SPECS:
         if _check(spec, spec.default) != fields[spec.attribute].default:
             raise RuntimeError(f"default of {spec.name} disagrees with Settings.{spec.attribute}")
+    for spec in _SPECS:
+        _check_declaration(spec)
     if len(_BY_ENVIRONMENT) != len(_SPECS):
         raise RuntimeError("two settings share an environment variable name")
     if not RESERVED_ENVIRONMENT.isdisjoint(_BY_ENVIRONMENT):

@@ -260,7 +260,10 @@ def test_constructor_normalises_attribute_values() -> None:
 
 
 def test_constructor_validates_in_seconds() -> None:
-    assert Settings(kvm_heartbeat_update_frequency=0.5).kvm_heartbeat_update_frequency == 0.5
+    assert Settings(kvm_heartbeat_update_frequency=1.5).kvm_heartbeat_update_frequency == 1.5
+    with pytest.raises(ConfigurationError) as excinfo:
+        Settings(kvm_heartbeat_update_frequency=0.5)
+    assert "must be >= 1 seconds; allowed range 1 to 3600 seconds" in _message(excinfo)
     with pytest.raises(ConfigurationError) as excinfo:
         Settings(kvm_heartbeat_update_frequency=-1.0)
     assert "kvm.heartbeat.update.frequency" in _message(excinfo)
@@ -277,13 +280,13 @@ def test_from_mapping_converts_milliseconds() -> None:
         {
             "kvm.heartbeat.update.frequency": 30000,
             "kvm.heartbeat.update.retry.sleep": 2500,
-            "heartbeat.update.timeout": 1,
+            "heartbeat.update.timeout": 100,
             "kvm.heartbeat.checker.timeout": 90000.0,
         }
     )
     assert settings.kvm_heartbeat_update_frequency == 30.0
     assert settings.kvm_heartbeat_update_retry_sleep == 2.5
-    assert settings.heartbeat_update_timeout == 0.001
+    assert settings.heartbeat_update_timeout == 0.1
     assert settings.kvm_heartbeat_checker_timeout == 90.0
 
 
@@ -349,7 +352,7 @@ def test_to_mapping_round_trips() -> None:
             "ping.interval": 0.1,
             "ping.timeout": 3.25,
             "kvm.heartbeat.update.frequency": 12345.678,
-            "kvm.heartbeat.update.retry.sleep": 0.3,
+            "kvm.heartbeat.update.retry.sleep": 1.3,
             "heartbeat.update.timeout": 1234567,
             "ha.tag": "t",
             "ha.investigators.order": "KVMInvestigator,PingInvestigator",
@@ -364,11 +367,13 @@ def test_to_mapping_round_trips() -> None:
     assert Settings.from_mapping(mapping) == settings
 
 
-@pytest.mark.parametrize("milliseconds", [1, 3, 7, 10, 999, 1001, 1234567, 0.5, 0.1, 7.7, 33.3])
+@pytest.mark.parametrize("milliseconds", [1, 3, 7, 10, 999, 1001, 1234567, 1.5, 1.1, 7.7, 33.3])
 def test_millisecond_round_trip(milliseconds: float) -> None:
-    settings = Settings.from_mapping({"kvm.heartbeat.update.frequency": milliseconds})
-    back = settings.to_mapping()["kvm.heartbeat.update.frequency"]
-    assert Settings.from_mapping({"kvm.heartbeat.update.frequency": back}) == settings
+    # retry.sleep is the §6.1 key with the lowest floor (1 ms).
+    key = "kvm.heartbeat.update.retry.sleep"
+    settings = Settings.from_mapping({key: milliseconds})
+    back = settings.to_mapping()[key]
+    assert Settings.from_mapping({key: back}) == settings
     assert back == pytest.approx(milliseconds)
 
 
@@ -458,7 +463,7 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ("direct.agent.thread.cap", 2, "between 0 and 1"),
     # multiplier
     ("ping.timeout", 0.5, "behind on ping"),
-    ("ping.timeout", 0, ">= 1.0"),
+    ("ping.timeout", 0, ">= 1"),
     # strings
     ("outofbandmanagement.ipmitool.path", "", "empty"),
     ("outofbandmanagement.ipmitool.interface", "  ", "empty"),
@@ -508,11 +513,11 @@ def test_smallest_accepted_values() -> None:
             "kvm.ha.activity.check.failure.ratio": 0.0,
             "ha.workers": 1,
             "port": 1,
-            "ping.interval": 1e-3,
+            "ping.interval": 0.1,
         }
     )
     assert settings.ping_timeout == 1.0
-    assert settings.ping_interval == 1e-3
+    assert settings.ping_interval == 0.1
 
 
 # ---------------------------------------------------------------------------
