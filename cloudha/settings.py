@@ -218,37 +218,34 @@ _IPMITOOL = "cloudha.oobm.ipmitool"
 _REDFISH = "cloudha.oobm.redfish"
 _SIMULATOR = "cloudha.testing.simulator"
 
-# Allowed ranges, in each key's own unit, with the reason docs/settings.md shows.
-_LOOP_FLOOR = "0.1 s: a shorter period only spins its loop (tests on real threads use 0.1 s)"
+# Allowed ranges, in each key's own unit, with the reason (error messages and
+# docs/settings.md show it): "below: why not less; above: why not more".
+_SPIN = "less only spins its loop, and tests on real threads need no less than 0.1 s"
 _DAY = 86400
-_PERIOD: _Bounds = (0.1, _DAY, f"from {_LOOP_FLOOR}; to 1 day: a longer wait is no HA")
-_WAIT: _Bounds = (0.1, _DAY, "from 0.1 s: nothing is decided faster; to 1 day: longer is no HA")
+_PERIOD: _Bounds = (0.1, _DAY, f"{_SPIN}; more than a day is no HA")
+_WAIT: _Bounds = (0.1, _DAY, "nothing is decided faster; more than a day is no HA")
 _TIMEOUT: _Bounds = (
     0.1,
     3600,
-    "from 0.1 s: no remote call answers reliably sooner; to 1 h: a longer limit stalls HA",
+    "no remote call answers reliably faster; a longer limit stalls HA for hours",
 )
 _RETENTION: _Bounds = (
     0.1,
     30 * _DAY,
-    f"from {_LOOP_FLOOR}; to 30 days: finished work kept longer only fills op_ha_work",
+    f"{_SPIN}; finished work kept over 30 days only fills op_ha_work",
 )
-_PING: _Bounds = (
-    0.1,
-    3600,
-    f"from {_LOOP_FLOOR}; to 1 h: a dead host would go unnoticed for hours",
-)
+_PING: _Bounds = (0.1, 3600, f"{_SPIN}; more would leave a dead host unnoticed for hours")
 _MS_TIMEOUT: _Bounds = (
     100,
     3_600_000,
-    "from 100 ms: no storage write or read answers reliably sooner; to 1 h",
+    "no storage write or read answers reliably faster; more stalls HA for hours",
 )
-_THREADS: _Bounds = (1, 1000, "from 1 thread; to 1000: more threads per server only contend")
-_POOL: _Bounds = (1, 10_000, "from 1; to 10000: beyond any deployment's hosts per server")
-_QUEUE: _Bounds = (1, 1_000_000, "from 1; to a million queued operations")
-_ATTEMPTS: _Bounds = (1, 100, "from 1 attempt; to 100: more only delay the decision")
-_RETRIES: _Bounds = (0, 100, "from none; to 100: more only delay the decision")
-_CONNECTIONS: _Bounds = (0, 100_000, "0 means unlimited; to 100000 at once")
+_THREADS: _Bounds = (1, 1000, "more threads on one server only contend")
+_POOL: _Bounds = (1, 10_000, "more than any deployment's hosts per server")
+_QUEUE: _Bounds = (1, 1_000_000, "a longer queue is a backlog, not a buffer")
+_ATTEMPTS: _Bounds = (1, 100, "more attempts only delay the decision")
+_RETRIES: _Bounds = (0, 100, "more retries only delay the decision")
+_CONNECTIONS: _Bounds = (0, 100_000, "0 means unlimited")
 
 _SPECS: tuple[KeySpec, ...] = (
     # §2.1 agent monitoring and disconnect handling.
@@ -267,7 +264,7 @@ _SPECS: tuple[KeySpec, ...] = (
         2.5,
         "Pings a host may miss, as a multiple of ping.interval, before it is behind on ping.",
         _S21,
-        bounds=(1.0, 100.0, "from 1 ping.interval; to 100: a host 100 pings behind is long dead"),
+        bounds=(1.0, 100.0, "a host 100 pings behind is long dead"),
         read_by=(_AGENTS, _MONITOR),
     ),
     _key(
@@ -443,7 +440,7 @@ _SPECS: tuple[KeySpec, ...] = (
         60,
         "Idle pause of an HA worker with nothing to do.",
         _S38,
-        bounds=(0.1, 3600, f"from {_LOOP_FLOOR}; to 1 h: new HA work would wait that long"),
+        bounds=(0.1, 3600, f"{_SPIN}; more would leave new HA work waiting for hours"),
         read_by=(_MANAGER, _SIMULATOR),
     ),
     _key(
@@ -602,7 +599,7 @@ _SPECS: tuple[KeySpec, ...] = (
         bounds=(
             1000,
             3_600_000,
-            "from 1 s: the heartbeat holds whole seconds; to 1 h: staleness would take hours",
+            "the heartbeat holds whole seconds; more would take hours to call a host stale",
         ),
         read_by=(_TIMING,),
     ),
@@ -622,7 +619,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Pause between failed heartbeat write attempts.",
         _S61,
         unit="ms",
-        bounds=(1, 3_600_000, "from 1 ms: max.tries bounds the attempts of a round; to 1 h"),
+        bounds=(1, 3_600_000, "max.tries bounds the attempts of a round; more stalls the writer"),
         read_by=(_TIMING,),
     ),
     _key(
@@ -760,7 +757,7 @@ _SPECS: tuple[KeySpec, ...] = (
         10,
         "Activity check samples taken before deciding.",
         _S75,
-        bounds=(1, 1000, "from 1 sample; to 1000: more only delay the decision"),
+        bounds=(1, 1000, "more samples only delay the decision"),
         read_by=NOT_USED_YET,
     ),
     _key(
@@ -1030,7 +1027,7 @@ def _out_of_range(
     reason = _MINIMUM_REASONS.get(spec.name) if value < low else None
     if reason:
         problem += f" ({reason})"
-    problem += f"; allowed range {_shown(low)} to {_shown(high)}{words} ({spec.why})"
+    problem += f" (allowed range {_shown(low)} to {_shown(high)}{words}: {spec.why})"
     raise _error(spec.name, raw, problem, source, where=where)
 
 

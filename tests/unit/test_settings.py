@@ -263,7 +263,7 @@ def test_constructor_validates_in_seconds() -> None:
     assert Settings(kvm_heartbeat_update_frequency=1.5).kvm_heartbeat_update_frequency == 1.5
     with pytest.raises(ConfigurationError) as excinfo:
         Settings(kvm_heartbeat_update_frequency=0.5)
-    assert "must be >= 1 seconds; allowed range 1 to 3600 seconds" in _message(excinfo)
+    assert "must be >= 1 seconds (allowed range 1 to 3600 seconds: " in _message(excinfo)
     with pytest.raises(ConfigurationError) as excinfo:
         Settings(kvm_heartbeat_update_frequency=-1.0)
     assert "kvm.heartbeat.update.frequency" in _message(excinfo)
@@ -819,3 +819,125 @@ def test_from_env_bad_value(variable: str, text: str, key: str, fragment: str) -
     assert excinfo.value.key.startswith(key)
     assert excinfo.value.value == text
     assert excinfo.value.source == "environment"
+
+
+# ---------------------------------------------------------------------------
+# Allowed ranges (issue 12, bad input: a tiny period or a huge count never ends)
+
+RANGED = [spec for spec in KEYS.values() if spec.minimum is not None]
+
+
+def test_every_duration_and_count_has_a_range_with_a_reason() -> None:
+    for spec in KEYS.values():
+        ranged = spec.kind in ("duration", "count", "multiplier", "port")
+        assert (spec.minimum is not None) is ranged, spec.name
+        assert (spec.maximum is not None) is ranged, spec.name
+        assert bool(spec.why) is ranged, spec.name
+        if ranged:
+            assert spec.minimum is not None
+            assert spec.maximum is not None
+            assert isinstance(spec.default, int | float)
+            assert spec.minimum <= spec.default <= spec.maximum, spec.name
+
+
+@pytest.mark.parametrize("spec", RANGED, ids=[spec.name for spec in RANGED])
+def test_range_ends_are_accepted_and_beyond_them_rejected(spec: KeySpec) -> None:
+    assert spec.minimum is not None
+    assert spec.maximum is not None
+    for inside in (spec.minimum, spec.maximum):
+        value = getattr(Settings.from_mapping({spec.name: inside}), spec.attribute)
+        expected = inside / 1000 if spec.unit == "ms" else inside
+        assert value == expected
+    whole = spec.kind in ("count", "port")
+    below = spec.minimum - 1 if whole else spec.minimum * 0.999
+    above = spec.maximum + 1 if whole else spec.maximum * 1.001
+    for outside in (below, above):
+        with pytest.raises(ConfigurationError) as excinfo:
+            Settings.from_mapping({spec.name: outside}, source="bad.toml")
+        message = _message(excinfo)
+        assert message.startswith(f"bad.toml: {spec.name}: ")
+        assert message.endswith(f", got {outside!r}")
+        low, high = (
+            f"{b:g}" if not float(b).is_integer() else str(int(b))
+            for b in (spec.minimum, spec.maximum)
+        )
+        assert f"allowed range {low} to {high}" in message
+        assert spec.why in message
+        assert excinfo.value.key == spec.name
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("ping.interval", 1e-9),
+        ("time.to.sleep", 1e-9),
+        ("kvm.heartbeat.update.frequency", 1e-9),
+        ("outofbandmanagement.background.task.execution.interval", 1e-9),
+        ("investigate.retry.interval", 1e-9),
+        ("ha.workers", 10**9),
+        ("ha.workers", 1001),
+        ("outofbandmanagement.sync.poolsize", 10**6),
+        ("ping.interval", 1e12),
+        ("time.between.cleanup", 1e300),
+        ("vm.ha.migration.max.retries", 10**12),
+    ],
+)
+def test_values_that_would_never_end_are_rejected(key: str, value: object) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        Settings.from_mapping({key: value})
+    assert excinfo.value.key == key
+    assert "allowed range" in _message(excinfo)
+
+
+def test_the_environment_checks_ranges_too() -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        Settings.from_env({"CLOUDHA_HA_WORKERS": "100000"})
+    message = _message(excinfo)
+    assert "CLOUDHA_HA_WORKERS" in message
+    assert "allowed range 1 to 1000" in message
+
+
+def test_attribute_values_are_checked_against_the_range_in_seconds() -> None:
+    # kvm.heartbeat.update.frequency is declared 1000..3600000 ms: 1..3600 s as an attribute.
+    assert Settings(kvm_heartbeat_update_frequency=3600.0).kvm_heartbeat_update_frequency == 3600
+    with pytest.raises(ConfigurationError) as excinfo:
+        Settings(kvm_heartbeat_update_frequency=3601.0)
+    assert "must be <= 3600 seconds" in _message(excinfo)
+    with pytest.raises(ConfigurationError) as excinfo:
+        Settings(ha_workers=5000)
+    assert "must be <= 1000" in _message(excinfo)
+
+
+def test_values_fast_test_profiles_use_are_accepted() -> None:
+    # What the real-thread integration tests, the heartbeat CLI tests and the benches set.
+    settings = Settings.from_mapping(
+        {
+            "ping.interval": 0.2,
+            "time.to.sleep": 0.1,
+            "investigate.retry.interval": 0.2,
+            "restart.retry.interval": 0.2,
+            "kvm.heartbeat.update.frequency": 1000,
+            "kvm.heartbeat.update.retry.sleep": 1,
+            "heartbeat.update.timeout": 5000,
+        }
+    )
+    assert settings.time_to_sleep == 0.1
+    assert settings.kvm_heartbeat_update_retry_sleep == 0.001
+
+
+def test_a_scenario_with_a_runaway_setting_is_a_scenario_error(tmp_path: Path) -> None:
+    from cloudha.errors import ScenarioError
+    from cloudha.testing.scenario import load_scenario
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        '[settings]\n"ping.interval" = 1e-9\n\n[[hosts]]\nid = "h1"\ncluster = "c1"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ScenarioError) as excinfo:
+        load_scenario(path)
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert "line 2" in message
+    assert "ping.interval" in message
+    assert "allowed range 0.1 to 3600 seconds" in message
