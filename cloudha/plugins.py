@@ -12,6 +12,7 @@ start-up failure.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import logging
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from cloudha.errors import ConfigurationError
 
-__all__ = ["load_plugins"]
+__all__ = ["check_names", "load_plugins"]
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +83,35 @@ def load_plugins(
         log.info("loaded %s as %s", where, getattr(plugin, "name", plugin))
         loaded.append(plugin)
     return loaded
+
+
+def check_names(key: str, names: Iterable[str], known: Iterable[str], *, what: str) -> None:
+    """Reject a name in setting ``key`` that names no known plugin.
+
+    A name list such as ``ha.investigators.exclude`` that names nothing is a
+    typo that silently keeps a witness in (or out of) the HA chain, so it stops
+    start-up instead.
+
+    Args:
+        key: the setting, e.g. ``"ha.investigators.order"``.
+        names: its value.
+        known: every name that may appear: the built-ins, CloudStack's own
+            names (configurations are copied whole) and the loaded plugins.
+        what: the plugin kind in messages ("investigator", "fence builder").
+
+    Raises:
+        ConfigurationError: naming the key and the first unknown name, with
+            the closest known name when there is one; ``key`` is the setting
+            and ``value`` the unknown name.
+    """
+    pool = sorted(set(known))
+    for name in names:
+        if name in pool:
+            continue
+        close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigurationError(
+            f"{key}: unknown {what} {name!r}{hint}; known: {', '.join(pool)}",
+            key=key,
+            value=name,
+        )

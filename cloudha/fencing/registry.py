@@ -17,6 +17,7 @@ there are used, level by level; naming an unknown or excluded fencer is a
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ from cloudha.fencing.recreatable import RecreatableFencer, VolumeDirectory
 from cloudha.fencing.ssh import RemoteShell, SSHSoftFencer
 from cloudha.model import Host
 from cloudha.oobm.manager import OutOfBandManager
-from cloudha.plugins import load_plugins
+from cloudha.plugins import check_names, load_plugins
 from cloudha.ports import (
     AgentGateway,
     AlertSink,
@@ -46,6 +47,8 @@ from cloudha.ports import (
 from cloudha.settings import Settings
 
 __all__ = [
+    "BUILTIN_FENCERS",
+    "CLOUDSTACK_FENCERS",
     "ENTRY_POINT_GROUP",
     "FencerContext",
     "build_fence_chain",
@@ -54,6 +57,34 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "cloudha.fencers"
+
+BUILTIN_FENCERS: frozenset[str] = frozenset(
+    kind.name
+    for kind in (
+        PowerFencer,
+        LibvirtFencer,
+        KVMFenceBuilder,
+        XenServerFenceBuilder,
+        VMwareFenceBuilder,
+        SSHSoftFencer,
+        RecreatableFencer,
+    )
+)
+"""The names of cloudha's own fencers, whether or not a context has their ports."""
+
+CLOUDSTACK_FENCERS: frozenset[str] = frozenset(
+    {
+        "KVMFenceBuilder",
+        "XenServerFenceBuilder",
+        "VMwareFenceBuilder",
+        "OvmFenceBuilder",
+        "Ovm3FenceBuilder",
+        "Simulator Fencer",
+        "RecreatableFencer",
+    }
+)
+"""CloudStack's fence builder names (spec §5): accepted in ``ha.fence.builders.exclude``
+even where cloudha has no such fencer, since configurations are copied whole."""
 
 DEFAULT_COMMAND_TIMEOUT = 10.0
 """Seconds a neighbour's agent or a hypervisor may take to answer one fencing command."""
@@ -170,8 +201,12 @@ def build_fence_chain(
     """The fence chain: CloudStack's registry, or the fence ``levels`` given by name.
 
     Raises:
-        ConfigurationError: two fencers share a name, a level is empty, or a
-            level names a fencer that is unknown or excluded.
+        ConfigurationError: two fencers share a name, a level is empty, a
+            level names a fencer that is unknown or excluded, or
+            ``ha.fence.builders.exclude`` names a fence builder that is neither
+            cloudha's (:data:`BUILTIN_FENCERS`), CloudStack's
+            (:data:`CLOUDSTACK_FENCERS`), in ``extra`` nor a plugin (the
+            message names the key and the name, with the closest known name).
     """
     fencers = builtin_fencers(ctx) + list(extra)
     if discover:
@@ -183,6 +218,12 @@ def build_fence_chain(
                 f"two fencers are named {fencer.name!r}", key="fencers", value=fencer.name
             )
         by_name[fencer.name] = fencer
+    check_names(
+        "ha.fence.builders.exclude",
+        ctx.settings.ha_fence_builders_exclude,
+        BUILTIN_FENCERS | CLOUDSTACK_FENCERS | set(by_name),
+        what="fence builder",
+    )
     excluded = set(ctx.settings.ha_fence_builders_exclude)
     common: dict[str, Any] = {
         "clock": ctx.clock,
@@ -210,9 +251,11 @@ def build_fence_chain(
                     value=name,
                 )
             if name not in by_name:
+                close = difflib.get_close_matches(name, sorted(by_name), n=1, cutoff=0.6)
+                hint = f", did you mean {close[0]!r}?" if close else ""
                 raise ConfigurationError(
                     f"fence level {index} names {name!r}, which is not a fencer here "
-                    f"(have: {', '.join(sorted(by_name))})",
+                    f"(have: {', '.join(sorted(by_name))}{hint})",
                     key="fence levels",
                     value=name,
                 )

@@ -26,7 +26,7 @@ from cloudha.investigators.kvm import KVMInvestigator
 from cloudha.investigators.ping import ManagementIPInvestigator, PingInvestigator
 from cloudha.investigators.vmware import VMwareInvestigator
 from cloudha.investigators.xen import XenServerInvestigator
-from cloudha.plugins import load_plugins
+from cloudha.plugins import check_names, load_plugins
 from cloudha.ports import (
     AgentGateway,
     HostDirectory,
@@ -37,6 +37,8 @@ from cloudha.ports import (
 from cloudha.settings import Settings
 
 __all__ = [
+    "BUILTIN_INVESTIGATORS",
+    "CLOUDSTACK_INVESTIGATORS",
     "ENTRY_POINT_GROUP",
     "InvestigatorContext",
     "build_chain",
@@ -47,6 +49,36 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "cloudha.investigators"
+
+BUILTIN_INVESTIGATORS: frozenset[str] = frozenset(
+    kind.name
+    for kind in (
+        AgentCheckInvestigator,
+        XenServerInvestigator,
+        KVMInvestigator,
+        VMwareInvestigator,
+        PingInvestigator,
+        ManagementIPInvestigator,
+        HypervisorInvestigator,
+    )
+)
+"""The names of cloudha's own investigators, whether or not a context has their ports."""
+
+CLOUDSTACK_INVESTIGATORS: frozenset[str] = frozenset(
+    {
+        "SimpleInvestigator",
+        "XenServerInvestigator",
+        "KVMInvestigator",
+        "HypervInvestigator",
+        "VMwareInvestigator",
+        "PingInvestigator",
+        "ManagementIPSysVMInvestigator",
+        "Ovm3Investigator",
+        "Simulator Investigator",
+    }
+)
+"""CloudStack's investigator names (spec §4): accepted in ``ha.investigators.*``
+even where cloudha has no such investigator, since configurations are copied whole."""
 
 
 @attrs.frozen
@@ -150,10 +182,23 @@ def build_chain(
     Registration order is: the built-ins (:func:`builtin_investigators`),
     then ``extra``, then discovered plugins. ``ha.investigators.order`` and
     ``ha.investigators.exclude`` from ``ctx.settings`` then apply.
+
+    Raises:
+        ConfigurationError: a plugin failed to load, or ``ha.investigators.order``
+            or ``ha.investigators.exclude`` names an investigator that is neither
+            cloudha's (:data:`BUILTIN_INVESTIGATORS`), CloudStack's
+            (:data:`CLOUDSTACK_INVESTIGATORS`), in ``extra`` nor a plugin; the
+            message names the key and the name, with the closest known name.
     """
     investigators = builtin_investigators(ctx) + list(extra)
     if discover:
         investigators += discover_investigators(ctx, entry_points=entry_points)
+    known = BUILTIN_INVESTIGATORS | CLOUDSTACK_INVESTIGATORS | {i.name for i in investigators}
+    for key, names in (
+        ("ha.investigators.order", ctx.settings.ha_investigators_order),
+        ("ha.investigators.exclude", ctx.settings.ha_investigators_exclude),
+    ):
+        check_names(key, names, known, what="investigator")
     return InvestigatorChain(
         investigators,
         order=ctx.settings.ha_investigators_order,
