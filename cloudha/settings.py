@@ -894,7 +894,7 @@ _SPECS: tuple[KeySpec, ...] = (
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
-"""Every setting by CloudStack key, in spec order (§2.1, §3.8, §4, §5, §6.1, §7.5, §8)."""
+"""Every setting by key, in spec order (§2.1, §3.8, §4, §5, §6.1, §7.5, §8), then ``cloudha.*``."""
 
 _BY_ENVIRONMENT: Mapping[str, KeySpec] = types.MappingProxyType(
     {spec.environment_variable: spec for spec in _SPECS}
@@ -1254,9 +1254,9 @@ class Settings:
     """Every setting of spec §2.1, §3.8, §4, §5, §6.1, §7.5 and §8, with its value.
 
     An immutable value: derive changed copies with :meth:`with_overrides`.
-    Each attribute is the CloudStack key with dots as underscores; its kind,
-    input unit, default and meaning are in :data:`KEYS`. Durations are float
-    seconds, whatever unit the key is documented in.
+    Each attribute is the key with dots as underscores; its kind, input unit,
+    default, allowed range, meaning and readers are in :data:`KEYS`.
+    Durations are float seconds, whatever unit the key is documented in.
 
     ``Settings()`` holds CloudStack's defaults. Keyword arguments to the
     constructor are attribute values (durations in seconds) and are validated
@@ -1371,7 +1371,11 @@ class Settings:
 
         Raises:
             ConfigurationError: for an unknown key (with the closest known key
-                when there is one) or an invalid value.
+                when there is one) or an invalid value (for a value outside
+                the key's range, the message gives the range and its reason).
+
+        A key nothing in cloudha reads yet is accepted; a warning naming it is
+        logged on the ``cloudha.settings`` logger.
         """
         return cls().with_overrides(mapping, source=source)
 

@@ -161,7 +161,7 @@ def test_key_spec_fields() -> None:
 @pytest.mark.parametrize("spec", list(KEYS.values()), ids=list(KEYS))
 def test_every_spec_is_well_formed(spec: KeySpec) -> None:
     assert spec.attribute == spec.name.replace(".", "_")
-    assert spec.section in {"§2.1", "§3.8", "§4", "§5", "§6.1", "§7.5", "§8"}
+    assert spec.section in {"§2.1", "§3.8", "§4", "§5", "§6.1", "§7.5", "§8", "cloudha"}
     assert spec.description
     assert "\n" not in spec.description
     if spec.kind == "duration":
@@ -941,3 +941,58 @@ def test_a_scenario_with_a_runaway_setting_is_a_scenario_error(tmp_path: Path) -
     assert "line 2" in message
     assert "ping.interval" in message
     assert "allowed range 0.1 to 3600 seconds" in message
+
+
+# ---------------------------------------------------------------------------
+# cloudha's own keys are named cloudha.*
+
+
+def _spec(name: str, section: str, **kw: object) -> KeySpec:
+    fields: dict[str, object] = {
+        "name": name,
+        "attribute": name.replace(".", "_"),
+        "kind": "bool",
+        "unit": None,
+        "default": False,
+        "description": "d",
+        "section": section,
+    }
+    fields.update(kw)
+    return KeySpec(**fields)  # type: ignore[arg-type]
+
+
+def test_no_catalogued_key_is_cloudhas_own_yet() -> None:
+    # Every key of the catalogue is CloudStack's (spec §2.1 ... §8); cloudha's own
+    # would be named cloudha.* with section "cloudha".
+    assert [s.name for s in KEYS.values() if s.section == "cloudha"] == []
+    assert not any(name.startswith("cloudha.") for name in KEYS)
+
+
+def test_own_keys_must_be_named_cloudha_and_only_they() -> None:
+    from cloudha.settings import _check_declaration
+
+    own = _spec("cloudha.ms.takeover.timeout", "cloudha")
+    _check_declaration(own)
+    assert own.attribute == "cloudha_ms_takeover_timeout"
+    assert own.environment_variable == "CLOUDHA_MS_TAKEOVER_TIMEOUT"
+    with pytest.raises(RuntimeError, match="cloudha's own keys"):
+        _check_declaration(_spec("ms.takeover.timeout", "cloudha"))
+    with pytest.raises(RuntimeError, match="cloudha's own keys"):
+        _check_declaration(_spec("cloudha.shadow", "§2.1"))
+    with pytest.raises(RuntimeError, match="unknown section"):
+        _check_declaration(_spec("x.y", "§99"))
+
+
+def test_declarations_are_checked() -> None:
+    from cloudha.settings import _check_declaration
+
+    with pytest.raises(RuntimeError, match="needs a range"):
+        _check_declaration(_spec("a.b", "§2.1", kind="count", default=1))
+    with pytest.raises(RuntimeError, match="outside the allowed range"):
+        _check_declaration(
+            _spec("a.b", "§2.1", kind="count", default=0, minimum=1, maximum=2, why="w")
+        )
+    with pytest.raises(RuntimeError, match="not a cloudha module"):
+        _check_declaration(_spec("a.b", "§2.1", consumers=("os.path",)))
+    with pytest.raises(RuntimeError, match="listed twice"):
+        _check_declaration(_spec("a.b", "§2.1", consumers=("cloudha.x", "cloudha.x")))
