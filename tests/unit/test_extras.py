@@ -239,3 +239,12 @@ def test_extras_match_pyproject_and_the_core_is_exactly_six_libraries() -> None:
         declared = tuple(dep.split(">")[0] for dep in optional[extra])
         assert declared == distributions, extra
     assert optional["all"] == [f"cloudha[{','.join(EXTRAS)}]"]
+
+
+def test_the_docs_name_every_extra() -> None:
+    readme = (ROOT / "README.md").read_text()
+    transports = (ROOT / "docs" / "transports.md").read_text()
+    for extra in (*EXTRAS, "all"):
+        assert f"| `{extra}` |" in readme, extra
+    for extra in EXTRAS:
+        assert f"| `{extra}` |" in transports, extra
