@@ -21,6 +21,7 @@ from cloudha.detection import needs_investigation as needs_investigation
 from cloudha.errors import CloudHAError as CloudHAError
 from cloudha.errors import ConfigurationError as ConfigurationError
 from cloudha.errors import LifecycleError as LifecycleError
+from cloudha.errors import MissingExtraError as MissingExtraError
 from cloudha.errors import NoTransitionError as NoTransitionError
 from cloudha.errors import ProbeAuthError as ProbeAuthError
 from cloudha.errors import ProbeConnectionError as ProbeConnectionError
@@ -172,6 +173,7 @@ __all__ = [
     "MaintenanceChecker",
     "ManagementIPInvestigator",
     "MigrationFailureSink",
+    "MissingExtraError",
     "MonitorTask",
     "NoTransitionError",
     "OobmConfig",

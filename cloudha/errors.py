@@ -4,7 +4,8 @@
 
     CloudHAError
      ├── ConfigurationError (+ValueError)      bad settings, scenario or plugin wiring
-     │    └── ScenarioError                    a simulator scenario file is wrong
+     │    ├── ScenarioError                    a simulator scenario file is wrong
+     │    └── MissingExtraError                an adapter's optional dependency is not installed
      ├── NoTransitionError                     a state machine has no such transition
      ├── LifecycleError (+RuntimeError)        start/stop misuse
      └── ProbeError                            a probe of a host failed (infrastructure fault)
@@ -24,6 +25,7 @@ __all__ = [
     "CloudHAError",
     "ConfigurationError",
     "LifecycleError",
+    "MissingExtraError",
     "NoTransitionError",
     "ProbeAuthError",
     "ProbeConnectionError",
@@ -75,6 +77,24 @@ class ScenarioError(ConfigurationError):
     ) -> None:
         super().__init__(message, key=key, value=value, source=source)
         self.line = line
+
+
+class MissingExtraError(ConfigurationError):
+    """An adapter was built without the extra that installs its dependency.
+
+    The message names the adapter, the distribution and the command that
+    installs it (``pip install 'cloudha[ssh]'``).
+
+    Attributes:
+        extra: the cloudha extra to install (``ssh``, ``libvirt``, ``ipmi``,
+            ``redfish``, ``postgres``, ``metrics``).
+        module: the module that could not be imported.
+    """
+
+    def __init__(self, message: str, *, extra: str, module: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+        self.module = module
 
 
 class NoTransitionError(CloudHAError):

@@ -13,6 +13,8 @@ lock; libvirt calls happen outside it, with the VM marked Starting,
 Stopping, Migrating or Expunging meanwhile so that a concurrent operation on
 the same VM is refused
 (:class:`~cloudha.ha.orchestrator.ConcurrentOperationError`).
+
+It needs the ``libvirt`` extra (libvirt-python); the module imports without it.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
-import libvirt
 
+from cloudha._extras import lazy_module, require
 from cloudha.deadline import DeadlineExceeded, DeadlineRunner
 from cloudha.errors import (
     ConfigurationError,
@@ -49,19 +51,17 @@ from cloudha.model import HypervisorType, Vm, VmState, VmType
 from cloudha.redact import redact
 from cloudha.transport.libvirt import redact_uri
 
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy_module("libvirt", "libvirt", "the libvirt orchestrator")
+
 __all__ = ["LibvirtOrchestrator"]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-_AUTH_ERROR_CODES: Final = frozenset(
-    {
-        libvirt.VIR_ERR_AUTH_FAILED,
-        libvirt.VIR_ERR_AUTH_CANCELLED,
-        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
-    }
-)
 _COUNTED: Final = frozenset(
     {VmState.RUNNING, VmState.STARTING, VmState.STOPPING, VmState.MIGRATING, VmState.UNKNOWN}
 )
@@ -144,6 +144,7 @@ class LibvirtOrchestrator:
             the guest to power off, on top of ``timeout``.
 
     Raises:
+        MissingExtraError: libvirt-python is not installed (``pip install 'cloudha[libvirt]'``).
         ConfigurationError: no hosts, an empty URI, a negative capacity or a
             bad timeout.
 
@@ -213,6 +214,7 @@ class LibvirtOrchestrator:
         timeout: float = 10.0,
         shutdown_timeout: float = 30.0,
     ) -> None:
+        require("libvirt", "libvirt", "the libvirt orchestrator")
         if not hosts:
             raise ConfigurationError("at least one host is needed", key="hosts")
         for host_id, uri in hosts.items():
@@ -693,7 +695,11 @@ class LibvirtOrchestrator:
     def _map_error(exc: Any, host_id: str, shown: str, secrets: tuple[str, ...]) -> ProbeError:
         message = redact(str(exc), *secrets)
         code = exc.get_error_code()
-        if code in _AUTH_ERROR_CODES:
+        if code in (
+            libvirt.VIR_ERR_AUTH_FAILED,
+            libvirt.VIR_ERR_AUTH_CANCELLED,
+            libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+        ):
             return ProbeAuthError(
                 f"libvirt on host {host_id} ({shown}) refused authentication: {message}",
                 host_id=host_id,

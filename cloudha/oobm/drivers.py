@@ -1,12 +1,13 @@
 """The built-in power drivers, built from settings.
 
 ``default_power_drivers(settings)`` returns the drivers whose dependencies
-can be loaded: ``ipmitool`` (the ipmitool program; always built, it fails
+are installed: ``ipmitool`` (the ipmitool program; always built, it fails
 per call with a clear error when the program is missing), ``ipmi`` (pyghmi,
-``pip install cloudha[ipmi]``) and ``redfish`` (sushy, ``pip install
-cloudha[redfish]``). A host configured for a driver that could not be loaded
-gets a :class:`~cloudha.errors.ConfigurationError` naming the host, the
-driver and the drivers available.
+``pip install 'cloudha[ipmi]'``) and ``redfish`` (sushy, ``pip install
+'cloudha[redfish]'``). A driver whose extra is not installed is left out
+(logged at INFO); a host configured for it then gets a
+:class:`~cloudha.errors.ConfigurationError` naming the host, the driver and
+the drivers available.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from __future__ import annotations
 import logging
 import os
 
+from cloudha.errors import MissingExtraError
+from cloudha.oobm.ipmi import PyghmiDriver
 from cloudha.oobm.ipmitool import IpmitoolDriver
 from cloudha.oobm.power import PowerDriver
+from cloudha.oobm.redfish import RedfishDriver
 from cloudha.settings import Settings
 
 __all__ = ["default_power_drivers"]
@@ -39,15 +43,11 @@ def default_power_drivers(
     settings = settings if settings is not None else Settings()
     drivers: list[PowerDriver] = [IpmitoolDriver.from_settings(settings)]
     try:
-        from cloudha.oobm.ipmi import PyghmiDriver
-    except ImportError as exc:
-        log.info("IPMI driver 'ipmi' not available (pip install cloudha[ipmi]): %s", exc)
-    else:
         drivers.append(PyghmiDriver())
+    except MissingExtraError as exc:
+        log.info("IPMI driver 'ipmi' not available: %s", exc)
     try:
-        from cloudha.oobm.redfish import RedfishDriver
-    except ImportError as exc:
-        log.info("Redfish driver not available (pip install cloudha[redfish]): %s", exc)
-    else:
         drivers.append(RedfishDriver.from_settings(settings, ca_bundle=redfish_ca_bundle))
+    except MissingExtraError as exc:
+        log.info("Redfish driver not available: %s", exc)
     return drivers

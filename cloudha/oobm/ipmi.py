@@ -1,8 +1,9 @@
 """The ``ipmi`` power driver: IPMI 2.0 over LAN in Python, with pyghmi.
 
-pyghmi is the ``cloudha[ipmi]`` extra: importing this module raises
-:class:`ImportError` without it (only :mod:`pyghmi.exceptions` is imported
-here; the rest of pyghmi loads with the first session).
+pyghmi is the ``cloudha[ipmi]`` extra: this module imports without it, and
+building a :class:`PyghmiDriver` then raises
+:class:`~cloudha.errors.MissingExtraError`. pyghmi itself loads when the
+driver is built (:mod:`pyghmi.exceptions`) and with the first session (the rest).
 
 Operations map to pyghmi's :class:`pyghmi.ipmi.command.Command`:
 
@@ -49,10 +50,9 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import pyghmi.exceptions as pyghmi_exceptions
-
+from cloudha._extras import lazy_module, require
 from cloudha.deadline import DeadlineExceeded, DeadlineRunner, Ticket
 from cloudha.errors import (
     ProbeAuthError,
@@ -69,6 +69,11 @@ from cloudha.oobm.power import (
     PowerState,
 )
 from cloudha.redact import redact
+
+if TYPE_CHECKING:
+    import pyghmi.exceptions as pyghmi_exceptions
+else:
+    pyghmi_exceptions = lazy_module("pyghmi.exceptions", "ipmi", "the ipmi power driver")
 
 __all__ = [
     "DEFAULT_IPMI_PORT",
@@ -187,8 +192,9 @@ def pyghmi_command(*, address: str, port: int, username: str, password: str) -> 
     Raises:
         pyghmi.exceptions.IpmiException: the login failed.
         OSError: e.g. the address does not resolve.
+        MissingExtraError: pyghmi is not installed.
     """
-    from pyghmi.ipmi import command as ipmi_command
+    ipmi_command = require("pyghmi.ipmi.command", "ipmi", "the ipmi power driver")
 
     # NOTE: bytes on purpose (see the module docstring): pyghmi 1.6 compares
     # the cached sessions' encoded credentials with the ones given.
@@ -267,11 +273,15 @@ class PyghmiDriver(BasePowerDriver):
     Args:
         command_factory: opens a session; :func:`pyghmi_command` unless a test
             injects a stand-in.
+
+    Raises:
+        MissingExtraError: pyghmi is not installed (``pip install 'cloudha[ipmi]'``).
     """
 
     name = "ipmi"
 
     def __init__(self, *, command_factory: CommandFactory | None = None) -> None:
+        require("pyghmi.exceptions", "ipmi", "the ipmi power driver")
         if command_factory is None:
             command_factory = pyghmi_command
         self._factory = command_factory

@@ -1,4 +1,4 @@
-"""Fence-path readiness and power states as Prometheus metrics (``pip install cloudha[metrics]``).
+"""Fence-path readiness and power states as Prometheus metrics (``pip install 'cloudha[metrics]'``).
 
 ``register_oobm_metrics(manager)`` adds a collector that reports, at every
 scrape, what :class:`~cloudha.oobm.OutOfBandManager` last saw (no BMC is
@@ -10,6 +10,10 @@ contacted by a scrape):
   (a stalled background sync shows as a growing age);
 * ``cloudha_oobm_power_state{host,state}``: 1 for the host's current power
   state (On, Off, Unknown, Disabled), 0 for the others.
+
+This module imports without prometheus-client; building an
+:class:`OobmCollector` (or registering one) then raises
+:class:`~cloudha.errors.MissingExtraError`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from cloudha._extras import require
 from cloudha.oobm.manager import OutOfBandManager
 from cloudha.oobm.power import PowerState
 
@@ -30,6 +35,7 @@ class OobmCollector:
     """A Prometheus collector over an :class:`OutOfBandManager`'s readiness and power states."""
 
     def __init__(self, manager: OutOfBandManager) -> None:
+        require("prometheus_client", "metrics", "the Prometheus metrics collector")
         self.manager = manager
 
     def describe(self) -> list[Any]:
@@ -69,9 +75,14 @@ class OobmCollector:
 def register_oobm_metrics(
     manager: OutOfBandManager, registry: CollectorRegistry | None = None
 ) -> OobmCollector:
-    """Register an :class:`OobmCollector` (in the default registry unless one is given)."""
+    """Register an :class:`OobmCollector` (in the default registry unless one is given).
+
+    Raises:
+        MissingExtraError: prometheus-client is not installed
+            (``pip install 'cloudha[metrics]'``).
+    """
+    collector = OobmCollector(manager)
     from prometheus_client import REGISTRY
 
-    collector = OobmCollector(manager)
     (registry if registry is not None else REGISTRY).register(collector)
     return collector

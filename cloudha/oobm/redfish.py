@@ -20,7 +20,9 @@ that is already off with 409 Conflict and fencing never ends (spec §10 item
 10). Here a 409 on ON, OFF or SOFT is followed by a read-back of the power
 state: a system already in the wanted state is a success.
 
-This module needs the ``redfish`` extra (``sushy``, which brings ``requests``).
+sushy (which brings ``requests``) is the ``redfish`` extra (``pip install
+'cloudha[redfish]'``): this module imports without it, and building a
+:class:`RedfishDriver` then raises :class:`~cloudha.errors.MissingExtraError`.
 """
 
 from __future__ import annotations
@@ -36,13 +38,9 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import requests
-import sushy
 import tenacity
-from sushy import auth as sushy_auth
-from sushy import connector as sushy_connector
-from sushy import exceptions as sushy_exc
 
+from cloudha._extras import lazy_module, require
 from cloudha.deadline import DeadlineExceeded, DeadlineRunner
 from cloudha.errors import (
     ConfigurationError,
@@ -62,7 +60,20 @@ from cloudha.oobm.power import (
 from cloudha.redact import redact
 
 if TYPE_CHECKING:
+    import requests
+    import sushy
+    from sushy import auth as sushy_auth
+    from sushy import connector as sushy_connector
+    from sushy import exceptions as sushy_exc
+
     from cloudha.settings import Settings
+else:
+    _WHAT = "the Redfish power driver"
+    requests = lazy_module("requests", "redfish", _WHAT)
+    sushy = lazy_module("sushy", "redfish", _WHAT)
+    sushy_auth = lazy_module("sushy.auth", "redfish", _WHAT)
+    sushy_connector = lazy_module("sushy.connector", "redfish", _WHAT)
+    sushy_exc = lazy_module("sushy.exceptions", "redfish", _WHAT)
 
 __all__ = ["SYSTEMS_PATH", "RedfishDriver", "SushyFactory"]
 
@@ -173,6 +184,7 @@ class RedfishDriver(BasePowerDriver):
         sushy_factory: builds the sushy service root (tests pass fakes).
 
     Raises:
+        MissingExtraError: sushy is not installed (``pip install 'cloudha[redfish]'``).
         ConfigurationError: ``retries`` is negative or ``verify`` names a
             CA bundle that does not exist.
     """
@@ -190,6 +202,7 @@ class RedfishDriver(BasePowerDriver):
         retries: int = 2,
         sushy_factory: SushyFactory | None = None,
     ) -> None:
+        require("sushy", "redfish", "the Redfish power driver")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(
                 f"redfish: retries must be a non-negative integer, got {retries!r}",

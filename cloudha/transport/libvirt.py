@@ -25,6 +25,10 @@ module does nothing of the kind):
   must do so before the first probe and should not use this module.
 * libvirt's default error handler, which prints every error to stderr, is
   replaced by one that prints nothing (errors are still raised).
+
+libvirt-python is the ``libvirt`` extra (``pip install 'cloudha[libvirt]'``):
+this module imports without it, and building a :class:`LibvirtHypervisorProbe`
+then raises :class:`~cloudha.errors.MissingExtraError`.
 """
 
 from __future__ import annotations
@@ -36,10 +40,9 @@ import string
 import threading
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import libvirt
-
+from cloudha._extras import lazy_module, require
 from cloudha.deadline import DeadlineExceeded, DeadlineRunner
 from cloudha.errors import (
     ConfigurationError,
@@ -51,6 +54,11 @@ from cloudha.errors import (
 from cloudha.model import Host
 from cloudha.ports import DomainState, HypervisorReport
 from cloudha.redact import REDACTED, redact
+
+if TYPE_CHECKING:
+    import libvirt
+else:
+    libvirt = lazy_module("libvirt", "libvirt", "the libvirt probe")
 
 __all__ = [
     "DEFAULT_URI_TEMPLATE",
@@ -71,21 +79,25 @@ EVENT_LOOP_THREAD_NAME: Final = "cloudha-libvirt-events"
 
 _TEMPLATE_FIELDS: Final = frozenset({"ip", "name", "id"})
 
-_AUTH_ERROR_CODES: Final = frozenset(
-    {
+
+def _is_auth_error(code: int) -> bool:
+    """Whether a libvirt error code reports an authentication failure."""
+    return code in (
         libvirt.VIR_ERR_AUTH_FAILED,
         libvirt.VIR_ERR_AUTH_CANCELLED,
         libvirt.VIR_ERR_AUTH_UNAVAILABLE,
-    }
-)
+    )
 
-_DOMAIN_STATES: Final[dict[int, DomainState]] = {
-    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
-    libvirt.VIR_DOMAIN_PAUSED: DomainState.RUNNING,
-    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
-    libvirt.VIR_DOMAIN_CRASHED: DomainState.SHUTOFF,
-}
+
+def _domain_states() -> dict[int, DomainState]:
+    return {
+        libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+        libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,
+        libvirt.VIR_DOMAIN_PAUSED: DomainState.RUNNING,
+        libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+        libvirt.VIR_DOMAIN_CRASHED: DomainState.SHUTOFF,
+    }
+
 
 _SENSITIVE_KEY_PARTS: Final = ("pass", "secret")
 """Query keys containing one of these (``password``, ``passwd``...) have their values redacted."""
@@ -220,7 +232,7 @@ def _scrub(text: str, secrets: tuple[str, ...]) -> str:
 
 
 def _fold_state(state: int) -> DomainState:
-    return _DOMAIN_STATES.get(state, DomainState.OTHER)
+    return _domain_states().get(state, DomainState.OTHER)
 
 
 def _check_timeout(timeout: float) -> float:
@@ -262,6 +274,7 @@ class LibvirtHypervisorProbe:
             bounds how long an abandoned worker lingers once connected.
 
     Raises:
+        MissingExtraError: libvirt-python is not installed (``pip install 'cloudha[libvirt]'``).
         ConfigurationError: ``uri_template`` has an unknown field, a
             conversion or format spec, or is malformed (``key="uri_template"``);
             a keepalive setting is out of range (``key`` names it).
@@ -284,6 +297,7 @@ class LibvirtHypervisorProbe:
         keepalive_interval: int = 5,
         keepalive_count: int = 3,
     ) -> None:
+        require("libvirt", "libvirt", "the libvirt probe")
         self._template = _parse_template(uri_template)
         self._fields = _template_fields(self._template)
         if (
@@ -524,7 +538,7 @@ class LibvirtHypervisorProbe:
     def _map_error(exc: Any, host: Host, shown: str, secrets: tuple[str, ...]) -> ProbeError:
         message = _scrub(str(exc), secrets)
         code = exc.get_error_code()
-        if code in _AUTH_ERROR_CODES:
+        if _is_auth_error(code):
             return ProbeAuthError(
                 f"libvirt on host {host.id} ({shown}) refused authentication: {message}",
                 host_id=host.id,

@@ -37,6 +37,10 @@ Contract shared by every public method:
 
 Messages and logs never contain key material, passwords or the full
 command line (only ``argv[0]``).
+
+paramiko is the ``ssh`` extra (``pip install 'cloudha[ssh]'``): this module
+imports without it, and building an :class:`SSHTransport` then raises
+:class:`~cloudha.errors.MissingExtraError`.
 """
 
 from __future__ import annotations
@@ -57,11 +61,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Never, Self, TypeVar
+from typing import TYPE_CHECKING, Final, Self, TypeVar
 
 import attrs
-import paramiko
 
+from cloudha._extras import lazy_module, require
 from cloudha.errors import (
     CloudHAError,
     ConfigurationError,
@@ -72,6 +76,14 @@ from cloudha.errors import (
     ProbeTimeout,
 )
 
+if TYPE_CHECKING:
+    import paramiko
+
+    from cloudha.transport import _ssh_keys
+else:
+    paramiko = lazy_module("paramiko", "ssh", "the SSH transport")
+    _ssh_keys = lazy_module("cloudha.transport._ssh_keys", "ssh", "the SSH transport")
+
 __all__ = ["CommandResult", "SFTPStorage", "SSHTransport"]
 
 log = logging.getLogger(__name__)
@@ -81,8 +93,11 @@ _T = TypeVar("_T")
 _CHUNK: Final = 32768
 _MAX_CHANNELS_PER_CONNECTION: Final = 8
 """Concurrent channels per cached connection; below OpenSSH's default MaxSessions (10)."""
-_FOREIGN_ERRORS: Final = (paramiko.SSHException, OSError, EOFError)
-"""What paramiko and the socket layer raise; mapped by :func:`_map_error`."""
+
+
+def _foreign_errors() -> tuple[type[BaseException], ...]:
+    """What paramiko and the socket layer raise; mapped by :func:`_map_error`."""
+    return (paramiko.SSHException, OSError, EOFError)
 
 
 @attrs.frozen
@@ -120,54 +135,6 @@ class CommandResult:
             f"{self.argv[0]!r} exited with status {self.exit_status}"
             + (f": {first}" if first else "")
         )
-
-
-class _UnknownHostKeyError(paramiko.SSHException):
-    """The server's host key is not in known_hosts (raised by :class:`_RejectPolicy`)."""
-
-
-class _RejectPolicy(paramiko.RejectPolicy):
-    """paramiko's RejectPolicy, raising a class of its own so the mapping needs no message match."""
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> Never:
-        try:
-            super().missing_host_key(client, hostname, key)
-        except paramiko.SSHException as exc:
-            raise _UnknownHostKeyError(str(exc)) from None
-
-
-class _AcceptPolicy(paramiko.AutoAddPolicy):
-    """AutoAddPolicy that remembers keys in memory only (never writes known_hosts).
-
-    A key accepted once for a host name is then pinned for the life of the
-    transport: a later connection presenting another key is refused.
-    """
-
-    def __init__(self) -> None:
-        self._pinned: dict[str, paramiko.PKey] = {}
-        self._lock = threading.Lock()
-
-    def pinned(self) -> list[tuple[str, paramiko.PKey]]:
-        """The (host name, key) pairs accepted so far."""
-        with self._lock:
-            return list(self._pinned.items())
-
-    def missing_host_key(
-        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
-    ) -> None:
-        with self._lock:
-            first = hostname not in self._pinned
-            self._pinned.setdefault(hostname, key)
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        if first:
-            log.warning(
-                "accepting unverified %s host key %s for %s",
-                key.get_name(),
-                key.fingerprint,
-                hostname,
-            )
 
 
 class _Watchdog:
@@ -226,7 +193,7 @@ class _Watchdog:
 
 
 def _quietly(closer: Callable[[], object]) -> None:
-    with contextlib.suppress(*_FOREIGN_ERRORS):
+    with contextlib.suppress(*_foreign_errors()):
         closer()
 
 
@@ -269,7 +236,7 @@ def _map_error(
             f"host key of {where} does not match known_hosts (possible man-in-the-middle)",
             host_id=host_id,
         )
-    if isinstance(exc, _UnknownHostKeyError) or (
+    if isinstance(exc, _ssh_keys.UnknownHostKeyError) or (
         type(exc) is paramiko.SSHException and "not found in known_hosts" in str(exc)
     ):
         return ProbeHostKeyError(f"host key of {where} is not in known_hosts", host_id=host_id)
@@ -371,6 +338,7 @@ class SSHTransport:
             connections; 0 turns them off.
 
     Raises:
+        MissingExtraError: paramiko is not installed (``pip install 'cloudha[ssh]'``).
         ConfigurationError: a bad argument, a ``known_hosts`` path that does
             not exist, or a key file that cannot be read or is encrypted.
 
@@ -389,6 +357,7 @@ class SSHTransport:
         connect_timeout: float = 10.0,
         keepalive_interval: float = 5.0,
     ) -> None:
+        require("paramiko", "ssh", "the SSH transport")
         if not isinstance(username, str) or not username or "\0" in username:
             raise ConfigurationError(f"invalid SSH username {username!r}", key="username")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
@@ -423,14 +392,14 @@ class SSHTransport:
         self._gates: dict[str, threading.Lock] = {}
         self._policy: paramiko.MissingHostKeyPolicy
         if accept_unknown_host_keys:
-            self._policy = _AcceptPolicy()
+            self._policy = _ssh_keys.AcceptPolicy()
             log.warning(
                 "SSHTransport(port=%d) accepts unknown host keys: connections to new hosts are "
                 "not authenticated and can be intercepted (man-in-the-middle)",
                 port,
             )
         else:
-            self._policy = _RejectPolicy()
+            self._policy = _ssh_keys.RejectPolicy()
 
     @staticmethod
     def _load_key(path: Path) -> paramiko.PKey:
@@ -496,7 +465,7 @@ class SSHTransport:
                 status, out, err = self._collect(chan, watchdog, max_output, where)
         except CloudHAError:
             raise
-        except _FOREIGN_ERRORS as exc:
+        except _foreign_errors() as exc:
             raise _map_error(
                 exc,
                 where=where,
@@ -629,7 +598,7 @@ class SSHTransport:
                 key="known_hosts",
                 value=str(self._known_hosts),
             ) from exc
-        if isinstance(self._policy, _AcceptPolicy):
+        if isinstance(self._policy, _ssh_keys.AcceptPolicy):
             for name, key in self._policy.pinned():
                 if client.get_host_keys().lookup(name) is None:
                     client.get_host_keys().add(name, key.get_name(), key)
@@ -667,7 +636,7 @@ class SSHTransport:
         where = self._where(address)
         try:
             client = self._new_client(address, watchdog)
-        except _FOREIGN_ERRORS as exc:
+        except _foreign_errors() as exc:
             raise _map_error(
                 exc, where=where, host_id=host, what="connecting to", timed_out=watchdog.expired()
             ) from exc
@@ -749,7 +718,7 @@ class SSHTransport:
                 raise ProbeTimeout(f"timed out waiting for a channel to {where}", host_id=host)
             try:
                 chan = conn.transport.open_session(timeout=max(watchdog.remaining(), 0.001))
-            except _FOREIGN_ERRORS as exc:
+            except _foreign_errors() as exc:
                 conn.slots.release()
                 with self._lock:
                     self._retire_locked(address, conn)  # still in use by us: closed on release
@@ -848,7 +817,7 @@ class SSHTransport:
             raise FileNotFoundError(
                 errno.ENOENT, f"no such file or directory on {where}", path
             ) from exc
-        except _FOREIGN_ERRORS as exc:
+        except _foreign_errors() as exc:
             raise _map_error(
                 exc,
                 where=where,
@@ -889,7 +858,7 @@ class SSHTransport:
                     f.write(data)
                 sftp.posix_rename(temp, path)
             except BaseException:
-                with contextlib.suppress(*_FOREIGN_ERRORS):
+                with contextlib.suppress(*_foreign_errors()):
                     sftp.remove(temp)
                 raise
 

@@ -27,6 +27,7 @@ from cloudha.errors import (
     ProbeHostKeyError,
     ProbeTimeout,
 )
+from cloudha.transport import _ssh_keys as ssh_keys
 from cloudha.transport import ssh as ssh_module
 from cloudha.transport.ssh import CommandResult, SFTPStorage, SSHTransport
 
@@ -206,7 +207,7 @@ GOT, EXPECTED = _key(), _key()
 
 MAPPING: list[tuple[BaseException, type[ProbeError]]] = [
     (
-        ssh_module._UnknownHostKeyError("Server '[h1]:2222' not found in known_hosts"),
+        ssh_keys.UnknownHostKeyError("Server '[h1]:2222' not found in known_hosts"),
         ProbeHostKeyError,
     ),
     (paramiko.SSHException("Server 'h1' not found in known_hosts"), ProbeHostKeyError),
@@ -237,7 +238,7 @@ MAPPING: list[tuple[BaseException, type[ProbeError]]] = [
 def test_foreign_errors_map_to_the_most_specific_class(
     exc: BaseException, expected: type[ProbeError]
 ) -> None:
-    assert isinstance(exc, ssh_module._FOREIGN_ERRORS)
+    assert isinstance(exc, ssh_module._foreign_errors())
     mapped = ssh_module._map_error(exc, where="h1:2222", host_id="host-1", what="connecting to")
     assert type(mapped) is expected
     assert isinstance(mapped, ProbeError)
