@@ -94,7 +94,7 @@ from cloudha.model import (
     VmType,
 )
 from cloudha.ports import Alert, AlertSink, HostDirectory, MigrationFailureSink
-from cloudha.runtime import ThreadFactory
+from cloudha.runtime import Loop, Pump, ThreadFactory
 from cloudha.settings import Settings
 from cloudha.status import Status
 
@@ -230,9 +230,11 @@ class HighAvailabilityManager:
         self.resource_manager = resource_manager
         self._recorder = None if evidence is None else Recorder(evidence, clock, server_id)
         self._factory = thread_factory
-        self._stopping = threading.Event()
-        self._wake_events: list[threading.Event] = []
-        self._threads: list[threading.Thread] = []
+        self._pumps: list[Pump] = []
+        self.on_work_added: Callable[[], None] | None = None
+        """Called (after this server's own pumps are woken) whenever new work is
+        committed or works are released: a simulator sets it to wake its
+        virtual workers. It must not raise (an exception is logged)."""
         self._state = "new"
         self._lock = threading.Lock()
 
@@ -969,27 +971,64 @@ class HighAvailabilityManager:
     def start(self) -> None:
         """Release this server's old claims, mark due works Investigating, start the workers.
 
-        Starts ``ha.workers`` threads named ``HA-Worker-<i>`` and the cleanup
-        thread (every ``time.between.cleanup``).
+        Runs each of :meth:`loops` on a :class:`~cloudha.runtime.Pump`: the
+        ``ha.workers`` threads named ``HA-Worker-<i>`` and the cleanup thread
+        ``HA-Cleanup`` (every ``time.between.cleanup``). :meth:`wakeup`
+        wakes the worker pumps.
         """
         with self._lock:
             if self._state != "new":
                 raise LifecycleError(f"HA manager {self.server_id} is {self._state}")
             self._state = "running"
         self.recover()
-        for index in range(self.settings.ha_workers):
-            wake = threading.Event()
-            self._wake_events.append(wake)
-            thread = self._factory(
-                target=functools.partial(self._work_loop, wake),
-                name=f"HA-Worker-{index}",
-                daemon=True,
-            )
-            self._threads.append(thread)
-        cleanup = self._factory(target=self._cleanup_loop, name="HA-Cleanup", daemon=True)
-        self._threads.append(cleanup)
-        for thread in self._threads:
-            thread.start()
+        self._pumps = [
+            loop.pump(clock=self.clock, thread_factory=self._factory) for loop in self.loops()
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def loops(self) -> list[Loop]:
+        """What :meth:`start` runs, for an embedder (or simulator) that drives its own threads.
+
+        ``ha.workers`` loops ``HA-Worker-<i>`` on :meth:`work_tick` (woken by
+        new work: ``wake_on_work``), then ``HA-Cleanup`` on
+        :meth:`cleanup_tick`, whose first round is one ``time.between.cleanup``
+        after the start. Call :meth:`recover` before running them.
+        """
+        workers = [
+            Loop(f"HA-Worker-{index}", self.work_tick, wake_on_work=True)
+            for index in range(self.settings.ha_workers)
+        ]
+        cleanup = Loop(
+            "HA-Cleanup",
+            self.cleanup_tick,
+            wake_on_work=False,
+            first_delay=self.settings.time_between_cleanup,
+        )
+        return [*workers, cleanup]
+
+    def work_tick(self) -> float:
+        """One worker round: claim one due work and process it.
+
+        Returns 0.0 after processing one (there may be more), else the idle
+        delay ``time.to.sleep``. Never raises: a failure to claim is logged
+        and counts as idle.
+        """
+        try:
+            busy = self.process_next() is not None
+        except Exception:
+            log.exception("HA worker %s: claiming failed", threading.current_thread().name)
+            busy = False
+        return 0.0 if busy else float(self.settings.time_to_sleep)
+
+    def cleanup_tick(self) -> float:
+        """One cleanup round (:meth:`cleanup`); returns ``time.between.cleanup``. Never raises."""
+        try:
+            deleted = self.cleanup()
+            log.info("HA cleanup deleted %d finished works", deleted)
+        except Exception:
+            log.exception("HA cleanup failed")
+        return float(self.settings.time_between_cleanup)
 
     def recover(self) -> tuple[int, int]:
         """Take up after a previous run of this server: what :meth:`start` does first.
@@ -1022,18 +1061,15 @@ class HighAvailabilityManager:
                 self._state = "stopped"
                 return
             self._state = "stopped"
-        self._stopping.set()
-        for wake in self._wake_events:
-            wake.set()
+        for pump in self._pumps:
+            pump.request_stop()
         stuck = []
         # One deadline for all the threads, not ``timeout`` each. Joining is
         # the runtime edge: the wall clock, not the injected one, bounds it.
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                if thread.is_alive():
-                    stuck.append(thread.name)
+        for pump in self._pumps:
+            if not pump.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                stuck.append(pump.name)
         self._db(lambda: self.store.mark_server_pending_as_investigating(self.server_id))
         released = self._db(lambda: self.store.release_server(self.server_id))
         log.info("HA manager %s stopped; %d works handed back", self.server_id, released)
@@ -1051,37 +1087,28 @@ class HighAvailabilityManager:
         return released
 
     def wakeup(self) -> None:
-        """Wake idle workers (called by every schedule method)."""
-        for wake in self._wake_events:
-            wake.set()
+        """Wake idle workers (called after every committed schedule and release).
+
+        Wakes this server's worker pumps (after :meth:`start`), then calls
+        :attr:`on_work_added` when set.
+        """
+        for pump in self._pumps:
+            pump.wake()
+        waker = self.on_work_added
+        if waker is not None:
+            try:
+                waker()
+            except Exception:
+                log.exception("HA manager %s: on_work_added failed", self.server_id)
 
     def cleanup(self) -> int:
         """Delete Done and Cancelled works older than ``time.between.failures``; how many."""
         return self._db(lambda: self.store.cleanup(self.settings.time_between_failures))
 
-    def _work_loop(self, wake: threading.Event) -> None:
-        while not self._stopping.is_set():
-            wake.clear()
-            try:
-                busy = self.process_next() is not None
-            except Exception:
-                log.exception("HA worker %s: claiming failed", threading.current_thread().name)
-                busy = False
-            if not busy:
-                self.clock.wait(wake, self.settings.time_to_sleep)
-
-    def _cleanup_loop(self) -> None:
-        while not self.clock.wait(self._stopping, self.settings.time_between_cleanup):
-            try:
-                deleted = self.cleanup()
-                log.info("HA cleanup deleted %d finished works", deleted)
-            except Exception:
-                log.exception("HA cleanup failed")
-
     @property
     def threads(self) -> Sequence[threading.Thread]:
         """The worker and cleanup threads (empty before :meth:`start`)."""
-        return tuple(self._threads)
+        return tuple(p.thread for p in self._pumps if p.thread is not None)
 
     def __repr__(self) -> str:
         return f"HighAvailabilityManager({self.server_id!r}, {self.store!r})"

@@ -1933,3 +1933,66 @@ def test_lifecycle_states(env: Env) -> None:
             clock=env.clock,
             alerts=env.alerts,
         )
+
+
+# -- the loop API (work_tick, cleanup_tick, loops, on_work_added) ---------------------------------
+
+
+def test_work_tick_processes_one_work_then_reports_the_idle_delay() -> None:
+    env = make_env(settings=Settings(time_to_sleep=42))
+    first = env.add("vm1", WorkType.FORCE_STOP)
+    assert env.manager.work_tick() == 0.0
+    assert env.work(first.id).step is Step.DONE
+    assert env.manager.work_tick() == 42.0  # nothing due
+
+
+def test_work_tick_never_raises_when_claiming_fails(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(server_id: str) -> Work | None:
+        raise RuntimeError("store broken")
+
+    monkeypatch.setattr(env.store, "claim", broken)
+    assert env.manager.work_tick() == float(env.manager.settings.time_to_sleep)
+
+
+def test_cleanup_tick_cleans_and_returns_time_between_cleanup() -> None:
+    settings = Settings.from_mapping({"time.between.cleanup": 7200, "time.between.failures": 60})
+    env = make_env(settings=settings)
+    done = env.add("vm1", WorkType.STOP)
+    env.manager.process_next()
+    env.clock.advance(61)
+    assert env.manager.cleanup_tick() == 7200.0
+    assert env.store.get(done.id) is None
+
+
+def test_loops_are_the_workers_then_the_cleanup() -> None:
+    settings = Settings.from_mapping({"ha.workers": 3, "time.between.cleanup": 900})
+    env = make_env(settings=settings)
+    loops = env.manager.loops()
+    assert [(lp.name, lp.wake_on_work, lp.first_delay) for lp in loops] == [
+        ("HA-Worker-0", True, 0.0),
+        ("HA-Worker-1", True, 0.0),
+        ("HA-Worker-2", True, 0.0),
+        ("HA-Cleanup", False, 900.0),
+    ]
+    assert loops[0].tick == env.manager.work_tick
+    assert loops[-1].tick == env.manager.cleanup_tick
+
+
+def test_on_work_added_is_called_after_the_work_is_committed(env: Env) -> None:
+    seen: list[list[int]] = []
+    env.manager.on_work_added = lambda: seen.append([w.id for w in env.store.pending_for_vm("vm1")])
+    work = env.restart()
+    assert seen == [[work.id]]  # the row was already there when the waker ran
+    assert env.manager.schedule_stop(env.vm(), "h1", WorkType.STOP, ReasonType.UNKNOWN)
+    assert len(seen) == 2
+
+
+def test_a_failing_on_work_added_does_not_fail_the_scheduling(env: Env) -> None:
+    def broken() -> None:
+        raise RuntimeError("simulator gone")
+
+    env.manager.on_work_added = broken
+    work = env.restart()
+    assert env.work(work.id).step is Step.INVESTIGATING
