@@ -1,7 +1,8 @@
 """The HA manager: schedules VM HA work and runs the workers that carry it out.
 
 :class:`HighAvailabilityManager` is CloudStack's ``HighAvailabilityManagerImpl``
-(spec §3.3-§3.7) over the persistent :class:`~cloudha.ha.store.WorkStore`:
+(spec §3.3-§3.7) over a :class:`~cloudha.ports.WorkStore` (the SQL
+:class:`~cloudha.ha.store.SqlWorkStore` in production):
 
 * the scheduling API (:meth:`~HighAvailabilityManager.schedule_restart_for_vms_on_host`,
   :meth:`~HighAvailabilityManager.schedule_restart`,
@@ -57,11 +58,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 
 import attrs
-import sqlalchemy.exc
 import tenacity
 
 from cloudha.clock import Clock
-from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError
+from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError, StoreUnavailableError
 from cloudha.evidence import EvidenceSink, Recorder
 from cloudha.fencing.chain import FenceChain
 from cloudha.ha.orchestrator import (
@@ -71,13 +71,12 @@ from cloudha.ha.orchestrator import (
     UnknownVmError,
     VmOrchestrator,
 )
-from cloudha.ha.store import (
+from cloudha.ha.work import (
     TERMINAL_STEPS,
     StaleWorkError,
     Step,
     UnreadableWorkError,
     Work,
-    WorkStore,
     WorkType,
 )
 from cloudha.investigators.base import Verdict
@@ -93,7 +92,7 @@ from cloudha.model import (
     VmState,
     VmType,
 )
-from cloudha.ports import Alert, AlertSink, HostDirectory, MigrationFailureSink
+from cloudha.ports import Alert, AlertSink, HostDirectory, MigrationFailureSink, WorkStore
 from cloudha.runtime import Loop, Pump, ThreadFactory
 from cloudha.settings import Settings
 from cloudha.status import Status
@@ -357,7 +356,7 @@ class HighAvailabilityManager:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(_DB_ATTEMPTS),
             wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
-            retry=tenacity.retry_if_exception_type(sqlalchemy.exc.OperationalError),
+            retry=tenacity.retry_if_exception_type(StoreUnavailableError),
             sleep=functools.partial(_pause, self.clock, idle),
             before_sleep=lambda state: log.warning(
                 "database error (attempt %d), retrying: %s",

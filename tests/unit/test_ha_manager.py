@@ -8,6 +8,7 @@ clock and a SQLite file.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +21,13 @@ import sqlalchemy as sa
 
 from cloudha import EvidenceLog, Host, Settings, Status
 from cloudha.clock import Clock, SystemClock
-from cloudha.errors import ConfigurationError, LifecycleError, ProbeTimeout
+from cloudha.errors import (
+    ConfigurationError,
+    LifecycleError,
+    ProbeTimeout,
+    StoreError,
+    StoreUnavailableError,
+)
 from cloudha.fencing.base import FenceOutcome
 from cloudha.fencing.chain import FenceChain, InlineRunner
 from cloudha.ha.manager import SYSTEM_VM_PRIORITY, HighAvailabilityManager, WorkResult
@@ -1899,22 +1906,55 @@ def test_a_failing_alert_sink_does_not_stop_the_restart(env: Env) -> None:
     assert env.vm().host_id == "h2"
 
 
-def test_a_transient_database_error_is_retried_on_the_managers_clock(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_claim = env.store.claim
-    failures = [sa.exc.OperationalError("claim", {}, Exception("database is locked"))]
+def test_a_transient_database_error_is_retried_on_the_managers_clock(env: Env) -> None:
+    # The fault comes from the driver, under the SQL adapter, which turns it
+    # into StoreUnavailableError: the manager knows nothing of SQLAlchemy.
+    env.add("vm1", WorkType.FORCE_STOP)
+    failures = [sqlite3.OperationalError("database is locked")]
 
-    def flaky_claim(server_id: str) -> Work | None:
+    def flaky(*_args: Any) -> None:
         if failures:
             raise failures.pop()
-        return real_claim(server_id)
 
-    monkeypatch.setattr(env.store, "claim", flaky_claim)
-    env.add("vm1", WorkType.FORCE_STOP)
-    assert env.manager.process_next() is WorkResult.DONE
+    sa.event.listen(env.engine, "before_cursor_execute", flaky)
+    try:
+        assert env.manager.process_next() is WorkResult.DONE
+    finally:
+        sa.event.remove(env.engine, "before_cursor_execute", flaky)
+    assert failures == []
     assert env.now > T0  # the back-off waited on the fake clock, not in real time
     assert env.vm().state is VmState.STOPPED
+
+
+def test_a_store_that_stays_unavailable_fails_after_the_retries(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def down(server_id: str) -> Work | None:
+        nonlocal calls
+        calls += 1
+        raise StoreUnavailableError("connection refused")
+
+    monkeypatch.setattr(env.store, "claim", down)
+    with pytest.raises(StoreUnavailableError):
+        env.manager.process_next()
+    assert calls == 5
+    assert env.manager.work_tick() == float(env.manager.settings.time_to_sleep)
+
+
+def test_a_permanent_store_error_is_not_retried(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+
+    def broken(server_id: str) -> Work | None:
+        nonlocal calls
+        calls += 1
+        raise StoreError("no such table: op_ha_work")
+
+    monkeypatch.setattr(env.store, "claim", broken)
+    with pytest.raises(StoreError):
+        env.manager.process_next()
+    assert (calls, env.now) == (1, T0)
 
 
 def test_lifecycle_states(env: Env) -> None:
