@@ -358,6 +358,24 @@ _TRANSIENT: Final = (
 )
 
 
+_SQLITE_TRANSIENT_CODES: Final = frozenset({5, 6, 10, 14, 15})
+"""SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_PROTOCOL (primary codes)."""
+
+
+def _transient(exc: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    """Whether retrying may help: a lost or refused connection, a lock, a deadlock, a timeout.
+
+    SQLite reports a missing table as an OperationalError too; its error code
+    tells it from a busy or unopenable file.
+    """
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, _TRANSIENT):
+        return False
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return code is None or (int(code) & 0xFF) in _SQLITE_TRANSIENT_CODES
+
+
 def _describe(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
     """The driver's message, without the statement and its parameters."""
     orig = getattr(exc, "orig", None)
@@ -371,8 +389,7 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except sqlalchemy.exc.SQLAlchemyError as exc:
-        invalidated = isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
-        if invalidated or isinstance(exc, _TRANSIENT):
+        if _transient(exc):
             raise StoreUnavailableError(f"HA work store unavailable: {_describe(exc)}") from exc
         raise StoreError(f"HA work store failed: {_describe(exc)}") from exc
 
@@ -394,7 +411,8 @@ class SqlWorkStore:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         if engine.dialect.name not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {engine.dialect.name!r}")
-        prepare_sqlite_engine(engine)
+        with _translated():
+            prepare_sqlite_engine(engine)
         self._engine = engine
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
@@ -479,9 +497,7 @@ class SqlWorkStore:
 
     def pending_for_vm(self, instance_id: str) -> list[Work]:
         """The VM's works of any type whose step is not terminal, oldest first."""
-        return self._select(
-            sa.and_(_W.instance_id == instance_id, _W.step.not_in(TERMINAL_VALUES))
-        )
+        return self._select(sa.and_(_W.instance_id == instance_id, _W.step.not_in(TERMINAL_VALUES)))
 
     def pending_ha_for_host(self, host_id: str) -> list[Work]:
         """Works of type HA on this host whose step is not terminal, oldest first

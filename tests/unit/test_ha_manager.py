@@ -1910,7 +1910,9 @@ def test_a_transient_database_error_is_retried_on_the_managers_clock(env: Env) -
     # The fault comes from the driver, under the SQL adapter, which turns it
     # into StoreUnavailableError: the manager knows nothing of SQLAlchemy.
     env.add("vm1", WorkType.FORCE_STOP)
-    failures = [sqlite3.OperationalError("database is locked")]
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    failures = [locked]
 
     def flaky(*_args: Any) -> None:
         if failures:
