@@ -1906,6 +1906,32 @@ def test_a_failing_alert_sink_does_not_stop_the_restart(env: Env) -> None:
     assert env.vm().host_id == "h2"
 
 
+class BrokenEvidenceSink:
+    def record(self, evidence: object) -> None:
+        raise OSError("disk full")
+
+
+def test_a_failing_evidence_sink_does_not_stop_the_restart() -> None:
+    env = make_env(script={"vm1": Verdict.DEAD})
+    manager = HighAvailabilityManager(
+        server_id="ms1",
+        store=env.store,
+        orchestrator=env.orch,
+        directory=env.directory,
+        investigators=InvestigatorChain([env.inv]),
+        fence_chain=FenceChain([env.fencer], clock=env.clock, runner=InlineRunner(env.clock)),
+        settings=Settings(),
+        clock=env.clock,
+        alerts=BrokenAlertSink(),
+        evidence=BrokenEvidenceSink(),
+    )
+    work = manager.schedule_restart(env.vm(), investigate=True, reason=ReasonType.HOST_DOWN)
+    assert work is not None
+    assert manager.process_next() is WorkResult.DONE
+    assert env.vm().host_id == "h2"
+    assert env.work(work.id).step is Step.DONE
+
+
 def test_a_transient_database_error_is_retried_on_the_managers_clock(env: Env) -> None:
     # The fault comes from the driver, under the SQL adapter, which turns it
     # into StoreUnavailableError: the manager knows nothing of SQLAlchemy.
