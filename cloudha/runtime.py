@@ -147,6 +147,7 @@ class Pump:
         """Ask the thread to stop, without waiting for it (see :meth:`join`)."""
         self._stop.set()
         self._wake.set()
+        self.state = PumpState.STOPPED
 
     def join(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds for the thread to end; True when it has (or never ran)."""
@@ -162,9 +163,7 @@ class Pump:
             self.state = PumpState.STOPPED
             return
         self.request_stop()
-        stopped = self.join(timeout)
-        self.state = PumpState.STOPPED
-        if not stopped:
+        if not self.join(timeout):
             raise LifecycleError(f"pump {self.name!r} did not stop within {timeout}s")
 
     def _pause(self, seconds: float) -> bool:

@@ -11,10 +11,15 @@
   :meth:`~HighAvailabilityManager.schedule_destroy`, cancellation and the
   pending-work questions) writes rows and wakes the workers;
 * :meth:`~HighAvailabilityManager.process_next` claims one due work and
-  carries it out (``processWork``): restart, migrate, stop or destroy. The
-  worker threads (``ha.workers`` of them, started by
-  :meth:`~HighAvailabilityManager.start`) call it in a loop; tests and the
-  simulator call it directly on virtual time.
+  carries it out (``processWork``): restart, migrate, stop or destroy, as
+  the pure functions of :mod:`cloudha.ha.decisions` decide; the handlers
+  here carry out the effects. The workers are the
+  :meth:`~HighAvailabilityManager.loops` (``ha.workers`` of them on
+  :meth:`~HighAvailabilityManager.work_tick`, and the cleanup), which
+  :meth:`~HighAvailabilityManager.start` runs on :class:`~cloudha.runtime.Pump`
+  threads; tests and the simulator call them directly on virtual time.
+  Alerts and evidence go through one :class:`~cloudha.ha.notifier.Notifier`,
+  which never raises.
 
 Deliberate differences from CloudStack (ARCHITECTURE §4), each tested:
 
