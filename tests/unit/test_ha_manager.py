@@ -41,11 +41,13 @@ from cloudha.investigators.base import Verdict
 from cloudha.investigators.chain import InvestigatorChain
 from cloudha.model import AlertType, HostType, HypervisorType, ReasonType, Vm, VmState, VmType
 from cloudha.ports import Alert
+from cloudha.ports import WorkStore as WorkStorePort
 from cloudha.testing import (
     FakeClock,
     FakeOrchestratorHost,
     InMemoryHostDirectory,
     InMemoryOrchestrator,
+    InMemoryWorkStore,
     OrchestratorCall,
     RecordingAlertSink,
     RecordingMigrationFailures,
@@ -1619,7 +1621,7 @@ def another_server(
     manager: HighAvailabilityManager,
     server_id: str,
     *,
-    store: WorkStore | None = None,
+    store: WorkStorePort | None = None,
     clock: Clock | None = None,
     thread_factory: Any = threading.Thread,
 ) -> HighAvailabilityManager:
@@ -2064,3 +2066,25 @@ def test_a_failing_on_work_added_does_not_fail_the_scheduling(env: Env) -> None:
     env.manager.on_work_added = broken
     work = env.restart()
     assert env.work(work.id).step is Step.INVESTIGATING
+
+
+# -- the manager on the in-memory store -------------------------------------------------------
+
+
+def test_the_manager_runs_on_the_in_memory_store_quarantine_included() -> None:
+    env = make_env(script={"vm1": Verdict.DEAD})
+    store = InMemoryWorkStore(env.clock)
+    manager = another_server(env.manager, "ms1", store=store)
+    bad = store.add("vm9", WorkType.HA, VmState.RUNNING)
+    store.corrupt(bad.id, "type", "Teleport")
+    work = manager.schedule_restart(env.vm(), investigate=True, reason=ReasonType.HOST_DOWN)
+    assert work is not None
+    # The hand-edited row comes first (lower id): it is marked Error, the queue goes on.
+    assert manager.process_next() is WorkResult.ERROR
+    assert manager.process_next() is WorkResult.DONE
+    assert manager.process_next() is None
+    assert env.vm().host_id == "h2"
+    done = store.get(work.id)
+    assert done is not None
+    assert (done.step, done.generation) == (Step.DONE, 1)
+    assert store.pending_for_vm("vm9") == []
