@@ -8,6 +8,10 @@
      │    └── MissingExtraError                an adapter's optional dependency is not installed
      ├── NoTransitionError                     a state machine has no such transition
      ├── LifecycleError (+RuntimeError)        start/stop misuse
+     ├── StoreError                            the HA work store failed (a bug or bad schema)
+     │    ├── StoreUnavailableError            a transient fault (connection lost, locked): retry
+     │    ├── StaleWorkError                   the work is no longer the caller's claim
+     │    └── UnreadableWorkError              a row holds a value cloudha does not know
      └── ProbeError                            a probe of a host failed (infrastructure fault)
           ├── ProbeTimeout (+TimeoutError)
           ├── ProbeConnectionError (+ConnectionError)
@@ -33,6 +37,8 @@ __all__ = [
     "ProbeHostKeyError",
     "ProbeTimeout",
     "ScenarioError",
+    "StoreError",
+    "StoreUnavailableError",
 ]
 
 
@@ -136,3 +142,21 @@ class ProbeAuthError(ProbeError):
 
 class ProbeHostKeyError(ProbeAuthError):
     """The server's host key is unknown or does not match the known_hosts entry."""
+
+
+class StoreError(CloudHAError):
+    """The HA work store could not do what was asked.
+
+    The SQL adapter raises it for database errors that retrying will not
+    fix (a missing table, a constraint violated); ``__cause__`` is the
+    driver's exception. :class:`~cloudha.ha.work.StaleWorkError` and
+    :class:`~cloudha.ha.work.UnreadableWorkError` are subclasses.
+    """
+
+
+class StoreUnavailableError(StoreError):
+    """A transient store fault (connection lost or refused, database locked, deadlock).
+
+    The HA manager retries the call with backoff on its clock; ``__cause__``
+    is the driver's exception.
+    """

@@ -15,12 +15,13 @@ bug and logged with its traceback.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from cloudha.model import AlertType, Host, Pool, ReasonType, Vm
+from cloudha.ha.work import Step, Work, WorkType
+from cloudha.model import AlertType, Host, Pool, ReasonType, Vm, VmState, VmType
 from cloudha.status import Event, Status
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "StatusChange",
     "StoragePoolDirectory",
     "VmNetworkDirectory",
+    "WorkStore",
 ]
 
 
@@ -330,3 +332,151 @@ class HypervisorControl(HypervisorProbe, Protocol):
         A domain that is already shut off or missing is left alone and its
         state returned.
         """
+
+
+@runtime_checkable
+class WorkStore(Protocol):
+    """The HA work queue (CloudStack's ``op_ha_work``) that the HA manager runs on.
+
+    Adapters: :class:`cloudha.ha.store.SqlWorkStore` (SQLite, PostgreSQL) and
+    :class:`cloudha.testing.InMemoryWorkStore`; ``cloudha.testing.check_work_store``
+    is the contract every adapter passes. Times come from the store's
+    injected clock: ``created``/``taken`` are aware UTC datetimes,
+    ``time_to_try`` epoch seconds.
+
+    Contract:
+
+    * **claims** — :meth:`claim` atomically takes one *claimable* work
+      (unclaimed, ``taken`` unset, ``time_to_try <= now``, step not
+      terminal), highest ``priority`` first, then lowest ``id``; two callers,
+      threads or processes never get the same work. The claimed work gets the
+      VM's next fencing token as ``generation``.
+    * **fencing tokens** — per VM, handed out by :meth:`next_generation` and
+      by every claim, only ever growing (never repeated, even across
+      processes sharing the store).
+    * **held writes** — :meth:`confirm`, :meth:`reschedule`, :meth:`finish`
+      and :meth:`update_step` act only on a row that is still the claim given
+      (same ``id``, ``generation`` and ``mgmt_server_id``), else raise
+      :class:`~cloudha.ha.work.StaleWorkError`; :meth:`confirm` also fails on
+      a work in a terminal step.
+    * **unreadable rows** — a method returning :class:`~cloudha.ha.work.Work`
+      values raises :class:`~cloudha.ha.work.UnreadableWorkError` (row id,
+      column, value) for a row holding an unknown value; :meth:`mark_error`
+      puts such a row in step Error without reading it, after which the list
+      readers skip it. A :meth:`claim` that picks one commits the claim and
+      then raises.
+    * **errors** — transient faults raise
+      :class:`~cloudha.errors.StoreUnavailableError` (the manager retries),
+      other failures :class:`~cloudha.errors.StoreError`; never a driver's
+      exception. Thread-safe.
+    """
+
+    def add(
+        self,
+        instance_id: str,
+        type: WorkType,
+        previous_state: VmState,
+        *,
+        vm_type: VmType = ...,
+        step: Step = ...,
+        host_id: str | None = None,
+        reason: ReasonType = ...,
+        tried: int = 0,
+        updated: int = 0,
+        priority: int = 0,
+        time_to_try: float | None = None,
+    ) -> Work:
+        """Persist a new unclaimed work (``created`` now, claimable from ``time_to_try``,
+        default now; generation 0) and return it."""
+
+    def get(self, work_id: int) -> Work | None:
+        """The work with this id, or None."""
+
+    def pending_for_vm(self, instance_id: str) -> list[Work]:
+        """The VM's works of any type whose step is not terminal, oldest (lowest id) first."""
+
+    def pending_ha_for_host(self, host_id: str) -> list[Work]:
+        """Works of type HA on the host whose step is not terminal, oldest first."""
+
+    def works_for_vm(self, instance_id: str) -> list[Work]:
+        """Every work of the VM still stored, terminal ones included, oldest first."""
+
+    def works_for_vms(self, instance_ids: Iterable[str]) -> list[Work]:
+        """:meth:`works_for_vm` for many VMs at once, oldest first."""
+
+    def has_been_scheduled(self, instance_id: str, type: WorkType) -> bool:
+        """Whether an untaken work of this VM and type exists (any step)."""
+
+    def claim(self, server_id: str) -> Work | None:
+        """Take one claimable work for ``server_id`` (see the class contract); None if none."""
+
+    def next_generation(self, instance_id: str) -> int:
+        """Hand out the VM's next fencing token (1, 2, 3...)."""
+
+    def current_generation(self, instance_id: str) -> int:
+        """The VM's last fencing token handed out; 0 when none was."""
+
+    def confirm(self, work: Work) -> None:
+        """Check that ``work`` is still the caller's claim, not terminal; else StaleWorkError."""
+
+    def reschedule(
+        self,
+        work: Work,
+        time_to_try: float,
+        *,
+        previous_state: VmState | None = None,
+        updated: int | None = None,
+    ) -> Work:
+        """Give the held work back: ``tried + 1``, unclaimed, not before ``time_to_try``.
+
+        ``previous_state`` / ``updated``, when given, replace the VM snapshot.
+        """
+
+    def finish(
+        self,
+        work: Work,
+        step: Step = ...,
+        *,
+        attempt: bool = False,
+        previous_state: VmState | None = None,
+        updated: int | None = None,
+    ) -> Work:
+        """End the held work in a terminal step (Done by default); the claim stays.
+
+        ``attempt``: also ``tried + 1``. ValueError for a non-terminal step.
+        """
+
+    def update_step(
+        self,
+        work: Work,
+        step: Step,
+        *,
+        previous_state: VmState | None = None,
+        updated: int | None = None,
+    ) -> Work:
+        """Record the held work's progress (any step), optionally a new VM snapshot."""
+
+    def mark_error(self, work_id: int) -> bool:
+        """Step Error by id, without reading the row; True when the row exists."""
+
+    def release_server(self, server_id: str) -> int:
+        """Unclaim the server's non-terminal works (server and taken cleared); how many."""
+
+    def cancel_untaken(self, host_id: str, types: Iterable[WorkType], server_id: str) -> int:
+        """Cancel the host's untaken, non-terminal works of these types (taken now, owner
+        ``server_id``); how many."""
+
+    def delete_untaken(self, instance_id: str, type: WorkType) -> int:
+        """Delete the VM's untaken works of ``type``; how many."""
+
+    def mark_pending_as_investigating(self) -> int:
+        """Give every claimable work step Investigating; how many."""
+
+    def mark_server_pending_as_investigating(self, server_id: str) -> int:
+        """Give the server's non-terminal works step Investigating (claim kept); how many."""
+
+    def cleanup(self, older_than_seconds: float) -> int:
+        """Delete Done and Cancelled works whose ``taken`` (else ``created``) is older; how many."""
+
+    def delete(self, work_ids: Iterable[int]) -> int:
+        """Delete these rows; how many."""

@@ -1,7 +1,8 @@
 """The HA manager: schedules VM HA work and runs the workers that carry it out.
 
 :class:`HighAvailabilityManager` is CloudStack's ``HighAvailabilityManagerImpl``
-(spec §3.3-§3.7) over the persistent :class:`~cloudha.ha.store.WorkStore`:
+(spec §3.3-§3.7) over a :class:`~cloudha.ports.WorkStore` (the SQL
+:class:`~cloudha.ha.store.SqlWorkStore` in production):
 
 * the scheduling API (:meth:`~HighAvailabilityManager.schedule_restart_for_vms_on_host`,
   :meth:`~HighAvailabilityManager.schedule_restart`,
@@ -10,10 +11,15 @@
   :meth:`~HighAvailabilityManager.schedule_destroy`, cancellation and the
   pending-work questions) writes rows and wakes the workers;
 * :meth:`~HighAvailabilityManager.process_next` claims one due work and
-  carries it out (``processWork``): restart, migrate, stop or destroy. The
-  worker threads (``ha.workers`` of them, started by
-  :meth:`~HighAvailabilityManager.start`) call it in a loop; tests and the
-  simulator call it directly on virtual time.
+  carries it out (``processWork``): restart, migrate, stop or destroy, as
+  the pure functions of :mod:`cloudha.ha.decisions` decide; the handlers
+  here carry out the effects. The workers are the
+  :meth:`~HighAvailabilityManager.loops` (``ha.workers`` of them on
+  :meth:`~HighAvailabilityManager.work_tick`, and the cleanup), which
+  :meth:`~HighAvailabilityManager.start` runs on :class:`~cloudha.runtime.Pump`
+  threads; tests and the simulator call them directly on virtual time.
+  Alerts and evidence go through one :class:`~cloudha.ha.notifier.Notifier`,
+  which never raises.
 
 Deliberate differences from CloudStack (ARCHITECTURE §4), each tested:
 
@@ -57,13 +63,42 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 
 import attrs
-import sqlalchemy.exc
 import tenacity
 
 from cloudha.clock import Clock
-from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError
-from cloudha.evidence import EvidenceSink, Recorder
+from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError, StoreUnavailableError
+from cloudha.evidence import EvidenceSink
 from cloudha.fencing.chain import FenceChain
+from cloudha.ha.decisions import (
+    DECISIONS,
+    NEEDS_HISTORY,
+    DestroyVm,
+    Fence,
+    Finish,
+    GiveUp,
+    Inputs,
+    MigrateVm,
+    Outcome,
+    Policy,
+    Proceed,
+    Restart,
+    Retry,
+    StopVm,
+    alert_type,
+    conclude,
+    decide_fence,
+    decide_no_room,
+    decide_start,
+    decide_start_failed,
+    decide_started,
+    decide_verdict,
+    host_is_down,
+    is_cancellable,
+    retry_interval,
+    start_plan,
+    vm_missing,
+)
+from cloudha.ha.notifier import Notifier
 from cloudha.ha.orchestrator import (
     InsufficientCapacityError,
     Planner,
@@ -71,16 +106,13 @@ from cloudha.ha.orchestrator import (
     UnknownVmError,
     VmOrchestrator,
 )
-from cloudha.ha.store import (
-    TERMINAL_STEPS,
+from cloudha.ha.work import (
     StaleWorkError,
     Step,
     UnreadableWorkError,
     Work,
-    WorkStore,
     WorkType,
 )
-from cloudha.investigators.base import Verdict
 from cloudha.investigators.chain import InvestigatorChain
 from cloudha.model import (
     HA_PRIORITY_LIMIT,
@@ -91,10 +123,9 @@ from cloudha.model import (
     ReasonType,
     Vm,
     VmState,
-    VmType,
 )
-from cloudha.ports import Alert, AlertSink, HostDirectory, MigrationFailureSink
-from cloudha.runtime import ThreadFactory
+from cloudha.ports import AlertSink, HostDirectory, MigrationFailureSink, WorkStore
+from cloudha.runtime import Loop, Pump, ThreadFactory
 from cloudha.settings import Settings
 from cloudha.status import Status
 
@@ -108,6 +139,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_O = TypeVar("_O", bound=Finish | Retry)
 
 CANCELLABLE_REASONS: Final = frozenset(
     {ReasonType.HOST_MAINTENANCE, ReasonType.HOST_DOWN, ReasonType.HOST_DEGRADED}
@@ -119,7 +151,6 @@ SYSTEM_VM_PRIORITY: Final = 2 * HA_PRIORITY_LIMIT + 1
 
 _NO_HA_HYPERVISORS: Final = frozenset({HypervisorType.VMWARE, HypervisorType.HYPERV})
 _STOP_TYPES: Final = frozenset({WorkType.STOP, WorkType.CHECK_STOP, WorkType.FORCE_STOP})
-_EXPUNGED_TYPES: Final = frozenset({VmType.SECONDARY_STORAGE_VM, VmType.CONSOLE_PROXY})
 _UNREADABLE_LIMIT: Final = 1000
 _DB_ATTEMPTS: Final = 5
 
@@ -137,27 +168,6 @@ class WorkResult(enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-@attrs.frozen
-class _Outcome:
-    """A handler's decision: a terminal step, or a retry time."""
-
-    reason: str
-    step: Step | None = None
-    retry_at: float | None = None
-
-
-def _done(reason: str) -> _Outcome:
-    return _Outcome(reason, step=Step.DONE)
-
-
-def _alert_type(vm_type: VmType) -> AlertType:
-    return {
-        VmType.DOMAIN_ROUTER: AlertType.DOMAIN_ROUTER,
-        VmType.CONSOLE_PROXY: AlertType.CONSOLE_PROXY,
-        VmType.SECONDARY_STORAGE_VM: AlertType.SSVM,
-    }.get(vm_type, AlertType.USERVM)
 
 
 def _pause(clock: Clock, idle: threading.Event, seconds: float) -> None:
@@ -225,14 +235,16 @@ class HighAvailabilityManager:
         self.fence_chain = fence_chain
         self.settings = settings
         self.clock = clock
-        self.alerts = alerts
+        self.notifier = Notifier(alerts, evidence, clock, server_id)
+        """Where every alert and piece of ``ha_work`` evidence goes; it never raises."""
         self._zone_settings = dict(zone_settings or {})
         self.resource_manager = resource_manager
-        self._recorder = None if evidence is None else Recorder(evidence, clock, server_id)
         self._factory = thread_factory
-        self._stopping = threading.Event()
-        self._wake_events: list[threading.Event] = []
-        self._threads: list[threading.Thread] = []
+        self._pumps: list[Pump] = []
+        self.on_work_added: Callable[[], None] | None = None
+        """Called (after this server's own pumps are woken) whenever new work is
+        committed or works are released: a simulator sets it to wake its
+        virtual workers. It must not raise (an exception is logged)."""
         self._state = "new"
         self._lock = threading.Lock()
 
@@ -266,6 +278,15 @@ class HighAvailabilityManager:
         if self.settings_for_zone(zone).vm_ha_alerts_enabled:
             self._alert(AlertType.HA_ACTION, f"VM HA is disabled in zone {zone}", what, zone=zone)
 
+    @property
+    def alerts(self) -> AlertSink:
+        """The alert sink (the notifier's; assigning replaces it)."""
+        return self.notifier.alerts
+
+    @alerts.setter
+    def alerts(self, sink: AlertSink) -> None:
+        self.notifier.alerts = sink
+
     def _alert(
         self,
         type: AlertType,
@@ -275,35 +296,12 @@ class HighAvailabilityManager:
         host: Host | None = None,
         zone: str | None = None,
     ) -> None:
-        try:
-            self.alerts.send(
-                Alert(
-                    type,
-                    subject,
-                    body,
-                    host_id=None if host is None else host.id,
-                    zone=zone if host is None else host.zone,
-                    pod=None if host is None else host.pod,
-                )
-            )
-        except Exception:
-            log.exception("alert sink failed on %r", subject)
+        self.notifier.alert(type, subject, body, host=host, zone=zone)
 
     def _emit(
         self, work: Work, step: Step | str, reason: str, **details: str | int | float
     ) -> None:
-        if self._recorder is not None:
-            self._recorder.emit(
-                "ha_work",
-                vm=work.instance_id,
-                host=work.host_id,
-                reason=reason,
-                work=work.id,
-                type=str(work.type),
-                step=str(step),
-                tried=work.tried,
-                **details,
-            )
+        self.notifier.work(work, step, reason, **details)
 
     # -- hosts -----------------------------------------------------------------
 
@@ -332,13 +330,9 @@ class HighAvailabilityManager:
             exc,
         )
         self.store.mark_error(exc.work_id)
-        if self._recorder is not None:
-            self._recorder.emit(
-                "ha_work",
-                reason=f"unreadable row: {exc}",
-                work=exc.work_id,
-                step=str(Step.ERROR),
-            )
+        self.notifier.evidence(
+            "ha_work", reason=f"unreadable row: {exc}", work=exc.work_id, step=str(Step.ERROR)
+        )
 
     def _read(self, query: Callable[[], _T]) -> _T:
         """Run a store query, marking hand-edited rows Error until it reads cleanly."""
@@ -355,7 +349,7 @@ class HighAvailabilityManager:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(_DB_ATTEMPTS),
             wait=tenacity.wait_exponential(multiplier=0.1, max=2.0),
-            retry=tenacity.retry_if_exception_type(sqlalchemy.exc.OperationalError),
+            retry=tenacity.retry_if_exception_type(StoreUnavailableError),
             sleep=functools.partial(_pause, self.clock, idle),
             before_sleep=lambda state: log.warning(
                 "database error (attempt %d), retrying: %s",
@@ -474,7 +468,7 @@ class HighAvailabilityManager:
         if not investigate:
             if not (self.settings.force_ha or vm.ha_enabled):
                 self._alert(
-                    _alert_type(vm.type),
+                    alert_type(vm.type),
                     f"VM {vm.name} ({vm.id}) stopped unexpectedly",
                     f"host {vm.host_id or vm.last_host_id}; the VM is not HA-enabled",
                     zone=zone,
@@ -624,41 +618,41 @@ class HighAvailabilityManager:
         return self.process(work)
 
     def process(self, work: Work) -> WorkResult:
-        """Carry out one claimed ``work`` (CloudStack ``processWork``)."""
+        """Carry out one claimed ``work`` (CloudStack ``processWork``).
+
+        The decisions are the pure functions of :mod:`cloudha.ha.decisions`
+        (the first one from :data:`~cloudha.ha.decisions.DECISIONS`, by work
+        type); this method and its handlers read their inputs and carry out
+        the effects they ask for.
+        """
         holder = _Holder(work)
+        policy = Policy.from_settings(self.settings)
         try:
             vm = self.orchestrator.find_vm(work.instance_id)
+            outcome: Outcome
             if vm is None:
-                outcome = self._vm_missing(work)
+                outcome = vm_missing(work)
             elif not self._ha_enabled(self._zone_of(vm, work.host_id)):
-                outcome = _Outcome(
+                outcome = Retry(
                     "VM HA is disabled in the VM's zone",
-                    retry_at=self._now() + self._interval(work.type),
+                    at=self._now() + retry_interval(work.type, policy),
                 )
             elif self._cancelled_by_host_up(work):
-                outcome = _Outcome(f"host {work.host_id} is Up again", step=Step.CANCELLED)
-            elif work.type is WorkType.HA:
-                outcome = self._restart(holder, vm)
-            elif work.type is WorkType.MIGRATION:
-                outcome = self._migrate(holder, vm)
-            elif work.type in _STOP_TYPES:
-                outcome = self._stop_vm(holder, vm)
-            elif work.type is WorkType.DESTROY:
-                outcome = self._destroy_vm(holder, vm)
-            else:  # a WorkType added without a handler
-                raise AssertionError(f"no handler for work type {work.type}")
+                outcome = Finish(f"host {work.host_id} is Up again", Step.CANCELLED)
+            else:
+                outcome = self._decide_and_act(holder, vm, policy)
         except StaleWorkError:
             log.warning("%s: our claim was taken away while we worked on it", work)
             return WorkResult.LOST
         except Exception as exc:
             log.exception("%s failed", work)
             holder.acted = True  # it may have failed half-way through an action on the VM
-            outcome = _Outcome(
+            outcome = Retry(
                 f"failed: {type(exc).__name__}: {exc}",
-                retry_at=self._now() + self._interval(work.type),
+                at=self._now() + retry_interval(work.type, policy),
             )
         try:
-            return self._conclude(holder.work, outcome, refresh=holder.acted)
+            return self._conclude(holder.work, outcome, acted=holder.acted, policy=policy)
         except StaleWorkError:
             log.warning("%s: our claim was taken away before we could record %s", work, outcome)
             return WorkResult.LOST
@@ -666,19 +660,34 @@ class HighAvailabilityManager:
             self._quarantine(exc)
             return WorkResult.ERROR
 
-    @staticmethod
-    def _vm_missing(work: Work) -> _Outcome:
-        """The work names a VM the orchestrator does not know (bad input, or expunged)."""
-        if work.type is WorkType.DESTROY:
-            return _done("the VM no longer exists")
-        return _Outcome(f"unknown VM {work.instance_id!r}", step=Step.ERROR)
+    def _decide_and_act(self, holder: _Holder, vm: Vm, policy: Policy) -> Outcome:
+        """The work type's decision, then the handler of the action it asks for."""
+        work = holder.work
+        others: Sequence[Work] = ()
+        host = None
+        if work.type in NEEDS_HISTORY:
+            others = self._read(lambda: self.store.works_for_vm(work.instance_id))
+            host = None if work.host_id is None else self.directory.find_host(work.host_id)
+        decision = DECISIONS[work.type](
+            Inputs(work=work, vm=vm, host=host, policy=policy, now=self._now(), others=others)
+        )
+        match decision:
+            case Finish() | Retry():
+                return self._decided(decision)
+            case Restart():
+                return self._restart(holder, vm, host, decision, policy)
+            case MigrateVm():
+                return self._migrate(holder, vm, decision, policy)
+            case StopVm():
+                return self._stop_vm(holder, vm, decision, policy)
+            case DestroyVm():
+                return self._destroy_vm(holder, vm, decision, policy)
+        raise AssertionError(f"no handler for decision {decision!r}")  # pragma: no cover
 
-    def _interval(self, type: WorkType) -> float:
-        if type is WorkType.MIGRATION:
-            return self.settings.migrate_retry_interval
-        if type is WorkType.HA:
-            return self.settings.restart_retry_interval
-        return self.settings.stop_retry_interval
+    def _decided(self, outcome: _O) -> _O:
+        """An outcome as decided: its alert, if any, goes out now."""
+        self.notifier.notice(outcome.notice)
+        return outcome
 
     def _snapshot(self, work: Work) -> tuple[VmState | None, int | None]:
         try:
@@ -688,59 +697,48 @@ class HighAvailabilityManager:
             return None, None
         return (None, None) if vm is None else (vm.state, vm.updated)
 
-    def _conclude(self, work: Work, outcome: _Outcome, *, refresh: bool) -> WorkResult:
-        """Record the outcome. ``refresh``: retake the VM snapshot the work compares against.
+    def _conclude(self, work: Work, outcome: Outcome, *, acted: bool, policy: Policy) -> WorkResult:
+        """Record the outcome as :func:`~cloudha.ha.decisions.conclude` says.
 
-        Only after this worker's own actions (a stop, a failed start) or an
+        ``acted``: retake the VM snapshot the work compares against. Only
+        after this worker's own actions (a stop, a failed start) or an
         exception: the next attempt must not take them for somebody else's
         change (CloudStack #13510). A change by anybody else while the work
         waited (an operator's stop during a failed fence) stays visible and
         ends the work.
         """
-        step = outcome.step
-        if step is not None:
+        record = conclude(work, outcome, acted=acted, policy=policy)
+        if isinstance(record, Finish):
+            step = record.step
             self._db(lambda: self.store.finish(work, step))
-            self._emit(work, step, outcome.reason)
+            self._emit(work, step, record.reason)
             if step is Step.ERROR:
-                log.error("%s ended in Error: %s", work, outcome.reason)
-                self._alert(
-                    _alert_type(work.vm_type),
-                    f"HA work {work.id} for VM {work.instance_id} ({work.type}) ended in Error",
-                    outcome.reason,
-                )
+                log.error("%s ended in Error: %s", work, record.reason)
+            self.notifier.notice(record.notice)
             return {
                 Step.DONE: WorkResult.DONE,
                 Step.CANCELLED: WorkResult.CANCELLED,
             }.get(step, WorkResult.ERROR)
-        assert outcome.retry_at is not None
-        state, updated = self._snapshot(work) if refresh else (None, None)
-        limit = self.settings.vm_ha_migration_max_retries
-        if work.tried + 1 >= limit:
-            reason = f"gave up after {work.tried + 1} attempts: {outcome.reason}"
+        state, updated = self._snapshot(work) if record.refresh else (None, None)
+        if isinstance(record, GiveUp):
             self._db(
                 lambda: self.store.finish(
                     work, Step.ERROR, attempt=True, previous_state=state, updated=updated
                 )
             )
-            self._emit(work, Step.ERROR, reason)
-            vm_type = work.vm_type
-            self._alert(
-                _alert_type(vm_type),
-                f"HA gave up on VM {work.instance_id} ({work.type})",
-                reason,
-                host=None if work.host_id is None else self.directory.find_host(work.host_id),
-            )
+            self._emit(work, Step.ERROR, record.reason)
+            host = None if work.host_id is None else self.directory.find_host(work.host_id)
+            self.notifier.notice(attrs.evolve(record.notice, host=host))
             return WorkResult.GAVE_UP
-        at = outcome.retry_at
+        at = record.at
         self._db(lambda: self.store.reschedule(work, at, previous_state=state, updated=updated))
-        self._emit(work, "Rescheduled", outcome.reason, retry_in=round(at - self._now(), 3))
+        self._emit(work, "Rescheduled", record.reason, retry_in=round(at - self._now(), 3))
         return WorkResult.RESCHEDULED
 
     def _cancelled_by_host_up(self, work: Work) -> bool:
         """``checkAndCancelWorkIfNeeded``: an Investigating work whose host is Up again."""
         return (
-            work.step is Step.INVESTIGATING
-            and work.reason in CANCELLABLE_REASONS
+            is_cancellable(work, CANCELLABLE_REASONS)
             and self.investigate(work.host_id) is Status.UP
         )
 
@@ -759,48 +757,21 @@ class HighAvailabilityManager:
         self._db(lambda: self.store.confirm(holder.work))
         holder.acted = holder.acted or on_vm
 
-    def _restart(self, holder: _Holder, vm: Vm) -> _Outcome:
-        """One attempt of an HA restart (spec §3.6 with the fixes of ARCHITECTURE §4)."""
-        work = holder.work
-        others = [
-            w
-            for w in self._read(lambda: self.store.works_for_vm(work.instance_id))
-            if w.type is WorkType.HA and w.id != work.id
-        ]
-        newer = [w.id for w in others if w.id > work.id]
-        if newer:
-            return _done(f"superseded by HA work {newer[-1]}")
-        if any(w.taken is not None and w.step not in TERMINAL_STEPS for w in others):
-            return _Outcome(
-                "another HA work of this VM is running",
-                retry_at=self._now() + self.settings.investigate_retry_interval,
-            )
-        if vm.state is VmState.ERROR:
-            return _done("the VM is in state Error")
-        if vm.state is not work.previous_state or vm.updated != work.updated:
-            return _done(
-                f"the VM has been changed ({work.previous_state}/{work.updated} -> "
-                f"{vm.state}/{vm.updated})"
-            )
-        if vm.host_id is not None and vm.host_id != work.host_id:
-            return _done(f"the VM is now on host {vm.host_id}")
-        host = None if work.host_id is None else self.directory.find_host(work.host_id)
-        if work.host_id is not None and host is None:
-            return _Outcome(f"unknown host {work.host_id!r}", step=Step.ERROR)
-        removed = host is not None and host.status is Status.REMOVED
-        if work.step is Step.INVESTIGATING:
-            # NOTE: CloudStack ends the work when the VM has no host here. But a
-            # work this server had already fenced and stopped (step Scheduled)
-            # is marked Investigating again by recover() after a restart: the
-            # VM, stopped by us, must still be restarted. A VM on no host runs
-            # nowhere the orchestrator knows of, so there is nothing to prove.
-            if host is not None and not removed and vm.host_id is not None:
-                proof = self._prove_dead(holder, vm, host)
-                if proof is not None:
-                    return proof
-            else:
-                self._confirm(holder)
-                self.orchestrator.advance_stop(vm, force=True)
+    # -- the handlers: the effects the decisions ask for -------------------------------
+
+    def _restart(
+        self, holder: _Holder, vm: Vm, host: Host | None, plan: Restart, policy: Policy
+    ) -> Outcome:
+        """An HA restart (:func:`~cloudha.ha.decisions.decide_ha`): prove or stop, then start."""
+        if plan.first == "prove":
+            assert host is not None
+            proof = self._prove_dead(holder, vm, host, policy)
+            if proof is not None:
+                return proof
+        elif plan.first == "stop":
+            self._confirm(holder)
+            self.orchestrator.advance_stop(vm, force=True)
+        if plan.first != "start":
             # The stop is ours: record the VM as it left it, so that an attempt
             # after a crash or a lost claim does not take it for a change.
             state, updated = self._snapshot(holder.work)
@@ -810,55 +781,40 @@ class HighAvailabilityManager:
                 )
             )
             self._emit(holder.work, Step.SCHEDULED, "the VM is stopped; restarting it")
-        return self._start(holder, host, removed)
+        return self._start(holder, host, plan.removed, policy)
 
-    def _prove_dead(self, holder: _Holder, vm: Vm, host: Host) -> _Outcome | None:
+    def _prove_dead(self, holder: _Holder, vm: Vm, host: Host, policy: Policy) -> Outcome | None:
         """Investigate, fence if needed, and stop: None when the VM may be restarted."""
         result = self.investigators.investigate_vm(vm, host)
-        if result.verdict is Verdict.ALIVE:
-            if host.status is Status.UP:
-                return _done(f"the VM is alive ({result.decided_by}) and its host is Up")
-            return _Outcome(
-                f"the VM is alive ({result.decided_by}) but host {host.id} is {host.status}",
-                retry_at=self._now() + self.settings.investigate_retry_interval,
-            )
-        if result.verdict is Verdict.DEAD:
-            why = f"the VM is dead ({result.decided_by})"
-        else:
+        step = decide_verdict(result.verdict, result.decided_by, vm, host, policy, self._now())
+        if isinstance(step, Fence):
             self._confirm(holder, on_vm=False)
-            decision = self.fence_chain.fence_off(vm, host)
-            if not decision.fenced:
-                self._alert(
-                    _alert_type(vm.type),
-                    f"Unable to restart {vm.name} ({vm.id}) which was running on host {host.id}",
-                    f"it could not be fenced off: {decision.reason}",
-                    host=host,
-                )
-                return _Outcome(
-                    f"not fenced: {decision.reason}",
-                    retry_at=self._now() + self.settings.restart_retry_interval,
-                )
-            why = decision.reason
-        self._emit(holder.work, Step.FENCING, why)
+            fenced = self.fence_chain.fence_off(vm, host)
+            step = decide_fence(fenced.fenced, fenced.reason, vm, host, policy, self._now())
+        if not isinstance(step, Proceed):
+            return self._decided(step)
+        self._emit(holder.work, Step.FENCING, step.why)
         self._confirm(holder)
         self.orchestrator.advance_stop(vm, force=True)
         return None
 
-    def _start(self, holder: _Holder, host: Host | None, removed: bool) -> _Outcome:
+    def _start(self, holder: _Holder, host: Host | None, removed: bool, policy: Policy) -> Outcome:
         work = holder.work
         vm = self.orchestrator.find_vm(work.instance_id)
-        if vm is None:
-            return _done("the VM no longer exists")
-        if not (self.settings.force_ha or vm.ha_enabled):
-            return _done("the VM is not HA-enabled: it stays stopped")
-        host_down = host is None or removed or host.status is not Status.UP
-        if host_down and not self.orchestrator.can_restart_on_another_server(vm):
-            return _done("the VM cannot run on another host (local storage)")
+        blocked = decide_start(vm, policy)
+        if blocked is not None:
+            return blocked
+        assert vm is not None
+        host_down = host_is_down(host, removed)
+        elsewhere = not host_down or self.orchestrator.can_restart_on_another_server(vm)
+        plan = start_plan(work, host_down, elsewhere)
+        if isinstance(plan, Finish):
+            return plan
         params = StartParams(
             ha_tag=self.settings.ha_tag,
             ha_operation=True,
             generation=work.generation,
-            avoid_hosts=(work.host_id,) if host_down and work.host_id is not None else (),
+            avoid_hosts=plan.avoid_hosts,
         )
         self._confirm(holder)
         try:
@@ -868,128 +824,120 @@ class HighAvailabilityManager:
                 log.info("%s: %s; trying the HA planner", work, first)
                 target = self.orchestrator.advance_start(vm, params, Planner.HA)
         except UnknownVmError:
-            return _done("the VM no longer exists")
+            return Finish("the VM no longer exists")
         except CloudHAError as exc:
-            self._alert(
-                _alert_type(vm.type),
-                f"Unable to restart {vm.name} ({vm.id})",
-                f"{type(exc).__name__}: {exc}",
-                host=host,
-            )
-            return _Outcome(
-                f"start failed: {type(exc).__name__}: {exc}",
-                retry_at=self._now() + self.settings.restart_retry_interval,
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            return self._decided(decide_start_failed(error, vm, host, policy, self._now()))
         started = self.orchestrator.find_vm(vm.id)
-        if started is not None and started.state is VmState.RUNNING:
-            self._alert(
-                _alert_type(vm.type),
-                f"HA starting VM: {vm.name} ({vm.id})",
-                f"started on host {target} (generation {work.generation})",
-                host=host,
-            )
-            return _done(f"started on host {target}")
-        return _Outcome(
-            f"the start on host {target} did not leave the VM Running",
-            retry_at=self._now() + self.settings.restart_retry_interval,
-        )
+        return self._decided(decide_started(started, target, vm, work, host, policy, self._now()))
 
-    def _migrate(self, holder: _Holder, vm: Vm) -> _Outcome:
+    def _migrate(self, holder: _Holder, vm: Vm, plan: MigrateVm, policy: Policy) -> Outcome:
         """Migrate a VM off its host for maintenance (spec §3.7)."""
-        work = holder.work
-        if vm.state is VmState.STOPPED:
-            return _done("the VM is stopped")
-        if vm.state is VmState.RUNNING and vm.host_id != work.host_id:
-            return _done(f"the VM already runs on host {vm.host_id}")
-        if work.host_id is None:
-            return _Outcome("a migration without a source host", step=Step.ERROR)
         holder.work = self._db(lambda: self.store.update_step(holder.work, Step.MIGRATING))
         try:
-            target = self.orchestrator.migrate_away(vm, work.host_id)
+            target = self.orchestrator.migrate_away(vm, plan.source)
         except InsufficientCapacityError as exc:
-            self._alert(
-                AlertType.HOST,
-                f"Unable to migrate {vm.name} ({vm.id}) away from host {work.host_id}",
-                str(exc),
-                host=self.directory.find_host(work.host_id),
+            host = self.directory.find_host(plan.source)
+            outcome = self._decided(
+                decide_no_room(str(exc), vm, plan.source, host, policy, self._now())
             )
             if self.resource_manager is not None:
                 try:
-                    self.resource_manager.migrate_away_failed(work.host_id, vm)
+                    self.resource_manager.migrate_away_failed(plan.source, vm)
                 except Exception:
                     log.exception("resource manager failed on migrate_away_failed(%s)", vm.id)
-            return _Outcome(
-                f"no room: {exc}", retry_at=self._now() + self.settings.migrate_retry_interval
-            )
-        return _done(f"migrated to host {target}")
+            return outcome
+        return Finish(f"migrated to host {target}")
 
-    def _stop_vm(self, holder: _Holder, vm: Vm) -> _Outcome:
+    def _stop_vm(self, holder: _Holder, vm: Vm, plan: StopVm, policy: Policy) -> Outcome:
         """Stop, CheckStop or ForceStop (spec §3.7)."""
-        work = holder.work
-        if work.type is not WorkType.STOP and (
-            vm.state is not work.previous_state
-            or vm.updated != work.updated
-            or vm.host_id != work.host_id
-        ):
-            return _done("the VM has been changed")
         self._confirm(holder)
         try:
-            self.orchestrator.advance_stop(vm, force=work.type is WorkType.FORCE_STOP)
+            self.orchestrator.advance_stop(vm, force=plan.force)
         except (CloudHAError, TimeoutError) as exc:
             if isinstance(exc, UnknownVmError):
-                return _done("the VM no longer exists")
-            return _Outcome(
-                f"stop failed: {exc}", retry_at=self._now() + self.settings.stop_retry_interval
-            )
-        return _done("stopped")
+                return Finish("the VM no longer exists")
+            return Retry(f"stop failed: {exc}", at=self._now() + policy.stop_retry_interval)
+        return Finish("stopped")
 
-    def _destroy_vm(self, holder: _Holder, vm: Vm) -> _Outcome:
+    def _destroy_vm(self, holder: _Holder, vm: Vm, plan: DestroyVm, policy: Policy) -> Outcome:
         """Destroy (spec §3.7); console proxies and secondary storage VMs are expunged."""
-        work = holder.work
-        expunge = vm.type in _EXPUNGED_TYPES
-        if not expunge and work.previous_state is VmState.DESTROYED:
-            return _done("the VM was already destroyed")
         self._confirm(holder)
         try:
-            if work.previous_state is VmState.RUNNING:
+            if plan.stop_first:
                 self.orchestrator.advance_stop(vm, force=True)
-            if work.previous_state is VmState.EXPUNGING:
-                return _done("the VM is being expunged")
-            self.orchestrator.destroy(vm, expunge=expunge)
+            if not plan.destroy:
+                return Finish("the VM is being expunged")
+            self.orchestrator.destroy(vm, expunge=plan.expunge)
         except UnknownVmError:
-            return _done("the VM no longer exists")
+            return Finish("the VM no longer exists")
         except CloudHAError as exc:
-            return _Outcome(
-                f"destroy failed: {exc}", retry_at=self._now() + self.settings.stop_retry_interval
-            )
-        return _done("expunged" if expunge else "destroyed")
+            return Retry(f"destroy failed: {exc}", at=self._now() + policy.stop_retry_interval)
+        return Finish("expunged" if plan.expunge else "destroyed")
 
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
         """Release this server's old claims, mark due works Investigating, start the workers.
 
-        Starts ``ha.workers`` threads named ``HA-Worker-<i>`` and the cleanup
-        thread (every ``time.between.cleanup``).
+        Runs each of :meth:`loops` on a :class:`~cloudha.runtime.Pump`: the
+        ``ha.workers`` threads named ``HA-Worker-<i>`` and the cleanup thread
+        ``HA-Cleanup`` (every ``time.between.cleanup``). :meth:`wakeup`
+        wakes the worker pumps.
         """
         with self._lock:
             if self._state != "new":
                 raise LifecycleError(f"HA manager {self.server_id} is {self._state}")
             self._state = "running"
         self.recover()
-        for index in range(self.settings.ha_workers):
-            wake = threading.Event()
-            self._wake_events.append(wake)
-            thread = self._factory(
-                target=functools.partial(self._work_loop, wake),
-                name=f"HA-Worker-{index}",
-                daemon=True,
-            )
-            self._threads.append(thread)
-        cleanup = self._factory(target=self._cleanup_loop, name="HA-Cleanup", daemon=True)
-        self._threads.append(cleanup)
-        for thread in self._threads:
-            thread.start()
+        self._pumps = [
+            loop.pump(clock=self.clock, thread_factory=self._factory) for loop in self.loops()
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def loops(self) -> list[Loop]:
+        """What :meth:`start` runs, for an embedder (or simulator) that drives its own threads.
+
+        ``ha.workers`` loops ``HA-Worker-<i>`` on :meth:`work_tick` (woken by
+        new work: ``wake_on_work``), then ``HA-Cleanup`` on
+        :meth:`cleanup_tick`, whose first round is one ``time.between.cleanup``
+        after the start. Call :meth:`recover` before running them.
+        """
+        workers = [
+            Loop(f"HA-Worker-{index}", self.work_tick, wake_on_work=True)
+            for index in range(self.settings.ha_workers)
+        ]
+        cleanup = Loop(
+            "HA-Cleanup",
+            self.cleanup_tick,
+            wake_on_work=False,
+            first_delay=self.settings.time_between_cleanup,
+        )
+        return [*workers, cleanup]
+
+    def work_tick(self) -> float:
+        """One worker round: claim one due work and process it.
+
+        Returns 0.0 after processing one (there may be more), else the idle
+        delay ``time.to.sleep``. Never raises: a failure to claim is logged
+        and counts as idle.
+        """
+        try:
+            busy = self.process_next() is not None
+        except Exception:
+            log.exception("HA worker %s: claiming failed", threading.current_thread().name)
+            busy = False
+        return 0.0 if busy else float(self.settings.time_to_sleep)
+
+    def cleanup_tick(self) -> float:
+        """One cleanup round (:meth:`cleanup`); returns ``time.between.cleanup``. Never raises."""
+        try:
+            deleted = self.cleanup()
+            log.info("HA cleanup deleted %d finished works", deleted)
+        except Exception:
+            log.exception("HA cleanup failed")
+        return float(self.settings.time_between_cleanup)
 
     def recover(self) -> tuple[int, int]:
         """Take up after a previous run of this server: what :meth:`start` does first.
@@ -1022,18 +970,15 @@ class HighAvailabilityManager:
                 self._state = "stopped"
                 return
             self._state = "stopped"
-        self._stopping.set()
-        for wake in self._wake_events:
-            wake.set()
+        for pump in self._pumps:
+            pump.request_stop()
         stuck = []
         # One deadline for all the threads, not ``timeout`` each. Joining is
         # the runtime edge: the wall clock, not the injected one, bounds it.
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                if thread.is_alive():
-                    stuck.append(thread.name)
+        for pump in self._pumps:
+            if not pump.join(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                stuck.append(pump.name)
         self._db(lambda: self.store.mark_server_pending_as_investigating(self.server_id))
         released = self._db(lambda: self.store.release_server(self.server_id))
         log.info("HA manager %s stopped; %d works handed back", self.server_id, released)
@@ -1051,37 +996,28 @@ class HighAvailabilityManager:
         return released
 
     def wakeup(self) -> None:
-        """Wake idle workers (called by every schedule method)."""
-        for wake in self._wake_events:
-            wake.set()
+        """Wake idle workers (called after every committed schedule and release).
+
+        Wakes this server's worker pumps (after :meth:`start`), then calls
+        :attr:`on_work_added` when set.
+        """
+        for pump in self._pumps:
+            pump.wake()
+        waker = self.on_work_added
+        if waker is not None:
+            try:
+                waker()
+            except Exception:
+                log.exception("HA manager %s: on_work_added failed", self.server_id)
 
     def cleanup(self) -> int:
         """Delete Done and Cancelled works older than ``time.between.failures``; how many."""
         return self._db(lambda: self.store.cleanup(self.settings.time_between_failures))
 
-    def _work_loop(self, wake: threading.Event) -> None:
-        while not self._stopping.is_set():
-            wake.clear()
-            try:
-                busy = self.process_next() is not None
-            except Exception:
-                log.exception("HA worker %s: claiming failed", threading.current_thread().name)
-                busy = False
-            if not busy:
-                self.clock.wait(wake, self.settings.time_to_sleep)
-
-    def _cleanup_loop(self) -> None:
-        while not self.clock.wait(self._stopping, self.settings.time_between_cleanup):
-            try:
-                deleted = self.cleanup()
-                log.info("HA cleanup deleted %d finished works", deleted)
-            except Exception:
-                log.exception("HA cleanup failed")
-
     @property
     def threads(self) -> Sequence[threading.Thread]:
         """The worker and cleanup threads (empty before :meth:`start`)."""
-        return tuple(self._threads)
+        return tuple(p.thread for p in self._pumps if p.thread is not None)
 
     def __repr__(self) -> str:
         return f"HighAvailabilityManager({self.server_id!r}, {self.store!r})"

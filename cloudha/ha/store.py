@@ -1,5 +1,13 @@
 """The persistent HA work queue: CloudStack's ``op_ha_work`` table, in SQLAlchemy 2 Core.
 
+:class:`SqlWorkStore` is the SQLAlchemy adapter of the
+:class:`~cloudha.ports.WorkStore` port (``WorkStore`` here is the same
+class, under its old name). Database errors never leave it as SQLAlchemy
+exceptions: transient faults (connection lost or refused, database locked,
+deadlock, pool timeout) become :class:`~cloudha.errors.StoreUnavailableError`,
+which the HA manager retries; anything else becomes
+:class:`~cloudha.errors.StoreError`. The driver's exception is the ``__cause__``.
+
 Backends: SQLite (``sqlite:///path``) and PostgreSQL
 (``postgresql+psycopg://user@host:port/db``). The library never creates
 tables by itself: call :func:`create_schema` (tests, throwaway databases) or
@@ -10,10 +18,10 @@ Deliberate differences from CloudStack (design §4):
 * one clock: ``time_to_try`` is float seconds since the Unix epoch read from
   the injected :class:`~cloudha.clock.Clock` (no ``ms >> 10`` units);
   ``created`` and ``taken`` are timezone-aware UTC datetimes from the same clock;
-* :meth:`WorkStore.claim` orders by ``priority`` (higher first), then ``id``;
+* :meth:`SqlWorkStore.claim` orders by ``priority`` (higher first), then ``id``;
 * every claim writes a fresh per-VM fencing token into ``generation``, and
-  the writing methods (:meth:`~WorkStore.reschedule`, :meth:`~WorkStore.finish`,
-  :meth:`~WorkStore.update_step`) only touch a row that is still the claim
+  the writing methods (:meth:`~SqlWorkStore.reschedule`, :meth:`~SqlWorkStore.finish`,
+  :meth:`~SqlWorkStore.update_step`) only touch a row that is still the claim
   they were given (:class:`StaleWorkError` otherwise), so a management server
   whose works were released and re-claimed cannot complete them a second time;
 * ``Error`` is a terminal step everywhere (never claimed, never re-marked).
@@ -22,35 +30,46 @@ Rows edited by hand: every method that returns :class:`Work` values raises
 :class:`UnreadableWorkError` (naming the row id, column and value) when a
 row it read holds a value that is not a known ``type``, ``step``, ``state``,
 ``vm_type`` or ``reason``. It never returns a half-parsed row. The caller
-marks the row with :meth:`WorkStore.mark_error` (which does not parse it) and
+marks the row with :meth:`SqlWorkStore.mark_error` (which does not parse it) and
 carries on: the list readers skip unreadable rows once they are in step
-Error. A :meth:`~WorkStore.claim` that picks such a row commits the claim
+Error. A :meth:`~SqlWorkStore.claim` that picks such a row commits the claim
 first (the row then belongs to the caller) and raises afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import enum
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-import attrs
 import sqlalchemy as sa
+import sqlalchemy.exc
 import tenacity
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, Row
 
 from cloudha.clock import Clock
-from cloudha.errors import CloudHAError
+from cloudha.errors import StoreError, StoreUnavailableError
+from cloudha.ha.work import (
+    TERMINAL_STEPS,
+    TERMINAL_VALUES,
+    StaleWorkError,
+    Step,
+    UnreadableWorkError,
+    Work,
+    WorkType,
+    work_from_row,
+)
 from cloudha.model import ReasonType, VmState, VmType
 
 __all__ = [
     "TERMINAL_STEPS",
+    "SqlWorkStore",
     "StaleWorkError",
     "Step",
     "UnreadableWorkError",
@@ -67,74 +86,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class WorkType(enum.Enum):
-    """What a work item does (CloudStack ``HighAvailabilityManager.WorkType``)."""
-
-    MIGRATION = "Migration"
-    STOP = "Stop"
-    CHECK_STOP = "CheckStop"
-    FORCE_STOP = "ForceStop"
-    DESTROY = "Destroy"
-    HA = "HA"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class Step(enum.Enum):
-    """Progress of a work item (CloudStack ``HighAvailabilityManager.Step``)."""
-
-    SCHEDULED = "Scheduled"
-    INVESTIGATING = "Investigating"
-    FENCING = "Fencing"
-    STOPPING = "Stopping"
-    RESTARTING = "Restarting"
-    MIGRATING = "Migrating"
-    CANCELLED = "Cancelled"
-    DONE = "Done"
-    ERROR = "Error"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-TERMINAL_STEPS: Final = frozenset({Step.DONE, Step.CANCELLED, Step.ERROR})
-"""Steps a work never leaves; such works are never claimed nor counted as pending."""
-
-_TERMINAL_VALUES: Final = tuple(sorted(step.value for step in TERMINAL_STEPS))
-
-
-class UnreadableWorkError(CloudHAError):
-    """A row of ``op_ha_work`` holds a value cloudha does not know (a hand-edited row).
-
-    Attributes:
-        work_id: the row's ``id``; pass it to :meth:`WorkStore.mark_error`.
-        column: the column at fault (``type``, ``step``, ``state``, ``vm_type``, ``reason``).
-        value: the stored value.
-    """
-
-    def __init__(self, work_id: int, column: str, value: object) -> None:
-        super().__init__(f"op_ha_work row {work_id}: unknown {column} {value!r}")
-        self.work_id = work_id
-        self.column = column
-        self.value = value
-
-
-class StaleWorkError(CloudHAError):
-    """The work is no longer the claim the caller holds (released, re-claimed or deleted).
-
-    Attributes:
-        work_id: the row's ``id``.
-    """
-
-    def __init__(self, work_id: int) -> None:
-        super().__init__(
-            f"op_ha_work row {work_id} is no longer held as given "
-            "(released, claimed again, or deleted)"
-        )
-        self.work_id = work_id
 
 
 class _UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
@@ -203,7 +154,7 @@ op_ha_generation: Final = sa.Table(
     sa.Column("instance_id", sa.String(255), primary_key=True),
     sa.Column("generation", sa.Integer(), nullable=False),
 )
-"""The last fencing token handed out per VM (see :meth:`WorkStore.next_generation`)."""
+"""The last fencing token handed out per VM (see :meth:`SqlWorkStore.next_generation`)."""
 
 
 def create_schema(engine: Engine) -> None:
@@ -313,84 +264,8 @@ def prepare_sqlite_engine(engine: Engine) -> None:
         sa.event.listen(engine, "begin", _sqlite_on_begin)
 
 
-@attrs.frozen
-class Work:
-    """One ``op_ha_work`` row, as read.
-
-    Attributes:
-        id: the row id.
-        instance_id: the VM.
-        type: what to do.
-        step: where it is.
-        previous_state: the VM's state when the work was scheduled (column ``state``).
-        vm_type: the VM's type.
-        host_id: the host the VM was on, if known.
-        mgmt_server_id: the management server holding the claim; ``None`` = unclaimed.
-        created: when the work was added (aware UTC).
-        taken: when it was last claimed (aware UTC), ``None`` when unclaimed.
-        time_to_try: not claimable before this (epoch seconds).
-        tried: how many times it was rescheduled.
-        updated: the VM's update counter when scheduled.
-        reason: why it was scheduled (a NULL column reads as ``Unknown``).
-        generation: the per-VM fencing token of its last claim, 0 before any claim.
-        priority: higher values are claimed first.
-    """
-
-    id: int
-    instance_id: str
-    type: WorkType
-    step: Step
-    previous_state: VmState
-    vm_type: VmType
-    host_id: str | None
-    mgmt_server_id: str | None
-    created: dt.datetime
-    taken: dt.datetime | None
-    time_to_try: float
-    tried: int
-    updated: int
-    reason: ReasonType
-    generation: int
-    priority: int
-
-    def __str__(self) -> str:
-        return f"HAWork[{self.id}-{self.type}-{self.instance_id}-{self.previous_state}-{self.step}]"
-
-
-_E = TypeVar("_E", bound=enum.Enum)
-
-
-def _parse(cls: type[_E], row_id: int, column: str, value: object) -> _E:
-    try:
-        return cls(value)
-    except ValueError:
-        raise UnreadableWorkError(row_id, column, value) from None
-
-
 def _to_work(row: Row[Any]) -> Work:
-    m = row._mapping
-    work_id = int(m["id"])
-    reason = m["reason"]
-    return Work(
-        id=work_id,
-        instance_id=m["instance_id"],
-        type=_parse(WorkType, work_id, "type", m["type"]),
-        step=_parse(Step, work_id, "step", m["step"]),
-        previous_state=_parse(VmState, work_id, "state", m["state"]),
-        vm_type=_parse(VmType, work_id, "vm_type", m["vm_type"]),
-        host_id=m["host_id"],
-        mgmt_server_id=m["mgmt_server_id"],
-        created=m["created"],
-        taken=m["taken"],
-        time_to_try=float(m["time_to_try"]),
-        tried=int(m["tried"]),
-        updated=int(m["updated"]),
-        reason=ReasonType.UNKNOWN
-        if reason is None
-        else _parse(ReasonType, work_id, "reason", reason),
-        generation=int(m["generation"]),
-        priority=int(m["priority"]),
-    )
+    return work_from_row(row._asdict())
 
 
 _W = op_ha_work.c
@@ -401,7 +276,7 @@ def _claimable_now() -> sa.ColumnElement[bool]:
         _W.mgmt_server_id.is_(None),
         _W.taken.is_(None),
         _W.time_to_try <= sa.bindparam("now_s"),
-        _W.step.not_in(_TERMINAL_VALUES),
+        _W.step.not_in(TERMINAL_VALUES),
     )
 
 
@@ -475,8 +350,52 @@ def _snapshot(previous_state: VmState | None, updated: int | None) -> dict[str, 
 _CLAIM_ATTEMPTS: Final = 5
 
 
-class WorkStore:
-    """The HA work queue on one database.
+_TRANSIENT: Final = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.DisconnectionError,
+)
+
+
+_SQLITE_TRANSIENT_CODES: Final = frozenset({5, 6, 10, 14, 15})
+"""SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_CANTOPEN, SQLITE_PROTOCOL (primary codes)."""
+
+
+def _transient(exc: sqlalchemy.exc.SQLAlchemyError) -> bool:
+    """Whether retrying may help: a lost or refused connection, a lock, a deadlock, a timeout.
+
+    SQLite reports a missing table as an OperationalError too; its error code
+    tells it from a busy or unopenable file.
+    """
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, _TRANSIENT):
+        return False
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return code is None or (int(code) & 0xFF) in _SQLITE_TRANSIENT_CODES
+
+
+def _describe(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
+    """The driver's message, without the statement and its parameters."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(orig if orig is not None else exc).__name__}: {text[0] if text else ''}"
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Turn SQLAlchemy errors into cloudha's store errors (see the module docstring)."""
+    try:
+        yield
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        if _transient(exc):
+            raise StoreUnavailableError(f"HA work store unavailable: {_describe(exc)}") from exc
+        raise StoreError(f"HA work store failed: {_describe(exc)}") from exc
+
+
+class SqlWorkStore:
+    """The HA work queue on one database: the SQL adapter of :class:`~cloudha.ports.WorkStore`.
 
     Thread-safe (each call uses its own connection and transaction from the
     engine's pool) and safe across processes and management servers sharing
@@ -492,10 +411,17 @@ class WorkStore:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         if engine.dialect.name not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported database {engine.dialect.name!r}")
-        prepare_sqlite_engine(engine)
+        with _translated():
+            prepare_sqlite_engine(engine)
         self._engine = engine
         self._clock = clock
         self._postgres = engine.dialect.name == "postgresql"
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        """One transaction on the engine; SQLAlchemy errors leave it translated."""
+        with _translated(), self._engine.begin() as conn:
+            yield conn
 
     @property
     def engine(self) -> Engine:
@@ -547,17 +473,17 @@ class WorkStore:
             )
             .returning(*op_ha_work.c)
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return _to_work(conn.execute(stmt).one())
 
     def get(self, work_id: int) -> Work | None:
         """The work with this id, or ``None``. Raises :class:`UnreadableWorkError`."""
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             row = conn.execute(sa.select(op_ha_work).where(_W.id == work_id)).one_or_none()
         return None if row is None else _to_work(row)
 
     def _select(self, where: sa.ColumnElement[bool]) -> list[Work]:
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             rows = conn.execute(sa.select(op_ha_work).where(where).order_by(_W.id)).all()
         works = []
         for row in rows:
@@ -571,9 +497,7 @@ class WorkStore:
 
     def pending_for_vm(self, instance_id: str) -> list[Work]:
         """The VM's works of any type whose step is not terminal, oldest first."""
-        return self._select(
-            sa.and_(_W.instance_id == instance_id, _W.step.not_in(_TERMINAL_VALUES))
-        )
+        return self._select(sa.and_(_W.instance_id == instance_id, _W.step.not_in(TERMINAL_VALUES)))
 
     def pending_ha_for_host(self, host_id: str) -> list[Work]:
         """Works of type HA on this host whose step is not terminal, oldest first
@@ -582,7 +506,7 @@ class WorkStore:
             sa.and_(
                 _W.host_id == host_id,
                 _W.type == WorkType.HA.value,
-                _W.step.not_in(_TERMINAL_VALUES),
+                _W.step.not_in(TERMINAL_VALUES),
             )
         )
 
@@ -602,7 +526,7 @@ class WorkStore:
                 _W.instance_id == instance_id, _W.type == type.value, _W.taken.is_(None)
             )
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return bool(conn.execute(stmt).scalar_one())
 
     # -- claiming --------------------------------------------------------------
@@ -612,7 +536,7 @@ class WorkStore:
             _W.mgmt_server_id.is_(None),
             _W.taken.is_(None),
             _W.time_to_try <= now_s,
-            _W.step.not_in(_TERMINAL_VALUES),
+            _W.step.not_in(TERMINAL_VALUES),
         )
 
     def claim(self, server_id: str) -> Work | None:
@@ -638,11 +562,11 @@ class WorkStore:
         now, now_s = self._now()
         params = {"now_s": now_s, "server": server_id, "taken": now}
         if self._postgres:
-            with self._engine.begin() as conn:
+            with self._tx() as conn:
                 row = conn.execute(_PG_CLAIM, params).one_or_none()
             return None if row is None else _to_work(row)
         row = None
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             for _attempt in range(_CLAIM_ATTEMPTS):
                 picked = conn.execute(_SQLITE_PICK, params).one_or_none()
                 if picked is None:
@@ -677,7 +601,7 @@ class WorkStore:
         generation + 1 RETURNING generation``) on ``op_ha_generation``; every
         :meth:`claim` also takes one, in the claim's transaction.
         """
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return self._bump_generation(conn, instance_id)
 
     def current_generation(self, instance_id: str) -> int:
@@ -685,7 +609,7 @@ class WorkStore:
         stmt = sa.select(op_ha_generation.c.generation).where(
             op_ha_generation.c.instance_id == instance_id
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             value = conn.execute(stmt).scalar_one_or_none()
         return 0 if value is None else int(value)
 
@@ -707,14 +631,14 @@ class WorkStore:
         worker that lost its claim while it was stuck (released by
         :meth:`release_server`, claimed by another server) acts no further.
         """
-        stmt = sa.select(_W.id).where(self._held(work), _W.step.not_in(_TERMINAL_VALUES))
-        with self._engine.begin() as conn:
+        stmt = sa.select(_W.id).where(self._held(work), _W.step.not_in(TERMINAL_VALUES))
+        with self._tx() as conn:
             if conn.execute(stmt).one_or_none() is None:
                 raise StaleWorkError(work.id)
 
     def _update_held(self, work: Work, **values: Any) -> Work:
         stmt = op_ha_work.update().where(self._held(work)).values(**values).returning(*op_ha_work.c)
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             row = conn.execute(stmt).one_or_none()
         if row is None:
             raise StaleWorkError(work.id)
@@ -786,7 +710,7 @@ class WorkStore:
 
     def mark_error(self, work_id: int) -> bool:
         """Set step Error on a row by id without reading it (for unreadable rows); True if found."""
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             result = conn.execute(
                 op_ha_work.update().where(_W.id == work_id).values(step=Step.ERROR.value)
             )
@@ -802,10 +726,10 @@ class WorkStore:
         """
         stmt = (
             op_ha_work.update()
-            .where(_W.mgmt_server_id == server_id, _W.step.not_in(_TERMINAL_VALUES))
+            .where(_W.mgmt_server_id == server_id, _W.step.not_in(TERMINAL_VALUES))
             .values(mgmt_server_id=None, taken=None)
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return conn.execute(stmt).rowcount
 
     def cancel_untaken(self, host_id: str, types: Iterable[WorkType], server_id: str) -> int:
@@ -821,11 +745,11 @@ class WorkStore:
                 _W.host_id == host_id,
                 _W.type.in_([t.value for t in types]),
                 _W.taken.is_(None),
-                _W.step.not_in(_TERMINAL_VALUES),
+                _W.step.not_in(TERMINAL_VALUES),
             )
             .values(step=Step.CANCELLED.value, taken=now, mgmt_server_id=server_id)
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return conn.execute(stmt).rowcount
 
     def delete_untaken(self, instance_id: str, type: WorkType) -> int:
@@ -833,7 +757,7 @@ class WorkStore:
         stmt = op_ha_work.delete().where(
             _W.instance_id == instance_id, _W.type == type.value, _W.taken.is_(None)
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return conn.execute(stmt).rowcount
 
     def mark_pending_as_investigating(self) -> int:
@@ -842,17 +766,17 @@ class WorkStore:
         stmt = (
             op_ha_work.update().where(self._claimable(now_s)).values(step=Step.INVESTIGATING.value)
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return conn.execute(stmt).rowcount
 
     def mark_server_pending_as_investigating(self, server_id: str) -> int:
         """Give ``server_id``'s non-terminal works step Investigating (claim kept); count them."""
         stmt = (
             op_ha_work.update()
-            .where(_W.mgmt_server_id == server_id, _W.step.not_in(_TERMINAL_VALUES))
+            .where(_W.mgmt_server_id == server_id, _W.step.not_in(TERMINAL_VALUES))
             .values(step=Step.INVESTIGATING.value)
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return conn.execute(stmt).rowcount
 
     def cleanup(self, older_than_seconds: float) -> int:
@@ -868,7 +792,7 @@ class WorkStore:
             _W.step.in_((Step.DONE.value, Step.CANCELLED.value)),
             sa.func.coalesce(_W.taken, _W.created) < cutoff,
         )
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return conn.execute(stmt).rowcount
 
     def delete(self, work_ids: Iterable[int]) -> int:
@@ -876,8 +800,12 @@ class WorkStore:
         ids: Sequence[int] = list(work_ids)
         if not ids:
             return 0
-        with self._engine.begin() as conn:
+        with self._tx() as conn:
             return conn.execute(op_ha_work.delete().where(_W.id.in_(ids))).rowcount
 
     def __repr__(self) -> str:
-        return f"WorkStore({self._engine.url.render_as_string(hide_password=True)!r})"
+        return f"SqlWorkStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+
+WorkStore = SqlWorkStore
+"""The old name of :class:`SqlWorkStore`, kept for existing callers."""

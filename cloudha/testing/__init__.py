@@ -32,6 +32,8 @@ from cloudha.testing.scenario import parse_scenario as parse_scenario
 from cloudha.testing.simulator import Simulation as Simulation
 from cloudha.testing.simulator import simulate as simulate
 from cloudha.testing.simulator import to_json as to_json
+from cloudha.testing.workstore import InMemoryWorkStore as InMemoryWorkStore
+from cloudha.testing.workstore import check_work_store as check_work_store
 
 __all__ = [
     "FakeAgentGateway",
@@ -45,6 +47,7 @@ __all__ = [
     "InMemoryOrchestrator",
     "InMemoryStoragePools",
     "InMemoryVmNetworks",
+    "InMemoryWorkStore",
     "MemoryStorage",
     "OrchestratorCall",
     "RecordingAlertSink",
@@ -59,6 +62,7 @@ __all__ = [
     "StartRecord",
     "check_fencer",
     "check_investigator",
+    "check_work_store",
     "load_scenario",
     "parse_scenario",
     "simulate",

@@ -8,6 +8,7 @@ clock and a SQLite file.
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +21,13 @@ import sqlalchemy as sa
 
 from cloudha import EvidenceLog, Host, Settings, Status
 from cloudha.clock import Clock, SystemClock
-from cloudha.errors import ConfigurationError, LifecycleError, ProbeTimeout
+from cloudha.errors import (
+    ConfigurationError,
+    LifecycleError,
+    ProbeTimeout,
+    StoreError,
+    StoreUnavailableError,
+)
 from cloudha.fencing.base import FenceOutcome
 from cloudha.fencing.chain import FenceChain, InlineRunner
 from cloudha.ha.manager import SYSTEM_VM_PRIORITY, HighAvailabilityManager, WorkResult
@@ -34,11 +41,13 @@ from cloudha.investigators.base import Verdict
 from cloudha.investigators.chain import InvestigatorChain
 from cloudha.model import AlertType, HostType, HypervisorType, ReasonType, Vm, VmState, VmType
 from cloudha.ports import Alert
+from cloudha.ports import WorkStore as WorkStorePort
 from cloudha.testing import (
     FakeClock,
     FakeOrchestratorHost,
     InMemoryHostDirectory,
     InMemoryOrchestrator,
+    InMemoryWorkStore,
     OrchestratorCall,
     RecordingAlertSink,
     RecordingMigrationFailures,
@@ -1612,7 +1621,7 @@ def another_server(
     manager: HighAvailabilityManager,
     server_id: str,
     *,
-    store: WorkStore | None = None,
+    store: WorkStorePort | None = None,
     clock: Clock | None = None,
     thread_factory: Any = threading.Thread,
 ) -> HighAvailabilityManager:
@@ -1899,22 +1908,83 @@ def test_a_failing_alert_sink_does_not_stop_the_restart(env: Env) -> None:
     assert env.vm().host_id == "h2"
 
 
-def test_a_transient_database_error_is_retried_on_the_managers_clock(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_claim = env.store.claim
-    failures = [sa.exc.OperationalError("claim", {}, Exception("database is locked"))]
+class BrokenEvidenceSink:
+    def record(self, evidence: object) -> None:
+        raise OSError("disk full")
 
-    def flaky_claim(server_id: str) -> Work | None:
+
+def test_a_failing_evidence_sink_does_not_stop_the_restart() -> None:
+    env = make_env(script={"vm1": Verdict.DEAD})
+    manager = HighAvailabilityManager(
+        server_id="ms1",
+        store=env.store,
+        orchestrator=env.orch,
+        directory=env.directory,
+        investigators=InvestigatorChain([env.inv]),
+        fence_chain=FenceChain([env.fencer], clock=env.clock, runner=InlineRunner(env.clock)),
+        settings=Settings(),
+        clock=env.clock,
+        alerts=BrokenAlertSink(),
+        evidence=BrokenEvidenceSink(),
+    )
+    work = manager.schedule_restart(env.vm(), investigate=True, reason=ReasonType.HOST_DOWN)
+    assert work is not None
+    assert manager.process_next() is WorkResult.DONE
+    assert env.vm().host_id == "h2"
+    assert env.work(work.id).step is Step.DONE
+
+
+def test_a_transient_database_error_is_retried_on_the_managers_clock(env: Env) -> None:
+    # The fault comes from the driver, under the SQL adapter, which turns it
+    # into StoreUnavailableError: the manager knows nothing of SQLAlchemy.
+    env.add("vm1", WorkType.FORCE_STOP)
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    failures = [locked]
+
+    def flaky(*_args: Any) -> None:
         if failures:
             raise failures.pop()
-        return real_claim(server_id)
 
-    monkeypatch.setattr(env.store, "claim", flaky_claim)
-    env.add("vm1", WorkType.FORCE_STOP)
-    assert env.manager.process_next() is WorkResult.DONE
+    sa.event.listen(env.engine, "before_cursor_execute", flaky)
+    try:
+        assert env.manager.process_next() is WorkResult.DONE
+    finally:
+        sa.event.remove(env.engine, "before_cursor_execute", flaky)
+    assert failures == []
     assert env.now > T0  # the back-off waited on the fake clock, not in real time
     assert env.vm().state is VmState.STOPPED
+
+
+def test_a_store_that_stays_unavailable_fails_after_the_retries(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+
+    def down(server_id: str) -> Work | None:
+        nonlocal calls
+        calls += 1
+        raise StoreUnavailableError("connection refused")
+
+    monkeypatch.setattr(env.store, "claim", down)
+    with pytest.raises(StoreUnavailableError):
+        env.manager.process_next()
+    assert calls == 5
+    assert env.manager.work_tick() == float(env.manager.settings.time_to_sleep)
+
+
+def test_a_permanent_store_error_is_not_retried(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+
+    def broken(server_id: str) -> Work | None:
+        nonlocal calls
+        calls += 1
+        raise StoreError("no such table: op_ha_work")
+
+    monkeypatch.setattr(env.store, "claim", broken)
+    with pytest.raises(StoreError):
+        env.manager.process_next()
+    assert (calls, env.now) == (1, T0)
 
 
 def test_lifecycle_states(env: Env) -> None:
@@ -1933,3 +2003,88 @@ def test_lifecycle_states(env: Env) -> None:
             clock=env.clock,
             alerts=env.alerts,
         )
+
+
+# -- the loop API (work_tick, cleanup_tick, loops, on_work_added) ---------------------------------
+
+
+def test_work_tick_processes_one_work_then_reports_the_idle_delay() -> None:
+    env = make_env(settings=Settings(time_to_sleep=42))
+    first = env.add("vm1", WorkType.FORCE_STOP)
+    assert env.manager.work_tick() == 0.0
+    assert env.work(first.id).step is Step.DONE
+    assert env.manager.work_tick() == 42.0  # nothing due
+
+
+def test_work_tick_never_raises_when_claiming_fails(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(server_id: str) -> Work | None:
+        raise RuntimeError("store broken")
+
+    monkeypatch.setattr(env.store, "claim", broken)
+    assert env.manager.work_tick() == float(env.manager.settings.time_to_sleep)
+
+
+def test_cleanup_tick_cleans_and_returns_time_between_cleanup() -> None:
+    settings = Settings.from_mapping({"time.between.cleanup": 7200, "time.between.failures": 60})
+    env = make_env(settings=settings)
+    done = env.add("vm1", WorkType.STOP)
+    env.manager.process_next()
+    env.clock.advance(61)
+    assert env.manager.cleanup_tick() == 7200.0
+    assert env.store.get(done.id) is None
+
+
+def test_loops_are_the_workers_then_the_cleanup() -> None:
+    settings = Settings.from_mapping({"ha.workers": 3, "time.between.cleanup": 900})
+    env = make_env(settings=settings)
+    loops = env.manager.loops()
+    assert [(lp.name, lp.wake_on_work, lp.first_delay) for lp in loops] == [
+        ("HA-Worker-0", True, 0.0),
+        ("HA-Worker-1", True, 0.0),
+        ("HA-Worker-2", True, 0.0),
+        ("HA-Cleanup", False, 900.0),
+    ]
+    assert loops[0].tick == env.manager.work_tick
+    assert loops[-1].tick == env.manager.cleanup_tick
+
+
+def test_on_work_added_is_called_after_the_work_is_committed(env: Env) -> None:
+    seen: list[list[int]] = []
+    env.manager.on_work_added = lambda: seen.append([w.id for w in env.store.pending_for_vm("vm1")])
+    work = env.restart()
+    assert seen == [[work.id]]  # the row was already there when the waker ran
+    assert env.manager.schedule_stop(env.vm(), "h1", WorkType.STOP, ReasonType.UNKNOWN)
+    assert len(seen) == 2
+
+
+def test_a_failing_on_work_added_does_not_fail_the_scheduling(env: Env) -> None:
+    def broken() -> None:
+        raise RuntimeError("simulator gone")
+
+    env.manager.on_work_added = broken
+    work = env.restart()
+    assert env.work(work.id).step is Step.INVESTIGATING
+
+
+# -- the manager on the in-memory store -------------------------------------------------------
+
+
+def test_the_manager_runs_on_the_in_memory_store_quarantine_included() -> None:
+    env = make_env(script={"vm1": Verdict.DEAD})
+    store = InMemoryWorkStore(env.clock)
+    manager = another_server(env.manager, "ms1", store=store)
+    bad = store.add("vm9", WorkType.HA, VmState.RUNNING)
+    store.corrupt(bad.id, "type", "Teleport")
+    work = manager.schedule_restart(env.vm(), investigate=True, reason=ReasonType.HOST_DOWN)
+    assert work is not None
+    # The hand-edited row comes first (lower id): it is marked Error, the queue goes on.
+    assert manager.process_next() is WorkResult.ERROR
+    assert manager.process_next() is WorkResult.DONE
+    assert manager.process_next() is None
+    assert env.vm().host_id == "h2"
+    done = store.get(work.id)
+    assert done is not None
+    assert (done.step, done.generation) == (Step.DONE, 1)
+    assert store.pending_for_vm("vm9") == []

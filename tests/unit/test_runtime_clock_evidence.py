@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 
 from cloudha import Evidence, EvidenceLog, LifecycleError, Pump, Recorder, SystemClock
+from cloudha.runtime import Loop
 from cloudha.testing import FakeClock
 
 
@@ -89,3 +92,61 @@ def test_evidence_log_keeps_filters_and_notifies() -> None:
         "reason": "first",
         "actor": "ms1",
     }
+
+
+def test_pump_wake_cuts_the_wait_short_and_is_not_lost_during_a_tick() -> None:
+    ticks: list[float] = []
+    second = threading.Event()
+    inside = threading.Event()
+    release = threading.Event()
+
+    def tick() -> float:
+        ticks.append(time.monotonic())
+        if len(ticks) == 1:
+            inside.set()
+            release.wait(5)  # a wake-up arrives while the tick runs
+        if len(ticks) == 2:
+            second.set()
+        return 3600.0
+
+    pump = Pump("wakeable", tick, clock=SystemClock())
+    pump.start()
+    assert inside.wait(5)
+    pump.wake()
+    release.set()
+    assert second.wait(5)  # the hour-long wait after the first tick ended at once
+    pump.stop(timeout=5)
+    assert len(ticks) == 2
+
+
+def test_pump_that_is_not_wakeable_ignores_wake_and_honours_its_first_delay() -> None:
+    clock = FakeClock(0)
+    ticked: list[float] = []
+    pump: Pump
+
+    def tick() -> float:
+        ticked.append(clock.monotonic())
+        pump.wake()  # no effect: the pump waits on its stop event only
+        if len(ticked) == 3:
+            pump.request_stop()
+        return 50.0
+
+    targets: list[Callable[[], None]] = []
+
+    def factory(*, target: Callable[[], None], name: str, daemon: bool) -> threading.Thread:
+        targets.append(target)
+        return threading.Thread(target=lambda: None, name=name, daemon=daemon)
+
+    pump = Pump(
+        "cleanup", tick, clock=clock, first_delay=100.0, wakeable=False, thread_factory=factory
+    )
+    pump.start()
+    targets[0]()  # the pump's loop, run here on the fake clock
+    assert ticked == [100.0, 150.0, 200.0]
+
+
+def test_loop_makes_a_pump_with_its_name_first_delay_and_wakeability() -> None:
+    loop = Loop("HA-Cleanup", lambda: 1.0, wake_on_work=False, first_delay=7.0)
+    pump = loop.pump(clock=SystemClock())
+    assert (pump.name, pump.wakeable, pump._first_delay) == ("HA-Cleanup", False, 7.0)
+    assert Loop("w", lambda: 0.0, wake_on_work=True).pump(clock=SystemClock()).wakeable
