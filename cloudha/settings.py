@@ -542,6 +542,21 @@ _SPECS: tuple[KeySpec, ...] = (
         _S8,
         minimum=0,
     ),
+    # cloudha's own: the heartbeat writer's watchdog (docs/heartbeat.md).
+    _key(
+        "cloudha.watchdog.timeout",
+        "duration",
+        300,
+        "Countdown of the heartbeat writer's watchdog; + reset margin < the stale bound.",
+        "cloudha",
+    ),
+    _key(
+        "cloudha.watchdog.reset.margin",
+        "duration",
+        30,
+        "Longest time from a watchdog's expiry until its host is reset.",
+        "cloudha",
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -952,6 +967,9 @@ class Settings:
     redfish_ignore_ssl: bool = False
     redfish_use_https: bool = True
     redfish_retries: int = 2
+    # cloudha's own: the heartbeat writer's watchdog.
+    cloudha_watchdog_timeout: float = 300.0
+    cloudha_watchdog_reset_margin: float = 30.0
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:
