@@ -639,9 +639,7 @@ def test_contract_checker_rejects_nameless_investigators() -> None:
 
 
 def zone_world(zone_witnesses: int = 3) -> tuple[Agents, KVMInvestigator, Host]:
-    target = Host(
-        id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1", watchdog=True
-    )
+    target = Host(id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1", watchdog=True)
     directory = InMemoryHostDirectory([target])
     for i in range(1, 6):
         directory.add(Host(id=f"w{i}", status=UP, cluster="c2"))
