@@ -202,6 +202,13 @@ class Host:
     a ``Ping`` transition (an investigation that found the host Up) and when a
     management server gives hosts a fresh grace. Agent pings themselves live in
     memory, in the :class:`~cloudha.detection.PingMap`.
+
+    ``watchdog`` says whether the host's storage-heartbeat writer arms a
+    watchdog that resets the host before its heartbeat can be called stale
+    (cloudha's own writer, :class:`~cloudha.heartbeat.HeartbeatWriter` with
+    a watchdog). False means no such guarantee (CloudStack's script writer,
+    or not known): a stale heartbeat then does not prove the host dead
+    (:func:`~cloudha.investigators.support.stale_proof`).
     """
 
     id: str
@@ -218,6 +225,7 @@ class Host:
     management_server_id: str | None = None
     disconnected_on: float | None = None
     update_count: int = 0
+    watchdog: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

@@ -49,6 +49,7 @@ __all__ = [
     "StatusChange",
     "StoragePoolDirectory",
     "VmNetworkDirectory",
+    "Watchdog",
     "WorkStore",
 ]
 
@@ -480,3 +481,38 @@ class WorkStore(Protocol):
 
     def delete(self, work_ids: Iterable[int]) -> int:
         """Delete these rows; how many."""
+
+
+@runtime_checkable
+class Watchdog(Protocol):
+    """A watchdog that resets this host unless it is petted in time (Linux ``/dev/watchdog``).
+
+    The heartbeat writer arms it and pets it after every round in which it
+    wrote the heartbeat to all its pools, so a hung, isolated or stopped
+    writer lets it reset the host before a neighbour can call the heartbeat
+    stale (docs/heartbeat.md, "The watchdog").
+
+    Contract:
+        * :meth:`arm` starts the countdown (opening ``/dev/watchdog`` starts
+          it) with ``timeout`` seconds and returns the timeout the device
+          really uses; a device that cannot say raises, since the guarantee
+          could not be checked. Arming twice is an error.
+        * :meth:`keepalive` restarts the countdown; it raises
+          :class:`OSError` when the device refuses, and is an error before
+          :meth:`arm` or after :meth:`close`.
+        * :meth:`close` with ``disarm=True`` stops the countdown (the magic
+          close, ``V``): only for a deliberate, clean stop of the writer.
+          With ``disarm=False`` the countdown goes on and the host is reset
+          unless a new writer arms the watchdog again in time. Closing twice
+          does nothing.
+        * Not thread-safe: one writer owns it.
+    """
+
+    def arm(self, timeout: float) -> float:
+        """Start the countdown with ``timeout`` seconds; the effective timeout."""
+
+    def keepalive(self) -> None:
+        """Pet the watchdog: the countdown starts again."""
+
+    def close(self, *, disarm: bool) -> None:
+        """Release the device, stopping the countdown only when ``disarm``."""

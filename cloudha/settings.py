@@ -217,6 +217,7 @@ _OOBM = "cloudha.oobm.manager"
 _IPMITOOL = "cloudha.oobm.ipmitool"
 _REDFISH = "cloudha.oobm.redfish"
 _SIMULATOR = "cloudha.testing.simulator"
+_SCENARIO = "cloudha.testing.scenario"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -891,6 +892,25 @@ _SPECS: tuple[KeySpec, ...] = (
         bounds=_RETRIES,
         read_by=(_REDFISH,),
     ),
+    # cloudha's own: the heartbeat writer's watchdog (docs/heartbeat.md).
+    _key(
+        "cloudha.watchdog.timeout",
+        "duration",
+        300,
+        "Countdown of the heartbeat writer's watchdog; + reset margin < the stale bound.",
+        "cloudha",
+        bounds=(1, 3600, "a watchdog petted faster than once a second only spins; more than an hour is no HA"),
+        read_by=(_HEARTBEAT_CLI, _SCENARIO, _SIMULATOR),
+    ),
+    _key(
+        "cloudha.watchdog.reset.margin",
+        "duration",
+        30,
+        "Longest time from a watchdog's expiry until its host is reset.",
+        "cloudha",
+        bounds=(0.1, 600, "no reset is instantaneous; a reset slower than 10 minutes is a hang"),
+        read_by=(_HEARTBEAT_CLI, _SCENARIO, _SIMULATOR),
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -1343,6 +1363,9 @@ class Settings:
     redfish_ignore_ssl: bool = False
     redfish_use_https: bool = True
     redfish_retries: int = 2
+    # cloudha's own: the heartbeat writer's watchdog.
+    cloudha_watchdog_timeout: float = 300.0
+    cloudha_watchdog_reset_margin: float = 30.0
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

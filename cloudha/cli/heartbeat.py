@@ -26,6 +26,7 @@ from cloudha.heartbeat import (
     HeartbeatChecker,
     HeartbeatTiming,
     HeartbeatWriter,
+    LinuxWatchdog,
     LocalStorage,
     Sleep,
     Write,
@@ -123,27 +124,50 @@ def heartbeat() -> None:
 )
 @click.option("--host-ip", required=True, help="This host's private IP address.")
 @click.option("--once", is_flag=True, help="Write one round and exit: 0 if every pool was written.")
+@click.option(
+    "--watchdog",
+    "watchdog_device",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Arm this watchdog device (/dev/watchdog) and pet it after each full round.",
+)
 @_settings_option
-def write(mounts: tuple[str, ...], host_ip: str, once: bool, settings_file: Path | None) -> None:
+def write(
+    mounts: tuple[str, ...],
+    host_ip: str,
+    once: bool,
+    watchdog_device: Path | None,
+    settings_file: Path | None,
+) -> None:
     """Write this host's heartbeat to every pool, forever (until SIGTERM/SIGINT).
 
     When every try on a pool fails and
     reboot.host.and.alert.management.on.heartbeat.timeout is true, the host
-    resets itself (sysrq b). --once never does.
+    resets itself (sysrq b). --once never does. With --watchdog the device
+    is armed with cloudha.watchdog.timeout and petted after every round that
+    wrote every pool; SIGTERM/SIGINT disarms it.
     """
+    if once and watchdog_device is not None:
+        raise BadInput("--once and --watchdog cannot be used together")
     ip = _host_ip(host_ip)
     pools = _pools(mounts)
     settings = _settings(settings_file)
     timing = _timing(settings)
     clock = SystemClock()
-    writer = HeartbeatWriter(
-        storage=LocalStorage(),
-        clock=clock,
-        timing=timing,
-        host_ip=ip,
-        pools=pools,
-        reboot_on_failure=(
-            False if once else settings.reboot_host_and_alert_management_on_heartbeat_timeout
+    writer = _guard(
+        "--settings",
+        lambda: HeartbeatWriter(
+            storage=LocalStorage(),
+            clock=clock,
+            timing=timing,
+            host_ip=ip,
+            pools=pools,
+            reboot_on_failure=(
+                False if once else settings.reboot_host_and_alert_management_on_heartbeat_timeout
+            ),
+            watchdog=None if watchdog_device is None else LinuxWatchdog(str(watchdog_device)),
+            watchdog_timeout=settings.cloudha_watchdog_timeout,
+            reset_margin=settings.cloudha_watchdog_reset_margin,
         ),
     )
     if once:

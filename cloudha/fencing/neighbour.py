@@ -3,8 +3,11 @@
 :class:`KVMFenceBuilder` takes no power action. On KVM, "fencing" means an
 Up neighbour proves through the shared-storage heartbeat that the host is
 dead (spec §5): a host whose heartbeat went stale has stopped writing, and
-a host that cannot write fences itself (spec §6), so its VMs no longer run.
-A host with no pool that carries a heartbeat cannot be fenced this way.
+a host whose writer arms a watchdog is reset before that (docs/heartbeat.md),
+so its VMs no longer run. Without a watchdog (``Host.watchdog`` false) a
+stale heartbeat proves nothing (:func:`~cloudha.investigators.support.stale_proof`)
+and the builder does not fence. A host with no pool that carries a
+heartbeat cannot be fenced this way either.
 
 :class:`XenServerFenceBuilder` asks Up XenServer neighbours to fence the VM
 (their agents act on the shared pool). :class:`VMwareFenceBuilder` never
@@ -21,7 +24,7 @@ from cloudha.commands import answer_verdict, check_on_host, fence
 from cloudha.errors import ProbeError
 from cloudha.fencing.base import BaseFenceBuilder, FenceResult
 from cloudha.investigators.base import Verdict
-from cloudha.investigators.support import list_neighbours, list_zone_witnesses
+from cloudha.investigators.support import list_neighbours, list_zone_witnesses, stale_proof
 from cloudha.model import Host, HypervisorType, Vm
 from cloudha.ports import AgentGateway, Answer, Command, HostDirectory, StoragePoolDirectory
 
@@ -97,7 +100,10 @@ class KVMFenceBuilder(_NeighbourFencer):
     to ``zone_witnesses`` Up KVM hosts of other clusters that mount one of
     the host's HA pools (a whole silent cluster has no neighbour left). The
     first DEAD answer fences; ALIVE, UNKNOWN and silence move on. Without an
-    HA pool the answer is NOT_FENCED: there is no way to prove death safely.
+    HA pool, or when a stale heartbeat of the host proves nothing (no
+    watchdog, :func:`~cloudha.investigators.support.stale_proof`), the
+    answer is NOT_FENCED without asking anyone: there is no way to prove
+    death safely, and the next fencer (a BMC power-off) must act.
 
     Args:
         clock: the time source.
@@ -108,6 +114,8 @@ class KVMFenceBuilder(_NeighbourFencer):
         timeout: limit on the whole attempt, in seconds.
         fail_on_one_pool: ``kvm.ha.fence.on.storage.heartbeat.failure``.
         zone_witnesses: hosts outside the cluster that may be asked.
+        self_fence: ``reboot.host.and.alert.management.on.heartbeat.timeout``
+            (only the reason of a refusal depends on it).
     """
 
     name = "KVMFenceBuilder"
@@ -123,6 +131,7 @@ class KVMFenceBuilder(_NeighbourFencer):
         timeout: float,
         fail_on_one_pool: bool = False,
         zone_witnesses: int = 3,
+        self_fence: bool = True,
     ) -> None:
         super().__init__(
             clock,
@@ -134,6 +143,7 @@ class KVMFenceBuilder(_NeighbourFencer):
         self.pools = pools
         self.fail_on_one_pool = fail_on_one_pool
         self.zone_witnesses = zone_witnesses
+        self.self_fence = self_fence
 
     def supports(self, vm: Vm, host: Host) -> bool:
         return host.hypervisor in _KVM
@@ -146,6 +156,11 @@ class KVMFenceBuilder(_NeighbourFencer):
                 f"{host.id} has no storage pool that carries a heartbeat: "
                 "no way to prove it is dead",
                 pools=[],
+            )
+        proof = stale_proof(host, self_fence=self.self_fence)
+        if not proof.proves_death:
+            return self.not_fenced(
+                f"a stale heartbeat would prove nothing: {proof.reason}", pools=ha_pools
             )
         command = check_on_host(host, fail_on_one_pool=self.fail_on_one_pool)
         asked: dict[str, str] = {}

@@ -158,6 +158,7 @@ def builtin_fencers(ctx: FencerContext) -> list[FenceBuilder]:
                 ctx.clock,
                 pools=ctx.pools,
                 fail_on_one_pool=s.kvm_ha_fence_on_storage_heartbeat_failure,
+                self_fence=s.reboot_host_and_alert_management_on_heartbeat_timeout,
                 **neighbour,
             )
         )

@@ -23,7 +23,10 @@ from cloudha.heartbeat.files import parse_heartbeat as parse_heartbeat
 from cloudha.heartbeat.storage import LocalStorage as LocalStorage
 from cloudha.heartbeat.storage import StorageAccess as StorageAccess
 from cloudha.heartbeat.timing import HeartbeatTiming as HeartbeatTiming
+from cloudha.heartbeat.watchdog import BaseWatchdog as BaseWatchdog
+from cloudha.heartbeat.watchdog import LinuxWatchdog as LinuxWatchdog
 from cloudha.heartbeat.writer import HeartbeatWriter as HeartbeatWriter
+from cloudha.heartbeat.writer import Pet as Pet
 from cloudha.heartbeat.writer import SelfFence as SelfFence
 from cloudha.heartbeat.writer import SelfFencer as SelfFencer
 from cloudha.heartbeat.writer import Sleep as Sleep
@@ -35,12 +38,15 @@ from cloudha.heartbeat.writer import writer_plan as writer_plan
 __all__ = [
     "HEARTBEAT_DIR",
     "ActivityReport",
+    "BaseWatchdog",
     "HeartbeatChecker",
     "HeartbeatFormatError",
     "HeartbeatReport",
     "HeartbeatTiming",
     "HeartbeatWriter",
+    "LinuxWatchdog",
     "LocalStorage",
+    "Pet",
     "PoolReading",
     "SelfFence",
     "SelfFencer",

@@ -36,6 +36,8 @@ from cloudha.heartbeat.files import (
 from cloudha.heartbeat.storage import StorageAccess
 from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.investigators.base import Verdict
+from cloudha.investigators.support import judge_stale, stale_proof
+from cloudha.model import Host
 
 __all__ = ["ActivityReport", "check_vm_activity"]
 
@@ -128,14 +130,18 @@ def check_vm_activity(
     host_ip: str,
     volumes: Sequence[str],
     suspect_time: float,
+    watchdog: bool = False,
+    self_fence: bool = True,
 ) -> ActivityReport:
     """Is there activity of ``host_ip`` on the pool mounted at ``mount_point``?
 
     1. The host's heartbeat file is read; no older than
        ``timing.stale_after(1)`` → ALIVE ("heartbeat fresh").
-    2. No volumes: a heartbeat positively stale → DEAD; missing,
-       unreadable, garbage or written in the future (beyond the clock skew)
-       → UNKNOWN.
+    2. No volumes: a heartbeat positively stale → DEAD, but only when the
+       host's writer arms a watchdog (``watchdog``; the rule is
+       :func:`~cloudha.investigators.support.stale_proof`), UNKNOWN
+       otherwise; missing, unreadable, garbage or written in the future
+       (beyond the clock skew) → UNKNOWN.
     3. ``latest`` = the newest modification time of the volumes (paths
        relative to ``mount_point``); any :class:`OSError` → UNKNOWN.
     4. The state file (``ac-<ip>``, ``suspect:latest:now``) remembers the
@@ -156,6 +162,9 @@ def check_vm_activity(
         volumes: the suspect host's volume files on the pool, relative to
             ``mount_point``.
         suspect_time: when the host became suspect, in epoch seconds.
+        watchdog: the suspect host's writer arms a watchdog (``Host.watchdog``).
+        self_fence: ``reboot.host.and.alert.management.on.heartbeat.timeout``
+            (only the reason of a stale heartbeat that proves nothing depends on it).
 
     Raises:
         ConfigurationError: ``host_ip`` is not an IP address, ``mount_point``
@@ -213,7 +222,12 @@ def check_vm_activity(
     # 2. nothing else to look at
     if not checked:
         if stale:
-            return report(Verdict.DEAD, f"{heartbeat} and no volumes to check", age=age)
+            verdict, reason = judge_stale(
+                Verdict.DEAD,
+                f"{heartbeat} and no volumes to check",
+                stale_proof(Host(id=ip, watchdog=watchdog), self_fence=self_fence),
+            )
+            return report(verdict, reason, age=age)
         return report(Verdict.UNKNOWN, f"{heartbeat} and no volumes to check", age=age)
 
     # 3. the volumes

@@ -115,3 +115,81 @@ class HeartbeatTiming:
             + self.write_timeout
             + (self.clock_skew)
         )
+
+    @property
+    def watchdog_limit(self) -> float:
+        """What a watchdog's timeout plus its reset margin must stay strictly below.
+
+        ``stale_after(1) - clock_skew = frequency + write_budget + write_timeout``
+        (460 s with the defaults).
+
+        Why. A pool's heartbeat shows the stamp of its last successful write,
+        taken no earlier than that attempt started (``a``); a checker with
+        any number of pools (its bound is at least ``stale_after(1)``, its
+        clock at most ``clock_skew`` ahead) sees it stale no earlier than
+        ``a + watchdog_limit``. The writer pets only after a round that
+        wrote every pool, at ``t``; the watchdog has reset the host by
+        ``t + timeout + reset_margin``. So the host is gone before any
+        checker calls the heartbeat stale when ``(t - a) + timeout +
+        reset_margin < watchdog_limit`` for the round's first successful
+        attempt: :meth:`may_pet` checks that at each pet, and
+        :meth:`check_watchdog` that a round written at once can pet at all.
+        """
+        return self.stale_after(1) - self.clock_skew
+
+    def may_pet(self, round_age: float, timeout: float, reset_margin: float) -> bool:
+        """May the writer pet its watchdog ``round_age`` seconds after the round's first write?
+
+        ``round_age + timeout + reset_margin < watchdog_limit``: a pet later
+        than that would let the host outlive the heartbeat written first in
+        the round, so the writer skips it and the watchdog resets the host.
+        """
+        return round_age + timeout + reset_margin < self.watchdog_limit
+
+    def check_watchdog(self, timeout: float, reset_margin: float) -> None:
+        """Can a watchdog of ``timeout`` seconds guarantee self-fencing with this timing?
+
+        Two conditions: ``timeout + reset_margin < watchdog_limit`` (see
+        there: otherwise a hung host may still run when its heartbeat is
+        called stale) and ``timeout > frequency`` (a writer pets once a
+        round, so a shorter watchdog would reset every healthy host).
+
+        Raises:
+            ConfigurationError: naming the keys (``cloudha.watchdog.timeout``,
+                ``cloudha.watchdog.reset.margin`` and the heartbeat keys).
+        """
+        for key, value in (
+            ("cloudha.watchdog.timeout", timeout),
+            ("cloudha.watchdog.reset.margin", reset_margin),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ConfigurationError(
+                    f"{key} must be a finite number of seconds > 0, got {value!r}",
+                    key=key,
+                    value=value,
+                )
+        limit = self.watchdog_limit
+        if not timeout + reset_margin < limit:
+            raise ConfigurationError(
+                f"cloudha.watchdog.timeout ({timeout:g} s) + cloudha.watchdog.reset.margin"
+                f" ({reset_margin:g} s) must be below {limit:g} s, the heartbeat's stale bound"
+                " less the clock skew (kvm.heartbeat.update.frequency + kvm.heartbeat.update"
+                ".max.tries x heartbeat.update.timeout + (max.tries - 1) x kvm.heartbeat"
+                ".update.retry.sleep + heartbeat.update.timeout): a hung host could still run"
+                " when its heartbeat is called stale",
+                key="cloudha.watchdog.timeout",
+                value=timeout,
+            )
+        if not timeout > self.frequency:
+            raise ConfigurationError(
+                f"cloudha.watchdog.timeout ({timeout:g} s) must be longer than"
+                f" kvm.heartbeat.update.frequency ({self.frequency:g} s): the writer pets"
+                " the watchdog once a round, so it would reset a healthy host",
+                key="cloudha.watchdog.timeout",
+                value=timeout,
+            )

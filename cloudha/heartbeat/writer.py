@@ -1,7 +1,7 @@
 """The heartbeat writer (CloudStack's ``KVMHAMonitor``, spec §6.2).
 
 :func:`writer_plan` is the whole decision logic, as a generator of actions
-(:class:`Write`, :class:`Sleep`, :class:`SelfFence`) that knows nothing of
+(:class:`Write`, :class:`Sleep`, :class:`SelfFence`, :class:`Pet`) that knows nothing of
 threads, files or clocks. :class:`HeartbeatWriter` drives it on a real host;
 the simulator drives the same plan on virtual time.
 """
@@ -9,6 +9,7 @@ the simulator drives the same plan on virtual time.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import types
@@ -18,13 +19,16 @@ from typing import Protocol, TypeAlias, final, runtime_checkable
 import attrs
 
 from cloudha.clock import Clock
+from cloudha.errors import ConfigurationError
 from cloudha.heartbeat.files import format_heartbeat, heartbeat_path, normalize_host_ip
 from cloudha.heartbeat.storage import StorageAccess
 from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.model import Pool
+from cloudha.ports import Watchdog
 
 __all__ = [
     "HeartbeatWriter",
+    "Pet",
     "SelfFence",
     "SelfFencer",
     "Sleep",
@@ -68,7 +72,18 @@ class SelfFence:
     reason: str
 
 
-WriterAction: TypeAlias = Write | Sleep | SelfFence
+@attrs.frozen
+class Pet:
+    """Every pool of this round was written: pet the watchdog now, then send back None.
+
+    Only a plan made with ``watchdog=True`` asks for it. The driver pets
+    only if :meth:`HeartbeatTiming.may_pet` allows it for the time since
+    the round's first successful write started (a writer stalled between
+    its writes and its pet must not buy its host more time).
+    """
+
+
+WriterAction: TypeAlias = Write | Sleep | SelfFence | Pet
 """What :func:`writer_plan` asks its driver to do."""
 
 
@@ -77,6 +92,7 @@ def writer_plan(
     timing: HeartbeatTiming,
     *,
     reboot_on_failure: bool,
+    watchdog: bool = False,
 ) -> Generator[WriterAction, bool | None, None]:
     """The writer's actions, forever (CloudStack's ``KVMHAMonitor`` loop).
 
@@ -85,18 +101,24 @@ def writer_plan(
     answered True, with ``Sleep(retry_sleep, "retry")`` between failed
     attempts. When every attempt on a pool failed: with ``reboot_on_failure``
     it yields ``SelfFence(pool, reason)`` and ends; without, it logs an error
-    and goes on with the next pool. After the pools (none is fine) it yields
+    and goes on with the next pool. With ``watchdog``, a round that wrote
+    every pool (at least one) then yields :class:`Pet`; a round with no
+    pool, or with a pool that could not be written, does not, so the
+    watchdog resets a host whose heartbeat is going stale on any of its
+    pools. After the pools (none is fine) it yields
     ``Sleep(frequency, "round")``.
 
     Driving: start with ``next(plan)`` (or ``plan.send(None)``); answer a
     :class:`Write` with ``plan.send(True)`` or ``plan.send(False)``, a
-    :class:`Sleep` or a :class:`SelfFence` with ``plan.send(None)``.
+    :class:`Sleep`, a :class:`Pet` or a :class:`SelfFence` with ``plan.send(None)``.
 
     Raises:
         TypeError: (from ``send``) when a Write is answered with anything but a bool.
     """
     while True:
-        for pool in tuple(pools()):
+        round_pools = tuple(pools())
+        every_pool_written = bool(round_pools)
+        for pool in round_pools:
             written = False
             for attempt in range(1, timing.max_tries + 1):
                 result = yield Write(pool, attempt)
@@ -111,6 +133,7 @@ def writer_plan(
                     yield Sleep(timing.retry_sleep, "retry")
             if written:
                 continue
+            every_pool_written = False
             reason = (
                 f"could not write the heartbeat to pool {pool.id} ({pool.mount_point})"
                 f" in {timing.max_tries} tries"
@@ -119,6 +142,8 @@ def writer_plan(
                 yield SelfFence(pool, reason)
                 return
             log.error("%s; not rebooting (reboot on heartbeat timeout is off)", reason)
+        if watchdog and every_pool_written:
+            yield Pet()
         yield Sleep(timing.frequency, "round")
 
 
@@ -193,9 +218,26 @@ class HeartbeatWriter:
         reboot_on_failure: self-fence when every try on a pool failed
             (``reboot.host.and.alert.management.on.heartbeat.timeout``).
         self_fencer: how to self-fence; :class:`SysrqSelfFencer` by default.
+        watchdog: the watchdog to arm (:class:`~cloudha.heartbeat.LinuxWatchdog`);
+            None runs without one, and then a stale heartbeat of this host
+            proves nothing (its inventory row must say ``watchdog=False``).
+        watchdog_timeout: the watchdog's countdown (``cloudha.watchdog.timeout``).
+        reset_margin: the longest time from the watchdog's expiry until
+            the host is reset (``cloudha.watchdog.reset.margin``).
+
+    The watchdog is armed when :meth:`run` starts, petted after each round
+    that wrote every pool (when :meth:`HeartbeatTiming.may_pet` allows it),
+    disarmed (magic close) when ``stop`` ends :meth:`run`, and closed
+    armed on any other end (self-fence, error): the host is then reset
+    unless a new writer arms it again in time. A deliberate stop thus
+    leaves a host without the guarantee: stop the writer only on a host
+    that runs no VMs or whose inventory row says ``watchdog=False``.
 
     Raises:
-        ConfigurationError: ``host_ip`` is not an IP address.
+        ConfigurationError: ``host_ip`` is not an IP address, or with a
+            watchdog, ``watchdog_timeout`` and ``reset_margin`` cannot
+            guarantee the host is reset before its heartbeat is stale
+            (:meth:`HeartbeatTiming.check_watchdog`).
     """
 
     def __init__(
@@ -208,7 +250,12 @@ class HeartbeatWriter:
         pools: Sequence[Pool] | Callable[[], Sequence[Pool]],
         reboot_on_failure: bool = True,
         self_fencer: SelfFencer | None = None,
+        watchdog: Watchdog | None = None,
+        watchdog_timeout: float = 300.0,
+        reset_margin: float = 30.0,
     ) -> None:
+        if watchdog is not None:
+            timing.check_watchdog(watchdog_timeout, reset_margin)
         self.storage = storage
         self.clock = clock
         self.timing = timing
@@ -220,9 +267,17 @@ class HeartbeatWriter:
             self._pools = lambda: fixed
         self.reboot_on_failure = reboot_on_failure
         self.self_fencer: SelfFencer = self_fencer if self_fencer is not None else SysrqSelfFencer()
+        self.watchdog = watchdog
+        self.watchdog_timeout = float(watchdog_timeout)
+        self.reset_margin = float(reset_margin)
         self._lock = threading.Lock()
         self._last_success: dict[str, float] = {}
         self._stuck: dict[str, threading.Thread] = {}
+        self._last_started = 0.0
+        self.last_pet: float | None = None
+        """``clock.monotonic()`` of the last pet of the watchdog, None before the first."""
+        self.skipped_pets = 0
+        """Pets skipped because the round's first write was too old (see :class:`Pet`)."""
 
     @property
     def last_success(self) -> Mapping[str, float]:
@@ -235,13 +290,38 @@ class HeartbeatWriter:
 
         Sleeps with ``clock.wait(stop, seconds)``, so setting ``stop`` ends a
         sleep at once; a write in progress is not interrupted (it is bounded
-        by ``timing.write_timeout``). Stopping never self-fences.
+        by ``timing.write_timeout``). Stopping never self-fences. With a
+        watchdog, see the class docstring: armed first, disarmed only when
+        ``stop`` ends the run.
 
         Raises:
-            OSError: the self-fencer could not reset the host.
+            OSError: the self-fencer could not reset the host, or the
+                watchdog could not be opened.
+            ConfigurationError: the watchdog's effective timeout is longer
+                than ``watchdog_timeout``.
         """
-        plan = writer_plan(self._pools, self.timing, reboot_on_failure=self.reboot_on_failure)
+        watchdog = self.watchdog
+        timeout = self.watchdog_timeout
+        if watchdog is not None:
+            effective = watchdog.arm(math.ceil(timeout))
+            if effective > timeout:
+                watchdog.close(disarm=True)
+                raise ConfigurationError(
+                    f"watchdog {watchdog!r} runs a {effective:g} s countdown, longer than"
+                    f" cloudha.watchdog.timeout ({timeout:g} s)",
+                    key="cloudha.watchdog.timeout",
+                    value=timeout,
+                )
+            timeout = effective
+        plan = writer_plan(
+            self._pools,
+            self.timing,
+            reboot_on_failure=self.reboot_on_failure,
+            watchdog=watchdog is not None,
+        )
         answer: bool | None = None
+        round_started: float | None = None
+        clean = False
         try:
             while not stop.is_set():
                 try:
@@ -251,13 +331,44 @@ class HeartbeatWriter:
                 answer = None
                 if isinstance(action, Write):
                     answer = self.write_once(action.pool)
+                    if answer and round_started is None:
+                        round_started = self._last_started
+                elif isinstance(action, Pet):
+                    assert watchdog is not None
+                    assert round_started is not None
+                    self._pet(watchdog, timeout, round_started)
+                    round_started = None
                 elif isinstance(action, Sleep):
+                    if action.reason == "round":
+                        round_started = None
                     if self.clock.wait(stop, action.seconds):
-                        return
+                        break
                 else:
                     self.self_fencer.self_fence(action.reason)
+            clean = True
         finally:
             plan.close()
+            if watchdog is not None:
+                watchdog.close(disarm=clean)
+
+    def _pet(self, watchdog: Watchdog, timeout: float, round_started: float) -> None:
+        age = self.clock.monotonic() - round_started
+        if not self.timing.may_pet(age, timeout, self.reset_margin):
+            self.skipped_pets += 1
+            log.error(
+                "not petting the watchdog: this round's first heartbeat write started %g s"
+                " ago; with the %g s watchdog and %g s reset margin the host could outlive it",
+                age,
+                timeout,
+                self.reset_margin,
+            )
+            return
+        try:
+            watchdog.keepalive()
+        except OSError as exc:
+            log.error("cannot pet the watchdog %r: %s", watchdog, exc.strerror or exc)
+            return
+        self.last_pet = self.clock.monotonic()
 
     def write_once(self, pool: Pool) -> bool:
         """One attempt at writing the heartbeat (the current time) to ``pool``.
@@ -303,6 +414,7 @@ class HeartbeatWriter:
                 )
                 return False
         now = self.clock.now().timestamp()
+        started = self.clock.monotonic()
         data = format_heartbeat(now)
         failure: list[BaseException] = []
 
@@ -338,6 +450,7 @@ class HeartbeatWriter:
             return False
         with self._lock:
             self._last_success[pool.id] = now
+        self._last_started = started
         return True
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@ from cloudha.investigators.base import BaseInvestigator as BaseInvestigator
 from cloudha.investigators.base import Finding as Finding
 from cloudha.investigators.base import Investigator as Investigator
 from cloudha.investigators.base import Verdict as Verdict
+from cloudha.investigators.base import Witness as Witness
 from cloudha.investigators.base import host_outcome as host_outcome
 from cloudha.investigators.chain import ChainResult as ChainResult
 from cloudha.investigators.chain import InvestigatorChain as InvestigatorChain
@@ -19,6 +20,9 @@ from cloudha.investigators.registry import build_chain as build_chain
 from cloudha.investigators.registry import builtin_investigators as builtin_investigators
 from cloudha.investigators.registry import discover_investigators as discover_investigators
 from cloudha.investigators.support import AgentInvestigatorBase as AgentInvestigatorBase
+from cloudha.investigators.support import StaleProof as StaleProof
+from cloudha.investigators.support import judge_stale as judge_stale
+from cloudha.investigators.support import stale_proof as stale_proof
 from cloudha.investigators.vmware import VMwareInvestigator as VMwareInvestigator
 from cloudha.investigators.xen import XenServerInvestigator as XenServerInvestigator
 
@@ -36,12 +40,16 @@ __all__ = [
     "KVMInvestigator",
     "ManagementIPInvestigator",
     "PingInvestigator",
+    "StaleProof",
     "VMwareInvestigator",
     "Verdict",
+    "Witness",
     "XenServerInvestigator",
     "build_chain",
     "builtin_investigators",
     "discover_investigators",
     "host_outcome",
+    "judge_stale",
     "order_by_name",
+    "stale_proof",
 ]

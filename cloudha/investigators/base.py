@@ -26,7 +26,7 @@ from cloudha.errors import ProbeError
 from cloudha.model import Host, Vm
 from cloudha.status import Status
 
-__all__ = ["BaseInvestigator", "Finding", "Investigator", "Verdict", "host_outcome"]
+__all__ = ["BaseInvestigator", "Finding", "Investigator", "Verdict", "Witness", "host_outcome"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,23 @@ class Verdict(enum.Enum):
     """The host (or VM) is not running, with positive evidence (not just silence)."""
     UNKNOWN = "UNKNOWN"
     """The witness cannot tell; never treated as DEAD."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Witness(enum.Enum):
+    """What a host finding rests on: the host's own signs of life, or its VMs'.
+
+    The chain lets a VM-level ALIVE outrank a host-level DEAD
+    (:meth:`~cloudha.investigators.InvestigatorChain.investigate_host`):
+    a heartbeat or an agent can stop while the VMs run on.
+    """
+
+    HOST = "host"
+    """The host's agent, storage heartbeat or network answers."""
+    VM = "vm"
+    """The host's VMs themselves were seen (running domains, volume activity)."""
 
     def __str__(self) -> str:
         return self.value
@@ -59,6 +76,9 @@ class Finding:
             undecidable with UNKNOWN. None when not known or not relevant.
         observed_at: ``clock.monotonic()`` of the observation.
         evidence: what was seen (JSON-able, no secrets).
+        witness: :attr:`Witness.VM` when the finding rests on the host's
+            VMs having been seen (an ALIVE because domains run there);
+            :attr:`Witness.HOST` otherwise.
     """
 
     verdict: Verdict
@@ -67,6 +87,7 @@ class Finding:
     reachable: bool | None = None
     observed_at: float = 0.0
     evidence: Mapping[str, Any] = attrs.field(factory=dict)
+    witness: Witness = Witness.HOST
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form used in evidence records."""
@@ -77,6 +98,8 @@ class Finding:
         }
         if self.reachable is not None:
             out["reachable"] = self.reachable
+        if self.witness is Witness.VM:
+            out["witness"] = self.witness.value
         if self.evidence:
             out["evidence"] = dict(self.evidence)
         return out
@@ -123,6 +146,10 @@ class Investigator(Protocol):
           within their own timeouts; they are called from several threads at
           once. Infrastructure faults are UNKNOWN findings, not exceptions.
         * DEAD needs positive evidence of death; silence is UNKNOWN.
+        * Optional class attribute ``vm_witness`` (False when absent): True
+          for a witness that can see the host's VMs (its findings may carry
+          :attr:`Witness.VM`). The chain asks such witnesses even after
+          another said DEAD, and a VM-level ALIVE of theirs overrules it.
     """
 
     name: str
@@ -179,11 +206,22 @@ class BaseInvestigator(abc.ABC):
     def _vm_alive(self, vm: Vm, host: Host) -> Finding:
         return self.unknown("this investigator does not check VMs")
 
+    vm_witness: bool = False
+    """True for a witness that can see the host's VMs (see :class:`Investigator`)."""
+
     def finding(
-        self, verdict: Verdict, reason: str, *, reachable: bool | None = None, **evidence: Any
+        self,
+        verdict: Verdict,
+        reason: str,
+        *,
+        reachable: bool | None = None,
+        witness: Witness = Witness.HOST,
+        **evidence: Any,
     ) -> Finding:
         """A finding from this investigator."""
-        return Finding(verdict, self.name, reason, reachable=reachable, evidence=evidence)
+        return Finding(
+            verdict, self.name, reason, reachable=reachable, evidence=evidence, witness=witness
+        )
 
     def unknown(self, reason: str, **evidence: Any) -> Finding:
         """An UNKNOWN finding from this investigator."""

@@ -4,9 +4,12 @@ Ordering follows CloudStack's extension registry (spec §4): names listed in
 ``ha.investigators.order`` come first, in that order; investigators not
 listed follow in registration order; names in ``ha.investigators.exclude``
 are dropped. For a host, the first investigator whose finding maps to a
-non-null outcome decides (:func:`~cloudha.investigators.base.host_outcome`);
-for a VM, the first ALIVE or DEAD finding decides. Every finding asked for
-is kept, so the decision can be explained.
+non-null outcome decides (:func:`~cloudha.investigators.base.host_outcome`),
+with one exception: VM-level witnesses outrank host-level ones, so a DEAD
+is overruled by a later VM-level ALIVE (see
+:meth:`InvestigatorChain.investigate_host`). For a VM, the first ALIVE or
+DEAD finding decides. Every finding asked for is kept, so the decision can
+be explained.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import attrs
 
 from cloudha.errors import ConfigurationError
-from cloudha.investigators.base import Finding, Investigator, Verdict, host_outcome
+from cloudha.investigators.base import Finding, Investigator, Verdict, Witness, host_outcome
 from cloudha.model import Host, Vm
 from cloudha.status import Status
 
@@ -106,17 +109,56 @@ class InvestigatorChain:
         return [inv.name for inv in self._investigators]
 
     def investigate_host(self, host: Host) -> ChainResult:
-        """Ask each supporting investigator in turn; the first non-null outcome decides."""
+        """Ask each supporting investigator in turn; the first non-null outcome decides.
+
+        Except that the host's VMs outrank the host's own signs of life: a
+        DEAD (Down) is final only if no VM witness asked after it sees the
+        host's VMs running. After a DEAD the chain goes on with the
+        supporting investigators that declare ``vm_witness``, in order; the
+        first ALIVE finding of theirs with :attr:`Witness.VM` decides
+        instead (Disconnected when it says the host is unreachable), so a
+        host whose agent and heartbeat stopped while its VMs run is never
+        Down. Their other findings leave the DEAD standing. Without a DEAD
+        nothing changes: CloudStack's first-decisive order.
+        """
         findings: list[Finding] = []
-        for inv in self._investigators:
+        asked = iter(self._investigators)
+        for inv in asked:
             if not inv.supports(host):
                 continue
             finding = _ask(inv.name, inv.is_agent_alive, host)
             findings.append(finding)
             status = host_outcome(finding)
-            if status is not None:
-                return ChainResult(status, finding.verdict, inv.name, tuple(findings))
+            if status is None:
+                continue
+            if status is Status.DOWN:
+                veto = self._vm_veto(host, asked, findings, dead_by=inv.name)
+                if veto is not None:
+                    return veto
+            return ChainResult(status, finding.verdict, inv.name, tuple(findings))
         return ChainResult(None, Verdict.UNKNOWN, None, tuple(findings))
+
+    @staticmethod
+    def _vm_veto(
+        host: Host, rest: Iterable[Investigator], findings: list[Finding], *, dead_by: str
+    ) -> ChainResult | None:
+        """Ask the remaining VM witnesses; the first that sees the VMs running overrules a DEAD."""
+        for inv in rest:
+            if not getattr(inv, "vm_witness", False) or not inv.supports(host):
+                continue
+            finding = _ask(inv.name, inv.is_agent_alive, host)
+            findings.append(finding)
+            if finding.verdict is Verdict.ALIVE and finding.witness is Witness.VM:
+                status = host_outcome(finding)
+                log.warning(
+                    "%s: %s overrules the DEAD verdict of %s: %s",
+                    host.id,
+                    inv.name,
+                    dead_by,
+                    finding.reason,
+                )
+                return ChainResult(status, finding.verdict, inv.name, tuple(findings))
+        return None
 
     def investigate_vm(self, vm: Vm, host: Host) -> ChainResult:
         """Ask each supporting investigator in turn; the first ALIVE or DEAD decides."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from cloudha.clock import Clock
-from cloudha.investigators.base import BaseInvestigator, Finding, Verdict
+from cloudha.investigators.base import BaseInvestigator, Finding, Verdict, Witness
 from cloudha.model import Host, HypervisorType, Vm
 from cloudha.ports import DomainState, HypervisorProbe
 
@@ -18,7 +18,9 @@ class HypervisorInvestigator(BaseInvestigator):
     * Hosts: if the hypervisor answers, the machine is running: ALIVE, and
       unreachable (the agent is what stopped answering), which the chain
       reads as Disconnected, so its VMs are not restarted elsewhere. If it
-      does not answer, UNKNOWN: silence is not death.
+      does not answer, UNKNOWN: silence is not death. When it reports
+      running domains the finding is VM-level (:attr:`Witness.VM`): it is
+      a ``vm_witness``, and the chain lets it overrule a heartbeat's DEAD.
     * VMs: the hypervisor's own view of the domain named ``vm.name``:
       running (or paused) is ALIVE; shut off, crashed or not defined is DEAD;
       transitional states are UNKNOWN.
@@ -31,6 +33,7 @@ class HypervisorInvestigator(BaseInvestigator):
     """
 
     name = "LibvirtInvestigator"
+    vm_witness = True
 
     def __init__(
         self,
@@ -52,10 +55,13 @@ class HypervisorInvestigator(BaseInvestigator):
 
     def _agent_alive(self, host: Host) -> Finding:
         report = self.probe.probe_host(host, timeout=self.timeout)
+        running = report.running_domains > 0
+        shown = f", {report.running_domains} domain(s) running" if running else ""
         return self.finding(
             Verdict.ALIVE,
-            f"the hypervisor on {host.id} answers; its agent does not",
+            f"the hypervisor on {host.id} answers{shown}; its agent does not",
             reachable=False,
+            witness=Witness.VM if running else Witness.HOST,
             uri=report.uri,
             hostname=report.hostname,
             running_domains=report.running_domains,

@@ -8,7 +8,13 @@ from typing import Any
 from cloudha.clock import Clock
 from cloudha.commands import check_on_host
 from cloudha.investigators.base import Finding, Verdict
-from cloudha.investigators.support import AgentInvestigatorBase, list_zone_witnesses
+from cloudha.investigators.support import (
+    AgentInvestigatorBase,
+    StaleProof,
+    judge_stale,
+    list_zone_witnesses,
+    stale_proof,
+)
 from cloudha.model import Host, HypervisorType, Vm
 from cloudha.ports import AgentGateway, Command, HostDirectory, StoragePoolDirectory
 from cloudha.status import Status
@@ -45,11 +51,20 @@ class KVMInvestigator(AgentInvestigatorBase):
     A host with no HA-capable pool cannot be judged (UNKNOWN), as in
     CloudStack ("has no NFS storage").
 
+    Every heartbeat verdict, the host's own and its neighbours', goes
+    through :func:`~cloudha.investigators.support.stale_proof` first: a
+    stale heartbeat of a host without a watchdog is UNKNOWN, not DEAD (a
+    hung or isolated host may resume), so such a host is never Down by its
+    heartbeat alone.
+
     Args:
         pools: which pools each host mounts.
         fail_on_one_pool: ``kvm.ha.fence.on.storage.heartbeat.failure``.
         zone_witnesses: how many hosts outside the cluster may be asked
             (0: the cluster only, as CloudStack).
+        self_fence: ``reboot.host.and.alert.management.on.heartbeat.timeout``
+            (only the reason of a stale heartbeat that proves nothing
+            depends on it).
     """
 
     name = "KVMInvestigator"
@@ -64,8 +79,10 @@ class KVMInvestigator(AgentInvestigatorBase):
         timeout: float,
         fail_on_one_pool: bool = False,
         zone_witnesses: int = 3,
+        self_fence: bool = True,
     ) -> None:
         super().__init__(clock, directory=directory, gateway=gateway, timeout=timeout)
+        self.self_fence = self_fence
         if zone_witnesses < 0:
             raise ValueError(f"zone_witnesses must be >= 0, got {zone_witnesses!r}")
         self.pools = pools
@@ -80,9 +97,10 @@ class KVMInvestigator(AgentInvestigatorBase):
         if not ha_pools:
             return self.unknown(f"{host.id} has no storage pool that carries a heartbeat")
         command = check_on_host(host, fail_on_one_pool=self.fail_on_one_pool)
+        proof = stale_proof(host, self_fence=self.self_fence)
 
         asked: dict[str, str] = {}
-        own = self.opinion(host, command, asked)
+        own = self._judged(host, command, asked, proof)
         host_said = asked.pop(host.id)
         if own is None:
             host_status = Status.DISCONNECTED
@@ -93,10 +111,10 @@ class KVMInvestigator(AgentInvestigatorBase):
         neighbour_id: str | None = None
         if host_status is not Status.UP:  # an answering host is Up whatever neighbours say
             cluster = self.neighbours(host, hypervisors=_KVM)
-            neighbour_status, neighbour_id = self._ask(cluster, command, asked)
+            neighbour_status, neighbour_id = self._ask(cluster, command, asked, proof)
             if neighbour_status is None:
                 zone = self._zone_witnesses(host, set(ha_pools), exclude=set(asked) | {host.id})
-                neighbour_status, neighbour_id = self._ask(zone, command, asked)
+                neighbour_status, neighbour_id = self._ask(zone, command, asked, proof)
 
         evidence: dict[str, Any] = {"pools": ha_pools, "host": host_said, "neighbours": asked}
         if host_status in (Status.DISCONNECTED, Status.DOWN):
@@ -129,14 +147,30 @@ class KVMInvestigator(AgentInvestigatorBase):
             **evidence,
         )
 
+    def _judged(
+        self, via: Host, command: Command, asked: dict[str, str], proof: StaleProof
+    ) -> Verdict | None:
+        """:meth:`opinion`, with a stale heartbeat judged by ``proof``."""
+        verdict = self.opinion(via, command, asked)
+        if verdict is not Verdict.DEAD or proof.proves_death:
+            return verdict
+        said = asked[via.id].partition(": ")[2]
+        verdict, reason = judge_stale(verdict, said, proof)
+        asked[via.id] = f"{verdict}: {reason}"
+        return verdict
+
     def _ask(
-        self, witnesses: Sequence[Host], command: Command, asked: dict[str, str]
+        self,
+        witnesses: Sequence[Host],
+        command: Command,
+        asked: dict[str, str],
+        proof: StaleProof,
     ) -> tuple[Status | None, str | None]:
         """CloudStack's neighbour loop: stop at the first ALIVE, remember the last DEAD."""
         status: Status | None = None
         decided_by: str | None = None
         for witness in witnesses:
-            verdict = self.opinion(witness, command, asked)
+            verdict = self._judged(witness, command, asked, proof)
             if verdict is None or verdict is Verdict.UNKNOWN:
                 continue
             decided_by = witness.id

@@ -131,6 +131,7 @@ def builtin_investigators(ctx: InvestigatorContext) -> list[Investigator]:
                 ctx.clock,
                 pools=ctx.pools,
                 fail_on_one_pool=ctx.settings.kvm_ha_fence_on_storage_heartbeat_failure,
+                self_fence=ctx.settings.reboot_host_and_alert_management_on_heartbeat_timeout,
                 **common,
             )
         )

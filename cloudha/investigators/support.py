@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Sequence
 
+import attrs
+
 from cloudha.clock import Clock
 from cloudha.commands import answer_verdict
 from cloudha.errors import ProbeError
@@ -13,7 +15,14 @@ from cloudha.model import Host, HostType, HypervisorType
 from cloudha.ports import AgentGateway, Answer, Command, HostDirectory, StoragePoolDirectory
 from cloudha.status import Status
 
-__all__ = ["AgentInvestigatorBase", "list_neighbours", "list_zone_witnesses"]
+__all__ = [
+    "AgentInvestigatorBase",
+    "StaleProof",
+    "judge_stale",
+    "list_neighbours",
+    "list_zone_witnesses",
+    "stale_proof",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +146,60 @@ def list_zone_witnesses(
             if len(found) == limit:
                 break
     return found
+
+
+@attrs.frozen
+class StaleProof:
+    """Whether a stale storage heartbeat proves its host dead, and why (see :func:`stale_proof`)."""
+
+    proves_death: bool
+    reason: str
+
+
+def stale_proof(host: Host, *, self_fence: bool) -> StaleProof:
+    """The one rule turning a stale heartbeat of ``host`` into a verdict.
+
+    A stale heartbeat shows that the writer stopped writing. That proves
+    the host (and so its VMs) dead only if the writer cannot outlive its
+    lease: its host is reset before the heartbeat can be called stale.
+    That holds when ``host.watchdog`` is true (the writer arms a watchdog
+    whose timeout and reset margin stay below the stale bound,
+    :meth:`~cloudha.heartbeat.HeartbeatTiming.check_watchdog`).
+
+    The writer's own self-fence (``self_fence``:
+    ``reboot.host.and.alert.management.on.heartbeat.timeout``) is not
+    enough on its own, however its deadline compares with the stale
+    bound: it is the writer that resets the host, so a host that hangs
+    (the writer does not run), whose writer died or was stopped, skips it,
+    and resumes later with its VMs. Only an isolated host with a running
+    writer would be covered, and a checker cannot tell isolation from a
+    hang. So without a watchdog a stale heartbeat is UNKNOWN, and
+    recovery needs a confirmed fence (a BMC power-off) instead.
+
+    Returns:
+        ``proves_death`` and a reason that says why not when it does not.
+    """
+    if host.watchdog:
+        return StaleProof(True, f"{host.id}'s heartbeat writer arms a watchdog")
+    if self_fence:
+        why = (
+            f"{host.id} has no watchdog and its writer's self-fence cannot act while the"
+            " host is hung or the writer is dead: a hung host may resume with its VMs"
+        )
+    else:
+        why = (
+            f"{host.id} has no watchdog and self-fencing is off: a hung or isolated host"
+            " may resume with its VMs"
+        )
+    return StaleProof(False, why)
+
+
+def judge_stale(verdict: Verdict, reason: str, proof: StaleProof) -> tuple[Verdict, str]:
+    """A heartbeat verdict as evidence: DEAD (stale) stays DEAD only when ``proof`` allows it.
+
+    ALIVE and UNKNOWN pass unchanged; DEAD without proof becomes UNKNOWN,
+    its reason saying what was seen and why it proves nothing.
+    """
+    if verdict is not Verdict.DEAD or proof.proves_death:
+        return verdict, reason
+    return Verdict.UNKNOWN, f"{reason}; stale is no proof: {proof.reason}"

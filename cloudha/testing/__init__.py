@@ -18,8 +18,10 @@ from cloudha.testing.fakes import RecordingMigrationFailures as RecordingMigrati
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
 from cloudha.testing.fakes import ScriptedFencer as ScriptedFencer
 from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
+from cloudha.testing.heartbeat import FakeWatchdog as FakeWatchdog
 from cloudha.testing.heartbeat import MemoryStorage as MemoryStorage
 from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
+from cloudha.testing.heartbeat import check_watchdog as check_watchdog
 from cloudha.testing.oobm import FakeBmc as FakeBmc
 from cloudha.testing.oobm import FakePowerDriver as FakePowerDriver
 from cloudha.testing.orchestrator import FakeOrchestratorHost as FakeOrchestratorHost
@@ -43,6 +45,7 @@ __all__ = [
     "FakeHypervisorProbe",
     "FakeOrchestratorHost",
     "FakePowerDriver",
+    "FakeWatchdog",
     "InMemoryHostDirectory",
     "InMemoryOrchestrator",
     "InMemoryStoragePools",
@@ -62,6 +65,7 @@ __all__ = [
     "StartRecord",
     "check_fencer",
     "check_investigator",
+    "check_watchdog",
     "check_work_store",
     "load_scenario",
     "parse_scenario",

@@ -1,4 +1,5 @@
-"""Test support for the storage heartbeat: an in-memory pool and a recording self-fencer."""
+"""Test support for the storage heartbeat: an in-memory pool, a recording self-fencer
+and a fake watchdog."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import threading
 from collections.abc import Callable, Iterable
 
 from cloudha.clock import Clock
+from cloudha.heartbeat.watchdog import BaseWatchdog
 
-__all__ = ["MemoryStorage", "RecordingSelfFencer"]
+__all__ = ["FakeWatchdog", "MemoryStorage", "RecordingSelfFencer", "check_watchdog"]
 
 
 class RecordingSelfFencer:
@@ -100,3 +102,144 @@ class MemoryStorage:
 
     def __repr__(self) -> str:
         return f"MemoryStorage({len(self.files)} files)"
+
+
+class FakeWatchdog(BaseWatchdog):
+    """A :class:`~cloudha.ports.Watchdog` that records what it is asked and never resets anything.
+
+    Attributes:
+        calls: ``("arm", timeout)``, ``("keepalive",)`` and ``("close", disarm)``
+            in order.
+        effective: the timeout :meth:`arm` reports (None: the one asked).
+        fail_keepalive: every pet raises ``OSError(EIO)``.
+        armed_at, last_pet: ``clock.monotonic()`` of the arming and of the
+            last pet (None before; 0.0 without a clock).
+        expired: :meth:`expire` was called; pets then fail.
+        on_expire: called by :meth:`expire` (a test stops its writer there:
+            the host would be reset).
+    """
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        effective: float | None = None,
+        fail_keepalive: bool = False,
+    ) -> None:
+        super().__init__()
+        self.clock = clock
+        self.effective = effective
+        self.fail_keepalive = fail_keepalive
+        self.calls: list[tuple[object, ...]] = []
+        self.armed_at: float | None = None
+        self.last_pet: float | None = None
+        self.expired = False
+        self.on_expire: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+
+    def _now(self) -> float:
+        return self.clock.monotonic() if self.clock is not None else 0.0
+
+    @property
+    def pets(self) -> int:
+        """How many pets succeeded."""
+        with self._lock:
+            return sum(1 for call in self.calls if call == ("keepalive",))
+
+    @property
+    def disarmed(self) -> bool:
+        """Closed with the magic close."""
+        with self._lock:
+            return ("close", True) in self.calls
+
+    def overdue(self) -> bool:
+        """Armed, not disarmed, and not petted for its timeout: a real one would have fired."""
+        if self.timeout is None or self.disarmed:
+            return False
+        start = self.last_pet if self.last_pet is not None else self.armed_at
+        assert start is not None
+        return self._now() - start >= self.timeout
+
+    def expire(self) -> None:
+        """The countdown ran out: record it, call :attr:`on_expire`; later pets fail."""
+        with self._lock:
+            self.expired = True
+            self.calls.append(("expire",))
+        if self.on_expire is not None:
+            self.on_expire()
+
+    def _arm(self, timeout: int) -> float:
+        with self._lock:
+            self.calls.append(("arm", timeout))
+            self.armed_at = self._now()
+        return float(timeout if self.effective is None else self.effective)
+
+    def _keepalive(self) -> None:
+        if self.fail_keepalive or self.expired:
+            raise OSError(errno.EIO, "simulated watchdog failure")
+        with self._lock:
+            self.calls.append(("keepalive",))
+            self.last_pet = self._now()
+
+    def _close(self, *, disarm: bool) -> None:
+        with self._lock:
+            self.calls.append(("close", disarm))
+
+    def __repr__(self) -> str:
+        return f"FakeWatchdog(timeout={self.timeout!r}, calls={len(self.calls)})"
+
+
+def check_watchdog(make: Callable[[], object], *, timeout: int = 30) -> None:
+    """Check fresh watchdogs from ``make()`` against :class:`~cloudha.ports.Watchdog`'s contract.
+
+    Each check uses a new instance (a real device may only be opened by
+    one holder at a time, and each instance is closed with the magic
+    close): ``arm`` returns a positive float no longer than asked and a
+    second ``arm`` raises; ``keepalive`` works while armed and raises
+    before ``arm`` and after ``close``; ``close`` twice is harmless.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    from cloudha.ports import Watchdog
+
+    problems: list[str] = []
+
+    def fresh() -> Watchdog:
+        dog = make()
+        if not isinstance(dog, Watchdog):
+            raise AssertionError(f"{dog!r} has not arm, keepalive and close")
+        return dog
+
+    dog = fresh()
+    try:
+        effective = dog.arm(timeout)
+        if not isinstance(effective, float) or not 0 < effective <= timeout:
+            problems.append(f"arm({timeout}) returned {effective!r}: not a float in (0, {timeout}]")
+        dog.keepalive()
+        try:
+            dog.arm(timeout)
+        except Exception:
+            pass
+        else:
+            problems.append("a second arm() did not raise")
+    finally:
+        dog.close(disarm=True)
+    dog.close(disarm=True)
+    try:
+        dog.keepalive()
+    except Exception:
+        pass
+    else:
+        problems.append("keepalive() after close() did not raise")
+    unarmed = fresh()
+    try:
+        unarmed.keepalive()
+    except Exception:
+        pass
+    else:
+        problems.append("keepalive() before arm() did not raise")
+    finally:
+        unarmed.close(disarm=True)
+    if problems:
+        raise AssertionError("watchdog contract broken:\n  " + "\n  ".join(problems))

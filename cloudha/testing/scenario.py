@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from cloudha.errors import ConfigurationError, ScenarioError
+from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.model import HA_PRIORITY_LIMIT, HostType, HypervisorType, ResourceState, VmType
 from cloudha.settings import Settings
 
@@ -87,6 +88,7 @@ _HOST_KEYS = frozenset(
         "oobm",
         "capacity",
         "ha_provider",
+        "watchdog",
     }
 )
 _VM_KEYS = frozenset({"id", "host", "ha", "type", "priority"})
@@ -108,6 +110,8 @@ class HostSpec:
     oobm: str = "none"
     capacity: int | None = None
     ha_provider: bool = False
+    watchdog: bool = False
+    """The heartbeat writer arms a watchdog (``Host.watchdog``); see :func:`parse_scenario`."""
 
 
 @attrs.frozen
@@ -282,7 +286,14 @@ class _Parser:
 def parse_scenario(
     doc: Mapping[str, Any], *, source: str = "<scenario>", text: str | None = None
 ) -> Scenario:
-    """Validate a parsed scenario document; ``text`` (the TOML) lets errors name lines."""
+    """Validate a parsed scenario document; ``text`` (the TOML) lets errors name lines.
+
+    A host's ``watchdog`` defaults to true for KVM/LXC hosts with pools
+    (cloudha's own writer arms one) and false otherwise; ``watchdog = false``
+    models CloudStack's script writer. ``watchdog = true`` on a host that
+    writes no heartbeat is an error, and so are ``cloudha.watchdog.*``
+    settings that cannot guarantee the reset (``HeartbeatTiming.check_watchdog``).
+    """
     p = _Parser(source, text)
     for key in doc:
         if key not in _TOP_KEYS:
@@ -378,10 +389,26 @@ def parse_scenario(
                 oobm=oobm,
                 capacity=capacity,
                 ha_provider=p.boolean(entry, "ha_provider", "hosts", i, False),
+                watchdog=_watchdog(p, entry, i, pools),
             )
         )
     if not hosts:
         raise p.fail("a scenario needs at least one [[hosts]] entry", key="hosts")
+    if any(h.watchdog for h in hosts):
+        try:
+            HeartbeatTiming.from_settings(settings).check_watchdog(
+                settings.cloudha_watchdog_timeout, settings.cloudha_watchdog_reset_margin
+            )
+        except ConfigurationError as exc:
+            line = p.lines.find("settings", 0, exc.key)
+            where = source + (f", line {line}" if line is not None else "")
+            raise ScenarioError(
+                f"{where}: {exc} (a host has a watchdog)",
+                key=exc.key,
+                value=exc.value,
+                source=source,
+                line=line,
+            ) from None
     pools_known = {pool for h in hosts for pool in h.pools}
 
     vms: list[VmSpec] = []
@@ -491,6 +518,23 @@ def parse_scenario(
         seed=seed,
         source=source,
     )
+
+
+def _watchdog(p: _Parser, entry: Mapping[str, Any], index: int, pools: list[str]) -> bool:
+    """A host's ``watchdog``: true by default where a heartbeat writer runs (KVM/LXC with pools)."""
+    hypervisor = entry.get("hypervisor", HypervisorType.KVM.value)
+    writes = hypervisor in (HypervisorType.KVM.value, HypervisorType.LXC.value) and bool(pools)
+    watchdog = p.boolean(entry, "watchdog", "hosts", index, writes)
+    if watchdog and not writes:
+        raise p.fail(
+            f"'watchdog' is true in [[hosts]] #{index + 1} but the host writes no storage"
+            " heartbeat (only a KVM or LXC host with pools does)",
+            table="hosts",
+            index=index,
+            key="watchdog",
+            value=watchdog,
+        )
+    return watchdog
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -60,6 +60,7 @@ from cloudha.ha.store import Step, WorkStore, create_schema, op_ha_work
 from cloudha.heartbeat import (
     HeartbeatChecker,
     HeartbeatTiming,
+    Pet,
     SelfFence,
     Sleep,
     Write,
@@ -132,6 +133,8 @@ class _SimHost:
     ip: str = ""
     hung: bool = False
     bmc_up: bool = True
+    pet_seq: int = 0
+    round_started: float | None = None
 
 
 @attrs.define
@@ -633,6 +636,7 @@ class Simulation:
                     private_ip=ip,
                     last_ping=0.0,
                     management_server_id=MANAGEMENT_SERVER_ID,
+                    watchdog=spec.watchdog,
                 )
             )
         for vm in scenario.vms:
@@ -876,7 +880,11 @@ class Simulation:
             lambda: self.pools.of(host_id),
             self.timing,
             reboot_on_failure=self.settings.reboot_host_and_alert_management_on_heartbeat_timeout,
+            watchdog=host.spec.watchdog,
         )
+        host.round_started = None
+        if host.spec.watchdog:
+            self._pet_watchdog(host)  # opening the device starts the countdown
         self.at(
             self.clock.monotonic() + delay,
             functools.partial(self._writer_step, host, epoch, plan, None),
@@ -902,22 +910,72 @@ class Simulation:
             path = heartbeat_path(action.pool.mount_point, host.ip)
             stamp = format_heartbeat(self.clock.now())
             if self._try_write(host, path, stamp):
+                self._written(host, now)
                 self._writer_step(host, epoch, plan, True)
             else:
                 # A write to a pool that does not answer blocks; it completes if
                 # the pool comes back within the write timeout, else it fails.
-                self.at(
-                    now + self.timing.write_timeout,
-                    lambda: self._writer_step(
-                        host, epoch, plan, self._try_write(host, path, stamp)
-                    ),
-                )
+                def late() -> None:
+                    written = self._try_write(host, path, stamp)
+                    if written:
+                        self._written(host, now)
+                    self._writer_step(host, epoch, plan, written)
+
+                self.at(now + self.timing.write_timeout, late)
+        elif isinstance(action, Pet):
+            started = host.round_started
+            host.round_started = None
+            assert started is not None
+            if self.timing.may_pet(
+                now - started,
+                self.settings.cloudha_watchdog_timeout,
+                self.settings.cloudha_watchdog_reset_margin,
+            ):
+                self._pet_watchdog(host)
+            self._writer_step(host, epoch, plan, None)
         elif isinstance(action, Sleep):
+            if action.reason == "round":
+                host.round_started = None
             self.at(
                 now + action.seconds, functools.partial(self._writer_step, host, epoch, plan, None)
             )
         elif isinstance(action, SelfFence):
             self._self_fence(host, action.reason)
+
+    @staticmethod
+    def _written(host: _SimHost, started: float) -> None:
+        """A write that started at ``started`` succeeded: the round's first, if none yet."""
+        if host.round_started is None:
+            host.round_started = started
+
+    def _pet_watchdog(self, host: _SimHost) -> None:
+        """(Re)start the countdown; it resets the host unless petted again in time.
+
+        The reset comes ``cloudha.watchdog.reset.margin`` after the timeout:
+        the latest the timing allows.
+        """
+        host.pet_seq += 1
+        seq = host.pet_seq
+        delay = self.settings.cloudha_watchdog_timeout + self.settings.cloudha_watchdog_reset_margin
+        self.at(self.clock.monotonic() + delay, lambda: self._watchdog_expired(host, seq))
+
+    def _watchdog_expired(self, host: _SimHost, seq: int) -> None:
+        """Nobody petted the watchdog in time: it resets the host, which boots again.
+
+        A hung, isolated or writer-less host gets here. Its VMs die; at boot
+        its writer service starts again (so ``heartbeat_stop`` ends).
+        """
+        if host.pet_seq != seq or not host.powered:
+            return
+        self.recorder.emit(
+            "watchdog_reset",
+            host=host.spec.id,
+            reason=f"no heartbeat round completed for {self.settings.cloudha_watchdog_timeout:g} s",
+        )
+        self._power_off(host)
+        host.powered = True
+        host.heartbeat_running = True
+        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
 
     def _try_write(self, host: _SimHost, path: str, data: bytes) -> bool:
         try:
@@ -934,6 +992,7 @@ class Simulation:
         self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
 
     def _power_off(self, host: _SimHost) -> None:
+        host.pet_seq += 1  # a host without power has no countdown running
         host.powered = host.agent_running = host.connected = False
         host.hung = False
         host.died = True

@@ -122,3 +122,61 @@ def test_duplicate_or_missing_names_are_configuration_errors() -> None:
         InvestigatorChain([ScriptedInvestigator(clock, "A"), ScriptedInvestigator(clock, "A")])
     with pytest.raises(ConfigurationError, match="no name"):
         InvestigatorChain([ScriptedInvestigator(clock, "")])
+
+
+# -- VM-level witnesses outrank the host's heartbeat ---------------------------------
+
+
+class VmWitness(BaseInvestigator):
+    """A witness that sees the host's VMs (like libvirt): ALIVE at VM level, unreachable."""
+
+    vm_witness = True
+
+    def __init__(self, clock: FakeClock, name: str, sees_vms: bool | None) -> None:
+        super().__init__(clock)
+        self.name = name
+        self.sees_vms = sees_vms
+        self.asked = 0
+
+    def _agent_alive(self, host: Host) -> Finding:
+        from cloudha.investigators import Witness
+
+        self.asked += 1
+        if self.sees_vms is None:
+            raise ProbeTimeout("silent", host_id=host.id)
+        witness = Witness.VM if self.sees_vms else Witness.HOST
+        return self.finding(Verdict.ALIVE, "domains", reachable=False, witness=witness)
+
+
+def test_vm_level_alive_after_a_dead_overrules_it() -> None:
+    clock = FakeClock()
+    heartbeat = ScriptedInvestigator(clock, "Heartbeat", script={"h": Verdict.DEAD})
+    other = ScriptedInvestigator(clock, "Other", script={"h": Verdict.ALIVE})
+    libvirt = VmWitness(clock, "Libvirt", sees_vms=True)
+    chain = InvestigatorChain([heartbeat, other, libvirt])
+    result = chain.investigate_host(Host("h"))
+    assert result.status is Status.DISCONNECTED
+    assert result.verdict is Verdict.ALIVE
+    assert result.decided_by == "Libvirt"
+    assert [f.source for f in result.findings] == ["Heartbeat", "Libvirt"]
+    assert other.asked == []  # not a VM witness: CloudStack's order still skips it
+
+
+@pytest.mark.parametrize("sees_vms", [False, None])
+def test_dead_stands_when_the_vm_witness_sees_no_vms(sees_vms: bool | None) -> None:
+    clock = FakeClock()
+    heartbeat = ScriptedInvestigator(clock, "Heartbeat", script={"h": Verdict.DEAD})
+    libvirt = VmWitness(clock, "Libvirt", sees_vms=sees_vms)
+    result = InvestigatorChain([heartbeat, libvirt]).investigate_host(Host("h"))
+    assert result.status is Status.DOWN
+    assert result.decided_by == "Heartbeat"
+    assert [f.source for f in result.findings] == ["Heartbeat", "Libvirt"]
+
+
+def test_vm_witness_is_not_asked_after_a_decision_other_than_dead() -> None:
+    clock = FakeClock()
+    agent = ScriptedInvestigator(clock, "Agent", script={"h": Verdict.ALIVE})
+    libvirt = VmWitness(clock, "Libvirt", sees_vms=True)
+    result = InvestigatorChain([agent, libvirt]).investigate_host(Host("h"))
+    assert result.status is Status.UP
+    assert libvirt.asked == 0

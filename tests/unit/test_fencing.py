@@ -42,7 +42,7 @@ from cloudha.testing.oobm import FakeBmc, FakePowerDriver
 UP = Status.UP
 DOWN = Status.DOWN
 PASSWORD = "s3cret-Pa55"
-HOST = Host(id="h1", status=DOWN, cluster="c1", private_ip="127.0.0.11")
+HOST = Host(id="h1", status=DOWN, cluster="c1", private_ip="127.0.0.11", watchdog=True)
 VM = Vm(id="vm1", host_id="h1", ha_enabled=True)
 
 
@@ -690,3 +690,30 @@ def test_check_fencer_lists_every_broken_rule() -> None:
 
     with pytest.raises(AssertionError, match="contains a secret"):
         check_fencer(Leaky(FakeClock(), timeout=1), secrets=[PASSWORD])
+
+
+def test_kvm_fencer_refuses_a_host_without_watchdog_without_asking_anyone() -> None:
+    n = Neighbours()
+    n.add("n1", Verdict.DEAD)
+    bare = Host(id="h1", status=DOWN, cluster="c1", private_ip="127.0.0.11")
+    result = n.fencer(FakeClock()).fence_off(VM, bare)
+    assert result.outcome is FenceOutcome.NOT_FENCED
+    assert result.reason.startswith("a stale heartbeat would prove nothing: h1 has no watchdog")
+    assert n.gateway.calls == []
+
+
+def test_power_fencer_fences_a_host_without_watchdog_after_the_storage_proof_refuses() -> None:
+    # Without a watchdog the stale heartbeat is no proof: only the BMC can fence.
+    clock = FakeClock()
+    p = Power(clock)
+    n = Neighbours()
+    n.add("n1", Verdict.DEAD)
+    bare = Host(id="h1", status=DOWN, cluster="c1", private_ip="127.0.0.11")
+    chain = chain_of(clock, n.fencer(clock), p.fencer(clock), alerts=p.alerts)
+    decision = chain.fence_off(VM, bare)
+    assert decision.fenced_by == ("PowerFencer",)
+    assert [a.outcome for a in decision.attempts] == [
+        FenceOutcome.NOT_FENCED,
+        FenceOutcome.FENCED,
+    ]
+    assert p.bmc.power == "off"

@@ -41,7 +41,9 @@ class Setup:
     def touch(self, volume: str, mtime: float) -> None:
         self.storage.put(f"{MOUNT}/{volume}", b"qcow", mtime)
 
-    def check(self, suspect_time: float, volumes: tuple[str, ...] = VOLUMES) -> ActivityReport:
+    def check(
+        self, suspect_time: float, volumes: tuple[str, ...] = VOLUMES, *, watchdog: bool = True
+    ) -> ActivityReport:
         return check_vm_activity(
             self.storage,
             self.clock,
@@ -50,6 +52,7 @@ class Setup:
             host_ip=IP,
             volumes=volumes,
             suspect_time=suspect_time,
+            watchdog=watchdog,
         )
 
     def state(self) -> bytes:
@@ -88,6 +91,34 @@ def test_stale_by_epsilon_without_volumes_is_no_activity(s: Setup) -> None:
     s.beat(T0)
     s.clock.advance(LIMIT + 0.001)
     assert s.check(T0, volumes=()).verdict is Verdict.DEAD
+
+
+@pytest.mark.parametrize(
+    ("self_fence", "why"),
+    [
+        (False, "no watchdog and self-fencing is off: a hung or isolated host may resume"),
+        (True, "no watchdog and its writer's self-fence cannot act while the host is hung"),
+    ],
+)
+def test_stale_heartbeat_without_a_watchdog_proves_nothing(
+    s: Setup, self_fence: bool, why: str
+) -> None:
+    report = check_vm_activity(
+        s.storage,
+        s.clock,
+        TIMING,
+        mount_point=MOUNT,
+        host_ip=IP,
+        volumes=(),
+        suspect_time=T0 - 100,
+        self_fence=self_fence,
+    )
+    assert report.verdict is Verdict.UNKNOWN
+    assert report.reason.startswith(
+        "heartbeat 10000 s old, limit 465 s and no volumes to check; stale is no proof: "
+    )
+    assert why in report.reason
+    assert report.heartbeat_age == 10_000
 
 
 @pytest.mark.parametrize(

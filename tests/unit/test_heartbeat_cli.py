@@ -312,3 +312,38 @@ def test_activity_bad_input_exits_2(
     assert result.exit_code == 2
     assert named in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_write_with_a_watchdog_refuses_unsafe_settings(runner: CliRunner, tmp_path: Path) -> None:
+    settings = tmp_path / "s.toml"
+    settings.write_text('"cloudha.watchdog.timeout" = 450\n', encoding="utf-8")
+    device = tmp_path / "watchdog"
+    result = runner.invoke(
+        main,
+        [
+            "heartbeat",
+            "write",
+            "--host-ip",
+            IP,
+            "--mount",
+            str(tmp_path),
+            "--watchdog",
+            str(device),
+            "--settings",
+            str(settings),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "cloudha.watchdog.timeout (450 s) + cloudha.watchdog.reset.margin (30 s)" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.output
+    assert not device.exists()  # refused before anything was opened
+
+
+def test_write_once_and_a_watchdog_do_not_mix(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        main, [*ONCE, "--mount", str(tmp_path), "--watchdog", str(tmp_path / "watchdog")]
+    )
+    assert result.exit_code == 2
+    assert "--once and --watchdog cannot be used together" in result.stderr

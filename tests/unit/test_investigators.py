@@ -87,9 +87,13 @@ class Agents:
 def kvm_world(
     *neighbours: tuple[str, Status, HypervisorType],
     pools: bool = True,
+    watchdog: bool = True,
+    self_fence: bool = True,
 ) -> tuple[FakeClock, InMemoryHostDirectory, Agents, KVMInvestigator, Host]:
     clock = FakeClock()
-    target = Host(id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1")
+    target = Host(
+        id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1", watchdog=watchdog
+    )
     directory = InMemoryHostDirectory([target])
     for hid, status, hv in neighbours:
         directory.add(Host(id=hid, status=status, cluster="c1", hypervisor=hv))
@@ -99,7 +103,12 @@ def kvm_world(
     )
     agents = Agents()
     inv = KVMInvestigator(
-        clock, directory=directory, gateway=agents.gateway, pools=pool_dir, timeout=T
+        clock,
+        directory=directory,
+        gateway=agents.gateway,
+        pools=pool_dir,
+        timeout=T,
+        self_fence=self_fence,
     )
     return clock, directory, agents, inv, target
 
@@ -630,7 +639,7 @@ def test_contract_checker_rejects_nameless_investigators() -> None:
 
 
 def zone_world(zone_witnesses: int = 3) -> tuple[Agents, KVMInvestigator, Host]:
-    target = Host(id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1")
+    target = Host(id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1", watchdog=True)
     directory = InMemoryHostDirectory([target])
     for i in range(1, 6):
         directory.add(Host(id=f"w{i}", status=UP, cluster="c2"))
@@ -687,3 +696,103 @@ def test_an_answering_host_is_up_without_asking_neighbours() -> None:
     agents.heartbeat("h2", Verdict.DEAD)
     assert host_outcome(inv.is_agent_alive(target)) is Status.UP
     assert agents.asked(CHECK_ON_HOST) == ["h1"]
+
+
+# -- a stale heartbeat is proof only with a watchdog (issue 12) -------------------
+
+
+@pytest.mark.parametrize(
+    ("host_says", "neighbour_says", "outcome"),
+    [
+        # the host answers that its own heartbeat is stale: it runs, so Up
+        (Verdict.DEAD, Verdict.DEAD, Status.UP),
+        (Verdict.DEAD, None, Status.UP),
+        # silent host, stale heartbeat: nobody can tell, never Down
+        (None, Verdict.DEAD, Status.DISCONNECTED),
+        (None, Verdict.ALIVE, Status.DISCONNECTED),
+    ],
+)
+def test_kvm_without_watchdog_never_downs_a_host_on_a_stale_heartbeat(
+    host_says: Verdict | None, neighbour_says: Verdict | None, outcome: Status
+) -> None:
+    _, _, agents, inv, target = kvm_world(("h2", UP, KVM), watchdog=False, self_fence=False)
+    agents.heartbeat("h1", host_says)
+    agents.heartbeat("h2", neighbour_says)
+    finding = inv.is_agent_alive(target)
+    assert finding.verdict is not Verdict.DEAD
+    assert host_outcome(finding) is outcome
+    said = finding.evidence["neighbours"]
+    if neighbour_says is Verdict.DEAD and host_says is None:
+        assert said["h2"] == (
+            "UNKNOWN: hb DEAD; stale is no proof: h1 has no watchdog and self-fencing is"
+            " off: a hung or isolated host may resume with its VMs"
+        )
+
+
+def test_kvm_without_watchdog_asks_every_neighbour_after_a_stale_answer() -> None:
+    _, _, agents, inv, target = kvm_world(("h2", UP, KVM), ("h3", UP, KVM), watchdog=False)
+    agents.heartbeat("h1", None)
+    agents.heartbeat("h2", Verdict.DEAD)
+    agents.heartbeat("h3", Verdict.ALIVE)
+    finding = inv.is_agent_alive(target)
+    assert finding.verdict is Verdict.ALIVE
+    assert host_outcome(finding) is Status.DISCONNECTED
+    assert agents.asked(CHECK_ON_HOST) == ["h1", "h2", "h3"]
+
+
+def test_stale_proof_rule() -> None:
+    from cloudha.investigators import judge_stale, stale_proof
+
+    guarded = stale_proof(Host("h1", watchdog=True), self_fence=False)
+    assert guarded.proves_death
+    for self_fence in (True, False):
+        bare = stale_proof(Host("h1"), self_fence=self_fence)
+        assert not bare.proves_death
+        assert "a hung" in bare.reason
+    off = stale_proof(Host("h1"), self_fence=False)
+    assert off.reason == (
+        "h1 has no watchdog and self-fencing is off: a hung or isolated host may resume"
+        " with its VMs"
+    )
+    assert judge_stale(Verdict.DEAD, "stale", guarded) == (Verdict.DEAD, "stale")
+    assert judge_stale(Verdict.DEAD, "stale", off) == (
+        Verdict.UNKNOWN,
+        f"stale; stale is no proof: {off.reason}",
+    )
+    assert judge_stale(Verdict.ALIVE, "fresh", off) == (Verdict.ALIVE, "fresh")
+    assert judge_stale(Verdict.UNKNOWN, "?", off) == (Verdict.UNKNOWN, "?")
+
+
+def test_registry_passes_the_self_fence_setting_to_the_kvm_investigator() -> None:
+    from cloudha.investigators import InvestigatorContext
+
+    directory = InMemoryHostDirectory()
+    ctx = InvestigatorContext(
+        clock=FakeClock(),
+        directory=directory,
+        gateway=FakeAgentGateway(),
+        settings=Settings.from_mapping(
+            {"reboot.host.and.alert.management.on.heartbeat.timeout": False}
+        ),
+        pools=InMemoryStoragePools([]),
+    )
+    kvm = [i for i in builtin_investigators(ctx) if isinstance(i, KVMInvestigator)]
+    assert len(kvm) == 1
+    assert kvm[0].self_fence is False
+
+
+def test_libvirt_host_finding_is_vm_level_only_with_running_domains() -> None:
+    from cloudha.investigators import Witness
+
+    host = Host(id="h1", status=Status.ALERT)
+    probe = FakeHypervisorProbe(answering={"h1": True})
+    inv = HypervisorInvestigator(FakeClock(), probe=probe, timeout=T)
+    assert inv.vm_witness is True
+    idle = inv.is_agent_alive(host)
+    assert idle.verdict is Verdict.ALIVE
+    assert idle.witness is Witness.HOST
+    probe.domains[("h1", "vm1")] = DomainState.RUNNING
+    busy = inv.is_agent_alive(host)
+    assert busy.witness is Witness.VM
+    assert busy.reason == "the hypervisor on h1 answers, 1 domain(s) running; its agent does not"
+    assert busy.to_dict()["witness"] == "vm"

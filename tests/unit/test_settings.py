@@ -105,6 +105,9 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "redfish.ignore.ssl": (False, False),
     "redfish.use.https": (True, True),
     "redfish.retries": (2, 2),
+    # cloudha's own keys
+    "cloudha.watchdog.timeout": (300, 300.0),
+    "cloudha.watchdog.reset.margin": (30, 30.0),
 }
 
 MS_KEYS = {
@@ -125,7 +128,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 73
+    assert len(KEYS) == 75
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -162,6 +165,7 @@ def test_key_spec_fields() -> None:
 def test_every_spec_is_well_formed(spec: KeySpec) -> None:
     assert spec.attribute == spec.name.replace(".", "_")
     assert spec.section in {"§2.1", "§3.8", "§4", "§5", "§6.1", "§7.5", "§8", "cloudha"}
+    assert (spec.section == "cloudha") == spec.name.startswith("cloudha.")
     assert spec.description
     assert "\n" not in spec.description
     if spec.kind == "duration":
