@@ -209,6 +209,7 @@ _AGENTS = "cloudha.detection.agents"
 _MONITOR = "cloudha.detection.monitor"
 _PING_TASK = "cloudha.detection.ping_task"
 _MANAGER = "cloudha.ha.manager"
+_DECISIONS = "cloudha.ha.decisions"
 _INVESTIGATORS = "cloudha.investigators.registry"
 _FENCERS = "cloudha.fencing.registry"
 _TIMING = "cloudha.heartbeat.timing"
@@ -451,7 +452,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Recheck delay while a VM looks alive but its host is not Up.",
         _S38,
         bounds=_PERIOD,
-        read_by=(_MANAGER,),
+        read_by=(_DECISIONS,),
     ),
     _key(
         "migrate.retry.interval",
@@ -460,7 +461,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Delay before retrying a migration.",
         _S38,
         bounds=_PERIOD,
-        read_by=(_MANAGER,),
+        read_by=(_DECISIONS,),
     ),
     _key(
         "restart.retry.interval",
@@ -469,7 +470,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Delay before retrying an HA restart.",
         _S38,
         bounds=_PERIOD,
-        read_by=(_MANAGER,),
+        read_by=(_DECISIONS,),
     ),
     _key(
         "stop.retry.interval",
@@ -478,7 +479,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Delay before retrying a stop or destroy.",
         _S38,
         bounds=_PERIOD,
-        read_by=(_MANAGER,),
+        read_by=(_DECISIONS,),
     ),
     _key(
         "time.between.cleanup",
@@ -514,7 +515,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Attempts any HA work item gets before it is given up.",
         _S38,
         bounds=_ATTEMPTS,
-        read_by=(_MANAGER,),
+        read_by=(_DECISIONS, _MANAGER),
     ),
     _key(
         "force.ha",
@@ -522,7 +523,7 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "Treat every VM as HA-enabled.",
         _S38,
-        read_by=(_MANAGER,),
+        read_by=(_DECISIONS, _MANAGER),
     ),
     _key(
         "vm.ha.enabled",
@@ -649,7 +650,7 @@ _SPECS: tuple[KeySpec, ...] = (
         True,
         "Reboot the host when every heartbeat write of a round fails.",
         _S61,
-        read_by=(_HEARTBEAT_CLI, _SIMULATOR),
+        read_by=(_HEARTBEAT_CLI, _FENCERS, _INVESTIGATORS, _SIMULATOR),
     ),
     # §7.5 Host-HA executors.
     _key(
@@ -899,7 +900,7 @@ _SPECS: tuple[KeySpec, ...] = (
         300,
         "Countdown of the heartbeat writer's watchdog; + reset margin < the stale bound.",
         "cloudha",
-        bounds=(1, 3600, "a watchdog petted faster than once a second only spins; more than an hour is no HA"),
+        bounds=(1, 3600, "petting faster than once a second only spins; over an hour is no HA"),
         read_by=(_HEARTBEAT_CLI, _SCENARIO, _SIMULATOR),
     ),
     _key(

@@ -48,8 +48,19 @@ DERIVED: dict[str, tuple[str, ...]] = {
 COMMON_NAMES = frozenset({"wait", "port"})
 
 # Fields of other objects that carry a setting's value, as written in the code:
-# ``StartParams.ha_tag`` hands ``ha.tag`` (read by the HA manager) to the orchestrator.
-NOT_SETTINGS = frozenset({"params.ha_tag"})
+# ``StartParams.ha_tag`` hands ``ha.tag`` (read by the HA manager) to the orchestrator;
+# ``decisions.Policy`` carries the §3.8 values its ``from_settings`` read.
+NOT_SETTINGS = frozenset(
+    {
+        "params.ha_tag",
+        "policy.restart_retry_interval",
+        "policy.migrate_retry_interval",
+        "policy.stop_retry_interval",
+        "policy.investigate_retry_interval",
+        "policy.force_ha",
+        "policy.max_retries",
+    }
+)
 
 _SETTINGS_ANNOTATION = re.compile(r"\bSettings\b")
 
