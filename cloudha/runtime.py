@@ -15,10 +15,12 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+import attrs
+
 from cloudha.clock import Clock
 from cloudha.errors import LifecycleError
 
-__all__ = ["Pump", "PumpState", "ThreadFactory"]
+__all__ = ["Loop", "Pump", "PumpState", "ThreadFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,22 @@ class ThreadFactory(Protocol):
 
     def __call__(self, *, target: Callable[[], None], name: str, daemon: bool) -> threading.Thread:
         """A thread, not yet started, that runs ``target``."""
+
+
+@attrs.frozen
+class Loop:
+    """One loop of a component, as data: run by a :class:`Pump` or by the simulator.
+
+    Attributes:
+        name: the loop's (and its thread's) name.
+        tick: does one round of work; returns seconds until the next round.
+        wake_on_work: the loop should run at once when HA work is added
+            (an HA worker), not only when its delay ends.
+    """
+
+    name: str
+    tick: Callable[[], float]
+    wake_on_work: bool = False
 
 
 class PumpState(enum.Enum):
@@ -62,6 +80,7 @@ class Pump:
         self._error_delay = error_delay
         self._factory = thread_factory
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.state = PumpState.NEW
         self.ticks = 0
@@ -74,12 +93,17 @@ class Pump:
         self.state = PumpState.RUNNING
         self._thread.start()
 
+    def wake(self) -> None:
+        """End the current wait at once: the next tick runs now."""
+        self._wake.set()
+
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask the thread to stop and wait for it (up to ``timeout`` seconds)."""
         if self.state is PumpState.NEW:
             self.state = PumpState.STOPPED
             return
         self._stop.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -88,11 +112,13 @@ class Pump:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()
+            if self._stop.is_set():  # a stop between the check above and the clear
+                break
             try:
                 delay = self._tick()
             except Exception:
                 log.exception("%s: tick failed", self.name)
                 delay = self._error_delay
             self.ticks += 1
-            if self._clock.wait(self._stop, delay):
-                break
+            self._clock.wait(self._wake, delay)
