@@ -34,7 +34,7 @@ import functools
 import heapq
 import json
 import random
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,16 @@ from cloudha.heartbeat import (
     writer_plan,
 )
 from cloudha.investigators import InvestigatorContext, build_chain
-from cloudha.model import Host, HypervisorType, Pool, ReasonType, Vm, VmPowerState, VmState
+from cloudha.model import (
+    Host,
+    HypervisorType,
+    Pool,
+    ReasonType,
+    ResourceState,
+    Vm,
+    VmPowerState,
+    VmState,
+)
 from cloudha.oobm.manager import OobmSyncTask, OutOfBandManager, StaticOobmConfigs
 from cloudha.oobm.power import (
     BasePowerDriver,
@@ -78,7 +87,15 @@ from cloudha.oobm.power import (
     PowerResult,
     PowerState,
 )
-from cloudha.ports import Answer, Command, DomainState, HypervisorReport, PingReport
+from cloudha.ports import (
+    Answer,
+    Command,
+    DomainState,
+    HypervisorReport,
+    PingReport,
+    StatusChange,
+)
+from cloudha.server import HostVmSync
 from cloudha.status import Status
 from cloudha.testing.clock import FakeClock
 from cloudha.testing.fakes import (
@@ -165,12 +182,12 @@ class _ManagementServer:
             recorder=recorder,
         )
         self.oobm_sync = OobmSyncTask(
-            self.oobm, lambda: [h for h in sim.directory.list_hosts() if h.id in sim.hosts]
+            self.oobm, lambda: [h for h in sim.server_directory.list_hosts() if h.id in sim.hosts]
         )
         chain = build_fence_chain(
             FencerContext(
                 clock=sim.clock,
-                directory=sim.directory,
+                directory=sim.server_directory,
                 gateway=gateway,
                 settings=sim.settings,
                 pools=sim.pools,
@@ -193,7 +210,7 @@ class _ManagementServer:
         investigators = build_chain(
             InvestigatorContext(
                 clock=sim.clock,
-                directory=sim.directory,
+                directory=sim.server_directory,
                 gateway=gateway,
                 settings=sim.settings,
                 pools=sim.pools,
@@ -205,7 +222,7 @@ class _ManagementServer:
             server_id=MANAGEMENT_SERVER_ID,
             store=sim.store,
             orchestrator=sim.orchestrator,
-            directory=sim.directory,
+            directory=sim.server_directory,
             investigators=investigators,
             fence_chain=self.fence_chain,
             settings=sim.settings,
@@ -214,16 +231,18 @@ class _ManagementServer:
             evidence=sim.timeline,
         )
         self.idle_workers: set[int] = set()
+        self.recovered = False
         self.agents = AgentManager(
             management_server_id=MANAGEMENT_SERVER_ID,
             settings=sim.settings,
             clock=sim.clock,
-            directory=sim.directory,
+            directory=sim.server_directory,
             gateway=gateway,
             chain=investigators,
             scheduler=sim.scheduler,
             alerts=sim.alerts,
             evidence=sim.timeline,
+            vm_sync=HostVmSync(sim.orchestrator, self.ha, recorder),
         )
         self.monitor = MonitorTask(self.agents)
 
@@ -279,6 +298,36 @@ class _Gateway:
                 return Answer(True, f"{target.spec.id} is off: {command.params['vm_name']} fenced")
             return Answer(False, "the pool still sees the host running")
         raise ProbeConnectionError(f"{command.name} is not simulated", host_id=host.id)
+
+
+class _OutageDirectory:
+    """The host directory as the management server reaches it: down in an orchestrator outage."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def _check(self) -> InMemoryHostDirectory:
+        if self.sim.orchestrator_out:
+            raise ProbeConnectionError("the host directory does not answer (orchestrator outage)")
+        return self.sim.directory
+
+    def find_host(self, host_id: str) -> Host | None:
+        return self._check().find_host(host_id)
+
+    def list_hosts(
+        self,
+        *,
+        cluster: str | None = None,
+        pod: str | None = None,
+        zone: str | None = None,
+        management_server_id: str | None = None,
+    ) -> Sequence[Host]:
+        return self._check().list_hosts(
+            cluster=cluster, pod=pod, zone=zone, management_server_id=management_server_id
+        )
+
+    def update_status(self, change: StatusChange) -> bool:
+        return self._check().update_status(change)
 
 
 class _Hypervisors:
@@ -357,10 +406,10 @@ class _SchedulerTap:
     def schedule_restart_for_vms_on_host(
         self, host: Host, *, investigate: bool, reason: ReasonType
     ) -> None:
-        self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
         ms = self.sim.ms
         assert ms is not None
         ms.ha.schedule_restart_for_vms_on_host(host, investigate=investigate, reason=reason)
+        self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
         self.sim.wake_workers(ms.epoch)
 
 
@@ -405,6 +454,10 @@ class _Orchestrator:
         }
         self.specs = {vm.id: vm for vm in sim.scenario.vms}
 
+    def _up(self) -> None:
+        if self.sim.orchestrator_out:
+            raise ProbeConnectionError("the VM orchestrator does not answer (orchestrator outage)")
+
     def _vm(self, vm_id: str) -> Vm:
         row = self.rows.get(vm_id)
         if row is None:
@@ -424,12 +477,15 @@ class _Orchestrator:
         )
 
     def find_vm(self, vm_id: str) -> Vm | None:
+        self._up()
         return self._vm(vm_id) if vm_id in self.rows else None
 
     def list_vms_on_host(self, host_id: str) -> list[Vm]:
+        self._up()
         return [self._vm(i) for i, row in sorted(self.rows.items()) if row.host_id == host_id]
 
     def can_restart_on_another_server(self, vm: Vm) -> bool:
+        self._up()
         return True
 
     def _stop(self, vm_id: str, *, force: bool) -> None:
@@ -452,9 +508,11 @@ class _Orchestrator:
         self.sim.recorder.emit("vm_state", vm=vm_id, host=host_id, state="Stopped")
 
     def advance_stop(self, vm: Vm, *, force: bool) -> None:
+        self._up()
         self._stop(vm.id, force=force)
 
     def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
+        self._up()
         row = self.rows.get(vm.id)
         if row is None:
             raise UnknownVmError(vm.id)
@@ -473,6 +531,7 @@ class _Orchestrator:
         return target
 
     def migrate_away(self, vm: Vm, source_host_id: str) -> str:
+        self._up()
         row = self.rows.get(vm.id)
         if row is None:
             raise UnknownVmError(vm.id)
@@ -489,6 +548,7 @@ class _Orchestrator:
         return target
 
     def destroy(self, vm: Vm, *, expunge: bool) -> None:
+        self._up()
         self._stop(vm.id, force=True)
         row = self.rows[vm.id]
         if expunge:
@@ -593,6 +653,8 @@ class Simulation:
         self.fenced_alive_host = 0
         self.double_runs: set[str] = set()
         self.directory = InMemoryHostDirectory()
+        self.orchestrator_out = False
+        self.server_directory = _OutageDirectory(self)
         self.hosts: dict[str, _SimHost] = {}
         self.vms: dict[str, _SimVm] = {}
         self.ms_isolated = False
@@ -659,9 +721,9 @@ class Simulation:
             and evidence.details.get("to") == str(Status.DOWN)
             and evidence.host is not None
         ):
-            for vm in self.orchestrator.list_vms_on_host(evidence.host):
-                if vm.ha_enabled:
-                    self.ha_expected.append((evidence.t, vm.id))
+            for vm_id, row in sorted(self.orchestrator.rows.items()):
+                if row.host_id == evidence.host and self.vms[vm_id].ha:
+                    self.ha_expected.append((evidence.t, vm_id))
         # A host declared Down while VMs still run on it is how HA ends up
         # running a VM twice; the checker counts every such verdict.
         if (
@@ -727,7 +789,7 @@ class Simulation:
             for host in self.directory.list_hosts():
                 ms.agents.ping_map.connect(host.id, host.type)
         else:
-            ms.agents.mark_hosts_as_disconnected()
+            self._recover(ms)
         interval = self.settings.ping_interval
         resource = _DirectResource(self)
         for host_id, sim_host in self.hosts.items():
@@ -750,13 +812,34 @@ class Simulation:
         )
         if self.oobm_configs.host_ids():
             self.at(self.clock.monotonic(), lambda: self._oobm_tick(ms.epoch))
-        ms.ha.recover()
+        if first:
+            ms.ha.recover()
+            ms.recovered = True
         for worker in range(self.settings.ha_workers):
             self.at(self.clock.monotonic(), functools.partial(self._ha_worker, ms.epoch, worker))
         self.at(
             self.clock.monotonic() + self.settings.time_between_cleanup,
             lambda: self._ha_cleanup(ms.epoch),
         )
+
+    def _recover(self, ms: _ManagementServer) -> None:
+        """A restart takes up from durable state alone; retried each monitor round until done."""
+        force = self.settings.force_ha
+
+        def needs_hand_over(host: Host) -> bool:
+            return any(
+                (vm.ha_enabled or force) and not ms.ha.has_pending_ha_work(vm.id)
+                for vm in self.orchestrator.list_vms_on_host(host.id)
+            )
+
+        try:
+            ms.ha.recover()
+            ms.agents.recover(needs_hand_over=needs_hand_over)
+        except Exception as exc:
+            self.recorder.emit("recovery_failed", reason=f"recovery failed: {exc}")
+            return
+        ms.recovered = True
+        self.wake_workers(ms.epoch)
 
     # -- HA workers ------------------------------------------------------------
 
@@ -823,7 +906,11 @@ class Simulation:
         ms = self._current(epoch)
         if ms is None:
             return
+        if not ms.recovered:
+            self._recover(ms)
         delay = ms.monitor.tick()
+        if not ms.recovered:
+            delay = min(delay, self.settings.ping_interval)
         self.at(self.clock.monotonic() + delay, lambda: self._monitor_tick(epoch))
 
     def _ping_task_tick(self, task: PingTask, epoch: int) -> None:
@@ -860,7 +947,8 @@ class Simulation:
     def _connect(self, host: _SimHost) -> None:
         if self.ms is None or not self.reachable(host) or not host.agent_running:
             return
-        host.connected = self.ms.agents.agent_connected(host.spec.id)
+        running = sorted(vm.id for vm in self.vms.values() if host.spec.id in vm.running_on)
+        host.connected = self.ms.agents.agent_connected(host.spec.id, vms=running)
 
     # -- storage heartbeat writers ----------------------------------------------
 
@@ -968,6 +1056,7 @@ class Simulation:
                 host_id in avoid
                 or row is None
                 or row.status is not Status.UP
+                or row.resource_state is not ResourceState.ENABLED
                 or not host.powered
                 or host.hung
                 or host.spec.zone != dead.zone
@@ -1073,6 +1162,10 @@ class Simulation:
             self.ms_isolated = True
         elif kind == "ms_heal":
             self.ms_isolated = False
+        elif kind == "orchestrator_outage":
+            self.orchestrator_out = True
+        elif kind == "orchestrator_heal":
+            self.orchestrator_out = False
 
     def _unhang(self, host: _SimHost) -> None:
         """The hang ends: frozen VMs run again where they were, the agent and writer go on."""
