@@ -47,7 +47,7 @@ class Cloud:
         self.directory = InMemoryHostDirectory(
             Host(h, status=Status.UP, last_ping=1000.0, management_server_id="ms1") for h in HOSTS
         )
-        self.gateway = FakeAgentGateway({h: True for h in HOSTS})
+        self.gateway = FakeAgentGateway(dict.fromkeys(HOSTS, True))
         self.orchestrator = InMemoryOrchestrator(
             [FakeOrchestratorHost(h) for h in HOSTS],
             list(vms) or [Vm("vm1", host_id="h1", last_host_id="h1", ha_enabled=True)],
@@ -184,7 +184,9 @@ def test_a_dead_host_is_declared_down_and_its_ha_vm_restarted_elsewhere() -> Non
     run(server, cloud.clock, 120, alive=("h2", "h3"))
     assert cloud.status("h1") is Status.DOWN
     vm = cloud.orchestrator.find_vm("vm1")
-    assert vm is not None and vm.state is VmState.RUNNING and vm.host_id in ("h2", "h3")
+    assert vm is not None
+    assert vm.state is VmState.RUNNING
+    assert vm.host_id in ("h2", "h3")
     assert ha_works(server, "vm1") == [(WorkType.HA, Step.DONE)]
 
 
@@ -201,7 +203,9 @@ def test_a_host_left_in_alert_by_a_dead_server_is_rechecked_and_recovered() -> N
     run(server, cloud.clock, 60, alive=("h2", "h3"))
     assert cloud.status("h1") is Status.DOWN
     vm = cloud.orchestrator.find_vm("vm1")
-    assert vm is not None and vm.state is VmState.RUNNING and vm.host_id != "h1"
+    assert vm is not None
+    assert vm.state is VmState.RUNNING
+    assert vm.host_id != "h1"
 
 
 def test_a_disconnected_host_whose_agent_never_returns_is_investigated() -> None:
@@ -215,7 +219,8 @@ def test_a_disconnected_host_whose_agent_never_returns_is_investigated() -> None
     run(server, cloud.clock, 60, alive=("h2", "h3"))
     assert cloud.status("h1") is Status.DOWN
     vm = cloud.orchestrator.find_vm("vm1")
-    assert vm is not None and vm.host_id != "h1"
+    assert vm is not None
+    assert vm.host_id != "h1"
 
 
 def test_a_disconnected_host_whose_agent_reconnects_is_up_again() -> None:
@@ -237,7 +242,9 @@ def test_a_down_host_without_works_gets_them_at_start() -> None:
     server.recover()
     run(server, cloud.clock, 30, alive=("h2", "h3"))
     vm = cloud.orchestrator.find_vm("vm1")
-    assert vm is not None and vm.state is VmState.RUNNING and vm.host_id != "h1"
+    assert vm is not None
+    assert vm.state is VmState.RUNNING
+    assert vm.host_id != "h1"
     assert [e.kind for e in cloud.evidence.records(kind="ha_scheduled")] == ["ha_scheduled"]
 
 
@@ -308,12 +315,16 @@ def test_a_failed_hand_over_is_retried_with_backoff_until_the_works_exist() -> N
     failed = cloud.evidence.records(kind="ha_schedule_failed")
     assert [e.details["attempt"] for e in failed] == [1, 2, 3]
     retry_in = [e.details["retry_in"] for e in failed]
-    assert retry_in == sorted(retry_in) and retry_in[0] < retry_in[-1]  # backoff grows
+    assert retry_in == sorted(retry_in)
+    assert retry_in[0] < retry_in[-1]
     scheduled = cloud.evidence.records(kind="ha_scheduled")
-    assert len(scheduled) == 1 and scheduled[0].t > failed[-1].t  # only once in SQL
+    assert len(scheduled) == 1
+    assert scheduled[0].t > failed[-1].t
     assert server.agents.pending_hand_overs == frozenset()
     vm = cloud.orchestrator.find_vm("vm1")
-    assert vm is not None and vm.state is VmState.RUNNING and vm.host_id != "h1"
+    assert vm is not None
+    assert vm.state is VmState.RUNNING
+    assert vm.host_id != "h1"
 
 
 # -- VM sync on reconnect ----------------------------------------------------------
@@ -333,14 +344,18 @@ def test_a_host_that_reconnects_without_its_ha_vm_gets_it_restarted() -> None:
     server.ping_map.disconnect("h1")  # the power cycle: the agent comes back
     assert server.agents.agent_connected("h1", vms=["vm3"])
     vm2 = cloud.orchestrator.find_vm("vm2")
-    assert vm2 is not None and vm2.state is VmState.STOPPED  # not HA: stopped only
+    assert vm2 is not None
+    assert vm2.state is VmState.STOPPED
     synced = cloud.evidence.records(kind="vm_sync")
     assert [(e.vm, e.details["restart"]) for e in synced] == [("vm1", True), ("vm2", False)]
     run(server, cloud.clock, 30, alive=HOSTS)
     vm1 = cloud.orchestrator.find_vm("vm1")
-    assert vm1 is not None and vm1.state is VmState.RUNNING
+    assert vm1 is not None
+    assert vm1.state is VmState.RUNNING
     vm3 = cloud.orchestrator.find_vm("vm3")
-    assert vm3 is not None and vm3.state is VmState.RUNNING and vm3.host_id == "h1"
+    assert vm3 is not None
+    assert vm3.state is VmState.RUNNING
+    assert vm3.host_id == "h1"
     assert ha_works(server, "vm3") == []
 
 
