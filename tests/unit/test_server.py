@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from cloudha import (
+    Answer,
     ConfigurationError,
     EvidenceLog,
     FenceChain,
@@ -18,12 +19,12 @@ from cloudha import (
     ManagementServer,
     Settings,
     Status,
+    StatusChange,
     Verdict,
     Vm,
     VmState,
 )
-from cloudha.ha.manager import WorkType
-from cloudha.ha.store import Step
+from cloudha.ha.store import Step, WorkType
 from cloudha.testing import (
     FakeAgentGateway,
     FakeClock,
@@ -33,6 +34,8 @@ from cloudha.testing import (
     RecordingAlertSink,
     ScriptedFencer,
     ScriptedInvestigator,
+    check_agent_gateway,
+    check_host_directory,
 )
 
 HOSTS = ("h1", "h2", "h3")
@@ -283,7 +286,7 @@ def test_recovery_that_fails_is_retried_by_the_monitor_loop() -> None:
             raise ConnectionError("directory down")
         return real(**kw)  # type: ignore[arg-type]
 
-    cloud.directory.list_hosts = list_hosts  # type: ignore[method-assign]
+    cloud.directory.list_hosts = list_hosts  # type: ignore[method-assign,assignment]
     server = cloud.server()
     assert not server.recover()
     assert cloud.evidence.records(kind="recovery_failed")
@@ -309,7 +312,7 @@ def test_a_failed_hand_over_is_retried_with_backoff_until_the_works_exist() -> N
             raise ConnectionError("orchestrator down")
         return real(host_id)
 
-    cloud.orchestrator.list_vms_on_host = flaky  # type: ignore[method-assign]
+    cloud.orchestrator.list_vms_on_host = flaky  # type: ignore[method-assign,assignment]
     cloud.kill("h1")
     run(server, cloud.clock, 120, alive=("h2", "h3"))
     failed = cloud.evidence.records(kind="ha_schedule_failed")
@@ -365,3 +368,46 @@ def test_agent_connected_without_a_report_syncs_nothing() -> None:
     server.ping_map.disconnect("h1")
     assert server.agents.agent_connected("h1")
     assert cloud.evidence.records(kind="vm_sync") == []
+
+
+# -- port contract checkers ----------------------------------------------------------
+
+
+def test_the_fake_directory_and_gateway_keep_their_contracts() -> None:
+    cloud = Cloud()
+    check_host_directory(cloud.directory, "h1")
+    live = cloud.directory.find_host("h1")
+    dead = cloud.directory.find_host("h2")
+    assert live is not None
+    assert dead is not None
+    cloud.gateway.healthy["h2"] = None
+    cloud.gateway.handler = lambda host, command: Answer(True)
+    check_agent_gateway(cloud.gateway, live, dead)
+
+
+def test_the_directory_checker_catches_a_directory_that_is_not_optimistic() -> None:
+    class Blind(InMemoryHostDirectory):
+        def update_status(self, change: StatusChange) -> bool:  # ignores the expected count
+            return super().update_status(
+                attrs.evolve(change, expected_update_count=self._count(change.host_id))
+            )
+
+        def _count(self, host_id: str) -> int:
+            host = self.find_host(host_id)
+            return 0 if host is None else host.update_count
+
+    directory = Blind([Host("h1", status=Status.UP)])
+    with pytest.raises(AssertionError, match="stale update_count returned True"):
+        check_host_directory(directory, "h1")
+
+
+def test_the_gateway_checker_catches_a_gateway_that_raises_the_wrong_error() -> None:
+    class Sloppy(FakeAgentGateway):
+        def check_health(self, host: Host, *, timeout: float) -> bool:
+            if host.id == "h2":
+                raise KeyError(host.id)
+            return True
+
+    gateway = Sloppy(handler=lambda host, command: Answer(True))
+    with pytest.raises(AssertionError, match=r"check_health\(dead\) raised KeyError"):
+        check_agent_gateway(gateway, Host("h1"), Host("h2"))
