@@ -360,6 +360,7 @@ class ManagementServer:
         self.on_work_added: Callable[[], None] = self._wake_workers
         """Called after work was added; by default wakes the worker threads."""
         self._recovered = False
+        self._connected: frozenset[str] = frozenset()
         self._cleanup_due = False
         self._pumps: list[Pump] = []
         self._state = "new"
@@ -372,18 +373,21 @@ class ManagementServer:
         """Whether the last :meth:`recover` finished."""
         return self._recovered
 
-    def recover(self) -> bool:
+    def recover(self, *, connected: Collection[str] = ()) -> bool:
         """Take up from durable state (start or takeover); True when it finished.
 
         Releases this server's old claims and marks due works Investigating,
         then re-adopts every host left in Alert, Disconnected or Down
         (:meth:`AgentManager.recover`; a Down host only when one of its HA
-        VMs has no pending HA work). A failure is logged and recorded; the
+        VMs has no pending HA work). ``connected``: hosts whose agents are
+        known to be connected already (a first start in a running cloud; see
+        :meth:`AgentManager.recover`). A failure is logged and recorded; the
         monitor loop calls this again until it succeeds.
         """
+        self._connected = frozenset(connected)
         try:
             self.ha.recover()
-            self.agents.recover(needs_hand_over=self._needs_hand_over)
+            self.agents.recover(needs_hand_over=self._needs_hand_over, connected=self._connected)
         except Exception as exc:
             log.warning("recovery of %s failed, retried next round: %s", self.server_id, exc)
             self.recorder.emit(
@@ -414,7 +418,7 @@ class ManagementServer:
     def monitor_tick(self) -> float:
         """One monitor round: recovery until it finished, then :meth:`MonitorTask.tick`."""
         if not self._recovered:
-            self.recover()
+            self.recover(connected=self._connected)
         delay = self.monitor.tick()
         if not self._recovered:
             delay = min(delay, self.settings.ping_interval)

@@ -236,7 +236,7 @@ class AgentManager:
         """The agent announced a shutdown: disconnect with ``ShutdownRequested``."""
         return self.disconnect_without_investigation(host_id, Event.SHUTDOWN_REQUESTED)
 
-    def mark_hosts_as_disconnected(self) -> list[str]:
+    def mark_hosts_as_disconnected(self, *, skip: Collection[str] = ()) -> list[str]:
         """At start: every host this server owned becomes Disconnected, with a fresh grace.
 
         The row's ``last_ping`` is set one ping timeout in the past (as
@@ -250,6 +250,8 @@ class AgentManager:
         marked: list[str] = []
         for host in self.directory.list_hosts(management_server_id=self.management_server_id):
             if host.status not in (Status.UP, Status.CONNECTING, Status.REBALANCING):
+                continue
+            if host.id in skip:
                 continue
             change = StatusChange(
                 host_id=host.id,
@@ -277,7 +279,12 @@ class AgentManager:
             )
         return marked
 
-    def recover(self, *, needs_hand_over: Callable[[Host], bool] | None = None) -> list[str]:
+    def recover(
+        self,
+        *,
+        needs_hand_over: Callable[[Host], bool] | None = None,
+        connected: Collection[str] = (),
+    ) -> list[str]:
         """At start or takeover: take up every host left unfinished, from the directory alone.
 
         First :meth:`mark_hosts_as_disconnected`. Then every other host the
@@ -289,9 +296,16 @@ class AgentManager:
         until it is Up or Down; a Down host for which ``needs_hand_over``
         says yes (by default every Down host) is handed over to the HA
         scheduler again (the scheduler skips VMs that already have work).
+        Hosts in ``connected`` are known to have their agent connected (a
+        first start in a running cloud): they are monitored as if they had
+        just pinged instead of being marked Disconnected.
         Returns the re-adopted host ids.
         """
-        marked = set(self.mark_hosts_as_disconnected())
+        marked = set(self.mark_hosts_as_disconnected(skip=connected))
+        for host_id in sorted(connected):
+            host = self.directory.find_host(host_id)
+            if host is not None and host.status is Status.UP:
+                self.ping_map.connect(host.id, host.type)
         now = self.clock.monotonic()
         adopted: list[str] = []
         for host in self.directory.list_hosts():

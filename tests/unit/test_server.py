@@ -411,3 +411,11 @@ def test_the_gateway_checker_catches_a_gateway_that_raises_the_wrong_error() -> 
     gateway = Sloppy(handler=lambda host, command: Answer(True))
     with pytest.raises(AssertionError, match=r"check_health\(dead\) raised KeyError"):
         check_agent_gateway(gateway, Host("h1"), Host("h2"))
+
+
+def test_a_first_start_with_connected_agents_monitors_them_without_marking_them() -> None:
+    cloud = Cloud()
+    server = cloud.server()
+    assert server.recover(connected=["h1", "h2"])
+    assert [cloud.status(h) for h in HOSTS] == [Status.UP, Status.UP, Status.DISCONNECTED]
+    assert set(server.ping_map.hosts()) == set(HOSTS)  # h3 with its fresh grace
