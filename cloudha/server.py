@@ -28,6 +28,7 @@ it again on every round until it succeeds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -43,7 +44,7 @@ from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder
 from cloudha.fencing.chain import FenceChain, FenceRunner
 from cloudha.fencing.registry import FencerContext, build_fence_chain
 from cloudha.ha.manager import HighAvailabilityManager
-from cloudha.ha.store import WorkStore, create_schema
+from cloudha.ha.store import Work, WorkStore, create_schema
 from cloudha.investigators import InvestigatorChain, InvestigatorContext, build_chain
 from cloudha.model import Host, ReasonType, VmState
 from cloudha.oobm.manager import (
@@ -198,6 +199,10 @@ class ManagementServer:
             from the ports (:func:`cloudha.investigators.build_chain`).
         fence_chain: the fence chain to use instead of the one built from the
             ports (:func:`cloudha.fencing.build_fence_chain`).
+        work_seconds: 0 (production): a worker claims and processes a work in
+            one tick. Above 0 (the simulator): a worker's tick claims, it
+            holds the claim that long, and its next tick processes the work,
+            so a server that dies meanwhile dies holding the claim.
 
     A port missing a method of its Protocol raises :class:`ConfigurationError`
     naming the port and the method.
@@ -230,6 +235,7 @@ class ManagementServer:
         discover_plugins: bool = True,
         investigators: InvestigatorChain | None = None,
         fence_chain: FenceChain | None = None,
+        work_seconds: float = 0.0,
     ) -> None:
         if not isinstance(settings, Settings):
             raise ConfigurationError("settings must be a cloudha.Settings", key="settings")
@@ -279,6 +285,8 @@ class ManagementServer:
         self.direct_resources = direct_resources
         self.thread_factory = thread_factory
         self.recorder = Recorder(self.evidence, clock, server_id)
+        self.scheduler = _Scheduler(self)
+        """What the agent manager hands Down hosts to (the HA manager, then a wake-up)."""
         self.ping_map = PingMap(clock)
         control = hypervisor if isinstance(hypervisor, HypervisorControl) else None
         self.oobm_configs: OobmConfigSource = (
@@ -349,7 +357,7 @@ class ManagementServer:
             directory=directory,
             gateway=gateway,
             chain=self.investigators,
-            scheduler=_Scheduler(self),
+            scheduler=self.scheduler,
             alerts=alerts,
             evidence=self.evidence,
             ping_map=self.ping_map,
@@ -359,6 +367,14 @@ class ManagementServer:
         self.monitor = MonitorTask(self.agents)
         self.on_work_added: Callable[[], None] = self._wake_workers
         """Called after work was added; by default wakes the worker threads."""
+        if not (isinstance(work_seconds, int | float) and 0.0 <= work_seconds < float("inf")):
+            raise ConfigurationError(
+                f"work_seconds must be a finite number >= 0, got {work_seconds!r}",
+                key="work_seconds",
+                value=work_seconds,
+            )
+        self.work_seconds = float(work_seconds)
+        self._held: dict[int, Work] = {}
         self._recovered = False
         self._connected: frozenset[str] = frozenset()
         self._cleanup_due = False
@@ -424,10 +440,24 @@ class ManagementServer:
             delay = min(delay, self.settings.ping_interval)
         return delay
 
-    def work_tick(self) -> float:
-        """One HA worker round: process one due work; 0 when one was processed."""
-        busy = self.ha.process_next() is not None
-        return 0.0 if busy else self.settings.time_to_sleep
+    def work_tick(self, worker: int = 0) -> float:
+        """One HA worker round: process one due work; 0 when one was processed.
+
+        With :attr:`work_seconds` above 0 the round is split: a tick claims
+        a work and returns ``work_seconds``; the worker's next tick processes it.
+        """
+        if self.work_seconds <= 0.0:
+            busy = self.ha.process_next() is not None
+            return 0.0 if busy else self.settings.time_to_sleep
+        held = self._held.pop(worker, None)
+        if held is not None:
+            self.ha.process(held)
+            return 0.0
+        work = self.store.claim(self.server_id)
+        if work is None:
+            return self.settings.time_to_sleep
+        self._held[worker] = work
+        return self.work_seconds
 
     def cleanup_tick(self) -> float:
         """One cleanup round (the first only waits ``time.between.cleanup``)."""
@@ -468,7 +498,7 @@ class ManagementServer:
         if self.oobm.driver_names:
             loops.append(Loop("OobmSync", self.oobm_sync.tick))
         loops.extend(
-            Loop(f"HA-Worker-{i}", self.work_tick, wake_on_work=True)
+            Loop(f"HA-Worker-{i}", functools.partial(self.work_tick, i), wake_on_work=True)
             for i in range(self.settings.ha_workers)
         )
         loops.append(Loop("HA-Cleanup", self.cleanup_tick))

@@ -1,31 +1,31 @@
 """The deterministic simulator: the real library on virtual time.
 
 Simulated hosts run agents that ping, VMs, and a network that faults can
-cut; the management server side is the real :class:`~cloudha.detection.AgentManager`,
-:class:`~cloudha.detection.MonitorTask`, :class:`~cloudha.detection.PingTask`
-and status machine, driven by a :class:`~cloudha.testing.FakeClock` through
-a discrete-event queue. The same scenario and seed always give the same
-document (ARCHITECTURE.md §3.1).
+cut; each management server process is one :class:`cloudha.ManagementServer`
+(a restart builds a new one on the same durable state: the host table, the
+VM rows and the SQL work queue), whose loops (:meth:`~cloudha.ManagementServer.loops`:
+the monitor, the HA workers, the cleanup, the direct hosts' ping tasks) are
+driven by a :class:`~cloudha.testing.FakeClock` through a discrete-event
+queue. The same scenario and seed always give the same document
+(ARCHITECTURE.md §3.1).
 
-What is simulated in this version: host power, agent processes, the
-management network (per host, per management server), management server
-crash and restart (the host table survives, memory does not), shared
-storage pools with each KVM host's real heartbeat writer plan
-(:func:`cloudha.heartbeat.writer_plan`, self-fencing included), the real
-heartbeat checker on neighbours, the built-in investigator chain over
-simulated agents and hypervisor connections, BMCs (power state read and
-switched through the real :class:`~cloudha.oobm.OutOfBandManager`, with
-``bmc_down``/``bmc_up``), the real fence chain in the HA path, and the
-invariant checker.
+What is simulated in this version: host power, agent processes (which report
+their VMs when they connect: VM sync), the management network (per host, per
+management server), management server crash and restart (recovery from
+durable state), shared storage pools with each KVM host's real heartbeat
+writer plan (:func:`cloudha.heartbeat.writer_plan`, self-fencing included),
+the real heartbeat checker on neighbours, BMCs (read and switched through the
+server's :class:`~cloudha.oobm.OutOfBandManager`, with ``bmc_down``/``bmc_up``),
+orchestrator outages (every VM orchestrator and host directory call of the
+server fails), and the invariant checker.
 
-The HA path is the real :class:`~cloudha.ha.manager.HighAvailabilityManager`
-on an in-memory SQLite work queue that survives management server crashes
-(like the cloud's database): ``ha.workers`` simulated workers claim due works,
-each work takes :data:`WORK_SECONDS` of virtual time between its claim and its
-processing (so an ``ms_crash`` can hit a claimed work), and VMs are started
-through a simulated orchestrator on the least loaded Up host of the same zone
-and hypervisor with room (``capacity``). Other synchronous calls (a BMC or an
-agent that times out) take no virtual time.
+HA works run through the server's own worker loops on an in-memory SQLite
+work queue that survives management server crashes; a worker holds a claimed
+work :data:`WORK_SECONDS` of virtual time before processing it
+(``ManagementServer(work_seconds=...)``), so an ``ms_crash`` can hit a claimed
+work. VMs are started through a simulated orchestrator on the least loaded Up,
+Enabled host of the same zone and hypervisor with room (``capacity``). Other
+synchronous calls (a BMC or an agent that times out) take no virtual time.
 """
 
 from __future__ import annotations
@@ -42,12 +42,9 @@ import attrs
 import sqlalchemy as sa
 
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM, FENCE, PING_TEST
-from cloudha.detection import AgentManager, MonitorTask, PingTask
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Evidence, Recorder
 from cloudha.fencing.chain import FenceChain, FenceDecision, InlineRunner
-from cloudha.fencing.registry import FencerContext, build_fence_chain
-from cloudha.ha.manager import HighAvailabilityManager
 from cloudha.ha.orchestrator import (
     ConcurrentOperationError,
     InsufficientCapacityError,
@@ -56,7 +53,7 @@ from cloudha.ha.orchestrator import (
     StartParams,
     UnknownVmError,
 )
-from cloudha.ha.store import Step, WorkStore, create_schema, op_ha_work
+from cloudha.ha.store import Step, WorkStore, create_schema
 from cloudha.heartbeat import (
     HeartbeatChecker,
     HeartbeatTiming,
@@ -68,7 +65,6 @@ from cloudha.heartbeat import (
     heartbeat_path,
     writer_plan,
 )
-from cloudha.investigators import InvestigatorContext, build_chain
 from cloudha.model import (
     Host,
     HypervisorType,
@@ -79,7 +75,7 @@ from cloudha.model import (
     VmPowerState,
     VmState,
 )
-from cloudha.oobm.manager import OobmSyncTask, OutOfBandManager, StaticOobmConfigs
+from cloudha.oobm.manager import StaticOobmConfigs
 from cloudha.oobm.power import (
     BasePowerDriver,
     OobmConfig,
@@ -95,7 +91,8 @@ from cloudha.ports import (
     PingReport,
     StatusChange,
 )
-from cloudha.server import HostVmSync
+from cloudha.runtime import Loop
+from cloudha.server import ManagementServer
 from cloudha.status import Status
 from cloudha.testing.clock import FakeClock
 from cloudha.testing.fakes import (
@@ -166,85 +163,47 @@ class _SimVm:
 
 
 class _ManagementServer:
+    """One management server process: a :class:`~cloudha.ManagementServer` and its epoch."""
+
     def __init__(self, sim: Simulation, epoch: int) -> None:
         self.epoch = epoch
         self.alive = True
         self.started_at = sim.clock.monotonic()
-        gateway = _Gateway(sim)
-        hypervisors = _Hypervisors(sim)
-        recorder = Recorder(sim.timeline, sim.clock, MANAGEMENT_SERVER_ID)
-        self.oobm = OutOfBandManager(
-            clock=sim.clock,
-            configs=sim.oobm_configs,
-            drivers=[_SimPowerDriver(sim, "ipmi"), _SimPowerDriver(sim, "redfish")],
+        self.server = ManagementServer(
             settings=sim.settings,
+            clock=sim.clock,
+            directory=sim.server_directory,
+            gateway=_Gateway(sim),
+            orchestrator=sim.orchestrator,
             alerts=sim.alerts,
-            recorder=recorder,
+            store=sim.store,
+            evidence=sim.timeline,
+            server_id=MANAGEMENT_SERVER_ID,
+            oobm_drivers=[_SimPowerDriver(sim, "ipmi"), _SimPowerDriver(sim, "redfish")],
+            oobm_configs=sim.oobm_configs,
+            pools=sim.pools,
+            hypervisor=_Hypervisors(sim),
+            direct_resources=_DirectResource(sim),
+            fence_runner=InlineRunner(sim.clock),
+            discover_plugins=False,
+            work_seconds=WORK_SECONDS,
         )
-        self.oobm_sync = OobmSyncTask(
-            self.oobm, lambda: [h for h in sim.server_directory.list_hosts() if h.id in sim.hosts]
-        )
-        chain = build_fence_chain(
-            FencerContext(
-                clock=sim.clock,
-                directory=sim.server_directory,
-                gateway=gateway,
-                settings=sim.settings,
-                pools=sim.pools,
-                oobm=self.oobm,
-                hypervisor_control=hypervisors,
-                alerts=sim.alerts,
-                recorder=recorder,
-                runner=InlineRunner(sim.clock),
-            ),
-            discover=False,
-        )
-        self.fence_chain = _WatchedFenceChain(
+        chain = self.server.fence_chain
+        watched = _WatchedFenceChain(
             chain.levels,
             clock=chain.clock,
             runner=chain.runner,
             alerts=chain.alerts,
             recorder=chain.recorder,
         )
-        self.fence_chain.sim = sim
-        investigators = build_chain(
-            InvestigatorContext(
-                clock=sim.clock,
-                directory=sim.server_directory,
-                gateway=gateway,
-                settings=sim.settings,
-                pools=sim.pools,
-                hypervisor_probe=hypervisors,
-            ),
-            discover=False,
-        )
-        self.ha = HighAvailabilityManager(
-            server_id=MANAGEMENT_SERVER_ID,
-            store=sim.store,
-            orchestrator=sim.orchestrator,
-            directory=sim.server_directory,
-            investigators=investigators,
-            fence_chain=self.fence_chain,
-            settings=sim.settings,
-            clock=sim.clock,
-            alerts=sim.alerts,
-            evidence=sim.timeline,
-        )
-        self.idle_workers: set[int] = set()
-        self.recovered = False
-        self.agents = AgentManager(
-            management_server_id=MANAGEMENT_SERVER_ID,
-            settings=sim.settings,
-            clock=sim.clock,
-            directory=sim.server_directory,
-            gateway=gateway,
-            chain=investigators,
-            scheduler=sim.scheduler,
-            alerts=sim.alerts,
-            evidence=sim.timeline,
-            vm_sync=HostVmSync(sim.orchestrator, self.ha, recorder),
-        )
-        self.monitor = MonitorTask(self.agents)
+        watched.sim = sim
+        self.server.ha.fence_chain = watched  # the invariant checker sees every fence
+        self.agents = self.server.agents
+        self.ha = self.server.ha
+        self.oobm = self.server.oobm
+        self.monitor = self.server.monitor
+        self.idle_workers: set[str] = set()
+        self.loop_token: dict[str, int] = {}
 
 
 class _Gateway:
@@ -396,21 +355,21 @@ class _SimPowerDriver(BasePowerDriver):
         return PowerResult(operation, True)
 
 
-class _SchedulerTap:
-    """What the agent manager calls on a Down host: recorded, then the current HA manager."""
+class _CurrentScheduler:
+    """The HA scheduler of the management server running now (``ManagementServer.scheduler``)."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
-        self.scheduled: list[ScheduledRestart] = []
 
     def schedule_restart_for_vms_on_host(
         self, host: Host, *, investigate: bool, reason: ReasonType
     ) -> None:
         ms = self.sim.ms
-        assert ms is not None
-        ms.ha.schedule_restart_for_vms_on_host(host, investigate=investigate, reason=reason)
-        self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
-        self.sim.wake_workers(ms.epoch)
+        if ms is None or not ms.alive:
+            raise ProbeConnectionError("no management server is running")
+        ms.server.scheduler.schedule_restart_for_vms_on_host(
+            host, investigate=investigate, reason=reason
+        )
 
 
 class _WatchedFenceChain(FenceChain):
@@ -639,7 +598,8 @@ class Simulation:
         self.timeline = _Timeline()
         self.recorder = Recorder(self.timeline, self.clock, "simulator")
         self.alerts = RecordingAlertSink()
-        self.scheduler = _SchedulerTap(self)
+        self.scheduled: list[ScheduledRestart] = []
+        self.scheduler = _CurrentScheduler(self)
         self.engine = sa.create_engine(
             "sqlite://",
             poolclass=sa.pool.StaticPool,
@@ -714,6 +674,9 @@ class Simulation:
         return found
 
     def _watch(self, evidence: Evidence) -> None:
+        if evidence.kind == "ha_scheduled" and evidence.host is not None:
+            reason = ReasonType(str(evidence.details.get("ha_reason", "HostDown")))
+            self.scheduled.append(ScheduledRestart(evidence.host, True, reason))
         if evidence.kind == "ha_work" and evidence.vm is not None:
             self.ha_seen[evidence.vm] = evidence.t
         if (
@@ -782,150 +745,73 @@ class Simulation:
     # -- management server ---------------------------------------------------
 
     def _start_ms(self, *, first: bool) -> None:
+        """Start a management server process on the durable state (SQL, host table)."""
         self._epoch += 1
         ms = _ManagementServer(self, self._epoch)
         self.ms = ms
-        if first:
-            for host in self.directory.list_hosts():
-                ms.agents.ping_map.connect(host.id, host.type)
-        else:
-            self._recover(ms)
+        epoch = ms.epoch
+        server = ms.server
+        server.on_work_added = lambda: self.wake_workers(epoch)
+        # The first start joins a running cloud whose agents are connected.
+        connected = [h.id for h in self.directory.list_hosts()] if first else ()
+        server.recover(connected=connected)
+        now = self.clock.monotonic()
         interval = self.settings.ping_interval
-        resource = _DirectResource(self)
+        loops = {loop.name: loop for loop in server.loops()}
         for host_id, sim_host in self.hosts.items():
-            if sim_host.spec.hypervisor.has_direct_agent:
-                row = self.directory.find_host(host_id)
-                assert row is not None
-                task = PingTask(
-                    row,
-                    resource,
-                    self._direct_ping(ms, host_id),
-                    settings=self.settings,
-                    clock=self.clock,
-                )
-                self.at(
-                    self.clock.monotonic() + self.rng.uniform(0.0, interval),
-                    functools.partial(self._ping_task_tick, task, ms.epoch),
-                )
-        self.at(
-            self.clock.monotonic() + ms.monitor.next_delay(), lambda: self._monitor_tick(ms.epoch)
-        )
-        if self.oobm_configs.host_ids():
-            self.at(self.clock.monotonic(), lambda: self._oobm_tick(ms.epoch))
-        if first:
-            ms.ha.recover()
-            ms.recovered = True
-        for worker in range(self.settings.ha_workers):
-            self.at(self.clock.monotonic(), functools.partial(self._ha_worker, ms.epoch, worker))
-        self.at(
-            self.clock.monotonic() + self.settings.time_between_cleanup,
-            lambda: self._ha_cleanup(ms.epoch),
-        )
+            loop = loops.pop(f"PingTask-{host_id}", None)
+            if loop is not None and sim_host.spec.hypervisor.has_direct_agent:
+                self._schedule_loop(ms, loop, now + self.rng.uniform(0.0, interval))
+        for name, loop in loops.items():
+            if name == "AgentMonitor":
+                self._schedule_loop(ms, loop, now + server.monitor.next_delay())
+            elif name == "OobmSync":
+                # The readiness sync, one host after the other (deterministic order).
+                if self.oobm_configs.host_ids():
+                    self.at(now, lambda: self._oobm_tick(epoch))
+            elif not name.startswith("PingTask-"):
+                self._schedule_loop(ms, loop, now)
 
-    def _recover(self, ms: _ManagementServer) -> None:
-        """A restart takes up from durable state alone; retried each monitor round until done."""
-        force = self.settings.force_ha
+    # -- the server's loops on virtual time ---------------------------------------
 
-        def needs_hand_over(host: Host) -> bool:
-            return any(
-                (vm.ha_enabled or force) and not ms.ha.has_pending_ha_work(vm.id)
-                for vm in self.orchestrator.list_vms_on_host(host.id)
-            )
+    def _schedule_loop(self, ms: _ManagementServer, loop: Loop, when: float) -> None:
+        token = ms.loop_token.get(loop.name, 0) + 1
+        ms.loop_token[loop.name] = token
+        self.at(when, functools.partial(self._loop_tick, ms.epoch, loop, token))
 
-        try:
-            ms.ha.recover()
-            ms.agents.recover(needs_hand_over=needs_hand_over)
-        except Exception as exc:
-            self.recorder.emit("recovery_failed", reason=f"recovery failed: {exc}")
-            return
-        ms.recovered = True
-        self.wake_workers(ms.epoch)
-
-    # -- HA workers ------------------------------------------------------------
-
-    def _ha_worker(self, epoch: int, worker: int) -> None:
-        """One HA worker: claim a due work, or sleep ``time.to.sleep`` (woken by scheduling)."""
+    def _loop_tick(self, epoch: int, loop: Loop, token: int) -> None:
         ms = self._current(epoch)
-        if ms is None:
-            return
-        ms.idle_workers.discard(worker)
-        work = ms.ha.store.claim(ms.ha.server_id)
-        if work is None:
-            ms.idle_workers.add(worker)
-            self.at(
-                self.clock.monotonic() + self.settings.time_to_sleep,
-                functools.partial(self._ha_wake, epoch, worker),
-            )
-            return
-
-        def process() -> None:
-            if self._current(epoch) is None:
-                return  # the server died holding the claim; its next start releases it
-            ms.ha.process(work)
-            self._ha_worker(epoch, worker)
-
-        self.at(self.clock.monotonic() + WORK_SECONDS, process)
-
-    def _ha_wake(self, epoch: int, worker: int) -> None:
-        ms = self._current(epoch)
-        if ms is not None and worker in ms.idle_workers:
-            self._ha_worker(epoch, worker)
+        if ms is None or ms.loop_token.get(loop.name) != token:
+            return  # the server died, or a wake-up ran this loop meanwhile
+        ms.idle_workers.discard(loop.name)
+        delay = loop.tick()
+        if loop.wake_on_work and delay >= self.settings.time_to_sleep:
+            ms.idle_workers.add(loop.name)  # nothing was due: woken by new work
+        self._schedule_loop(ms, loop, self.clock.monotonic() + delay)
 
     def wake_workers(self, epoch: int) -> None:
         """Scheduling wakes the idle workers at once."""
         ms = self._current(epoch)
         if ms is None:
             return
-        for worker in sorted(ms.idle_workers):
-            self.at(self.clock.monotonic(), functools.partial(self._ha_wake, epoch, worker))
-
-    def _ha_cleanup(self, epoch: int) -> None:
-        ms = self._current(epoch)
-        if ms is None:
-            return
-        ms.ha.cleanup()
-        self.at(
-            self.clock.monotonic() + self.settings.time_between_cleanup,
-            lambda: self._ha_cleanup(epoch),
-        )
+        loops = {loop.name: loop for loop in ms.server.loops() if loop.wake_on_work}
+        for name in sorted(ms.idle_workers):
+            ms.idle_workers.discard(name)
+            self._schedule_loop(ms, loops[name], self.clock.monotonic())
 
     def _oobm_tick(self, epoch: int) -> None:
         ms = self._current(epoch)
         if ms is None:
             return
         ms.oobm.sync([h for h in self.directory.list_hosts() if h.id in self.hosts], parallel=False)
-        self.at(self.clock.monotonic() + ms.oobm_sync.interval, lambda: self._oobm_tick(epoch))
+        interval = ms.server.oobm_sync.interval
+        self.at(self.clock.monotonic() + interval, lambda: self._oobm_tick(epoch))
 
     def _current(self, epoch: int) -> _ManagementServer | None:
         ms = self.ms
         if ms is None or not ms.alive or ms.epoch != epoch:
             return None
         return ms
-
-    def _monitor_tick(self, epoch: int) -> None:
-        ms = self._current(epoch)
-        if ms is None:
-            return
-        if not ms.recovered:
-            self._recover(ms)
-        delay = ms.monitor.tick()
-        if not ms.recovered:
-            delay = min(delay, self.settings.ping_interval)
-        self.at(self.clock.monotonic() + delay, lambda: self._monitor_tick(epoch))
-
-    def _ping_task_tick(self, task: PingTask, epoch: int) -> None:
-        if self._current(epoch) is None:
-            return
-        delay = task.tick()
-        self.at(self.clock.monotonic() + delay, lambda: self._ping_task_tick(task, epoch))
-
-    def _direct_ping(self, ms: _ManagementServer, host_id: str) -> Callable[[PingReport], None]:
-        def on_ping(report: PingReport) -> None:
-            if not ms.agents.ping_received(report):
-                # The host answers but is no longer monitored: load it again.
-                ms.agents.agent_connected(host_id)
-
-        return on_ping
 
     # -- agents ---------------------------------------------------------------
 
@@ -1218,7 +1104,7 @@ class Simulation:
             "invariants": self._invariants(vms),
             "ha_scheduled": [
                 {"host": s.host_id, "investigate": s.investigate, "reason": str(s.reason)}
-                for s in self.scheduler.scheduled
+                for s in self.scheduled
             ],
         }
 
@@ -1251,17 +1137,16 @@ class Simulation:
         stuck = 0
         ms = self.ms
         if ms is not None and ms.alive:
-            with self.engine.begin() as conn:
-                rows = conn.execute(
-                    sa.select(op_ha_work.c.taken).where(
-                        op_ha_work.c.mgmt_server_id.is_not(None),
-                        op_ha_work.c.step.not_in(
-                            [Step.DONE.value, Step.CANCELLED.value, Step.ERROR.value]
-                        ),
-                    )
-                ).all()
+            finished = (Step.DONE, Step.CANCELLED, Step.ERROR)
             started = ms.started_at
-            stuck = sum(1 for (taken,) in rows if taken.timestamp() < started)
+            stuck = sum(
+                1
+                for work in self.store.works_for_vms(sorted(self.vms))
+                if work.mgmt_server_id is not None
+                and work.step not in finished
+                and work.taken is not None
+                and work.taken.timestamp() < started
+            )
         return len(missing) + stuck
 
     def _capacity_elsewhere(self, dead_host: str) -> bool:
