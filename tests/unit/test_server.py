@@ -17,6 +17,7 @@ from cloudha import (
     Host,
     InvestigatorChain,
     ManagementServer,
+    ReasonType,
     Settings,
     Status,
     StatusChange,
@@ -419,3 +420,28 @@ def test_a_first_start_with_connected_agents_monitors_them_without_marking_them(
     assert server.recover(connected=["h1", "h2"])
     assert [cloud.status(h) for h in HOSTS] == [Status.UP, Status.UP, Status.DISCONNECTED]
     assert set(server.ping_map.hosts()) == set(HOSTS)  # h3 with its fresh grace
+
+
+def test_with_work_seconds_a_worker_holds_its_claim_for_one_tick() -> None:
+    cloud = Cloud()
+    server = cloud.server(work_seconds=2.5)
+    server.recover()
+    cloud.kill("h1")
+    cloud.set_status("h1", Status.DOWN)
+    host = cloud.directory.find_host("h1")
+    assert host is not None
+    server.scheduler.schedule_restart_for_vms_on_host(
+        host, investigate=True, reason=ReasonType.HOST_DOWN
+    )
+    assert server.work_tick(0) == 2.5  # claimed, held
+    (work,) = server.store.works_for_vm("vm1")
+    assert work.mgmt_server_id == "ms1"
+    assert work.step is Step.INVESTIGATING
+    assert server.work_tick(0) == 0.0  # processed
+    (work,) = server.store.works_for_vm("vm1")
+    assert work.step is Step.DONE
+
+
+def test_work_seconds_must_be_finite_and_not_negative() -> None:
+    with pytest.raises(ConfigurationError, match="work_seconds"):
+        Cloud().server(work_seconds=-1)
