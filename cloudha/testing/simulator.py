@@ -970,88 +970,114 @@ class Simulation:
         self.recorder.emit(
             "fault", reason="fault injected", fault=kind, target=target, status="applied"
         )
-        host = self.hosts.get(target) if target is not None else None
+        FAULT_EFFECTS[kind](self, target)
+
+    def _fault_host_crash(self, target: str | None) -> None:
+        host = self._target_host(target)
+        self._power_off(host)
+
+    def _fault_host_recover(self, target: str | None) -> None:
+        host = self._target_host(target)
         now = self.clock.monotonic()
-        if kind == "host_crash":
-            assert host is not None
-            self._power_off(host)
-        elif kind == "host_recover":
-            assert host is not None
-            if not host.powered:
-                host.powered = True
-                self.at(now + BOOT_SECONDS, lambda: self._boot_done(host))
-            elif host.hung:
-                self._unhang(host)
-        elif kind == "host_hang":
-            assert host is not None
-            if host.powered and not host.hung:
-                host.hung = True
-                host.agent_running = host.connected = False
-                for vm in self.vms.values():
-                    if host.spec.id in vm.running_on:
-                        vm.running_on.discard(host.spec.id)
-                        vm.frozen_on.add(host.spec.id)
-        elif kind == "bmc_down":
-            assert host is not None
-            host.bmc_up = False
-        elif kind == "bmc_up":
-            assert host is not None
-            host.bmc_up = True
-        elif kind == "agent_stop":
-            assert host is not None
-            was_connected = host.connected and self.reachable(host)
+        if not host.powered:
+            host.powered = True
+            self.at(now + BOOT_SECONDS, lambda: self._boot_done(host))
+        elif host.hung:
+            self._unhang(host)
+
+    def _fault_host_hang(self, target: str | None) -> None:
+        host = self._target_host(target)
+        if host.powered and not host.hung:
+            host.hung = True
             host.agent_running = host.connected = False
-            if was_connected and not host.spec.hypervisor.has_direct_agent:
-                assert self.ms is not None
-                self.ms.agents.agent_link_closed(host.spec.id)  # the socket closes at once
-        elif kind == "agent_start":
-            assert host is not None
-            if host.powered and not host.agent_running:
-                host.agent_running = True
-                self.at(now + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
-        elif kind == "mgmt_partition":
-            assert host is not None
-            host.mgmt_link = False
-        elif kind == "mgmt_heal":
-            assert host is not None
-            host.mgmt_link = True
-        elif kind == "host_isolation":
-            assert host is not None
-            host.isolated = True
-        elif kind == "host_heal":
-            assert host is not None
-            host.isolated = False
-        elif kind == "heartbeat_stop":
-            assert host is not None
-            host.heartbeat_running = False
-        elif kind == "heartbeat_start":
-            assert host is not None
-            if not host.heartbeat_running:
-                host.heartbeat_running = True
-                if host.powered and self._writes_heartbeat(host):
-                    self._start_writer(host, 0.0)
-        elif kind == "storage_outage":
-            assert target is not None
-            self.storage_out.add(target)
-        elif kind == "storage_heal":
-            assert target is not None
-            self.storage_out.discard(target)
-        elif kind == "ms_crash":
-            if self.ms is not None and self.ms.alive:
-                self.ms.alive = False
-                for sim_host in self.hosts.values():
-                    sim_host.connected = False
-        elif kind == "ms_restart":
-            if self.ms is None or not self.ms.alive:
-                self._start_ms(first=False)
-        elif kind == "ms_isolation":
-            self.ms_isolated = True
-        elif kind == "ms_heal":
-            self.ms_isolated = False
-        elif kind == "orchestrator_outage":
-            self.orchestrator_out = True
-        elif kind == "orchestrator_heal":
-            self.orchestrator_out = False
+            for vm in self.vms.values():
+                if host.spec.id in vm.running_on:
+                    vm.running_on.discard(host.spec.id)
+                    vm.frozen_on.add(host.spec.id)
+
+    def _fault_bmc_down(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.bmc_up = False
+
+    def _fault_bmc_up(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.bmc_up = True
+
+    def _fault_agent_stop(self, target: str | None) -> None:
+        host = self._target_host(target)
+        was_connected = host.connected and self.reachable(host)
+        host.agent_running = host.connected = False
+        if was_connected and not host.spec.hypervisor.has_direct_agent:
+            assert self.ms is not None
+            self.ms.agents.agent_link_closed(host.spec.id)  # the socket closes at once
+
+    def _fault_agent_start(self, target: str | None) -> None:
+        host = self._target_host(target)
+        now = self.clock.monotonic()
+        if host.powered and not host.agent_running:
+            host.agent_running = True
+            self.at(now + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
+
+    def _fault_mgmt_partition(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.mgmt_link = False
+
+    def _fault_mgmt_heal(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.mgmt_link = True
+
+    def _fault_host_isolation(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.isolated = True
+
+    def _fault_host_heal(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.isolated = False
+
+    def _fault_heartbeat_stop(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.heartbeat_running = False
+
+    def _fault_heartbeat_start(self, target: str | None) -> None:
+        host = self._target_host(target)
+        if not host.heartbeat_running:
+            host.heartbeat_running = True
+            if host.powered and self._writes_heartbeat(host):
+                self._start_writer(host, 0.0)
+
+    def _fault_storage_outage(self, target: str | None) -> None:
+        assert target is not None
+        self.storage_out.add(target)
+
+    def _fault_storage_heal(self, target: str | None) -> None:
+        assert target is not None
+        self.storage_out.discard(target)
+
+    def _fault_ms_crash(self, target: str | None) -> None:
+        if self.ms is not None and self.ms.alive:
+            self.ms.alive = False
+            for sim_host in self.hosts.values():
+                sim_host.connected = False
+
+    def _fault_ms_restart(self, target: str | None) -> None:
+        if self.ms is None or not self.ms.alive:
+            self._start_ms(first=False)
+
+    def _fault_ms_isolation(self, target: str | None) -> None:
+        self.ms_isolated = True
+
+    def _fault_ms_heal(self, target: str | None) -> None:
+        self.ms_isolated = False
+
+    def _fault_orchestrator_outage(self, target: str | None) -> None:
+        self.orchestrator_out = True
+
+    def _fault_orchestrator_heal(self, target: str | None) -> None:
+        self.orchestrator_out = False
+
+    def _target_host(self, target: str | None) -> _SimHost:
+        assert target is not None  # the scenario parser checked it names a host
+        return self.hosts[target]
 
     def _unhang(self, host: _SimHost) -> None:
         """The hang ends: frozen VMs run again where they were, the agent and writer go on."""
@@ -1160,6 +1186,32 @@ class Simulation:
             if load < capacity:
                 return True
         return False
+
+
+FAULT_EFFECTS: dict[str, Callable[[Simulation, str | None], None]] = {
+    "host_crash": Simulation._fault_host_crash,
+    "host_recover": Simulation._fault_host_recover,
+    "host_hang": Simulation._fault_host_hang,
+    "bmc_down": Simulation._fault_bmc_down,
+    "bmc_up": Simulation._fault_bmc_up,
+    "agent_stop": Simulation._fault_agent_stop,
+    "agent_start": Simulation._fault_agent_start,
+    "mgmt_partition": Simulation._fault_mgmt_partition,
+    "mgmt_heal": Simulation._fault_mgmt_heal,
+    "host_isolation": Simulation._fault_host_isolation,
+    "host_heal": Simulation._fault_host_heal,
+    "heartbeat_stop": Simulation._fault_heartbeat_stop,
+    "heartbeat_start": Simulation._fault_heartbeat_start,
+    "storage_outage": Simulation._fault_storage_outage,
+    "storage_heal": Simulation._fault_storage_heal,
+    "ms_crash": Simulation._fault_ms_crash,
+    "ms_restart": Simulation._fault_ms_restart,
+    "ms_isolation": Simulation._fault_ms_isolation,
+    "ms_heal": Simulation._fault_ms_heal,
+    "orchestrator_outage": Simulation._fault_orchestrator_outage,
+    "orchestrator_heal": Simulation._fault_orchestrator_heal,
+}
+"""What each fault kind does to the simulated world, keyed by kind (the scenario's ``kind``)."""
 
 
 def simulate(scenario: Scenario | Mapping[str, Any] | str | Path) -> dict[str, Any]:

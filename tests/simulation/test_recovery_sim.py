@@ -129,3 +129,10 @@ def test_the_planner_restarts_only_onto_enabled_hosts() -> None:
     assert doc["invariants"] == CLEAN
     assert doc["final"]["vms"]["vm2"] == {"state": "Running", "host": "h1"}
     assert doc["final"]["vms"]["vm3"] == {"state": "Running", "host": "h1"}
+
+
+def test_every_fault_kind_has_exactly_one_effect() -> None:
+    from cloudha.testing.scenario import FAULT_KINDS
+    from cloudha.testing.simulator import FAULT_EFFECTS
+
+    assert set(FAULT_EFFECTS) == set(FAULT_KINDS)
