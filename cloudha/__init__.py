@@ -103,7 +103,11 @@ from cloudha.ports import Router as Router
 from cloudha.ports import StatusChange as StatusChange
 from cloudha.ports import StoragePoolDirectory as StoragePoolDirectory
 from cloudha.ports import VmNetworkDirectory as VmNetworkDirectory
+from cloudha.ports import VmOrchestrator as VmOrchestrator
+from cloudha.ports import VmSync as VmSync
+from cloudha.runtime import Loop as Loop
 from cloudha.runtime import Pump as Pump
+from cloudha.server import ManagementServer as ManagementServer
 from cloudha.settings import Settings as Settings
 from cloudha.status import Event as Event
 from cloudha.status import Status as Status
@@ -170,8 +174,10 @@ __all__ = [
     "KVMInvestigator",
     "LibvirtFencer",
     "LifecycleError",
+    "Loop",
     "MaintenanceChecker",
     "ManagementIPInvestigator",
+    "ManagementServer",
     "MigrationFailureSink",
     "MissingExtraError",
     "MonitorTask",
@@ -208,8 +214,10 @@ __all__ = [
     "Verdict",
     "Vm",
     "VmNetworkDirectory",
+    "VmOrchestrator",
     "VmPowerState",
     "VmState",
+    "VmSync",
     "VmType",
     "XenServerInvestigator",
     "build_chain",

@@ -15,14 +15,17 @@ bug and logged with its traceback.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
 from cloudha.ha.work import Step, Work, WorkType
 from cloudha.model import AlertType, Host, Pool, ReasonType, Vm, VmState, VmType
 from cloudha.status import Event, Status
+
+if TYPE_CHECKING:
+    from cloudha.ha.orchestrator import Planner, StartParams
 
 __all__ = [
     "KEEP",
@@ -49,6 +52,8 @@ __all__ = [
     "StatusChange",
     "StoragePoolDirectory",
     "VmNetworkDirectory",
+    "VmOrchestrator",
+    "VmSync",
     "Watchdog",
     "WorkStore",
 ]
@@ -516,3 +521,132 @@ class Watchdog(Protocol):
 
     def close(self, *, disarm: bool) -> None:
         """Release the device, stopping the countdown only when ``disarm``."""
+
+
+@runtime_checkable
+class VmOrchestrator(Protocol):
+    """The VM manager the HA work queue drives (CloudStack ``VirtualMachineManager``).
+
+    Contract:
+
+    * Thread-safe: called from several HA worker threads at once, possibly
+      for the same VM. Methods may block (they talk to a database or to
+      hypervisors); adapters bound every wait with their own timeouts.
+    * Every change of a VM's state increments its :attr:`Vm.updated`
+      counter; a call that changes nothing leaves it alone.
+    * Infrastructure faults (a hypervisor that does not answer) are raised as
+      :class:`~cloudha.errors.ProbeError` subclasses; an operation that timed
+      out may still take effect later, so an adapter that cannot tell leaves
+      the VM ``Unknown`` on that host and a forced stop is needed before the
+      next start.
+    * Fencing tokens: :meth:`advance_start` refuses a generation lower than
+      or equal to the highest one already used for the VM
+      (:class:`~cloudha.ha.orchestrator.StaleGenerationError`), checked
+      before anything else happens.
+      A generation is used once a start with it has begun; a start refused
+      for want of capacity (or any other definite failure before the VM was
+      started) does not use it, so the HA planner fallback may retry with
+      the same generation.
+    """
+
+    def find_vm(self, vm_id: str) -> Vm | None:
+        """A snapshot of the VM, or None when there is no such VM."""
+        ...
+
+    def list_vms_on_host(self, host_id: str) -> Sequence[Vm]:
+        """Snapshots of the VMs whose ``host_id`` is ``host_id``, sorted by id."""
+        ...
+
+    def advance_stop(self, vm: Vm, *, force: bool) -> None:
+        """Stop the VM (re-read by ``vm.id``) wherever it runs and mark it Stopped.
+
+        ``force=True`` powers it off at once (the HA path after fencing);
+        ``force=False`` asks the guest to shut down. On return the VM is
+        ``Stopped`` with ``host_id`` None and ``last_host_id`` the host it
+        was on. Stopping a VM that is already Stopped or Destroyed changes
+        nothing (it does not run; a Destroyed VM stays Destroyed).
+
+        Raises:
+            UnknownVmError: no such VM.
+            ConcurrentOperationError: another operation on the VM is under way.
+            ProbeError: the VM's host could not be reached (state unchanged,
+                or ``Unknown`` when the stop may still happen).
+        """
+        ...
+
+    def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
+        """Start the Stopped VM (re-read by ``vm.id``) on a host the planner picks.
+
+        The host must not be in ``params.avoid_hosts``, must carry
+        ``params.ha_tag`` when that is set, and must have room. On success
+        the VM is ``Running`` on that host and ``params.generation`` is the
+        VM's highest used generation.
+
+        Returns:
+            The id of the host the VM was started on.
+
+        Raises:
+            UnknownVmError: no such VM.
+            StaleGenerationError: ``params.generation`` is not higher than
+                every generation already used for the VM (nothing happens).
+            ConcurrentOperationError: the VM is not Stopped (it runs, or
+                another operation on it is under way).
+            InsufficientCapacityError: no eligible host has room (the VM
+                stays Stopped and the generation is not used).
+            ProbeError: the chosen host could not be reached.
+        """
+        ...
+
+    def can_restart_on_another_server(self, vm: Vm) -> bool:
+        """False when the VM cannot run anywhere but its own host (e.g. local storage)."""
+        ...
+
+    def migrate_away(self, vm: Vm, source_host_id: str) -> str:
+        """Live-migrate the VM (re-read by ``vm.id``), Running on ``source_host_id``, elsewhere.
+
+        The planner picks an Up host other than the source with room (the
+        maintenance path of spec §3.7). On success the VM is ``Running`` on
+        that host.
+
+        Returns:
+            The id of the host the VM now runs on.
+
+        Raises:
+            UnknownVmError: no such VM.
+            ConcurrentOperationError: the VM is not Running on ``source_host_id``,
+                or another operation on it is under way.
+            InsufficientCapacityError: no other host has room (the VM keeps
+                running on the source).
+            ProbeError: a host could not be reached (the VM keeps running on
+                the source, or is ``Unknown`` when the outcome cannot be told).
+        """
+        ...
+
+    def destroy(self, vm: Vm, *, expunge: bool) -> None:
+        """Destroy the VM (re-read by ``vm.id``), stopping it first (forced) if it runs.
+
+        On return the VM is ``Destroyed`` (not running, kept in the inventory)
+        or, with ``expunge=True``, gone: :meth:`find_vm` returns None.
+        Destroying a Destroyed VM again changes nothing unless ``expunge``.
+
+        Raises:
+            UnknownVmError: no such VM.
+            ConcurrentOperationError: another operation on the VM is under way.
+            ProbeError: its host could not be reached (nothing changed).
+        """
+        ...
+
+
+class VmSync(Protocol):
+    """Reconciles the VMs a reconnecting agent reports with the orchestrator's view.
+
+    CloudStack's VM sync on agent start-up (spec §3, ``ha.vm.restart.hostup``):
+    a VM the orchestrator believes Running on the host that the host does not
+    run is marked Stopped and, when HA-enabled, scheduled for restart.
+    :class:`cloudha.server.HostVmSync` is the implementation the
+    management server wires in.
+    """
+
+    def host_connected(self, host: Host, running: Collection[str]) -> None:
+        """``host`` reconnected and reports ``running`` (VM ids) as running on it."""
+        ...

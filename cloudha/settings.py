@@ -218,6 +218,7 @@ _OOBM = "cloudha.oobm.manager"
 _IPMITOOL = "cloudha.oobm.ipmitool"
 _REDFISH = "cloudha.oobm.redfish"
 _SIMULATOR = "cloudha.testing.simulator"
+_SERVER = "cloudha.server"
 _SCENARIO = "cloudha.testing.scenario"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
@@ -258,7 +259,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "How often agents ping; also the MonitorTask period.",
         _S21,
         bounds=_PING,
-        read_by=(_AGENTS, _MONITOR, _PING_TASK, _INVESTIGATORS, _SIMULATOR),
+        read_by=(_AGENTS, _MONITOR, _PING_TASK, _INVESTIGATORS, _SERVER, _SIMULATOR),
     ),
     _key(
         "ping.timeout",
@@ -434,7 +435,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "HA worker threads (and cleanup pool size).",
         _S38,
         bounds=_THREADS,
-        read_by=(_MANAGER, _SIMULATOR),
+        read_by=(_MANAGER, _SERVER),
     ),
     _key(
         "time.to.sleep",
@@ -443,7 +444,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Idle pause of an HA worker with nothing to do.",
         _S38,
         bounds=(0.1, 3600, f"{_SPIN}; more would leave new HA work waiting for hours"),
-        read_by=(_MANAGER, _SIMULATOR),
+        read_by=(_MANAGER, _SERVER, _SIMULATOR),
     ),
     _key(
         "investigate.retry.interval",
@@ -488,7 +489,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Period of the HA work cleanup task.",
         _S38,
         bounds=_RETENTION,
-        read_by=(_MANAGER, _SIMULATOR),
+        read_by=(_MANAGER, _SERVER),
     ),
     _key(
         "time.between.failures",
@@ -523,7 +524,7 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "Treat every VM as HA-enabled.",
         _S38,
-        read_by=(_DECISIONS, _MANAGER),
+        read_by=(_DECISIONS, _MANAGER, _SERVER),
     ),
     _key(
         "vm.ha.enabled",

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
+from collections.abc import Callable, Collection
 
 import attrs
+import tenacity
 
 from cloudha.clock import Clock
 from cloudha.detection.decisions import (
@@ -41,6 +43,7 @@ from cloudha.ports import (
     MaintenanceChecker,
     PingReport,
     StatusChange,
+    VmSync,
 )
 from cloudha.settings import Settings
 from cloudha.status import Event, Status, host_transition, next_status_on_disconnection
@@ -98,6 +101,16 @@ class AgentManager:
             monitor round for hosts preparing for maintenance (optional).
         check_timeout: seconds the direct check may take; by default one
             ``ping.interval`` (an answer later than the next ping is no answer).
+        vm_sync: told which VMs a reconnecting agent reports running
+            (:meth:`agent_connected` with ``vms``); None: no VM sync.
+        hand_over_wait: a tenacity wait strategy giving the delay before the
+            n-th retry of a failed hand-over to the HA scheduler; by default
+            exponential from 1 s up to one ``ping.interval``.
+
+    A host declared Down whose hand-over to the HA scheduler raised is kept
+    in a retry list (due times on the injected clock, driven by the monitor's
+    :meth:`retry_hand_overs`), until the scheduler returns. ``ha_scheduled``
+    is recorded once it did, ``ha_schedule_failed`` on every failure.
     """
 
     def __init__(
@@ -115,6 +128,8 @@ class AgentManager:
         ping_map: PingMap | None = None,
         maintenance: MaintenanceChecker | None = None,
         check_timeout: float | None = None,
+        vm_sync: VmSync | None = None,
+        hand_over_wait: Callable[[tenacity.RetryCallState], float] | None = None,
     ) -> None:
         self.management_server_id = management_server_id
         self.settings = settings
@@ -132,8 +147,18 @@ class AgentManager:
         self._connection_listeners: list[ConnectionListener] = [behind]
         self._command_listeners: list[CommandListener] = [behind]
         self._locks = tuple(threading.RLock() for _ in range(_LOCK_STRIPES))
+        self.vm_sync = vm_sync
         self._alert_watch: dict[str, float] = {}
+        self._adopted: set[str] = set()  # re-adopted while Disconnected, by recover()
         self._watch_lock = threading.Lock()
+        self._hand_over_wait = (
+            hand_over_wait
+            if hand_over_wait is not None
+            else tenacity.wait_exponential(
+                multiplier=1.0, min=1.0, max=max(1.0, settings.ping_interval)
+            )
+        )
+        self._hand_over_due: dict[str, tuple[int, float]] = {}
 
     # -- listeners -------------------------------------------------------
 
@@ -147,25 +172,53 @@ class AgentManager:
 
     # -- connections ------------------------------------------------------
 
-    def agent_connected(self, host_id: str) -> bool:
+    def agent_connected(self, host_id: str, vms: Collection[str] | None = None) -> bool:
         """An agent connected: ``AgentConnected``, start monitoring, then ``Ready``.
 
-        Returns False (and records why) when the host is unknown or its status
-        has no such transition.
+        ``vms``: the ids of the VMs the agent reports running on its host
+        (CloudStack's start-up report); when given, the VM sync reconciles
+        them with what the orchestrator believes (``ha.vm.restart.hostup``).
+        Returns False (and records why) when the host is unknown, its status
+        has no such transition, or the host directory cannot be read.
         """
         with self._lock(host_id):
-            host = self.directory.find_host(host_id)
+            try:
+                host = self.directory.find_host(host_id)
+            except Exception as exc:
+                self.recorder.emit(
+                    "connection_refused", host=host_id, reason=f"host directory failed: {exc}"
+                )
+                return False
             if host is None:
                 self.recorder.emit(
                     "connection_refused", host=host_id, reason="no such host in the directory"
                 )
                 return False
-            connecting = self._transit(host, Event.AGENT_CONNECTED)
-            if connecting is None:
+            try:
+                connecting = self._transit(host, Event.AGENT_CONNECTED)
+                if connecting is None:
+                    return False
+                for listener in self._connection_listeners:
+                    listener.process_connect(connecting)
+                ready = self._transit(connecting, Event.READY)
+            except Exception as exc:
+                self.ping_map.disconnect(host_id)
+                self.recorder.emit(
+                    "connection_refused", host=host_id, reason=f"host directory failed: {exc}"
+                )
                 return False
-            for listener in self._connection_listeners:
-                listener.process_connect(connecting)
-            return self._transit(connecting, Event.READY) is not None
+            if ready is None:
+                return False
+            self._unwatch(host_id)
+            if vms is not None and self.vm_sync is not None:
+                try:
+                    self.vm_sync.host_connected(ready, frozenset(vms))
+                except Exception as exc:
+                    log.warning("VM sync of %s failed: %s", host_id, exc)
+                    self.recorder.emit(
+                        "vm_sync_failed", host=host_id, reason=f"VM sync failed: {exc}"
+                    )
+            return True
 
     def ping_received(self, report: PingReport | str) -> bool:
         """A ping arrived; returns False if the host is not monitored (it should reconnect)."""
@@ -183,7 +236,7 @@ class AgentManager:
         """The agent announced a shutdown: disconnect with ``ShutdownRequested``."""
         return self.disconnect_without_investigation(host_id, Event.SHUTDOWN_REQUESTED)
 
-    def mark_hosts_as_disconnected(self) -> list[str]:
+    def mark_hosts_as_disconnected(self, *, skip: Collection[str] = ()) -> list[str]:
         """At start: every host this server owned becomes Disconnected, with a fresh grace.
 
         The row's ``last_ping`` is set one ping timeout in the past (as
@@ -197,6 +250,8 @@ class AgentManager:
         marked: list[str] = []
         for host in self.directory.list_hosts(management_server_id=self.management_server_id):
             if host.status not in (Status.UP, Status.CONNECTING, Status.REBALANCING):
+                continue
+            if host.id in skip:
                 continue
             change = StatusChange(
                 host_id=host.id,
@@ -223,6 +278,60 @@ class AgentManager:
                 timeout=timeout,
             )
         return marked
+
+    def recover(
+        self,
+        *,
+        needs_hand_over: Callable[[Host], bool] | None = None,
+        connected: Collection[str] = (),
+    ) -> list[str]:
+        """At start or takeover: take up every host left unfinished, from the directory alone.
+
+        First :meth:`mark_hosts_as_disconnected`. Then every other host the
+        directory holds in Alert, Disconnected or Down, owned by this server
+        or by no one, is re-adopted (nothing of a previous process's memory
+        is needed): a host in Alert is rechecked at the next monitor round; a
+        Disconnected host whose agent has not reconnected within one
+        ``ping.interval`` is investigated (``PingTimeout``) and then watched
+        until it is Up or Down; a Down host for which ``needs_hand_over``
+        says yes (by default every Down host) is handed over to the HA
+        scheduler again (the scheduler skips VMs that already have work).
+        Hosts in ``connected`` are known to have their agent connected (a
+        first start in a running cloud): they are monitored as if they had
+        just pinged instead of being marked Disconnected.
+        Returns the re-adopted host ids.
+        """
+        marked = set(self.mark_hosts_as_disconnected(skip=connected))
+        for host_id in sorted(connected):
+            host = self.directory.find_host(host_id)
+            if host is not None and host.status is Status.UP:
+                self.ping_map.connect(host.id, host.type)
+        now = self.clock.monotonic()
+        adopted: list[str] = []
+        for host in self.directory.list_hosts():
+            if host.id in marked or host.management_server_id not in (
+                None,
+                self.management_server_id,
+            ):
+                continue
+            if host.status in (Status.ALERT, Status.DISCONNECTED) and not host.type.is_virtual:
+                due = now if host.status is Status.ALERT else now + self.settings.ping_interval
+                with self._watch_lock:
+                    self._alert_watch[host.id] = due
+                    if host.status is Status.DISCONNECTED:
+                        self._adopted.add(host.id)
+                adopted.append(host.id)
+            elif host.status is Status.DOWN and (needs_hand_over is None or needs_hand_over(host)):
+                with self._watch_lock:
+                    self._hand_over_due.setdefault(host.id, (0, now))
+                adopted.append(host.id)
+        if adopted:
+            self.recorder.emit(
+                "recovery",
+                reason=f"{len(adopted)} hosts left in Alert, Disconnected or Down re-adopted",
+                hosts=sorted(adopted),
+            )
+        return adopted
 
     # -- disconnects ------------------------------------------------------
 
@@ -273,7 +382,7 @@ class AgentManager:
                 event = decision.event
             if not self._disconnect(host, event, transit_state=True):
                 return False
-            self._hand_over_if_down(host.id)
+            self._hand_over(host.id)
             return True
 
     @property
@@ -288,7 +397,7 @@ class AgentManager:
             return min(self._alert_watch.values(), default=None)
 
     def recheck_alerted(self) -> list[str]:
-        """Investigate again every routing host this server left in Alert.
+        """Investigate again every routing host this server left in Alert (or re-adopted).
 
         CloudStack leaves a host in Alert once an investigation could not
         prove it dead (its agent is gone, so nothing examines it again), and
@@ -296,7 +405,9 @@ class AgentManager:
         per ``ping.interval`` from the monitor, until the host is found Down
         (then its VMs are handed to the HA scheduler) or its agent
         reconnects. A host is due one ``ping.interval`` after it entered
-        Alert and after each recheck. Returns the hosts found Down.
+        Alert and after each recheck. A Disconnected host re-adopted by
+        :meth:`recover` whose agent has not reconnected is investigated as
+        behind on ping. Returns the hosts found Down.
         """
         now = self.clock.monotonic()
         with self._watch_lock:
@@ -305,27 +416,77 @@ class AgentManager:
                 self._alert_watch[host_id] = now + self.settings.ping_interval
         down: list[str] = []
         for host_id in due:
-            with self._lock(host_id):
-                host = self.directory.find_host(host_id)
-                if host is None or host.status is not Status.ALERT or host.type.is_virtual:
-                    self._unwatch(host_id)
-                    continue
-                investigation = self.investigate(host)
-                found_down = investigation.status is Status.DOWN
-                self._record(
-                    investigation,
-                    host,
-                    f"still in Alert: {'found Down' if found_down else investigation.reason}",
-                    "AlertRecheck",
-                    "disconnect" if found_down else "wait",
-                )
-                if not found_down:
-                    continue
-                self._alert(host, f"Host down, {host.id}", "investigation found the host Down")
-                if self._transit(host, Event.HOST_DOWN, disconnecting=True) is not None:
-                    self._hand_over_if_down(host.id)
-                    down.append(host.id)
+            try:
+                if self._recheck(host_id):
+                    down.append(host_id)
+            except Exception:
+                # NOTE: the host stays watched; the next round asks again.
+                log.exception("re-investigating %s failed", host_id)
         return down
+
+    def _recheck(self, host_id: str) -> bool:
+        with self._lock(host_id):
+            host = self.directory.find_host(host_id)
+            with self._watch_lock:
+                adopted = host_id in self._adopted
+            if host is not None and host.status is Status.DISCONNECTED and adopted:
+                if host_id in self.ping_map or host.type.is_virtual:
+                    self._unwatch(host_id)  # its agent is back: the monitor watches it
+                    return False
+                self.disconnect_with_investigation(host_id, Event.PING_TIMEOUT)
+                after = self.directory.find_host(host_id)
+                if after is not None and after.status is Status.DISCONNECTED:
+                    if host_id not in self.ping_map:  # still undetermined: ask again later
+                        with self._watch_lock:
+                            self._alert_watch.setdefault(
+                                host_id, self.clock.monotonic() + self.settings.ping_interval
+                            )
+                            self._adopted.add(host_id)
+                elif after is None or after.status is not Status.ALERT:
+                    self._unwatch(host_id)
+                return after is not None and after.status is Status.DOWN
+            if host is None or host.status is not Status.ALERT or host.type.is_virtual:
+                self._unwatch(host_id)
+                return False
+            investigation = self.investigate(host)
+            found_down = investigation.status is Status.DOWN
+            self._record(
+                investigation,
+                host,
+                f"still in Alert: {'found Down' if found_down else investigation.reason}",
+                "AlertRecheck",
+                "disconnect" if found_down else "wait",
+            )
+            if not found_down:
+                return False
+            self._alert(host, f"Host down, {host.id}", "investigation found the host Down")
+            if self._transit(host, Event.HOST_DOWN, disconnecting=True) is None:
+                return False
+            self._hand_over(host.id)
+            return True
+
+    @property
+    def pending_hand_overs(self) -> frozenset[str]:
+        """Hosts Down whose hand-over to the HA scheduler failed and is retried."""
+        with self._watch_lock:
+            return frozenset(self._hand_over_due)
+
+    def next_hand_over_at(self) -> float | None:
+        """``clock.monotonic()`` when the next hand-over retry is due, or None."""
+        with self._watch_lock:
+            return min((at for _, at in self._hand_over_due.values()), default=None)
+
+    def retry_hand_overs(self) -> list[str]:
+        """Hand every Down host whose retry is due to the HA scheduler again; those that went."""
+        now = self.clock.monotonic()
+        with self._watch_lock:
+            due = sorted(h for h, (_, at) in self._hand_over_due.items() if at <= now)
+        handed: list[str] = []
+        for host_id in due:
+            with self._lock(host_id):
+                if self._hand_over(host_id):
+                    handed.append(host_id)
+        return handed
 
     def check_maintenance(self) -> list[str]:
         """Spec §2.3 step 3: give hosts preparing for maintenance their maintenance step.
@@ -435,18 +596,46 @@ class AgentManager:
             action=action,
         )
 
-    def _hand_over_if_down(self, host_id: str) -> None:
-        after = self.directory.find_host(host_id)
-        if after is not None and after.status is Status.DOWN:
-            self.recorder.emit(
-                "ha_scheduled",
-                host=host_id,
-                reason="host is Down: restart its HA VMs",
-                ha_reason=str(ReasonType.HOST_DOWN),
-            )
+    def _hand_over(self, host_id: str) -> bool:
+        """Give a Down host's VMs to the HA scheduler; on failure, retry later (True: done)."""
+        try:
+            after = self.directory.find_host(host_id)
+            if after is None or after.status is not Status.DOWN:
+                with self._watch_lock:
+                    self._hand_over_due.pop(host_id, None)
+                return True
             self.scheduler.schedule_restart_for_vms_on_host(
                 after, investigate=True, reason=ReasonType.HOST_DOWN
             )
+        except Exception as exc:
+            with self._watch_lock:
+                attempt = self._hand_over_due.get(host_id, (0, 0.0))[0] + 1
+                delay = self._retry_delay(attempt)
+                self._hand_over_due[host_id] = (attempt, self.clock.monotonic() + delay)
+            log.warning("handing %s over to the HA scheduler failed: %s", host_id, exc)
+            self.recorder.emit(
+                "ha_schedule_failed",
+                host=host_id,
+                reason=f"handing the host's HA VMs over failed: {exc}; retry in {delay:g}s",
+                attempt=attempt,
+                retry_in=delay,
+                error=type(exc).__name__,
+            )
+            return False
+        with self._watch_lock:
+            self._hand_over_due.pop(host_id, None)
+        self.recorder.emit(
+            "ha_scheduled",
+            host=host_id,
+            reason="host is Down: its HA VMs are scheduled for restart",
+            ha_reason=str(ReasonType.HOST_DOWN),
+        )
+        return True
+
+    def _retry_delay(self, attempt: int) -> float:
+        state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(self._hand_over_wait(state))
 
     def _watch(self, host: Host, status: Status) -> None:
         with self._watch_lock:
@@ -455,10 +644,12 @@ class AgentManager:
                 self._alert_watch.setdefault(host.id, due)
             else:
                 self._alert_watch.pop(host.id, None)
+                self._adopted.discard(host.id)
 
     def _unwatch(self, host_id: str) -> None:
         with self._watch_lock:
             self._alert_watch.pop(host_id, None)
+            self._adopted.discard(host_id)
 
     def _forget(self, host_id: str, reason: str) -> None:
         self.ping_map.disconnect(host_id)

@@ -7,7 +7,9 @@ sleeps until the earliest deadline in the map (plus a small resolution that
 coalesces wake-ups), so each host is examined when its own deadline passes.
 
 A host examined and left monitored (Up after all, or not determined yet) is
-examined again one ``ping.interval`` later, as in CloudStack.
+examined again one ``ping.interval`` later, as in CloudStack. Each round
+also rechecks hosts left in Alert (or re-adopted after a restart) and
+retries failed hand-overs of Down hosts to the HA scheduler when they are due.
 
 ``tick()`` is pure bookkeeping around :class:`~cloudha.detection.agents.AgentManager`
 and returns how long to sleep; the thread that calls it lives in
@@ -89,6 +91,10 @@ class MonitorTask:
             agents.recheck_alerted()
         except Exception:
             log.exception("re-investigating hosts in Alert failed")
+        try:
+            agents.retry_hand_overs()
+        except Exception:
+            log.exception("retrying hand-overs to the HA scheduler failed")
         return self.next_delay()
 
     def next_delay(self) -> float:
@@ -105,6 +111,9 @@ class MonitorTask:
         recheck = agents.next_recheck_at()
         if recheck is not None:
             wake = min(wake, recheck)
+        hand_over = agents.next_hand_over_at()
+        if hand_over is not None:
+            wake = min(wake, hand_over)
         if self._maintenance_at is not None and self.agents.maintenance is not None:
             wake = min(wake, self._maintenance_at)
         return max(wake - now, self.resolution)

@@ -4,8 +4,11 @@ Not imported by ``import cloudha``.
 """
 
 from cloudha.testing.clock import FakeClock as FakeClock
+from cloudha.testing.contract import check_agent_gateway as check_agent_gateway
 from cloudha.testing.contract import check_fencer as check_fencer
+from cloudha.testing.contract import check_host_directory as check_host_directory
 from cloudha.testing.contract import check_investigator as check_investigator
+from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestrator
 from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
 from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
 from cloudha.testing.fakes import FakeHypervisorProbe as FakeHypervisorProbe
@@ -63,8 +66,11 @@ __all__ = [
     "ScriptedInvestigator",
     "Simulation",
     "StartRecord",
+    "check_agent_gateway",
     "check_fencer",
+    "check_host_directory",
     "check_investigator",
+    "check_vm_orchestrator",
     "check_watchdog",
     "check_work_store",
     "load_scenario",

@@ -1,10 +1,12 @@
-"""Contract checks for users' own investigators and fencers.
+"""Contract checks for users' own investigators, fencers and ports.
 
 ``check_investigator(MyInvestigator(...))`` asks the investigator about a
 spread of hosts and VMs (every hypervisor, with and without an address, in
 several states), from several threads at once, and fails with every
 broken rule listed, so a plugin author learns all of them in one run.
 ``check_fencer(MyFencer(...))`` does the same for a fence builder.
+``check_host_directory``, ``check_agent_gateway`` and
+``check_vm_orchestrator`` check an implementation of those ports.
 """
 
 from __future__ import annotations
@@ -12,15 +14,66 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
+import attrs
+
+from cloudha.commands import PING_TEST
+from cloudha.errors import ProbeError
 from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
 from cloudha.fencing.chain import GRACE
+from cloudha.ha.orchestrator import (
+    ConcurrentOperationError,
+    InsufficientCapacityError,
+    Planner,
+    StaleGenerationError,
+    StartParams,
+    UnknownVmError,
+)
 from cloudha.investigators.base import Finding, Investigator, Verdict
-from cloudha.model import Host, HostType, HypervisorType, Vm, VmType
+from cloudha.model import Host, HostType, HypervisorType, Vm, VmState, VmType
+from cloudha.ports import (
+    KEEP,
+    AgentGateway,
+    Answer,
+    Command,
+    HostDirectory,
+    StatusChange,
+    VmOrchestrator,
+)
+from cloudha.server import validate_port
 from cloudha.status import Status
 
-__all__ = ["check_fencer", "check_investigator", "sample_hosts", "sample_vms"]
+__all__ = [
+    "Make",
+    "check_agent_gateway",
+    "check_fencer",
+    "check_host_directory",
+    "check_investigator",
+    "check_vm_orchestrator",
+    "sample_hosts",
+    "sample_vms",
+]
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+@attrs.define
+class _Caught:
+    value: Any = None
+
+
+@contextmanager
+def _raises(kind: type[BaseException]) -> Iterator[_Caught]:
+    caught = _Caught()
+    try:
+        yield caught
+    except kind as exc:
+        caught.value = exc
+        return
+    raise AssertionError(f"{kind.__name__} was not raised")
 
 
 def sample_hosts() -> list[Host]:
@@ -266,3 +319,344 @@ def _check_fence_result(
     for secret in secrets:
         if secret in text:
             problems.append(f"{label}: the result contains a secret")
+
+
+# -- ports -----------------------------------------------------------------------
+
+
+def check_host_directory(directory: HostDirectory, host_id: str) -> None:
+    """Check a :class:`~cloudha.ports.HostDirectory` holding host ``host_id``.
+
+    Rules: every method exists; ``find_host`` finds the host and returns None
+    for an unknown id; ``list_hosts`` lists it and filters by cluster and
+    owner; ``update_status`` is optimistic (a stale ``expected_update_count``
+    or ``from_status`` changes nothing and returns False; a current one
+    applies the change, bumps ``update_count`` and honours ``KEEP``); of two
+    racing updates with the same expected count exactly one wins. The row is
+    put back to its status afterwards (with a higher ``update_count``).
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("directory", directory, HostDirectory)
+    problems: list[str] = []
+    host = directory.find_host(host_id)
+    if host is None:
+        raise AssertionError(f"find_host({host_id!r}) returned None; seed the directory first")
+    if directory.find_host(f"{host_id}-no-such-host") is not None:
+        problems.append("find_host of an unknown id did not return None")
+    if host_id not in [h.id for h in directory.list_hosts()]:
+        problems.append("list_hosts() does not list the host")
+    if host_id not in [h.id for h in directory.list_hosts(cluster=host.cluster)]:
+        problems.append(f"list_hosts(cluster={host.cluster!r}) does not list the host")
+    if any(h.id == host_id for h in directory.list_hosts(cluster=f"{host.cluster}-none")):
+        problems.append("list_hosts(cluster=...) lists a host of another cluster")
+    if any(h.id == host_id for h in directory.list_hosts(management_server_id="no-such-ms")):
+        problems.append("list_hosts(management_server_id=...) lists a host of another owner")
+    target = Status.DISCONNECTED if host.status is not Status.DISCONNECTED else Status.ALERT
+
+    def change(row: Host, to: Status | None, count: int) -> StatusChange:
+        return StatusChange(
+            host_id=row.id,
+            from_status=row.status,
+            to_status=to if to is not None else Status.ALERT,
+            event=None,
+            expected_update_count=count,
+            last_ping=KEEP,
+        )
+
+    if directory.update_status(change(host, target, host.update_count + 1000)):
+        problems.append("update_status with a stale update_count returned True")
+    after = directory.find_host(host_id)
+    if after != host:
+        problems.append("update_status with a stale update_count changed the row")
+    if not directory.update_status(change(host, target, host.update_count)):
+        problems.append("update_status with the current update_count returned False")
+    after = directory.find_host(host_id)
+    if after is None or after.status is not target:
+        problems.append(f"update_status did not set the status to {target}")
+    elif after.update_count <= host.update_count:
+        problems.append("update_status did not increment update_count")
+    elif after.last_ping != host.last_ping or after.management_server_id != (
+        host.management_server_id
+    ):
+        problems.append("update_status changed a column given as KEEP")
+    if after is not None:
+        wins: list[bool] = []
+        lock = threading.Lock()
+
+        def race() -> None:
+            won = directory.update_status(
+                attrs.evolve(change(after, host.status, after.update_count), to_status=host.status)
+                if host.status is not None
+                else change(after, None, after.update_count)
+            )
+            with lock:
+                wins.append(won)
+
+        racers = [threading.Thread(target=race) for _ in range(2)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(30)
+        if wins.count(True) != 1:
+            problems.append(f"two racing updates with the same update_count: {wins} won")
+    if problems:
+        raise AssertionError(f"host directory {directory!r}:\n- " + "\n- ".join(problems))
+
+
+def check_agent_gateway(
+    gateway: AgentGateway, live: Host, dead: Host, *, timeout: float = 2.0
+) -> None:
+    """Check an :class:`~cloudha.ports.AgentGateway` with one live and one dead host.
+
+    Rules: every method exists; ``check_health(live)`` returns a bool;
+    ``check_health(dead)`` raises a :class:`~cloudha.errors.ProbeError`;
+    ``send`` returns an :class:`~cloudha.ports.Answer` or raises a ProbeError
+    (a dead host's agent cannot answer, but a gateway may relay through a
+    neighbour); never another exception, never a hang past ``timeout`` plus a
+    grace.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("gateway", gateway, AgentGateway)
+    problems: list[str] = []
+    command = Command(PING_TEST, {"ip": live.private_ip or "127.0.0.1"})
+
+    def timed(label: str, call: Callable[[], object]) -> tuple[object, BaseException | None]:
+        started = time.monotonic()
+        result: object = None
+        error: BaseException | None = None
+        try:
+            result = call()
+        except Exception as exc:
+            error = exc
+        spent = time.monotonic() - started
+        if spent > timeout + GRACE:
+            problems.append(f"{label} took {spent:.1f}s, more than its {timeout:g}s timeout")
+        return result, error
+
+    healthy, error = timed(
+        "check_health(live)", lambda: gateway.check_health(live, timeout=timeout)
+    )
+    if error is not None:
+        problems.append(f"check_health(live) raised {type(error).__name__}: {error}")
+    elif not isinstance(healthy, bool):
+        problems.append(f"check_health(live) returned {healthy!r}, not a bool")
+    _, error = timed("check_health(dead)", lambda: gateway.check_health(dead, timeout=timeout))
+    if error is None:
+        problems.append("check_health(dead) did not raise (a dead agent raises a ProbeError)")
+    elif not isinstance(error, ProbeError):
+        problems.append(f"check_health(dead) raised {type(error).__name__}, not a ProbeError")
+    answer, error = timed("send(dead)", lambda: gateway.send(dead, command, timeout=timeout))
+    if error is not None and not isinstance(error, ProbeError):
+        problems.append(f"send(dead) raised {type(error).__name__}, not a ProbeError")
+    elif error is None and not isinstance(answer, Answer):
+        problems.append(f"send(dead) returned {answer!r}, not an Answer")
+    answer, error = timed("send(live)", lambda: gateway.send(live, command, timeout=timeout))
+    if error is not None and not isinstance(error, ProbeError):
+        problems.append(f"send(live) raised {type(error).__name__}, not a ProbeError")
+    elif error is None and not isinstance(answer, Answer):
+        problems.append(f"send(live) returned {answer!r}, not an Answer")
+    if problems:
+        raise AssertionError(f"agent gateway {gateway!r}:\n- " + "\n- ".join(problems))
+
+
+Make = Callable[[], tuple[VmOrchestrator, str, Sequence[str]]]
+"""Returns ``(orchestrator, vm_id, host_ids)``: a fresh VM (no generation used
+yet) Running on ``host_ids[0]``; at least two hosts, each with room for one
+more VM and no tag restriction; the VM can restart on another server."""
+
+
+def _vm_of(orch: VmOrchestrator, vm_id: str) -> Vm:
+    vm = orch.find_vm(vm_id)
+    assert vm is not None, vm_id
+    return vm
+
+
+def check_vm_orchestrator(make: Make) -> None:
+    """Fail with an AssertionError when ``make()``'s orchestrator breaks the port's contract.
+
+    ``make()`` returns ``(orchestrator, vm_id, host_ids)``: a fresh VM (no
+    generation used yet) Running on ``host_ids[0]``; at least two hosts, each
+    with room for one more VM and no tag restriction. Checked: find and list,
+    forced and graceful stops, fencing tokens (a stale generation is refused
+    before anything happens; a start refused for want of room does not use
+    its generation), unknown VMs, migration away and destroy/expunge.
+    """
+    orch, vm_id, hosts = make()
+    assert isinstance(orch, VmOrchestrator)
+    assert len(hosts) >= 2
+    first, others = hosts[0], set(hosts[1:])
+
+    # Look-ups.
+    vm = _vm_of(orch, vm_id)
+    assert (vm.id, vm.state, vm.host_id) == (vm_id, VmState.RUNNING, first)
+    assert orch.find_vm("contract-no-such-vm") is None
+    assert vm_id in [v.id for v in orch.list_vms_on_host(first)]
+    assert all(v.host_id == first for v in orch.list_vms_on_host(first))
+    assert orch.list_vms_on_host("contract-no-such-host") == []
+    assert orch.can_restart_on_another_server(vm) is True
+
+    # A forced stop: Stopped, off its host, counter moved; a second stop changes nothing.
+    orch.advance_stop(vm, force=True)
+    stopped = _vm_of(orch, vm_id)
+    assert (stopped.state, stopped.host_id, stopped.last_host_id) == (VmState.STOPPED, None, first)
+    assert stopped.updated > vm.updated
+    assert vm_id not in [v.id for v in orch.list_vms_on_host(first)]
+    orch.advance_stop(stopped, force=True)
+    assert _vm_of(orch, vm_id).updated == stopped.updated
+
+    # Nowhere to go: capacity error, VM stays Stopped, the generation is not used.
+    with _raises(InsufficientCapacityError) as no_room:
+        orch.advance_start(
+            stopped, StartParams(generation=1, avoid_hosts=frozenset(hosts)), Planner.HA
+        )
+    assert no_room.value.vm_id == vm_id
+    assert _vm_of(orch, vm_id).state is VmState.STOPPED
+
+    # Start with generation 1 away from the first host.
+    host = orch.advance_start(
+        stopped, StartParams(generation=1, avoid_hosts=frozenset({first})), Planner.DEFAULT
+    )
+    assert host in others
+    running = _vm_of(orch, vm_id)
+    assert (running.state, running.host_id) == (VmState.RUNNING, host)
+    assert running.updated > stopped.updated
+    assert vm_id in [v.id for v in orch.list_vms_on_host(host)]
+
+    # A duplicate of generation 1 is stale; nothing changes.
+    with _raises(StaleGenerationError) as stale:
+        orch.advance_start(running, StartParams(generation=1), Planner.DEFAULT)
+    assert (stale.value.vm_id, stale.value.generation, stale.value.highest) == (vm_id, 1, 1)
+    assert _vm_of(orch, vm_id) == running
+    # A newer generation while the VM runs: refused, nothing changes.
+    with _raises(ConcurrentOperationError):
+        orch.advance_start(running, StartParams(generation=2), Planner.DEFAULT)
+    assert _vm_of(orch, vm_id) == running
+
+    # Stop gracefully, then a newer generation starts it again; the old ones stay stale.
+    orch.advance_stop(running, force=False)
+    assert _vm_of(orch, vm_id).state is VmState.STOPPED
+    with _raises(StaleGenerationError):
+        orch.advance_start(running, StartParams(generation=1), Planner.HA)
+    again = orch.advance_start(running, StartParams(generation=2), Planner.HA)
+    assert again in hosts
+    assert _vm_of(orch, vm_id).host_id == again
+    orch.advance_stop(_vm_of(orch, vm_id), force=True)
+
+    # Unknown VMs.
+    ghost = Vm("contract-no-such-vm")
+    with _raises(UnknownVmError):
+        orch.advance_stop(ghost, force=True)
+    with _raises(UnknownVmError):
+        orch.advance_start(ghost, StartParams(generation=1), Planner.DEFAULT)
+
+    # A second, fresh VM has generations of its own.
+    orch2, vm2, hosts2 = make()
+    assert vm2 != vm_id or orch2 is not orch
+    orch2.advance_stop(_vm_of(orch2, vm2), force=True)
+    assert orch2.advance_start(_vm_of(orch2, vm2), StartParams(generation=1), Planner.DEFAULT) in (
+        hosts2
+    )
+    orch2.advance_stop(_vm_of(orch2, vm2), force=True)
+
+    _check_migrate_away(make)
+    _check_destroy(make)
+
+
+def _ids_on(orch: VmOrchestrator, host_id: str) -> list[str]:
+    return [v.id for v in orch.list_vms_on_host(host_id)]
+
+
+def _check_migrate_away(make: Make) -> None:
+    orch, vm_id, hosts = make()
+    first = hosts[0]
+    vm = _vm_of(orch, vm_id)
+
+    # From a host the VM does not run on: refused, nothing changes.
+    for wrong in ("contract-no-such-host", hosts[1]):
+        with _raises(ConcurrentOperationError) as wrong_source:
+            orch.migrate_away(vm, wrong)
+        assert wrong_source.value.vm_id == vm_id
+        assert _vm_of(orch, vm_id) == vm
+
+    # A Running VM moves to another host and keeps running there.
+    target = orch.migrate_away(vm, first)
+    assert target in hosts
+    assert target != first
+    moved = _vm_of(orch, vm_id)
+    assert (moved.state, moved.host_id) == (VmState.RUNNING, target)
+    assert moved.updated > vm.updated
+    assert vm_id in _ids_on(orch, target)
+    assert vm_id not in _ids_on(orch, first)
+
+    # The old source is wrong now; the new one works (back to a host other than it).
+    with _raises(ConcurrentOperationError):
+        orch.migrate_away(moved, first)
+    assert _vm_of(orch, vm_id) == moved
+    back = orch.migrate_away(moved, target)
+    assert back != target
+    assert _vm_of(orch, vm_id).host_id == back
+
+    # A Stopped VM is not migrated, whatever the source.
+    orch.advance_stop(_vm_of(orch, vm_id), force=True)
+    stopped = _vm_of(orch, vm_id)
+    for source in (back, first):
+        with _raises(ConcurrentOperationError):
+            orch.migrate_away(stopped, source)
+    assert _vm_of(orch, vm_id) == stopped
+
+    with _raises(UnknownVmError):
+        orch.migrate_away(Vm("contract-no-such-vm"), first)
+
+
+def _check_destroy(make: Make) -> None:
+    # A running VM: stopped, Destroyed, off its host; destroying it again changes nothing.
+    orch, vm_id, hosts = make()
+    first = hosts[0]
+    running = _vm_of(orch, vm_id)
+    orch.destroy(running, expunge=False)
+    destroyed = _vm_of(orch, vm_id)
+    assert (destroyed.state, destroyed.host_id) == (VmState.DESTROYED, None)
+    assert destroyed.updated > running.updated
+    assert vm_id not in _ids_on(orch, first)
+    orch.destroy(destroyed, expunge=False)
+    assert _vm_of(orch, vm_id) == destroyed
+    # Stopping a Destroyed VM changes nothing: it does not run, and stays Destroyed.
+    orch.advance_stop(destroyed, force=True)
+    assert _vm_of(orch, vm_id) == destroyed
+    # A Destroyed VM is neither started nor migrated.
+    with _raises(ConcurrentOperationError):
+        orch.advance_start(destroyed, StartParams(generation=1), Planner.HA)
+    with _raises(ConcurrentOperationError):
+        orch.migrate_away(destroyed, first)
+    assert _vm_of(orch, vm_id) == destroyed
+    # Expunging a Destroyed VM: gone; it is then unknown.
+    orch.destroy(destroyed, expunge=True)
+    assert orch.find_vm(vm_id) is None
+    for host in hosts:
+        assert vm_id not in _ids_on(orch, host)
+    with _raises(UnknownVmError):
+        orch.destroy(destroyed, expunge=True)
+
+    # Expunging a running VM at once.
+    orch2, vm2, hosts2 = make()
+    orch2.destroy(_vm_of(orch2, vm2), expunge=True)
+    assert orch2.find_vm(vm2) is None
+    assert vm2 not in _ids_on(orch2, hosts2[0])
+
+    # A Stopped VM is destroyed too.
+    orch3, vm3, _hosts3 = make()
+    orch3.advance_stop(_vm_of(orch3, vm3), force=True)
+    stopped = _vm_of(orch3, vm3)
+    orch3.destroy(stopped, expunge=False)
+    after = _vm_of(orch3, vm3)
+    assert (after.state, after.host_id) == (VmState.DESTROYED, None)
+    assert after.updated > stopped.updated
+
+    ghost = Vm("contract-no-such-vm")
+    for expunge in (False, True):
+        with _raises(UnknownVmError):
+            orch3.destroy(ghost, expunge=expunge)

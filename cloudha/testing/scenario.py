@@ -50,6 +50,8 @@ FAULT_KINDS = frozenset(
         "ms_restart",
         "ms_isolation",
         "ms_heal",
+        "orchestrator_outage",
+        "orchestrator_heal",
     }
 )
 """Every fault kind the scenario format knows."""
@@ -72,7 +74,16 @@ _HOST_TARGET = frozenset(
     }
 )
 _POOL_TARGET = frozenset({"storage_outage", "storage_heal"})
-_MS_TARGET = frozenset({"ms_crash", "ms_restart", "ms_isolation", "ms_heal"})
+_MS_TARGET = frozenset(
+    {
+        "ms_crash",
+        "ms_restart",
+        "ms_isolation",
+        "ms_heal",
+        "orchestrator_outage",
+        "orchestrator_heal",
+    }
+)
 
 _TOP_KEYS = frozenset({"settings", "hosts", "vms", "faults", "run"})
 _HOST_KEYS = frozenset(

@@ -1,31 +1,31 @@
 """The deterministic simulator: the real library on virtual time.
 
 Simulated hosts run agents that ping, VMs, and a network that faults can
-cut; the management server side is the real :class:`~cloudha.detection.AgentManager`,
-:class:`~cloudha.detection.MonitorTask`, :class:`~cloudha.detection.PingTask`
-and status machine, driven by a :class:`~cloudha.testing.FakeClock` through
-a discrete-event queue. The same scenario and seed always give the same
-document (ARCHITECTURE.md §3.1).
+cut; each management server process is one :class:`cloudha.ManagementServer`
+(a restart builds a new one on the same durable state: the host table, the
+VM rows and the SQL work queue), whose loops (:meth:`~cloudha.ManagementServer.loops`:
+the monitor, the HA workers, the cleanup, the direct hosts' ping tasks) are
+driven by a :class:`~cloudha.testing.FakeClock` through a discrete-event
+queue. The same scenario and seed always give the same document
+(ARCHITECTURE.md §3.1).
 
-What is simulated in this version: host power, agent processes, the
-management network (per host, per management server), management server
-crash and restart (the host table survives, memory does not), shared
-storage pools with each KVM host's real heartbeat writer plan
-(:func:`cloudha.heartbeat.writer_plan`, self-fencing included), the real
-heartbeat checker on neighbours, the built-in investigator chain over
-simulated agents and hypervisor connections, BMCs (power state read and
-switched through the real :class:`~cloudha.oobm.OutOfBandManager`, with
-``bmc_down``/``bmc_up``), the real fence chain in the HA path, and the
-invariant checker.
+What is simulated in this version: host power, agent processes (which report
+their VMs when they connect: VM sync), the management network (per host, per
+management server), management server crash and restart (recovery from
+durable state), shared storage pools with each KVM host's real heartbeat
+writer plan (:func:`cloudha.heartbeat.writer_plan`, self-fencing included),
+the real heartbeat checker on neighbours, BMCs (read and switched through the
+server's :class:`~cloudha.oobm.OutOfBandManager`, with ``bmc_down``/``bmc_up``),
+orchestrator outages (every VM orchestrator and host directory call of the
+server fails), and the invariant checker.
 
-The HA path is the real :class:`~cloudha.ha.manager.HighAvailabilityManager`
-on an in-memory SQLite work queue that survives management server crashes
-(like the cloud's database): ``ha.workers`` simulated workers claim due works,
-each work takes :data:`WORK_SECONDS` of virtual time between its claim and its
-processing (so an ``ms_crash`` can hit a claimed work), and VMs are started
-through a simulated orchestrator on the least loaded Up host of the same zone
-and hypervisor with room (``capacity``). Other synchronous calls (a BMC or an
-agent that times out) take no virtual time.
+HA works run through the server's own worker loops on an in-memory SQLite
+work queue that survives management server crashes; a worker holds a claimed
+work :data:`WORK_SECONDS` of virtual time before processing it
+(``ManagementServer(work_seconds=...)``), so an ``ms_crash`` can hit a claimed
+work. VMs are started through a simulated orchestrator on the least loaded Up,
+Enabled host of the same zone and hypervisor with room (``capacity``). Other
+synchronous calls (a BMC or an agent that times out) take no virtual time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import functools
 import heapq
 import json
 import random
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,9 @@ import attrs
 import sqlalchemy as sa
 
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM, FENCE, PING_TEST
-from cloudha.detection import AgentManager, MonitorTask, PingTask
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Evidence, Recorder
 from cloudha.fencing.chain import FenceChain, FenceDecision, InlineRunner
-from cloudha.fencing.registry import FencerContext, build_fence_chain
-from cloudha.ha.manager import HighAvailabilityManager
 from cloudha.ha.orchestrator import (
     ConcurrentOperationError,
     InsufficientCapacityError,
@@ -56,7 +53,7 @@ from cloudha.ha.orchestrator import (
     StartParams,
     UnknownVmError,
 )
-from cloudha.ha.store import Step, WorkStore, create_schema, op_ha_work
+from cloudha.ha.store import Step, WorkStore, create_schema
 from cloudha.heartbeat import (
     HeartbeatChecker,
     HeartbeatTiming,
@@ -69,9 +66,17 @@ from cloudha.heartbeat import (
     heartbeat_path,
     writer_plan,
 )
-from cloudha.investigators import InvestigatorContext, build_chain
-from cloudha.model import Host, HypervisorType, Pool, ReasonType, Vm, VmPowerState, VmState
-from cloudha.oobm.manager import OobmSyncTask, OutOfBandManager, StaticOobmConfigs
+from cloudha.model import (
+    Host,
+    HypervisorType,
+    Pool,
+    ReasonType,
+    ResourceState,
+    Vm,
+    VmPowerState,
+    VmState,
+)
+from cloudha.oobm.manager import StaticOobmConfigs
 from cloudha.oobm.power import (
     BasePowerDriver,
     OobmConfig,
@@ -79,7 +84,16 @@ from cloudha.oobm.power import (
     PowerResult,
     PowerState,
 )
-from cloudha.ports import Answer, Command, DomainState, HypervisorReport, PingReport
+from cloudha.ports import (
+    Answer,
+    Command,
+    DomainState,
+    HypervisorReport,
+    PingReport,
+    StatusChange,
+)
+from cloudha.runtime import Loop
+from cloudha.server import ManagementServer
 from cloudha.status import Status
 from cloudha.testing.clock import FakeClock
 from cloudha.testing.fakes import (
@@ -152,83 +166,47 @@ class _SimVm:
 
 
 class _ManagementServer:
+    """One management server process: a :class:`~cloudha.ManagementServer` and its epoch."""
+
     def __init__(self, sim: Simulation, epoch: int) -> None:
         self.epoch = epoch
         self.alive = True
         self.started_at = sim.clock.monotonic()
-        gateway = _Gateway(sim)
-        hypervisors = _Hypervisors(sim)
-        recorder = Recorder(sim.timeline, sim.clock, MANAGEMENT_SERVER_ID)
-        self.oobm = OutOfBandManager(
-            clock=sim.clock,
-            configs=sim.oobm_configs,
-            drivers=[_SimPowerDriver(sim, "ipmi"), _SimPowerDriver(sim, "redfish")],
+        self.server = ManagementServer(
             settings=sim.settings,
+            clock=sim.clock,
+            directory=sim.server_directory,
+            gateway=_Gateway(sim),
+            orchestrator=sim.orchestrator,
             alerts=sim.alerts,
-            recorder=recorder,
+            store=sim.store,
+            evidence=sim.timeline,
+            server_id=MANAGEMENT_SERVER_ID,
+            oobm_drivers=[_SimPowerDriver(sim, "ipmi"), _SimPowerDriver(sim, "redfish")],
+            oobm_configs=sim.oobm_configs,
+            pools=sim.pools,
+            hypervisor=_Hypervisors(sim),
+            direct_resources=_DirectResource(sim),
+            fence_runner=InlineRunner(sim.clock),
+            discover_plugins=False,
+            work_seconds=WORK_SECONDS,
         )
-        self.oobm_sync = OobmSyncTask(
-            self.oobm, lambda: [h for h in sim.directory.list_hosts() if h.id in sim.hosts]
-        )
-        chain = build_fence_chain(
-            FencerContext(
-                clock=sim.clock,
-                directory=sim.directory,
-                gateway=gateway,
-                settings=sim.settings,
-                pools=sim.pools,
-                oobm=self.oobm,
-                hypervisor_control=hypervisors,
-                alerts=sim.alerts,
-                recorder=recorder,
-                runner=InlineRunner(sim.clock),
-            ),
-            discover=False,
-        )
-        self.fence_chain = _WatchedFenceChain(
+        chain = self.server.fence_chain
+        watched = _WatchedFenceChain(
             chain.levels,
             clock=chain.clock,
             runner=chain.runner,
             alerts=chain.alerts,
             recorder=chain.recorder,
         )
-        self.fence_chain.sim = sim
-        investigators = build_chain(
-            InvestigatorContext(
-                clock=sim.clock,
-                directory=sim.directory,
-                gateway=gateway,
-                settings=sim.settings,
-                pools=sim.pools,
-                hypervisor_probe=hypervisors,
-            ),
-            discover=False,
-        )
-        self.ha = HighAvailabilityManager(
-            server_id=MANAGEMENT_SERVER_ID,
-            store=sim.store,
-            orchestrator=sim.orchestrator,
-            directory=sim.directory,
-            investigators=investigators,
-            fence_chain=self.fence_chain,
-            settings=sim.settings,
-            clock=sim.clock,
-            alerts=sim.alerts,
-            evidence=sim.timeline,
-        )
-        self.idle_workers: set[int] = set()
-        self.agents = AgentManager(
-            management_server_id=MANAGEMENT_SERVER_ID,
-            settings=sim.settings,
-            clock=sim.clock,
-            directory=sim.directory,
-            gateway=gateway,
-            chain=investigators,
-            scheduler=sim.scheduler,
-            alerts=sim.alerts,
-            evidence=sim.timeline,
-        )
-        self.monitor = MonitorTask(self.agents)
+        watched.sim = sim
+        self.server.ha.fence_chain = watched  # the invariant checker sees every fence
+        self.agents = self.server.agents
+        self.ha = self.server.ha
+        self.oobm = self.server.oobm
+        self.monitor = self.server.monitor
+        self.idle_workers: set[str] = set()
+        self.loop_token: dict[str, int] = {}
 
 
 class _Gateway:
@@ -282,6 +260,36 @@ class _Gateway:
                 return Answer(True, f"{target.spec.id} is off: {command.params['vm_name']} fenced")
             return Answer(False, "the pool still sees the host running")
         raise ProbeConnectionError(f"{command.name} is not simulated", host_id=host.id)
+
+
+class _OutageDirectory:
+    """The host directory as the management server reaches it: down in an orchestrator outage."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def _check(self) -> InMemoryHostDirectory:
+        if self.sim.orchestrator_out:
+            raise ProbeConnectionError("the host directory does not answer (orchestrator outage)")
+        return self.sim.directory
+
+    def find_host(self, host_id: str) -> Host | None:
+        return self._check().find_host(host_id)
+
+    def list_hosts(
+        self,
+        *,
+        cluster: str | None = None,
+        pod: str | None = None,
+        zone: str | None = None,
+        management_server_id: str | None = None,
+    ) -> Sequence[Host]:
+        return self._check().list_hosts(
+            cluster=cluster, pod=pod, zone=zone, management_server_id=management_server_id
+        )
+
+    def update_status(self, change: StatusChange) -> bool:
+        return self._check().update_status(change)
 
 
 class _Hypervisors:
@@ -350,21 +358,21 @@ class _SimPowerDriver(BasePowerDriver):
         return PowerResult(operation, True)
 
 
-class _SchedulerTap:
-    """What the agent manager calls on a Down host: recorded, then the current HA manager."""
+class _CurrentScheduler:
+    """The HA scheduler of the management server running now (``ManagementServer.scheduler``)."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
-        self.scheduled: list[ScheduledRestart] = []
 
     def schedule_restart_for_vms_on_host(
         self, host: Host, *, investigate: bool, reason: ReasonType
     ) -> None:
-        self.scheduled.append(ScheduledRestart(host.id, investigate, reason))
         ms = self.sim.ms
-        assert ms is not None
-        ms.ha.schedule_restart_for_vms_on_host(host, investigate=investigate, reason=reason)
-        self.sim.wake_workers(ms.epoch)
+        if ms is None or not ms.alive:
+            raise ProbeConnectionError("no management server is running")
+        ms.server.scheduler.schedule_restart_for_vms_on_host(
+            host, investigate=investigate, reason=reason
+        )
 
 
 class _WatchedFenceChain(FenceChain):
@@ -408,6 +416,10 @@ class _Orchestrator:
         }
         self.specs = {vm.id: vm for vm in sim.scenario.vms}
 
+    def _up(self) -> None:
+        if self.sim.orchestrator_out:
+            raise ProbeConnectionError("the VM orchestrator does not answer (orchestrator outage)")
+
     def _vm(self, vm_id: str) -> Vm:
         row = self.rows.get(vm_id)
         if row is None:
@@ -427,12 +439,15 @@ class _Orchestrator:
         )
 
     def find_vm(self, vm_id: str) -> Vm | None:
+        self._up()
         return self._vm(vm_id) if vm_id in self.rows else None
 
     def list_vms_on_host(self, host_id: str) -> list[Vm]:
+        self._up()
         return [self._vm(i) for i, row in sorted(self.rows.items()) if row.host_id == host_id]
 
     def can_restart_on_another_server(self, vm: Vm) -> bool:
+        self._up()
         return True
 
     def _stop(self, vm_id: str, *, force: bool) -> None:
@@ -455,9 +470,11 @@ class _Orchestrator:
         self.sim.recorder.emit("vm_state", vm=vm_id, host=host_id, state="Stopped")
 
     def advance_stop(self, vm: Vm, *, force: bool) -> None:
+        self._up()
         self._stop(vm.id, force=force)
 
     def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
+        self._up()
         row = self.rows.get(vm.id)
         if row is None:
             raise UnknownVmError(vm.id)
@@ -476,6 +493,7 @@ class _Orchestrator:
         return target
 
     def migrate_away(self, vm: Vm, source_host_id: str) -> str:
+        self._up()
         row = self.rows.get(vm.id)
         if row is None:
             raise UnknownVmError(vm.id)
@@ -492,6 +510,7 @@ class _Orchestrator:
         return target
 
     def destroy(self, vm: Vm, *, expunge: bool) -> None:
+        self._up()
         self._stop(vm.id, force=True)
         row = self.rows[vm.id]
         if expunge:
@@ -582,7 +601,8 @@ class Simulation:
         self.timeline = _Timeline()
         self.recorder = Recorder(self.timeline, self.clock, "simulator")
         self.alerts = RecordingAlertSink()
-        self.scheduler = _SchedulerTap(self)
+        self.scheduled: list[ScheduledRestart] = []
+        self.scheduler = _CurrentScheduler(self)
         self.engine = sa.create_engine(
             "sqlite://",
             poolclass=sa.pool.StaticPool,
@@ -596,6 +616,8 @@ class Simulation:
         self.fenced_alive_host = 0
         self.double_runs: set[str] = set()
         self.directory = InMemoryHostDirectory()
+        self.orchestrator_out = False
+        self.server_directory = _OutageDirectory(self)
         self.hosts: dict[str, _SimHost] = {}
         self.vms: dict[str, _SimVm] = {}
         self.ms_isolated = False
@@ -656,6 +678,9 @@ class Simulation:
         return found
 
     def _watch(self, evidence: Evidence) -> None:
+        if evidence.kind == "ha_scheduled" and evidence.host is not None:
+            reason = ReasonType(str(evidence.details.get("ha_reason", "HostDown")))
+            self.scheduled.append(ScheduledRestart(evidence.host, True, reason))
         if evidence.kind == "ha_work" and evidence.vm is not None:
             self.ha_seen[evidence.vm] = evidence.t
         if (
@@ -663,9 +688,9 @@ class Simulation:
             and evidence.details.get("to") == str(Status.DOWN)
             and evidence.host is not None
         ):
-            for vm in self.orchestrator.list_vms_on_host(evidence.host):
-                if vm.ha_enabled:
-                    self.ha_expected.append((evidence.t, vm.id))
+            for vm_id, row in sorted(self.orchestrator.rows.items()):
+                if row.host_id == evidence.host and self.vms[vm_id].ha:
+                    self.ha_expected.append((evidence.t, vm_id))
         # A host declared Down while VMs still run on it is how HA ends up
         # running a VM twice; the checker counts every such verdict.
         if (
@@ -724,125 +749,73 @@ class Simulation:
     # -- management server ---------------------------------------------------
 
     def _start_ms(self, *, first: bool) -> None:
+        """Start a management server process on the durable state (SQL, host table)."""
         self._epoch += 1
         ms = _ManagementServer(self, self._epoch)
         self.ms = ms
-        if first:
-            for host in self.directory.list_hosts():
-                ms.agents.ping_map.connect(host.id, host.type)
-        else:
-            ms.agents.mark_hosts_as_disconnected()
+        epoch = ms.epoch
+        server = ms.server
+        server.on_work_added = lambda: self.wake_workers(epoch)
+        # The first start joins a running cloud whose agents are connected.
+        connected = [h.id for h in self.directory.list_hosts()] if first else ()
+        server.recover(connected=connected)
+        now = self.clock.monotonic()
         interval = self.settings.ping_interval
-        resource = _DirectResource(self)
+        loops = {loop.name: loop for loop in server.loops()}
         for host_id, sim_host in self.hosts.items():
-            if sim_host.spec.hypervisor.has_direct_agent:
-                row = self.directory.find_host(host_id)
-                assert row is not None
-                task = PingTask(
-                    row,
-                    resource,
-                    self._direct_ping(ms, host_id),
-                    settings=self.settings,
-                    clock=self.clock,
-                )
-                self.at(
-                    self.clock.monotonic() + self.rng.uniform(0.0, interval),
-                    functools.partial(self._ping_task_tick, task, ms.epoch),
-                )
-        self.at(
-            self.clock.monotonic() + ms.monitor.next_delay(), lambda: self._monitor_tick(ms.epoch)
-        )
-        if self.oobm_configs.host_ids():
-            self.at(self.clock.monotonic(), lambda: self._oobm_tick(ms.epoch))
-        ms.ha.recover()
-        for worker in range(self.settings.ha_workers):
-            self.at(self.clock.monotonic(), functools.partial(self._ha_worker, ms.epoch, worker))
-        self.at(
-            self.clock.monotonic() + self.settings.time_between_cleanup,
-            lambda: self._ha_cleanup(ms.epoch),
-        )
+            loop = loops.pop(f"PingTask-{host_id}", None)
+            if loop is not None and sim_host.spec.hypervisor.has_direct_agent:
+                self._schedule_loop(ms, loop, now + self.rng.uniform(0.0, interval))
+        for name, loop in loops.items():
+            if name == "AgentMonitor":
+                self._schedule_loop(ms, loop, now + server.monitor.next_delay())
+            elif name == "OobmSync":
+                # The readiness sync, one host after the other (deterministic order).
+                if self.oobm_configs.host_ids():
+                    self.at(now, lambda: self._oobm_tick(epoch))
+            elif not name.startswith("PingTask-"):
+                self._schedule_loop(ms, loop, now)
 
-    # -- HA workers ------------------------------------------------------------
+    # -- the server's loops on virtual time ---------------------------------------
 
-    def _ha_worker(self, epoch: int, worker: int) -> None:
-        """One HA worker: claim a due work, or sleep ``time.to.sleep`` (woken by scheduling)."""
+    def _schedule_loop(self, ms: _ManagementServer, loop: Loop, when: float) -> None:
+        token = ms.loop_token.get(loop.name, 0) + 1
+        ms.loop_token[loop.name] = token
+        self.at(when, functools.partial(self._loop_tick, ms.epoch, loop, token))
+
+    def _loop_tick(self, epoch: int, loop: Loop, token: int) -> None:
         ms = self._current(epoch)
-        if ms is None:
-            return
-        ms.idle_workers.discard(worker)
-        work = ms.ha.store.claim(ms.ha.server_id)
-        if work is None:
-            ms.idle_workers.add(worker)
-            self.at(
-                self.clock.monotonic() + self.settings.time_to_sleep,
-                functools.partial(self._ha_wake, epoch, worker),
-            )
-            return
-
-        def process() -> None:
-            if self._current(epoch) is None:
-                return  # the server died holding the claim; its next start releases it
-            ms.ha.process(work)
-            self._ha_worker(epoch, worker)
-
-        self.at(self.clock.monotonic() + WORK_SECONDS, process)
-
-    def _ha_wake(self, epoch: int, worker: int) -> None:
-        ms = self._current(epoch)
-        if ms is not None and worker in ms.idle_workers:
-            self._ha_worker(epoch, worker)
+        if ms is None or ms.loop_token.get(loop.name) != token:
+            return  # the server died, or a wake-up ran this loop meanwhile
+        ms.idle_workers.discard(loop.name)
+        delay = loop.tick()
+        if loop.wake_on_work and delay >= self.settings.time_to_sleep:
+            ms.idle_workers.add(loop.name)  # nothing was due: woken by new work
+        self._schedule_loop(ms, loop, self.clock.monotonic() + delay)
 
     def wake_workers(self, epoch: int) -> None:
         """Scheduling wakes the idle workers at once."""
         ms = self._current(epoch)
         if ms is None:
             return
-        for worker in sorted(ms.idle_workers):
-            self.at(self.clock.monotonic(), functools.partial(self._ha_wake, epoch, worker))
-
-    def _ha_cleanup(self, epoch: int) -> None:
-        ms = self._current(epoch)
-        if ms is None:
-            return
-        ms.ha.cleanup()
-        self.at(
-            self.clock.monotonic() + self.settings.time_between_cleanup,
-            lambda: self._ha_cleanup(epoch),
-        )
+        loops = {loop.name: loop for loop in ms.server.loops() if loop.wake_on_work}
+        for name in sorted(ms.idle_workers):
+            ms.idle_workers.discard(name)
+            self._schedule_loop(ms, loops[name], self.clock.monotonic())
 
     def _oobm_tick(self, epoch: int) -> None:
         ms = self._current(epoch)
         if ms is None:
             return
         ms.oobm.sync([h for h in self.directory.list_hosts() if h.id in self.hosts], parallel=False)
-        self.at(self.clock.monotonic() + ms.oobm_sync.interval, lambda: self._oobm_tick(epoch))
+        interval = ms.server.oobm_sync.interval
+        self.at(self.clock.monotonic() + interval, lambda: self._oobm_tick(epoch))
 
     def _current(self, epoch: int) -> _ManagementServer | None:
         ms = self.ms
         if ms is None or not ms.alive or ms.epoch != epoch:
             return None
         return ms
-
-    def _monitor_tick(self, epoch: int) -> None:
-        ms = self._current(epoch)
-        if ms is None:
-            return
-        delay = ms.monitor.tick()
-        self.at(self.clock.monotonic() + delay, lambda: self._monitor_tick(epoch))
-
-    def _ping_task_tick(self, task: PingTask, epoch: int) -> None:
-        if self._current(epoch) is None:
-            return
-        delay = task.tick()
-        self.at(self.clock.monotonic() + delay, lambda: self._ping_task_tick(task, epoch))
-
-    def _direct_ping(self, ms: _ManagementServer, host_id: str) -> Callable[[PingReport], None]:
-        def on_ping(report: PingReport) -> None:
-            if not ms.agents.ping_received(report):
-                # The host answers but is no longer monitored: load it again.
-                ms.agents.agent_connected(host_id)
-
-        return on_ping
 
     # -- agents ---------------------------------------------------------------
 
@@ -864,7 +837,8 @@ class Simulation:
     def _connect(self, host: _SimHost) -> None:
         if self.ms is None or not self.reachable(host) or not host.agent_running:
             return
-        host.connected = self.ms.agents.agent_connected(host.spec.id)
+        running = sorted(vm.id for vm in self.vms.values() if host.spec.id in vm.running_on)
+        host.connected = self.ms.agents.agent_connected(host.spec.id, vms=running)
 
     # -- storage heartbeat writers ----------------------------------------------
 
@@ -1027,6 +1001,7 @@ class Simulation:
                 host_id in avoid
                 or row is None
                 or row.status is not Status.UP
+                or row.resource_state is not ResourceState.ENABLED
                 or not host.powered
                 or host.hung
                 or host.spec.zone != dead.zone
@@ -1054,84 +1029,114 @@ class Simulation:
         self.recorder.emit(
             "fault", reason="fault injected", fault=kind, target=target, status="applied"
         )
-        host = self.hosts.get(target) if target is not None else None
+        FAULT_EFFECTS[kind](self, target)
+
+    def _fault_host_crash(self, target: str | None) -> None:
+        host = self._target_host(target)
+        self._power_off(host)
+
+    def _fault_host_recover(self, target: str | None) -> None:
+        host = self._target_host(target)
         now = self.clock.monotonic()
-        if kind == "host_crash":
-            assert host is not None
-            self._power_off(host)
-        elif kind == "host_recover":
-            assert host is not None
-            if not host.powered:
-                host.powered = True
-                self.at(now + BOOT_SECONDS, lambda: self._boot_done(host))
-            elif host.hung:
-                self._unhang(host)
-        elif kind == "host_hang":
-            assert host is not None
-            if host.powered and not host.hung:
-                host.hung = True
-                host.agent_running = host.connected = False
-                for vm in self.vms.values():
-                    if host.spec.id in vm.running_on:
-                        vm.running_on.discard(host.spec.id)
-                        vm.frozen_on.add(host.spec.id)
-        elif kind == "bmc_down":
-            assert host is not None
-            host.bmc_up = False
-        elif kind == "bmc_up":
-            assert host is not None
-            host.bmc_up = True
-        elif kind == "agent_stop":
-            assert host is not None
-            was_connected = host.connected and self.reachable(host)
+        if not host.powered:
+            host.powered = True
+            self.at(now + BOOT_SECONDS, lambda: self._boot_done(host))
+        elif host.hung:
+            self._unhang(host)
+
+    def _fault_host_hang(self, target: str | None) -> None:
+        host = self._target_host(target)
+        if host.powered and not host.hung:
+            host.hung = True
             host.agent_running = host.connected = False
-            if was_connected and not host.spec.hypervisor.has_direct_agent:
-                assert self.ms is not None
-                self.ms.agents.agent_link_closed(host.spec.id)  # the socket closes at once
-        elif kind == "agent_start":
-            assert host is not None
-            if host.powered and not host.agent_running:
-                host.agent_running = True
-                self.at(now + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
-        elif kind == "mgmt_partition":
-            assert host is not None
-            host.mgmt_link = False
-        elif kind == "mgmt_heal":
-            assert host is not None
-            host.mgmt_link = True
-        elif kind == "host_isolation":
-            assert host is not None
-            host.isolated = True
-        elif kind == "host_heal":
-            assert host is not None
-            host.isolated = False
-        elif kind == "heartbeat_stop":
-            assert host is not None
-            host.heartbeat_running = False
-        elif kind == "heartbeat_start":
-            assert host is not None
-            if not host.heartbeat_running:
-                host.heartbeat_running = True
-                if host.powered and self._writes_heartbeat(host):
-                    self._start_writer(host, 0.0)
-        elif kind == "storage_outage":
-            assert target is not None
-            self.storage_out.add(target)
-        elif kind == "storage_heal":
-            assert target is not None
-            self.storage_out.discard(target)
-        elif kind == "ms_crash":
-            if self.ms is not None and self.ms.alive:
-                self.ms.alive = False
-                for sim_host in self.hosts.values():
-                    sim_host.connected = False
-        elif kind == "ms_restart":
-            if self.ms is None or not self.ms.alive:
-                self._start_ms(first=False)
-        elif kind == "ms_isolation":
-            self.ms_isolated = True
-        elif kind == "ms_heal":
-            self.ms_isolated = False
+            for vm in self.vms.values():
+                if host.spec.id in vm.running_on:
+                    vm.running_on.discard(host.spec.id)
+                    vm.frozen_on.add(host.spec.id)
+
+    def _fault_bmc_down(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.bmc_up = False
+
+    def _fault_bmc_up(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.bmc_up = True
+
+    def _fault_agent_stop(self, target: str | None) -> None:
+        host = self._target_host(target)
+        was_connected = host.connected and self.reachable(host)
+        host.agent_running = host.connected = False
+        if was_connected and not host.spec.hypervisor.has_direct_agent:
+            assert self.ms is not None
+            self.ms.agents.agent_link_closed(host.spec.id)  # the socket closes at once
+
+    def _fault_agent_start(self, target: str | None) -> None:
+        host = self._target_host(target)
+        now = self.clock.monotonic()
+        if host.powered and not host.agent_running:
+            host.agent_running = True
+            self.at(now + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
+
+    def _fault_mgmt_partition(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.mgmt_link = False
+
+    def _fault_mgmt_heal(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.mgmt_link = True
+
+    def _fault_host_isolation(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.isolated = True
+
+    def _fault_host_heal(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.isolated = False
+
+    def _fault_heartbeat_stop(self, target: str | None) -> None:
+        host = self._target_host(target)
+        host.heartbeat_running = False
+
+    def _fault_heartbeat_start(self, target: str | None) -> None:
+        host = self._target_host(target)
+        if not host.heartbeat_running:
+            host.heartbeat_running = True
+            if host.powered and self._writes_heartbeat(host):
+                self._start_writer(host, 0.0)
+
+    def _fault_storage_outage(self, target: str | None) -> None:
+        assert target is not None
+        self.storage_out.add(target)
+
+    def _fault_storage_heal(self, target: str | None) -> None:
+        assert target is not None
+        self.storage_out.discard(target)
+
+    def _fault_ms_crash(self, target: str | None) -> None:
+        if self.ms is not None and self.ms.alive:
+            self.ms.alive = False
+            for sim_host in self.hosts.values():
+                sim_host.connected = False
+
+    def _fault_ms_restart(self, target: str | None) -> None:
+        if self.ms is None or not self.ms.alive:
+            self._start_ms(first=False)
+
+    def _fault_ms_isolation(self, target: str | None) -> None:
+        self.ms_isolated = True
+
+    def _fault_ms_heal(self, target: str | None) -> None:
+        self.ms_isolated = False
+
+    def _fault_orchestrator_outage(self, target: str | None) -> None:
+        self.orchestrator_out = True
+
+    def _fault_orchestrator_heal(self, target: str | None) -> None:
+        self.orchestrator_out = False
+
+    def _target_host(self, target: str | None) -> _SimHost:
+        assert target is not None  # the scenario parser checked it names a host
+        return self.hosts[target]
 
     def _unhang(self, host: _SimHost) -> None:
         """The hang ends: frozen VMs run again where they were, the agent and writer go on."""
@@ -1184,7 +1189,7 @@ class Simulation:
             "invariants": self._invariants(vms),
             "ha_scheduled": [
                 {"host": s.host_id, "investigate": s.investigate, "reason": str(s.reason)}
-                for s in self.scheduler.scheduled
+                for s in self.scheduled
             ],
         }
 
@@ -1217,17 +1222,16 @@ class Simulation:
         stuck = 0
         ms = self.ms
         if ms is not None and ms.alive:
-            with self.engine.begin() as conn:
-                rows = conn.execute(
-                    sa.select(op_ha_work.c.taken).where(
-                        op_ha_work.c.mgmt_server_id.is_not(None),
-                        op_ha_work.c.step.not_in(
-                            [Step.DONE.value, Step.CANCELLED.value, Step.ERROR.value]
-                        ),
-                    )
-                ).all()
+            finished = (Step.DONE, Step.CANCELLED, Step.ERROR)
             started = ms.started_at
-            stuck = sum(1 for (taken,) in rows if taken.timestamp() < started)
+            stuck = sum(
+                1
+                for work in self.store.works_for_vms(sorted(self.vms))
+                if work.mgmt_server_id is not None
+                and work.step not in finished
+                and work.taken is not None
+                and work.taken.timestamp() < started
+            )
         return len(missing) + stuck
 
     def _capacity_elsewhere(self, dead_host: str) -> bool:
@@ -1241,6 +1245,32 @@ class Simulation:
             if load < capacity:
                 return True
         return False
+
+
+FAULT_EFFECTS: dict[str, Callable[[Simulation, str | None], None]] = {
+    "host_crash": Simulation._fault_host_crash,
+    "host_recover": Simulation._fault_host_recover,
+    "host_hang": Simulation._fault_host_hang,
+    "bmc_down": Simulation._fault_bmc_down,
+    "bmc_up": Simulation._fault_bmc_up,
+    "agent_stop": Simulation._fault_agent_stop,
+    "agent_start": Simulation._fault_agent_start,
+    "mgmt_partition": Simulation._fault_mgmt_partition,
+    "mgmt_heal": Simulation._fault_mgmt_heal,
+    "host_isolation": Simulation._fault_host_isolation,
+    "host_heal": Simulation._fault_host_heal,
+    "heartbeat_stop": Simulation._fault_heartbeat_stop,
+    "heartbeat_start": Simulation._fault_heartbeat_start,
+    "storage_outage": Simulation._fault_storage_outage,
+    "storage_heal": Simulation._fault_storage_heal,
+    "ms_crash": Simulation._fault_ms_crash,
+    "ms_restart": Simulation._fault_ms_restart,
+    "ms_isolation": Simulation._fault_ms_isolation,
+    "ms_heal": Simulation._fault_ms_heal,
+    "orchestrator_outage": Simulation._fault_orchestrator_outage,
+    "orchestrator_heal": Simulation._fault_orchestrator_heal,
+}
+"""What each fault kind does to the simulated world, keyed by kind (the scenario's ``kind``)."""
 
 
 def simulate(scenario: Scenario | Mapping[str, Any] | str | Path) -> dict[str, Any]:

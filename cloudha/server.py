@@ -1,0 +1,563 @@
+"""The management server: one assembly of everything on the management-server side.
+
+:class:`ManagementServer` takes the settings, a clock, a thread factory and
+the ports the embedding orchestrator implements, and builds and wires the
+rest: the ping map, :class:`~cloudha.detection.AgentManager` and its
+:class:`~cloudha.detection.MonitorTask`, the investigator chain, the fence
+chain, out-of-band management and its readiness sync, and the HA work queue
+(:class:`~cloudha.ha.manager.HighAvailabilityManager`) with its workers.
+
+Every loop is data (:meth:`ManagementServer.loops`): :meth:`~ManagementServer.start`
+runs each in a :class:`~cloudha.runtime.Pump` thread on the injected clock,
+and the simulator drives the very same loops on virtual time.
+
+:meth:`~ManagementServer.start` first recovers from durable state alone
+(the host directory and the work queue), so a crash, a restart or a
+takeover never strands a host or a VM:
+
+* HA works this server held are released and due works are investigated again;
+* hosts this server owned and that were Up are marked Disconnected with a
+  fresh grace; hosts left in Alert, Disconnected or Down are re-adopted
+  (:meth:`cloudha.detection.AgentManager.recover`);
+* a Down host with an HA VM that has no pending HA work is handed over to
+  the HA scheduler again.
+
+When recovery fails (the directory does not answer), the monitor loop tries
+it again on every round until it succeeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Generic, Protocol
+
+from sqlalchemy.engine import Engine
+
+from cloudha.clock import Clock
+from cloudha.detection import AgentManager, MonitorTask, PingMap, PingTask
+from cloudha.errors import ConfigurationError, LifecycleError
+from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder
+from cloudha.fencing.chain import FenceChain, FenceRunner
+from cloudha.fencing.registry import FencerContext, build_fence_chain
+from cloudha.ha.manager import HighAvailabilityManager
+from cloudha.ha.store import Work, WorkStore, create_schema
+from cloudha.investigators import InvestigatorChain, InvestigatorContext, build_chain
+from cloudha.model import Host, VmState
+from cloudha.oobm.manager import (
+    OobmConfigSource,
+    OobmSyncTask,
+    OutOfBandManager,
+    StaticOobmConfigs,
+)
+from cloudha.oobm.power import PowerDriver
+from cloudha.ports import (
+    AgentGateway,
+    AlertSink,
+    DirectAgentResource,
+    HostDirectory,
+    HypervisorControl,
+    HypervisorProbe,
+    MaintenanceChecker,
+    MigrationFailureSink,
+    PingReport,
+    StoragePoolDirectory,
+    VmNetworkDirectory,
+    VmOrchestrator,
+)
+from cloudha.runtime import Loop, Pump, ThreadFactory
+from cloudha.settings import Settings
+
+__all__ = ["HostVmSync", "ManagementServer", "validate_port"]
+
+log = logging.getLogger(__name__)
+
+_VM_SYNC_STATES = (VmState.RUNNING, VmState.STARTING, VmState.STOPPING, VmState.UNKNOWN)
+
+
+def _protocol_methods(protocol: type) -> list[str]:
+    names: set[str] = set()
+    for klass in protocol.__mro__:
+        if klass in (Protocol, Generic, object):
+            continue
+        for name, value in vars(klass).items():
+            if not name.startswith("_") and callable(value):
+                names.add(name)
+    return sorted(names)
+
+
+def validate_port(name: str, port: object, protocol: type) -> None:
+    """Raise :class:`ConfigurationError` unless ``port`` has every method of ``protocol``.
+
+    The message names the port and the first missing (or non-callable) method.
+    """
+    for method in _protocol_methods(protocol):
+        found = getattr(port, method, None)
+        if found is None:
+            raise ConfigurationError(
+                f"port {name} ({type(port).__name__}) has no method {method}() "
+                f"of {protocol.__name__}",
+                key=name,
+                value=method,
+            )
+        if not callable(found):
+            raise ConfigurationError(
+                f"port {name} ({type(port).__name__}): {method} is not callable "
+                f"({protocol.__name__} needs a method)",
+                key=name,
+                value=method,
+            )
+
+
+class HostVmSync:
+    """VM sync on reconnect (spec §3 ``ha.vm.restart.hostup``; a :class:`~cloudha.ports.VmSync`).
+
+    A VM the orchestrator believes on the reconnected host (Running,
+    Starting, Stopping or Unknown) that the host does not report is stopped
+    (force: it does not run, the row is cleaned up) and, when HA-enabled,
+    given an investigated HA restart unless it has pending HA work.
+    """
+
+    def __init__(
+        self, orchestrator: VmOrchestrator, ha: HighAvailabilityManager, recorder: Recorder
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.ha = ha
+        self.recorder = recorder
+
+    def host_connected(self, host: Host, running: Collection[str]) -> None:
+        for vm in self.orchestrator.list_vms_on_host(host.id):
+            if vm.id in running or vm.state not in _VM_SYNC_STATES:
+                continue
+            if self.ha.has_pending_ha_work(vm.id):
+                continue  # the HA path owns this VM already
+            self.orchestrator.advance_stop(vm, force=True)
+            stopped = self.orchestrator.find_vm(vm.id)
+            work = None if stopped is None else self.ha.on_vm_powered_off(stopped)
+            self.recorder.emit(
+                "vm_sync",
+                host=host.id,
+                vm=vm.id,
+                reason=(
+                    f"{host.id} reconnected without {vm.id}: marked Stopped"
+                    + ("; HA restart scheduled" if work is not None else "")
+                ),
+                restart=work is not None,
+            )
+
+
+class ManagementServer:
+    """One management server: detection, investigation, fencing, OOBM and the HA queue.
+
+    Args:
+        settings: every setting (CloudStack key names).
+        clock: the only source of time (``SystemClock()`` in production).
+        directory: the host inventory (:class:`~cloudha.ports.HostDirectory`).
+        gateway: sends commands to agents (:class:`~cloudha.ports.AgentGateway`).
+        orchestrator: the cloud's VM manager (:class:`~cloudha.ports.VmOrchestrator`).
+        alerts: operator alerts (:class:`~cloudha.ports.AlertSink`).
+        engine: the SQL database of the HA work queue; its tables are
+            created when missing. Give ``engine`` or ``store``.
+        store: the HA work queue itself, instead of ``engine``.
+        evidence: where decisions are recorded (an :class:`~cloudha.evidence.EvidenceLog`
+            by default, kept as :attr:`evidence`).
+        server_id: this server's id (owner of hosts and claims).
+        thread_factory: makes every thread (``threading.Thread`` by default).
+        oobm_drivers: power drivers (IPMI, Redfish ...) for power fencing.
+        oobm_configs: each host's BMC address and credentials.
+        pools: which shared pools each host mounts (storage heartbeat).
+        hypervisor: a direct hypervisor connection (libvirt); when it can
+            also destroy domains it is the libvirt fencer's control too.
+        networks: VM addresses (ping investigators).
+        maintenance: the resource manager's maintenance step.
+        migration_failures: told when a migration off a host finds no room.
+        direct_resources: status probes of directly managed hosts (one
+            ``PingTask`` loop per such host in the directory at start).
+        zone_settings: per-zone settings overrides for the HA manager.
+        fence_runner: runs each fencer call with its time limit (a thread
+            by default; the simulator runs them inline).
+        discover_plugins: load investigator and fencer entry-point plugins.
+        investigators: the investigator chain to use instead of the one built
+            from the ports (:func:`cloudha.investigators.build_chain`).
+        fence_chain: the fence chain to use instead of the one built from the
+            ports (:func:`cloudha.fencing.build_fence_chain`).
+        work_seconds: 0 (production): a worker claims and processes a work in
+            one tick. Above 0 (the simulator): a worker's tick claims, it
+            holds the claim that long, and its next tick processes the work,
+            so a server that dies meanwhile dies holding the claim.
+
+    A port missing a method of its Protocol raises :class:`ConfigurationError`
+    naming the port and the method.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        directory: HostDirectory,
+        gateway: AgentGateway,
+        orchestrator: VmOrchestrator,
+        alerts: AlertSink,
+        engine: Engine | None = None,
+        store: WorkStore | None = None,
+        evidence: EvidenceSink | None = None,
+        server_id: str = "ms1",
+        thread_factory: ThreadFactory = threading.Thread,
+        oobm_drivers: Iterable[PowerDriver] = (),
+        oobm_configs: OobmConfigSource | None = None,
+        pools: StoragePoolDirectory | None = None,
+        hypervisor: HypervisorProbe | None = None,
+        networks: VmNetworkDirectory | None = None,
+        maintenance: MaintenanceChecker | None = None,
+        migration_failures: MigrationFailureSink | None = None,
+        direct_resources: DirectAgentResource | None = None,
+        zone_settings: Mapping[str, Settings] | None = None,
+        fence_runner: FenceRunner | None = None,
+        discover_plugins: bool = True,
+        investigators: InvestigatorChain | None = None,
+        fence_chain: FenceChain | None = None,
+        work_seconds: float = 0.0,
+    ) -> None:
+        if not isinstance(settings, Settings):
+            raise ConfigurationError("settings must be a cloudha.Settings", key="settings")
+        if not isinstance(server_id, str) or not server_id:
+            raise ConfigurationError("server_id must be a non-empty string", key="server_id")
+        ports: list[tuple[str, object, type]] = [
+            ("clock", clock, Clock),
+            ("directory", directory, HostDirectory),
+            ("gateway", gateway, AgentGateway),
+            ("orchestrator", orchestrator, VmOrchestrator),
+            ("alerts", alerts, AlertSink),
+        ]
+        optional: list[tuple[str, object | None, type]] = [
+            ("evidence", evidence, EvidenceSink),
+            ("pools", pools, StoragePoolDirectory),
+            ("hypervisor", hypervisor, HypervisorProbe),
+            ("networks", networks, VmNetworkDirectory),
+            ("maintenance", maintenance, MaintenanceChecker),
+            ("migration_failures", migration_failures, MigrationFailureSink),
+            ("direct_resources", direct_resources, DirectAgentResource),
+        ]
+        for name, port, protocol in ports:
+            validate_port(name, port, protocol)
+        for name, maybe, protocol in optional:
+            if maybe is not None:
+                validate_port(name, maybe, protocol)
+        if not callable(thread_factory):
+            raise ConfigurationError("thread_factory must be callable", key="thread_factory")
+        if (engine is None) == (store is None):
+            raise ConfigurationError(
+                "give the HA work queue as engine (an SQLAlchemy engine) or store, not both",
+                key="engine",
+            )
+        if store is None:
+            assert engine is not None
+            store = WorkStore(engine, clock)
+            create_schema(engine)
+        self.server_id = server_id
+        self.settings = settings
+        self.clock = clock
+        self.directory = directory
+        self.gateway = gateway
+        self.orchestrator = orchestrator
+        self.alerts = alerts
+        self.store = store
+        self.evidence: EvidenceSink = evidence if evidence is not None else EvidenceLog()
+        self.direct_resources = direct_resources
+        self.thread_factory = thread_factory
+        self.recorder = Recorder(self.evidence, clock, server_id)
+        self.ping_map = PingMap(clock)
+        control = hypervisor if isinstance(hypervisor, HypervisorControl) else None
+        self.oobm_configs: OobmConfigSource = (
+            oobm_configs if oobm_configs is not None else StaticOobmConfigs()
+        )
+        self.oobm = OutOfBandManager(
+            clock=clock,
+            configs=self.oobm_configs,
+            drivers=list(oobm_drivers),
+            settings=settings,
+            alerts=alerts,
+            recorder=self.recorder,
+        )
+        self.oobm_sync = OobmSyncTask(self.oobm, self._owned_hosts)
+        if investigators is not None:
+            self.investigators: InvestigatorChain = investigators
+        else:
+            self.investigators = build_chain(
+                InvestigatorContext(
+                    clock=clock,
+                    directory=directory,
+                    gateway=gateway,
+                    settings=settings,
+                    pools=pools,
+                    networks=networks,
+                    hypervisor_probe=hypervisor,
+                ),
+                discover=discover_plugins,
+            )
+        if fence_chain is not None:
+            self.fence_chain: FenceChain = fence_chain
+        else:
+            self.fence_chain = build_fence_chain(
+                FencerContext(
+                    clock=clock,
+                    directory=directory,
+                    gateway=gateway,
+                    settings=settings,
+                    pools=pools,
+                    oobm=self.oobm,
+                    hypervisor_control=control,
+                    alerts=alerts,
+                    recorder=self.recorder,
+                    runner=fence_runner,
+                ),
+                discover=discover_plugins,
+            )
+        self.ha = HighAvailabilityManager(
+            server_id=server_id,
+            store=store,
+            orchestrator=orchestrator,
+            directory=directory,
+            investigators=self.investigators,
+            fence_chain=self.fence_chain,
+            settings=settings,
+            clock=clock,
+            alerts=alerts,
+            evidence=self.evidence,
+            zone_settings=zone_settings,
+            resource_manager=migration_failures,
+            thread_factory=thread_factory,
+        )
+        # The HA manager calls this after every committed schedule: it wakes the workers.
+        self.ha.on_work_added = self.work_added
+        self.vm_sync = HostVmSync(orchestrator, self.ha, self.recorder)
+        self.agents = AgentManager(
+            management_server_id=server_id,
+            settings=settings,
+            clock=clock,
+            directory=directory,
+            gateway=gateway,
+            chain=self.investigators,
+            scheduler=self.ha,
+            alerts=alerts,
+            evidence=self.evidence,
+            ping_map=self.ping_map,
+            maintenance=maintenance,
+            vm_sync=self.vm_sync,
+        )
+        self.monitor = MonitorTask(self.agents)
+        self.on_work_added: Callable[[], None] = self._wake_workers
+        """Called after work was added; by default wakes the worker threads."""
+        if not (isinstance(work_seconds, int | float) and 0.0 <= work_seconds < float("inf")):
+            raise ConfigurationError(
+                f"work_seconds must be a finite number >= 0, got {work_seconds!r}",
+                key="work_seconds",
+                value=work_seconds,
+            )
+        self.work_seconds = float(work_seconds)
+        self._held: dict[int, Work] = {}
+        self._recovered = False
+        self._connected: frozenset[str] = frozenset()
+        self._cleanup_due = False
+        self._pumps: list[Pump] = []
+        self._state = "new"
+        self._lock = threading.Lock()
+
+    # -- recovery -------------------------------------------------------------
+
+    @property
+    def recovered(self) -> bool:
+        """Whether the last :meth:`recover` finished."""
+        return self._recovered
+
+    def recover(self, *, connected: Collection[str] = ()) -> bool:
+        """Take up from durable state (start or takeover); True when it finished.
+
+        Releases this server's old claims and marks due works Investigating,
+        then re-adopts every host left in Alert, Disconnected or Down
+        (:meth:`AgentManager.recover`; a Down host only when one of its HA
+        VMs has no pending HA work). ``connected``: hosts whose agents are
+        known to be connected already (a first start in a running cloud; see
+        :meth:`AgentManager.recover`). A failure is logged and recorded; the
+        monitor loop calls this again until it succeeds.
+        """
+        self._connected = frozenset(connected)
+        try:
+            self.ha.recover()
+            self.agents.recover(needs_hand_over=self._needs_hand_over, connected=self._connected)
+        except Exception as exc:
+            log.warning("recovery of %s failed, retried next round: %s", self.server_id, exc)
+            self.recorder.emit(
+                "recovery_failed", reason=f"recovery failed, retried next round: {exc}"
+            )
+            self._recovered = False
+            return False
+        self._recovered = True
+        self.work_added()
+        return True
+
+    def _needs_hand_over(self, host: Host) -> bool:
+        force = self.settings.force_ha
+        return any(
+            (vm.ha_enabled or force) and not self.ha.has_pending_ha_work(vm.id)
+            for vm in self.orchestrator.list_vms_on_host(host.id)
+        )
+
+    def _owned_hosts(self) -> list[Host]:
+        return [
+            h
+            for h in self.directory.list_hosts()
+            if h.management_server_id in (None, self.server_id)
+        ]
+
+    # -- the loops ------------------------------------------------------------
+
+    def monitor_tick(self) -> float:
+        """One monitor round: recovery until it finished, then :meth:`MonitorTask.tick`."""
+        if not self._recovered:
+            self.recover(connected=self._connected)
+        delay = self.monitor.tick()
+        if not self._recovered:
+            delay = min(delay, self.settings.ping_interval)
+        return delay
+
+    def work_tick(self, worker: int = 0) -> float:
+        """One HA worker round: process one due work; 0 when one was processed.
+
+        With :attr:`work_seconds` above 0 the round is split: a tick claims
+        a work and returns ``work_seconds``; the worker's next tick processes it.
+        """
+        if self.work_seconds <= 0.0:
+            return self.ha.work_tick()
+        held = self._held.pop(worker, None)
+        if held is not None:
+            self.ha.process(held)
+            return 0.0
+        work = self.store.claim(self.server_id)
+        if work is None:
+            return self.settings.time_to_sleep
+        self._held[worker] = work
+        return self.work_seconds
+
+    def cleanup_tick(self) -> float:
+        """One cleanup round (the first only waits ``time.between.cleanup``)."""
+        if not self._cleanup_due:
+            self._cleanup_due = True
+            return self.settings.time_between_cleanup
+        return self.ha.cleanup_tick()
+
+    def ping_task_loops(self) -> list[Loop]:
+        """One ``PingTask`` loop per directly managed host (needs ``direct_resources``)."""
+        if self.direct_resources is None:
+            return []
+        loops: list[Loop] = []
+        for host in sorted(self._owned_hosts(), key=lambda h: h.id):
+            if host.hypervisor.has_direct_agent:
+                task = PingTask(
+                    host,
+                    self.direct_resources,
+                    self._direct_ping(host.id),
+                    settings=self.settings,
+                    clock=self.clock,
+                )
+                loops.append(Loop(f"PingTask-{host.id}", task.tick))
+        return loops
+
+    def _direct_ping(self, host_id: str) -> Callable[[PingReport], None]:
+        def on_ping(report: PingReport) -> None:
+            if not self.agents.ping_received(report):
+                # The host answers but is no longer monitored: load it again.
+                self.agents.agent_connected(host_id)
+
+        return on_ping
+
+    def loops(self) -> list[Loop]:
+        """Every loop of this server, in start order (ping tasks last)."""
+        loops = [Loop("AgentMonitor", self.monitor_tick)]
+        if self.oobm.driver_names:
+            loops.append(Loop("OobmSync", self.oobm_sync.tick))
+        loops.extend(
+            Loop(f"HA-Worker-{i}", functools.partial(self.work_tick, i), wake_on_work=True)
+            for i in range(self.settings.ha_workers)
+        )
+        loops.append(Loop("HA-Cleanup", self.cleanup_tick))
+        loops.extend(self.ping_task_loops())
+        return loops
+
+    def work_added(self) -> None:
+        """HA work was added: call :attr:`on_work_added` (never raises)."""
+        try:
+            self.on_work_added()
+        except Exception:
+            log.exception("waking the HA workers failed")
+
+    def _wake_workers(self) -> None:
+        for pump, loop in self._pumps_with_loops:
+            if loop.wake_on_work:
+                pump.wake()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover (:meth:`recover`), then run every loop in its own :class:`Pump` thread."""
+        with self._lock:
+            if self._state != "new":
+                raise LifecycleError(f"management server {self.server_id} is {self._state}")
+            self._state = "running"
+        self.recover()
+        self._pumps_with_loops = [
+            (
+                loop.pump(
+                    clock=self.clock,
+                    error_delay=min(1.0, self.settings.ping_interval),
+                    thread_factory=self.thread_factory,
+                ),
+                loop,
+            )
+            for loop in self.loops()
+        ]
+        self._pumps = [pump for pump, _ in self._pumps_with_loops]
+        for pump in self._pumps:
+            pump.start()
+
+    _pumps_with_loops: Sequence[tuple[Pump, Loop]] = ()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every loop within ``timeout`` seconds in all, then hand unfinished works back.
+
+        Raises :class:`~cloudha.errors.LifecycleError` naming the loops that did
+        not stop in time (the works are handed back anyway).
+        """
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+        # The runtime edge: the wall clock bounds the joins, not the injected clock.
+        deadline = time.monotonic() + timeout
+        stuck: list[str] = []
+        for pump in self._pumps:
+            try:
+                pump.stop(max(0.0, deadline - time.monotonic()))
+            except LifecycleError:
+                stuck.append(pump.name)
+        try:
+            self.store.mark_server_pending_as_investigating(self.server_id)
+            released = self.store.release_server(self.server_id)
+            log.info("management server %s stopped; %d works handed back", self.server_id, released)
+        except Exception:
+            log.exception("handing the HA works of %s back failed", self.server_id)
+        if stuck:
+            raise LifecycleError(f"loops did not stop within {timeout}s: {stuck}")
+
+    @property
+    def pumps(self) -> Sequence[Pump]:
+        """The running pumps (empty before :meth:`start`)."""
+        return tuple(self._pumps)
+
+    def __repr__(self) -> str:
+        return f"ManagementServer({self.server_id!r}, {self._state})"

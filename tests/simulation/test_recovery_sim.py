@@ -1,0 +1,138 @@
+"""Recovery that always finishes: restarts, flapping servers, outages, power cycles, planner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudha.testing import simulate
+
+from .support import CLEAN, events
+
+
+def scenario(
+    faults: list[dict[str, Any]],
+    *,
+    until: float = 3600,
+    hosts: list[dict[str, Any]] | None = None,
+    vms: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "hosts": hosts
+        or [{"id": f"h{i}", "cluster": "c1", "pools": ["nfs1"]} for i in range(1, 4)],
+        "vms": vms or [{"id": f"vm{i}", "host": f"h{i}", "ha": True} for i in range(1, 4)],
+        "faults": faults,
+        "run": {"until": until, "seed": 1},
+    }
+
+
+def assert_recovered(doc: dict[str, Any], host: str, vm: str) -> None:
+    assert doc["invariants"] == CLEAN
+    assert doc["final"]["hosts"][host]["status"] == "Down"
+    assert doc["final"]["vms"][vm]["state"] == "Running"
+    assert doc["final"]["vms"][vm]["host"] != host
+
+
+def test_a_host_in_alert_when_the_server_restarts_is_rechecked_until_down() -> None:
+    vms = [{"id": f"vm{i}", "host": "h2", "ha": True} for i in range(1, 7)]
+    doc = simulate(
+        scenario(
+            [
+                {"at": 100, "kind": "host_crash", "target": "h2"},
+                {"at": 262, "kind": "ms_crash"},
+                {"at": 300, "kind": "ms_restart"},
+            ],
+            vms=vms,
+        )
+    )
+    alert = events(doc, "host_status", host="h2", to="Alert")
+    assert alert
+    assert alert[0]["t"] < 262  # in Alert when the server died
+    assert [e["hosts"] for e in events(doc, "recovery")] == [["h2"]]
+    for i in range(1, 7):
+        assert_recovered(doc, "h2", f"vm{i}")
+
+
+def test_a_server_crashing_every_150_s_still_recovers_a_dead_host() -> None:
+    faults: list[dict[str, Any]] = [{"at": 50, "kind": "host_crash", "target": "h2"}]
+    for k in range(20):
+        faults.append({"at": 100 + 150 * k, "kind": "ms_crash"})
+        faults.append({"at": 110 + 150 * k, "kind": "ms_restart"})
+    doc = simulate(scenario(faults, until=4000))
+    assert_recovered(doc, "h2", "vm2")
+
+
+def test_an_orchestrator_outage_around_a_crash_loses_nothing() -> None:
+    doc = simulate(
+        scenario(
+            [
+                {"at": 200, "kind": "orchestrator_outage"},
+                {"at": 250, "kind": "host_crash", "target": "h2"},
+                {"at": 1500, "kind": "orchestrator_heal"},
+            ]
+        )
+    )
+    assert_recovered(doc, "h2", "vm2")
+    down = events(doc, "host_status", host="h2", to="Down")[0]
+    assert down["t"] > 1500  # nothing is decided while the directory does not answer
+
+
+def test_an_outage_just_before_the_host_would_be_declared_down_loses_nothing() -> None:
+    base = simulate(scenario([{"at": 100, "kind": "host_crash", "target": "h2"}]))
+    down_at = events(base, "host_status", host="h2", to="Down")[0]["t"]
+    investigated = [e["t"] for e in events(base, "investigation", host="h2") if e["t"] < down_at][
+        -1
+    ]
+    doc = simulate(
+        scenario(
+            [
+                {"at": 100, "kind": "host_crash", "target": "h2"},
+                {"at": investigated + 1, "kind": "orchestrator_outage"},
+                {"at": investigated + 900, "kind": "orchestrator_heal"},
+            ]
+        )
+    )
+    assert_recovered(doc, "h2", "vm2")
+    assert doc["ha_scheduled"] == [{"host": "h2", "investigate": True, "reason": "HostDown"}]
+
+
+def test_a_host_power_cycled_before_it_is_declared_down_gets_its_ha_vms_back() -> None:
+    doc = simulate(
+        scenario(
+            [
+                {"at": 100, "kind": "host_crash", "target": "h2"},
+                {"at": 110, "kind": "host_recover", "target": "h2"},
+            ]
+        )
+    )
+    assert doc["invariants"] == CLEAN
+    assert events(doc, "host_status", host="h2", to="Down") == []
+    synced = events(doc, "vm_sync", host="h2")
+    assert [e["vm"] for e in synced] == ["vm2"]
+    assert doc["final"]["vms"]["vm2"]["state"] == "Running"
+
+
+def test_the_planner_restarts_only_onto_enabled_hosts() -> None:
+    hosts = [
+        {"id": "h1", "cluster": "c1", "pools": ["nfs1"]},
+        {"id": "h2", "cluster": "c1", "pools": ["nfs1"]},
+        {"id": "h3", "cluster": "c1", "pools": ["nfs1"], "resource_state": "Maintenance"},
+        {"id": "h4", "cluster": "c1", "pools": ["nfs1"], "resource_state": "Disabled"},
+    ]
+    vms = [
+        {"id": "vm1", "host": "h1", "ha": True},
+        {"id": "vm2", "host": "h2", "ha": True},
+        {"id": "vm3", "host": "h2", "ha": True},
+    ]
+    doc = simulate(
+        scenario([{"at": 100, "kind": "host_crash", "target": "h2"}], hosts=hosts, vms=vms)
+    )
+    assert doc["invariants"] == CLEAN
+    assert doc["final"]["vms"]["vm2"] == {"state": "Running", "host": "h1"}
+    assert doc["final"]["vms"]["vm3"] == {"state": "Running", "host": "h1"}
+
+
+def test_every_fault_kind_has_exactly_one_effect() -> None:
+    from cloudha.testing.scenario import FAULT_KINDS
+    from cloudha.testing.simulator import FAULT_EFFECTS
+
+    assert set(FAULT_EFFECTS) == set(FAULT_KINDS)
