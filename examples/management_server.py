@@ -51,7 +51,7 @@ SETTINGS = Settings.from_mapping(
     {
         "ping.interval": 1,
         "time.to.sleep": 1,
-        "kvm.heartbeat.update.frequency": 200,  # milliseconds (agent property)
+        "kvm.heartbeat.update.frequency": 1000,  # milliseconds (agent property)
         "kvm.heartbeat.update.max.tries": 1,
         "kvm.heartbeat.update.retry.sleep": 100,
         "heartbeat.update.timeout": 200,
@@ -94,7 +94,15 @@ def main() -> None:
         settings=SETTINGS,
         clock=clock,
         directory=InMemoryHostDirectory(
-            Host(h, cluster="c1", private_ip=ip, status=Status.UP, management_server_id="ms1")
+            # cloudha's writer arms a watchdog on these hosts: a stale heartbeat proves death.
+            Host(
+                h,
+                cluster="c1",
+                private_ip=ip,
+                status=Status.UP,
+                management_server_id="ms1",
+                watchdog=True,
+            )
             for h, ip in HOSTS.items()
         ),
         gateway=gateway,

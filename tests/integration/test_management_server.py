@@ -55,7 +55,7 @@ POOL = Pool("p1", "/mnt/p1", cluster="c1")
 SETTINGS = {
     "ping.interval": 1,
     "time.to.sleep": 1,
-    "kvm.heartbeat.update.frequency": 200,  # milliseconds (agent property)
+    "kvm.heartbeat.update.frequency": 1000,  # milliseconds (agent property)
     "kvm.heartbeat.update.max.tries": 1,
     "kvm.heartbeat.update.retry.sleep": 100,
     "heartbeat.update.timeout": 200,
@@ -113,7 +113,15 @@ class Hosts:
 def build(hosts: Hosts, db: Path, **overrides: object) -> ManagementServer:
     clock = hosts.clock
     directory = InMemoryHostDirectory(
-        Host(h, cluster="c1", private_ip=ip, status=Status.UP, management_server_id="ms1")
+        # cloudha's writer arms a watchdog on these hosts: a stale heartbeat proves death.
+        Host(
+            h,
+            cluster="c1",
+            private_ip=ip,
+            status=Status.UP,
+            management_server_id="ms1",
+            watchdog=True,
+        )
         for h, ip in HOSTS.items()
     )
     orchestrator = InMemoryOrchestrator(

@@ -430,9 +430,7 @@ def test_with_work_seconds_a_worker_holds_its_claim_for_one_tick() -> None:
     cloud.set_status("h1", Status.DOWN)
     host = cloud.directory.find_host("h1")
     assert host is not None
-    server.ha.schedule_restart_for_vms_on_host(
-        host, investigate=True, reason=ReasonType.HOST_DOWN
-    )
+    server.ha.schedule_restart_for_vms_on_host(host, investigate=True, reason=ReasonType.HOST_DOWN)
     assert server.work_tick(0) == 2.5  # claimed, held
     (work,) = server.store.works_for_vm("vm1")
     assert work.mgmt_server_id == "ms1"
