@@ -370,9 +370,7 @@ class _CurrentScheduler:
         ms = self.sim.ms
         if ms is None or not ms.alive:
             raise ProbeConnectionError("no management server is running")
-        ms.server.ha.schedule_restart_for_vms_on_host(
-            host, investigate=investigate, reason=reason
-        )
+        ms.server.ha.schedule_restart_for_vms_on_host(host, investigate=investigate, reason=reason)
 
 
 class _WatchedFenceChain(FenceChain):
