@@ -602,11 +602,11 @@ def parse_scenario_text(data: bytes | str, *, source: str = "<scenario>") -> Sce
     else:
         text = data
     if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
+        nul_line = text.count("\n", 0, text.index("\x00")) + 1
         raise ScenarioError(
-            f"{source}, line {line}: a NUL byte; a scenario is a TOML text file, not binary",
+            f"{source}, line {nul_line}: a NUL byte; a scenario is a TOML text file, not binary",
             source=source,
-            line=line,
+            line=nul_line,
         )
     try:
         doc = tomllib.loads(text)
