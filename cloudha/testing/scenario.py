@@ -613,10 +613,10 @@ def parse_scenario_text(data: bytes | str, *, source: str = "<scenario>") -> Sce
     except tomllib.TOMLDecodeError as exc:
         message = str(exc).splitlines()[0] if str(exc) else "syntax error"
         found = _AT_LINE.search(message)
-        line = int(found.group(1)) if found else None
-        where = source + (f", line {line}" if line is not None else "")
+        toml_line = int(found.group(1)) if found else None
+        where = source + (f", line {toml_line}" if toml_line is not None else "")
         raise ScenarioError(
-            f"{where}: not valid TOML: {message}", source=source, line=line
+            f"{where}: not valid TOML: {message}", source=source, line=toml_line
         ) from None
     except RecursionError:
         raise ScenarioError(f"{source}: not valid TOML: nested too deeply", source=source) from None
