@@ -490,15 +490,15 @@ def fuzz_input(seed: int) -> bytes:
     if how == 3:  # an extreme number in the run or a fault
         value = rng.choice(_EXTREMES)
         if rng.random() < 0.5:
-            return re.sub(r"until = [^\n]+", f"until = {value}", text).encode()
-        return re.sub(r"at = [^\n]+", f"at = {value}", text, count=1).encode()
+            return re.sub(r"until = [^\n]+", lambda _: f"until = {value}", text).encode()
+        return re.sub(r"at = [^\n]+", lambda _: f"at = {value}", text, count=1).encode()
     if how == 4:  # unknown names
         name = json.dumps(rng.choice(_UNKNOWN_NAMES))
         choice = rng.randrange(4)
         if choice == 0:
-            return re.sub(r'kind = "[^"]+"', f"kind = {name}", text, count=1).encode()
+            return re.sub(r'kind = "[^"]+"', lambda _: f"kind = {name}", text, count=1).encode()
         if choice == 1:
-            return re.sub(r'host = "[^"]+"', f"host = {name}", text, count=1).encode()
+            return re.sub(r'host = "[^"]+"', lambda _: f"host = {name}", text, count=1).encode()
         if choice == 2:
             return _with_setting(text, f"no.such.{rng.randrange(99)}", "1").encode()
         return _with_setting(text, rng.choice(_NAME_SETTINGS), f"[{name}]").encode()
