@@ -464,6 +464,11 @@ _NAME_SETTINGS = ("ha.investigators.order", "ha.investigators.exclude", "ha.fenc
 
 def fuzz_input(seed: int) -> bytes:
     """One malformed (or merely odd) scenario file, from ``seed``."""
+    return _fuzz_input(seed)[0]
+
+
+def _fuzz_input(seed: int) -> tuple[bytes, bool]:
+    """A fuzz input and whether it must be refused (it names something unknown)."""
     rng = random.Random(seed)
     small = generate(seed)
     for host in [h["id"] for h in small.hosts[3:]]:
@@ -471,7 +476,7 @@ def fuzz_input(seed: int) -> bytes:
     text = dump_toml(small.to_doc())
     how = rng.randrange(7)
     if how == 0:  # binary junk
-        return bytes(rng.randrange(256) for _ in range(rng.randint(1, 400)))
+        return bytes(rng.randrange(256) for _ in range(rng.randint(1, 400))), False
     if how == 1:  # bytes of a good file flipped, cut or duplicated
         data = bytearray(text.encode())
         for _ in range(rng.randint(1, 8)):
@@ -483,36 +488,39 @@ def fuzz_input(seed: int) -> bytes:
                 del data[pos : pos + rng.randint(1, 20)]
             else:
                 data[pos:pos] = data[rng.randrange(len(data)) :][: rng.randint(1, 40)]
-        return bytes(data)
+        return bytes(data), False
     if how == 2:  # an extreme number for a setting
         key = rng.choice(_NUMERIC_SETTINGS)
-        return _with_setting(text, key, rng.choice(_EXTREMES)).encode()
+        return _with_setting(text, key, rng.choice(_EXTREMES)).encode(), False
     if how == 3:  # an extreme number in the run or a fault
         value = rng.choice(_EXTREMES)
         if rng.random() < 0.5:
-            return re.sub(r"until = [^\n]+", lambda _: f"until = {value}", text).encode()
-        return re.sub(r"at = [^\n]+", lambda _: f"at = {value}", text, count=1).encode()
-    if how == 4:  # unknown names
+            return re.sub(r"until = [^\n]+", lambda _: f"until = {value}", text).encode(), False
+        return re.sub(r"at = [^\n]+", lambda _: f"at = {value}", text, count=1).encode(), False
+    if how == 4:  # unknown names: these must be refused
         name = json.dumps(rng.choice(_UNKNOWN_NAMES))
         choice = rng.randrange(4)
+        changed = text
         if choice == 0:
-            return re.sub(r'kind = "[^"]+"', lambda _: f"kind = {name}", text, count=1).encode()
-        if choice == 1:
-            return re.sub(r'host = "[^"]+"', lambda _: f"host = {name}", text, count=1).encode()
-        if choice == 2:
-            return _with_setting(text, f"no.such.{rng.randrange(99)}", "1").encode()
-        return _with_setting(text, rng.choice(_NAME_SETTINGS), f"[{name}]").encode()
+            changed = re.sub(r'kind = "[^"]+"', lambda _: f"kind = {name}", text, count=1)
+        elif choice == 1:
+            changed = re.sub(r'host = "[^"]+"', lambda _: f"host = {name}", text, count=1)
+        elif choice == 3:
+            changed = _with_setting(text, rng.choice(_NAME_SETTINGS), f"[{name}]")
+        if changed == text:
+            changed = _with_setting(text, f"no.such.{rng.randrange(99)}", "1")
+        return changed.encode(), True
     if how == 5:  # a wrong type somewhere
         lines = text.splitlines()
         spots = [i for i, line in enumerate(lines) if " = " in line and not line.startswith("#")]
         i = rng.choice(spots)
         key = lines[i].split(" = ", 1)[0]
         lines[i] = f"{key} = {rng.choice(_EXTREMES)}"
-        return ("\n".join(lines) + "\n").encode()
+        return ("\n".join(lines) + "\n").encode(), False
     # invalid UTF-8 inside a good file
     data = bytearray(text.encode())
     data[rng.randrange(len(data)) : 0] = rng.choice((b"\xff", b"\xc3(", b"\xed\xa0\x80"))
-    return bytes(data)
+    return bytes(data), False
 
 
 def _with_setting(text: str, key: str, value: str) -> str:
@@ -536,7 +544,7 @@ def _fuzz_case(index: int, campaign_seed: int, timeout: float) -> tuple[int, str
     from cloudha.cli import main
 
     seed = case_seed(campaign_seed, index)
-    data = fuzz_input(seed)
+    data, must_fail = _fuzz_input(seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"fuzz-{seed}.toml"
         path.write_bytes(data)
@@ -551,7 +559,10 @@ def _fuzz_case(index: int, campaign_seed: int, timeout: float) -> tuple[int, str
             signal.signal(signal.SIGALRM, previous)
     if isinstance(result.exception, _Timeout):
         return seed, "fuzz_hang", data
-    return seed, _fuzz_verdict(result.exit_code, result.stdout, result.stderr), data
+    verdict = _fuzz_verdict(result.exit_code, result.stdout, result.stderr)
+    if verdict is None and must_fail and result.exit_code != 2:
+        verdict = "fuzz_unknown_name_accepted"
+    return seed, verdict, data
 
 
 def _fuzz_verdict(exit_code: int, stdout: str, stderr: str) -> str | None:
