@@ -68,6 +68,12 @@ main.add_command(_heartbeat.heartbeat)
     help="Write each violation's shrunk scenario (TOML) to DIR.",
 )
 @click.option(
+    "--no-shrink",
+    "no_shrink",
+    is_flag=True,
+    help="Keep each violating --campaign scenario whole (faster).",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
     default=60.0,
@@ -84,6 +90,7 @@ def simulate(
     seed: int,
     jobs: int | None,
     out: Path | None,
+    no_shrink: bool,
     timeout: float,
 ) -> None:
     """Run SCENARIO (a TOML file) on virtual time and report what happened.
@@ -98,7 +105,16 @@ def simulate(
         )
         sys.exit(2)
     if campaign is not None or fuzz is not None:
-        _campaign(campaign, fuzz, seed=seed, jobs=jobs, out=out, as_json=as_json, timeout=timeout)
+        _campaign(
+            campaign,
+            fuzz,
+            seed=seed,
+            jobs=jobs,
+            out=out,
+            as_json=as_json,
+            timeout=timeout,
+            shrinking=not no_shrink,
+        )
         return
     assert scenario is not None
     from cloudha.testing.simulator import simulate as run
@@ -130,6 +146,7 @@ def _campaign(
     out: Path | None,
     as_json: bool,
     timeout: float,
+    shrinking: bool,
 ) -> None:
     import json
     import time
@@ -139,7 +156,7 @@ def _campaign(
     started = time.monotonic()
     try:
         if campaign is not None:
-            result = run_campaign(campaign, seed, jobs=jobs, out=out)
+            result = run_campaign(campaign, seed, jobs=jobs, out=out, shrinking=shrinking)
         else:
             assert fuzz is not None
             result = run_fuzz(fuzz, seed, jobs=jobs, out=out, timeout=timeout)

@@ -253,14 +253,26 @@ def _violated(invariants: Mapping[str, int]) -> list[str]:
     return sorted(k for k, v in invariants.items() if v)
 
 
-def shrink(case: Case, invariant: str, runner: Runner = simulate_invariants) -> Case:
+SHRINK_RUNS = 400
+"""At most this many simulations are spent shrinking one violation."""
+
+
+def shrink(
+    case: Case, invariant: str, runner: Runner = simulate_invariants, *, budget: int = SHRINK_RUNS
+) -> Case:
     """A smaller case that still violates ``invariant``: faults, then hosts, then VMs dropped.
 
     Greedy: each element is tried once per pass, and a removal is kept when
-    the invariant still fails; passes repeat until nothing more goes.
+    the invariant still fails; passes repeat until nothing more goes, or
+    ``budget`` candidate runs have been spent (then the smallest so far).
     """
+    spent = 0
 
     def fails(candidate: Case) -> bool:
+        nonlocal spent
+        if spent >= budget:
+            return False
+        spent += 1
         return runner(candidate.to_doc()).get(invariant, 0) > 0
 
     changed = True
@@ -292,21 +304,23 @@ class _Outcome:
     violations: tuple[tuple[str, str], ...]  # (invariant, shrunk TOML)
 
 
-def _run_case(index: int, campaign_seed: int, runner: Runner | None) -> _Outcome:
+def _run_case(index: int, campaign_seed: int, runner: Runner | None, shrinking: bool) -> _Outcome:
     seed = case_seed(campaign_seed, index)
     case = generate(seed)
     run = runner or simulate_invariants
     found = _violated(run(case.to_doc()))
     shrunk = []
     for invariant in found:
-        small = shrink(case, invariant, run) if invariant != SIMULATOR_ERROR else case
+        small = case
+        if shrinking and invariant != SIMULATOR_ERROR:
+            small = shrink(case, invariant, run)
         shrunk.append((invariant, dump_toml(small.to_doc(), comment=_comment(seed, invariant))))
     return _Outcome(index, seed, tuple(shrunk))
 
 
 def _comment(seed: int, invariant: str) -> str:
     return (
-        f"Shrunk reproducer of a fault-campaign run (case seed {seed}): {invariant}.\n"
+        f"Reproducer of a fault-campaign run (case seed {seed}): {invariant}.\n"
         f"Replay: cloudha simulate THIS.toml --check"
     )
 
@@ -341,6 +355,7 @@ def run_campaign(
     jobs: int | None = None,
     out: str | Path | None = None,
     runner: Runner | None = None,
+    shrinking: bool = True,
 ) -> dict[str, Any]:
     """Run ``n`` generated scenarios from ``seed`` on ``jobs`` processes (default: every CPU).
 
@@ -348,7 +363,8 @@ def run_campaign(
     "by_invariant"}``: one violation per run and invariant, in run order, its
     ``scenario`` the shrunk reproducer's TOML text, or its file path when
     ``out`` names a directory to write them to (``<seed>-<invariant>.toml``).
-    ``runner`` replaces the simulator (it must be picklable when ``jobs`` > 1).
+    ``runner`` replaces the simulator (it must be picklable when ``jobs`` > 1);
+    ``shrinking=False`` keeps each violating scenario whole (faster).
     """
     if n < 0:
         raise ValueError("the number of runs must be >= 0")
@@ -357,7 +373,7 @@ def run_campaign(
         directory.mkdir(parents=True, exist_ok=True)
     violations: list[dict[str, Any]] = []
     by_invariant: dict[str, int] = {}
-    for outcome in _map(_run_case, list(range(n)), jobs, seed, runner):
+    for outcome in _map(_run_case, list(range(n)), jobs, seed, runner, shrinking):
         for invariant, text in outcome.violations:
             scenario: str = text
             if directory is not None:

@@ -66,7 +66,7 @@ _OOBM = frozenset({"ipmi", "redfish", "none"})
 
 MAX_UNTIL = 30 * 86400.0
 """The longest run a scenario may ask for (``run.until``, virtual seconds)."""
-EVENT_BUDGET = 1_000_000
+EVENT_BUDGET = 500_000
 """A scenario whose estimated event count (:func:`estimate_events`) exceeds this is refused.
 
 The simulator also stops a run that processes more than twice as many
@@ -491,12 +491,13 @@ def parse_scenario(
     )
     estimate = estimate_events(scenario)
     if estimate.total > EVENT_BUDGET:
-        table = "run" if estimate.key == "until" else "settings"
+        in_file = estimate.key in raw_settings or estimate.key == "until"
+        table = "settings" if estimate.key in raw_settings else "run"
         raise p.fail(
             f"this run would take about {estimate.total:.3g} simulator events, over the budget"
             f" of {EVENT_BUDGET:,}: mostly {estimate.what}; {estimate.advice}",
             table=table,
-            key=estimate.key,
+            key=estimate.key if in_file else "until",
             value=estimate.value,
         )
     return scenario
