@@ -220,6 +220,7 @@ _REDFISH = "cloudha.oobm.redfish"
 _SIMULATOR = "cloudha.testing.simulator"
 _SERVER = "cloudha.server"
 _SCENARIO = "cloudha.testing.scenario"
+_CAMPAIGN = "cloudha.testing.campaign"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -259,7 +260,16 @@ _SPECS: tuple[KeySpec, ...] = (
         "How often agents ping; also the MonitorTask period.",
         _S21,
         bounds=_PING,
-        read_by=(_AGENTS, _MONITOR, _PING_TASK, _INVESTIGATORS, _SERVER, _SIMULATOR),
+        read_by=(
+            _AGENTS,
+            _MONITOR,
+            _PING_TASK,
+            _INVESTIGATORS,
+            _SIMULATOR,
+            _SERVER,
+            _SCENARIO,
+            _CAMPAIGN,
+        ),
     ),
     _key(
         "ping.timeout",
@@ -268,7 +278,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Pings a host may miss, as a multiple of ping.interval, before it is behind on ping.",
         _S21,
         bounds=(1.0, 100.0, "a host 100 pings behind is long dead"),
-        read_by=(_AGENTS, _MONITOR),
+        read_by=(_AGENTS, _MONITOR, _CAMPAIGN),
     ),
     _key(
         "alert.wait",
@@ -277,7 +287,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "How long an undecided host waits before Alert.",
         _S21,
         bounds=_WAIT,
-        read_by=(_AGENTS,),
+        read_by=(_AGENTS, _CAMPAIGN),
     ),
     _key(
         "wait",
@@ -435,7 +445,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "HA worker threads (and cleanup pool size).",
         _S38,
         bounds=_THREADS,
-        read_by=(_MANAGER, _SERVER),
+        read_by=(_MANAGER, _SERVER, _SCENARIO),
     ),
     _key(
         "time.to.sleep",
@@ -444,7 +454,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Idle pause of an HA worker with nothing to do.",
         _S38,
         bounds=(0.1, 3600, f"{_SPIN}; more would leave new HA work waiting for hours"),
-        read_by=(_MANAGER, _SERVER, _SIMULATOR),
+        read_by=(_MANAGER, _SIMULATOR, _SERVER, _SCENARIO, _CAMPAIGN),
     ),
     _key(
         "investigate.retry.interval",
@@ -453,7 +463,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Recheck delay while a VM looks alive but its host is not Up.",
         _S38,
         bounds=_PERIOD,
-        read_by=(_DECISIONS,),
+        read_by=(_DECISIONS, _CAMPAIGN),
     ),
     _key(
         "migrate.retry.interval",
@@ -471,7 +481,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Delay before retrying an HA restart.",
         _S38,
         bounds=_PERIOD,
-        read_by=(_DECISIONS,),
+        read_by=(_DECISIONS, _CAMPAIGN),
     ),
     _key(
         "stop.retry.interval",
@@ -532,7 +542,7 @@ _SPECS: tuple[KeySpec, ...] = (
         True,
         "Master switch for scheduling VM HA work.",
         _S38,
-        read_by=(_AGENTS, _MANAGER),
+        read_by=(_AGENTS, _MANAGER, _SIMULATOR),
     ),
     _key(
         "vm.ha.alerts.enabled",
@@ -604,7 +614,7 @@ _SPECS: tuple[KeySpec, ...] = (
             3_600_000,
             "the heartbeat holds whole seconds; more would take hours to call a host stale",
         ),
-        read_by=(_TIMING,),
+        read_by=(_TIMING, _SCENARIO, _CAMPAIGN),
     ),
     _key(
         "kvm.heartbeat.update.max.tries",
@@ -842,7 +852,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Period of the background power-state sync.",
         _S8,
         bounds=_PERIOD,
-        read_by=(_OOBM,),
+        read_by=(_OOBM, _SCENARIO),
     ),
     _key(
         "outofbandmanagement.ipmitool.path",

@@ -34,7 +34,7 @@ main.add_command(_heartbeat.heartbeat)
 
 
 @main.command()
-@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("scenario", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document alone on stdout.")
 @click.option(
     "--all-events",
@@ -42,21 +42,142 @@ main.add_command(_heartbeat.heartbeat)
     help="Show every evidence record in the timeline, not only changes.",
 )
 @click.option("--check", is_flag=True, help="Exit with status 1 when an invariant is violated.")
-def simulate(scenario: Path, as_json: bool, all_events: bool, check: bool) -> None:
-    """Run SCENARIO (a TOML file) on virtual time and report what happened."""
+@click.option(
+    "--campaign",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Run N random fault scenarios instead of SCENARIO (docs/reliability.md).",
+)
+@click.option(
+    "--fuzz",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Feed N malformed scenario files to this command and check each fails cleanly.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of --campaign/--fuzz.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    metavar="J",
+    help="Processes for --campaign/--fuzz (default: every CPU).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Write each violation's shrunk scenario (TOML) to DIR.",
+)
+@click.option(
+    "--no-shrink",
+    "no_shrink",
+    is_flag=True,
+    help="Keep each violating --campaign scenario whole (faster).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    help="Seconds each --fuzz case may take.",
+)
+def simulate(
+    scenario: Path | None,
+    as_json: bool,
+    all_events: bool,
+    check: bool,
+    campaign: int | None,
+    fuzz: int | None,
+    seed: int,
+    jobs: int | None,
+    out: Path | None,
+    no_shrink: bool,
+    timeout: float,
+) -> None:
+    """Run SCENARIO (a TOML file) on virtual time and report what happened.
+
+    With --campaign N, run N random scenarios from --seed instead, and exit
+    with status 1 if any violates an invariant.
+    """
+    modes = sum(x is not None for x in (scenario, campaign, fuzz))
+    if modes != 1:
+        click.echo(
+            "cloudha simulate: give exactly one of SCENARIO, --campaign N or --fuzz N", err=True
+        )
+        sys.exit(2)
+    if campaign is not None or fuzz is not None:
+        _campaign(
+            campaign,
+            fuzz,
+            seed=seed,
+            jobs=jobs,
+            out=out,
+            as_json=as_json,
+            timeout=timeout,
+            shrinking=not no_shrink,
+        )
+        return
+    assert scenario is not None
     from cloudha.testing.simulator import simulate as run
     from cloudha.testing.simulator import to_json
 
     try:
         document = run(scenario)
     except CloudHAError as exc:
-        click.echo(f"cloudha simulate: {exc}", err=True)
+        click.echo(f"cloudha simulate: {_one_line(exc)}", err=True)
         sys.exit(2)
     if as_json:
         click.echo(to_json(document), nl=False)
     else:
         _print_timeline(document, all_events=all_events)
     if check and any(document["invariants"].values()):
+        sys.exit(1)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _campaign(
+    campaign: int | None,
+    fuzz: int | None,
+    *,
+    seed: int,
+    jobs: int | None,
+    out: Path | None,
+    as_json: bool,
+    timeout: float,
+    shrinking: bool,
+) -> None:
+    import json
+    import time
+
+    from cloudha.testing.campaign import run_campaign, run_fuzz
+
+    started = time.monotonic()
+    try:
+        if campaign is not None:
+            result = run_campaign(campaign, seed, jobs=jobs, out=out, shrinking=shrinking)
+        else:
+            assert fuzz is not None
+            result = run_fuzz(fuzz, seed, jobs=jobs, out=out, timeout=timeout)
+    except OSError as exc:
+        click.echo(f"cloudha simulate: {out}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+    elapsed = time.monotonic() - started
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        what = "fault campaign" if campaign is not None else "fuzz"
+        click.echo(
+            f"{what}: {result['runs']} runs from seed {seed} in {elapsed:.1f}s:"
+            f" {len(result['violations'])} violations"
+        )
+        for name, count in result["by_invariant"].items():
+            click.echo(f"  {name}: {count}")
+        for violation in result["violations"]:
+            shown = violation["scenario"] if out is not None else "(use --out DIR to keep it)"
+            click.echo(f"  seed {violation['seed']}: {violation['invariant']} {shown}")
+    if result["violations"]:
         sys.exit(1)
 
 

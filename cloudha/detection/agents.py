@@ -229,12 +229,44 @@ class AgentManager:
         return report.host_id in self.ping_map
 
     def agent_link_closed(self, host_id: str) -> bool:
-        """The agent's connection closed: investigate with ``AgentDisconnected``."""
-        return self.disconnect_with_investigation(host_id, Event.AGENT_DISCONNECTED)
+        """The agent's connection closed: investigate with ``AgentDisconnected``.
+
+        Called by the embedder's connection layer, so it never raises for a
+        failing port: the host stays in the ping map and the monitor examines
+        it once it falls behind on ping (see :meth:`_deferred`).
+        """
+        return self._deferred(
+            host_id,
+            Event.AGENT_DISCONNECTED,
+            lambda: self.disconnect_with_investigation(host_id, Event.AGENT_DISCONNECTED),
+        )
 
     def agent_shutdown(self, host_id: str) -> bool:
-        """The agent announced a shutdown: disconnect with ``ShutdownRequested``."""
-        return self.disconnect_without_investigation(host_id, Event.SHUTDOWN_REQUESTED)
+        """The agent announced a shutdown: disconnect with ``ShutdownRequested`` (never raises)."""
+        return self._deferred(
+            host_id,
+            Event.SHUTDOWN_REQUESTED,
+            lambda: self.disconnect_without_investigation(host_id, Event.SHUTDOWN_REQUESTED),
+        )
+
+    def _deferred(self, host_id: str, event: Event, handle: Callable[[], bool]) -> bool:
+        """Run a connection-layer disconnect; if a port fails, leave it to the monitor.
+
+        The host is not taken out of the ping map, so it is still examined
+        when it falls behind on ping; nothing is lost while the directory or
+        the orchestrator is down.
+        """
+        try:
+            return handle()
+        except Exception as exc:
+            log.warning("%s of %s deferred to the monitor: %s", event, host_id, exc)
+            self.recorder.emit(
+                "disconnect_deferred",
+                host=host_id,
+                reason=f"{event} not handled now ({exc}); the monitor examines the host",
+                event=str(event),
+            )
+            return False
 
     def mark_hosts_as_disconnected(self, *, skip: Collection[str] = ()) -> list[str]:
         """At start: every host this server owned becomes Disconnected, with a fresh grace.

@@ -6,6 +6,7 @@ the value and (when it can be found) the line of the file.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -18,71 +19,29 @@ from cloudha.errors import ConfigurationError, ScenarioError
 from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.model import HA_PRIORITY_LIMIT, HostType, HypervisorType, ResourceState, VmType
 from cloudha.settings import Settings
+from cloudha.testing.faults import FAULT_KINDS, FAULTS, Target
 
 __all__ = [
+    "EVENT_BUDGET",
+    "EVENT_HARD_CAP",
     "FAULT_KINDS",
+    "MAX_SCENARIO_BYTES",
+    "MAX_UNTIL",
+    "EventEstimate",
     "FaultSpec",
     "HostSpec",
     "Scenario",
     "VmSpec",
+    "estimate_events",
     "load_scenario",
     "parse_scenario",
+    "parse_scenario_text",
 ]
 
-FAULT_KINDS = frozenset(
-    {
-        "host_crash",
-        "host_recover",
-        "host_hang",
-        "agent_stop",
-        "agent_start",
-        "heartbeat_stop",
-        "heartbeat_start",
-        "mgmt_partition",
-        "mgmt_heal",
-        "host_isolation",
-        "host_heal",
-        "storage_outage",
-        "storage_heal",
-        "bmc_down",
-        "bmc_up",
-        "ms_crash",
-        "ms_restart",
-        "ms_isolation",
-        "ms_heal",
-        "orchestrator_outage",
-        "orchestrator_heal",
-    }
-)
-"""Every fault kind the scenario format knows."""
-
-_HOST_TARGET = frozenset(
-    {
-        "host_crash",
-        "host_recover",
-        "host_hang",
-        "agent_stop",
-        "agent_start",
-        "heartbeat_stop",
-        "heartbeat_start",
-        "mgmt_partition",
-        "mgmt_heal",
-        "host_isolation",
-        "host_heal",
-        "bmc_down",
-        "bmc_up",
-    }
-)
-_POOL_TARGET = frozenset({"storage_outage", "storage_heal"})
-_MS_TARGET = frozenset(
-    {
-        "ms_crash",
-        "ms_restart",
-        "ms_isolation",
-        "ms_heal",
-        "orchestrator_outage",
-        "orchestrator_heal",
-    }
+_HOST_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.HOST)
+_POOL_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.POOL)
+_NO_TARGET = frozenset(
+    f.name for f in FAULTS if f.target in (Target.MANAGEMENT_SERVER, Target.NONE)
 )
 
 _TOP_KEYS = frozenset({"settings", "hosts", "vms", "faults", "run"})
@@ -106,6 +65,19 @@ _VM_KEYS = frozenset({"id", "host", "ha", "type", "priority"})
 _FAULT_KEYS = frozenset({"at", "kind", "target"})
 _RUN_KEYS = frozenset({"until", "seed"})
 _OOBM = frozenset({"ipmi", "redfish", "none"})
+
+MAX_UNTIL = 30 * 86400.0
+"""The longest run a scenario may ask for (``run.until``, virtual seconds)."""
+EVENT_BUDGET = 500_000
+"""A scenario whose estimated event count (:func:`estimate_events`) exceeds this is refused.
+
+The simulator also stops a run that processes more than twice as many
+events (:data:`EVENT_HARD_CAP`), in case the estimate was low.
+"""
+EVENT_HARD_CAP = 2 * EVENT_BUDGET
+"""Events one run may process before the simulator stops it with a ScenarioError."""
+MAX_SCENARIO_BYTES = 4 * 1024 * 1024
+"""A scenario file larger than this is refused unread."""
 
 
 @attrs.frozen
@@ -291,7 +263,26 @@ class _Parser:
                 key=key,
                 value=value,
             )
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise self.fail(
+                f"'{key}' must be a finite number, got {value!r}",
+                table=table,
+                index=index,
+                key=key,
+                value=value,
+            )
+        return number
+
+
+def _unsourced(exc: ConfigurationError, source: str) -> str:
+    """The error's message without its own ``source:`` prefix (the caller adds file and line)."""
+    text = str(exc)
+    prefix = f"{source}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def parse_scenario(
@@ -320,7 +311,11 @@ def parse_scenario(
         line = p.lines.find("settings", 0, exc.key)
         where = source + (f", line {line}" if line is not None else "")
         raise ScenarioError(
-            f"{where}: {exc}", key=exc.key, value=exc.value, source=source, line=line
+            f"{where}: {_unsourced(exc, source)}",
+            key=exc.key,
+            value=exc.value,
+            source=source,
+            line=line,
         ) from None
 
     run = doc.get("run", {})
@@ -330,9 +325,12 @@ def parse_scenario(
         if key not in _RUN_KEYS:
             raise p.fail(f"unknown key '{key}' in [run] (known: until, seed)", table="run", key=key)
     until = p.number(run.get("until", 3600), "until", "run", 0)
-    if not 0 < until < float("inf"):
+    if not 0 < until <= MAX_UNTIL:
         raise p.fail(
-            f"'until' must be > 0 seconds, got {until!r}", table="run", key="until", value=until
+            f"'until' must be > 0 and at most {MAX_UNTIL:g} seconds (30 days), got {until!r}",
+            table="run",
+            key="until",
+            value=until,
         )
     seed = run.get("seed", 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -414,7 +412,7 @@ def parse_scenario(
             line = p.lines.find("settings", 0, exc.key)
             where = source + (f", line {line}" if line is not None else "")
             raise ScenarioError(
-                f"{where}: {exc} (a host has a watchdog)",
+                f"{where}: {_unsourced(exc, source)} (a host has a watchdog)",
                 key=exc.key,
                 value=exc.value,
                 source=source,
@@ -510,9 +508,9 @@ def parse_scenario(
                 key="target",
                 value=target,
             )
-        if kind in _MS_TARGET and target is not None:
+        if kind in _NO_TARGET and target is not None:
             raise p.fail(
-                f"fault {kind} targets the management server; leave 'target' out",
+                f"fault {kind} takes no 'target'; leave it out",
                 table="faults",
                 index=i,
                 key="target",
@@ -520,7 +518,7 @@ def parse_scenario(
             )
         faults.append(FaultSpec(at, kind, target, p.lines.find("faults", i, None)))
 
-    return Scenario(
+    scenario = Scenario(
         settings=settings,
         hosts=tuple(hosts),
         vms=tuple(vms),
@@ -529,6 +527,84 @@ def parse_scenario(
         seed=seed,
         source=source,
     )
+    estimate = estimate_events(scenario)
+    if estimate.total > EVENT_BUDGET:
+        in_file = estimate.key in raw_settings or estimate.key == "until"
+        table = "settings" if estimate.key in raw_settings else "run"
+        raise p.fail(
+            f"this run would take about {estimate.total:.3g} simulator events, over the budget"
+            f" of {EVENT_BUDGET:,}: mostly {estimate.what}; {estimate.advice}",
+            table=table,
+            key=estimate.key if in_file else "until",
+            value=estimate.value,
+        )
+    return scenario
+
+
+@attrs.frozen
+class EventEstimate:
+    """About how many events a run takes, and the term that weighs most."""
+
+    total: float
+    key: str
+    value: Any
+    what: str
+
+    @property
+    def advice(self) -> str:
+        if self.key == "until":
+            return "shorten run.until or use fewer hosts"
+        verb = "lower" if self.key == "ha.workers" else "raise"
+        return f"{verb} '{self.key}' or shorten run.until"
+
+
+def estimate_events(scenario: Scenario) -> EventEstimate:
+    """An upper-bound estimate of the events :class:`~cloudha.testing.simulator.Simulation` runs.
+
+    Each periodic loop contributes ``run.until / its interval`` events per
+    instance: agent pings and PingTask rounds (``ping.interval``, per host),
+    the monitor (twice per ``ping.interval``), heartbeat writer rounds
+    (``kvm.heartbeat.update.frequency``, twice per writing host), the OOBM
+    sync (per host with a BMC, every
+    ``outofbandmanagement.background.task.execution.interval``), idle HA
+    workers (``ha.workers`` every ``time.to.sleep``), and the faults.
+    """
+    s = scenario.settings
+    until = scenario.until
+    hosts = len(scenario.hosts)
+    writers = sum(
+        1
+        for h in scenario.hosts
+        if h.hypervisor in (HypervisorType.KVM, HypervisorType.LXC) and h.pools
+    )
+    bmcs = sum(1 for h in scenario.hosts if h.oobm != "none")
+
+    def rate(count: float, interval: float) -> float:
+        return count * until / max(interval, 1e-300) if count else 0.0
+
+    terms = [
+        (rate(hosts + 2, s.ping_interval), "ping.interval", s.ping_interval, "agent pings"),
+        (
+            rate(2 * writers, s.kvm_heartbeat_update_frequency),
+            "kvm.heartbeat.update.frequency",
+            s.kvm_heartbeat_update_frequency,
+            "heartbeat writer rounds",
+        ),
+        (
+            rate(bmcs, s.outofbandmanagement_background_task_execution_interval),
+            "outofbandmanagement.background.task.execution.interval",
+            s.outofbandmanagement_background_task_execution_interval,
+            "BMC power-state syncs",
+        ),
+        (rate(s.ha_workers, s.time_to_sleep), "ha.workers", s.ha_workers, "idle HA workers"),
+    ]
+    total = sum(t[0] for t in terms) + len(scenario.faults)
+    rate_value, key, value, what = max(terms, key=lambda t: t[0])
+    if key == "ha.workers" and s.ha_workers <= 1000:
+        key, value = "time.to.sleep", s.time_to_sleep
+    if rate_value <= EVENT_BUDGET / 4:
+        key, value, what = "until", until, "a long run"
+    return EventEstimate(total, key, value, f"{what} ({rate_value:.3g} events)")
 
 
 def _watchdog(p: _Parser, entry: Mapping[str, Any], index: int, pools: list[str]) -> bool:
@@ -552,13 +628,55 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_SCENARIO_BYTES + 1)
     except OSError as exc:
         raise ScenarioError(
-            f"{source}: cannot read scenario: {exc.strerror}", source=source
+            f"{source}: cannot read scenario: {exc.strerror or exc}", source=source
         ) from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            f"{source}: scenario is larger than {MAX_SCENARIO_BYTES:,} bytes", source=source
+        )
+    return parse_scenario_text(data, source=source)
+
+
+def parse_scenario_text(data: bytes | str, *, source: str = "<scenario>") -> Scenario:
+    """Validate a scenario given as TOML text (bytes must be UTF-8)."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise ScenarioError(
+                f"{source}, line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}"
+                f" at column {column}); a scenario is a TOML text file",
+                source=source,
+                line=line,
+            ) from None
+    else:
+        text = data
+    if "\x00" in text:
+        nul_line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ScenarioError(
+            f"{source}, line {nul_line}: a NUL byte; a scenario is a TOML text file, not binary",
+            source=source,
+            line=nul_line,
+        )
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{source}: not valid TOML: {exc}", source=source) from None
+        message = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        found = _AT_LINE.search(message)
+        toml_line = int(found.group(1)) if found else None
+        where = source + (f", line {toml_line}" if toml_line is not None else "")
+        raise ScenarioError(
+            f"{where}: not valid TOML: {message}", source=source, line=toml_line
+        ) from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: not valid TOML: nested too deeply", source=source) from None
     return parse_scenario(doc, source=source, text=text)
+
+
+_AT_LINE = re.compile(r"\(at line (\d+), column \d+\)")

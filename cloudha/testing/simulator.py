@@ -42,7 +42,7 @@ import attrs
 import sqlalchemy as sa
 
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM, FENCE, PING_TEST
-from cloudha.errors import ProbeConnectionError, ProbeTimeout
+from cloudha.errors import ProbeConnectionError, ProbeTimeout, ScenarioError
 from cloudha.evidence import Evidence, Recorder
 from cloudha.fencing.chain import FenceChain, FenceDecision, InlineRunner
 from cloudha.ha.orchestrator import (
@@ -68,6 +68,7 @@ from cloudha.heartbeat import (
 )
 from cloudha.model import (
     Host,
+    HostType,
     HypervisorType,
     Pool,
     ReasonType,
@@ -102,6 +103,7 @@ from cloudha.testing.fakes import (
     ScheduledRestart,
 )
 from cloudha.testing.scenario import (
+    EVENT_HARD_CAP,
     HostSpec,
     Scenario,
     load_scenario,
@@ -718,8 +720,19 @@ class Simulation:
             if self._writes_heartbeat(sim_host):
                 self._start_writer(sim_host, self.rng.uniform(0.0, self.timing.frequency))
         until = self.scenario.until
+        processed = 0
         while self._queue and self._queue[0][0] <= until:
             when, _, action = heapq.heappop(self._queue)
+            processed += 1
+            if processed > EVENT_HARD_CAP:
+                raise ScenarioError(
+                    f"{self.scenario.source}: the run processed {EVENT_HARD_CAP:,} events by"
+                    f" t={self.clock.monotonic():g}s of run.until={until:g}s and was stopped"
+                    " (the event budget); shorten run.until or use longer intervals",
+                    key="until",
+                    value=until,
+                    source=self.scenario.source,
+                )
             # A synchronous call may have taken virtual time (a fencer polling a
             # BMC); what was due meanwhile runs as soon as it returns.
             if when > self.clock.monotonic():
@@ -1192,14 +1205,11 @@ class Simulation:
         }
 
     def _invariants(self, vms: Mapping[str, Any]) -> dict[str, int]:
-        unrecovered = 0
-        for vm in self.vms.values():
-            if not vm.ha or not self.hosts[vm.original_host].died:
-                continue
-            if vms[vm.id]["state"] == "Running":
-                continue
-            if self._capacity_elsewhere(vm.original_host):
-                unrecovered += 1
+        unrecovered = sum(
+            1
+            for vm in self.vms.values()
+            if self._ha_applies(vm) and not vm.running_on and self._recovery_possible(vm)
+        )
         return {
             "double_run": len(
                 self.double_runs | {vm.id for vm in self.vms.values() if len(vm.running_on) > 1}
@@ -1210,13 +1220,84 @@ class Simulation:
             "unrecovered_ha_vm": unrecovered,
         }
 
+    def _ha_applies(self, vm: _SimVm) -> bool:
+        """Is ``vm`` one that cloudha's VM HA must bring back (spec §3.4)?
+
+        HA-enabled, in a zone with ``vm.ha.enabled``, last on a Routing host
+        whose hypervisor is not one that does its own HA (VMware, Hyper-V).
+        """
+        if not vm.ha or not self.settings.vm_ha_enabled:
+            return False
+        host = self.hosts[vm.host or vm.original_host].spec
+        return host.type is HostType.ROUTING and host.hypervisor not in (
+            HypervisorType.VMWARE,
+            HypervisorType.HYPERV,
+        )
+
+    def _recovery_possible(self, vm: _SimVm) -> bool:
+        """Could ``vm``, running nowhere now, be restarted safely right now?
+
+        Safe needs a running management server, a proof that the VM does not
+        run on its last host ``H`` and room for it (:meth:`_capacity_elsewhere`).
+        The proof exists when ``H`` answers its management server (its
+        agent or hypervisor shows the VM is not there); or ``H`` has a BMC that
+        answers (a fence can be confirmed); or ``H`` is off or hung and its
+        heartbeat writer has a self-fence guarantee (a watchdog) while a
+        powered neighbour reads one of its pools (staleness then proves
+        death); or ``H`` is an unpowered XenServer with a reachable pool
+        member of its cluster (the pool fences).
+        """
+        ms = self.ms
+        if ms is None or not ms.alive or self.ms_isolated:
+            return False
+        home = self.hosts[vm.host or vm.original_host]
+        return self._absence_provable(home) and self._capacity_elsewhere(vm)
+
+    def _absence_provable(self, home: _SimHost) -> bool:
+        """Can the server prove no VM runs on ``home`` now (see :meth:`_recovery_possible`)?"""
+        if self.reachable(home) and (home.agent_running or home.spec.hypervisor.has_direct_agent):
+            return True
+        if home.spec.oobm != "none" and home.bmc_up:
+            return True
+        if (not home.powered or home.hung) and self._writes_heartbeat(home):
+            if not getattr(home.spec, "watchdog", True):
+                return False
+            return any(
+                other is not home
+                and other.powered
+                and not other.hung
+                and not other.isolated
+                and any(
+                    p in home.spec.pools and p not in self.storage_out for p in other.spec.pools
+                )
+                for other in self.hosts.values()
+            )
+        if not home.powered and home.spec.hypervisor is HypervisorType.XEN_SERVER:
+            return any(
+                other is not home
+                and other.spec.cluster == home.spec.cluster
+                and other.spec.hypervisor is HypervisorType.XEN_SERVER
+                and self.reachable(other)
+                for other in self.hosts.values()
+            )
+        return False
+
+    def _reads_pool_of(self, reader: _SimHost, host: _SimHost) -> bool:
+        return any(p in host.spec.pools and p not in self.storage_out for p in reader.spec.pools)
+
     def _lost_work(self) -> int:
         """HA work lost: a Down host's HA VM never given a work, or a claim nobody will finish.
 
         A claim is stuck when the server holding it is running but took it
         before its own (re)start: it will never be processed or released.
+        VMs that VM HA leaves alone by design (``vm.ha.enabled`` false, a
+        non-Routing host, VMware and Hyper-V hosts) never count.
         """
-        missing = {vm for t, vm in self.ha_expected if self.ha_seen.get(vm, -1.0) < t}
+        missing = {
+            vm
+            for t, vm in self.ha_expected
+            if self.ha_seen.get(vm, -1.0) < t and self._ha_applies(self.vms[vm])
+        }
         stuck = 0
         ms = self.ms
         if ms is not None and ms.alive:
@@ -1232,14 +1313,25 @@ class Simulation:
             )
         return len(missing) + stuck
 
-    def _capacity_elsewhere(self, dead_host: str) -> bool:
+    def _capacity_elsewhere(self, vm: _SimVm) -> bool:
+        """Has some Up, Enabled, running host of ``vm``'s zone and hypervisor room for it?"""
+        home = self.hosts[vm.original_host].spec
         for host_id, host in self.hosts.items():
-            if host_id == dead_host or not host.powered:
+            row = self.directory.find_host(host_id)
+            if (
+                row is None
+                or row.status is not Status.UP
+                or row.resource_state is not ResourceState.ENABLED
+                or not host.powered
+                or host.hung
+                or host.spec.zone != home.zone
+                or host.spec.hypervisor is not home.hypervisor
+            ):
                 continue
             capacity = host.spec.capacity
             if capacity is None:
                 return True
-            load = sum(1 for vm in self.vms.values() if host_id in vm.running_on)
+            load = sum(1 for other in self.vms.values() if host_id in other.running_on)
             if load < capacity:
                 return True
         return False

@@ -131,9 +131,22 @@ def test_cli_error_exits_nonzero_without_traceback(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
-def test_cli_check_flag_fails_on_invariant_violation(tmp_path: Path) -> None:
+def test_cli_check_flag_fails_on_invariant_violation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloudha.testing.simulator as simulator
+
+    real = simulator.simulate
+
+    def violated(path: Path) -> dict[str, object]:
+        document = real(path)
+        document["invariants"]["double_run"] = 1
+        return document
+
+    monkeypatch.setattr(simulator, "simulate", violated)
     result = CliRunner().invoke(main, ["simulate", str(write(tmp_path, GOOD)), "--check"])
-    assert result.exit_code == 1  # vm1's host died and nothing restarts it yet
+    assert result.exit_code == 1
+    monkeypatch.setattr(simulator, "simulate", real)
     healthy = GOOD.replace('kind = "host_crash"', 'kind = "agent_stop"')
     result = CliRunner().invoke(main, ["simulate", str(write(tmp_path, healthy)), "--check"])
     assert result.exit_code == 0, result.output
