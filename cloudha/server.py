@@ -149,6 +149,62 @@ class HostVmSync:
             )
 
 
+class DirectPings:
+    """One loop over the ``PingTask`` of every directly managed host the server owns.
+
+    Each round re-reads the owned hosts from the directory (a host added or
+    taken over later is pinged too, one removed is dropped), then runs every
+    task that is due. A directory that does not answer keeps the tasks it had:
+    the hosts already known are still pinged, and the list is read again next
+    round, so a server started during an outage starts pinging once it ends.
+    """
+
+    def __init__(self, server: ManagementServer) -> None:
+        self.server = server
+        self.tasks: dict[str, PingTask] = {}
+        self.due: dict[str, float] = {}
+
+    def _refresh(self, now: float) -> None:
+        server = self.server
+        resources = server.direct_resources
+        if resources is None:
+            return
+        try:
+            hosts = [h for h in server._owned_hosts() if h.hypervisor.has_direct_agent]
+        except Exception as exc:
+            log.warning(
+                "direct agents: host directory failed, keeping %d hosts: %s", len(self.tasks), exc
+            )
+            return
+        wanted = {h.id: h for h in hosts}
+        for host_id in set(self.tasks) - set(wanted):
+            del self.tasks[host_id]
+            del self.due[host_id]
+        for host_id, host in sorted(wanted.items()):
+            if host_id not in self.tasks:
+                self.tasks[host_id] = PingTask(
+                    host,
+                    resources,
+                    server._direct_ping(host_id),
+                    settings=server.settings,
+                    clock=server.clock,
+                )
+                self.due[host_id] = now
+
+    def tick(self) -> float:
+        """Run the due ping tasks; seconds until the next one is due (one ``ping.interval``
+        when there is none)."""
+        clock = self.server.clock
+        self._refresh(clock.monotonic())
+        for host_id in sorted(self.tasks):
+            now = clock.monotonic()
+            if self.due[host_id] <= now:
+                self.due[host_id] = now + self.tasks[host_id].tick()
+        now = clock.monotonic()
+        interval = self.server.settings.ping_interval
+        return max(0.0, min(min(self.due.values(), default=now + interval), now + interval) - now)
+
+
 class ManagementServer:
     """One management server: detection, investigation, fencing, OOBM and the HA queue.
 
@@ -350,6 +406,8 @@ class ManagementServer:
             vm_sync=self.vm_sync,
         )
         self.monitor = MonitorTask(self.agents)
+        self.direct_pings = DirectPings(self)
+        """The ``PingTask`` of every directly managed host this server owns, as one loop."""
         self.on_work_added: Callable[[], None] = self._wake_workers
         """Called after work was added; by default wakes the worker threads."""
         if not (isinstance(work_seconds, int | float) and 0.0 <= work_seconds < float("inf")):
@@ -451,21 +509,11 @@ class ManagementServer:
         return self.ha.cleanup_tick()
 
     def ping_task_loops(self) -> list[Loop]:
-        """One ``PingTask`` loop per directly managed host (needs ``direct_resources``)."""
+        """The ``DirectAgents`` loop: every directly managed host's ``PingTask`` (needs
+        ``direct_resources``); empty without them."""
         if self.direct_resources is None:
             return []
-        loops: list[Loop] = []
-        for host in sorted(self._owned_hosts(), key=lambda h: h.id):
-            if host.hypervisor.has_direct_agent:
-                task = PingTask(
-                    host,
-                    self.direct_resources,
-                    self._direct_ping(host.id),
-                    settings=self.settings,
-                    clock=self.clock,
-                )
-                loops.append(Loop(f"PingTask-{host.id}", task.tick))
-        return loops
+        return [Loop("DirectAgents", self.direct_pings.tick)]
 
     def _direct_ping(self, host_id: str) -> Callable[[PingReport], None]:
         def on_ping(report: PingReport) -> None:

@@ -773,10 +773,15 @@ class Simulation:
         now = self.clock.monotonic()
         interval = self.settings.ping_interval
         loops = {loop.name: loop for loop in server.loops()}
-        for host_id, sim_host in self.hosts.items():
-            loop = loops.pop(f"PingTask-{host_id}", None)
-            if loop is not None and sim_host.spec.hypervisor.has_direct_agent:
-                self._schedule_loop(ms, loop, now + self.rng.uniform(0.0, interval))
+        # One seeded phase per directly managed host; their ping loop starts at the first.
+        phases = [
+            self.rng.uniform(0.0, interval)
+            for sim_host in self.hosts.values()
+            if sim_host.spec.hypervisor.has_direct_agent
+        ]
+        direct = loops.pop("DirectAgents", None)
+        if direct is not None and phases:
+            self._schedule_loop(ms, direct, now + min(phases))
         for name, loop in loops.items():
             if name == "AgentMonitor":
                 self._schedule_loop(ms, loop, now + server.monitor.next_delay())
@@ -784,7 +789,7 @@ class Simulation:
                 # The readiness sync, one host after the other (deterministic order).
                 if self.oobm_configs.host_ids():
                     self.at(now, lambda: self._oobm_tick(epoch))
-            elif not name.startswith("PingTask-"):
+            else:
                 self._schedule_loop(ms, loop, now)
 
     # -- the server's loops on virtual time ---------------------------------------

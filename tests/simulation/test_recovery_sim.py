@@ -158,3 +158,29 @@ def test_an_agent_link_closing_during_an_orchestrator_outage_is_left_to_the_moni
     assert behind[0]["t"] > 130
     assert doc["invariants"] == CLEAN
     assert doc["final"]["vms"]["vm1"] == {"state": "Running", "host": "h1"}
+
+
+def test_a_server_started_during_an_outage_pings_its_direct_hosts_once_it_ends() -> None:
+    # Directly managed hosts are pinged by the server itself; a server that starts
+    # while the host directory is down learns them once it answers, and then
+    # notices a host that dies.
+    hosts = [{"id": f"x{i}", "cluster": "c1", "hypervisor": "XenServer"} for i in range(1, 4)]
+    doc = simulate(
+        scenario(
+            [
+                {"at": 100, "kind": "orchestrator_outage"},
+                {"at": 110, "kind": "ms_crash"},
+                {"at": 120, "kind": "ms_restart"},
+                {"at": 200, "kind": "orchestrator_heal"},
+                {"at": 600, "kind": "host_crash", "target": "x2"},
+            ],
+            hosts=hosts,
+            vms=[{"id": "vm1", "host": "x2", "ha": True}],
+            until=3600,
+        )
+    )
+    behind = events(doc, "behind_on_ping", host="x2")
+    assert behind
+    assert behind[0]["t"] > 600
+    assert not events(doc, "behind_on_ping", host="x1")
+    assert doc["invariants"] == CLEAN
