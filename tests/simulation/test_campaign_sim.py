@@ -70,9 +70,9 @@ def test_cli_needs_exactly_one_mode(tmp_path: Path) -> None:
 def test_fuzz_inputs_end_cleanly() -> None:
     result = campaign.run_fuzz(40, 5, jobs=1, timeout=60)
     assert result["runs"] == 40
-    # Tracebacks, hangs and multi-line errors are this code's to prevent. Unknown
-    # investigator / fence-builder names are refused by the settings' own checks.
-    assert not set(result["by_invariant"]) - {"fuzz_unknown_name_accepted"}, result
+    # No traceback, hang or multi-line error, and every unknown name (fault kind,
+    # host, setting, investigator, fence builder) refused.
+    assert result["by_invariant"] == {}, result
 
 
 # -- bad input: one line, file, line, key, exit 2 ------------------------------------
