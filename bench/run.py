@@ -14,6 +14,7 @@ fast and a slow machine:
 * P8  HA work-queue throughput (``WorkStore.claim`` + ``finish``, 5 threads) /
   raw-SQL ``UPDATE ... RETURNING`` + ``UPDATE`` on a trivial table, on SQLite
   and on a throwaway PostgreSQL (``bench/ha_queue.py``);
+* P10 fault-campaign runs per minute on two processes (informational);
 * P9  seconds to drain the HA work of a rack failure through the real
   ``HighAvailabilityManager`` and its worker threads (informational,
   ``bench/ha_drain.py``).
@@ -65,6 +66,7 @@ from cloudha.testing import (
     parse_scenario,
     simulate,
 )
+from cloudha.testing.campaign import run_campaign
 
 MANAGEMENT_SERVER_ID = "ms1"
 
@@ -124,6 +126,7 @@ class Sizes:
     sample_seconds: float
     queue_works: int
     drain_works: int
+    campaign_runs: int
 
 
 FULL = Sizes(
@@ -144,6 +147,7 @@ FULL = Sizes(
     sample_seconds=0.1,
     queue_works=2000,
     drain_works=10_000,
+    campaign_runs=200,
 )
 
 QUICK = Sizes(
@@ -164,6 +168,7 @@ QUICK = Sizes(
     sample_seconds=0.01,
     queue_works=200,
     drain_works=200,
+    campaign_runs=10,
 )
 
 PING_TIMEOUT = 2.5
@@ -727,6 +732,27 @@ def p9_ha_drain(sizes: Sizes) -> list[Figure]:
     ]
 
 
+# -- P10: fault-campaign throughput -------------------------------------------------------
+
+
+def p10_campaign(sizes: Sizes) -> list[Figure]:
+    """Generated fault scenarios run per minute, in 2 processes (the CI machine's cores)."""
+    began = time.perf_counter()
+    result = run_campaign(sizes.campaign_runs, 2026, jobs=2, shrinking=False)
+    wall = time.perf_counter() - began
+    return [
+        Figure(
+            "P10",
+            f"fault-campaign runs per minute, --jobs 2, {sizes.campaign_runs} runs",
+            sizes.campaign_runs * 60.0 / wall,
+            None,
+            False,
+            fmt="{:,.0f}",
+            detail=(f"wall {wall:.1f} s, no shrinking; violations {len(result['violations'])}"),
+        )
+    ]
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -783,6 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p7_simulator_speed,
         p8_ha_queue,
         p9_ha_drain,
+        p10_campaign,
     ):
         figures.extend(bench(sizes))
     elapsed = time.perf_counter() - began
