@@ -38,7 +38,8 @@ pytestmark = pytest.mark.integration
 fake_bmc = fakebmc.fake_bmc
 redfish_bmc = redfish.redfish_bmc
 
-HOST = Host(id="bmc-host", status=Status.DOWN, cluster="c1", private_ip="127.0.0.9")
+# Its heartbeat writer arms a watchdog, so a stale heartbeat proves it dead (the storage proof).
+HOST = Host(id="bmc-host", status=Status.DOWN, cluster="c1", private_ip="127.0.0.9", watchdog=True)
 VM = Vm(id="vm1", host_id="bmc-host", ha_enabled=True)
 
 

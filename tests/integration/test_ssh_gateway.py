@@ -64,7 +64,10 @@ def world(
         remote_command=(sys.executable, "-m", "cloudha"),
         address=loopback_only(sshd_server),
     )
-    target = Host(id="target", status=Status.ALERT, cluster="c1", private_ip=TARGET_IP)
+    # The target's writer arms a watchdog: its stale heartbeat proves it dead.
+    target = Host(
+        id="target", status=Status.ALERT, cluster="c1", private_ip=TARGET_IP, watchdog=True
+    )
     neighbour = Host(id="neighbour", status=Status.UP, cluster="c1", private_ip="127.0.0.1")
     directory = InMemoryHostDirectory([target, neighbour])
     inv = KVMInvestigator(
