@@ -1008,7 +1008,12 @@ class Simulation:
         return any(p not in self.storage_out for p in host.spec.pools)
 
     def pick_target(self, home: str, avoid: frozenset[str] = frozenset()) -> str | None:
-        """The least loaded Up host, not avoided, of home's zone and hypervisor, with room."""
+        """The least loaded Up host, not avoided, of home's zone and hypervisor, with room.
+
+        A VM starts through the target's agent, so the target must be reachable
+        with its agent running: a host rebooting (its row still Up) or cut off
+        from the management server is no target.
+        """
         dead = self.hosts[home].spec
         best: tuple[int, str] | None = None
         for host_id, host in self.hosts.items():
@@ -1018,8 +1023,7 @@ class Simulation:
                 or row is None
                 or row.status is not Status.UP
                 or row.resource_state is not ResourceState.ENABLED
-                or not host.powered
-                or host.hung
+                or not (self.reachable(host) and host.agent_running)
                 or host.spec.zone != dead.zone
                 or host.spec.hypervisor is not dead.hypervisor
             ):
