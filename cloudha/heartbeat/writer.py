@@ -108,6 +108,13 @@ def writer_plan(
     pools. After the pools (none is fine) it yields
     ``Sleep(frequency, "round")``.
 
+    With ``watchdog``, the first :class:`Pet` is where the writer arms the
+    device (opening ``/dev/watchdog`` restarts a countdown a previous writer
+    left running, so arming is only safe right after a fresh heartbeat). A
+    pool that cannot be written before that first pet yields
+    :class:`SelfFence` whatever ``reboot_on_failure`` says: nothing else
+    would reset the host before its old heartbeat is called stale.
+
     Driving: start with ``next(plan)`` (or ``plan.send(None)``); answer a
     :class:`Write` with ``plan.send(True)`` or ``plan.send(False)``, a
     :class:`Sleep`, a :class:`Pet` or a :class:`SelfFence` with ``plan.send(None)``.
@@ -115,6 +122,7 @@ def writer_plan(
     Raises:
         TypeError: (from ``send``) when a Write is answered with anything but a bool.
     """
+    armed = False
     while True:
         round_pools = tuple(pools())
         every_pool_written = bool(round_pools)
@@ -138,12 +146,15 @@ def writer_plan(
                 f"could not write the heartbeat to pool {pool.id} ({pool.mount_point})"
                 f" in {timing.max_tries} tries"
             )
-            if reboot_on_failure:
+            if reboot_on_failure or (watchdog and not armed):
+                if not reboot_on_failure:
+                    reason += "; the watchdog is not armed yet, so the writer resets the host"
                 yield SelfFence(pool, reason)
                 return
             log.error("%s; not rebooting (reboot on heartbeat timeout is off)", reason)
         if watchdog and every_pool_written:
             yield Pet()
+            armed = True
         yield Sleep(timing.frequency, "round")
 
 
@@ -225,8 +236,10 @@ class HeartbeatWriter:
         reset_margin: the longest time from the watchdog's expiry until
             the host is reset (``cloudha.watchdog.reset.margin``).
 
-    The watchdog is armed when :meth:`run` starts, petted after each round
-    that wrote every pool (when :meth:`HeartbeatTiming.may_pet` allows it),
+    The watchdog is armed after the first round that wrote every pool (a
+    pool that cannot be written before then resets the host: see
+    :func:`writer_plan`), petted after each later round that wrote every
+    pool (when :meth:`HeartbeatTiming.may_pet` allows it),
     disarmed (magic close) when ``stop`` ends :meth:`run`, and closed
     armed on any other end (self-fence, error): the host is then reset
     unless a new writer arms it again in time. A deliberate stop thus
@@ -302,17 +315,7 @@ class HeartbeatWriter:
         """
         watchdog = self.watchdog
         timeout = self.watchdog_timeout
-        if watchdog is not None:
-            effective = watchdog.arm(math.ceil(timeout))
-            if effective > timeout:
-                watchdog.close(disarm=True)
-                raise ConfigurationError(
-                    f"watchdog {watchdog!r} runs a {effective:g} s countdown, longer than"
-                    f" cloudha.watchdog.timeout ({timeout:g} s)",
-                    key="cloudha.watchdog.timeout",
-                    value=timeout,
-                )
-            timeout = effective
+        armed = False
         plan = writer_plan(
             self._pools,
             self.timing,
@@ -336,7 +339,11 @@ class HeartbeatWriter:
                 elif isinstance(action, Pet):
                     assert watchdog is not None
                     assert round_started is not None
-                    self._pet(watchdog, timeout, round_started)
+                    if armed:
+                        self._pet(watchdog, timeout, round_started)
+                    elif self._may_pet(timeout, round_started):
+                        timeout = self._arm(watchdog, timeout)
+                        armed = True
                     round_started = None
                 elif isinstance(action, Sleep):
                     if action.reason == "round":
@@ -348,20 +355,42 @@ class HeartbeatWriter:
             clean = True
         finally:
             plan.close()
-            if watchdog is not None:
+            if watchdog is not None and armed:
                 watchdog.close(disarm=clean)
 
-    def _pet(self, watchdog: Watchdog, timeout: float, round_started: float) -> None:
-        age = self.clock.monotonic() - round_started
-        if not self.timing.may_pet(age, timeout, self.reset_margin):
-            self.skipped_pets += 1
-            log.error(
-                "not petting the watchdog: this round's first heartbeat write started %g s"
-                " ago; with the %g s watchdog and %g s reset margin the host could outlive it",
-                age,
-                timeout,
-                self.reset_margin,
+    def _arm(self, watchdog: Watchdog, timeout: float) -> float:
+        """Arm the watchdog (right after the first round that wrote every pool);
+        the effective timeout."""
+        effective = watchdog.arm(math.ceil(timeout))
+        if effective > timeout:
+            watchdog.close(disarm=True)
+            raise ConfigurationError(
+                f"watchdog {watchdog!r} runs a {effective:g} s countdown, longer than"
+                f" cloudha.watchdog.timeout ({timeout:g} s)",
+                key="cloudha.watchdog.timeout",
+                value=timeout,
             )
+        self.last_pet = self.clock.monotonic()
+        return effective
+
+    def _may_pet(self, timeout: float, round_started: float) -> bool:
+        """Whether a countdown (re)started now ends before this round's oldest write is
+        stale; counted and logged when not (arming and petting alike)."""
+        age = self.clock.monotonic() - round_started
+        if self.timing.may_pet(age, timeout, self.reset_margin):
+            return True
+        self.skipped_pets += 1
+        log.error(
+            "not petting the watchdog: this round's first heartbeat write started %g s"
+            " ago; with the %g s watchdog and %g s reset margin the host could outlive it",
+            age,
+            timeout,
+            self.reset_margin,
+        )
+        return False
+
+    def _pet(self, watchdog: Watchdog, timeout: float, round_started: float) -> None:
+        if not self._may_pet(timeout, round_started):
             return
         try:
             watchdog.keepalive()

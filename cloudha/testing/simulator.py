@@ -873,8 +873,8 @@ class Simulation:
             watchdog=host.spec.watchdog,
         )
         host.round_started = None
-        if host.spec.watchdog:
-            self._pet_watchdog(host)  # opening the device starts the countdown
+        # The writer arms the watchdog at its first Pet (writer_plan): a countdown a
+        # previous writer left running goes on until then.
         self.at(
             self.clock.monotonic() + delay,
             functools.partial(self._writer_step, host, epoch, plan, None),

@@ -252,3 +252,27 @@ def test_watchdog_settings_that_cannot_guarantee_the_reset_are_an_error(tmp_path
         encoding="utf-8",
     )
     assert load_scenario(path).hosts[0].watchdog is False
+
+
+def test_a_writer_restarted_on_an_isolated_host_does_not_rearm_its_watchdog() -> None:
+    # Opening the device would restart the countdown the dead writer left running,
+    # while the heartbeat keeps ageing: the new writer cannot write, so it must not
+    # arm; the old countdown resets the host before its heartbeat is called stale.
+    doc = simulate(
+        minimal(
+            [
+                {"at": 57, "kind": "host_isolation", "target": "h1"},
+                {"at": 60, "kind": "heartbeat_stop", "target": "h1"},
+                {"at": 200, "kind": "heartbeat_start", "target": "h1"},
+                {"at": 1340, "kind": "host_heal", "target": "h1"},
+            ],
+            watchdog=True,
+        )
+    )
+    resets = events(doc, "watchdog_reset", host="h1") + events(doc, "self_fence", host="h1")
+    assert resets
+    first_reset = min(e["t"] for e in resets)
+    assert first_reset < 57 + WATCHDOG + MARGIN + 60  # from the last pet, at most a round before
+    stale_down = [e for e in downs(doc, "h1") if e["t"] < first_reset]
+    assert stale_down == []
+    assert doc["invariants"] == CLEAN

@@ -19,10 +19,10 @@ from cloudha.heartbeat import (
     HeartbeatWriter,
     LinuxWatchdog,
     Pet,
+    SelfFence,
     Sleep,
     Write,
     WriterAction,
-    heartbeat_path,
     writer_plan,
 )
 from cloudha.heartbeat.watchdog import WDIOC_GETTIMEOUT, WDIOC_KEEPALIVE, WDIOC_SETTIMEOUT
@@ -127,10 +127,25 @@ def test_plan_pets_after_a_round_that_wrote_every_pool() -> None:
 
 
 def test_plan_does_not_pet_after_a_round_with_a_pool_unwritten() -> None:
-    seen = drive([P1, P2], [True] + [False] * 5 + [True, True], 15)
-    first_round = seen[: seen.index(Sleep(60.0, "round")) + 1]
-    assert Pet() not in first_round
-    assert seen[len(first_round) :][:3] == [Write(P1, 1), Write(P2, 1), Pet()]
+    # Armed by a first full round; a later round with P2 unwritten gives no pet.
+    seen = drive([P1, P2], [True, True] + [True] + [False] * 5 + [True, True], 19)
+    rounds = [i for i, action in enumerate(seen) if action == Sleep(60.0, "round")]
+    second_round = seen[rounds[0] + 1 : rounds[1] + 1]
+    assert seen[: rounds[0]] == [Write(P1, 1), Write(P2, 1), Pet()]
+    assert Pet() not in second_round
+    assert not any(isinstance(a, SelfFence) for a in second_round)  # reboot is off
+    assert seen[rounds[1] + 1 :][:3] == [Write(P1, 1), Write(P2, 1), Pet()]
+
+
+def test_plan_resets_the_host_when_its_first_round_fails_before_the_watchdog_is_armed() -> None:
+    # Arming restarts any countdown a previous writer left running, so a writer
+    # that cannot write its first heartbeat must not arm: it resets the host.
+    seen = drive([P1, P2], [True] + [False] * 5, 11)
+    fence = seen[-1]
+    assert isinstance(fence, SelfFence)
+    assert fence.pool == P2
+    assert "not armed yet" in fence.reason
+    assert Pet() not in seen
 
 
 def test_plan_does_not_pet_without_pools_nor_without_a_watchdog() -> None:
@@ -277,37 +292,65 @@ def test_writer_arms_pets_each_round_and_disarms_on_a_clean_stop() -> None:
     dog = FakeWatchdog(clock)
     writer = make_writer(storage, clock, dog)
     writer.run(stop)
-    assert dog.calls == [("arm", 300), ("keepalive",), ("keepalive",), ("close", True)]
+    # armed by the first full round (at T0), petted by the second; stopped in the third
+    assert dog.calls == [("arm", 300), ("keepalive",), ("close", True)]
     assert dog.timeout == 300.0
-    assert writer.last_pet == T0 + 60  # the third round's pet never came: stopped first
+    assert writer.last_pet == T0 + 60
     assert not dog.overdue()
 
 
 def test_writer_does_not_pet_while_a_pool_cannot_be_written() -> None:
     clock = FakeClock(T0)
     storage = MemoryStorage(clock)
-    storage.failing_prefixes.add("/mnt/nfs2/")
     stop = threading.Event()
-    storage.on_write = lambda path, data: stop.set() if storage.writes == 4 else None
+
+    def on_write(path: str, data: bytes) -> None:
+        if storage.writes == 2:  # the first round wrote both pools: armed
+            storage.failing_prefixes.add("/mnt/nfs2/")
+        if storage.writes == 6:
+            stop.set()
+
+    storage.on_write = on_write
     dog = FakeWatchdog(clock)
     writer = make_writer(storage, clock, dog, reboot=False)
     writer.run(stop)
-    assert dog.pets == 0
-    assert clock.monotonic() == T0 + 3 * (4 * TIMING.retry_sleep + TIMING.frequency)
-    # 300 s without a pet: a real watchdog would have reset the host by now
-    assert dog.calls == [("arm", 300), ("close", True)]
-    assert storage.writes == 4
-    assert heartbeat_path(P2.mount_point, IP) not in storage.files
+    assert dog.calls == [("arm", 300), ("close", True)]  # armed, never petted again
+    assert writer.last_pet == T0
+    # four rounds: the first, then three with nfs2 failing and no pet
+    assert clock.monotonic() == T0 + TIMING.frequency + 3 * (
+        4 * TIMING.retry_sleep + TIMING.frequency
+    )
+    assert storage.writes == 6
 
 
 def test_writer_leaves_the_watchdog_armed_when_it_self_fences() -> None:
     clock = FakeClock(T0)
     storage = MemoryStorage(clock)
-    storage.fail_writes = True
+    stop = threading.Event()
+
+    def on_write(path: str, data: bytes) -> None:
+        if storage.writes == 2:  # armed by the first round, then every write fails
+            storage.fail_writes = True
+
+    storage.on_write = on_write
     dog = FakeWatchdog(clock)
     writer = make_writer(storage, clock, dog)
-    writer.run(threading.Event())
+    writer.run(stop)
     assert dog.calls == [("arm", 300), ("close", False)]
+
+
+def test_writer_that_cannot_write_its_first_round_resets_without_arming() -> None:
+    clock = FakeClock(T0)
+    storage = MemoryStorage(clock)
+    storage.fail_writes = True
+    dog = FakeWatchdog(clock)
+    writer = make_writer(storage, clock, dog, reboot=False)
+    writer.run(threading.Event())
+    assert dog.calls == []  # a countdown left by an earlier writer is not restarted
+    fencer = writer.self_fencer
+    assert isinstance(fencer, RecordingSelfFencer)
+    assert len(fencer.calls) == 1
+    assert "not armed yet" in fencer.calls[0]
 
 
 def test_writer_skips_a_pet_whose_round_started_too_long_ago() -> None:
@@ -325,20 +368,22 @@ def test_writer_skips_a_pet_whose_round_started_too_long_ago() -> None:
     dog = FakeWatchdog(clock)
     writer = make_writer(storage, clock, dog)
     writer.run(stop)
-    assert dog.pets == 0
-    assert writer.skipped_pets == 1  # 140 + 300 + 30 >= 460; the second round was stopped
+    # the first round may not arm either: a countdown started 140 s after its
+    # oldest write would end after that write is stale (140 + 300 + 30 >= 460)
+    assert dog.calls == []
+    assert writer.skipped_pets == 1
 
 
 def test_writer_goes_on_when_a_pet_fails(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock(T0)
     storage = MemoryStorage(clock)
     stop = threading.Event()
-    storage.on_write = lambda path, data: stop.set() if storage.writes == 4 else None
+    storage.on_write = lambda path, data: stop.set() if storage.writes == 6 else None
     dog = FakeWatchdog(clock, fail_keepalive=True)
     writer = make_writer(storage, clock, dog)
     writer.run(stop)
-    assert storage.writes == 4
-    assert writer.last_pet is None
+    assert storage.writes == 6
+    assert writer.last_pet == T0  # the arming; the second round's pet failed
     assert "cannot pet the watchdog" in caplog.text
 
 
@@ -358,7 +403,7 @@ def test_writer_refuses_a_watchdog_running_longer_than_asked() -> None:
     with pytest.raises(ConfigurationError, match="600 s countdown"):
         writer.run(threading.Event())
     assert dog.calls == [("arm", 300), ("close", True)]
-    assert storage.writes == 0
+    assert storage.writes == 2  # armed after the first round
 
 
 def test_fake_watchdog_expires_on_demand() -> None:
