@@ -158,3 +158,31 @@ def test_an_agent_link_closing_during_an_orchestrator_outage_is_left_to_the_moni
     assert behind[0]["t"] > 130
     assert doc["invariants"] == CLEAN
     assert doc["final"]["vms"]["vm1"] == {"state": "Running", "host": "h1"}
+
+
+def test_a_direct_host_back_from_a_crash_reports_its_vms_and_the_lost_ones_restart() -> None:
+    # A XenServer host without a BMC that crashes cannot be proven dead: it
+    # stays in Alert. When it boots again, its status report (the PingTask's)
+    # lists no VM: the VM sync must stop the lost VMs and restart the HA one.
+    doc = simulate(
+        {
+            "hosts": [
+                {"id": f"h{i}", "cluster": "c1", "hypervisor": "XenServer", "oobm": "none"}
+                for i in (1, 2, 3)
+            ],
+            "vms": [{"id": "vm1", "host": "h2", "ha": True}, {"id": "vm2", "host": "h2"}],
+            "faults": [
+                {"at": 100, "kind": "host_crash", "target": "h2"},
+                {"at": 400, "kind": "host_recover", "target": "h2"},
+            ],
+            "run": {"until": 900, "seed": 1},
+        }
+    )
+    assert doc["invariants"] == CLEAN
+    assert not events(doc, "host_status", host="h2", to="Down")
+    assert [(e["vm"], e["restart"]) for e in events(doc, "vm_sync", host="h2")] == [
+        ("vm1", True),
+        ("vm2", False),
+    ]
+    assert doc["final"]["vms"]["vm1"]["state"] == "Running"
+    assert doc["final"]["vms"]["vm1"]["host"] != "h2"
