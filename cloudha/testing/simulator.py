@@ -151,6 +151,9 @@ class _SimHost:
     bmc_up: bool = True
     pet_seq: int = 0
     round_started: float | None = None
+    boot_seq: int = 0
+    booting: bool = False
+    """Powered on, its OS not up yet: nothing of it runs (no VM, agent, writer or libvirtd)."""
 
 
 @attrs.define
@@ -959,9 +962,8 @@ class Simulation:
             reason=f"no heartbeat round completed for {self.settings.cloudha_watchdog_timeout:g} s",
         )
         self._power_off(host)
-        host.powered = True
         host.heartbeat_running = True
-        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+        self._boot(host)
 
     def _try_write(self, host: _SimHost, path: str, data: bytes) -> bool:
         try:
@@ -974,12 +976,12 @@ class Simulation:
         """The writer gave up: the host resets itself (sysrq ``b``) and boots again."""
         self.recorder.emit("self_fence", host=host.spec.id, reason=reason)
         self._power_off(host)
-        host.powered = True
-        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+        self._boot(host)
 
     def _power_off(self, host: _SimHost) -> None:
         host.pet_seq += 1  # a host without power has no countdown running
-        host.powered = host.agent_running = host.connected = False
+        host.boot_seq += 1  # nor a boot in progress
+        host.powered = host.agent_running = host.connected = host.booting = False
         host.hung = False
         host.died = True
         for vm in self.vms.values():
@@ -994,12 +996,23 @@ class Simulation:
     def power_on(self, host: _SimHost, reason: str) -> None:
         """The BMC switched ``host`` on: it boots."""
         self.recorder.emit("power", host=host.spec.id, reason=reason, power="On")
-        host.powered = True
-        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+        self._boot(host)
+
+    def _boot(self, host: _SimHost) -> None:
+        """Power ``host`` on: its OS is up (agent, writer) ``BOOT_SECONDS`` later."""
+        host.powered = host.booting = True
+        host.boot_seq += 1
+        seq = host.boot_seq
+        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host, seq))
 
     def alive_with_storage(self, host: _SimHost) -> bool:
-        """Is ``host`` running (not hung) and able to reach one of its pools right now?"""
-        if not host.powered or host.hung or host.isolated:
+        """Is ``host`` running (not hung) and able to reach one of its pools right now?
+
+        A host still booting after a reset is not: its VMs died with the reset
+        and nothing runs on it yet, so fencing it endangers nothing (the
+        heartbeat that went stale told the truth: the host did stop).
+        """
+        if not host.powered or host.booting or host.hung or host.isolated:
             return False
         return any(p not in self.storage_out for p in host.spec.pools)
 
@@ -1049,10 +1062,8 @@ class Simulation:
 
     def _fault_host_recover(self, target: str | None) -> None:
         host = self._target_host(target)
-        now = self.clock.monotonic()
         if not host.powered:
-            host.powered = True
-            self.at(now + BOOT_SECONDS, lambda: self._boot_done(host))
+            self._boot(host)
         elif host.hung:
             self._unhang(host)
 
@@ -1164,8 +1175,11 @@ class Simulation:
             self._start_writer(host, 0.0)
         self._connect_indirect(host)
 
-    def _boot_done(self, host: _SimHost) -> None:
-        if host.powered and not host.agent_running:
+    def _boot_done(self, host: _SimHost, seq: int) -> None:
+        if host.boot_seq != seq or not host.powered:
+            return
+        host.booting = False
+        if not host.agent_running:
             host.agent_running = True
             if host.heartbeat_running and self._writes_heartbeat(host):
                 self._start_writer(host, 0.0)
