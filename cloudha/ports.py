@@ -222,9 +222,7 @@ class PingReport:
 
     host_id: str
     gateway_accessible: bool = True
-    vms: frozenset[str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(frozenset)
-    )
+    vms: frozenset[str] | None = None
 
 
 @runtime_checkable

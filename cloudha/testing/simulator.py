@@ -589,8 +589,8 @@ class _DirectResource:
     def current_status(self, host: Host) -> PingReport | None:
         sim_host = self.sim.hosts[host.id]
         if self.sim.reachable(sim_host) and sim_host.agent_running:
-            running = (vm.id for vm in self.sim.vms.values() if host.id in vm.running_on)
-            return PingReport(host.id, vms=frozenset(running))
+            running = frozenset(v.id for v in self.sim.vms.values() if host.id in v.running_on)
+            return PingReport(host.id, vms=running)
         return None
 
 

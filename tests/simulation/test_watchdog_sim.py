@@ -287,7 +287,8 @@ def test_a_host_fenced_while_it_boots_after_its_watchdog_reset_is_not_a_live_hos
     )
     (reset,) = events(doc, "watchdog_reset", host="h2")
     fences = events(doc, "fence", host="h2", outcome="FENCED")
-    assert fences and reset["t"] < fences[0]["t"] < reset["t"] + 60  # during the boot
+    assert fences
+    assert reset["t"] < fences[0]["t"] < reset["t"] + 60  # during the boot
     assert doc["invariants"] == CLEAN
     assert doc["final"]["vms"]["vm1"]["state"] == "Running"
 
@@ -300,6 +301,7 @@ def test_the_checker_counts_a_booted_host_as_alive_and_a_booting_one_not() -> No
     sim.power_cut(host, "test")
     assert not sim.alive_with_storage(host)
     sim.power_on(host, "test")
-    assert host.powered and not sim.alive_with_storage(host)  # still booting
+    assert host.powered
+    assert not sim.alive_with_storage(host)  # still booting
     sim.run()  # the boot ends 60 s later
     assert sim.alive_with_storage(host)
