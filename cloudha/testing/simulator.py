@@ -981,6 +981,7 @@ class Simulation:
     def _power_off(self, host: _SimHost) -> None:
         host.pet_seq += 1  # a host without power has no countdown running
         host.boot_seq += 1  # nor a boot in progress
+        host.writer_epoch += 1  # nor a heartbeat writer: the next boot starts a new one
         host.powered = host.agent_running = host.connected = host.booting = False
         host.hung = False
         host.died = True

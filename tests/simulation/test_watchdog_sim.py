@@ -305,3 +305,37 @@ def test_the_checker_counts_a_booted_host_as_alive_and_a_booting_one_not() -> No
     assert not sim.alive_with_storage(host)  # still booting
     sim.run()  # the boot ends 60 s later
     assert sim.alive_with_storage(host)
+
+
+def test_a_heartbeat_writer_does_not_outlive_its_hosts_power_off() -> None:
+    # h2's writer is retrying the dead pool when h2 crashes (130 s); h2 is
+    # powered on again at once and boots until 191 s. The writer of before
+    # the crash must be gone: nothing of it self-fences the booting host.
+    settings = {
+        "ping.interval": 10,
+        "kvm.heartbeat.update.frequency": 10000,
+        "kvm.heartbeat.update.retry.sleep": 2000,
+        "heartbeat.update.timeout": 10000,
+        "cloudha.watchdog.timeout": 40,
+        "cloudha.watchdog.reset.margin": 10,
+    }
+    hosts = [
+        {"id": f"h{i}", "cluster": "c1", "pools": ["p1"], "oobm": "ipmi", "watchdog": True}
+        for i in (1, 2, 3)
+    ]
+    faults = [
+        {"at": 100, "kind": "storage_outage", "target": "p1"},
+        {"at": 130, "kind": "host_crash", "target": "h2"},
+        {"at": 131, "kind": "host_recover", "target": "h2"},
+    ]
+    doc = simulate(
+        {
+            "settings": settings,
+            "hosts": hosts,
+            "vms": [{"id": "vm1", "host": "h2", "ha": True}],
+            "faults": faults,
+            "run": {"until": 400, "seed": 1},
+        }
+    )
+    assert not [e for e in events(doc, "self_fence", host="h2") if e["t"] < 191 + 58]
+    assert doc["invariants"] == CLEAN
