@@ -211,10 +211,18 @@ class MigrationFailureSink(Protocol):
 
 @attrs.frozen
 class PingReport:
-    """What a ping says: the host is there (and whether it sees its gateway)."""
+    """What a ping says: the host is there (and whether it sees its gateway).
+
+    ``vms``: the ids of the VMs the host reports running (a directly managed
+    host's status report carries them, like CloudStack's ``PingRoutingCommand``
+    VM state report); None when the report does not say. A direct host that
+    is loaded again after a ping hands them to the VM sync, so VMs that died
+    with the host while it was away are restarted (``ha.vm.restart.hostup``).
+    """
 
     host_id: str
     gateway_accessible: bool = True
+    vms: frozenset[str] | None = None
 
 
 @runtime_checkable

@@ -518,8 +518,9 @@ class ManagementServer:
     def _direct_ping(self, host_id: str) -> Callable[[PingReport], None]:
         def on_ping(report: PingReport) -> None:
             if not self.agents.ping_received(report):
-                # The host answers but is no longer monitored: load it again.
-                self.agents.agent_connected(host_id)
+                # The host answers but is no longer monitored: load it again,
+                # with its VM report so VMs lost while it was away get HA.
+                self.agents.agent_connected(host_id, vms=report.vms)
 
         return on_ping
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from cloudha.clock import Clock
 from cloudha.commands import check_on_host
+from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.investigators.base import Finding, Verdict
 from cloudha.investigators.support import (
     AgentInvestigatorBase,
@@ -65,6 +66,14 @@ class KVMInvestigator(AgentInvestigatorBase):
         self_fence: ``reboot.host.and.alert.management.on.heartbeat.timeout``
             (only the reason of a stale heartbeat that proves nothing
             depends on it).
+        timing: the writers' heartbeat timing. When given, a stale heartbeat
+            proves nothing while the host's ``last_ping`` (set when its agent
+            connected, or an investigation found it Up) is no older than
+            ``timing.stale_after(len(ha_pools))``: a host that came back (a
+            reboot) runs a writer whose first round may not have reached a
+            pool yet (an earlier pool may use its whole retry budget), so
+            the stamp left by its previous life says nothing of the live
+            host. None: CloudStack's rule, the stamp alone.
     """
 
     name = "KVMInvestigator"
@@ -80,9 +89,11 @@ class KVMInvestigator(AgentInvestigatorBase):
         fail_on_one_pool: bool = False,
         zone_witnesses: int = 3,
         self_fence: bool = True,
+        timing: HeartbeatTiming | None = None,
     ) -> None:
         super().__init__(clock, directory=directory, gateway=gateway, timeout=timeout)
         self.self_fence = self_fence
+        self.timing = timing
         if zone_witnesses < 0:
             raise ValueError(f"zone_witnesses must be >= 0, got {zone_witnesses!r}")
         self.pools = pools
@@ -97,7 +108,7 @@ class KVMInvestigator(AgentInvestigatorBase):
         if not ha_pools:
             return self.unknown(f"{host.id} has no storage pool that carries a heartbeat")
         command = check_on_host(host, fail_on_one_pool=self.fail_on_one_pool)
-        proof = stale_proof(host, self_fence=self.self_fence)
+        proof = self._proof(host, len(ha_pools))
 
         asked: dict[str, str] = {}
         own = self._judged(host, command, asked, proof)
@@ -146,6 +157,21 @@ class KVMInvestigator(AgentInvestigatorBase):
             reachable=False,
             **evidence,
         )
+
+    def _proof(self, host: Host, pools: int) -> StaleProof:
+        """:func:`stale_proof`; no proof while ``host`` came back too recently (``timing``)."""
+        proof = stale_proof(host, self_fence=self.self_fence)
+        if not proof.proves_death or self.timing is None:
+            return proof
+        since = self.clock.now().timestamp() - host.last_ping
+        bound = self.timing.stale_after(pools)
+        if since <= bound:
+            return StaleProof(
+                False,
+                f"{host.id} connected or was found Up {since:.1f} s ago, within the {bound:g} s"
+                " stale bound: its writer may not have written a heartbeat since",
+            )
+        return proof
 
     def _judged(
         self, via: Host, command: Command, asked: dict[str, str], proof: StaleProof

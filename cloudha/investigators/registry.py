@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from cloudha.clock import Clock
+from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.investigators.agent_check import AgentCheckInvestigator
 from cloudha.investigators.base import Investigator
 from cloudha.investigators.chain import InvestigatorChain
@@ -132,6 +133,7 @@ def builtin_investigators(ctx: InvestigatorContext) -> list[Investigator]:
                 pools=ctx.pools,
                 fail_on_one_pool=ctx.settings.kvm_ha_fence_on_storage_heartbeat_failure,
                 self_fence=ctx.settings.reboot_host_and_alert_management_on_heartbeat_timeout,
+                timing=HeartbeatTiming.from_settings(ctx.settings),
                 **common,
             )
         )

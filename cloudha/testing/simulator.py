@@ -151,6 +151,9 @@ class _SimHost:
     bmc_up: bool = True
     pet_seq: int = 0
     round_started: float | None = None
+    boot_seq: int = 0
+    booting: bool = False
+    """Powered on, its OS not up yet: nothing of it runs (no VM, agent, writer or libvirtd)."""
 
 
 @attrs.define
@@ -586,7 +589,8 @@ class _DirectResource:
     def current_status(self, host: Host) -> PingReport | None:
         sim_host = self.sim.hosts[host.id]
         if self.sim.reachable(sim_host) and sim_host.agent_running:
-            return PingReport(host.id)
+            running = frozenset(v.id for v in self.sim.vms.values() if host.id in v.running_on)
+            return PingReport(host.id, vms=running)
         return None
 
 
@@ -963,9 +967,8 @@ class Simulation:
             reason=f"no heartbeat round completed for {self.settings.cloudha_watchdog_timeout:g} s",
         )
         self._power_off(host)
-        host.powered = True
         host.heartbeat_running = True
-        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+        self._boot(host)
 
     def _try_write(self, host: _SimHost, path: str, data: bytes) -> bool:
         try:
@@ -978,12 +981,13 @@ class Simulation:
         """The writer gave up: the host resets itself (sysrq ``b``) and boots again."""
         self.recorder.emit("self_fence", host=host.spec.id, reason=reason)
         self._power_off(host)
-        host.powered = True
-        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+        self._boot(host)
 
     def _power_off(self, host: _SimHost) -> None:
         host.pet_seq += 1  # a host without power has no countdown running
-        host.powered = host.agent_running = host.connected = False
+        host.boot_seq += 1  # nor a boot in progress
+        host.writer_epoch += 1  # nor a heartbeat writer: the next boot starts a new one
+        host.powered = host.agent_running = host.connected = host.booting = False
         host.hung = False
         host.died = True
         for vm in self.vms.values():
@@ -998,12 +1002,23 @@ class Simulation:
     def power_on(self, host: _SimHost, reason: str) -> None:
         """The BMC switched ``host`` on: it boots."""
         self.recorder.emit("power", host=host.spec.id, reason=reason, power="On")
-        host.powered = True
-        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host))
+        self._boot(host)
+
+    def _boot(self, host: _SimHost) -> None:
+        """Power ``host`` on: its OS is up (agent, writer) ``BOOT_SECONDS`` later."""
+        host.powered = host.booting = True
+        host.boot_seq += 1
+        seq = host.boot_seq
+        self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host, seq))
 
     def alive_with_storage(self, host: _SimHost) -> bool:
-        """Is ``host`` running (not hung) and able to reach one of its pools right now?"""
-        if not host.powered or host.hung or host.isolated:
+        """Is ``host`` running (not hung) and able to reach one of its pools right now?
+
+        A host still booting after a reset is not: its VMs died with the reset
+        and nothing runs on it yet, so fencing it endangers nothing (the
+        heartbeat that went stale told the truth: the host did stop).
+        """
+        if not host.powered or host.booting or host.hung or host.isolated:
             return False
         return any(p not in self.storage_out for p in host.spec.pools)
 
@@ -1057,10 +1072,8 @@ class Simulation:
 
     def _fault_host_recover(self, target: str | None) -> None:
         host = self._target_host(target)
-        now = self.clock.monotonic()
         if not host.powered:
-            host.powered = True
-            self.at(now + BOOT_SECONDS, lambda: self._boot_done(host))
+            self._boot(host)
         elif host.hung:
             self._unhang(host)
 
@@ -1172,8 +1185,11 @@ class Simulation:
             self._start_writer(host, 0.0)
         self._connect_indirect(host)
 
-    def _boot_done(self, host: _SimHost) -> None:
-        if host.powered and not host.agent_running:
+    def _boot_done(self, host: _SimHost, seq: int) -> None:
+        if host.boot_seq != seq or not host.powered:
+            return
+        host.booting = False
+        if not host.agent_running:
             host.agent_running = True
             if host.heartbeat_running and self._writes_heartbeat(host):
                 self._start_writer(host, 0.0)

@@ -184,3 +184,31 @@ def test_a_server_started_during_an_outage_pings_its_direct_hosts_once_it_ends()
     assert behind[0]["t"] > 600
     assert not events(doc, "behind_on_ping", host="x1")
     assert doc["invariants"] == CLEAN
+
+
+def test_a_direct_host_back_from_a_crash_reports_its_vms_and_the_lost_ones_restart() -> None:
+    # A XenServer host without a BMC that crashes cannot be proven dead: it
+    # stays in Alert. When it boots again, its status report (the PingTask's)
+    # lists no VM: the VM sync must stop the lost VMs and restart the HA one.
+    doc = simulate(
+        {
+            "hosts": [
+                {"id": f"h{i}", "cluster": "c1", "hypervisor": "XenServer", "oobm": "none"}
+                for i in (1, 2, 3)
+            ],
+            "vms": [{"id": "vm1", "host": "h2", "ha": True}, {"id": "vm2", "host": "h2"}],
+            "faults": [
+                {"at": 100, "kind": "host_crash", "target": "h2"},
+                {"at": 400, "kind": "host_recover", "target": "h2"},
+            ],
+            "run": {"until": 900, "seed": 1},
+        }
+    )
+    assert doc["invariants"] == CLEAN
+    assert not events(doc, "host_status", host="h2", to="Down")
+    assert [(e["vm"], e["restart"]) for e in events(doc, "vm_sync", host="h2")] == [
+        ("vm1", True),
+        ("vm2", False),
+    ]
+    assert doc["final"]["vms"]["vm1"]["state"] == "Running"
+    assert doc["final"]["vms"]["vm1"]["host"] != "h2"

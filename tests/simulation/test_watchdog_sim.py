@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cloudha.errors import ScenarioError
-from cloudha.testing import load_scenario, parse_scenario, simulate
+from cloudha.testing import Simulation, load_scenario, parse_scenario, simulate
 from tests.simulation.support import CLEAN, events
 
 WATCHDOG, MARGIN = 300.0, 30.0
@@ -275,4 +275,94 @@ def test_a_writer_restarted_on_an_isolated_host_does_not_rearm_its_watchdog() ->
     assert first_reset < 57 + WATCHDOG + MARGIN + 60  # from the last pet, at most a round before
     stale_down = [e for e in downs(doc, "h1") if e["t"] < first_reset]
     assert stale_down == []
+
+
+def test_a_host_fenced_while_it_boots_after_its_watchdog_reset_is_not_a_live_host() -> None:
+    # h2 hangs; its watchdog resets it (85 s); it is Down by its stale
+    # heartbeat (124 s) while it still boots (until 145 s); the management
+    # server, isolated, cannot ask libvirt and powers it off through its
+    # BMC. Nothing ran on it: that is not a fence of a live host.
+    settings = {
+        "ping.interval": 10,
+        "kvm.heartbeat.update.frequency": 10000,
+        "kvm.heartbeat.update.retry.sleep": 2000,
+        "heartbeat.update.timeout": 10000,
+        "cloudha.watchdog.timeout": 40,
+        "cloudha.watchdog.reset.margin": 10,
+    }
+    hosts = [
+        {"id": f"h{i}", "cluster": "c1", "pools": ["p1"], "oobm": "ipmi", "watchdog": True}
+        for i in (1, 2, 3)
+    ]
+    faults = [
+        {"at": 43.6, "kind": "host_hang", "target": "h2"},
+        {"at": 124.0, "kind": "ms_isolation"},
+        {"at": 200.0, "kind": "ms_heal"},
+    ]
+    doc = simulate(
+        {
+            "settings": settings,
+            "hosts": hosts,
+            "vms": [{"id": "vm1", "host": "h2", "ha": True}],
+            "faults": faults,
+            # the isolated server cannot start vm1 at once: it retries after
+            # restart.retry.interval (600 s)
+            "run": {"until": 1400, "seed": 1},
+        }
+    )
+    (reset,) = events(doc, "watchdog_reset", host="h2")
+    fences = events(doc, "fence", host="h2", outcome="FENCED")
+    assert fences
+    assert reset["t"] < fences[0]["t"] < reset["t"] + 60  # during the boot
+    assert doc["invariants"] == CLEAN
+    assert doc["final"]["vms"]["vm1"]["state"] == "Running"
+
+
+def test_the_checker_counts_a_booted_host_as_alive_and_a_booting_one_not() -> None:
+    hosts = [{"id": f"h{i}", "cluster": "c1", "pools": ["p1"]} for i in (1, 2)]
+    sim = Simulation(parse_scenario({"hosts": hosts, "run": {"until": 100}}))
+    host = sim.hosts["h1"]
+    assert sim.alive_with_storage(host)
+    sim.power_cut(host, "test")
+    assert not sim.alive_with_storage(host)
+    sim.power_on(host, "test")
+    assert host.powered
+    assert not sim.alive_with_storage(host)  # still booting
+    sim.run()  # the boot ends 60 s later
+    assert sim.alive_with_storage(host)
+
+
+def test_a_heartbeat_writer_does_not_outlive_its_hosts_power_off() -> None:
+    # h2's writer is retrying the dead pool when h2 crashes (130 s); h2 is
+    # powered on again at once and boots until 191 s. The writer of before
+    # the crash must be gone: nothing of it self-fences the booting host.
+    settings = {
+        "ping.interval": 10,
+        "kvm.heartbeat.update.frequency": 10000,
+        "kvm.heartbeat.update.retry.sleep": 2000,
+        "heartbeat.update.timeout": 10000,
+        "cloudha.watchdog.timeout": 40,
+        "cloudha.watchdog.reset.margin": 10,
+    }
+    hosts = [
+        {"id": f"h{i}", "cluster": "c1", "pools": ["p1"], "oobm": "ipmi", "watchdog": True}
+        for i in (1, 2, 3)
+    ]
+    faults = [
+        {"at": 100, "kind": "storage_outage", "target": "p1"},
+        {"at": 130, "kind": "host_crash", "target": "h2"},
+        {"at": 131, "kind": "host_recover", "target": "h2"},
+        # healed: with every host's watchdog, a pool out for good would reset them all in turn
+        {"at": 255, "kind": "storage_heal", "target": "p1"},
+    ]
+    doc = simulate(
+        {
+            "settings": settings,
+            "hosts": hosts,
+            "vms": [{"id": "vm1", "host": "h2", "ha": True}],
+            "faults": faults,
+            "run": {"until": 700, "seed": 1},
+        }
+    )
+    assert not [e for e in events(doc, "self_fence", host="h2") if e["t"] < 191 + 58]
     assert doc["invariants"] == CLEAN

@@ -38,6 +38,7 @@ from cloudha import (
 )
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM, PING_TEST
 from cloudha.errors import ProbeConnectionError
+from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.investigators import BaseInvestigator, builtin_investigators, discover_investigators
 from cloudha.testing import (
     FakeAgentGateway,
@@ -796,3 +797,53 @@ def test_libvirt_host_finding_is_vm_level_only_with_running_domains() -> None:
     assert busy.witness is Witness.VM
     assert busy.reason == "the hypervisor on h1 answers, 1 domain(s) running; its agent does not"
     assert busy.to_dict()["witness"] == "vm"
+
+
+@pytest.mark.parametrize(
+    ("connected_ago", "verdict"), [(464.0, Verdict.UNKNOWN), (466.0, Verdict.DEAD)]
+)
+def test_kvm_stale_heartbeat_of_a_host_back_within_the_stale_bound_proves_nothing(
+    connected_ago: float, verdict: Verdict
+) -> None:
+    # A host that reconnected (a reboot) less than stale_after ago runs a
+    # writer that may not have reached this pool yet: the stamp left by its
+    # previous life is no proof (465 s: the default one-pool bound).
+    clock = FakeClock()
+    now = clock.now().timestamp()
+    target = Host(
+        id="h1",
+        status=Status.UP,
+        cluster="c1",
+        private_ip="10.0.0.1",
+        watchdog=True,
+        last_ping=now - connected_ago,
+    )
+    directory = InMemoryHostDirectory([target, Host(id="h2", status=UP, cluster="c1")])
+    agents = Agents()
+    agents.heartbeat("h1", None)
+    agents.heartbeat("h2", Verdict.DEAD, "heartbeat on nfs1 is 500 s old, limit 465 s")
+    inv = KVMInvestigator(
+        clock,
+        directory=directory,
+        gateway=agents.gateway,
+        pools=InMemoryStoragePools([Pool("nfs1", "/mnt/nfs1", cluster="c1")]),
+        timeout=T,
+        timing=HeartbeatTiming(),
+    )
+    finding = inv.is_agent_alive(target)
+    assert finding.verdict is verdict
+    if verdict is Verdict.UNKNOWN:
+        assert "within the 465 s stale bound" in finding.evidence["neighbours"]["h2"]
+
+
+def test_the_builtin_kvm_investigator_knows_the_heartbeat_timing() -> None:
+    settings = Settings()
+    ctx = InvestigatorContext(
+        clock=FakeClock(),
+        settings=settings,
+        directory=InMemoryHostDirectory([]),
+        gateway=FakeAgentGateway(),
+        pools=InMemoryStoragePools([]),
+    )
+    (kvm,) = [i for i in builtin_investigators(ctx) if isinstance(i, KVMInvestigator)]
+    assert kvm.timing == HeartbeatTiming.from_settings(settings)
