@@ -153,6 +153,8 @@ class _SimHost:
     round_started: float | None = None
     boot_seq: int = 0
     booting: bool = False
+    awaiting_arm: bool = False
+    """A watchdog host's agent waits for its writer to arm the watchdog (see _boot_done)."""
     """Powered on, its OS not up yet: nothing of it runs (no VM, agent, writer or libvirtd)."""
 
 
@@ -723,6 +725,9 @@ class Simulation:
         for sim_host in self.hosts.values():
             if self._writes_heartbeat(sim_host):
                 self._start_writer(sim_host, self.rng.uniform(0.0, self.timing.frequency))
+                if sim_host.spec.watchdog:
+                    # The cloud ran before t=0: its writers armed their watchdogs then.
+                    self._pet_watchdog(sim_host)
         until = self.scenario.until
         processed = 0
         while self._queue and self._queue[0][0] <= until:
@@ -926,6 +931,10 @@ class Simulation:
                 self.settings.cloudha_watchdog_reset_margin,
             ):
                 self._pet_watchdog(host)
+                if host.awaiting_arm:  # armed: the host's agent may start now
+                    host.awaiting_arm = False
+                    host.agent_running = True
+                    self._connect_indirect(host)
             self._writer_step(host, epoch, plan, None)
         elif isinstance(action, Sleep):
             if action.reason == "round":
@@ -988,6 +997,7 @@ class Simulation:
         host.boot_seq += 1  # nor a boot in progress
         host.writer_epoch += 1  # nor a heartbeat writer: the next boot starts a new one
         host.powered = host.agent_running = host.connected = host.booting = False
+        host.awaiting_arm = False
         host.hung = False
         host.died = True
         for vm in self.vms.values():
@@ -1189,11 +1199,20 @@ class Simulation:
         if host.boot_seq != seq or not host.powered:
             return
         host.booting = False
-        if not host.agent_running:
-            host.agent_running = True
-            if host.heartbeat_running and self._writes_heartbeat(host):
+        if host.agent_running or host.awaiting_arm:
+            return
+        if host.spec.watchdog and self._writes_heartbeat(host):
+            # Host.watchdog promises that the host runs no VM unguarded: its agent
+            # starts once the writer has armed the watchdog (after a round that
+            # wrote every pool), as a cluster manager starts after SBD.
+            host.awaiting_arm = True
+            if host.heartbeat_running:
                 self._start_writer(host, 0.0)
-            self._connect_indirect(host)
+            return
+        host.agent_running = True
+        if host.heartbeat_running and self._writes_heartbeat(host):
+            self._start_writer(host, 0.0)
+        self._connect_indirect(host)
 
     def _connect_indirect(self, host: _SimHost) -> None:
         if not host.spec.hypervisor.has_direct_agent:

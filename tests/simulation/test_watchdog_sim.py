@@ -366,3 +366,37 @@ def test_a_heartbeat_writer_does_not_outlive_its_hosts_power_off() -> None:
     )
     assert not [e for e in events(doc, "self_fence", host="h2") if e["t"] < 191 + 58]
     assert doc["invariants"] == CLEAN
+
+
+def test_a_watchdog_host_rejoins_only_once_its_writer_has_armed_the_watchdog() -> None:
+    # h1's pool p1 is out: its watchdog resets it, and while p1 stays out its new
+    # writer cannot arm (it resets the host instead). Its agent must not connect
+    # meanwhile: VMs placed on a host with an unarmed watchdog could outlive a
+    # hang that its stale heartbeat would then "prove" dead.
+    hosts = [
+        {"id": "h1", "cluster": "c1", "pools": ["p1", "p2"], "watchdog": True},
+        {"id": "h2", "cluster": "c1", "pools": ["p2"], "watchdog": True},
+        {"id": "h3", "cluster": "c1", "pools": ["p2"], "watchdog": True},
+    ]
+    doc = simulate(
+        {
+            "hosts": hosts,
+            "vms": [{"id": "vm1", "host": "h1", "ha": True}],
+            "faults": [
+                {"at": 100, "kind": "storage_outage", "target": "p1"},
+                {"at": 1500, "kind": "storage_heal", "target": "p1"},
+            ],
+            "run": {"until": 4000, "seed": 1},
+        }
+    )
+    resets = events(doc, "watchdog_reset", host="h1")
+    assert resets
+    connects = [
+        e["t"]
+        for e in events(doc, "host_status", host="h1", to="Connecting")
+        if e["t"] > resets[0]["t"]
+    ]
+    assert connects
+    assert min(connects) > 1500  # not before its writer could write p1 and arm
+    assert doc["invariants"] == CLEAN
+    assert doc["final"]["vms"]["vm1"]["state"] == "Running"
