@@ -215,9 +215,11 @@ class PingReport:
 
     ``vms``: the ids of the VMs the host reports running (a directly managed
     host's status report carries them, like CloudStack's ``PingRoutingCommand``
-    VM state report); None when the report does not say. A direct host that
-    is loaded again after a ping hands them to the VM sync, so VMs that died
-    with the host while it was away are restarted (``ha.vm.restart.hostup``).
+    VM state report); None when the report does not say. The VM sync gets
+    them: a direct host loaded again after a ping hands them over at once,
+    and a monitored host's reports are compared with the orchestrator's view,
+    so VMs that died with the host while it was away are restarted
+    (``ha.vm.restart.hostup``), also when it rebooted without being declared Down.
     """
 
     host_id: str
@@ -657,4 +659,12 @@ class VmSync(Protocol):
 
     def host_connected(self, host: Host, running: Collection[str]) -> None:
         """``host`` reconnected and reports ``running`` (VM ids) as running on it."""
+        ...
+
+    def host_reported(self, host_id: str, running: Collection[str]) -> None:
+        """A ping report of monitored host ``host_id`` lists ``running`` (VM ids).
+
+        A VM missing from the host's reports for longer than a grace is
+        reconciled as on reconnect; the call never blocks on the VM's restart.
+        """
         ...

@@ -46,7 +46,7 @@ from cloudha.fencing.registry import FencerContext, build_fence_chain
 from cloudha.ha.manager import HighAvailabilityManager
 from cloudha.ha.store import Work, WorkStore, create_schema
 from cloudha.investigators import InvestigatorChain, InvestigatorContext, build_chain
-from cloudha.model import Host, VmState
+from cloudha.model import Host, Vm, VmState
 from cloudha.oobm.manager import (
     OobmConfigSource,
     OobmSyncTask,
@@ -113,40 +113,85 @@ def validate_port(name: str, port: object, protocol: type) -> None:
 
 
 class HostVmSync:
-    """VM sync on reconnect (spec §3 ``ha.vm.restart.hostup``; a :class:`~cloudha.ports.VmSync`).
+    """VM sync (spec §3 ``ha.vm.restart.hostup``; a :class:`~cloudha.ports.VmSync`).
 
-    A VM the orchestrator believes on the reconnected host (Running,
-    Starting, Stopping or Unknown) that the host does not report is stopped
-    (force: it does not run, the row is cleaned up) and, when HA-enabled,
-    given an investigated HA restart unless it has pending HA work.
+    On reconnect (:meth:`host_connected`): a VM the orchestrator believes on
+    the host (Running, Starting, Stopping or Unknown) that the host does not
+    report is stopped (force: it does not run, the row is cleaned up) and,
+    when HA-enabled, given an investigated HA restart unless HA work owns it
+    already.
+
+    On a ping report (:meth:`host_reported`, a directly managed host that
+    came back without a reconnect, e.g. rebooted within ``alert.wait``): the
+    same, for a VM missing from every report of the host for longer than
+    ``grace`` seconds (CloudStack's power-report-missing grace): a VM being
+    started may be missing from a report taken before it ran, never from
+    every report over the grace.
     """
 
     def __init__(
-        self, orchestrator: VmOrchestrator, ha: HighAvailabilityManager, recorder: Recorder
+        self,
+        orchestrator: VmOrchestrator,
+        ha: HighAvailabilityManager,
+        recorder: Recorder,
+        clock: Clock,
+        grace: float,
     ) -> None:
         self.orchestrator = orchestrator
         self.ha = ha
         self.recorder = recorder
+        self.clock = clock
+        self.grace = grace
+        self._missing: dict[str, dict[str, float]] = {}  # host -> vm -> first missing at
+        self._lock = threading.Lock()
 
     def host_connected(self, host: Host, running: Collection[str]) -> None:
-        for vm in self.orchestrator.list_vms_on_host(host.id):
-            if vm.id in running or vm.state not in _VM_SYNC_STATES:
-                continue
-            if self.ha.has_pending_ha_work(vm.id):
-                continue  # the HA path owns this VM already
-            self.orchestrator.advance_stop(vm, force=True)
-            stopped = self.orchestrator.find_vm(vm.id)
-            work = None if stopped is None else self.ha.on_vm_powered_off(stopped)
-            self.recorder.emit(
-                "vm_sync",
-                host=host.id,
-                vm=vm.id,
-                reason=(
-                    f"{host.id} reconnected without {vm.id}: marked Stopped"
-                    + ("; HA restart scheduled" if work is not None else "")
-                ),
-                restart=work is not None,
+        with self._lock:
+            self._missing.pop(host.id, None)
+        for vm in self._unreported(host.id, running):
+            self._stop(host.id, vm, f"{host.id} reconnected without {vm.id}")
+
+    def host_reported(self, host_id: str, running: Collection[str]) -> None:
+        now = self.clock.monotonic()
+        unreported = self._unreported(host_id, running)
+        due: list[Vm] = []
+        with self._lock:
+            previous = self._missing.get(host_id, {})
+            missing = {vm.id: previous.get(vm.id, now) for vm in unreported}
+            for vm in unreported:
+                if now - missing[vm.id] > self.grace:
+                    due.append(vm)
+                    del missing[vm.id]
+            if missing:
+                self._missing[host_id] = missing
+            else:
+                self._missing.pop(host_id, None)
+        for vm in due:
+            self._stop(
+                host_id, vm, f"{host_id} has not reported {vm.id} for more than {self.grace:g}s"
             )
+
+    def _unreported(self, host_id: str, running: Collection[str]) -> list[Vm]:
+        return [
+            vm
+            for vm in self.orchestrator.list_vms_on_host(host_id)
+            if vm.id not in running
+            and vm.state in _VM_SYNC_STATES
+            and not self.ha.ha_work_owns_vm(vm.id, host_id)  # the HA path owns it already
+        ]
+
+    def _stop(self, host_id: str, vm: Vm, why: str) -> None:
+        self.orchestrator.advance_stop(vm, force=True)
+        stopped = self.orchestrator.find_vm(vm.id)
+        work = None if stopped is None else self.ha.on_vm_powered_off(stopped)
+        restart = work is not None
+        self.recorder.emit(
+            "vm_sync",
+            host=host_id,
+            vm=vm.id,
+            reason=f"{why}: marked Stopped" + ("; HA restart scheduled" if restart else ""),
+            restart=restart,
+        )
 
 
 class DirectPings:
@@ -390,7 +435,9 @@ class ManagementServer:
         )
         # The HA manager calls this after every committed schedule: it wakes the workers.
         self.ha.on_work_added = self.work_added
-        self.vm_sync = HostVmSync(orchestrator, self.ha, self.recorder)
+        self.vm_sync = HostVmSync(
+            orchestrator, self.ha, self.recorder, clock, grace=2 * settings.ping_interval
+        )
         self.agents = AgentManager(
             management_server_id=server_id,
             settings=settings,

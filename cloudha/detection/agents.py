@@ -102,7 +102,8 @@ class AgentManager:
         check_timeout: seconds the direct check may take; by default one
             ``ping.interval`` (an answer later than the next ping is no answer).
         vm_sync: told which VMs a reconnecting agent reports running
-            (:meth:`agent_connected` with ``vms``); None: no VM sync.
+            (:meth:`agent_connected` with ``vms``) and which VMs each ping
+            report lists (:meth:`ping_received`); None: no VM sync.
         hand_over_wait: a tenacity wait strategy giving the delay before the
             n-th retry of a failed hand-over to the HA scheduler; by default
             exponential from 1 s up to one ``ping.interval``.
@@ -221,12 +222,25 @@ class AgentManager:
             return True
 
     def ping_received(self, report: PingReport | str) -> bool:
-        """A ping arrived; returns False if the host is not monitored (it should reconnect)."""
+        """A ping arrived; returns False if the host is not monitored (it should reconnect).
+
+        A report of a monitored host that lists its VMs goes to the VM sync
+        (``VmSync.host_reported``), which never raises into the ping path.
+        """
         if isinstance(report, str):
             report = PingReport(report)
         for listener in self._command_listeners:
             listener.process_ping(report)
-        return report.host_id in self.ping_map
+        monitored = report.host_id in self.ping_map
+        if monitored and report.vms is not None and self.vm_sync is not None:
+            try:
+                self.vm_sync.host_reported(report.host_id, report.vms)
+            except Exception as exc:
+                log.warning("VM sync of %s failed: %s", report.host_id, exc)
+                self.recorder.emit(
+                    "vm_sync_failed", host=report.host_id, reason=f"VM sync failed: {exc}"
+                )
+        return monitored
 
     def agent_link_closed(self, host_id: str) -> bool:
         """The agent's connection closed: investigate with ``AgentDisconnected``.

@@ -579,6 +579,21 @@ class HighAvailabilityManager:
         works = self._read(lambda: self.store.pending_for_vm(vm_id))
         return any(w.type is WorkType.HA for w in works)
 
+    def ha_work_owns_vm(self, vm_id: str, up_host_id: str) -> bool:
+        """True while the VM has a pending HA work that ``up_host_id`` being Up does not end.
+
+        An Investigating work of a cancellable reason (:data:`CANCELLABLE_REASONS`)
+        on ``up_host_id`` is cancelled once it is processed (``checkAndCancelWorkIfNeeded``):
+        it does not own the VM, and a VM sync of that host must still stop a VM
+        the host came back without (:meth:`process` then schedules its restart).
+        """
+        works = self._read(lambda: self.store.pending_for_vm(vm_id))
+        return any(
+            w.type is WorkType.HA
+            and not (w.host_id == up_host_id and is_cancellable(w, CANCELLABLE_REASONS))
+            for w in works
+        )
+
     def has_pending_migrations_work(self, vm_id: str) -> bool:
         """True while the VM has a pending migration with attempts left."""
         works = self._read(lambda: self.store.pending_for_vm(vm_id))
@@ -627,6 +642,7 @@ class HighAvailabilityManager:
         """
         holder = _Holder(work)
         policy = Policy.from_settings(self.settings)
+        host_up = False
         try:
             vm = self.orchestrator.find_vm(work.instance_id)
             outcome: Outcome
@@ -639,6 +655,7 @@ class HighAvailabilityManager:
                 )
             elif self._cancelled_by_host_up(work):
                 outcome = Finish(f"host {work.host_id} is Up again", Step.CANCELLED)
+                host_up = True
             else:
                 outcome = self._decide_and_act(holder, vm, policy)
         except StaleWorkError:
@@ -652,13 +669,19 @@ class HighAvailabilityManager:
                 at=self._now() + retry_interval(work.type, policy),
             )
         try:
-            return self._conclude(holder.work, outcome, acted=holder.acted, policy=policy)
+            result = self._conclude(holder.work, outcome, acted=holder.acted, policy=policy)
         except StaleWorkError:
             log.warning("%s: our claim was taken away before we could record %s", work, outcome)
             return WorkResult.LOST
         except UnreadableWorkError as exc:  # the row was edited by hand while we held it
             self._quarantine(exc)
             return WorkResult.ERROR
+        if host_up and result is WorkResult.CANCELLED:
+            try:
+                self._restart_if_stopped_by_sync(work)
+            except Exception:
+                log.exception("%s: could not schedule the restart of its stopped VM", work)
+        return result
 
     def _decide_and_act(self, holder: _Holder, vm: Vm, policy: Policy) -> Outcome:
         """The work type's decision, then the handler of the action it asks for."""
@@ -734,6 +757,23 @@ class HighAvailabilityManager:
         self._db(lambda: self.store.reschedule(work, at, previous_state=state, updated=updated))
         self._emit(work, "Rescheduled", record.reason, retry_in=round(at - self._now(), 3))
         return WorkResult.RESCHEDULED
+
+    def _restart_if_stopped_by_sync(self, work: Work) -> None:
+        """After cancelling ``work`` (its host is Up): restart a VM the host came back without.
+
+        The host's reconnect VM sync (:class:`~cloudha.server.HostVmSync`)
+        stops, without scheduling a restart, a VM whose only HA work is this
+        cancellable one; a host that rebooted while Down comes back without its
+        VMs, and cancelling the work would leave them Stopped for good. A VM
+        Stopped with this host as its last host gets the investigated restart
+        ``ha.vm.restart.hostup`` gives (:meth:`on_vm_powered_off`).
+        """
+        vm = self.orchestrator.find_vm(work.instance_id)
+        if vm is None or vm.state is not VmState.STOPPED or vm.host_id is not None:
+            return
+        if vm.last_host_id != work.host_id:
+            return
+        self.on_vm_powered_off(vm)
 
     def _cancelled_by_host_up(self, work: Work) -> bool:
         """``checkAndCancelWorkIfNeeded``: an Investigating work whose host is Up again."""

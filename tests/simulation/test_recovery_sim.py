@@ -212,3 +212,51 @@ def test_a_direct_host_back_from_a_crash_reports_its_vms_and_the_lost_ones_resta
     ]
     assert doc["final"]["vms"]["vm1"]["state"] == "Running"
     assert doc["final"]["vms"]["vm1"]["host"] != "h2"
+
+
+def test_a_host_back_from_a_reboot_just_after_it_is_declared_down_gets_its_ha_vms_back() -> None:
+    # The host reconnects (without vm2) between HostDown and the processing of vm2's
+    # Investigating work: the VM sync must not leave vm2 to a work that "host is Up
+    # again" cancels; the cancel then schedules vm2's restart (campaign unrecovered_ha_vm).
+    doc = simulate(
+        scenario(
+            [
+                {"at": 100, "kind": "host_crash", "target": "h2"},
+                {"at": 502.5, "kind": "host_recover", "target": "h2"},
+            ],
+            until=1200,
+        )
+    )
+    downs = events(doc, "host_status", host="h2", to="Down")
+    ups = events(doc, "host_status", host="h2", to="Up")
+    assert downs
+    assert ups
+    assert 0 < ups[-1]["t"] - downs[-1]["t"] < 1.0  # the race is exercised
+    assert [e["vm"] for e in events(doc, "vm_sync", host="h2")] == ["vm2"]
+    cancelled = [e for e in events(doc, "ha_work", vm="vm2") if e["step"] == "Cancelled"]
+    assert cancelled
+    assert doc["final"]["vms"]["vm2"]["state"] == "Running"
+    assert doc["invariants"] == CLEAN
+
+
+def test_a_direct_host_rebooted_before_it_is_alert_gets_its_ha_vm_back() -> None:
+    # A lone XenServer host crashes and boots again while the monitor still waits
+    # (alert.wait): it is never Alert or Down, so nothing reconnects it. Its ping
+    # reports list no vm1; the VM sync restarts vm1 once the grace has passed.
+    doc = simulate(
+        {
+            "hosts": [{"id": "h1", "cluster": "c1", "hypervisor": "XenServer", "oobm": "redfish"}],
+            "vms": [{"id": "vm1", "host": "h1", "ha": True, "type": "ConsoleProxy"}],
+            "faults": [
+                {"at": 678, "kind": "host_crash", "target": "h1"},
+                {"at": 986.6, "kind": "host_recover", "target": "h1"},
+            ],
+            "run": {"until": 2000, "seed": 887758388},
+        }
+    )
+    assert not events(doc, "host_status", host="h1")
+    synced = events(doc, "vm_sync", host="h1")
+    assert [(e["vm"], e["restart"]) for e in synced] == [("vm1", True)]
+    assert "has not reported vm1" in synced[0]["reason"]
+    assert doc["final"]["vms"]["vm1"]["state"] == "Running"
+    assert doc["invariants"] == CLEAN

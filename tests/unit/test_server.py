@@ -26,6 +26,7 @@ from cloudha import (
     VmState,
 )
 from cloudha.ha.store import Step, WorkType
+from cloudha.ports import PingReport
 from cloudha.testing import (
     FakeAgentGateway,
     FakeClock,
@@ -361,6 +362,54 @@ def test_a_host_that_reconnects_without_its_ha_vm_gets_it_restarted() -> None:
     assert vm3.state is VmState.RUNNING
     assert vm3.host_id == "h1"
     assert ha_works(server, "vm3") == []
+
+
+def test_a_vm_missing_from_every_ping_report_over_the_grace_is_synced() -> None:
+    # A host that rebooted without being declared Down (no reconnect) reports
+    # no vm1: after 2 x ping.interval of reports without it, vm1 is stopped and
+    # restarted; one report without vm1 (a start in flight) is no reason.
+    cloud = Cloud(
+        [
+            Vm("vm1", host_id="h1", last_host_id="h1", ha_enabled=True),
+            Vm("vm2", host_id="h1", last_host_id="h1", ha_enabled=True),
+        ]
+    )
+    server = cloud.server()
+    server.recover()
+    report = PingReport("h1", vms=frozenset({"vm2"}))
+    assert server.agents.ping_received(report)
+    cloud.clock.advance(10.0)
+    assert server.agents.ping_received(PingReport("h1", vms=frozenset({"vm1", "vm2"})))
+    cloud.clock.advance(20.0)
+    assert server.agents.ping_received(report)  # vm1 missing again: a new grace starts
+    cloud.clock.advance(20.0)
+    assert server.agents.ping_received(report)
+    assert cloud.evidence.records(kind="vm_sync") == []  # 20 s is not more than the grace
+    cloud.clock.advance(0.5)
+    assert server.agents.ping_received(report)
+    synced = cloud.evidence.records(kind="vm_sync")
+    assert [(e.vm, e.details["restart"]) for e in synced] == [("vm1", True)]
+    assert "has not reported vm1 for more than 20s" in synced[0].reason
+    vm1 = cloud.orchestrator.find_vm("vm1")
+    assert vm1 is not None
+    assert vm1.state is VmState.STOPPED
+    assert ha_works(server, "vm1") == [(WorkType.HA, Step.INVESTIGATING)]
+    assert ha_works(server, "vm2") == []
+
+
+def test_a_failing_vm_sync_never_breaks_the_ping_path() -> None:
+    cloud = Cloud()
+    server = cloud.server()
+    server.recover()
+
+    def broken(host_id: str) -> list[Vm]:
+        raise ConnectionError("orchestrator down")
+
+    cloud.orchestrator.list_vms_on_host = broken  # type: ignore[method-assign]
+    assert server.agents.ping_received(PingReport("h1", vms=frozenset()))
+    assert [e.reason for e in cloud.evidence.records(kind="vm_sync_failed")] == [
+        "VM sync failed: orchestrator down"
+    ]
 
 
 def test_agent_connected_without_a_report_syncs_nothing() -> None:
