@@ -248,6 +248,19 @@ def test_a_host_that_is_back_proves_its_vms_are_gone() -> None:
         180328112,  # the same, run twice (double_run)
         1374035370,  # a heartbeat writer outliving its host's power-off
         715058517,
+        # A host back right after Down: its VMs left to a work "host Up" cancels.
+        1078291405,
+        1352268448,
+        1480901823,
+        2057676220,
+        414759265,
+        627108299,
+        119896696,
+        213622200,
+        506896431,
+        1955471830,
+        887758388,  # a direct host rebooted within alert.wait: nothing reconnected it
+        282293535,
     ],
 )
 def test_campaign_cases_once_violated_are_clean(seed: int) -> None:
