@@ -591,8 +591,8 @@ class WorldOrchestrator:
         row = self.rows.get(vm_id)
         if row is None:
             raise UnknownVmError(vm_id)
-        if row.state is VmState.STOPPED:
-            return
+        if row.state in (VmState.STOPPED, VmState.DESTROYED):
+            return  # nothing runs: a Destroyed VM stays Destroyed
         host_id = row.host_id
         sim_vm = self.world.vms[vm_id]
         if host_id is not None:
@@ -648,6 +648,9 @@ class WorldOrchestrator:
 
     def destroy(self, vm: Vm, *, expunge: bool) -> None:
         self._up()
+        row = self.rows.get(vm.id)
+        if row is not None and row.state is VmState.DESTROYED and not expunge:
+            return  # destroying a destroyed VM changes nothing (the port's contract)
         self._stop(vm.id, force=True)
         row = self.rows[vm.id]
         if expunge:
