@@ -28,8 +28,9 @@ HA works run through the server's own worker loops on an in-memory SQLite
 work queue that survives management server crashes; a worker holds a claimed
 work :data:`WORK_SECONDS` of virtual time before processing it
 (``ManagementServer(work_seconds=...)``), so an ``ms_crash`` can hit a claimed
-work. VMs are started through a simulated orchestrator on the least loaded Up,
-Enabled host of the same zone and hypervisor with room (``capacity``). Other
+work. VMs are started through the World's orchestrator on the least loaded Up,
+Enabled host, reachable with its agent running, of the same zone and
+hypervisor with room (``capacity``; :meth:`World.pick_target`). Other
 synchronous calls (a BMC or an agent that times out) take no virtual time.
 """
 

@@ -1,7 +1,8 @@
 """The simulated cloud's ground truth, and port fakes backed by it.
 
-A :class:`World` is what really is: hosts with power, an agent process,
-management and storage links, a hang and a BMC; VMs and where they really
+A :class:`World` is what really is: hosts with power (and a boot in
+progress), an agent process, management and storage links, a hang, a BMC and
+the bookkeeping of their heartbeat writer and watchdog; VMs and where they really
 run (which may differ from what the database believes); the orchestrator's
 VM rows and host table; the files on shared pools and which pools are out;
 the management network. The ``World*`` classes are the ports a
@@ -15,7 +16,10 @@ and flip the world's state by hand::
     server = ManagementServer(settings=..., clock=clock, alerts=..., store=..., **world.ports())
 
 Nothing here drives time: what happens later (a host booting after power-on)
-is left to the injected ``on_power_on`` callback.
+is left to the injected ``on_power_on`` callback, and agents' pings and
+heartbeat writes to whoever drives the world (the simulator's event queue, or
+the test). :class:`EventTimeline` is an evidence sink keeping the records as
+JSON events, for the server and the world to share.
 """
 
 from __future__ import annotations
