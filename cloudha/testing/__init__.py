@@ -1,4 +1,8 @@
-"""Test support: a fake clock, fakes of every port, and the simulator.
+"""Test support: a fake clock, fakes of every port, a simulated World, and the simulator.
+
+A :class:`World` (``cloudha.testing.world``) is the simulated cloud's ground truth with a
+fake of every port backed by it (``World.ports()``); the simulator runs a
+:class:`cloudha.ManagementServer` on one, and so can an embedder's test (with a FakeClock).
 
 Not imported by ``import cloudha``.
 """
@@ -39,8 +43,22 @@ from cloudha.testing.simulator import simulate as simulate
 from cloudha.testing.simulator import to_json as to_json
 from cloudha.testing.workstore import InMemoryWorkStore as InMemoryWorkStore
 from cloudha.testing.workstore import check_work_store as check_work_store
+from cloudha.testing.world import EventTimeline as EventTimeline
+from cloudha.testing.world import World as World
+from cloudha.testing.world import WorldAgentGateway as WorldAgentGateway
+from cloudha.testing.world import WorldDirectResources as WorldDirectResources
+from cloudha.testing.world import WorldHost as WorldHost
+from cloudha.testing.world import WorldHostDirectory as WorldHostDirectory
+from cloudha.testing.world import WorldHypervisors as WorldHypervisors
+from cloudha.testing.world import WorldOrchestrator as WorldOrchestrator
+from cloudha.testing.world import WorldPools as WorldPools
+from cloudha.testing.world import WorldPorts as WorldPorts
+from cloudha.testing.world import WorldPowerDriver as WorldPowerDriver
+from cloudha.testing.world import WorldStorage as WorldStorage
+from cloudha.testing.world import WorldVm as WorldVm
 
 __all__ = [
+    "EventTimeline",
     "FakeAgentGateway",
     "FakeBmc",
     "FakeClock",
@@ -66,6 +84,18 @@ __all__ = [
     "ScriptedInvestigator",
     "Simulation",
     "StartRecord",
+    "World",
+    "WorldAgentGateway",
+    "WorldDirectResources",
+    "WorldHost",
+    "WorldHostDirectory",
+    "WorldHypervisors",
+    "WorldOrchestrator",
+    "WorldPools",
+    "WorldPorts",
+    "WorldPowerDriver",
+    "WorldStorage",
+    "WorldVm",
     "check_agent_gateway",
     "check_fencer",
     "check_host_directory",

@@ -17,14 +17,20 @@ writer plan (:func:`cloudha.heartbeat.writer_plan`, self-fencing included),
 the real heartbeat checker on neighbours, BMCs (read and switched through the
 server's :class:`~cloudha.oobm.OutOfBandManager`, with ``bmc_down``/``bmc_up``),
 orchestrator outages (every VM orchestrator and host directory call of the
-server fails), and the invariant checker.
+server fails), and the invariant checker. The simulated cloud and every port
+the server reaches it through are a public :class:`cloudha.testing.world.World`
+and its ``World*`` fakes (:meth:`~cloudha.testing.world.World.ports`); this
+module adds the event queue, the time-driven parts of the hosts (boot, agent
+pings, heartbeat writers, watchdogs), the fault effects (:data:`FAULT_EFFECTS`),
+the management server processes and the checker.
 
 HA works run through the server's own worker loops on an in-memory SQLite
 work queue that survives management server crashes; a worker holds a claimed
 work :data:`WORK_SECONDS` of virtual time before processing it
 (``ManagementServer(work_seconds=...)``), so an ``ms_crash`` can hit a claimed
-work. VMs are started through a simulated orchestrator on the least loaded Up,
-Enabled host of the same zone and hypervisor with room (``capacity``). Other
+work. VMs are started through the World's orchestrator on the least loaded Up,
+Enabled host, reachable with its agent running, of the same zone and
+hypervisor with room (``capacity``; :meth:`World.pick_target`). Other
 synchronous calls (a BMC or an agent that times out) take no virtual time.
 """
 
@@ -34,25 +40,15 @@ import functools
 import heapq
 import json
 import random
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
-import attrs
 import sqlalchemy as sa
 
-from cloudha.commands import CHECK_ON_HOST, CHECK_VM, FENCE, PING_TEST
-from cloudha.errors import ProbeConnectionError, ProbeTimeout, ScenarioError
+from cloudha.errors import ProbeConnectionError, ScenarioError
 from cloudha.evidence import Evidence, Recorder
 from cloudha.fencing.chain import FenceChain, FenceDecision, InlineRunner
-from cloudha.ha.orchestrator import (
-    ConcurrentOperationError,
-    InsufficientCapacityError,
-    Planner,
-    StaleGenerationError,
-    StartParams,
-    UnknownVmError,
-)
 from cloudha.ha.store import Step, WorkStore, create_schema
 from cloudha.heartbeat import (
     HeartbeatChecker,
@@ -70,49 +66,30 @@ from cloudha.model import (
     Host,
     HostType,
     HypervisorType,
-    Pool,
     ReasonType,
     ResourceState,
     Vm,
-    VmPowerState,
-    VmState,
-)
-from cloudha.oobm.manager import StaticOobmConfigs
-from cloudha.oobm.power import (
-    BasePowerDriver,
-    OobmConfig,
-    PowerOperation,
-    PowerResult,
-    PowerState,
-)
-from cloudha.ports import (
-    Answer,
-    Command,
-    DomainState,
-    HypervisorReport,
-    PingReport,
-    StatusChange,
 )
 from cloudha.runtime import Loop
 from cloudha.server import ManagementServer
 from cloudha.status import Status
 from cloudha.testing.clock import FakeClock
 from cloudha.testing.fakes import (
-    InMemoryHostDirectory,
     RecordingAlertSink,
     ScheduledRestart,
 )
 from cloudha.testing.scenario import (
     EVENT_HARD_CAP,
-    HostSpec,
     Scenario,
     load_scenario,
     parse_scenario,
 )
+from cloudha.testing.world import MANAGEMENT_SERVER_ID, EventTimeline, World
+from cloudha.testing.world import WorldHost as _SimHost
+from cloudha.testing.world import WorldVm as _SimVm
 
 __all__ = ["Simulation", "simulate"]
 
-MANAGEMENT_SERVER_ID = "ms1"
 WORK_SECONDS = 1.0
 """Virtual seconds an HA worker spends on a work between claiming and processing it."""
 BOOT_SECONDS = 60.0
@@ -120,56 +97,6 @@ BOOT_SECONDS = 60.0
 AGENT_START_SECONDS = 1.0
 """Seconds from ``agent_start`` until the agent tries to connect."""
 _KVM = (HypervisorType.KVM, HypervisorType.LXC)
-
-
-class _Timeline:
-    """Evidence sink that keeps the JSON events in order and watches for false Downs."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.on_record: Callable[[Evidence], None] | None = None
-
-    def record(self, evidence: Evidence) -> None:
-        self.events.append(evidence.to_event())
-        if self.on_record is not None:
-            self.on_record(evidence)
-
-
-@attrs.define
-class _SimHost:
-    spec: HostSpec
-    powered: bool = True
-    agent_running: bool = True
-    mgmt_link: bool = True
-    isolated: bool = False
-    connected: bool = True
-    died: bool = False
-    heartbeat_running: bool = True
-    writer_epoch: int = 0
-    ip: str = ""
-    hung: bool = False
-    bmc_up: bool = True
-    pet_seq: int = 0
-    round_started: float | None = None
-    boot_seq: int = 0
-    booting: bool = False
-    awaiting_arm: bool = False
-    """A watchdog host's agent waits for its writer to arm the watchdog (see _boot_done)."""
-    """Powered on, its OS not up yet: nothing of it runs (no VM, agent, writer or libvirtd)."""
-
-
-@attrs.define
-class _SimVm:
-    id: str
-    ha: bool
-    original_host: str
-    running_on: set[str] = attrs.Factory(set)
-    last_host: str | None = None
-    frozen_on: set[str] = attrs.Factory(set)
-
-    @property
-    def host(self) -> str | None:
-        return min(self.running_on) if self.running_on else self.last_host
 
 
 class _ManagementServer:
@@ -182,21 +109,14 @@ class _ManagementServer:
         self.server = ManagementServer(
             settings=sim.settings,
             clock=sim.clock,
-            directory=sim.server_directory,
-            gateway=_Gateway(sim),
-            orchestrator=sim.orchestrator,
             alerts=sim.alerts,
             store=sim.store,
             evidence=sim.timeline,
             server_id=MANAGEMENT_SERVER_ID,
-            oobm_drivers=[_SimPowerDriver(sim, "ipmi"), _SimPowerDriver(sim, "redfish")],
-            oobm_configs=sim.oobm_configs,
-            pools=sim.pools,
-            hypervisor=_Hypervisors(sim),
-            direct_resources=_DirectResource(sim),
             fence_runner=InlineRunner(sim.clock),
             discover_plugins=False,
             work_seconds=WORK_SECONDS,
+            **sim.world.ports(),
         )
         chain = self.server.fence_chain
         watched = _WatchedFenceChain(
@@ -214,155 +134,6 @@ class _ManagementServer:
         self.monitor = self.server.monitor
         self.idle_workers: set[str] = set()
         self.loop_token: dict[str, int] = {}
-
-
-class _Gateway:
-    """Agents as the management server reaches them: CheckHealth and the investigators' commands."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-
-    def _agent(self, host: Host, timeout: float) -> _SimHost:
-        sim_host = self.sim.hosts[host.id]
-        if not self.sim.reachable(sim_host):
-            raise ProbeTimeout(f"no answer from {host.id} within {timeout:g}s", host_id=host.id)
-        if not sim_host.agent_running:
-            raise ProbeConnectionError(
-                f"agent of {host.id} refused the connection", host_id=host.id
-            )
-        return sim_host
-
-    def check_health(self, host: Host, *, timeout: float) -> bool:
-        self._agent(host, timeout)
-        return True
-
-    def send(self, host: Host, command: Command, *, timeout: float) -> Answer:
-        agent = self._agent(host, timeout)
-        if command.name == CHECK_ON_HOST:
-            report = self.sim.checker(agent).check(
-                self.sim.pools.pools_for_host(host),
-                str(command.params["host_ip"]),
-                fail_on_one_pool=bool(command.params.get("fail_on_one_pool", False)),
-            )
-            return Answer(True, report.reason, report.to_dict())
-        if command.name == CHECK_VM:
-            name = str(command.params["vm_name"])
-            vm = self.sim.vms.get(name)
-            state = (
-                VmPowerState.POWER_ON
-                if vm is not None and host.id in vm.running_on
-                else VmPowerState.POWER_OFF
-            )
-            return Answer(True, data={"power_state": state.value})
-        if command.name == PING_TEST:
-            target = self.sim.host_by_ip.get(str(command.params["ip"]))
-            answered = (
-                target is not None and target.powered and not target.isolated and not agent.isolated
-            )
-            return Answer(answered)
-        if command.name == FENCE:
-            # A XenServer pool member fences a VM off a member the pool sees without power.
-            target = self.sim.hosts.get(str(command.params["host_id"]))
-            if target is not None and not target.powered:
-                return Answer(True, f"{target.spec.id} is off: {command.params['vm_name']} fenced")
-            return Answer(False, "the pool still sees the host running")
-        raise ProbeConnectionError(f"{command.name} is not simulated", host_id=host.id)
-
-
-class _OutageDirectory:
-    """The host directory as the management server reaches it: down in an orchestrator outage."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-
-    def _check(self) -> InMemoryHostDirectory:
-        if self.sim.orchestrator_out:
-            raise ProbeConnectionError("the host directory does not answer (orchestrator outage)")
-        return self.sim.directory
-
-    def find_host(self, host_id: str) -> Host | None:
-        return self._check().find_host(host_id)
-
-    def list_hosts(
-        self,
-        *,
-        cluster: str | None = None,
-        pod: str | None = None,
-        zone: str | None = None,
-        management_server_id: str | None = None,
-    ) -> Sequence[Host]:
-        return self._check().list_hosts(
-            cluster=cluster, pod=pod, zone=zone, management_server_id=management_server_id
-        )
-
-    def update_status(self, change: StatusChange) -> bool:
-        return self._check().update_status(change)
-
-
-class _Hypervisors:
-    """Hypervisor connections from the management server (libvirt on the host's management link)."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-
-    def _reach(self, host: Host, timeout: float) -> _SimHost:
-        sim_host = self.sim.hosts[host.id]
-        if not self.sim.reachable(sim_host):
-            raise ProbeTimeout(f"hypervisor of {host.id} silent for {timeout:g}s", host_id=host.id)
-        return sim_host
-
-    def probe_host(self, host: Host, *, timeout: float) -> HypervisorReport:
-        self._reach(host, timeout)
-        running = sum(1 for vm in self.sim.vms.values() if host.id in vm.running_on)
-        return HypervisorReport(uri=f"sim://{host.id}", hostname=host.name, running_domains=running)
-
-    def domain_state(self, host: Host, domain: str, *, timeout: float) -> DomainState:
-        self._reach(host, timeout)
-        vm = self.sim.vms.get(domain)
-        if vm is None:
-            return DomainState.MISSING
-        return DomainState.RUNNING if host.id in vm.running_on else DomainState.SHUTOFF
-
-    def destroy_domain(self, host: Host, domain: str, *, timeout: float) -> DomainState:
-        self._reach(host, timeout)
-        vm = self.sim.vms.get(domain)
-        if vm is None:
-            return DomainState.MISSING
-        vm.running_on.discard(host.id)
-        return DomainState.SHUTOFF
-
-
-class _SimPowerDriver(BasePowerDriver):
-    """The simulated hosts' BMCs, as one power driver per protocol name.
-
-    A BMC answers while the host has standby power, whatever the host's OS
-    does; ``bmc_down`` makes it silent. OFF cuts the power at once; SOFT is
-    an ACPI request a hung OS ignores.
-    """
-
-    def __init__(self, sim: Simulation, name: str) -> None:
-        self.sim = sim
-        self.name = name
-
-    def _execute(
-        self, config: OobmConfig, operation: PowerOperation, timeout: float
-    ) -> PowerResult:
-        assert config.host_id is not None
-        host = self.sim.hosts[config.host_id]
-        if not host.bmc_up:
-            raise ProbeTimeout(f"BMC of {config.host_id} silent for {timeout:g}s")
-        if operation is PowerOperation.STATUS:
-            return PowerResult(operation, True, PowerState.ON if host.powered else PowerState.OFF)
-        if operation is PowerOperation.OFF or (operation is PowerOperation.SOFT and not host.hung):
-            if host.powered:
-                self.sim.power_cut(host, f"BMC {operation}")
-        elif operation is PowerOperation.ON:
-            if not host.powered:
-                self.sim.power_on(host, f"BMC {operation}")
-        elif operation in (PowerOperation.CYCLE, PowerOperation.RESET):
-            self.sim.power_cut(host, f"BMC {operation}")
-            self.sim.power_on(host, f"BMC {operation}")
-        return PowerResult(operation, True)
 
 
 class _CurrentScheduler:
@@ -394,208 +165,6 @@ class _WatchedFenceChain(FenceChain):
         return decision
 
 
-@attrs.define
-class _VmRow:
-    """The orchestrator's database row of a VM (it survives management server crashes)."""
-
-    state: VmState
-    host_id: str | None
-    last_host_id: str | None
-    updated: int = 0
-    generation: int = 0
-
-
-class _Orchestrator:
-    """The cloud's VM manager over the simulated hosts (a ``VmOrchestrator``).
-
-    Rows are what the database believes; ``_SimVm.running_on`` is what
-    really runs. A stop reaches the VM only when its host's agent is
-    reachable; a forced stop of an unreachable host only cleans the row up
-    (the VM may still run there: that is what fencing is for).
-    """
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-        self.rows: dict[str, _VmRow] = {
-            vm.id: _VmRow(VmState.RUNNING, vm.host, vm.host) for vm in sim.scenario.vms
-        }
-        self.specs = {vm.id: vm for vm in sim.scenario.vms}
-
-    def _up(self) -> None:
-        if self.sim.orchestrator_out:
-            raise ProbeConnectionError("the VM orchestrator does not answer (orchestrator outage)")
-
-    def _vm(self, vm_id: str) -> Vm:
-        row = self.rows.get(vm_id)
-        if row is None:
-            raise UnknownVmError(vm_id)
-        sim_vm = self.sim.vms[vm_id]
-        return Vm(
-            id=vm_id,
-            type=self.specs[vm_id].type,
-            ha_priority=self.specs[vm_id].priority,
-            state=row.state,
-            host_id=row.host_id,
-            last_host_id=row.last_host_id,
-            ha_enabled=sim_vm.ha,
-            hypervisor=self.sim.hosts[sim_vm.original_host].spec.hypervisor,
-            updated=row.updated,
-            zone=self.sim.hosts[sim_vm.original_host].spec.zone,
-        )
-
-    def find_vm(self, vm_id: str) -> Vm | None:
-        self._up()
-        return self._vm(vm_id) if vm_id in self.rows else None
-
-    def list_vms_on_host(self, host_id: str) -> list[Vm]:
-        self._up()
-        return [self._vm(i) for i, row in sorted(self.rows.items()) if row.host_id == host_id]
-
-    def can_restart_on_another_server(self, vm: Vm) -> bool:
-        self._up()
-        return True
-
-    def _stop(self, vm_id: str, *, force: bool) -> None:
-        row = self.rows.get(vm_id)
-        if row is None:
-            raise UnknownVmError(vm_id)
-        if row.state is VmState.STOPPED:
-            return
-        host_id = row.host_id
-        sim_vm = self.sim.vms[vm_id]
-        if host_id is not None:
-            sim_host = self.sim.hosts[host_id]
-            if self.sim.reachable(sim_host):
-                sim_vm.running_on.discard(host_id)
-            elif not force:
-                raise ProbeConnectionError(f"cannot reach host {host_id}", host_id=host_id)
-        row.state, row.host_id = VmState.STOPPED, None
-        row.last_host_id = host_id or row.last_host_id
-        row.updated += 1
-        self.sim.recorder.emit("vm_state", vm=vm_id, host=host_id, state="Stopped")
-
-    def advance_stop(self, vm: Vm, *, force: bool) -> None:
-        self._up()
-        self._stop(vm.id, force=force)
-
-    def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
-        self._up()
-        row = self.rows.get(vm.id)
-        if row is None:
-            raise UnknownVmError(vm.id)
-        if params.generation <= row.generation:
-            raise StaleGenerationError(vm.id, generation=params.generation, highest=row.generation)
-        if row.state is not VmState.STOPPED:
-            raise ConcurrentOperationError(vm.id, f"VM is {row.state}")
-        sim_vm = self.sim.vms[vm.id]
-        target = self.sim.pick_target(sim_vm.original_host, avoid=params.avoid_hosts)
-        if target is None:
-            raise InsufficientCapacityError(vm.id, scope="zone", reason=f"{planner} planner")
-        row.generation = params.generation
-        row.state, row.host_id, row.last_host_id = VmState.RUNNING, target, target
-        row.updated += 1
-        self.sim.start_vm(sim_vm, target)
-        return target
-
-    def migrate_away(self, vm: Vm, source_host_id: str) -> str:
-        self._up()
-        row = self.rows.get(vm.id)
-        if row is None:
-            raise UnknownVmError(vm.id)
-        if row.state is not VmState.RUNNING or row.host_id != source_host_id:
-            raise ConcurrentOperationError(vm.id, f"VM is not Running on {source_host_id}")
-        sim_vm = self.sim.vms[vm.id]
-        target = self.sim.pick_target(source_host_id, avoid=frozenset({source_host_id}))
-        if target is None:
-            raise InsufficientCapacityError(vm.id, scope="zone", reason="migration")
-        sim_vm.running_on.discard(source_host_id)
-        row.host_id = row.last_host_id = target
-        row.updated += 1
-        self.sim.start_vm(sim_vm, target)
-        return target
-
-    def destroy(self, vm: Vm, *, expunge: bool) -> None:
-        self._up()
-        self._stop(vm.id, force=True)
-        row = self.rows[vm.id]
-        if expunge:
-            del self.rows[vm.id]
-        else:
-            row.state = VmState.DESTROYED
-            row.updated += 1
-
-
-class _Pools:
-    """The pools each simulated host mounts, from its ``pools`` list."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-        self.by_id: dict[str, Pool] = {}
-        for sim_host in sim.hosts.values():
-            for pool_id in sim_host.spec.pools:
-                self.by_id.setdefault(pool_id, Pool(pool_id, f"/mnt/{pool_id}"))
-
-    def pools_for_host(self, host: Host) -> list[Pool]:
-        return self.of(host.id)
-
-    def of(self, host_id: str) -> list[Pool]:
-        return [self.by_id[p] for p in self.sim.hosts[host_id].spec.pools]
-
-
-class _Storage:
-    """One host's view of the shared pools (a StorageAccess).
-
-    The files live in the simulation; a pool in outage, an isolated host or
-    a host without power cannot read or write them.
-    """
-
-    def __init__(self, sim: Simulation, host: _SimHost) -> None:
-        self.sim = sim
-        self.host = host
-
-    def _pool_of(self, path: str) -> str:
-        for pool_id in self.host.spec.pools:
-            if path.startswith(f"/mnt/{pool_id}/"):
-                if pool_id in self.sim.storage_out:
-                    raise OSError(f"pool {pool_id} is not responding")
-                if self.host.isolated or not self.host.powered:
-                    raise OSError(f"{self.host.spec.id} cannot reach pool {pool_id}")
-                return pool_id
-        raise FileNotFoundError(path)
-
-    def read_bytes(self, path: str, *, max_bytes: int) -> bytes:
-        self._pool_of(path)
-        try:
-            return self.sim.files[path][0][:max_bytes]
-        except KeyError:
-            raise FileNotFoundError(path) from None
-
-    def mtime(self, path: str) -> float:
-        self._pool_of(path)
-        try:
-            return self.sim.files[path][1]
-        except KeyError:
-            raise FileNotFoundError(path) from None
-
-    def write_atomic(self, path: str, data: bytes) -> None:
-        self._pool_of(path)
-        self.sim.files[path] = (data, self.sim.clock.now().timestamp())
-
-
-class _DirectResource:
-    """The management-server-side resource of a directly managed simulated host."""
-
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-
-    def current_status(self, host: Host) -> PingReport | None:
-        sim_host = self.sim.hosts[host.id]
-        if self.sim.reachable(sim_host) and sim_host.agent_running:
-            running = frozenset(v.id for v in self.sim.vms.values() if host.id in v.running_on)
-            return PingReport(host.id, vms=running)
-        return None
-
-
 class Simulation:
     """One run of a scenario. Use :func:`simulate` unless you need the pieces."""
 
@@ -604,7 +173,7 @@ class Simulation:
         self.settings = scenario.settings
         self.clock = FakeClock(0.0)
         self.rng = random.Random(scenario.seed)
-        self.timeline = _Timeline()
+        self.timeline = EventTimeline()
         self.recorder = Recorder(self.timeline, self.clock, "simulator")
         self.alerts = RecordingAlertSink()
         self.scheduled: list[ScheduledRestart] = []
@@ -618,70 +187,60 @@ class Simulation:
         self.store = WorkStore(self.engine, self.clock)
         self.ha_expected: list[tuple[float, str]] = []
         self.ha_seen: dict[str, float] = {}
-        self.oobm_configs = StaticOobmConfigs()
         self.fenced_alive_host = 0
-        self.double_runs: set[str] = set()
-        self.directory = InMemoryHostDirectory()
-        self.orchestrator_out = False
-        self.server_directory = _OutageDirectory(self)
-        self.hosts: dict[str, _SimHost] = {}
-        self.vms: dict[str, _SimVm] = {}
-        self.ms_isolated = False
         self.timing = HeartbeatTiming.from_settings(self.settings)
-        self.files: dict[str, tuple[bytes, float]] = {}
-        self.storage_out: set[str] = set()
-        self.host_by_ip: dict[str, _SimHost] = {}
+        self.world = World(
+            scenario.hosts,
+            scenario.vms,
+            clock=self.clock,
+            recorder=self.recorder,
+            timing=self.timing,
+            server_running=self._server_running,
+            on_power_on=self._boot,
+            server_id=MANAGEMENT_SERVER_ID,
+        )
+        world = self.world
+        # The world's state under the names the writers and the checker read.
+        self.oobm_configs = world.oobm_configs
+        self.double_runs = world.double_runs
+        self.directory = world.directory
+        self.hosts = world.hosts
+        self.vms = world.vms
+        self.storage_out = world.storage_out
+        self.orchestrator = world.orchestrator
+        self.pools = world.pools
         self.down_with_running_vms = 0
         self.timeline.on_record = self._watch
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
         self._epoch = 0
-        for index, spec in enumerate(scenario.hosts):
-            ip = f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
-            self.hosts[spec.id] = _SimHost(spec, ip=ip)
-            self.host_by_ip[ip] = self.hosts[spec.id]
-            if spec.oobm != "none":
-                self.oobm_configs.set(
-                    spec.id,
-                    OobmConfig(
-                        spec.oobm,
-                        f"bmc-{spec.id}",
-                        "admin",
-                        "simulated",
-                        host_id=spec.id,
-                    ),
-                )
-            self.directory.add(
-                Host(
-                    id=spec.id,
-                    type=spec.type,
-                    hypervisor=spec.hypervisor,
-                    status=Status.UP,
-                    resource_state=spec.resource_state,
-                    cluster=spec.cluster,
-                    pod=spec.pod,
-                    zone=spec.zone,
-                    private_ip=ip,
-                    last_ping=0.0,
-                    management_server_id=MANAGEMENT_SERVER_ID,
-                    watchdog=spec.watchdog,
-                )
-            )
-        for vm in scenario.vms:
-            self.vms[vm.id] = _SimVm(vm.id, vm.ha, vm.host, {vm.host}, vm.host)
-        self.orchestrator = _Orchestrator(self)
-        self.pools = _Pools(self)
-        self._storage = {host_id: _Storage(self, h) for host_id, h in self.hosts.items()}
-        self._checkers: dict[str, HeartbeatChecker] = {}
         self.ms: _ManagementServer | None = None
 
+    def _server_running(self) -> bool:
+        ms = self.ms
+        return ms is not None and ms.alive
+
     def checker(self, host: _SimHost) -> HeartbeatChecker:
-        """The heartbeat checker running on ``host`` (reading through its own mounts)."""
-        found = self._checkers.get(host.spec.id)
-        if found is None:
-            found = HeartbeatChecker(self._storage[host.spec.id], self.clock, self.timing)
-            self._checkers[host.spec.id] = found
-        return found
+        """The heartbeat checker running on ``host`` (:meth:`World.checker`)."""
+        return self.world.checker(host)
+
+    @property
+    def ms_isolated(self) -> bool:
+        """The management server is cut off the management network (``World.ms_isolated``)."""
+        return self.world.ms_isolated
+
+    @ms_isolated.setter
+    def ms_isolated(self, value: bool) -> None:
+        self.world.ms_isolated = value
+
+    @property
+    def orchestrator_out(self) -> bool:
+        """An orchestrator outage (``World.orchestrator_out``)."""
+        return self.world.orchestrator_out
+
+    @orchestrator_out.setter
+    def orchestrator_out(self, value: bool) -> None:
+        self.world.orchestrator_out = value
 
     def _watch(self, evidence: Evidence) -> None:
         if evidence.kind == "ha_scheduled" and evidence.host is not None:
@@ -754,17 +313,8 @@ class Simulation:
     # -- reachability --------------------------------------------------------
 
     def reachable(self, host: _SimHost) -> bool:
-        """Can the management server and the host's agent talk right now?"""
-        ms = self.ms
-        return (
-            ms is not None
-            and ms.alive
-            and not self.ms_isolated
-            and host.powered
-            and not host.hung
-            and host.mgmt_link
-            and not host.isolated
-        )
+        """Can the server and the host's agent talk right now (:meth:`World.reachable`)?"""
+        return self.world.reachable(host)
 
     # -- management server ---------------------------------------------------
 
@@ -975,13 +525,13 @@ class Simulation:
             host=host.spec.id,
             reason=f"no heartbeat round completed for {self.settings.cloudha_watchdog_timeout:g} s",
         )
-        self._power_off(host)
+        self.world.power_off(host)
         host.heartbeat_running = True
         self._boot(host)
 
     def _try_write(self, host: _SimHost, path: str, data: bytes) -> bool:
         try:
-            self._storage[host.spec.id].write_atomic(path, data)
+            self.world.storage[host.spec.id].write_atomic(path, data)
         except OSError:
             return False
         return True
@@ -989,30 +539,20 @@ class Simulation:
     def _self_fence(self, host: _SimHost, reason: str) -> None:
         """The writer gave up: the host resets itself (sysrq ``b``) and boots again."""
         self.recorder.emit("self_fence", host=host.spec.id, reason=reason)
-        self._power_off(host)
+        self.world.power_off(host)
         self._boot(host)
-
-    def _power_off(self, host: _SimHost) -> None:
-        host.pet_seq += 1  # a host without power has no countdown running
-        host.boot_seq += 1  # nor a boot in progress
-        host.writer_epoch += 1  # nor a heartbeat writer: the next boot starts a new one
-        host.powered = host.agent_running = host.connected = host.booting = False
-        host.awaiting_arm = False
-        host.hung = False
-        host.died = True
-        for vm in self.vms.values():
-            vm.running_on.discard(host.spec.id)
-            vm.frozen_on.discard(host.spec.id)
 
     def power_cut(self, host: _SimHost, reason: str) -> None:
-        """The BMC switched ``host`` off."""
-        self.recorder.emit("power", host=host.spec.id, reason=reason, power="Off")
-        self._power_off(host)
+        """The BMC switched ``host`` off (:meth:`World.power_cut`)."""
+        self.world.power_cut(host, reason)
 
     def power_on(self, host: _SimHost, reason: str) -> None:
-        """The BMC switched ``host`` on: it boots."""
-        self.recorder.emit("power", host=host.spec.id, reason=reason, power="On")
-        self._boot(host)
+        """The BMC switched ``host`` on: it boots (:meth:`World.power_on`, then :meth:`_boot`)."""
+        self.world.power_on(host, reason)
+
+    def alive_with_storage(self, host: _SimHost) -> bool:
+        """Is ``host`` up and reaching one of its pools (:meth:`World.alive_with_storage`)?"""
+        return self.world.alive_with_storage(host)
 
     def _boot(self, host: _SimHost) -> None:
         """Power ``host`` on: its OS is up (agent, writer) ``BOOT_SECONDS`` later."""
@@ -1020,53 +560,6 @@ class Simulation:
         host.boot_seq += 1
         seq = host.boot_seq
         self.at(self.clock.monotonic() + BOOT_SECONDS, lambda: self._boot_done(host, seq))
-
-    def alive_with_storage(self, host: _SimHost) -> bool:
-        """Is ``host`` running (not hung) and able to reach one of its pools right now?
-
-        A host still booting after a reset is not: its VMs died with the reset
-        and nothing runs on it yet, so fencing it endangers nothing (the
-        heartbeat that went stale told the truth: the host did stop).
-        """
-        if not host.powered or host.booting or host.hung or host.isolated:
-            return False
-        return any(p not in self.storage_out for p in host.spec.pools)
-
-    def pick_target(self, home: str, avoid: frozenset[str] = frozenset()) -> str | None:
-        """The least loaded Up host, not avoided, of home's zone and hypervisor, with room.
-
-        A VM starts through the target's agent, so the target must be reachable
-        with its agent running: a host rebooting (its row still Up) or cut off
-        from the management server is no target.
-        """
-        dead = self.hosts[home].spec
-        best: tuple[int, str] | None = None
-        for host_id, host in self.hosts.items():
-            row = self.directory.find_host(host_id)
-            if (
-                host_id in avoid
-                or row is None
-                or row.status is not Status.UP
-                or row.resource_state is not ResourceState.ENABLED
-                or not (self.reachable(host) and host.agent_running)
-                or host.spec.zone != dead.zone
-                or host.spec.hypervisor is not dead.hypervisor
-            ):
-                continue
-            load = sum(1 for vm in self.vms.values() if host_id in vm.running_on)
-            if host.spec.capacity is not None and load >= host.spec.capacity:
-                continue
-            if best is None or (load, host_id) < best:
-                best = (load, host_id)
-        return None if best is None else best[1]
-
-    def start_vm(self, vm: _SimVm, host_id: str) -> None:
-        """Start ``vm`` on ``host_id`` (counting a double run if it runs elsewhere too)."""
-        vm.running_on.add(host_id)
-        vm.last_host = host_id
-        if len(vm.running_on) > 1:
-            self.double_runs.add(vm.id)
-        self.recorder.emit("vm_state", vm=vm.id, host=host_id, state="Running")
 
     # -- faults ---------------------------------------------------------------
 
@@ -1078,7 +571,7 @@ class Simulation:
 
     def _fault_host_crash(self, target: str | None) -> None:
         host = self._target_host(target)
-        self._power_off(host)
+        self.world.power_off(host)
 
     def _fault_host_recover(self, target: str | None) -> None:
         host = self._target_host(target)
