@@ -331,9 +331,13 @@ class World:
 
         A host still booting after a reset is not: its VMs died with the reset
         and nothing runs on it yet, so fencing it endangers nothing (the
-        heartbeat that went stale told the truth: the host did stop).
+        heartbeat that went stale told the truth: the host did stop). Nor is a
+        watchdog host whose agent still waits for the writer to arm the
+        watchdog (``awaiting_arm``): its boot is not finished, no VM can
+        start on it, and a heartbeat left stale by the reset still tells the
+        truth about the VMs it ran.
         """
-        if not host.powered or host.booting or host.hung or host.isolated:
+        if host.awaiting_arm or not host.powered or host.booting or host.hung or host.isolated:
             return False
         return any(p not in self.storage_out for p in host.spec.pools)
 

@@ -261,6 +261,12 @@ def test_a_host_that_is_back_proves_its_vms_are_gone() -> None:
         1955471830,
         887758388,  # a direct host rebooted within alert.wait: nothing reconnected it
         282293535,
+        # A watchdog host booted after its reset, its agent waiting for the writer
+        # to arm, fenced on the heartbeat its reset left stale (checker).
+        1309951695,
+        1418923910,
+        1552698175,
+        1609945684,
     ],
 )
 def test_campaign_cases_once_violated_are_clean(seed: int) -> None:
