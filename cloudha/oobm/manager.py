@@ -54,6 +54,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_ANSWERED: Mapping[PowerState, str] = {
+    state: f"BMC answered: power is {state}" for state in (PowerState.ON, PowerState.OFF)
+}
+"""A ready host's readiness reason, per power state (formatted once: a sync checks every host)."""
+
 AUTH_ALERT_INTERVAL = 86_400.0
 """Seconds between two authentication alerts for the same host."""
 
@@ -230,6 +235,12 @@ class OutOfBandManager:
         config = self.configs.oobm_config(host)
         if config is None:
             raise OobmNotConfigured(f"host {host.id} has no out-of-band management")
+        return self._execute(host, config, operation, timeout)
+
+    def _execute(
+        self, host: Host, config: OobmConfig, operation: PowerOperation, timeout: float | None
+    ) -> PowerResult:
+        """:meth:`execute` with ``host``'s configuration already read."""
         driver = self.driver_for(host, config)
         limit = self.settings.outofbandmanagement_action_timeout if timeout is None else timeout
         try:
@@ -258,7 +269,7 @@ class OutOfBandManager:
             found = Readiness(host.id, False, None, "no out-of-band management", now)
         else:
             try:
-                result = self.execute(host, PowerOperation.STATUS, timeout=timeout)
+                result = self._execute(host, config, PowerOperation.STATUS, timeout)
             except (ProbeError, ConfigurationError) as exc:
                 found = Readiness(
                     host.id,
@@ -275,7 +286,7 @@ class OutOfBandManager:
                         host.id,
                         True,
                         result.state,
-                        f"BMC answered: power is {result.state}",
+                        _ANSWERED[result.state],
                         now,
                         driver=config.driver,
                     )
