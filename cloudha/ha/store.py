@@ -42,7 +42,7 @@ import contextlib
 import datetime as dt
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -370,6 +370,28 @@ def _snapshot(previous_state: VmState | None, updated: int | None) -> dict[str, 
 _CLAIM_ATTEMPTS: Final = 5
 
 
+_Probe = tuple[str, tuple[str, ...], dict[str, Any], dict[str, Callable[[Any], Any]]]
+
+
+def _compile_probe() -> _Probe:
+    """:data:`_SQLITE_PICK` as the SQLite driver runs it: text, bind order, fixed binds,
+    and each bind's conversion for the driver (as SQLAlchemy applies them)."""
+    dialect = sqlite_dialect.dialect()
+    compiled = _SQLITE_PICK.compile(dialect=dialect)
+    assert compiled.positiontup is not None
+    fixed = dict(compiled.construct_params({"now_s": 0.0}))
+    convert: dict[str, Callable[[Any], Any]] = {}
+    for name, bind in compiled.binds.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            convert[name] = processor
+    return compiled.string, tuple(compiled.positiontup), fixed, convert
+
+
+_SQLITE_PROBE: Final = _compile_probe()
+"""The claim's pick, run alone straight on the driver to see whether anything is claimable."""
+
+
 _TRANSIENT: Final = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
@@ -574,7 +596,9 @@ class SqlWorkStore:
         first read); the token is bumped, then the ``UPDATE`` is still guarded by
         ``mgmt_server_id IS NULL AND taken IS NULL`` and checked; a miss retries
         at once, at most 5 times, without sleeping (a token bumped for a miss
-        is skipped: tokens only need to grow).
+        is skipped: tokens only need to grow). Before it, the pick runs once
+        as a plain ``SELECT`` without the write lock: when it finds nothing,
+        the claim returns ``None`` at once (an idle worker's poll).
 
         Raises :class:`UnreadableWorkError` after committing the claim when the
         claimed row is unreadable.
@@ -585,6 +609,8 @@ class SqlWorkStore:
             with self._tx() as conn:
                 row = conn.execute(_PG_CLAIM, params).one_or_none()
             return None if row is None else _to_work(row)
+        if not self._sqlite_claimable(now_s):
+            return None
         row = None
         with self._tx() as conn:
             for _attempt in range(_CLAIM_ATTEMPTS):
@@ -598,6 +624,38 @@ class SqlWorkStore:
                 if row is not None:
                     break
         return None if row is None else _to_work(row)
+
+    def _sqlite_claimable(self, now_s: float) -> bool:
+        """Might a claim at ``now_s`` find a work? False only when none is claimable.
+
+        An idle worker polls the queue every ``time.to.sleep``; on SQLite its
+        claim was a write transaction (``BEGIN IMMEDIATE``) through the whole
+        engine stack to find nothing. This runs the claim's own pick as one
+        plain ``SELECT`` on a pooled driver connection (one consistent read,
+        no write lock): nothing there means nothing was claimable at that
+        instant, which is all an empty claim says. Anything found, or any
+        driver error, goes on to the real claim, which takes the lock, picks
+        again and translates errors.
+        """
+        text, order, fixed, convert = _SQLITE_PROBE
+        binds = {**fixed, "now_s": now_s}
+        for name, processor in convert.items():
+            binds[name] = processor(binds[name])
+        try:
+            raw = self._engine.raw_connection()
+        except sqlalchemy.exc.SQLAlchemyError:
+            return True
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(text, [binds[name] for name in order])
+                return cursor.fetchone() is not None
+            finally:
+                cursor.close()
+        except sqlite3.Error:
+            return True
+        finally:
+            raw.close()
 
     # -- fencing tokens --------------------------------------------------------
 
