@@ -263,7 +263,10 @@ class OutOfBandManager:
 
     def check_readiness(self, host: Host, *, timeout: float | None = None) -> Readiness:
         """Ask ``host``'s BMC for its power state and record whether fencing would work now."""
-        config = self.configs.oobm_config(host)
+        return self._check(host, self.configs.oobm_config(host), timeout)
+
+    def _check(self, host: Host, config: OobmConfig | None, timeout: float | None) -> Readiness:
+        """:meth:`check_readiness` with ``host``'s configuration already read."""
         now = self.clock.monotonic()
         if config is None:
             found = Readiness(host.id, False, None, "no out-of-band management", now)
@@ -320,9 +323,11 @@ class OutOfBandManager:
         after the other with ``parallel=False``); each is bounded by the
         action timeout, so the call is bounded too.
         """
-        targets = [h for h in hosts if self.configured(h)]
+        configured = [(h, self.configs.oobm_config(h)) for h in hosts]
+        targets = [h for h, config in configured if config is not None]
         if not parallel or len(targets) <= 1:
-            return [self.check_readiness(h) for h in targets]
+            # One after the other: each host's configuration as just read.
+            return [self._check(h, config, None) for h, config in configured if config is not None]
         workers = min(self.settings.outofbandmanagement_sync_poolsize, len(targets))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cloudha-oobm") as pool:
             return list(pool.map(self.check_readiness, targets))
