@@ -13,6 +13,7 @@ turn into an UNKNOWN verdict, never a DEAD one.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import math
 import os
@@ -42,6 +43,11 @@ _SHOWN_BYTES = 32
 _DIGITS = re.compile(rb"[0-9]+")
 
 
+_CACHED = 4096
+"""Distinct (mount point, IP) spellings whose names are remembered: a writer names
+the same files every few seconds, and parsing an address is most of the cost."""
+
+
 def normalize_host_ip(host_ip: str) -> str:
     """``host_ip`` as :mod:`ipaddress` writes it (``"10.0.0.1"``, ``"fd00::1"``).
 
@@ -53,6 +59,12 @@ def normalize_host_ip(host_ip: str) -> str:
         raise ConfigurationError(
             f"host IP must be a string, got {host_ip!r}", key="host_ip", value=host_ip
         )
+    return _normalized(host_ip)
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _normalized(host_ip: str) -> str:
+    """:func:`normalize_host_ip` of a string (an error is raised again at each call)."""
     try:
         address = ipaddress.ip_address(host_ip)
     except ValueError:
@@ -85,9 +97,9 @@ def heartbeat_path(mount_point: str, host_ip: str) -> str:
         ConfigurationError: ``key="host_ip"`` for a value that is not an IP
             address, ``key="mount_point"`` for a mount point that is not absolute.
     """
-    return os.path.join(
-        _check_mount_point(mount_point), HEARTBEAT_DIR, f"hb-{normalize_host_ip(host_ip)}"
-    )
+    if isinstance(mount_point, str) and isinstance(host_ip, str):
+        return _file_path(mount_point, host_ip, "hb-")
+    return _uncached_path(mount_point, host_ip, "hb-")
 
 
 def activity_state_path(mount_point: str, host_ip: str) -> str:
@@ -96,9 +108,19 @@ def activity_state_path(mount_point: str, host_ip: str) -> str:
     Raises:
         ConfigurationError: as :func:`heartbeat_path`.
     """
+    if isinstance(mount_point, str) and isinstance(host_ip, str):
+        return _file_path(mount_point, host_ip, "ac-")
+    return _uncached_path(mount_point, host_ip, "ac-")
+
+
+def _uncached_path(mount_point: str, host_ip: str, prefix: str) -> str:
     return os.path.join(
-        _check_mount_point(mount_point), HEARTBEAT_DIR, f"ac-{normalize_host_ip(host_ip)}"
+        _check_mount_point(mount_point), HEARTBEAT_DIR, f"{prefix}{normalize_host_ip(host_ip)}"
     )
+
+
+_file_path = functools.lru_cache(maxsize=_CACHED)(_uncached_path)
+"""``_uncached_path`` of two strings, remembered (an error is raised again at each call)."""
 
 
 def format_heartbeat(epoch: float | dt.datetime) -> bytes:

@@ -54,6 +54,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_ANSWERED: Mapping[PowerState, str] = {
+    state: f"BMC answered: power is {state}" for state in (PowerState.ON, PowerState.OFF)
+}
+"""A ready host's readiness reason, per power state (formatted once: a sync checks every host)."""
+
 AUTH_ALERT_INTERVAL = 86_400.0
 """Seconds between two authentication alerts for the same host."""
 
@@ -230,6 +235,12 @@ class OutOfBandManager:
         config = self.configs.oobm_config(host)
         if config is None:
             raise OobmNotConfigured(f"host {host.id} has no out-of-band management")
+        return self._execute(host, config, operation, timeout)
+
+    def _execute(
+        self, host: Host, config: OobmConfig, operation: PowerOperation, timeout: float | None
+    ) -> PowerResult:
+        """:meth:`execute` with ``host``'s configuration already read."""
         driver = self.driver_for(host, config)
         limit = self.settings.outofbandmanagement_action_timeout if timeout is None else timeout
         try:
@@ -252,13 +263,16 @@ class OutOfBandManager:
 
     def check_readiness(self, host: Host, *, timeout: float | None = None) -> Readiness:
         """Ask ``host``'s BMC for its power state and record whether fencing would work now."""
-        config = self.configs.oobm_config(host)
+        return self._check(host, self.configs.oobm_config(host), timeout)
+
+    def _check(self, host: Host, config: OobmConfig | None, timeout: float | None) -> Readiness:
+        """:meth:`check_readiness` with ``host``'s configuration already read."""
         now = self.clock.monotonic()
         if config is None:
             found = Readiness(host.id, False, None, "no out-of-band management", now)
         else:
             try:
-                result = self.execute(host, PowerOperation.STATUS, timeout=timeout)
+                result = self._execute(host, config, PowerOperation.STATUS, timeout)
             except (ProbeError, ConfigurationError) as exc:
                 found = Readiness(
                     host.id,
@@ -275,7 +289,7 @@ class OutOfBandManager:
                         host.id,
                         True,
                         result.state,
-                        f"BMC answered: power is {result.state}",
+                        _ANSWERED[result.state],
                         now,
                         driver=config.driver,
                     )
@@ -309,9 +323,11 @@ class OutOfBandManager:
         after the other with ``parallel=False``); each is bounded by the
         action timeout, so the call is bounded too.
         """
-        targets = [h for h in hosts if self.configured(h)]
+        configured = [(h, self.configs.oobm_config(h)) for h in hosts]
+        targets = [h for h, config in configured if config is not None]
         if not parallel or len(targets) <= 1:
-            return [self.check_readiness(h) for h in targets]
+            # One after the other: each host's configuration as just read.
+            return [self._check(h, config, None) for h, config in configured if config is not None]
         workers = min(self.settings.outofbandmanagement_sync_poolsize, len(targets))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cloudha-oobm") as pool:
             return list(pool.map(self.check_readiness, targets))

@@ -135,6 +135,40 @@ def test_claim_filters(store: WorkStore, clock: FakeClock) -> None:
     assert store.claim("ms1") is None
 
 
+def test_sqlite_empty_claim_reads_without_the_write_lock(tmp_path: Path) -> None:
+    """An idle worker's claim finds nothing without waiting for another writer's lock;
+    a claim with something to take still takes it, once the lock is free."""
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'ha.db'}")
+    try:
+        create_schema(eng)
+        clock = FakeClock(T0)
+        store = WorkStore(eng, clock)
+        _add(store, "later", time_to_try=T0 + 60)
+        holder = sqlite3.connect(tmp_path / "ha.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            done_at: list[float] = []
+            worker = threading.Thread(
+                target=lambda: done_at.append(float(store.claim("ms1") is None))
+            )
+            worker.start()
+            worker.join(timeout=5.0)
+            assert done_at == [1.0], "an empty claim waited for the write lock"
+            clock.advance(60)
+            taken: list[Work | None] = []
+            worker = threading.Thread(target=lambda: taken.append(store.claim("ms1")))
+            worker.start()
+            worker.join(timeout=0.5)
+            assert worker.is_alive(), "a claim with work to take must hold the write lock"
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        worker.join(timeout=30.0)
+        assert [w.instance_id for w in taken if w is not None] == ["later"]
+    finally:
+        eng.dispose()
+
+
 def test_reschedule_finish_update_step(store: WorkStore, clock: FakeClock) -> None:
     _add(store)
     work = store.claim("ms1")
