@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from cloudha import ScenarioError
 from cloudha.cli import main
-from cloudha.testing import load_scenario
+from cloudha.testing import load_scenario, simulate
+from cloudha.testing.scenario import parse_scenario_text
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -168,3 +169,12 @@ def test_python_dash_m_is_the_same_command(tmp_path: Path) -> None:
 def test_examples_load(name: str) -> None:
     scenario = load_scenario(ROOT / "examples" / "scenarios" / name)
     assert scenario.faults
+
+
+def test_the_scenario_in_the_simulator_docs_runs() -> None:
+    # docs/simulator.md shows every scenario key in one TOML block: it must stay valid.
+    text = (ROOT / "docs" / "simulator.md").read_text(encoding="utf-8")
+    block = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    document = simulate(parse_scenario_text(block, source="docs/simulator.md"))
+    assert [f["target"] for f in document["events"] if f["kind"] == "fault"] == ["h1"]
+    assert document["final"]["hosts"]["h1"]["power"] == "Off"
