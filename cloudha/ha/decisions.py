@@ -54,6 +54,7 @@ __all__ = [
     "decide_destroy",
     "decide_fence",
     "decide_ha",
+    "decide_last_look",
     "decide_migration",
     "decide_no_room",
     "decide_start",
@@ -378,6 +379,26 @@ def decide_verdict(
     if verdict is Verdict.DEAD:
         return Proceed(f"the VM is dead ({decided_by})")
     return Fence()
+
+
+def decide_last_look(
+    verdict: Verdict, decided_by: str | None, reason: str, host: Host, policy: Policy, now: float
+) -> Retry | None:
+    """A host declared Down, looked at again just before it is fenced: alive means no fence.
+
+    ``verdict`` is what the investigators say of the host now. A host that
+    shows life since it was declared Down (a watchdog host that booted
+    after its reset and wrote its heartbeat again, say) is not fenced: the
+    work waits and looks again. DEAD or UNKNOWN let the fence go on, so
+    only a positive sign of life holds a recovery back. None: fence.
+    """
+    if host.status is not Status.DOWN or verdict is not Verdict.ALIVE:
+        return None
+    return Retry(
+        f"not fenced: host {host.id} shows life since it was declared Down"
+        f" ({decided_by}: {reason})",
+        at=now + policy.investigate_retry_interval,
+    )
 
 
 def decide_fence(

@@ -87,6 +87,7 @@ from cloudha.ha.decisions import (
     alert_type,
     conclude,
     decide_fence,
+    decide_last_look,
     decide_no_room,
     decide_start,
     decide_start_failed,
@@ -828,6 +829,9 @@ class HighAvailabilityManager:
         result = self.investigators.investigate_vm(vm, host)
         step = decide_verdict(result.verdict, result.decided_by, vm, host, policy, self._now())
         if isinstance(step, Fence):
+            held = self._last_look(host, policy)
+            if held is not None:
+                return self._decided(held)
             self._confirm(holder, on_vm=False)
             fenced = self.fence_chain.fence_off(vm, host)
             step = decide_fence(fenced.fenced, fenced.reason, vm, host, policy, self._now())
@@ -837,6 +841,20 @@ class HighAvailabilityManager:
         self._confirm(holder)
         self.orchestrator.advance_stop(vm, force=True)
         return None
+
+    def _last_look(self, host: Host, policy: Policy) -> Retry | None:
+        """Investigate a Down host once more right before a fence (:func:`decide_last_look`).
+
+        The Down verdict may be minutes old: a fence is carried out only while
+        no investigator finds the host alive.
+        """
+        if host.status is not Status.DOWN:
+            return None
+        look = self.investigators.investigate_host(host)
+        reason = next(
+            (f.reason for f in look.findings if f.source == look.decided_by), "no finding"
+        )
+        return decide_last_look(look.verdict, look.decided_by, reason, host, policy, self._now())
 
     def _start(self, holder: _Holder, host: Host | None, removed: bool, policy: Policy) -> Outcome:
         work = holder.work

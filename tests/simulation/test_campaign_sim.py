@@ -267,6 +267,11 @@ def test_a_host_that_is_back_proves_its_vms_are_gone() -> None:
         1418923910,
         1552698175,
         1609945684,
+        # The same host, armed and writing again a moment after the Down verdict,
+        # powered off by the fence that verdict asked for (the last look holds it).
+        1264014988,
+        465047096,
+        516255526,
     ],
 )
 def test_campaign_cases_once_violated_are_clean(seed: int) -> None:

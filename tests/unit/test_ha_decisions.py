@@ -119,6 +119,15 @@ def test_verdicts_and_fences() -> None:
     dead = d.decide_verdict(Verdict.DEAD, "libvirt", VM, HOST, POLICY, NOW)
     assert dead == d.Proceed("the VM is dead (libvirt)")
     assert d.decide_verdict(Verdict.UNKNOWN, None, VM, HOST, POLICY, NOW) == d.Fence()
+    held = d.decide_last_look(Verdict.ALIVE, "kvm", "heartbeat fresh", HOST, POLICY, NOW)
+    assert held == d.Retry(
+        "not fenced: host h1 shows life since it was declared Down (kvm: heartbeat fresh)",
+        at=NOW + 10,
+    )
+    for verdict in (Verdict.DEAD, Verdict.UNKNOWN):  # only a sign of life holds a fence
+        assert d.decide_last_look(verdict, "kvm", "stale", HOST, POLICY, NOW) is None
+    alert = attrs.evolve(HOST, status=Status.ALERT)  # not declared Down: not this rule's
+    assert d.decide_last_look(Verdict.ALIVE, "kvm", "fresh", alert, POLICY, NOW) is None
     assert d.decide_fence(True, "ipmi off", VM, HOST, POLICY, NOW) == d.Proceed("ipmi off")
     failed = d.decide_fence(False, "no BMC", VM, HOST, POLICY, NOW)
     assert isinstance(failed, d.Retry)

@@ -895,6 +895,28 @@ def test_restart_when_the_investigators_cannot_tell_fences_then_restarts(env: En
     assert env.vm().host_id == "h2"
 
 
+def test_a_down_host_that_shows_life_before_its_fence_is_not_fenced(env: Env) -> None:
+    # The VM cannot be judged (fence needed), but the host, Down since the
+    # verdict, is found alive (cut off from us, so not Up) when looked at again
+    # right before the fence: no fence, look again later.
+    env.inv.script["h1"] = Verdict.ALIVE
+    env.inv.unreachable.add("h1")
+    work = env.restart()
+    assert env.manager.process_next() is WorkResult.RESCHEDULED
+    assert env.fencer.calls == []
+    assert env.calls("advance_stop") == env.calls("advance_start") == []
+    row = env.work(work.id)
+    assert (row.time_to_try, row.step) == (T0 + 60, Step.INVESTIGATING)
+    assert env.reasons(work.id)[-1] == (
+        "not fenced: host h1 shows life since it was declared Down (Scripted: scripted ALIVE)"
+    )
+    env.inv.script["h1"] = Verdict.DEAD  # dead again: the fence goes on
+    env.clock.advance(60)
+    assert env.manager.process_next() is WorkResult.DONE
+    assert env.fencer.calls == [("vm1", "h1")]
+    assert env.vm().host_id == "h2"
+
+
 @pytest.mark.parametrize("fence", [FenceOutcome.NOT_FENCED, FenceOutcome.NOT_APPLICABLE])
 def test_restart_that_could_not_fence_alerts_and_retries_later(fence: FenceOutcome) -> None:
     env = make_env(fence=fence)
