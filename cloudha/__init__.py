@@ -48,6 +48,7 @@ from cloudha.fencing import build_fence_chain as build_fence_chain
 from cloudha.investigators import AgentCheckInvestigator as AgentCheckInvestigator
 from cloudha.investigators import AgentInvestigatorBase as AgentInvestigatorBase
 from cloudha.investigators import BaseInvestigator as BaseInvestigator
+from cloudha.investigators import BMCInvestigator as BMCInvestigator
 from cloudha.investigators import ChainResult as ChainResult
 from cloudha.investigators import Finding as Finding
 from cloudha.investigators import HypervisorInvestigator as HypervisorInvestigator
@@ -129,6 +130,7 @@ __all__ = [
     "AlertSink",
     "AlertType",
     "Answer",
+    "BMCInvestigator",
     "BaseFenceBuilder",
     "BaseInvestigator",
     "BasePowerDriver",

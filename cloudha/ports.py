@@ -51,6 +51,7 @@ __all__ = [
     "Router",
     "StatusChange",
     "StoragePoolDirectory",
+    "SuspicionCheck",
     "VmNetworkDirectory",
     "VmOrchestrator",
     "VmSync",
@@ -666,5 +667,22 @@ class VmSync(Protocol):
 
         A VM missing from the host's reports for longer than a grace is
         reconciled as on reconnect; the call never blocks on the VM's restart.
+        """
+        ...
+
+
+class SuspicionCheck(Protocol):
+    """The fast path for a host in Alert: fence on suspicion (docs/suspicion.md).
+
+    :class:`cloudha.detection.suspicion.SuspicionFencer` is the implementation
+    the management server wires in.
+    """
+
+    def consider(self, host: Host) -> bool:
+        """Fence ``host`` (in Alert) if every witness has lost it.
+
+        True only once the fence was confirmed (the power read back Off): the
+        host may then be declared Down. False changes nothing. Never raises
+        for an unreachable agent, neighbour or BMC.
         """
         ...

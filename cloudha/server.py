@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 
 from cloudha.clock import Clock
 from cloudha.detection import AgentManager, MonitorTask, PingMap, PingTask
+from cloudha.detection.suspicion import SuspicionFencer
 from cloudha.errors import ConfigurationError, LifecycleError
 from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder
 from cloudha.fencing.chain import FenceChain, FenceRunner
@@ -397,6 +398,7 @@ class ManagementServer:
                     pools=pools,
                     networks=networks,
                     hypervisor_probe=hypervisor,
+                    oobm=self.oobm,
                 ),
                 discover=discover_plugins,
             )
@@ -438,6 +440,18 @@ class ManagementServer:
         self.vm_sync = HostVmSync(
             orchestrator, self.ha, self.recorder, clock, grace=2 * settings.ping_interval
         )
+        self.suspicion: SuspicionFencer | None = None
+        """The fast path for hosts in Alert (``cloudha.fence.on.suspicion``, power drivers)."""
+        if settings.cloudha_fence_on_suspicion and self.oobm.driver_names:
+            self.suspicion = SuspicionFencer.from_settings(
+                settings,
+                clock=clock,
+                directory=directory,
+                gateway=gateway,
+                oobm=self.oobm,
+                pools=pools,
+                recorder=self.recorder,
+            )
         self.agents = AgentManager(
             management_server_id=server_id,
             settings=settings,
@@ -451,6 +465,7 @@ class ManagementServer:
             ping_map=self.ping_map,
             maintenance=maintenance,
             vm_sync=self.vm_sync,
+            suspicion=self.suspicion,
         )
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)

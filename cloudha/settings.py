@@ -221,6 +221,7 @@ _SIMULATOR = "cloudha.testing.simulator"
 _SERVER = "cloudha.server"
 _SCENARIO = "cloudha.testing.scenario"
 _CAMPAIGN = "cloudha.testing.campaign"
+_SUSPICION = "cloudha.detection.suspicion"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -269,6 +270,7 @@ _SPECS: tuple[KeySpec, ...] = (
             _SERVER,
             _SCENARIO,
             _CAMPAIGN,
+            _SUSPICION,
         ),
     ),
     _key(
@@ -558,7 +560,7 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "Judge a KVM host dead as soon as one storage pool's heartbeat is stale.",
         _S38,
-        read_by=(_INVESTIGATORS, _FENCERS),
+        read_by=(_INVESTIGATORS, _FENCERS, _SUSPICION),
     ),
     _key(
         "ha.tag",
@@ -834,7 +836,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Default limit on one power operation.",
         _S8,
         bounds=_TIMEOUT,
-        read_by=(_FENCERS, _OOBM),
+        read_by=(_FENCERS, _OOBM, _SUSPICION),
     ),
     _key(
         "outofbandmanagement.sync.poolsize",
@@ -922,6 +924,16 @@ _SPECS: tuple[KeySpec, ...] = (
         "cloudha",
         bounds=(0.1, 600, "no reset is instantaneous; a reset slower than 10 minutes is a hang"),
         read_by=(_HEARTBEAT_CLI, _SCENARIO, _SIMULATOR),
+    ),
+    # cloudha's own: the fast path of docs/suspicion.md.
+    _key(
+        "cloudha.fence.on.suspicion",
+        "bool",
+        True,
+        "Power-fence a host in Alert that every witness has lost (agent, neighbours' pings,"
+        " heartbeat late on every readable pool) when its BMC is ready; its VMs restart at once.",
+        "cloudha",
+        read_by=(_SERVER,),
     ),
 )
 
@@ -1378,6 +1390,8 @@ class Settings:
     # cloudha's own: the heartbeat writer's watchdog.
     cloudha_watchdog_timeout: float = 300.0
     cloudha_watchdog_reset_margin: float = 30.0
+    # cloudha's own: fence on suspicion.
+    cloudha_fence_on_suspicion: bool = True
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

@@ -43,6 +43,7 @@ from cloudha.ports import (
     MaintenanceChecker,
     PingReport,
     StatusChange,
+    SuspicionCheck,
     VmSync,
 )
 from cloudha.settings import Settings
@@ -107,6 +108,10 @@ class AgentManager:
         hand_over_wait: a tenacity wait strategy giving the delay before the
             n-th retry of a failed hand-over to the HA scheduler; by default
             exponential from 1 s up to one ``ping.interval``.
+        suspicion: the fast path for hosts in Alert (fence on suspicion):
+            offered every host that enters Alert and every host in Alert at
+            its recheck; a host it fenced (power read back Off) is Down at
+            once. None: hosts in Alert wait for the slower proofs.
 
     A host declared Down whose hand-over to the HA scheduler raised is kept
     in a retry list (due times on the injected clock, driven by the monitor's
@@ -131,6 +136,7 @@ class AgentManager:
         check_timeout: float | None = None,
         vm_sync: VmSync | None = None,
         hand_over_wait: Callable[[tenacity.RetryCallState], float] | None = None,
+        suspicion: SuspicionCheck | None = None,
     ) -> None:
         self.management_server_id = management_server_id
         self.settings = settings
@@ -149,6 +155,7 @@ class AgentManager:
         self._command_listeners: list[CommandListener] = [behind]
         self._locks = tuple(threading.RLock() for _ in range(_LOCK_STRIPES))
         self.vm_sync = vm_sync
+        self.suspicion = suspicion
         self._alert_watch: dict[str, float] = {}
         self._adopted: set[str] = set()  # re-adopted while Disconnected, by recover()
         self._watch_lock = threading.Lock()
@@ -428,6 +435,7 @@ class AgentManager:
                 event = decision.event
             if not self._disconnect(host, event, transit_state=True):
                 return False
+            self._fence_on_suspicion(host.id)
             self._hand_over(host.id)
             return True
 
@@ -504,10 +512,12 @@ class AgentManager:
                 "disconnect" if found_down else "wait",
             )
             if not found_down:
-                return False
-            self._alert(host, f"Host down, {host.id}", "investigation found the host Down")
-            if self._transit(host, Event.HOST_DOWN, disconnecting=True) is None:
-                return False
+                if not self._fence_on_suspicion(host.id):
+                    return False
+            else:
+                self._alert(host, f"Host down, {host.id}", "investigation found the host Down")
+                if self._transit(host, Event.HOST_DOWN, disconnecting=True) is None:
+                    return False
             self._hand_over(host.id)
             return True
 
@@ -677,6 +687,28 @@ class AgentManager:
             ha_reason=str(ReasonType.HOST_DOWN),
         )
         return True
+
+    def _fence_on_suspicion(self, host_id: str) -> bool:
+        """Offer ``host_id``, if in Alert, to the fast path; True once it was fenced and is Down."""
+        if self.suspicion is None:
+            return False
+        host = self.directory.find_host(host_id)
+        if host is None or host.status is not Status.ALERT or host.type.is_virtual:
+            return False
+        try:
+            fenced = self.suspicion.consider(host)
+        except Exception:
+            # NOTE: a broken fast path leaves the host in Alert, watched: the slow proofs remain.
+            log.exception("fence on suspicion of %s raised", host_id)
+            return False
+        if not fenced:
+            return False
+        self._alert(
+            host,
+            f"Host down, {host.id}",
+            "fenced on suspicion: every witness lost the host, its power was read back Off",
+        )
+        return self._transit(host, Event.HOST_DOWN, disconnecting=True) is not None
 
     def _retry_delay(self, attempt: int) -> float:
         state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -134,12 +134,18 @@ class BaseFenceBuilder(abc.ABC):
         return True
 
     def fence_off(self, vm: Vm, host: Host) -> FenceResult:
-        started = self.clock.monotonic()
         if not self.supports(vm, host):
+            return self._attempt(host, None)
+        return self._attempt(host, lambda: self._fence(vm, host))
+
+    def _attempt(self, host: Host, act: Callable[[], FenceResult] | None) -> FenceResult:
+        """Run ``act`` (None: not applicable) as :meth:`fence_off` runs ``_fence``."""
+        started = self.clock.monotonic()
+        if act is None:
             result = self.not_applicable(f"{self.name} does not handle host {host.id}")
         else:
             try:
-                result = self._fence(vm, host)
+                result = act()
             except ProbeError as exc:
                 result = self.not_fenced(f"{exc}", error=type(exc).__name__)
         if not isinstance(result, FenceResult):

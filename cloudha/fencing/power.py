@@ -67,7 +67,20 @@ class PowerFencer(BaseFenceBuilder):
     def supports(self, vm: Vm, host: Host) -> bool:
         return self.oobm.configured(host)
 
+    def power_off(self, host: Host) -> FenceResult:
+        """Fence the whole ``host`` (no VM in particular): what :meth:`fence_off` does.
+
+        FENCED only once the power is read back Off; NOT_APPLICABLE without
+        out-of-band management.
+        """
+        if not self.oobm.configured(host):
+            return self._attempt(host, None)
+        return self._attempt(host, lambda: self._power_off(host))
+
     def _fence(self, vm: Vm, host: Host) -> FenceResult:
+        return self._power_off(host)
+
+    def _power_off(self, host: Host) -> FenceResult:
         deadline = self.clock.monotonic() + self.timeout
         steps: list[dict[str, Any]] = []
 

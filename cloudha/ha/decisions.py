@@ -145,11 +145,17 @@ class Finish:
 
 @attrs.frozen
 class Retry:
-    """Give the work back, to be tried again at ``at`` (epoch seconds)."""
+    """Give the work back, to be tried again at ``at`` (epoch seconds).
+
+    ``for_capacity``: the attempt failed for want of room, not because of the
+    VM: such a retry never uses up ``vm.ha.migration.max.retries`` (see
+    :func:`conclude`).
+    """
 
     reason: str
     at: float
     notice: Notice | None = None
+    for_capacity: bool = False
 
 
 Outcome = Finish | Retry
@@ -449,12 +455,25 @@ def start_plan(work: Work, host_down: bool, can_restart_elsewhere: bool) -> Fini
     return StartPlan(host_down, avoid)
 
 
-def decide_start_failed(error: str, vm: Vm, host: Host | None, policy: Policy, now: float) -> Retry:
-    """The start raised a cloudha error (``error``: its type and message): retry, with an alert."""
+def decide_start_failed(
+    error: str,
+    vm: Vm,
+    host: Host | None,
+    policy: Policy,
+    now: float,
+    *,
+    for_capacity: bool = False,
+) -> Retry:
+    """The start raised a cloudha error (``error``: its type and message): retry, with an alert.
+
+    ``for_capacity``: no host had room; the retry waits for capacity to come
+    back (a host Up again, a VM stopped) and never gives up.
+    """
     return Retry(
         f"start failed: {error}",
         at=now + policy.restart_retry_interval,
         notice=Notice(alert_type(vm.type), f"Unable to restart {vm.name} ({vm.id})", error, host),
+        for_capacity=for_capacity,
     )
 
 
@@ -513,7 +532,10 @@ def conclude(
     The outcome's own notice was sent when it was decided; the returned
     :class:`Finish` carries only the alert of a work ending in Error. A retry
     past ``vm.ha.migration.max.retries`` gives up (the handler adds the
-    work's host to the alert). ``acted``: this attempt did (or may have done)
+    work's host to the alert), unless it waits for capacity
+    (:attr:`Retry.for_capacity`): an HA VM is never left behind because no
+    host had room for it while its own hosts were down; it is tried again
+    every ``restart.retry.interval`` until one has. ``acted``: this attempt did (or may have done)
     something to the VM itself, so the snapshot the work compares against is
     retaken (only then: CloudStack #13510).
     """
@@ -526,7 +548,7 @@ def conclude(
                 outcome.reason,
             )
         return attrs.evolve(outcome, notice=notice)
-    if work.tried + 1 >= policy.max_retries:
+    if work.tried + 1 >= policy.max_retries and not outcome.for_capacity:
         reason = f"gave up after {work.tried + 1} attempts: {outcome.reason}"
         return GiveUp(
             reason,

@@ -885,7 +885,10 @@ class HighAvailabilityManager:
             return Finish("the VM no longer exists")
         except CloudHAError as exc:
             error = f"{type(exc).__name__}: {exc}"
-            return self._decided(decide_start_failed(error, vm, host, policy, self._now()))
+            no_room = isinstance(exc, InsufficientCapacityError)
+            return self._decided(
+                decide_start_failed(error, vm, host, policy, self._now(), for_capacity=no_room)
+            )
         started = self.orchestrator.find_vm(vm.id)
         return self._decided(decide_started(started, target, vm, work, host, policy, self._now()))
 

@@ -14,6 +14,7 @@ from cloudha.investigators.hypervisor import HypervisorInvestigator as Hyperviso
 from cloudha.investigators.kvm import KVMInvestigator as KVMInvestigator
 from cloudha.investigators.ping import ManagementIPInvestigator as ManagementIPInvestigator
 from cloudha.investigators.ping import PingInvestigator as PingInvestigator
+from cloudha.investigators.power import BMCInvestigator as BMCInvestigator
 from cloudha.investigators.registry import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from cloudha.investigators.registry import InvestigatorContext as InvestigatorContext
 from cloudha.investigators.registry import build_chain as build_chain
@@ -30,6 +31,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AgentCheckInvestigator",
     "AgentInvestigatorBase",
+    "BMCInvestigator",
     "BaseInvestigator",
     "ChainResult",
     "Finding",

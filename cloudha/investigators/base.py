@@ -150,6 +150,11 @@ class Investigator(Protocol):
           for a witness that can see the host's VMs (its findings may carry
           :attr:`Witness.VM`). The chain asks such witnesses even after
           another said DEAD, and a VM-level ALIVE of theirs overrules it.
+        * Optional class attribute ``death_proof`` (False when absent): True
+          for a witness whose DEAD is physical proof (the power read Off),
+          never an inference from silence. The chain asks such witnesses even
+          after a host-level witness decided Disconnected, and their DEAD
+          decides instead.
     """
 
     name: str
@@ -208,6 +213,9 @@ class BaseInvestigator(abc.ABC):
 
     vm_witness: bool = False
     """True for a witness that can see the host's VMs (see :class:`Investigator`)."""
+
+    death_proof: bool = False
+    """True for a witness whose DEAD is physical proof (see :class:`Investigator`)."""
 
     def finding(
         self,

@@ -5,8 +5,9 @@ Ordering follows CloudStack's extension registry (spec §4): names listed in
 listed follow in registration order; names in ``ha.investigators.exclude``
 are dropped. For a host, the first investigator whose finding maps to a
 non-null outcome decides (:func:`~cloudha.investigators.base.host_outcome`),
-with one exception: VM-level witnesses outrank host-level ones, so a DEAD
-is overruled by a later VM-level ALIVE (see
+with two exceptions: VM-level witnesses outrank host-level ones, so a DEAD
+is overruled by a later VM-level ALIVE; and a death-proof witness (the power
+read Off) outranks a host-level Disconnected (see
 :meth:`InvestigatorChain.investigate_host`). For a VM, the first ALIVE or
 DEAD finding decides. Every finding asked for is kept, so the decision can
 be explained.
@@ -118,12 +119,20 @@ class InvestigatorChain:
         first ALIVE finding of theirs with :attr:`Witness.VM` decides
         instead (Disconnected when it says the host is unreachable), so a
         host whose agent and heartbeat stopped while its VMs run is never
-        Down. Their other findings leave the DEAD standing. Without a DEAD
-        nothing changes: CloudStack's first-decisive order.
+        Down. Their other findings leave the DEAD standing.
+
+        And physical proof outranks a guess: when a host-level witness
+        decides Disconnected (alive but unreachable, or unreachable and
+        undecidable: a heartbeat not yet stale proves no life), the chain
+        goes on with the supporting investigators that declare
+        ``death_proof`` (the BMC reading the power Off), in order; the first
+        DEAD of theirs decides Down instead, still subject to the VM
+        witnesses. Otherwise nothing changes: CloudStack's first-decisive
+        order.
         """
         findings: list[Finding] = []
-        asked = iter(self._investigators)
-        for inv in asked:
+        order = self._investigators
+        for index, inv in enumerate(order):
             if not inv.supports(host):
                 continue
             finding = _ask(inv.name, inv.is_agent_alive, host)
@@ -131,12 +140,40 @@ class InvestigatorChain:
             status = host_outcome(finding)
             if status is None:
                 continue
+            rest = list(order[index + 1 :])
+            decided_by = inv.name
+            if status is Status.DISCONNECTED and finding.witness is Witness.HOST:
+                proof = self._death_proof(host, rest, findings)
+                if proof is not None:
+                    decided_by, finding = proof
+                    status = Status.DOWN
+                    rest = [i for i in rest if i.name != decided_by]
             if status is Status.DOWN:
-                veto = self._vm_veto(host, asked, findings, dead_by=inv.name)
+                veto = self._vm_veto(host, rest, findings, dead_by=decided_by)
                 if veto is not None:
                     return veto
-            return ChainResult(status, finding.verdict, inv.name, tuple(findings))
+            return ChainResult(status, finding.verdict, decided_by, tuple(findings))
         return ChainResult(None, Verdict.UNKNOWN, None, tuple(findings))
+
+    @staticmethod
+    def _death_proof(
+        host: Host, rest: Iterable[Investigator], findings: list[Finding]
+    ) -> tuple[str, Finding] | None:
+        """Ask the remaining death-proof witnesses; the first DEAD overrules a Disconnected."""
+        for inv in rest:
+            if not getattr(inv, "death_proof", False) or not inv.supports(host):
+                continue
+            finding = _ask(inv.name, inv.is_agent_alive, host)
+            findings.append(finding)
+            if finding.verdict is Verdict.DEAD:
+                log.info(
+                    "%s: %s proves it dead although it looked alive but unreachable: %s",
+                    host.id,
+                    inv.name,
+                    finding.reason,
+                )
+                return inv.name, finding
+        return None
 
     @staticmethod
     def _vm_veto(

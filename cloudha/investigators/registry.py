@@ -25,8 +25,10 @@ from cloudha.investigators.chain import InvestigatorChain
 from cloudha.investigators.hypervisor import HypervisorInvestigator
 from cloudha.investigators.kvm import KVMInvestigator
 from cloudha.investigators.ping import ManagementIPInvestigator, PingInvestigator
+from cloudha.investigators.power import BMCInvestigator
 from cloudha.investigators.vmware import VMwareInvestigator
 from cloudha.investigators.xen import XenServerInvestigator
+from cloudha.oobm.manager import OutOfBandManager
 from cloudha.plugins import check_names, load_plugins
 from cloudha.ports import (
     AgentGateway,
@@ -56,6 +58,7 @@ BUILTIN_INVESTIGATORS: frozenset[str] = frozenset(
     for kind in (
         AgentCheckInvestigator,
         XenServerInvestigator,
+        BMCInvestigator,
         KVMInvestigator,
         VMwareInvestigator,
         PingInvestigator,
@@ -97,6 +100,8 @@ class InvestigatorContext:
             hosts only.
         hypervisor_probe: a direct hypervisor connection (libvirt); without
             it there is no hypervisor investigator.
+        oobm: out-of-band management; without it, or without a power
+            driver in it, there is no BMC power witness.
         timeout: limit on each command or probe, in seconds; None means
             ``ping.interval``, the same limit as the direct CheckHealth.
     """
@@ -108,6 +113,7 @@ class InvestigatorContext:
     pools: StoragePoolDirectory | None = None
     networks: VmNetworkDirectory | None = None
     hypervisor_probe: HypervisorProbe | None = None
+    oobm: OutOfBandManager | None = None
     timeout: float | None = None
 
     @property
@@ -126,6 +132,8 @@ def builtin_investigators(ctx: InvestigatorContext) -> list[Investigator]:
         AgentCheckInvestigator(ctx.clock, **common),
         XenServerInvestigator(ctx.clock, **common),
     ]
+    if ctx.oobm is not None and ctx.oobm.driver_names:
+        found.append(BMCInvestigator(ctx.clock, oobm=ctx.oobm, timeout=ctx.command_timeout))
     if ctx.pools is not None:
         found.append(
             KVMInvestigator(

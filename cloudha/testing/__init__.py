@@ -25,6 +25,7 @@ from cloudha.testing.fakes import RecordingMigrationFailures as RecordingMigrati
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
 from cloudha.testing.fakes import ScriptedFencer as ScriptedFencer
 from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
+from cloudha.testing.fakes import ScriptedSuspicion as ScriptedSuspicion
 from cloudha.testing.heartbeat import FakeWatchdog as FakeWatchdog
 from cloudha.testing.heartbeat import MemoryStorage as MemoryStorage
 from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
@@ -82,6 +83,7 @@ __all__ = [
     "ScheduledRestart",
     "ScriptedFencer",
     "ScriptedInvestigator",
+    "ScriptedSuspicion",
     "Simulation",
     "StartRecord",
     "World",

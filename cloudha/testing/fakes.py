@@ -41,6 +41,7 @@ __all__ = [
     "ScheduledRestart",
     "ScriptedFencer",
     "ScriptedInvestigator",
+    "ScriptedSuspicion",
 ]
 
 
@@ -344,3 +345,23 @@ class ScriptedFencer(BaseFenceBuilder):
         self.calls.append((vm.id, host.id))
         outcome = self.script.get(host.id, self.default)
         return self.result(outcome, f"scripted {outcome}")
+
+
+class ScriptedSuspicion:
+    """A :class:`~cloudha.ports.SuspicionCheck` answering from a script.
+
+    ``fence[host_id]`` True makes :meth:`consider` report a confirmed fence
+    for that host (hosts not in the script: False); a host in ``raises``
+    makes it raise. Every host considered is kept in :attr:`considered`.
+    """
+
+    def __init__(self, fence: dict[str, bool] | None = None) -> None:
+        self.fence: dict[str, bool] = {} if fence is None else fence
+        self.raises: set[str] = set()
+        self.considered: list[str] = []
+
+    def consider(self, host: Host) -> bool:
+        self.considered.append(host.id)
+        if host.id in self.raises:
+            raise RuntimeError(f"scripted failure for {host.id}")
+        return self.fence.get(host.id, False)

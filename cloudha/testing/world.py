@@ -425,8 +425,13 @@ class WorldAgentGateway:
             return Answer(True, data={"power_state": state.value})
         if command.name == PING_TEST:
             target = world.host_by_ip.get(str(command.params["ip"]))
+            # A hung kernel answers nothing, ICMP included.
             answered = (
-                target is not None and target.powered and not target.isolated and not agent.isolated
+                target is not None
+                and target.powered
+                and not target.hung
+                and not target.isolated
+                and not agent.isolated
             )
             return Answer(answered)
         if command.name == FENCE:

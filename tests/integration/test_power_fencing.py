@@ -18,6 +18,7 @@ from cloudha.fencing import (
     PowerFencer,
     ThreadRunner,
 )
+from cloudha.investigators import BMCInvestigator, Verdict
 from cloudha.oobm import OutOfBandManager, StaticOobmConfigs
 from cloudha.oobm.drivers import default_power_drivers
 from cloudha.oobm.power import OobmConfig
@@ -168,3 +169,37 @@ def test_redfish_bad_credentials_are_an_auth_error_not_a_fence(redfish_bmc: Redf
     assert decision.attempts[0].outcome is FenceOutcome.NOT_FENCED
     assert decision.fenced_by == ("KVMFenceBuilder",)
     assert redfish_bmc.domain.isActive() == 1
+
+
+# -- the BMC as a witness, and the fast path's power-off, over the real protocols ----------
+
+
+@pytest.mark.parametrize("driver", ["ipmitool", "ipmi"])
+def test_ipmi_bmc_witness_reads_on_as_unknown_and_off_as_dead(
+    fake_bmc: FakeBmcServer, driver: str
+) -> None:
+    rig = Rig(fake_bmc.config(driver=driver))
+    witness = BMCInvestigator(rig.clock, oobm=rig.oobm, timeout=10.0)
+    on = witness.is_agent_alive(HOST)
+    assert (on.verdict, on.evidence["power"]) == (Verdict.UNKNOWN, "On")
+    # The whole-host power-off of fence on suspicion, confirmed by read-back.
+    result = rig.power.power_off(HOST)
+    assert result.outcome is FenceOutcome.FENCED
+    assert result.reason == "bmc-host powered off and read back Off"
+    assert fake_bmc.power_state() == "off"
+    off = witness.is_agent_alive(HOST)
+    assert (off.verdict, off.reason) == (Verdict.DEAD, "BMC reads the power Off")
+    fake_bmc.pause()
+    silent = BMCInvestigator(rig.clock, oobm=rig.oobm, timeout=1.0).is_agent_alive(HOST)
+    assert silent.verdict is Verdict.UNKNOWN
+    assert silent.reason.startswith("BMC did not answer")
+
+
+def test_redfish_bmc_witness_reads_a_forced_off_system_as_dead(redfish_bmc: RedfishBmc) -> None:
+    rig = Rig(redfish_bmc.config(), redfish_ca=str(redfish_bmc.ca_path))
+    witness = BMCInvestigator(rig.clock, oobm=rig.oobm, timeout=10.0)
+    assert witness.is_agent_alive(HOST).verdict is Verdict.UNKNOWN
+    assert rig.power.power_off(HOST).outcome is FenceOutcome.FENCED
+    assert redfish_bmc.domain.isActive() == 0
+    assert witness.is_agent_alive(HOST).verdict is Verdict.DEAD
+    assert redfish_bmc.password not in rig.everything_said()

@@ -243,9 +243,10 @@ def test_a_direct_host_rebooted_before_it_is_alert_gets_its_ha_vm_back() -> None
     # A lone XenServer host crashes and boots again while the monitor still waits
     # (alert.wait): it is never Alert or Down, so nothing reconnects it. Its ping
     # reports list no vm1; the VM sync restarts vm1 once the grace has passed.
+    # (No BMC: one that reads the power Off would prove it Down at once.)
     doc = simulate(
         {
-            "hosts": [{"id": "h1", "cluster": "c1", "hypervisor": "XenServer", "oobm": "redfish"}],
+            "hosts": [{"id": "h1", "cluster": "c1", "hypervisor": "XenServer", "oobm": "none"}],
             "vms": [{"id": "vm1", "host": "h1", "ha": True, "type": "ConsoleProxy"}],
             "faults": [
                 {"at": 678, "kind": "host_crash", "target": "h1"},

@@ -281,7 +281,8 @@ def test_a_host_fenced_while_it_boots_after_its_watchdog_reset_is_not_a_live_hos
     # h2 hangs; its watchdog resets it (85 s); it is Down by its stale
     # heartbeat (124 s) while it still boots (until 145 s); the management
     # server, isolated, cannot ask libvirt and powers it off through its
-    # BMC. Nothing ran on it: that is not a fence of a live host.
+    # BMC. Nothing ran on it: that is not a fence of a live host. (The slow
+    # path: with fence on suspicion the hung host would be fenced first.)
     settings = {
         "ping.interval": 10,
         "kvm.heartbeat.update.frequency": 10000,
@@ -289,6 +290,7 @@ def test_a_host_fenced_while_it_boots_after_its_watchdog_reset_is_not_a_live_hos
         "heartbeat.update.timeout": 10000,
         "cloudha.watchdog.timeout": 40,
         "cloudha.watchdog.reset.margin": 10,
+        "cloudha.fence.on.suspicion": False,
     }
     hosts = [
         {"id": f"h{i}", "cluster": "c1", "pools": ["p1"], "oobm": "ipmi", "watchdog": True}

@@ -24,6 +24,7 @@ from cloudha.clock import Clock, SystemClock
 from cloudha.errors import (
     ConfigurationError,
     LifecycleError,
+    ProbeConnectionError,
     ProbeTimeout,
     StoreError,
     StoreUnavailableError,
@@ -1066,9 +1067,15 @@ def test_a_failed_start_that_changed_the_vm_is_retried_not_given_up(env: Env) ->
     assert env.reasons(work.id)[-1] == "started on host h2"
 
 
-def test_restart_gives_up_after_the_maximum_attempts_with_an_alert() -> None:
+def test_restart_gives_up_after_the_maximum_attempts_with_an_alert(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     env = make_env(settings=Settings(vm_ha_migration_max_retries=3), script={"vm1": Verdict.DEAD})
-    env.orch.set_host_up("h2", False)
+
+    def refused(vm: Vm, params: StartParams, planner: Planner) -> str:
+        raise ProbeConnectionError("the orchestrator refused the start")
+
+    monkeypatch.setattr(env.orch, "advance_start", refused)
     work = env.restart()
     results = []
     for _ in range(4):
@@ -1083,6 +1090,24 @@ def test_restart_gives_up_after_the_maximum_attempts_with_an_alert() -> None:
     ]
     assert env.steps(work.id)[-1] == "Error"
     assert env.vm().state is VmState.STOPPED
+
+
+def test_a_restart_waiting_for_room_never_gives_up_and_starts_once_a_host_has_room() -> None:
+    env = make_env(settings=Settings(vm_ha_migration_max_retries=3), script={"vm1": Verdict.DEAD})
+    env.orch.set_host_up("h2", False)
+    work = env.restart()
+    results = []
+    for _ in range(6):
+        results.append(env.manager.process_next())
+        env.clock.advance(600)
+    assert results == [WorkResult.RESCHEDULED] * 6
+    assert env.work(work.id).tried == 6
+    assert not [a for a in env.alerts.alerts if a.subject.startswith("HA gave up")]
+    assert [a.subject for a in env.alerts.alerts].count("Unable to restart vm1 (vm1)") == 6
+    env.orch.set_host_up("h2", True)
+    assert env.manager.process_next() is WorkResult.DONE
+    assert env.vm().state is VmState.RUNNING
+    assert env.vm().host_id == "h2"
 
 
 def test_a_start_refused_for_a_stale_generation_is_rescheduled_not_doubled(env: Env) -> None:

@@ -19,6 +19,7 @@ from cloudha import (
     HostType,
     HypervisorInvestigator,
     HypervisorType,
+    InvestigatorChain,
     InvestigatorContext,
     KVMInvestigator,
     ManagementIPInvestigator,
@@ -39,7 +40,15 @@ from cloudha import (
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM, PING_TEST
 from cloudha.errors import ProbeConnectionError
 from cloudha.heartbeat.timing import HeartbeatTiming
-from cloudha.investigators import BaseInvestigator, builtin_investigators, discover_investigators
+from cloudha.investigators import (
+    BaseInvestigator,
+    BMCInvestigator,
+    Witness,
+    builtin_investigators,
+    discover_investigators,
+)
+from cloudha.oobm.manager import OutOfBandManager, StaticOobmConfigs
+from cloudha.oobm.power import BasePowerDriver, OobmConfig, PowerOperation, PowerResult, PowerState
 from cloudha.testing import (
     FakeAgentGateway,
     FakeClock,
@@ -47,8 +56,10 @@ from cloudha.testing import (
     InMemoryHostDirectory,
     InMemoryStoragePools,
     InMemoryVmNetworks,
+    RecordingAlertSink,
     check_investigator,
 )
+from cloudha.testing.oobm import FakeBmc, FakePowerDriver
 
 T = 5.0
 Reply = Answer | Exception | None
@@ -847,3 +858,175 @@ def test_the_builtin_kvm_investigator_knows_the_heartbeat_timing() -> None:
     )
     (kvm,) = [i for i in builtin_investigators(ctx) if isinstance(i, KVMInvestigator)]
     assert kvm.timing == HeartbeatTiming.from_settings(settings)
+
+
+# -- BMCInvestigator: the power state as a witness ------------------------------
+
+
+def bmc_world(
+    bmc: FakeBmc | None = None, *, configured: bool = True
+) -> tuple[FakeClock, OutOfBandManager, FakeBmc, BMCInvestigator, Host, RecordingAlertSink]:
+    clock = FakeClock()
+    driver = FakePowerDriver(advance=clock.advance)
+    fake = driver.add("10.1.0.1", bmc if bmc is not None else FakeBmc("secret"))
+    configs = StaticOobmConfigs(
+        {"h1": OobmConfig("fake", "10.1.0.1", "admin", "secret", host_id="h1")}
+        if configured
+        else {}
+    )
+    alerts = RecordingAlertSink()
+    oobm = OutOfBandManager(clock=clock, configs=configs, drivers=[driver], alerts=alerts)
+    inv = BMCInvestigator(clock, oobm=oobm, timeout=T)
+    return clock, oobm, fake, inv, Host(id="h1", status=Status.ALERT), alerts
+
+
+def test_bmc_power_off_is_dead_and_drives_the_power_state_machine() -> None:
+    clock, oobm, bmc, inv, host, _ = bmc_world(FakeBmc("secret", power="off"))
+    clock.advance(7.0)
+    finding = inv.is_agent_alive(host)
+    assert finding.verdict is Verdict.DEAD
+    assert finding.source == "BMCInvestigator"
+    assert finding.reason == "BMC reads the power Off"
+    assert finding.evidence == {"power": "Off", "power_state_machine": "Off"}
+    assert finding.observed_at == 7.0
+    assert host_outcome(finding) is Status.DOWN
+    assert bmc.calls == [PowerOperation.STATUS]
+    assert oobm.power_state("h1") is PowerState.OFF
+
+
+def test_bmc_power_on_is_no_proof_of_life() -> None:
+    _, oobm, _, inv, host, _ = bmc_world(FakeBmc("secret", power="on"))
+    finding = inv.is_agent_alive(host)
+    assert finding.verdict is Verdict.UNKNOWN
+    assert "no proof of life" in finding.reason
+    assert finding.evidence["power"] == "On"
+    assert host_outcome(finding) is None
+    assert oobm.power_state("h1") is PowerState.ON
+
+
+@pytest.mark.parametrize(
+    ("bmc", "configured", "reason"),
+    [
+        (FakeBmc("secret", silent=True), True, "BMC did not answer: BMC 10.1.0.1 silent for 5s"),
+        (FakeBmc("other", power="off"), True, "BMC did not answer: BMC 10.1.0.1 refused"),
+        (FakeBmc("secret", power="off"), False, "host has no out-of-band management"),
+    ],
+)
+def test_a_bmc_that_cannot_tell_is_unknown(bmc: FakeBmc, configured: bool, reason: str) -> None:
+    _, _, _, inv, host, alerts = bmc_world(bmc, configured=configured)
+    finding = inv.is_agent_alive(host)
+    assert finding.verdict is Verdict.UNKNOWN
+    assert finding.reason.startswith(reason)
+    # A refused password raises the OOBM authentication alert, without the password.
+    if bmc.password == "other":
+        assert [a.type.value for a in alerts.alerts] == ["ALERT.OOBM_AUTH_ERROR"]
+        assert "secret" not in repr(alerts.alerts) + repr(finding)
+
+
+def test_a_bmc_answer_without_a_power_state_is_unknown() -> None:
+    class Vague(BasePowerDriver):
+        name = "fake"
+
+        def _execute(
+            self, config: OobmConfig, operation: PowerOperation, timeout: float
+        ) -> PowerResult:
+            return PowerResult(operation, False, None, "Chassis Power is unknown")
+
+    clock = FakeClock()
+    configs = StaticOobmConfigs({"h1": OobmConfig("fake", "10.1.0.1", "admin", "secret")})
+    oobm = OutOfBandManager(clock=clock, configs=configs, drivers=[Vague()])
+    finding = BMCInvestigator(clock, oobm=oobm, timeout=T).is_agent_alive(Host(id="h1"))
+    assert finding.verdict is Verdict.UNKNOWN
+    assert finding.reason == "BMC answered without a power state: Chassis Power is unknown"
+    assert oobm.power_state("h1") is PowerState.UNKNOWN
+
+
+def test_bmc_investigator_needs_a_positive_timeout_and_a_driver() -> None:
+    clock = FakeClock()
+    oobm = OutOfBandManager(clock=clock, configs=StaticOobmConfigs(), drivers=[])
+    with pytest.raises(ConfigurationError, match="timeout must be positive"):
+        BMCInvestigator(clock, oobm=oobm, timeout=0)
+    assert not BMCInvestigator(clock, oobm=oobm, timeout=T).supports(Host(id="h1"))
+    # No power driver, no witness in the built chain.
+    ctx = InvestigatorContext(
+        clock=clock, directory=InMemoryHostDirectory(), gateway=Agents().gateway, oobm=oobm
+    )
+    assert "BMCInvestigator" not in [i.name for i in builtin_investigators(ctx)]
+
+
+def test_the_bmc_power_off_overrules_a_heartbeat_disconnected_but_not_running_vms() -> None:
+    clock, oobm, bmc, _, _, _ = bmc_world(FakeBmc("secret", power="on"))
+    target = Host(id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1")
+    directory = InMemoryHostDirectory([target, Host(id="h2", status=UP, cluster="c1")])
+    agents = Agents()
+    agents.heartbeat("h2", Verdict.ALIVE, "heartbeat on nfs1 is 30 s old")
+    probe = FakeHypervisorProbe()  # the hypervisor does not answer: it has nothing to say
+    ctx = InvestigatorContext(
+        clock=clock,
+        directory=directory,
+        gateway=agents.gateway,
+        pools=InMemoryStoragePools([Pool("nfs1", "/mnt/nfs1", cluster="c1")]),
+        hypervisor_probe=probe,
+        oobm=oobm,
+        timeout=T,
+    )
+    chain = build_chain(ctx, discover=False)
+    # CloudStack's default order does not list it: it comes after every listed witness.
+    assert chain.names.index("BMCInvestigator") > chain.names.index("ManagementIPSysVMInvestigator")
+    # Power On: the neighbour's fresh heartbeat decides, as in CloudStack.
+    result = chain.investigate_host(target)
+    assert (result.status, result.decided_by) == (Status.DISCONNECTED, "KVMInvestigator")
+    assert [f.source for f in result.findings][-2:] == ["KVMInvestigator", "BMCInvestigator"]
+    # Power Off is physical proof: it outranks a heartbeat that is merely not stale yet.
+    bmc.power = "off"
+    result = chain.investigate_host(target)
+    assert (result.status, result.decided_by) == (Status.DOWN, "BMCInvestigator")
+    assert result.verdict is Verdict.DEAD
+    # Domains seen running on the host outrank the power reading (a BMC wired to the wrong host).
+    probe.answering["h1"] = True
+    probe.domains[("h1", "i-1")] = DomainState.RUNNING
+    result = chain.investigate_host(target)
+    assert result.decided_by == "LibvirtInvestigator"
+    assert result.status is not Status.DOWN
+
+
+def test_a_death_proof_witness_does_not_overrule_up_or_a_vm_level_disconnected() -> None:
+    clock = FakeClock()
+
+    class Says(BaseInvestigator):
+        def __init__(self, name: str, finding: Finding, death_proof: bool = False) -> None:
+            super().__init__(clock)
+            self.name = name
+            self.death_proof = death_proof
+            self.answer = finding
+            self.asked = 0
+
+        def _agent_alive(self, host: Host) -> Finding:
+            self.asked += 1
+            return self.answer
+
+    dead = Says("Power", Finding(Verdict.DEAD, "Power", "read Off"), death_proof=True)
+    host = Host(id="h1", status=Status.ALERT)
+    for first, expected in (
+        (Finding(Verdict.ALIVE, "A", "agent answered", reachable=True), Status.UP),
+        (
+            Finding(Verdict.ALIVE, "A", "domains run", reachable=False, witness=Witness.VM),
+            Status.DISCONNECTED,
+        ),
+    ):
+        chain = InvestigatorChain([Says("A", first), dead])
+        result = chain.investigate_host(host)
+        assert (result.status, result.decided_by) == (expected, "A")
+    assert dead.asked == 0
+    # A DEAD of a witness without death_proof does not overrule a Disconnected.
+    unreachable = Finding(Verdict.UNKNOWN, "A", "nobody can judge", reachable=False)
+    plain = Says("Plain", Finding(Verdict.DEAD, "Plain", "guess"))
+    result = InvestigatorChain([Says("A", unreachable), plain]).investigate_host(host)
+    assert (result.status, result.decided_by, plain.asked) == (Status.DISCONNECTED, "A", 0)
+    result = InvestigatorChain([Says("A", unreachable), plain, dead]).investigate_host(host)
+    assert (result.status, result.decided_by) == (Status.DOWN, "Power")
+
+
+def test_bmc_investigator_passes_the_contract_checker() -> None:
+    _, _, _, inv, _, _ = bmc_world(FakeBmc("secret", power="off"))
+    check_investigator(inv)

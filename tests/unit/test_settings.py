@@ -108,6 +108,7 @@ EXPECTED: dict[str, tuple[object, object]] = {
     # cloudha's own keys
     "cloudha.watchdog.timeout": (300, 300.0),
     "cloudha.watchdog.reset.margin": (30, 30.0),
+    "cloudha.fence.on.suspicion": (True, True),
 }
 
 MS_KEYS = {
@@ -128,7 +129,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 75
+    assert len(KEYS) == 76
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -969,7 +970,11 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
     # Every other key of the catalogue is CloudStack's (spec §2.1 ... §8).
     own = {s.name for s in KEYS.values() if s.section == "cloudha"}
     assert own == {n for n in KEYS if n.startswith("cloudha.")}
-    assert own == {"cloudha.watchdog.timeout", "cloudha.watchdog.reset.margin"}
+    assert own == {
+        "cloudha.watchdog.timeout",
+        "cloudha.watchdog.reset.margin",
+        "cloudha.fence.on.suspicion",
+    }
 
 
 def test_own_keys_must_be_named_cloudha_and_only_they() -> None:

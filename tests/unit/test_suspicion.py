@@ -1,0 +1,374 @@
+"""Fence on suspicion: the pure decision, the witnesses gathered, and the AgentManager hook."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cloudha import (
+    Answer,
+    Command,
+    ConfigurationError,
+    Event,
+    Host,
+    Pool,
+    ReasonType,
+    Settings,
+    Status,
+    Verdict,
+)
+from cloudha.commands import CHECK_ON_HOST, PING_TEST
+from cloudha.detection.suspicion import SuspicionFencer, decide_suspicion, late_after
+from cloudha.errors import ProbeConnectionError, ProbeTimeout
+from cloudha.evidence import EvidenceLog, Recorder
+from cloudha.heartbeat.timing import HeartbeatTiming
+from cloudha.oobm.manager import OutOfBandManager, StaticOobmConfigs
+from cloudha.oobm.power import OobmConfig, PowerOperation
+from cloudha.testing import (
+    FakeAgentGateway,
+    FakeBmc,
+    FakeClock,
+    FakePowerDriver,
+    InMemoryHostDirectory,
+    InMemoryStoragePools,
+    ScheduledRestart,
+    ScriptedSuspicion,
+)
+
+from .conftest import World
+
+TIMING = HeartbeatTiming()  # 60 s period, 60 s write timeout, 5 s skew
+LATE = late_after(TIMING)
+
+
+def test_late_is_one_period_one_write_timeout_and_the_skew() -> None:
+    assert LATE == 125.0
+    assert late_after(HeartbeatTiming(frequency=1, write_timeout=2, clock_skew=0.5)) == 3.5
+
+
+def decide(**overrides: Any) -> Any:
+    """The decision for a host that qualifies, with ``overrides`` applied."""
+    kwargs: dict[str, Any] = {
+        "host_id": "h1",
+        "status": Status.ALERT,
+        "agent": None,
+        "pings": {"h2": False, "h3": False},
+        "heartbeat_pools": ["nfs1", "nfs2"],
+        "heartbeat_ages": {"nfs1": 200.0, "nfs2": 130.0},
+        "late": LATE,
+        "fence_ready": True,
+        "fence_answer": "BMC answered: power is On",
+    }
+    kwargs.update(overrides)
+    return decide_suspicion(**kwargs)
+
+
+def test_a_host_every_witness_lost_qualifies_with_each_answer_listed() -> None:
+    decision = decide()
+    assert decision.qualifies
+    assert decision.reason == (
+        "h1 is lost to every witness: agent silent, 2 neighbour(s) cannot reach it,"
+        " heartbeat late on 2 pool(s); its BMC is ready"
+    )
+    assert [w.to_dict() for w in decision.witnesses] == [
+        {"witness": "agent", "answer": "no answer", "for_fence": True},
+        {"witness": "ping h2", "answer": "does not reach it", "for_fence": True},
+        {"witness": "ping h3", "answer": "does not reach it", "for_fence": True},
+        {"witness": "heartbeat nfs1", "answer": "200 s old, late after 125 s", "for_fence": True},
+        {"witness": "heartbeat nfs2", "answer": "130 s old, late after 125 s", "for_fence": True},
+        {"witness": "fence path", "answer": "BMC answered: power is On", "for_fence": True},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"status": Status.UP}, "h1 is Up, not Alert"),
+        ({"status": Status.DISCONNECTED}, "h1 is Disconnected, not Alert"),
+        ({"agent": "healthy"}, "the agent of h1 answers"),
+        ({"pings": {"h2": False, "h3": True}}, "h3 reach h1"),
+        ({"pings": {"h2": None, "h3": None}}, "no neighbour of h1 could be asked to ping it"),
+        ({"heartbeat_ages": {"nfs1": 200.0, "nfs2": 125.0}}, "not late on nfs2"),
+        ({"heartbeat_ages": {}}, "no checker could read the heartbeat of h1"),
+        ({"heartbeat_ages": None}, "no checker could read the heartbeat of h1"),
+        (
+            {"pings": {}, "heartbeat_pools": [], "heartbeat_ages": {}},
+            "only the management server lost h1: no neighbour, no heartbeat",
+        ),
+        (
+            {"fence_ready": False, "fence_answer": "BMC check failed: silent"},
+            "the fence path of h1 is not ready (BMC check failed: silent)",
+        ),
+    ],
+)
+def test_any_witness_that_still_sees_the_host_rules_the_fast_path_out(
+    overrides: dict[str, Any], reason: str
+) -> None:
+    decision = decide(**overrides)
+    assert not decision.qualifies
+    assert decision.reason.startswith("no fence on suspicion: ")
+    assert reason in decision.reason
+
+
+def test_one_neighbour_that_cannot_be_asked_does_not_stop_one_that_answers() -> None:
+    assert decide(pings={"h2": None, "h3": False}).qualifies
+
+
+def test_a_late_heartbeat_alone_or_a_failed_ping_alone_is_a_positive_sign() -> None:
+    # No neighbour Up to ping it, but neighbours... of another cluster read its pool.
+    assert decide(pings={}).qualifies
+    # No heartbeat pools (not KVM), but its neighbours cannot reach it.
+    assert decide(heartbeat_pools=[], heartbeat_ages={}).qualifies
+
+
+def test_an_unread_pool_is_ignored_when_another_is_read_late() -> None:
+    decision = decide(heartbeat_ages={"nfs1": 300.0})
+    assert decision.qualifies
+    answers = {w.witness: w.answer for w in decision.witnesses}
+    assert answers["heartbeat nfs2"] == "no checker could read it"
+
+
+# -- SuspicionFencer: the witnesses, asked for real ----------------------------------
+
+
+class Cluster:
+    """h1 (the suspect, with a BMC) and its neighbours h2, h3, all KVM on nfs1."""
+
+    def __init__(self, bmc: FakeBmc | None = None) -> None:
+        self.clock = FakeClock(10_000.0)
+        self.hosts = {
+            "h1": Host(id="h1", status=Status.ALERT, cluster="c1", private_ip="10.0.0.1"),
+            "h2": Host(id="h2", status=Status.UP, cluster="c1", private_ip="10.0.0.2"),
+            "h3": Host(id="h3", status=Status.UP, cluster="c1", private_ip="10.0.0.3"),
+        }
+        self.directory = InMemoryHostDirectory(self.hosts.values())
+        self.agent_up: set[str] = {"h2", "h3"}
+        self.reaches: dict[str, bool] = {"h2": False, "h3": False}
+        self.age: dict[str, float | None] = {"h2": 200.0, "h3": 190.0}
+        self.sent: list[tuple[str, str]] = []
+        self.gateway = FakeAgentGateway(handler=self._handle)
+        self.gateway.healthy.update({"h2": True, "h3": True})
+        driver = FakePowerDriver(advance=self.clock.advance)
+        self.bmc = driver.add("10.9.0.1", bmc if bmc is not None else FakeBmc("pw"))
+        self.oobm = OutOfBandManager(
+            clock=self.clock,
+            configs=StaticOobmConfigs(
+                {"h1": OobmConfig("fake", "10.9.0.1", "admin", "pw", host_id="h1")}
+            ),
+            drivers=[driver],
+        )
+        self.evidence = EvidenceLog()
+        self.fencer = SuspicionFencer(
+            clock=self.clock,
+            directory=self.directory,
+            gateway=self.gateway,
+            oobm=self.oobm,
+            pools=InMemoryStoragePools([Pool("nfs1", "/mnt/nfs1", cluster="c1")]),
+            timing=TIMING,
+            recorder=Recorder(self.evidence, self.clock, "ms1"),
+            timeout=5.0,
+            fence_timeout=30.0,
+        )
+
+    def _handle(self, host: Host, command: Command) -> Answer:
+        self.sent.append((host.id, command.name))
+        if host.id not in self.agent_up:
+            raise ProbeTimeout(f"{host.id} silent", host_id=host.id)
+        if command.name == PING_TEST:
+            return Answer(self.reaches[host.id])
+        if command.name == CHECK_ON_HOST:
+            age = self.age[host.id]
+            reading: dict[str, Any] = {
+                "pool_id": "nfs1",
+                "mount_point": "/mnt/nfs1",
+                "verdict": "UNKNOWN" if age is None else "ALIVE",
+                "reason": "read",
+                "written_at": None if age is None else int(10_000 - age),
+                "age": age,
+            }
+            report = {
+                "target_ip": "10.0.0.1",
+                "verdict": reading["verdict"],
+                "reason": "read",
+                "threshold": 465.0,
+                "readings": [reading],
+            }
+            return Answer(True, "read", report)
+        raise ProbeConnectionError(f"{command.name} not scripted", host_id=host.id)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{**r.details, "reason": r.reason} for r in self.evidence.records(kind="suspicion")]
+
+
+def test_a_host_lost_to_every_witness_is_powered_off_and_read_back() -> None:
+    c = Cluster()
+    assert c.fencer.consider(c.hosts["h1"])
+    assert c.bmc.power == "off"
+    # readiness STATUS, then the fencer's STATUS, OFF and the read-back
+    assert c.bmc.calls == [
+        PowerOperation.STATUS,
+        PowerOperation.STATUS,
+        PowerOperation.OFF,
+        PowerOperation.STATUS,
+    ]
+    (record,) = c.records()
+    assert record["qualifies"] is True
+    assert record["outcome"] == "FENCED"
+    assert record["fencer"] == "PowerFencer"
+    assert record["fence"] == "h1 powered off and read back Off"
+    witnesses = {w["witness"]: (w["answer"], w["for_fence"]) for w in record["witnesses"]}
+    assert witnesses == {
+        "agent": ("no answer", True),
+        "ping h2": ("does not reach it", True),
+        "ping h3": ("does not reach it", True),
+        "heartbeat nfs1": ("190 s old, late after 125 s", True),
+        "fence path": ("BMC answered: power is On", True),
+    }
+    assert "pw" not in repr(record)
+
+
+def test_a_neighbour_that_reaches_the_host_stops_it_before_storage_or_bmc_are_asked() -> None:
+    c = Cluster()
+    c.reaches["h3"] = True
+    assert not c.fencer.consider(c.hosts["h1"])
+    assert c.bmc.calls == []
+    assert (CHECK_ON_HOST in {name for _, name in c.sent}) is False
+    (record,) = c.records()
+    assert record["qualifies"] is False
+    assert record["reason"] == "no fence on suspicion: h3 reach h1"
+    assert "outcome" not in record
+    answers = {w["witness"]: w["answer"] for w in record["witnesses"]}
+    assert answers["heartbeat nfs1"] == "not asked"
+
+
+def test_a_heartbeat_written_recently_stops_the_fast_path() -> None:
+    c = Cluster()
+    c.age["h3"] = 61.0
+    assert not c.fencer.consider(c.hosts["h1"])
+    assert c.bmc.power == "on"
+    assert "not late on nfs1" in c.records()[0]["reason"]
+
+
+def test_an_agent_that_answers_stops_the_fast_path_at_once() -> None:
+    c = Cluster()
+    c.agent_up.add("h1")
+    c.gateway.healthy["h1"] = True
+    assert not c.fencer.consider(c.hosts["h1"])
+    assert c.sent == []  # nobody else was asked
+    assert c.records()[0]["reason"] == "no fence on suspicion: the agent of h1 answers"
+
+
+def test_a_fence_not_read_back_off_does_not_count() -> None:
+    c = Cluster(FakeBmc("pw", ignore_off=True))
+    assert not c.fencer.consider(c.hosts["h1"])
+    (record,) = c.records()
+    assert record["qualifies"] is True
+    assert record["outcome"] == "NOT_FENCED"
+    assert "the fence was not confirmed: h1 was not read back Off within 30s" in record["reason"]
+
+
+def test_a_silent_bmc_is_no_fence_path() -> None:
+    c = Cluster(FakeBmc("pw", silent=True))
+    assert not c.fencer.consider(c.hosts["h1"])
+    assert "the fence path of h1 is not ready (BMC check failed" in c.records()[0]["reason"]
+    assert c.bmc.calls == [PowerOperation.STATUS]
+
+
+def test_a_host_without_out_of_band_management_is_not_considered() -> None:
+    c = Cluster()
+    h2 = c.hosts["h2"]
+    assert not c.fencer.applies(h2)
+    assert not c.fencer.consider(h2)
+    assert c.records() == []
+    assert c.sent == []
+
+
+def test_from_settings_takes_the_timeouts_and_timing_of_the_settings() -> None:
+    c = Cluster()
+    settings = Settings.from_mapping(
+        {
+            "ping.interval": 20,
+            "outofbandmanagement.action.timeout": 45,
+            "kvm.heartbeat.update.frequency": 10_000,
+            "heartbeat.update.timeout": 5_000,
+            "kvm.ha.fence.on.storage.heartbeat.failure": True,
+        }
+    )
+    fencer = SuspicionFencer.from_settings(
+        settings,
+        clock=c.clock,
+        directory=c.directory,
+        gateway=c.gateway,
+        oobm=c.oobm,
+        pools=None,
+        recorder=Recorder(c.evidence, c.clock, "ms1"),
+    )
+    assert (fencer.timeout, fencer.fencer.timeout, fencer.fail_on_one_pool) == (20, 45, True)
+    assert late_after(fencer.timing) == 10 + 5 + 5
+    with pytest.raises(ConfigurationError, match="fence_timeout must be positive"):
+        SuspicionFencer(
+            clock=c.clock,
+            directory=c.directory,
+            gateway=c.gateway,
+            oobm=c.oobm,
+            pools=None,
+            timing=TIMING,
+            recorder=Recorder(c.evidence, c.clock, "ms1"),
+            timeout=1.0,
+            fence_timeout=0.0,
+        )
+
+
+# -- the AgentManager hook ------------------------------------------------------------
+
+
+def test_a_host_entering_alert_that_the_fast_path_fenced_is_down_at_once(world: World) -> None:
+    suspicion = ScriptedSuspicion({"h1": True})
+    world.agents.suspicion = suspicion
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.ALIVE
+    world.investigator.unreachable.add("h1")
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    assert suspicion.considered == ["h1"]
+    assert world.status("h1") is Status.DOWN
+    assert [c.event for c in world.directory.changes] == [
+        Event.AGENT_DISCONNECTED,
+        Event.HOST_DOWN,
+    ]
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", True, ReasonType.HOST_DOWN)]
+    assert "Host down, h1" in world.alerts.subjects()
+    assert world.agents.alert_watch == frozenset()
+
+
+def test_the_fast_path_is_offered_at_every_recheck_and_a_failure_keeps_the_host_watched(
+    world: World,
+) -> None:
+    suspicion = ScriptedSuspicion()
+    suspicion.raises.add("h1")
+    world.agents.suspicion = suspicion
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.ALIVE
+    world.investigator.unreachable.add("h1")
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    assert world.status("h1") is Status.ALERT  # a raising fast path changes nothing
+    suspicion.raises.clear()
+    world.run_monitor(world.clock.monotonic() + 2 * world.settings.ping_interval)
+    assert world.status("h1") is Status.ALERT
+    assert suspicion.considered == ["h1", "h1", "h1"]
+    assert world.agents.alert_watch == frozenset({"h1"})
+    suspicion.fence["h1"] = True
+    world.run_monitor(world.clock.monotonic() + world.settings.ping_interval + 1)
+    assert world.status("h1") is Status.DOWN
+    assert len(world.scheduler.scheduled) == 1
+    assert world.agents.alert_watch == frozenset()
+
+
+def test_the_fast_path_is_not_offered_a_host_that_is_not_in_alert(world: World) -> None:
+    suspicion = ScriptedSuspicion({"h1": True})
+    world.agents.suspicion = suspicion
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.DEAD
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    assert world.status("h1") is Status.DOWN
+    assert suspicion.considered == []
