@@ -147,15 +147,16 @@ class Finish:
 class Retry:
     """Give the work back, to be tried again at ``at`` (epoch seconds).
 
-    ``for_capacity``: the attempt failed for want of room, not because of the
-    VM: such a retry never uses up ``vm.ha.migration.max.retries`` (see
-    :func:`conclude`).
+    ``waits``: the attempt failed for want of something outside the VM and
+    the work, room on a host or a port that does not answer (the
+    orchestrator, the host directory): such a retry never uses up
+    ``vm.ha.migration.max.retries`` (see :func:`conclude`).
     """
 
     reason: str
     at: float
     notice: Notice | None = None
-    for_capacity: bool = False
+    waits: bool = False
 
 
 Outcome = Finish | Retry
@@ -462,18 +463,19 @@ def decide_start_failed(
     policy: Policy,
     now: float,
     *,
-    for_capacity: bool = False,
+    waits: bool = False,
 ) -> Retry:
     """The start raised a cloudha error (``error``: its type and message): retry, with an alert.
 
-    ``for_capacity``: no host had room; the retry waits for capacity to come
-    back (a host Up again, a VM stopped) and never gives up.
+    ``waits``: no host had room, or the orchestrator did not answer; the
+    retry waits for them to come back (a host Up again, the orchestrator
+    healed) and never gives up.
     """
     return Retry(
         f"start failed: {error}",
         at=now + policy.restart_retry_interval,
         notice=Notice(alert_type(vm.type), f"Unable to restart {vm.name} ({vm.id})", error, host),
-        for_capacity=for_capacity,
+        waits=waits,
     )
 
 
@@ -532,12 +534,13 @@ def conclude(
     The outcome's own notice was sent when it was decided; the returned
     :class:`Finish` carries only the alert of a work ending in Error. A retry
     past ``vm.ha.migration.max.retries`` gives up (the handler adds the
-    work's host to the alert), unless it waits for capacity
-    (:attr:`Retry.for_capacity`): an HA VM is never left behind because no
-    host had room for it while its own hosts were down; it is tried again
-    every ``restart.retry.interval`` until one has. ``acted``: this attempt did (or may have done)
-    something to the VM itself, so the snapshot the work compares against is
-    retaken (only then: CloudStack #13510).
+    work's host to the alert), unless it waits (:attr:`Retry.waits`): an HA
+    VM is never left behind because no host had room for it while its hosts
+    were down, or because the orchestrator did not answer for a while; it is
+    tried again every retry interval until the attempt can succeed.
+    ``acted``: this attempt did (or may have done) something to the VM
+    itself, so the snapshot the work compares against is retaken (only then:
+    CloudStack #13510).
     """
     if isinstance(outcome, Finish):
         notice = None
@@ -548,7 +551,7 @@ def conclude(
                 outcome.reason,
             )
         return attrs.evolve(outcome, notice=notice)
-    if work.tried + 1 >= policy.max_retries and not outcome.for_capacity:
+    if work.tried + 1 >= policy.max_retries and not outcome.waits:
         reason = f"gave up after {work.tried + 1} attempts: {outcome.reason}"
         return GiveUp(
             reason,

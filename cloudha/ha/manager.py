@@ -66,7 +66,13 @@ import attrs
 import tenacity
 
 from cloudha.clock import Clock
-from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError, StoreUnavailableError
+from cloudha.errors import (
+    CloudHAError,
+    ConfigurationError,
+    LifecycleError,
+    ProbeError,
+    StoreUnavailableError,
+)
 from cloudha.evidence import EvidenceSink
 from cloudha.fencing.chain import FenceChain
 from cloudha.ha.decisions import (
@@ -665,9 +671,11 @@ class HighAvailabilityManager:
         except Exception as exc:
             log.exception("%s failed", work)
             holder.acted = True  # it may have failed half-way through an action on the VM
+            # A port that does not answer (ProbeError) is waited for, never given up on.
             outcome = Retry(
                 f"failed: {type(exc).__name__}: {exc}",
                 at=self._now() + retry_interval(work.type, policy),
+                waits=isinstance(exc, ProbeError),
             )
         try:
             result = self._conclude(holder.work, outcome, acted=holder.acted, policy=policy)
@@ -751,13 +759,23 @@ class HighAvailabilityManager:
                 )
             )
             self._emit(work, Step.ERROR, record.reason)
-            host = None if work.host_id is None else self.directory.find_host(work.host_id)
-            self.notifier.notice(attrs.evolve(record.notice, host=host))
+            self.notifier.notice(attrs.evolve(record.notice, host=self._alert_host(work)))
             return WorkResult.GAVE_UP
         at = record.at
         self._db(lambda: self.store.reschedule(work, at, previous_state=state, updated=updated))
         self._emit(work, "Rescheduled", record.reason, retry_in=round(at - self._now(), 3))
         return WorkResult.RESCHEDULED
+
+    def _alert_host(self, work: Work) -> Host | None:
+        """``work``'s host for an alert's zone and pod; None when the directory cannot say."""
+        if work.host_id is None:
+            return None
+        try:
+            return self.directory.find_host(work.host_id)
+        except Exception as exc:
+            # NOTE: the work is already recorded in Error; the alert goes without the host.
+            log.warning("%s: host %s not read for the alert: %s", work, work.host_id, exc)
+            return None
 
     def _restart_if_stopped_by_sync(self, work: Work) -> None:
         """After cancelling ``work`` (its host is Up): restart a VM the host came back without.
@@ -885,9 +903,9 @@ class HighAvailabilityManager:
             return Finish("the VM no longer exists")
         except CloudHAError as exc:
             error = f"{type(exc).__name__}: {exc}"
-            no_room = isinstance(exc, InsufficientCapacityError)
+            waits = isinstance(exc, InsufficientCapacityError | ProbeError)
             return self._decided(
-                decide_start_failed(error, vm, host, policy, self._now(), for_capacity=no_room)
+                decide_start_failed(error, vm, host, policy, self._now(), waits=waits)
             )
         started = self.orchestrator.find_vm(vm.id)
         return self._decided(decide_started(started, target, vm, work, host, policy, self._now()))

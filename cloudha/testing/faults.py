@@ -101,7 +101,12 @@ FAULTS: tuple[FaultKind, ...] = (
         "the agent process stops; its connection closes at once (the management server sees"
         " it); the host, its VMs and its heartbeat writer keep running",
     ),
-    FaultKind("agent_start", Target.HOST, None, "the agent starts and reconnects"),
+    FaultKind(
+        "agent_start",
+        Target.HOST,
+        None,
+        "the agent starts and reconnects (a booting host starts it with its boot, a hung one not)",
+    ),
     FaultKind(
         "mgmt_partition",
         Target.HOST,

@@ -609,7 +609,10 @@ class Simulation:
     def _fault_agent_start(self, target: str | None) -> None:
         host = self._target_host(target)
         now = self.clock.monotonic()
-        if host.powered and not host.agent_running:
+        # A host still booting (or waiting for its writer to arm the watchdog) starts its
+        # agent with the boot; a hung one starts nothing.
+        idle = host.booting or host.awaiting_arm or host.hung
+        if host.powered and not idle and not host.agent_running:
             host.agent_running = True
             self.at(now + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
 

@@ -235,9 +235,9 @@ def test_conclude() -> None:
     assert gave_up.notice.subject == "HA gave up on VM vm1 (HA)"
     # Waiting for room never uses the attempts up: the VM is tried again until a host has room.
     no_room = d.decide_start_failed(
-        "InsufficientCapacityError: no room", VM, HOST, POLICY, NOW, for_capacity=True
+        "InsufficientCapacityError: no room", VM, HOST, POLICY, NOW, waits=True
     )
-    assert no_room.for_capacity
+    assert no_room.waits
     assert no_room.notice is not None  # every failed attempt is still alerted
     for tried in (4, 40):
         assert d.conclude(work(tried=tried), no_room, acted=True, policy=POLICY) == d.Reschedule(
@@ -245,7 +245,7 @@ def test_conclude() -> None:
             NOW + POLICY.restart_retry_interval,
             True,
         )
-    assert not d.decide_start_failed("CloudHAError: boom", VM, HOST, POLICY, NOW).for_capacity
+    assert not d.decide_start_failed("CloudHAError: boom", VM, HOST, POLICY, NOW).waits
 
 
 # -- the notifier ------------------------------------------------------------------------------

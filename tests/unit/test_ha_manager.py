@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from cloudha import EvidenceLog, Host, Settings, Status
 from cloudha.clock import Clock, SystemClock
 from cloudha.errors import (
+    CloudHAError,
     ConfigurationError,
     LifecycleError,
     ProbeConnectionError,
@@ -1073,7 +1074,7 @@ def test_restart_gives_up_after_the_maximum_attempts_with_an_alert(
     env = make_env(settings=Settings(vm_ha_migration_max_retries=3), script={"vm1": Verdict.DEAD})
 
     def refused(vm: Vm, params: StartParams, planner: Planner) -> str:
-        raise ProbeConnectionError("the orchestrator refused the start")
+        raise CloudHAError("the orchestrator refused the start")
 
     monkeypatch.setattr(env.orch, "advance_start", refused)
     work = env.restart()
@@ -1108,6 +1109,37 @@ def test_a_restart_waiting_for_room_never_gives_up_and_starts_once_a_host_has_ro
     assert env.manager.process_next() is WorkResult.DONE
     assert env.vm().state is VmState.RUNNING
     assert env.vm().host_id == "h2"
+
+
+def test_a_work_that_meets_an_orchestrator_outage_waits_for_it_and_never_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = make_env(settings=Settings(vm_ha_migration_max_retries=3), script={"vm1": Verdict.DEAD})
+    work = env.restart()
+    real_find = env.orch.find_vm
+
+    def outage(vm_id: str) -> Vm | None:
+        raise ProbeConnectionError("the VM orchestrator does not answer")
+
+    monkeypatch.setattr(env.orch, "find_vm", outage)
+    for _ in range(5):
+        assert env.manager.process_next() is WorkResult.RESCHEDULED
+        env.clock.advance(600)
+    assert env.work(work.id).step is not Step.ERROR
+    monkeypatch.setattr(env.orch, "find_vm", real_find)
+    assert env.manager.process_next() is WorkResult.DONE
+    assert env.vm().state is VmState.RUNNING
+    # A bug (anything but a port that does not answer) still uses the attempts up.
+    bug = make_env(settings=Settings(vm_ha_migration_max_retries=2), script={"vm1": Verdict.DEAD})
+    bug.restart()
+
+    def broken(vm_id: str) -> Vm | None:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(bug.orch, "find_vm", broken)
+    assert bug.manager.process_next() is WorkResult.RESCHEDULED
+    bug.clock.advance(600)
+    assert bug.manager.process_next() is WorkResult.GAVE_UP
 
 
 def test_a_start_refused_for_a_stale_generation_is_rescheduled_not_doubled(env: Env) -> None:
