@@ -45,6 +45,9 @@ from cloudha.fencing import KVMFenceBuilder as KVMFenceBuilder
 from cloudha.fencing import LibvirtFencer as LibvirtFencer
 from cloudha.fencing import PowerFencer as PowerFencer
 from cloudha.fencing import build_fence_chain as build_fence_chain
+from cloudha.hostha import HAEvent as HAEvent
+from cloudha.hostha import HAState as HAState
+from cloudha.hostha import ha_transition as ha_transition
 from cloudha.investigators import AgentCheckInvestigator as AgentCheckInvestigator
 from cloudha.investigators import AgentInvestigatorBase as AgentInvestigatorBase
 from cloudha.investigators import BaseInvestigator as BaseInvestigator
@@ -159,7 +162,9 @@ __all__ = [
     "FencerContext",
     "Finding",
     "GuestNic",
+    "HAEvent",
     "HAScheduler",
+    "HAState",
     "Host",
     "HostDirectory",
     "HostType",
@@ -225,6 +230,7 @@ __all__ = [
     "build_chain",
     "build_fence_chain",
     "decide_after_investigation",
+    "ha_transition",
     "host_outcome",
     "host_transition",
     "needs_investigation",
