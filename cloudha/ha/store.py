@@ -78,6 +78,7 @@ __all__ = [
     "WorkType",
     "create_schema",
     "drop_schema",
+    "ha_config",
     "metadata",
     "op_ha_generation",
     "op_ha_work",
@@ -155,6 +156,25 @@ op_ha_generation: Final = sa.Table(
     sa.Column("generation", sa.Integer(), nullable=False),
 )
 """The last fencing token handed out per VM (see :meth:`SqlWorkStore.next_generation`)."""
+
+ha_config: Final = sa.Table(
+    "ha_config",
+    metadata,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), sa.Identity(), primary_key=True
+    ),
+    sa.Column("resource_id", sa.String(255), nullable=False),
+    sa.Column("resource_type", sa.String(32), nullable=False),
+    sa.Column("enabled", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("ha_state", sa.String(32), nullable=True),
+    sa.Column("provider", sa.String(255), nullable=True),
+    sa.Column("update_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("update_time", _UTCDateTime(), nullable=True),
+    sa.Column("mgmt_server_id", sa.String(255), nullable=True),
+    sa.UniqueConstraint("resource_id", "resource_type"),
+)
+"""CloudStack's Host-HA ``ha_config`` (spec §7.4): one row per resource
+(:class:`cloudha.hostha.config.SqlHAConfigStore`)."""
 
 
 def create_schema(engine: Engine) -> None:
