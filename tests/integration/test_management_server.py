@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
@@ -34,7 +35,7 @@ from cloudha import (
     VmPowerState,
     VmState,
 )
-from cloudha.commands import CHECK_ON_HOST, CHECK_VM
+from cloudha.commands import CHECK_ON_HOST, CHECK_VM, PING_TEST
 from cloudha.errors import ProbeConnectionError
 from cloudha.heartbeat import HeartbeatChecker, HeartbeatTiming, format_heartbeat, heartbeat_path
 from cloudha.runtime import PumpState
@@ -84,6 +85,9 @@ class Hosts:
                 self.storage, self.clock, HeartbeatTiming.from_settings(settings)
             ).check([POOL], str(command.params["host_ip"]))
             return Answer(True, report.reason, report.to_dict())
+        if command.name == PING_TEST:
+            target = next((h for h, ip in HOSTS.items() if ip == command.params["ip"]), None)
+            return Answer(target in self.alive)
         if command.name == CHECK_VM:
             assert self.orchestrator is not None
             vm = self.orchestrator.find_vm(str(command.params["vm_name"]))
@@ -189,6 +193,59 @@ def test_a_killed_host_has_its_ha_vm_restarted_elsewhere_on_real_threads(tmp_pat
         server.stop(timeout=10)
         assert time.monotonic() - started < 10
     assert all(pump.state is PumpState.STOPPED for pump in server.pumps)
+
+
+def test_a_hung_host_is_fenced_on_suspicion_and_its_ha_vm_restarted_on_real_threads(
+    tmp_path: Path,
+) -> None:
+    # h1 hangs: its agent and its writer stop, its neighbours cannot ping it, its
+    # BMC still reads On. Its writer arms no watchdog here, so its stale heartbeat
+    # proves nothing: only the fast path (fence on suspicion) can recover vm1.
+    clock = SystemClock()
+    hosts = Hosts(clock)
+    server = build(hosts, tmp_path / "ha.db")
+    directory = server.directory
+    assert isinstance(directory, InMemoryHostDirectory)
+    h1 = directory.find_host("h1")
+    assert h1 is not None
+    directory.replace(attrs.evolve(h1, watchdog=False))
+    config = server.oobm.config(h1)
+    assert config is not None
+    bmc = server.oobm.driver_for(h1, config)
+    assert isinstance(bmc, FakePowerDriver)
+    writer = threading.Thread(target=hosts.run, name="hosts", daemon=True)
+    hosts.server = server
+    writer.start()
+    server.start()
+    try:
+        time.sleep(1.5)
+        hung = time.monotonic()
+        hosts.alive.discard("h1")
+        server.gateway.healthy["h1"] = None  # type: ignore[attr-defined]
+        assert hosts.orchestrator is not None
+        hosts.orchestrator.set_host_up("h1", False)
+        while time.monotonic() - hung < RESTART_WITHIN:
+            vm = hosts.orchestrator.find_vm("vm1")
+            assert vm is not None
+            if vm.state is VmState.RUNNING and vm.host_id != "h1":
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"vm1 not restarted within {RESTART_WITHIN}s: {vm}")
+        assert bmc.bmcs["bmc-h1"].power == "off"
+        fenced = [
+            e
+            for e in server.evidence.records(kind="suspicion", host="h1")  # type: ignore[attr-defined]
+            if e.details["qualifies"]
+        ]
+        assert [e.details["outcome"] for e in fenced] == ["FENCED"]
+        after = directory.find_host("h1")
+        assert after is not None
+        assert after.status is Status.DOWN
+    finally:
+        hosts.stop.set()
+        writer.join(5)
+        server.stop(timeout=10)
 
 
 def test_a_broken_port_is_rejected_at_construction(tmp_path: Path) -> None:
