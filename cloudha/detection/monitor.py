@@ -22,7 +22,7 @@ import logging
 
 from cloudha.detection.agents import AgentManager
 from cloudha.detection.decisions import monitor_event_for
-from cloudha.errors import ConfigurationError
+from cloudha.errors import ConfigurationError, ProbeError
 from cloudha.status import Event
 
 __all__ = ["MonitorTask"]
@@ -72,6 +72,10 @@ class MonitorTask:
                 continue
             try:
                 kept = self.examine(host_id)
+            except ProbeError as exc:
+                # A port that does not answer (an orchestrator outage) is no bug: no traceback.
+                log.warning("examining %s: %s; examined again in %gs", host_id, exc, interval)
+                kept = host_id in ping_map
             except Exception:
                 # NOTE: one host's failure must not stop the monitor for the others.
                 log.exception("examining %s failed", host_id)

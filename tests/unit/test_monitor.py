@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 
 from cloudha import ConfigurationError, Host, HostType, MonitorTask, ResourceState, Status, Verdict
+from cloudha.errors import ProbeConnectionError
 
 from .conftest import World
 
@@ -114,6 +116,28 @@ def test_one_failing_host_does_not_stop_the_others(world: World) -> None:
     world.directory.find_host = find  # type: ignore[method-assign]
     assert world.status("good") is Status.DOWN
     assert "bad" in world.agents.ping_map  # kept, examined again next round
+
+
+def test_a_directory_that_does_not_answer_is_a_warning_not_a_traceback(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.add_host("h1")
+    find = world.directory.find_host
+
+    def outage(host_id: str) -> object:
+        raise ProbeConnectionError("the host directory does not answer")
+
+    world.directory.find_host = outage  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.WARNING, logger="cloudha.detection.monitor"):
+        world.run_monitor(world.clock.monotonic() + 200)
+    world.directory.find_host = find  # type: ignore[method-assign]
+    examined = [r for r in caplog.records if r.name == "cloudha.detection.monitor"]
+    assert examined
+    assert all(r.exc_info is None for r in examined)
+    assert "examining h1: the host directory does not answer; examined again in 60s" in (
+        examined[0].getMessage()
+    )
+    assert "h1" in world.agents.ping_map  # kept, examined again once it answers
 
 
 def test_gateway_bugs_count_as_no_answer(world: World) -> None:
