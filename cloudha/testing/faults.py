@@ -77,7 +77,8 @@ FAULTS: tuple[FaultKind, ...] = (
         "host_crash",
         Target.HOST,
         "host_recover",
-        "power lost: agent, VMs and heartbeat writer stop; power Off",
+        "power lost: agent, VMs and heartbeat writer stop; power Off. Dead hardware until"
+        " host_recover: the BMC answers and reads Off, a BMC ON or RESET does not revive it",
     ),
     FaultKind(
         "host_recover",
@@ -91,8 +92,9 @@ FAULTS: tuple[FaultKind, ...] = (
         Target.HOST,
         "host_recover",
         "the OS hangs: agent, heartbeat writer and VMs freeze and nothing answers, but the power"
-        " stays On and the BMC answers (a BMC OFF clears it; SOFT is ignored); a host with a"
-        " watchdog is reset once its writer has not petted it for the watchdog timeout",
+        " stays On and the BMC answers (a BMC RESET, or OFF then ON, clears it; SOFT is ignored);"
+        " a host with a watchdog is reset once its writer has not petted it for the watchdog"
+        " timeout",
     ),
     FaultKind(
         "agent_stop",

@@ -571,10 +571,12 @@ class Simulation:
 
     def _fault_host_crash(self, target: str | None) -> None:
         host = self._target_host(target)
+        host.broken = True  # until host_recover: a BMC power-on or reset does not revive it
         self.world.power_off(host)
 
     def _fault_host_recover(self, target: str | None) -> None:
         host = self._target_host(target)
+        host.broken = False
         if not host.powered:
             self._boot(host)
         elif host.hung:

@@ -143,6 +143,8 @@ class WorldHost:
     """Powered on, its OS not up yet: nothing of it runs (no VM, agent, writer or libvirtd)."""
     awaiting_arm: bool = False
     """A watchdog host's agent waits for its writer to arm the watchdog (after boot)."""
+    broken: bool = False
+    """Dead hardware (``host_crash`` until ``host_recover``): a BMC ON or RESET leaves it Off."""
 
 
 @attrs.define
@@ -318,7 +320,12 @@ class World:
         self.power_off(host)
 
     def power_on(self, host: WorldHost, reason: str) -> None:
-        """The BMC switched ``host`` on: it boots (``on_power_on``)."""
+        """The BMC switched ``host`` on: it boots (``on_power_on``); dead hardware stays Off."""
+        if host.broken:
+            self.recorder.emit(
+                "power", host=host.spec.id, reason=f"{reason}: dead hardware stays Off", power="Off"
+            )
+            return
         self.recorder.emit("power", host=host.spec.id, reason=reason, power="On")
         host.powered = True
         if self.on_power_on is not None:

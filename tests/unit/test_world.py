@@ -161,6 +161,29 @@ def test_power_on_hands_the_boot_to_the_callback() -> None:
     assert not world.hosts["h1"].agent_running
 
 
+def test_dead_hardware_stays_off_and_a_reset_clears_a_hang() -> None:
+    world = small_world()
+    driver = WorldPowerDriver(world, "ipmi")
+    config = OobmConfig("ipmi", "bmc-h1", "admin", "simulated", host_id="h1")
+    h1 = world.hosts["h1"]
+    h1.broken = True  # what host_crash marks until host_recover
+    world.power_off(h1)
+    for operation in (PowerOperation.ON, PowerOperation.RESET, PowerOperation.CYCLE):
+        assert driver.execute(config, operation, timeout=5.0).success  # the BMC accepts
+        assert not h1.powered
+        assert driver.execute(config, PowerOperation.STATUS, timeout=5.0).state is PowerState.OFF
+    h1.broken = False  # repaired
+    driver.execute(config, PowerOperation.ON, timeout=5.0)
+    assert h1.powered
+    # A hung OS keeps the power on; a RESET clears the hang (the host boots anew).
+    h2 = world.hosts["h2"]
+    h2.hung = True
+    of_h2 = OobmConfig("ipmi", "bmc-h2", "admin", "simulated", host_id="h2")
+    driver.execute(of_h2, PowerOperation.RESET, timeout=5.0)
+    assert h2.powered
+    assert not h2.hung
+
+
 def test_storage_is_cut_by_a_pool_outage_and_by_isolation() -> None:
     world = small_world()
     path = heartbeat_path("/mnt/p1", world.hosts["h1"].ip)
