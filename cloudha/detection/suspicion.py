@@ -270,7 +270,12 @@ class SuspicionFencer:
         """Fence ``host`` if it qualifies; True only once the fence was confirmed (power Off)."""
         if not self.applies(host):
             return False
-        decision = self._decide(host)
+        try:
+            decision = self._decide(host)
+        except ProbeError as exc:
+            # The host directory (neighbours) did not answer: no judgement, the next recheck asks.
+            log.warning("%s: fence on suspicion not judged: %s", host.id, exc)
+            return False
         if not decision.qualifies:
             self._emit(host, decision, None)
             return False

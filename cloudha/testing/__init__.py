@@ -12,6 +12,7 @@ from cloudha.testing.contract import check_agent_gateway as check_agent_gateway
 from cloudha.testing.contract import check_fencer as check_fencer
 from cloudha.testing.contract import check_host_directory as check_host_directory
 from cloudha.testing.contract import check_investigator as check_investigator
+from cloudha.testing.contract import check_suspicion_check as check_suspicion_check
 from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestrator
 from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
 from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
@@ -102,6 +103,7 @@ __all__ = [
     "check_fencer",
     "check_host_directory",
     "check_investigator",
+    "check_suspicion_check",
     "check_vm_orchestrator",
     "check_watchdog",
     "check_work_store",

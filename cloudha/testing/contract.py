@@ -41,6 +41,7 @@ from cloudha.ports import (
     Command,
     HostDirectory,
     StatusChange,
+    SuspicionCheck,
     VmOrchestrator,
 )
 from cloudha.server import validate_port
@@ -52,6 +53,7 @@ __all__ = [
     "check_fencer",
     "check_host_directory",
     "check_investigator",
+    "check_suspicion_check",
     "check_vm_orchestrator",
     "sample_hosts",
     "sample_vms",
@@ -660,3 +662,33 @@ def _check_destroy(make: Make) -> None:
     for expunge in (False, True):
         with _raises(UnknownVmError):
             orch3.destroy(ghost, expunge=expunge)
+
+
+def check_suspicion_check(check: SuspicionCheck) -> None:
+    """Check a :class:`~cloudha.ports.SuspicionCheck` (the fast path for hosts in Alert).
+
+    Rules: ``consider`` exists; for every sample host (every hypervisor, no
+    address, no cluster, a console-proxy agent) it returns a bool, never
+    None, and never raises, however its ports answer; a host that is not in
+    Alert is never fenced (False). Give it ports that know none of the sample
+    hosts (or fail): nothing may be fenced by accident.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("suspicion", check, SuspicionCheck)
+    problems: list[str] = []
+    for host in sample_hosts() + [attrs.evolve(h, status=Status.UP) for h in sample_hosts()]:
+        try:
+            fenced = check.consider(host)
+        except Exception as exc:  # the rule under test: it must not raise
+            problems.append(
+                f"consider({host.id}, {host.status}) raised {type(exc).__name__}: {exc}"
+            )
+            continue
+        if not isinstance(fenced, bool):
+            problems.append(f"consider({host.id}) returned {fenced!r}, not a bool")
+        elif fenced and host.status is not Status.ALERT:
+            problems.append(f"consider({host.id}) fenced a host that is {host.status}, not Alert")
+    if problems:
+        raise AssertionError("SuspicionCheck contract broken:\n- " + "\n- ".join(problems))

@@ -34,6 +34,7 @@ from cloudha.testing import (
     InMemoryStoragePools,
     ScheduledRestart,
     ScriptedSuspicion,
+    check_suspicion_check,
 )
 
 from .conftest import World
@@ -372,3 +373,48 @@ def test_the_fast_path_is_not_offered_a_host_that_is_not_in_alert(world: World) 
     assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
     assert world.status("h1") is Status.DOWN
     assert suspicion.considered == []
+
+
+# -- the contract checker -------------------------------------------------------------
+
+
+def test_the_suspicion_fencer_and_the_fake_keep_the_contract() -> None:
+    c = Cluster()
+    # Ports that know none of the sample hosts: a gateway that fails everything.
+    c.gateway.healthy.clear()
+    check_suspicion_check(c.fencer)
+    check_suspicion_check(ScriptedSuspicion())
+
+
+def test_the_contract_checker_lists_every_broken_rule() -> None:
+    class Reckless:
+        def consider(self, host: Host) -> bool:
+            if host.id == "contract-kvm":
+                raise ProbeTimeout("BMC silent", host_id=host.id)
+            return host.id == "contract-no-ip"  # fences an Up host
+
+    class Vague:
+        def consider(self, host: Host) -> object:
+            return None
+
+    with pytest.raises(AssertionError) as caught:
+        check_suspicion_check(Reckless())
+    text = str(caught.value)
+    assert "consider(contract-kvm, Alert) raised ProbeTimeout" in text
+    assert "consider(contract-no-ip) fenced a host that is Up, not Alert" in text
+    with pytest.raises(AssertionError, match="returned None, not a bool"):
+        check_suspicion_check(Vague())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="has no method consider"):
+        check_suspicion_check(object())  # type: ignore[arg-type]
+
+
+def test_a_directory_that_does_not_answer_is_no_judgement_and_no_fence() -> None:
+    c = Cluster()
+
+    def outage(**_: object) -> list[Host]:
+        raise ProbeConnectionError("the host directory does not answer")
+
+    c.directory.list_hosts = outage  # type: ignore[method-assign]
+    assert not c.fencer.consider(c.hosts["h1"])
+    assert c.records() == []
+    assert c.bmc.calls == []
