@@ -13,7 +13,12 @@ booleans (where ``result=false`` meant "the heart is beating"):
 * ``CheckVirtualMachineCommand`` (``vm_name``): ``data["power_state"]`` is a
   :class:`~cloudha.model.VmPowerState` value.
 * ``PingTestCommand`` (``ip``, and ``router_ip`` to ping through a router):
-  ``result`` is True when ``ip`` answered.
+  ``result`` is True when ``ip`` answered, False when the ping ran and got no
+  reply.
+
+A gateway that cannot run a command at all answers ``result=False`` with
+``data["supported"] = False`` (:data:`UNSUPPORTED`): that is no answer, never
+"the ping got no reply" (:func:`answer_reached`).
 * ``FenceCommand`` (``vm_name``, ``host_id``, ``host_ip``): for hypervisors
   whose agents fence a neighbour's VM themselves (XenServer): ``result`` is
   True only when the VM was fenced off. KVM does not use it: KVM "fencing"
@@ -34,7 +39,9 @@ __all__ = [
     "CHECK_VM",
     "FENCE",
     "PING_TEST",
+    "UNSUPPORTED",
     "answer_power_state",
+    "answer_reached",
     "answer_verdict",
     "check_on_host",
     "check_vm",
@@ -89,6 +96,17 @@ def answer_verdict(answer: Answer) -> tuple[Verdict, str]:
         return Verdict.UNKNOWN, f"answer has no valid verdict: {raw!r}"
     reason = _get(answer.data, "reason")
     return verdict, reason if isinstance(reason, str) and reason else answer.details
+
+
+UNSUPPORTED: Mapping[str, Any] = {"supported": False}
+"""The ``data`` of an answer from a gateway that cannot run the command."""
+
+
+def answer_reached(answer: Answer) -> bool | None:
+    """A PingTest answer: True (the address answered), False (no reply), None (not run)."""
+    if _get(answer.data, "supported") is False:
+        return None
+    return bool(answer.result)
 
 
 def answer_power_state(answer: Answer) -> VmPowerState | None:

@@ -38,7 +38,7 @@ from typing import Any
 import attrs
 
 from cloudha.clock import Clock
-from cloudha.commands import check_on_host, ping_test
+from cloudha.commands import answer_reached, check_on_host, ping_test
 from cloudha.errors import ConfigurationError, ProbeError
 from cloudha.evidence import Recorder
 from cloudha.fencing.base import FenceOutcome, FenceResult
@@ -325,8 +325,9 @@ class SuspicionFencer:
         return "healthy" if healthy else "unhealthy"
 
     def _ping(self, neighbour: Host, ip: str) -> bool | None:
+        """True: ``neighbour`` reached ``ip``; False: its ping got no reply; None: not run."""
         try:
-            return self.gateway.send(neighbour, ping_test(ip), timeout=self.timeout).result
+            return answer_reached(self.gateway.send(neighbour, ping_test(ip), timeout=self.timeout))
         except ProbeError:
             return None
 

@@ -8,9 +8,11 @@ commands by running ``cloudha`` on the host over SSH:
 * ``CheckOnHostCommand``: ``cloudha heartbeat check --json`` on the asked
   host reads the target's heartbeat on the asked host's own HA pools.
 
-Other commands are answered ``result=False`` ("not supported over SSH"),
-which investigators read as UNKNOWN. cloudha must be installed on the
-hosts; ``remote_command`` says how to start it there.
+Other commands (PingTest among them) are answered ``result=False`` with
+``data["supported"] = False`` ("not supported over SSH"), which investigators
+read as UNKNOWN and fence on suspicion as a neighbour that could not be
+asked. cloudha must be installed on the hosts; ``remote_command`` says how
+to start it there.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 
-from cloudha.commands import CHECK_ON_HOST
+from cloudha.commands import CHECK_ON_HOST, UNSUPPORTED
 from cloudha.errors import ConfigurationError, ProbeConnectionError, ProbeError
 from cloudha.heartbeat import HeartbeatReport
 from cloudha.model import Host
@@ -79,7 +81,7 @@ class SSHAgentGateway:
     def send(self, host: Host, command: Command, *, timeout: float) -> Answer:
         if command.name == CHECK_ON_HOST:
             return self._check_on_host(host, command, timeout)
-        return Answer(False, f"{command.name} is not supported over SSH")
+        return Answer(False, f"{command.name} is not supported over SSH", UNSUPPORTED)
 
     def _check_on_host(self, host: Host, command: Command, timeout: float) -> Answer:
         target_ip = command.params.get("host_ip")

@@ -18,7 +18,7 @@ from cloudha import (
     Status,
     Verdict,
 )
-from cloudha.commands import CHECK_ON_HOST, PING_TEST
+from cloudha.commands import CHECK_ON_HOST, PING_TEST, UNSUPPORTED, answer_reached
 from cloudha.detection.suspicion import SuspicionFencer, decide_suspicion, late_after
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import EvidenceLog, Recorder
@@ -418,3 +418,25 @@ def test_a_directory_that_does_not_answer_is_no_judgement_and_no_fence() -> None
     assert not c.fencer.consider(c.hosts["h1"])
     assert c.records() == []
     assert c.bmc.calls == []
+
+
+def test_a_gateway_that_cannot_run_a_ping_is_no_neighbour_answer() -> None:
+    c = Cluster()
+    real = c._handle
+
+    def no_ping(host: Host, command: Command) -> Answer:
+        if command.name == PING_TEST:
+            return Answer(False, "PingTestCommand is not supported over SSH", UNSUPPORTED)
+        return real(host, command)
+
+    c.gateway.handler = no_ping
+    assert answer_reached(Answer(False, "no reply")) is False
+    assert answer_reached(Answer(False, "x", UNSUPPORTED)) is None
+    assert answer_reached(Answer(True)) is True
+    assert not c.fencer.consider(c.hosts["h1"])
+    (record,) = c.records()
+    assert record["reason"] == "no fence on suspicion: no neighbour of h1 could be asked to ping it"
+    answers = {w["witness"]: w["answer"] for w in record["witnesses"]}
+    assert answers["ping h2"] == "could not be asked"
+    assert PowerOperation.OFF not in c.bmc.calls
+    assert c.bmc.power == "on"
