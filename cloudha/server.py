@@ -451,6 +451,9 @@ class ManagementServer:
                 oobm=self.oobm,
                 pools=pools,
                 recorder=self.recorder,
+                vm_witnesses=[
+                    i for i in self.investigators.investigators if getattr(i, "vm_witness", False)
+                ],
             )
         self.agents = AgentManager(
             management_server_id=server_id,

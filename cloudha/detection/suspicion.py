@@ -15,6 +15,7 @@ a host off through its BMC when every witness has lost it:
   read (where it has heartbeat pools);
 * at least one of the last two is a positive sign (a failed ping, a late
   heartbeat): the management server losing a host alone is no suspicion;
+* no VM witness (the libvirt witness) sees its VMs running;
 * its fence path is ready: the BMC answers STATUS now.
 
 Then it is fenced by the power fencer: OFF, confirmed by reading the power
@@ -45,7 +46,7 @@ from cloudha.fencing.base import FenceOutcome, FenceResult
 from cloudha.fencing.power import PowerFencer
 from cloudha.heartbeat.checker import HeartbeatReport
 from cloudha.heartbeat.timing import HeartbeatTiming
-from cloudha.investigators.base import Verdict
+from cloudha.investigators.base import Investigator, Verdict, Witness
 from cloudha.investigators.support import list_neighbours
 from cloudha.model import Host
 from cloudha.oobm.manager import OutOfBandManager
@@ -117,6 +118,7 @@ def decide_suspicion(
     late: float,
     fence_ready: bool,
     fence_answer: str,
+    vms_seen: Mapping[str, str] | None = None,
 ) -> SuspicionDecision:
     """Does ``host_id`` qualify for a fence on suspicion? (Pure; see the module docstring.)
 
@@ -133,6 +135,9 @@ def decide_suspicion(
         late: :func:`late_after`.
         fence_ready: the BMC answered a STATUS just now.
         fence_answer: what the BMC said.
+        vms_seen: per VM witness asked (the libvirt witness), what it said;
+            a witness listed here saw the host's VMs running, which rules the
+            fence out (VM-level witnesses outrank the host's own signs).
     """
     answers: list[WitnessAnswer] = []
 
@@ -175,6 +180,10 @@ def decide_suspicion(
         return no(f"no checker could read the heartbeat of {host_id}")
     if not failed_pings and not read:
         return no(f"only the management server lost {host_id}: no neighbour, no heartbeat")
+    for witness, said in sorted((vms_seen or {}).items()):
+        answers.append(WitnessAnswer(witness, said, False))
+    if vms_seen:
+        return no(f"{', '.join(sorted(vms_seen))} sees the VMs of {host_id} running")
     answers.append(WitnessAnswer("fence path", fence_answer, fence_ready))
     if not fence_ready:
         return no(f"the fence path of {host_id} is not ready ({fence_answer})")
@@ -202,6 +211,9 @@ class SuspicionFencer:
         fence_timeout: limit on the whole power fence, in seconds.
         fail_on_one_pool: ``kvm.ha.fence.on.storage.heartbeat.failure``, passed
             on in the heartbeat checks.
+        vm_witnesses: investigators that can see the host's VMs (``vm_witness``,
+            the libvirt witness); asked last, one that sees them running
+            stops the fence.
     """
 
     def __init__(
@@ -217,6 +229,7 @@ class SuspicionFencer:
         timeout: float,
         fence_timeout: float,
         fail_on_one_pool: bool = False,
+        vm_witnesses: Sequence[Investigator] = (),
     ) -> None:
         for key, value in (("timeout", timeout), ("fence_timeout", fence_timeout)):
             if not value > 0:
@@ -232,6 +245,7 @@ class SuspicionFencer:
         self.recorder = recorder
         self.timeout = timeout
         self.fail_on_one_pool = fail_on_one_pool
+        self.vm_witnesses = tuple(vm_witnesses)
         self.fencer = PowerFencer(clock, oobm=oobm, timeout=fence_timeout)
 
     @classmethod
@@ -245,6 +259,7 @@ class SuspicionFencer:
         oobm: OutOfBandManager,
         pools: StoragePoolDirectory | None,
         recorder: Recorder,
+        vm_witnesses: Sequence[Investigator] = (),
     ) -> SuspicionFencer:
         """One with each command bounded by ``ping.interval`` (as the direct check), the
         fence by ``outofbandmanagement.action.timeout``, and the writers' timing of
@@ -260,6 +275,7 @@ class SuspicionFencer:
             timeout=settings.ping_interval,
             fence_timeout=settings.outofbandmanagement_action_timeout,
             fail_on_one_pool=settings.kvm_ha_fence_on_storage_heartbeat_failure,
+            vm_witnesses=vm_witnesses,
         )
 
     def applies(self, host: Host) -> bool:
@@ -302,9 +318,12 @@ class SuspicionFencer:
         if pool_ids and agent is None and not any(pings.values()):
             ages = self._heartbeat_ages(host, neighbours, set(pool_ids))
         ready, answer = False, "not asked"
+        seen: dict[str, str] = {}
         if agent is None and not any(pings.values()):
-            readiness = self.oobm.check_readiness(host, timeout=self.timeout)
-            ready, answer = readiness.ready, readiness.reason
+            seen = self._vms_seen(host)
+            if not seen:
+                readiness = self.oobm.check_readiness(host, timeout=self.timeout)
+                ready, answer = readiness.ready, readiness.reason
         return decide_suspicion(
             host_id=host.id,
             status=host.status,
@@ -315,7 +334,23 @@ class SuspicionFencer:
             late=late_after(self.timing),
             fence_ready=ready,
             fence_answer=answer,
+            vms_seen=seen,
         )
+
+    def _vms_seen(self, host: Host) -> dict[str, str]:
+        """The VM witnesses that see ``host``'s VMs running, with what they said."""
+        seen: dict[str, str] = {}
+        for witness in self.vm_witnesses:
+            if not witness.supports(host):
+                continue
+            try:
+                finding = witness.is_agent_alive(host)
+            except Exception as exc:  # a plugin bug is no sign of life, and no reason to fence
+                log.warning("%s: VM witness %s raised %r", host.id, witness.name, exc)
+                continue
+            if finding.verdict is Verdict.ALIVE and finding.witness is Witness.VM:
+                seen[witness.name] = finding.reason
+        return seen
 
     def _agent(self, host: Host) -> str | None:
         try:

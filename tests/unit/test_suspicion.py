@@ -8,10 +8,14 @@ import pytest
 
 from cloudha import (
     Answer,
+    BaseInvestigator,
     Command,
     ConfigurationError,
+    DomainState,
     Event,
+    Finding,
     Host,
+    HypervisorInvestigator,
     Pool,
     ReasonType,
     Settings,
@@ -29,6 +33,7 @@ from cloudha.testing import (
     FakeAgentGateway,
     FakeBmc,
     FakeClock,
+    FakeHypervisorProbe,
     FakePowerDriver,
     InMemoryHostDirectory,
     InMemoryStoragePools,
@@ -440,3 +445,37 @@ def test_a_gateway_that_cannot_run_a_ping_is_no_neighbour_answer() -> None:
     assert answers["ping h2"] == "could not be asked"
     assert PowerOperation.OFF not in c.bmc.calls
     assert c.bmc.power == "on"
+
+
+def test_vms_seen_running_rule_the_fence_out() -> None:
+    decision = decide(vms_seen={"LibvirtInvestigator": "2 domains running"})
+    assert not decision.qualifies
+    assert decision.reason.endswith("LibvirtInvestigator sees the VMs of h1 running")
+    assert [w.witness for w in decision.witnesses][-1] == "LibvirtInvestigator"
+    assert "fence path" not in [w.witness for w in decision.witnesses]
+
+
+def test_a_vm_witness_that_sees_domains_stops_the_fence_and_a_broken_one_is_ignored() -> None:
+    c = Cluster()
+    probe = FakeHypervisorProbe(
+        answering={"h1": True}, domains={("h1", "i-1"): DomainState.RUNNING}
+    )
+    seeing = HypervisorInvestigator(c.clock, probe=probe, timeout=5.0)
+
+    class Broken(BaseInvestigator):
+        name = "Broken"
+        vm_witness = True
+
+        def _agent_alive(self, host: Host) -> Finding:
+            raise RuntimeError("plugin bug")
+
+    c.fencer.vm_witnesses = (Broken(c.clock), seeing)
+    assert not c.fencer.consider(c.hosts["h1"])
+    (record,) = c.records()
+    assert (
+        record["reason"] == "no fence on suspicion: LibvirtInvestigator sees the VMs of h1 running"
+    )
+    assert c.bmc.calls == []  # the BMC is not even asked
+    # Without domains the libvirt witness says nothing of VMs, and the fence goes on.
+    probe.domains.clear()
+    assert c.fencer.consider(c.hosts["h1"])
