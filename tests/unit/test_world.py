@@ -18,7 +18,7 @@ from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Recorder
 from cloudha.fencing.chain import InlineRunner
 from cloudha.heartbeat import HeartbeatTiming, format_heartbeat, heartbeat_path
-from cloudha.model import Host, ResourceState
+from cloudha.model import Host, HypervisorType, ResourceState
 from cloudha.oobm.power import OobmConfig, PowerOperation, PowerState
 from cloudha.ports import (
     AgentGateway,
@@ -247,8 +247,12 @@ class _Driver:
     with its VM report), and every loop that is due ticks.
     """
 
-    def __init__(self, world: World, server: ManagementServer, clock: FakeClock) -> None:
+    def __init__(
+        self, world: World, server: ManagementServer, clock: FakeClock, *, direct: bool = False
+    ) -> None:
         self.world, self.server, self.clock = world, server, clock
+        self.direct = direct
+        """Leave directly managed hosts to the server's own pings (its DirectPings loop)."""
         self.loops = server.loops()
         self.due = {loop.name: clock.monotonic() for loop in self.loops}
         server.on_work_added = self._wake
@@ -269,6 +273,8 @@ class _Driver:
                     world.storage[h.spec.id].write_atomic(
                         heartbeat_path(pool.mount_point, h.ip), stamp
                     )
+                if self.direct and h.spec.hypervisor.has_direct_agent:
+                    continue
                 if h.agent_running and world.reachable(h) and not agents.ping_received(h.spec.id):
                     running = sorted(v.id for v in world.vms.values() if h.spec.id in v.running_on)
                     agents.agent_connected(h.spec.id, vms=running)
@@ -325,4 +331,35 @@ def test_a_server_built_on_a_world_restarts_a_dead_hosts_ha_vm_elsewhere() -> No
     assert world.orchestrator.rows["vm1"].host_id == target
     assert not world.vms["vm2"].running_on  # not HA: left stopped
     assert world.vms["vm3"].running_on == {"h2"}  # untouched
+    assert world.double_runs == set()
+
+
+def test_a_server_pings_its_directly_managed_hosts_and_restarts_a_dead_ones_ha_vm() -> None:
+    # XenServer hosts have no agent that pings: the server's own DirectPings loop
+    # probes them through the DirectAgentResource port (WorldDirectResources here).
+    clock = FakeClock(0.0)
+    timeline = EventTimeline()
+    world = World(
+        [
+            HostSpec(f"x{i}", "c1", hypervisor=HypervisorType.XEN_SERVER, oobm="ipmi")
+            for i in (1, 2, 3)
+        ],
+        [VmSpec("vm1", "x1", ha=True), VmSpec("vm2", "x2", ha=True)],
+        clock=clock,
+        recorder=Recorder(timeline, clock, "world"),
+    )
+    server = _server_on(world, clock, timeline)
+    server.recover(connected=list(world.hosts))
+    driver = _Driver(world, server, clock, direct=True)
+    driver.run(120)
+    assert [host(world, h).status for h in ("x1", "x2", "x3")] == [Status.UP] * 3
+    assert set(server.direct_pings.tasks) == {"x1", "x2", "x3"}
+    assert not [e for e in timeline.events if e["kind"] == "behind_on_ping"]
+
+    world.power_off(world.hosts["x1"])  # its direct probe now fails
+    driver.run(600)
+    assert host(world, "x1").status is Status.DOWN
+    (target,) = world.vms["vm1"].running_on
+    assert target in {"x2", "x3"}
+    assert world.vms["vm2"].running_on == {"x2"}
     assert world.double_runs == set()
