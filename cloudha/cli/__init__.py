@@ -203,6 +203,10 @@ def _summary(event: dict[str, Any]) -> str:
     if kind == "fence":
         outcome = f"{event.get('fencer')} {event.get('outcome')}"
         return f"{event.get('vm')} {outcome}: {event.get('reason', '')}"
+    if kind == "suspicion":
+        if not event.get("qualifies"):
+            return str(event.get("reason", ""))
+        return f"fence on suspicion {event.get('outcome')}: {event.get('reason', '')}"
     return str(event.get("reason", ""))
 
 
@@ -221,7 +225,10 @@ def _print_timeline(document: dict[str, Any], *, all_events: bool) -> None:
     table.add_column("what")
     hidden = 0
     for event in document["events"]:
-        if not all_events and event["kind"] not in _SHOWN_KINDS:
+        shown = event["kind"] in _SHOWN_KINDS or (
+            event["kind"] == "suspicion" and event.get("qualifies")  # a fence on suspicion
+        )
+        if not all_events and not shown:
             hidden += 1
             continue
         who = event.get("host") or event.get("vm") or event.get("target") or ""

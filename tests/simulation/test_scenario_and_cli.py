@@ -122,6 +122,28 @@ def test_cli_timeline_names_the_vm_of_every_vm_level_event() -> None:
     assert any("fence" in line and "vm1 KVMFenceBuilder FENCED" in line for line in lines)
 
 
+def test_cli_timeline_shows_a_fence_on_suspicion_and_hides_the_looks_that_did_not_fence(
+    tmp_path: Path,
+) -> None:
+    hosts = "".join(
+        f'[[hosts]]\nid = "h{i}"\ncluster = "c1"\npools = ["nfs1"]\noobm = "ipmi"\n\n'
+        for i in (1, 2, 3)
+    )
+    text = (
+        hosts
+        + '[[vms]]\nid = "vm1"\nhost = "h2"\nha = true\n\n'
+        + '[[faults]]\nat = 100\nkind = "host_hang"\ntarget = "h2"\n\n'
+        + "[run]\nuntil = 900\nseed = 1\n"
+    )
+    path = tmp_path / "hang.toml"
+    path.write_text(text)
+    result = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["simulate", str(path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "suspicion" in line]
+    assert len(lines) == 1  # the look at 202 s that found the heartbeat not late yet is hidden
+    assert "fence on suspicion FENCED: h2 is lost to every witness" in lines[0]
+
+
 def test_cli_error_exits_nonzero_without_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('kind = "host_crash"', 'kind = "meteor"'))
     result = CliRunner().invoke(main, ["simulate", str(path), "--json"])
