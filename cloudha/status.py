@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from types import MappingProxyType
 
 from cloudha.errors import NoTransitionError
+from cloudha.transitions import transition_table
 
 __all__ = [
     "TRANSITIONS",
@@ -161,18 +161,7 @@ _ROWS: tuple[tuple[Status | None, Event, Status], ...] = (
 )
 
 
-def _build(
-    rows: tuple[tuple[Status | None, Event, Status], ...],
-) -> Mapping[tuple[Status | None, Event], Status]:
-    table: dict[tuple[Status | None, Event], Status] = {}
-    for current, event, target in rows:
-        if (current, event) in table:  # pragma: no cover - guarded by the table's test
-            raise AssertionError(f"duplicate host transition {current} + {event}")
-        table[(current, event)] = target
-    return MappingProxyType(table)
-
-
-TRANSITIONS: Mapping[tuple[Status | None, Event], Status] = _build(_ROWS)
+TRANSITIONS: Mapping[tuple[Status | None, Event], Status] = transition_table(_ROWS, "host")
 """Every ``(from, event) -> to`` of spec §1.3; ``from`` is ``None`` for the initial state."""
 
 

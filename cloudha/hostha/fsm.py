@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from cloudha.errors import NoTransitionError
+from cloudha.transitions import transition_table
 
 __all__ = ["HA_TRANSITIONS", "HAEvent", "HAState", "ha_transition"]
 
@@ -133,18 +134,9 @@ _ROWS: tuple[tuple[HAState | None, HAEvent, HAState], ...] = (
 )
 
 
-def _build(
-    rows: tuple[tuple[HAState | None, HAEvent, HAState], ...],
-) -> Mapping[tuple[HAState | None, HAEvent], HAState]:
-    table: dict[tuple[HAState | None, HAEvent], HAState] = {}
-    for current, event, target in rows:
-        if (current, event) in table:  # pragma: no cover - guarded by the table's test
-            raise AssertionError(f"duplicate Host-HA transition {current} + {event}")
-        table[(current, event)] = target
-    return MappingProxyType(table)
-
-
-HA_TRANSITIONS: Mapping[tuple[HAState | None, HAEvent], HAState] = _build(_ROWS)
+HA_TRANSITIONS: Mapping[tuple[HAState | None, HAEvent], HAState] = transition_table(
+    _ROWS, "Host-HA"
+)
 """Every ``(from, event) -> to`` of spec §7.3; ``from`` is ``None`` for the initial state."""
 
 

@@ -157,6 +157,22 @@ def build(hosts: Hosts, db: Path, **overrides: object) -> ManagementServer:
     return ManagementServer(**ports)  # type: ignore[arg-type]
 
 
+def kill_h1_and_wait_for_vm1(server: ManagementServer, hosts: Hosts) -> Vm:
+    """h1 stops (agent, writer, answers to pings); vm1 once it runs on another host."""
+    killed = time.monotonic()
+    hosts.alive.discard("h1")
+    server.gateway.healthy["h1"] = None  # type: ignore[attr-defined]
+    assert hosts.orchestrator is not None
+    hosts.orchestrator.set_host_up("h1", False)
+    while time.monotonic() - killed < RESTART_WITHIN:
+        vm = hosts.orchestrator.find_vm("vm1")
+        assert vm is not None
+        if vm.state is VmState.RUNNING and vm.host_id != "h1":
+            return vm
+        time.sleep(0.2)
+    pytest.fail(f"vm1 not restarted within {RESTART_WITHIN}s: {vm}")
+
+
 def test_a_killed_host_has_its_ha_vm_restarted_elsewhere_on_real_threads(tmp_path: Path) -> None:
     clock = SystemClock()
     hosts = Hosts(clock)
@@ -169,19 +185,7 @@ def test_a_killed_host_has_its_ha_vm_restarted_elsewhere_on_real_threads(tmp_pat
     try:
         time.sleep(1.5)  # the agents reconnect after the start's grace marking
         assert server.directory.find_host("h1").status is Status.UP  # type: ignore[union-attr]
-        killed = time.monotonic()
-        hosts.alive.discard("h1")
-        server.gateway.healthy["h1"] = None  # type: ignore[attr-defined]
-        assert hosts.orchestrator is not None
-        hosts.orchestrator.set_host_up("h1", False)
-        while time.monotonic() - killed < RESTART_WITHIN:
-            vm = hosts.orchestrator.find_vm("vm1")
-            assert vm is not None
-            if vm.state is VmState.RUNNING and vm.host_id != "h1":
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"vm1 not restarted within {RESTART_WITHIN}s: {vm}")
+        vm = kill_h1_and_wait_for_vm1(server, hosts)
         assert vm.host_id in ("h2", "h3")
         h1 = server.directory.find_host("h1")
         assert h1 is not None
@@ -219,19 +223,7 @@ def test_a_hung_host_is_fenced_on_suspicion_and_its_ha_vm_restarted_on_real_thre
     server.start()
     try:
         time.sleep(1.5)
-        hung = time.monotonic()
-        hosts.alive.discard("h1")
-        server.gateway.healthy["h1"] = None  # type: ignore[attr-defined]
-        assert hosts.orchestrator is not None
-        hosts.orchestrator.set_host_up("h1", False)
-        while time.monotonic() - hung < RESTART_WITHIN:
-            vm = hosts.orchestrator.find_vm("vm1")
-            assert vm is not None
-            if vm.state is VmState.RUNNING and vm.host_id != "h1":
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"vm1 not restarted within {RESTART_WITHIN}s: {vm}")
+        kill_h1_and_wait_for_vm1(server, hosts)  # hung: the BMC still reads On
         assert bmc.bmcs["bmc-h1"].power == "off"
         fenced = [
             e
