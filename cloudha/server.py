@@ -184,7 +184,7 @@ class HostVmSync:
     def _stop(self, host_id: str, vm: Vm, why: str) -> None:
         self.orchestrator.advance_stop(vm, force=True)
         stopped = self.orchestrator.find_vm(vm.id)
-        work = None if stopped is None else self.ha.on_vm_powered_off(stopped)
+        work = None if stopped is None else self.ha.on_vm_powered_off(stopped, up_host_id=host_id)
         restart = work is not None
         self.recorder.emit(
             "vm_sync",

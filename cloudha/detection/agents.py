@@ -28,7 +28,13 @@ from cloudha.detection.decisions import (
 from cloudha.detection.pingmap import PingMap
 from cloudha.errors import NoTransitionError, ProbeError
 from cloudha.evidence import EvidenceSink, Recorder
-from cloudha.investigators import ChainResult, Finding, InvestigatorChain, Verdict
+from cloudha.investigators import (
+    ChainResult,
+    Finding,
+    InvestigatorChain,
+    Verdict,
+    proves_no_vm_runs,
+)
 from cloudha.model import AlertType, Host, ReasonType, ResourceState
 from cloudha.ports import (
     KEEP,
@@ -65,6 +71,11 @@ class Investigation:
     decided_by: str | None
     findings: tuple[Finding, ...]
     reason: str
+
+    @property
+    def no_vm_runs(self) -> bool:
+        """Down, with a finding that shows no VM running on the host (no fence needed)."""
+        return proves_no_vm_runs(self.status, self.findings)
 
 
 class BehindOnPingListener:
@@ -167,6 +178,9 @@ class AgentManager:
             )
         )
         self._hand_over_due: dict[str, tuple[int, float]] = {}
+        # Down hosts whose verdict showed no VM running (power Off, an idle
+        # hypervisor, a confirmed fence): handed over with investigate=False.
+        self._no_vm_runs: set[str] = set()
 
     # -- listeners -------------------------------------------------------
 
@@ -410,8 +424,10 @@ class AgentManager:
             if host is None:
                 self._forget(host_id, "no such host in the directory")
                 return False
+            no_vm_runs = False
             if needs_investigation(host.status, event):
                 investigation = self.investigate(host)
+                no_vm_runs = investigation.no_vm_runs
                 decision = decide_after_investigation(
                     host_id=host.id,
                     current=host.status,
@@ -435,8 +451,8 @@ class AgentManager:
                 event = decision.event
             if not self._disconnect(host, event, transit_state=True):
                 return False
-            self._fence_on_suspicion(host.id)
-            self._hand_over(host.id)
+            fenced = self._fence_on_suspicion(host.id)
+            self._hand_over(host.id, no_vm_runs=no_vm_runs or fenced)
             return True
 
     @property
@@ -514,11 +530,13 @@ class AgentManager:
             if not found_down:
                 if not self._fence_on_suspicion(host.id):
                     return False
+                no_vm_runs = True  # fenced: its power was read back Off
             else:
                 self._alert(host, f"Host down, {host.id}", "investigation found the host Down")
                 if self._transit(host, Event.HOST_DOWN, disconnecting=True) is None:
                     return False
-            self._hand_over(host.id)
+                no_vm_runs = investigation.no_vm_runs
+            self._hand_over(host.id, no_vm_runs=no_vm_runs)
             return True
 
     @property
@@ -652,16 +670,31 @@ class AgentManager:
             action=action,
         )
 
-    def _hand_over(self, host_id: str) -> bool:
-        """Give a Down host's VMs to the HA scheduler; on failure, retry later (True: done)."""
+    def _hand_over(self, host_id: str, *, no_vm_runs: bool = False) -> bool:
+        """Give a Down host's VMs to the HA scheduler; on failure, retry later (True: done).
+
+        ``no_vm_runs``: the verdict showed that no VM runs on the host (its
+        power read Off, its hypervisor idle, a confirmed fence). The proof
+        holds while the host stays Down (nothing is started on a Down host),
+        also for the retries: the works are scheduled with
+        ``investigate=False``, so the VMs are stopped at once and no fence
+        is asked for. A fence minutes later could otherwise power off a host
+        that has booted since, with nothing on it (an investigation then may
+        see nothing: the management network cut off, say).
+        """
+        with self._watch_lock:
+            if no_vm_runs:
+                self._no_vm_runs.add(host_id)
+            proven = host_id in self._no_vm_runs
         try:
             after = self.directory.find_host(host_id)
             if after is None or after.status is not Status.DOWN:
                 with self._watch_lock:
                     self._hand_over_due.pop(host_id, None)
+                    self._no_vm_runs.discard(host_id)
                 return True
             self.scheduler.schedule_restart_for_vms_on_host(
-                after, investigate=True, reason=ReasonType.HOST_DOWN
+                after, investigate=not proven, reason=ReasonType.HOST_DOWN
             )
         except Exception as exc:
             with self._watch_lock:
@@ -680,11 +713,14 @@ class AgentManager:
             return False
         with self._watch_lock:
             self._hand_over_due.pop(host_id, None)
+            self._no_vm_runs.discard(host_id)
         self.recorder.emit(
             "ha_scheduled",
             host=host_id,
-            reason="host is Down: its HA VMs are scheduled for restart",
+            reason="host is Down: its HA VMs are scheduled for restart"
+            + ("; none runs (proven at the verdict): no fence needed" if proven else ""),
             ha_reason=str(ReasonType.HOST_DOWN),
+            investigate=not proven,
         )
         return True
 

@@ -592,7 +592,8 @@ class HighAvailabilityManager:
         An Investigating work of a cancellable reason (:data:`CANCELLABLE_REASONS`)
         on ``up_host_id`` is cancelled once it is processed (``checkAndCancelWorkIfNeeded``):
         it does not own the VM, and a VM sync of that host must still stop a VM
-        the host came back without (:meth:`process` then schedules its restart).
+        the host came back without (and :meth:`on_vm_powered_off` schedules the
+        restart that supersedes the old work).
         """
         works = self._read(lambda: self.store.pending_for_vm(vm_id))
         return any(
@@ -607,17 +608,26 @@ class HighAvailabilityManager:
         limit = self.settings.vm_ha_migration_max_retries
         return any(w.type is WorkType.MIGRATION and w.tried <= limit for w in works)
 
-    def on_vm_powered_off(self, vm: Vm) -> Work | None:
+    def on_vm_powered_off(self, vm: Vm, up_host_id: str | None = None) -> Work | None:
         """A VM was found powered off behind our back on an Up host (``ha.vm.restart.hostup``).
 
         Schedules an investigated restart of an HA VM that has no pending HA
-        work; otherwise does nothing and returns None.
+        work; otherwise does nothing and returns None. ``up_host_id``: the
+        host seen Up that did not report the VM (a VM sync). A cancellable
+        Investigating work on that host does not count as pending
+        (:meth:`ha_work_owns_vm`): the new work supersedes it, so the VM is
+        restarted even when that work is never cancelled (its host's
+        investigation cannot say Up, e.g. no neighbour to ask) and ends as
+        "the VM has been changed" instead.
         """
         if not self.settings.ha_vm_restart_hostup:
             return None
         if not (vm.ha_enabled or self.settings.force_ha):
             return None
-        if self.has_pending_ha_work(vm.id):
+        if up_host_id is None:
+            if self.has_pending_ha_work(vm.id):
+                return None
+        elif self.ha_work_owns_vm(vm.id, up_host_id):
             return None
         return self.schedule_restart(vm, investigate=True, reason=ReasonType.UNKNOWN)
 
@@ -649,7 +659,6 @@ class HighAvailabilityManager:
         """
         holder = _Holder(work)
         policy = Policy.from_settings(self.settings)
-        host_up = False
         try:
             vm = self.orchestrator.find_vm(work.instance_id)
             outcome: Outcome
@@ -662,7 +671,6 @@ class HighAvailabilityManager:
                 )
             elif self._cancelled_by_host_up(work):
                 outcome = Finish(f"host {work.host_id} is Up again", Step.CANCELLED)
-                host_up = True
             else:
                 outcome = self._decide_and_act(holder, vm, policy)
         except StaleWorkError:
@@ -685,11 +693,6 @@ class HighAvailabilityManager:
         except UnreadableWorkError as exc:  # the row was edited by hand while we held it
             self._quarantine(exc)
             return WorkResult.ERROR
-        if host_up and result is WorkResult.CANCELLED:
-            try:
-                self._restart_if_stopped_by_sync(work)
-            except Exception:
-                log.exception("%s: could not schedule the restart of its stopped VM", work)
         return result
 
     def _decide_and_act(self, holder: _Holder, vm: Vm, policy: Policy) -> Outcome:
@@ -776,23 +779,6 @@ class HighAvailabilityManager:
             # NOTE: the work is already recorded in Error; the alert goes without the host.
             log.warning("%s: host %s not read for the alert: %s", work, work.host_id, exc)
             return None
-
-    def _restart_if_stopped_by_sync(self, work: Work) -> None:
-        """After cancelling ``work`` (its host is Up): restart a VM the host came back without.
-
-        The host's reconnect VM sync (:class:`~cloudha.server.HostVmSync`)
-        stops, without scheduling a restart, a VM whose only HA work is this
-        cancellable one; a host that rebooted while Down comes back without its
-        VMs, and cancelling the work would leave them Stopped for good. A VM
-        Stopped with this host as its last host gets the investigated restart
-        ``ha.vm.restart.hostup`` gives (:meth:`on_vm_powered_off`).
-        """
-        vm = self.orchestrator.find_vm(work.instance_id)
-        if vm is None or vm.state is not VmState.STOPPED or vm.host_id is not None:
-            return
-        if vm.last_host_id != work.host_id:
-            return
-        self.on_vm_powered_off(vm)
 
     def _cancelled_by_host_up(self, work: Work) -> bool:
         """``checkAndCancelWorkIfNeeded``: an Investigating work whose host is Up again."""

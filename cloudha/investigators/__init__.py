@@ -10,6 +10,7 @@ from cloudha.investigators.base import host_outcome as host_outcome
 from cloudha.investigators.chain import ChainResult as ChainResult
 from cloudha.investigators.chain import InvestigatorChain as InvestigatorChain
 from cloudha.investigators.chain import order_by_name as order_by_name
+from cloudha.investigators.chain import proves_no_vm_runs as proves_no_vm_runs
 from cloudha.investigators.hypervisor import HypervisorInvestigator as HypervisorInvestigator
 from cloudha.investigators.kvm import KVMInvestigator as KVMInvestigator
 from cloudha.investigators.ping import ManagementIPInvestigator as ManagementIPInvestigator
@@ -53,5 +54,6 @@ __all__ = [
     "host_outcome",
     "judge_stale",
     "order_by_name",
+    "proves_no_vm_runs",
     "stale_proof",
 ]

@@ -79,6 +79,11 @@ class Finding:
         witness: :attr:`Witness.VM` when the finding rests on the host's
             VMs having been seen (an ALIVE because domains run there);
             :attr:`Witness.HOST` otherwise.
+        no_vm_runs: the finding itself shows that no VM runs on the host at
+            ``observed_at``: its power read Off, or its hypervisor answering
+            with no domain running. A Down verdict with such a finding needs
+            no fence for the VMs the host had (they died), however the host
+            looks later (:attr:`~cloudha.investigators.ChainResult.no_vm_runs`).
     """
 
     verdict: Verdict
@@ -88,6 +93,7 @@ class Finding:
     observed_at: float = 0.0
     evidence: Mapping[str, Any] = attrs.field(factory=dict)
     witness: Witness = Witness.HOST
+    no_vm_runs: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form used in evidence records."""
@@ -100,6 +106,8 @@ class Finding:
             out["reachable"] = self.reachable
         if self.witness is Witness.VM:
             out["witness"] = self.witness.value
+        if self.no_vm_runs:
+            out["no_vm_runs"] = True
         if self.evidence:
             out["evidence"] = dict(self.evidence)
         return out
@@ -224,11 +232,18 @@ class BaseInvestigator(abc.ABC):
         *,
         reachable: bool | None = None,
         witness: Witness = Witness.HOST,
+        no_vm_runs: bool = False,
         **evidence: Any,
     ) -> Finding:
         """A finding from this investigator."""
         return Finding(
-            verdict, self.name, reason, reachable=reachable, evidence=evidence, witness=witness
+            verdict,
+            self.name,
+            reason,
+            reachable=reachable,
+            evidence=evidence,
+            witness=witness,
+            no_vm_runs=no_vm_runs,
         )
 
     def unknown(self, reason: str, **evidence: Any) -> Finding:

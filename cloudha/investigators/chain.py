@@ -26,7 +26,7 @@ from cloudha.investigators.base import Finding, Investigator, Verdict, Witness, 
 from cloudha.model import Host, Vm
 from cloudha.status import Status
 
-__all__ = ["ChainResult", "InvestigatorChain", "order_by_name"]
+__all__ = ["ChainResult", "InvestigatorChain", "order_by_name", "proves_no_vm_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,27 @@ class ChainResult:
     decided_by: str | None
     findings: tuple[Finding, ...]
 
+    @property
+    def no_vm_runs(self) -> bool:
+        """Down, with a finding that shows no VM running on the host (``Finding.no_vm_runs``).
+
+        Its VMs died by then: they need no fence, and an HA restart may stop
+        them at once (``investigate=False``).
+        """
+        return proves_no_vm_runs(self.status, self.findings)
+
     def findings_as_dicts(self) -> list[dict[str, Any]]:
         return [f.to_dict() for f in self.findings]
+
+
+def proves_no_vm_runs(status: Status | None, findings: Iterable[Finding]) -> bool:
+    """Whether a verdict ``status`` backed by ``findings`` proves the host's VMs dead.
+
+    Only a Down verdict does (the VM witnesses had their say: none saw the
+    VMs run), and only with a finding that shows nothing running (the power
+    read Off, or the hypervisor answering with no domain).
+    """
+    return status is Status.DOWN and any(f.no_vm_runs for f in findings)
 
 
 def order_by_name(

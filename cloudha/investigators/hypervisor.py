@@ -62,6 +62,7 @@ class HypervisorInvestigator(BaseInvestigator):
             f"the hypervisor on {host.id} answers{shown}; its agent does not",
             reachable=False,
             witness=Witness.VM if running else Witness.HOST,
+            no_vm_runs=not running,
             uri=report.uri,
             hostname=report.hostname,
             running_domains=report.running_domains,

@@ -91,7 +91,9 @@ class BMCInvestigator(BaseInvestigator):
                 **evidence,
             )
         if result.state is PowerState.OFF and held is PowerState.OFF:
-            return self.finding(Verdict.DEAD, "BMC reads the power Off", **evidence)
+            return self.finding(
+                Verdict.DEAD, "BMC reads the power Off", no_vm_runs=True, **evidence
+            )
         if result.state is PowerState.ON:
             return self.unknown("BMC reads the power On, which is no proof of life", **evidence)
         return self.unknown(f"BMC reads the power {result.state}", **evidence)

@@ -282,6 +282,15 @@ def test_a_host_that_is_back_proves_its_vms_are_gone() -> None:
         # boot then started no heartbeat writer, and the live host's stale heartbeat
         # was taken as proof (the simulator's fault, fixed there).
         579628937,
+        # A host proven Off by its BMC (or its hypervisor idle) at the Down verdict,
+        # back on by the time its work fenced it, the server cut off from every
+        # witness: the proof now goes with the hand-over (no fence needed).
+        1614248067,
+        1427809063,
+        # A lone host back after a failed fence, whose HostDown work nobody could
+        # cancel: the VM sync's restart supersedes it.
+        120293340,
+        1829518446,
     ],
 )
 def test_campaign_cases_once_violated_are_clean(seed: int) -> None:

@@ -54,22 +54,25 @@ def starts(doc: dict[str, Any]) -> dict[str, tuple[str, float]]:
     return {e["vm"]: (e["host"], e["t"]) for e in events(doc, "vm_state", state="Running")}
 
 
-def test_crash_with_the_bmc_alive_is_fenced_by_power_read_back_at_once() -> None:
+def test_crash_with_the_bmc_alive_is_proven_off_and_restarted_without_a_fence() -> None:
     doc = simulate(scenario([{"at": 300, "kind": "host_crash", "target": "h2"}]))
-    t = down_time(doc, "h2") + WORK_SECONDS  # one HA worker per VM, claimed at once
-    fences = events(doc, "fence", host="h2")
-    # Each VM is fenced off by reading the BMC: the host is already off. The
-    # non-HA VM too (CloudStack does so), so that it is known Stopped.
-    assert [(e["vm"], e["fencer"], e["outcome"], e["t"]) for e in fences] == [
-        ("vm2a", "PowerFencer", "FENCED", t),
-        ("vm2b", "PowerFencer", "FENCED", t),
-        ("vm2c", "PowerFencer", "FENCED", t),
+    down = down_time(doc, "h2")
+    t = down + WORK_SECONDS  # one HA worker per VM, claimed at once
+    # The BMC read the power Off at the verdict: nothing runs on h2, so its VMs
+    # are handed over as proven stopped (investigate=False) and stopped at once,
+    # the non-HA VM too, so that it is known Stopped. No fence is asked for: a
+    # fence minutes later could power off a host that has booted since.
+    (scheduled,) = events(doc, "ha_scheduled", host="h2")
+    assert scheduled["investigate"] is False
+    assert "no fence needed" in scheduled["reason"]
+    assert events(doc, "fence", host="h2") == []
+    stopped = events(doc, "vm_state", host="h2", state="Stopped")
+    assert [(e["vm"], e["t"]) for e in stopped] == [
+        ("vm2a", down),
+        ("vm2b", down),
+        ("vm2c", down),
     ]
-    assert fences[0]["reason"] == "h2 is already powered off"
-    assert fences[0]["evidence"]["steps"] == [
-        {"operation": "STATUS", "success": True, "state": "Off"}
-    ]
-    # Restarted elsewhere as soon as fenced; the non-HA VM stays down.
+    # Restarted elsewhere by the first worker; the non-HA VM stays down.
     started = starts(doc)
     assert set(started) == {"vm2a", "vm2b"}
     assert all(host != "h2" and when == t for host, when in started.values())
@@ -79,12 +82,7 @@ def test_crash_with_the_bmc_alive_is_fenced_by_power_read_back_at_once() -> None
         "vm2b": ("Done", f"started on host {started['vm2b'][0]}"),
         "vm2c": ("Done", "the VM is not HA-enabled: it stays stopped"),
     }
-    assert [e["step"] for e in events(doc, "ha_work", vm="vm2a")] == [
-        "Investigating",
-        "Fencing",
-        "Scheduled",
-        "Done",
-    ]
+    assert [e["step"] for e in events(doc, "ha_work", vm="vm2a")] == ["Scheduled", "Done"]
     assert events(doc, "power") == []  # nothing had to be switched
     assert doc["final"]["hosts"]["h2"] == {"status": "Down", "power": "Off", "bmc": "up"}
     assert doc["invariants"] == CLEAN

@@ -59,12 +59,12 @@ def test_a_management_server_crash_between_claim_and_processing_loses_nothing() 
         )
     )
     assert down_time(doc, "h2") == down
-    # Nothing was processed before the crash; after the restart the claims
-    # are released, looked at again from scratch (Investigating), fenced and
-    # restarted, each once.
+    # Nothing was processed before the crash (the works were scheduled as
+    # proven stopped: the BMC read h2 Off); after the restart the claims are
+    # released, looked at again from scratch and restarted, each once.
     for vm in ("vm2a", "vm2b"):
         steps = [(e["step"], e["t"]) for e in events(doc, "ha_work", vm=vm)]
-        assert steps[0] == ("Investigating", down)
+        assert steps[0] == ("Scheduled", down)
         assert all(t >= down + 120 for _step, t in steps[1:]), steps
         assert steps[-1][0] == "Done"
         (start,) = events(doc, "vm_state", vm=vm, state="Running")
@@ -96,7 +96,7 @@ def test_the_lost_work_checker_sees_claims_that_a_restarted_server_never_release
 def test_a_crash_with_no_restart_keeps_the_work_in_the_database() -> None:
     down = down_time(simulate(scenario(CRASH)), "h2")
     doc = simulate(scenario([*CRASH, {"at": down + WORK_SECONDS / 2, "kind": "ms_crash"}]))
-    assert [e["step"] for e in events(doc, "ha_work", vm="vm2a")] == ["Investigating"]
+    assert [e["step"] for e in events(doc, "ha_work", vm="vm2a")] == ["Scheduled"]
     assert doc["invariants"]["lost_work"] == 0  # held, not lost: the server may come back
 
 
@@ -138,7 +138,7 @@ def test_without_room_the_restart_waits_and_succeeds_once_a_host_comes_back() ->
         )
     )
     steps = [e["step"] for e in events(doc, "ha_work", vm="vm2")]
-    assert steps[:3] == ["Investigating", "Fencing", "Scheduled"]
+    assert steps[:2] == ["Scheduled", "Rescheduled"]  # proven stopped: the BMC read h2 Off
     assert "Rescheduled" in steps
     assert steps[-1] == "Done"
     (start,) = events(doc, "vm_state", vm="vm2", state="Running")

@@ -215,26 +215,27 @@ def test_a_direct_host_back_from_a_crash_reports_its_vms_and_the_lost_ones_resta
 
 
 def test_a_host_back_from_a_reboot_just_after_it_is_declared_down_gets_its_ha_vms_back() -> None:
-    # The host reconnects (without vm2) between HostDown and the processing of vm2's
-    # Investigating work: the VM sync must not leave vm2 to a work that "host is Up
-    # again" cancels; the cancel then schedules vm2's restart (campaign unrecovered_ha_vm).
-    doc = simulate(
-        scenario(
-            [
-                {"at": 100, "kind": "host_crash", "target": "h2"},
-                {"at": 502.5, "kind": "host_recover", "target": "h2"},
-            ],
-            until=1200,
-        )
-    )
+    # The host reconnects (without vm2) just after HostDown. No BMC, but its
+    # hypervisor answered the verdict's investigation with no domain running:
+    # that proves vm2 dead, so the work is scheduled as proven stopped
+    # (investigate=False) and no "host is Up again" can cancel it (campaign
+    # unrecovered_ha_vm; the VM sync's part is tested in tests/unit/test_server.py).
+    hosts = [{"id": f"h{i}", "cluster": "c1", "pools": ["nfs1"], "oobm": "none"} for i in (1, 2, 3)]
+    crash = {"at": 100, "kind": "host_crash", "target": "h2"}
+    (down,) = events(simulate(scenario([crash], until=1200, hosts=hosts)), "host_status", to="Down")
+    boot = 60.0  # the simulated boot, from host_recover to Up
+    recover = {"at": down["t"] - boot + 0.5, "kind": "host_recover", "target": "h2"}
+    doc = simulate(scenario([crash, recover], until=1500, hosts=hosts))
     downs = events(doc, "host_status", host="h2", to="Down")
     ups = events(doc, "host_status", host="h2", to="Up")
     assert downs
     assert ups
     assert 0 < ups[-1]["t"] - downs[-1]["t"] < 1.0  # the race is exercised
-    assert [e["vm"] for e in events(doc, "vm_sync", host="h2")] == ["vm2"]
-    cancelled = [e for e in events(doc, "ha_work", vm="vm2") if e["step"] == "Cancelled"]
-    assert cancelled
+    (investigation,) = [e for e in events(doc, "investigation", host="h2") if e["result"] == "Down"]
+    assert any(f.get("no_vm_runs") for f in investigation["findings"])
+    (scheduled,) = events(doc, "ha_scheduled", host="h2")
+    assert scheduled["investigate"] is False
+    assert [e["step"] for e in events(doc, "ha_work", vm="vm2")] == ["Scheduled", "Done"]
     assert doc["final"]["vms"]["vm2"]["state"] == "Running"
     assert doc["invariants"] == CLEAN
 

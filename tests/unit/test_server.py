@@ -364,6 +364,34 @@ def test_a_host_that_reconnects_without_its_ha_vm_gets_it_restarted() -> None:
     assert ha_works(server, "vm3") == []
 
 
+def test_a_reconnect_without_the_vm_supersedes_a_host_down_work_that_is_never_cancelled() -> None:
+    # vm1 has the Investigating HostDown work of a failed fence. h1 comes back
+    # without it, but no investigator can say h1 is Up (nobody to ask), so
+    # that work is never cancelled: the VM sync's restart must supersede it,
+    # or it ends as "the VM has been changed" and vm1 stays Stopped.
+    cloud = Cloud([Vm("vm1", host_id="h1", last_host_id="h1", ha_enabled=True)])
+    server = cloud.server()
+    server.recover()
+    vm1 = cloud.orchestrator.find_vm("vm1")
+    assert vm1 is not None
+    old = server.ha.schedule_restart(vm1, investigate=True, reason=ReasonType.HOST_DOWN)
+    assert old is not None
+    server.ping_map.disconnect("h1")
+    assert server.agents.agent_connected("h1", vms=[])
+    (synced,) = cloud.evidence.records(kind="vm_sync")
+    assert (synced.vm, synced.details["restart"]) == ("vm1", True)
+    assert ha_works(server, "vm1") == [
+        (WorkType.HA, Step.INVESTIGATING),
+        (WorkType.HA, Step.INVESTIGATING),
+    ]
+    run(server, cloud.clock, 30, alive=HOSTS)
+    vm1 = cloud.orchestrator.find_vm("vm1")
+    assert vm1 is not None
+    assert vm1.state is VmState.RUNNING
+    reasons = [e.reason for e in cloud.evidence.records(kind="ha_work") if e.vm == "vm1"]
+    assert any(r.startswith("superseded by HA work") for r in reasons), reasons
+
+
 def test_a_vm_missing_from_every_ping_report_over_the_grace_is_synced() -> None:
     # A host that rebooted without being declared Down (no reconnect) reports
     # no vm1: after 2 x ping.interval of reports without it, vm1 is stopped and

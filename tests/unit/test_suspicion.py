@@ -342,7 +342,9 @@ def test_a_host_entering_alert_that_the_fast_path_fenced_is_down_at_once(world: 
         Event.AGENT_DISCONNECTED,
         Event.HOST_DOWN,
     ]
-    assert world.scheduler.scheduled == [ScheduledRestart("h1", True, ReasonType.HOST_DOWN)]
+    # The fence read the power back Off: nothing runs there, so the VMs are
+    # handed over as proven stopped (investigate=False: no second fence).
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", False, ReasonType.HOST_DOWN)]
     assert "Host down, h1" in world.alerts.subjects()
     assert world.agents.alert_watch == frozenset()
 
