@@ -670,21 +670,24 @@ class AgentManager:
             action=action,
         )
 
-    def _hand_over(self, host_id: str, *, no_vm_runs: bool = False) -> bool:
+    def _hand_over(self, host_id: str, *, no_vm_runs: bool | None = None) -> bool:
         """Give a Down host's VMs to the HA scheduler; on failure, retry later (True: done).
 
-        ``no_vm_runs``: the verdict showed that no VM runs on the host (its
-        power read Off, its hypervisor idle, a confirmed fence). The proof
-        holds while the host stays Down (nothing is started on a Down host),
-        also for the retries: the works are scheduled with
+        ``no_vm_runs``: from a fresh verdict, whether it showed that no VM
+        runs on the host (its power read Off, its hypervisor idle, a
+        confirmed fence); None for a retry, which keeps what the verdict
+        said. The proof holds while the host stays Down (nothing is started
+        on a Down host), so for the retries too: the works are scheduled with
         ``investigate=False``, so the VMs are stopped at once and no fence
         is asked for. A fence minutes later could otherwise power off a host
         that has booted since, with nothing on it (an investigation then may
         see nothing: the management network cut off, say).
         """
         with self._watch_lock:
-            if no_vm_runs:
+            if no_vm_runs is True:
                 self._no_vm_runs.add(host_id)
+            elif no_vm_runs is False:
+                self._no_vm_runs.discard(host_id)
             proven = host_id in self._no_vm_runs
         try:
             after = self.directory.find_host(host_id)

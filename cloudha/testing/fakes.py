@@ -210,8 +210,10 @@ class ScriptedInvestigator(BaseInvestigator):
     """An investigator whose findings are set per host by the test.
 
     ``script[host_id]`` is a Verdict (ALIVE means reachable unless
-    ``unreachable`` lists the host) or a callable returning a Finding.
-    Hosts not in the script get UNKNOWN.
+    ``unreachable`` lists the host). Hosts not in the script get UNKNOWN.
+    A host in ``nothing_runs`` gets findings that show no VM running
+    (:attr:`~cloudha.investigators.Finding.no_vm_runs`: a power read Off, an
+    idle hypervisor).
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class ScriptedInvestigator(BaseInvestigator):
         self.unreachable = set(unreachable)
         self._supported = supported
         self.asked: list[str] = []
+        self.nothing_runs: set[str] = set()
 
     def supports(self, host: Host) -> bool:
         return True if self._supported is None else self._supported(host)
@@ -239,7 +242,12 @@ class ScriptedInvestigator(BaseInvestigator):
         reachable = None
         if verdict is Verdict.ALIVE:
             reachable = host.id not in self.unreachable
-        return self.finding(verdict, f"scripted {verdict}", reachable=reachable)
+        return self.finding(
+            verdict,
+            f"scripted {verdict}",
+            reachable=reachable,
+            no_vm_runs=host.id in self.nothing_runs,
+        )
 
     def _vm_alive(self, vm: Vm, host: Host) -> Finding:
         return self.finding(self.script.get(vm.id, Verdict.UNKNOWN), "scripted")

@@ -245,7 +245,8 @@ class Simulation:
     def _watch(self, evidence: Evidence) -> None:
         if evidence.kind == "ha_scheduled" and evidence.host is not None:
             reason = ReasonType(str(evidence.details.get("ha_reason", "HostDown")))
-            self.scheduled.append(ScheduledRestart(evidence.host, True, reason))
+            investigate = evidence.details.get("investigate", True) is not False
+            self.scheduled.append(ScheduledRestart(evidence.host, investigate, reason))
         if evidence.kind == "ha_work" and evidence.vm is not None:
             self.ha_seen[evidence.vm] = evidence.t
         if (

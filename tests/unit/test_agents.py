@@ -303,3 +303,86 @@ def test_system_vm_agents_in_alert_are_not_watched(world: World) -> None:
     world.agents.disconnect_with_investigation("cp", Event.AGENT_DISCONNECTED)
     assert world.status("cp") is Status.ALERT
     assert world.agents.alert_watch == frozenset()
+
+
+# -- a verdict that shows nothing running: the VMs are handed over proven stopped ------
+
+
+class _FlakyScheduler:
+    """Fails ``failures`` hand-overs, then records them like RecordingHAScheduler."""
+
+    def __init__(self, world: World, failures: int) -> None:
+        self.world = world
+        self.failures = failures
+
+    def schedule_restart_for_vms_on_host(
+        self, host: object, *, investigate: bool, reason: ReasonType
+    ) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("orchestrator down")
+        self.world.scheduler.schedule_restart_for_vms_on_host(
+            host,  # type: ignore[arg-type]
+            investigate=investigate,
+            reason=reason,
+        )
+
+
+def test_a_down_verdict_that_shows_nothing_running_hands_over_without_investigation(
+    world: World,
+) -> None:
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.DEAD
+    world.investigator.nothing_runs.add("h1")  # the BMC read its power Off, say
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    assert world.status("h1") is Status.DOWN
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", False, ReasonType.HOST_DOWN)]
+    (scheduled,) = world.evidence.records(kind="ha_scheduled")
+    assert scheduled.details["investigate"] is False
+    assert "no fence needed" in scheduled.reason
+    (inv,) = world.evidence.records(kind="investigation")
+    assert inv.details["findings"][-1]["no_vm_runs"] is True
+
+
+def test_a_dead_verdict_without_such_a_finding_still_investigates(world: World) -> None:
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.DEAD  # a stale heartbeat: no VM was seen dead
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", True, ReasonType.HOST_DOWN)]
+    (scheduled,) = world.evidence.records(kind="ha_scheduled")
+    assert scheduled.details["investigate"] is True
+
+
+def test_the_proof_holds_for_the_retries_of_a_failed_hand_over(world: World) -> None:
+    world.agents.scheduler = _FlakyScheduler(world, failures=2)
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.DEAD
+    world.investigator.nothing_runs.add("h1")
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    for _ in range(2):
+        at = world.agents.next_hand_over_at()
+        assert at is not None
+        world.clock.set(at)
+        world.agents.retry_hand_overs()
+    assert world.agents.pending_hand_overs == frozenset()
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", False, ReasonType.HOST_DOWN)]
+
+
+def test_a_proof_never_outlives_its_verdict(world: World) -> None:
+    # Down with the power read Off, hand-over failing; the host comes back Up,
+    # and is Down again later on a stale heartbeat alone: that verdict proves
+    # nothing, and its hand-over must investigate.
+    world.agents.scheduler = _FlakyScheduler(world, failures=1)
+    world.add_host("h1")
+    world.investigator.script["h1"] = Verdict.DEAD
+    world.investigator.nothing_runs.add("h1")
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    assert world.agents.pending_hand_overs == frozenset({"h1"})
+    host = world.directory.find_host("h1")
+    assert host is not None
+    world.directory.add(attrs.evolve(host, status=Status.UP))  # reconnected
+    world.agents.ping_map.connect("h1")
+    world.investigator.nothing_runs.clear()
+    assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
+    assert world.status("h1") is Status.DOWN
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", True, ReasonType.HOST_DOWN)]

@@ -803,9 +803,13 @@ def test_libvirt_host_finding_is_vm_level_only_with_running_domains() -> None:
     idle = inv.is_agent_alive(host)
     assert idle.verdict is Verdict.ALIVE
     assert idle.witness is Witness.HOST
+    assert idle.no_vm_runs is True  # an idle hypervisor: nothing runs there
+    assert idle.to_dict()["no_vm_runs"] is True
     probe.domains[("h1", "vm1")] = DomainState.RUNNING
     busy = inv.is_agent_alive(host)
     assert busy.witness is Witness.VM
+    assert busy.no_vm_runs is False
+    assert "no_vm_runs" not in busy.to_dict()
     assert busy.reason == "the hypervisor on h1 answers, 1 domain(s) running; its agent does not"
     assert busy.to_dict()["witness"] == "vm"
 
@@ -888,6 +892,7 @@ def test_bmc_power_off_is_dead_and_drives_the_power_state_machine() -> None:
     assert finding.source == "BMCInvestigator"
     assert finding.reason == "BMC reads the power Off"
     assert finding.evidence == {"power": "Off", "power_state_machine": "Off"}
+    assert finding.no_vm_runs is True  # a powered-off host runs nothing
     assert finding.observed_at == 7.0
     assert host_outcome(finding) is Status.DOWN
     assert bmc.calls == [PowerOperation.STATUS]
@@ -900,6 +905,7 @@ def test_bmc_power_on_is_no_proof_of_life() -> None:
     assert finding.verdict is Verdict.UNKNOWN
     assert "no proof of life" in finding.reason
     assert finding.evidence["power"] == "On"
+    assert finding.no_vm_runs is False
     assert host_outcome(finding) is None
     assert oobm.power_state("h1") is PowerState.ON
 
@@ -977,17 +983,20 @@ def test_the_bmc_power_off_overrules_a_heartbeat_disconnected_but_not_running_vm
     result = chain.investigate_host(target)
     assert (result.status, result.decided_by) == (Status.DISCONNECTED, "KVMInvestigator")
     assert [f.source for f in result.findings][-2:] == ["KVMInvestigator", "BMCInvestigator"]
+    assert result.no_vm_runs is False
     # Power Off is physical proof: it outranks a heartbeat that is merely not stale yet.
     bmc.power = "off"
     result = chain.investigate_host(target)
     assert (result.status, result.decided_by) == (Status.DOWN, "BMCInvestigator")
     assert result.verdict is Verdict.DEAD
+    assert result.no_vm_runs is True  # the host's VMs died: no fence needed
     # Domains seen running on the host outrank the power reading (a BMC wired to the wrong host).
     probe.answering["h1"] = True
     probe.domains[("h1", "i-1")] = DomainState.RUNNING
     result = chain.investigate_host(target)
     assert result.decided_by == "LibvirtInvestigator"
     assert result.status is not Status.DOWN
+    assert result.no_vm_runs is False  # a verdict other than Down proves nothing dead
 
 
 def test_a_death_proof_witness_does_not_overrule_up_or_a_vm_level_disconnected() -> None:
