@@ -669,7 +669,7 @@ class HighAvailabilityManager:
                     "VM HA is disabled in the VM's zone",
                     at=self._now() + retry_interval(work.type, policy),
                 )
-            elif self._cancelled_by_host_up(work):
+            elif self._cancelled_by_host_up(work, vm):
                 outcome = Finish(f"host {work.host_id} is Up again", Step.CANCELLED)
             else:
                 outcome = self._decide_and_act(holder, vm, policy)
@@ -780,10 +780,18 @@ class HighAvailabilityManager:
             log.warning("%s: host %s not read for the alert: %s", work, work.host_id, exc)
             return None
 
-    def _cancelled_by_host_up(self, work: Work) -> bool:
-        """``checkAndCancelWorkIfNeeded``: an Investigating work whose host is Up again."""
+    def _cancelled_by_host_up(self, work: Work, vm: Vm) -> bool:
+        """``checkAndCancelWorkIfNeeded``: an Investigating work whose host is Up again.
+
+        Only while the VM is still placed on a host: a VM on no host was
+        stopped already (by this work before a server restart marked it
+        Investigating again, by a hand-over that knew it dead, by a VM sync),
+        and cancelling its work would leave it Stopped for good although its
+        host is back; the work goes on and restarts it (cloudha's fix).
+        """
         return (
-            is_cancellable(work, CANCELLABLE_REASONS)
+            vm.host_id is not None
+            and is_cancellable(work, CANCELLABLE_REASONS)
             and self.investigate(work.host_id) is Status.UP
         )
 

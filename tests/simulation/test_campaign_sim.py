@@ -291,6 +291,14 @@ def test_a_host_that_is_back_proves_its_vms_are_gone() -> None:
         # cancel: the VM sync's restart supersedes it.
         120293340,
         1829518446,
+        # A work that knew its VM dead (stopped at the hand-over, or by itself)
+        # marked Investigating by a server restart, then cancelled because the
+        # host was Up again: the VM stayed Stopped. Only a VM still on a host
+        # has its work cancelled now.
+        275272139,
+        1224649279,
+        1833735555,
+        1916133372,
     ],
 )
 def test_campaign_cases_once_violated_are_clean(seed: int) -> None:

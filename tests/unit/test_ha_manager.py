@@ -1230,6 +1230,21 @@ def test_a_scheduled_work_is_not_cancelled_when_its_host_is_up(env: Env) -> None
     assert env.vm().state is VmState.RUNNING
 
 
+def test_an_investigating_work_of_a_stopped_vm_is_not_cancelled_when_its_host_is_up(
+    env: Env,
+) -> None:
+    # The VM was stopped already (this work before a server restart marked it
+    # Investigating again, or a hand-over that knew it dead): "host is Up
+    # again" must not cancel the work and leave the VM Stopped for good.
+    env.inv.script["h1"] = Verdict.ALIVE
+    env.set_host("h1", status=Status.UP)
+    env.change_vm(state=VmState.STOPPED, host_id=None, last_host_id="h1")
+    work = env.add("vm1", WorkType.HA, step=Step.INVESTIGATING, reason=ReasonType.HOST_DOWN)
+    assert env.manager.process_next() is WorkResult.DONE
+    assert env.reasons(work.id)[-1].startswith("started on host")
+    assert env.vm().state is VmState.RUNNING
+
+
 def test_a_migration_error_other_than_capacity_reschedules_with_the_migration_interval() -> None:
     env, work = migration_env()
 
