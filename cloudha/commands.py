@@ -19,6 +19,13 @@ booleans (where ``result=false`` meant "the heart is beating"):
 A gateway that cannot run a command at all answers ``result=False`` with
 ``data["supported"] = False`` (:data:`UNSUPPORTED`): that is no answer, never
 "the ping got no reply" (:func:`answer_reached`).
+* ``CheckVMActivityOnStoragePoolCommand`` (``host_id``, ``host_ip``,
+  ``pool_id``, ``mount_point``, ``volumes``, ``suspect_time``, ``watchdog``):
+  Host-HA's VM activity check (spec §6.4), run by a neighbour that mounts the
+  pool. ``result`` is True when the check ran and ``data`` is an activity
+  report (:meth:`cloudha.heartbeat.ActivityReport.to_dict`) whose ``verdict``
+  is ALIVE (activity seen), DEAD (none) or UNKNOWN; read it with
+  :func:`answer_verdict`.
 * ``FenceCommand`` (``vm_name``, ``host_id``, ``host_ip``): for hypervisors
   whose agents fence a neighbour's VM themselves (XenServer): ``result`` is
   True only when the VM was fenced off. KVM does not use it: KVM "fencing"
@@ -27,16 +34,17 @@ A gateway that cannot run a command at all answers ``result=False`` with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cloudha.investigators.base import Verdict
-from cloudha.model import Host, Vm, VmPowerState
+from cloudha.model import Host, Pool, Vm, VmPowerState
 from cloudha.ports import Answer, Command
 
 __all__ = [
     "CHECK_ON_HOST",
     "CHECK_VM",
+    "CHECK_VM_ACTIVITY",
     "FENCE",
     "PING_TEST",
     "UNSUPPORTED",
@@ -45,12 +53,14 @@ __all__ = [
     "answer_verdict",
     "check_on_host",
     "check_vm",
+    "check_vm_activity",
     "fence",
     "ping_test",
 ]
 
 CHECK_ON_HOST = "CheckOnHostCommand"
 CHECK_VM = "CheckVirtualMachineCommand"
+CHECK_VM_ACTIVITY = "CheckVMActivityOnStoragePoolCommand"
 PING_TEST = "PingTestCommand"
 FENCE = "FenceCommand"
 
@@ -60,6 +70,25 @@ def check_on_host(target: Host, *, fail_on_one_pool: bool) -> Command:
     return Command(
         CHECK_ON_HOST,
         {"host_id": target.id, "host_ip": target.private_ip, "fail_on_one_pool": fail_on_one_pool},
+    )
+
+
+def check_vm_activity(
+    target: Host, pool: Pool, volumes: Sequence[str], *, suspect_time: float
+) -> Command:
+    """Ask a neighbour mounting ``pool`` for signs of life of ``target`` there since
+    ``suspect_time`` (epoch seconds): its heartbeat, or writes to ``volumes``."""
+    return Command(
+        CHECK_VM_ACTIVITY,
+        {
+            "host_id": target.id,
+            "host_ip": target.private_ip,
+            "pool_id": pool.id,
+            "mount_point": pool.mount_point,
+            "volumes": list(volumes),
+            "suspect_time": float(suspect_time),
+            "watchdog": target.watchdog,
+        },
     )
 
 

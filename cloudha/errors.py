@@ -7,6 +7,7 @@
      │    ├── ScenarioError                    a simulator scenario file is wrong
      │    └── MissingExtraError                an adapter's optional dependency is not installed
      ├── NoTransitionError                     a state machine has no such transition
+ ├── HACheckError                          a Host-HA check cannot apply to the host at all
      ├── LifecycleError (+RuntimeError)        start/stop misuse
      ├── StoreError                            the HA work store failed (a bug or bad schema)
      │    ├── StoreUnavailableError            a transient fault (connection lost, locked): retry
@@ -28,6 +29,7 @@ from typing import Any
 __all__ = [
     "CloudHAError",
     "ConfigurationError",
+    "HACheckError",
     "LifecycleError",
     "MissingExtraError",
     "NoTransitionError",
@@ -111,6 +113,18 @@ class NoTransitionError(CloudHAError):
         super().__init__(f"no transition from {shown} on event {str(event)!r}")
         self.current = current
         self.event = event
+
+
+class HACheckError(CloudHAError):
+    """A Host-HA activity check cannot apply to the host (CloudStack ``HACheckerException``).
+
+    Not a verdict: the host becomes Ineligible, and the regular VM-HA path
+    (investigators, fence chain) looks after it again.
+    """
+
+    def __init__(self, message: str, *, host_id: str) -> None:
+        super().__init__(message)
+        self.host_id = host_id
 
 
 class LifecycleError(CloudHAError, RuntimeError):

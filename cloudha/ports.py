@@ -15,8 +15,8 @@ bug and logged with its traceback.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -26,6 +26,9 @@ from cloudha.status import Event, Status
 
 if TYPE_CHECKING:
     from cloudha.ha.orchestrator import Planner, StartParams
+    from cloudha.hostha.provider import HAProviderConfig
+
+_T = TypeVar("_T")
 
 __all__ = [
     "KEEP",
@@ -39,6 +42,7 @@ __all__ = [
     "DirectAgentResource",
     "DomainState",
     "GuestNic",
+    "HAProvider",
     "HAScheduler",
     "HostDirectory",
     "HypervisorControl",
@@ -52,9 +56,11 @@ __all__ = [
     "StatusChange",
     "StoragePoolDirectory",
     "SuspicionCheck",
+    "TaskExecutor",
     "VmNetworkDirectory",
     "VmOrchestrator",
     "VmSync",
+    "VolumeDirectory",
     "Watchdog",
     "WorkStore",
 ]
@@ -265,6 +271,18 @@ class StoragePoolDirectory(Protocol):
 
     def pools_for_host(self, host: Host) -> Sequence[Pool]:
         """The pools ``host`` mounts: its cluster's pools, then zone-wide pools."""
+
+
+@runtime_checkable
+class VolumeDirectory(Protocol):
+    """Where the disks of each host's VMs live (Host-HA's VM activity check, spec §6.4)."""
+
+    def volumes_on_host(self, host: Host) -> Mapping[str, Sequence[str]]:
+        """The volume files of the VMs on ``host``, by pool id.
+
+        Each path is relative to the pool's mount point (``Pool.mount_point``),
+        without ``..``. A host without VMs maps to an empty mapping.
+        """
 
 
 @attrs.frozen
@@ -685,4 +703,72 @@ class SuspicionCheck(Protocol):
         host may then be declared Down. False changes nothing. Never raises
         for an unreachable agent, neighbour or BMC.
         """
+        ...
+
+
+class HAProvider(Protocol):
+    """A Host-HA provider: how one kind of host is judged, recovered and fenced (spec §7.5).
+
+    :class:`cloudha.hostha.BaseHAProvider` is the base to subclass (its
+    docstring holds the full contract); :class:`cloudha.hostha.KVMHAProvider`
+    is the built-in one. The Host-HA manager calls each method on one of its
+    bounded executors, within the time limit of :attr:`config`.
+    """
+
+    name: str
+    """The provider's name in ``ha_config.provider`` (``kvmhaprovider``)."""
+
+    @property
+    def config(self) -> HAProviderConfig:
+        """The limits and thresholds the manager applies to this provider's hosts."""
+        ...
+
+    def supports(self, host: Host) -> bool:
+        """Whether ``host`` is of this provider's kind (its hypervisor)."""
+        ...
+
+    def is_eligible(self, host: Host) -> bool:
+        """Whether Host-HA can act on ``host`` now (fence path, neighbours, not in maintenance)."""
+        ...
+
+    def is_healthy(self, host: Host) -> bool:
+        """True when ``host`` is known to be up; False (or a raise) fails the health check."""
+        ...
+
+    def has_activity(self, host: Host, suspect_since: float) -> bool | None:
+        """Signs of life of ``host`` since ``suspect_since`` (epoch seconds).
+
+        True: activity, False: none (one failed sample), None: cannot tell
+        (never counted as "no activity"). Raises
+        :class:`~cloudha.errors.HACheckError` when the check cannot apply to
+        the host at all (the host then becomes Ineligible).
+        """
+        ...
+
+    def recover(self, host: Host) -> bool:
+        """Try to bring ``host`` back (a power reset); True when done: its VMs died with it."""
+        ...
+
+    def fence(self, host: Host) -> bool:
+        """Power ``host`` off; True only once the power was confirmed Off."""
+        ...
+
+    def proves_dead(self, host: Host) -> bool:
+        """The fallback when :meth:`fence` fails: proof without the BMC that ``host`` is dead."""
+        ...
+
+
+class TaskExecutor(Protocol):
+    """Runs the Host-HA manager's tasks (:mod:`cloudha.hostha.executor` has two)."""
+
+    def submit(self, task: Callable[[], None]) -> bool:
+        """Run ``task`` now or later; False when refused (full, or stopped)."""
+        ...
+
+    def call(self, fn: Callable[[], _T], timeout: float) -> _T:
+        """``fn()``, or :class:`TimeoutError` when it did not finish within ``timeout`` s."""
+        ...
+
+    def shutdown(self, timeout: float) -> None:
+        """Refuse new tasks; let the started ones finish within ``timeout`` s."""
         ...

@@ -46,7 +46,12 @@ from cloudha.fencing.chain import FenceChain, FenceRunner
 from cloudha.fencing.registry import FencerContext, build_fence_chain
 from cloudha.ha.manager import HighAvailabilityManager
 from cloudha.ha.store import Work, WorkStore, create_schema
+from cloudha.hostha.bridge import HostHAInvestigator
+from cloudha.hostha.config import SqlHAConfigStore
+from cloudha.hostha.manager import HAExecutors, HAManager
+from cloudha.hostha.provider import KVMHAProvider
 from cloudha.investigators import InvestigatorChain, InvestigatorContext, build_chain
+from cloudha.investigators.base import HOST_HA_BRIDGE
 from cloudha.model import Host, Vm, VmState
 from cloudha.oobm.manager import (
     OobmConfigSource,
@@ -59,6 +64,7 @@ from cloudha.ports import (
     AgentGateway,
     AlertSink,
     DirectAgentResource,
+    HAProvider,
     HostDirectory,
     HypervisorControl,
     HypervisorProbe,
@@ -68,6 +74,7 @@ from cloudha.ports import (
     StoragePoolDirectory,
     VmNetworkDirectory,
     VmOrchestrator,
+    VolumeDirectory,
 )
 from cloudha.runtime import Loop, Pump, ThreadFactory
 from cloudha.settings import Settings
@@ -286,6 +293,15 @@ class ManagementServer:
             from the ports (:func:`cloudha.investigators.build_chain`).
         fence_chain: the fence chain to use instead of the one built from the
             ports (:func:`cloudha.fencing.build_fence_chain`).
+        volumes: where the disks of each host's VMs live (Host-HA's activity
+            check); with ``pools`` and a power driver it enables the built-in
+            KVM Host-HA provider.
+        ha_config: Host-HA's ``ha_config`` table; by default on ``engine``
+            (no Host-HA when only ``store`` is given).
+        ha_providers: the Host-HA providers; None: the built-in KVM provider
+            when the ports allow it (``pools``, ``volumes``, a power driver).
+        host_ha_executors: where Host-HA's checks, recoveries and fences run;
+            by default thread pools sized by ``ha.max.*``.
         work_seconds: 0 (production): a worker claims and processes a work in
             one tick. Above 0 (the simulator): a worker's tick claims, it
             holds the claim that long, and its next tick processes the work,
@@ -322,6 +338,10 @@ class ManagementServer:
         discover_plugins: bool = True,
         investigators: InvestigatorChain | None = None,
         fence_chain: FenceChain | None = None,
+        volumes: VolumeDirectory | None = None,
+        ha_config: SqlHAConfigStore | None = None,
+        ha_providers: Iterable[HAProvider] | None = None,
+        host_ha_executors: HAExecutors | None = None,
         work_seconds: float = 0.0,
     ) -> None:
         if not isinstance(settings, Settings):
@@ -343,6 +363,7 @@ class ManagementServer:
             ("maintenance", maintenance, MaintenanceChecker),
             ("migration_failures", migration_failures, MigrationFailureSink),
             ("direct_resources", direct_resources, DirectAgentResource),
+            ("volumes", volumes, VolumeDirectory),
         ]
         for name, port, protocol in ports:
             validate_port(name, port, protocol)
@@ -420,6 +441,48 @@ class ManagementServer:
                 ),
                 discover=discover_plugins,
             )
+        if ha_config is None and engine is not None:
+            ha_config = SqlHAConfigStore(engine, clock)
+        self.host_ha: HAManager | None = None
+        """Host-HA (spec §7): None without an ``ha_config`` table or any provider."""
+        providers: list[HAProvider]
+        if ha_providers is not None:
+            providers = list(ha_providers)
+        elif pools is not None and volumes is not None and self.oobm.driver_names:
+            providers = [
+                KVMHAProvider(
+                    clock,
+                    directory=directory,
+                    gateway=gateway,
+                    pools=pools,
+                    volumes=volumes,
+                    oobm=self.oobm,
+                    settings=settings,
+                )
+            ]
+        else:
+            providers = []
+        if ha_config is not None and providers:
+            self.host_ha = HAManager(
+                server_id=server_id,
+                store=ha_config,
+                directory=directory,
+                providers=providers,
+                clock=clock,
+                alerts=alerts,
+                recorder=self.recorder,
+                executors=host_ha_executors
+                if host_ha_executors is not None
+                else HAExecutors.bounded(settings, thread_factory=thread_factory),
+                on_down=self._host_ha_down,
+            )
+            if HOST_HA_BRIDGE not in settings.ha_investigators_exclude:
+                # Host-HA speaks first for the hosts it owns (and only for those).
+                existing = self.investigators
+                self.investigators = InvestigatorChain(
+                    [HostHAInvestigator(self.host_ha), *existing.investigators],
+                    order=[HOST_HA_BRIDGE, *existing.names],
+                )
         self.ha = HighAvailabilityManager(
             server_id=server_id,
             store=store,
@@ -455,6 +518,8 @@ class ManagementServer:
                     i for i in self.investigators.investigators if getattr(i, "vm_witness", False)
                 ],
             )
+        if self.suspicion is not None and self.host_ha is not None:
+            self.suspicion.stands_aside = self.host_ha.owns
         self.agents = AgentManager(
             management_server_id=server_id,
             settings=settings,
@@ -489,6 +554,10 @@ class ManagementServer:
         self._pumps: list[Pump] = []
         self._state = "new"
         self._lock = threading.Lock()
+
+    def _host_ha_down(self, host_id: str, reason: str, no_vm_runs: bool) -> None:
+        """Host-HA reset or fenced ``host_id``: VM-HA takes its VMs."""
+        self.agents.declare_down(host_id, reason, no_vm_runs=no_vm_runs)
 
     # -- recovery -------------------------------------------------------------
 
@@ -599,6 +668,8 @@ class ManagementServer:
             for i in range(self.settings.ha_workers)
         )
         loops.append(Loop("HA-Cleanup", self.cleanup_tick))
+        if self.host_ha is not None:
+            loops.append(Loop("HostHA-Poll", self.host_ha.tick))
         loops.extend(self.ping_task_loops())
         return loops
 
@@ -659,6 +730,8 @@ class ManagementServer:
                 pump.stop(max(0.0, deadline - time.monotonic()))
             except LifecycleError:
                 stuck.append(pump.name)
+        if self.host_ha is not None:
+            self.host_ha.stop(max(0.0, deadline - time.monotonic()))
         try:
             self.store.mark_server_pending_as_investigating(self.server_id)
             released = self.store.release_server(self.server_id)

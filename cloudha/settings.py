@@ -222,6 +222,8 @@ _SERVER = "cloudha.server"
 _SCENARIO = "cloudha.testing.scenario"
 _CAMPAIGN = "cloudha.testing.campaign"
 _SUSPICION = "cloudha.detection.suspicion"
+_HOST_HA = "cloudha.hostha.manager"
+_HOST_HA_KVM = "cloudha.hostha.provider"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -560,7 +562,7 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "Judge a KVM host dead as soon as one storage pool's heartbeat is stale.",
         _S38,
-        read_by=(_INVESTIGATORS, _FENCERS, _SUSPICION),
+        read_by=(_INVESTIGATORS, _FENCERS, _HOST_HA_KVM, _SUSPICION),
     ),
     _key(
         "ha.tag",
@@ -593,7 +595,7 @@ _SPECS: tuple[KeySpec, ...] = (
         (),
         "Investigators left out of the chain.",
         _S4,
-        read_by=(_INVESTIGATORS,),
+        read_by=(_INVESTIGATORS, _SERVER),
     ),
     _key(
         "ha.fence.builders.exclude",
@@ -663,7 +665,7 @@ _SPECS: tuple[KeySpec, ...] = (
         True,
         "Reboot the host when every heartbeat write of a round fails.",
         _S61,
-        read_by=(_HEARTBEAT_CLI, _FENCERS, _INVESTIGATORS, _SIMULATOR),
+        read_by=(_HEARTBEAT_CLI, _FENCERS, _HOST_HA_KVM, _INVESTIGATORS, _SIMULATOR),
     ),
     # §7.5 Host-HA executors.
     _key(
@@ -673,16 +675,16 @@ _SPECS: tuple[KeySpec, ...] = (
         "Threads running Host-HA health checks.",
         _S75,
         bounds=_THREADS,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     _key(
         "ha.max.pending.health.check.operations",
         "count",
         5000,
-        "Queued health checks before the caller runs them itself.",
+        "Queued health checks; more are refused until the next poll.",
         _S75,
         bounds=_QUEUE,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     _key(
         "ha.max.concurrent.activity.check.operations",
@@ -691,16 +693,16 @@ _SPECS: tuple[KeySpec, ...] = (
         "Threads running Host-HA activity checks.",
         _S75,
         bounds=_THREADS,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     _key(
         "ha.max.pending.activity.check.operations",
         "count",
         2500,
-        "Queued activity checks before the caller runs them itself.",
+        "Queued activity checks; more are refused until the next poll.",
         _S75,
         bounds=_QUEUE,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     _key(
         "ha.max.concurrent.recovery.operations",
@@ -709,16 +711,16 @@ _SPECS: tuple[KeySpec, ...] = (
         "Threads running Host-HA recoveries.",
         _S75,
         bounds=_THREADS,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     _key(
         "ha.max.pending.recovery.operations",
         "count",
         2500,
-        "Queued recoveries before the caller runs them itself.",
+        "Queued recoveries; more are refused until the next poll.",
         _S75,
         bounds=_QUEUE,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     _key(
         "ha.max.concurrent.fence.operations",
@@ -727,16 +729,16 @@ _SPECS: tuple[KeySpec, ...] = (
         "Threads running Host-HA fence operations.",
         _S75,
         bounds=_THREADS,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     _key(
         "ha.max.pending.fence.operations",
         "count",
         2500,
-        "Queued fence operations before the caller runs them itself.",
+        "Queued fence operations; more are refused until the next poll.",
         _S75,
         bounds=_QUEUE,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA,),
     ),
     # §7.5 KVM Host-HA provider.
     _key(
@@ -746,7 +748,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Limit on one health check.",
         _S75,
         bounds=_TIMEOUT,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.activity.check.timeout",
@@ -755,7 +757,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Limit on one activity check.",
         _S75,
         bounds=_TIMEOUT,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.activity.check.interval",
@@ -764,7 +766,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Least time between two activity checks of a suspect host.",
         _S75,
         bounds=_PERIOD,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.activity.check.max.attempts",
@@ -773,7 +775,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Activity check samples taken before deciding.",
         _S75,
         bounds=(1, 1000, "more samples only delay the decision"),
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.activity.check.failure.ratio",
@@ -781,7 +783,7 @@ _SPECS: tuple[KeySpec, ...] = (
         0.7,
         "Share of samples without activity above which recovery starts.",
         _S75,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.degraded.max.period",
@@ -790,7 +792,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "How long a Degraded host waits before its activity is checked again.",
         _S75,
         bounds=_PERIOD,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.recover.timeout",
@@ -799,7 +801,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Limit on one recovery (power reset).",
         _S75,
         bounds=_TIMEOUT,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.recover.wait.period",
@@ -808,7 +810,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "How long a Recovered host waits before it is Available again.",
         _S75,
         bounds=_PERIOD,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.recover.failure.threshold",
@@ -817,7 +819,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Recovery attempts before the host is fenced.",
         _S75,
         bounds=_ATTEMPTS,
-        read_by=NOT_USED_YET,
+        read_by=(_HOST_HA_KVM,),
     ),
     _key(
         "kvm.ha.fence.timeout",
@@ -826,7 +828,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Limit on one fence (power off).",
         _S75,
         bounds=_TIMEOUT,
-        read_by=(_FENCERS,),
+        read_by=(_FENCERS, _HOST_HA_KVM),
     ),
     # §8 out-of-band management.
     _key(

@@ -276,6 +276,11 @@ def check(
     type=float,
     help="When the host became suspect, in Unix epoch seconds.",
 )
+@click.option(
+    "--watchdog",
+    is_flag=True,
+    help="The host's writer arms a watchdog: a stale heartbeat then proves it dead.",
+)
 @_json_option
 @_settings_option
 def activity(
@@ -283,6 +288,7 @@ def activity(
     host_ip: str,
     volumes: tuple[str, ...],
     suspect_time: float,
+    watchdog: bool,
     as_json: bool,
     settings_file: Path | None,
 ) -> None:
@@ -300,6 +306,7 @@ def activity(
             host_ip=ip,
             volumes=volumes,
             suspect_time=suspect_time,
+            watchdog=watchdog,
         ),
     )
     _print(report.to_dict(), f"{report.host_ip}: {report.verdict}: {report.reason}", [], as_json)

@@ -455,6 +455,28 @@ class AgentManager:
             self._hand_over(host.id, no_vm_runs=no_vm_runs or fenced)
             return True
 
+    def declare_down(self, host_id: str, reason: str, *, no_vm_runs: bool) -> bool:
+        """Host-HA reset or fenced the host (spec §7.5 ``fenceSubResources``): Down now.
+
+        The host leaves the ping map and goes Down (``HostDown``) whatever its
+        status, without an investigation: Host-HA's reset or fence is the
+        proof. Its VMs are handed over to the HA scheduler, with
+        ``investigate=False`` when ``no_vm_runs`` (the reset, or the power
+        read back Off, killed them). A host already Down is handed over
+        again only if its VMs still need it. True once the host is Down.
+        """
+        with self._lock(host_id):
+            host = self.directory.find_host(host_id)
+            if host is None:
+                self._forget(host_id, "no such host in the directory")
+                return False
+            if host.status is not Status.DOWN:
+                self._alert(host, f"Host down, {host.id}", reason)
+                if not self._disconnect(host, Event.HOST_DOWN, transit_state=True):
+                    return False
+            self._hand_over(host_id, no_vm_runs=no_vm_runs)
+            return True
+
     @property
     def alert_watch(self) -> frozenset[str]:
         """Hosts in Alert that :meth:`recheck_alerted` investigates again."""

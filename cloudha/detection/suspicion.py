@@ -33,7 +33,7 @@ gathers the witnesses' answers, records every decision (evidence kind
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -196,6 +196,10 @@ def decide_suspicion(
     )
 
 
+def _never(host: Host) -> bool:
+    return False
+
+
 class SuspicionFencer:
     """Gathers the witnesses of :func:`decide_suspicion` and fences a host that qualifies.
 
@@ -247,6 +251,8 @@ class SuspicionFencer:
         self.fail_on_one_pool = fail_on_one_pool
         self.vm_witnesses = tuple(vm_witnesses)
         self.fencer = PowerFencer(clock, oobm=oobm, timeout=fence_timeout)
+        self.stands_aside: Callable[[Host], bool] = _never
+        """True for a host another authority recovers and fences (Host-HA owns it)."""
 
     @classmethod
     def from_settings(
@@ -279,8 +285,13 @@ class SuspicionFencer:
         )
 
     def applies(self, host: Host) -> bool:
-        """Could ``host`` be fenced this way at all? (It has out-of-band management.)"""
-        return bool(self.oobm.driver_names) and self.oobm.configured(host)
+        """Could ``host`` be fenced this way at all? It has out-of-band management, and
+        nothing else owns its recovery (:attr:`stands_aside`: Host-HA)."""
+        return (
+            bool(self.oobm.driver_names)
+            and self.oobm.configured(host)
+            and not self.stands_aside(host)
+        )
 
     def consider(self, host: Host) -> bool:
         """Fence ``host`` if it qualifies; True only once the fence was confirmed (power Off)."""

@@ -373,15 +373,27 @@ class Proceed:
 
 
 def decide_verdict(
-    verdict: Verdict, decided_by: str | None, vm: Vm, host: Host, policy: Policy, now: float
+    verdict: Verdict,
+    decided_by: str | None,
+    vm: Vm,
+    host: Host,
+    policy: Policy,
+    now: float,
+    *,
+    deferred: bool = False,
 ) -> Retry | Finish | Fence | Proceed:
-    """The investigators' answer on a VM: alive (end or wait), dead (go on), unknown (fence)."""
+    """The investigators' answer on a VM: alive (end or wait), dead (go on), unknown (fence).
+
+    ``deferred``: the answer is Host-HA's, which owns the host and has not
+    decided yet; waiting for it uses up no retries (CloudStack PR #13088).
+    """
     if verdict is Verdict.ALIVE:
         if host.status is Status.UP:
             return _done(f"the VM is alive ({decided_by}) and its host is Up")
         return Retry(
             f"the VM is alive ({decided_by}) but host {host.id} is {host.status}",
             at=now + policy.investigate_retry_interval,
+            waits=deferred,
         )
     if verdict is Verdict.DEAD:
         return Proceed(f"the VM is dead ({decided_by})")

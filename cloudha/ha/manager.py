@@ -120,6 +120,7 @@ from cloudha.ha.work import (
     Work,
     WorkType,
 )
+from cloudha.investigators.base import HOST_HA_BRIDGE
 from cloudha.investigators.chain import InvestigatorChain
 from cloudha.model import (
     HA_PRIORITY_LIMIT,
@@ -839,7 +840,15 @@ class HighAvailabilityManager:
     def _prove_dead(self, holder: _Holder, vm: Vm, host: Host, policy: Policy) -> Outcome | None:
         """Investigate, fence if needed, and stop: None when the VM may be restarted."""
         result = self.investigators.investigate_vm(vm, host)
-        step = decide_verdict(result.verdict, result.decided_by, vm, host, policy, self._now())
+        step = decide_verdict(
+            result.verdict,
+            result.decided_by,
+            vm,
+            host,
+            policy,
+            self._now(),
+            deferred=result.decided_by == HOST_HA_BRIDGE,
+        )
         if isinstance(step, Fence):
             held = self._last_look(host, policy)
             if held is not None:

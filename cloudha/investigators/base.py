@@ -26,7 +26,19 @@ from cloudha.errors import ProbeError
 from cloudha.model import Host, Vm
 from cloudha.status import Status
 
-__all__ = ["BaseInvestigator", "Finding", "Investigator", "Verdict", "Witness", "host_outcome"]
+__all__ = [
+    "HOST_HA_BRIDGE",
+    "BaseInvestigator",
+    "Finding",
+    "Investigator",
+    "Verdict",
+    "Witness",
+    "host_outcome",
+]
+
+HOST_HA_BRIDGE = "HostHAInvestigator"
+"""The name of Host-HA's bridge investigator (:class:`cloudha.hostha.HostHAInvestigator`):
+its ALIVE on a VM means "Host-HA has not decided yet", a wait that uses up no HA retries."""
 
 log = logging.getLogger(__name__)
 

@@ -10,21 +10,25 @@ Not imported by ``import cloudha``.
 from cloudha.testing.clock import FakeClock as FakeClock
 from cloudha.testing.contract import check_agent_gateway as check_agent_gateway
 from cloudha.testing.contract import check_fencer as check_fencer
+from cloudha.testing.contract import check_ha_provider as check_ha_provider
 from cloudha.testing.contract import check_host_directory as check_host_directory
 from cloudha.testing.contract import check_investigator as check_investigator
 from cloudha.testing.contract import check_suspicion_check as check_suspicion_check
 from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestrator
+from cloudha.testing.contract import check_volume_directory as check_volume_directory
 from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
 from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
 from cloudha.testing.fakes import FakeHypervisorProbe as FakeHypervisorProbe
 from cloudha.testing.fakes import InMemoryHostDirectory as InMemoryHostDirectory
 from cloudha.testing.fakes import InMemoryStoragePools as InMemoryStoragePools
 from cloudha.testing.fakes import InMemoryVmNetworks as InMemoryVmNetworks
+from cloudha.testing.fakes import InMemoryVolumeDirectory as InMemoryVolumeDirectory
 from cloudha.testing.fakes import RecordingAlertSink as RecordingAlertSink
 from cloudha.testing.fakes import RecordingHAScheduler as RecordingHAScheduler
 from cloudha.testing.fakes import RecordingMigrationFailures as RecordingMigrationFailures
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
 from cloudha.testing.fakes import ScriptedFencer as ScriptedFencer
+from cloudha.testing.fakes import ScriptedHAProvider as ScriptedHAProvider
 from cloudha.testing.fakes import ScriptedInvestigator as ScriptedInvestigator
 from cloudha.testing.fakes import ScriptedSuspicion as ScriptedSuspicion
 from cloudha.testing.heartbeat import FakeWatchdog as FakeWatchdog
@@ -58,6 +62,7 @@ from cloudha.testing.world import WorldPorts as WorldPorts
 from cloudha.testing.world import WorldPowerDriver as WorldPowerDriver
 from cloudha.testing.world import WorldStorage as WorldStorage
 from cloudha.testing.world import WorldVm as WorldVm
+from cloudha.testing.world import WorldVolumes as WorldVolumes
 
 __all__ = [
     "EventTimeline",
@@ -73,6 +78,7 @@ __all__ = [
     "InMemoryOrchestrator",
     "InMemoryStoragePools",
     "InMemoryVmNetworks",
+    "InMemoryVolumeDirectory",
     "InMemoryWorkStore",
     "MemoryStorage",
     "OrchestratorCall",
@@ -83,6 +89,7 @@ __all__ = [
     "Scenario",
     "ScheduledRestart",
     "ScriptedFencer",
+    "ScriptedHAProvider",
     "ScriptedInvestigator",
     "ScriptedSuspicion",
     "Simulation",
@@ -99,12 +106,15 @@ __all__ = [
     "WorldPowerDriver",
     "WorldStorage",
     "WorldVm",
+    "WorldVolumes",
     "check_agent_gateway",
     "check_fencer",
+    "check_ha_provider",
     "check_host_directory",
     "check_investigator",
     "check_suspicion_check",
     "check_vm_orchestrator",
+    "check_volume_directory",
     "check_watchdog",
     "check_work_store",
     "load_scenario",

@@ -11,17 +11,18 @@ broken rule listed, so a plugin author learns all of them in one run.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
 
 from cloudha.commands import PING_TEST
-from cloudha.errors import ProbeError
+from cloudha.errors import HACheckError, ProbeError
 from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
 from cloudha.fencing.chain import GRACE
 from cloudha.ha.orchestrator import (
@@ -32,6 +33,7 @@ from cloudha.ha.orchestrator import (
     StartParams,
     UnknownVmError,
 )
+from cloudha.hostha.provider import HAProviderConfig
 from cloudha.investigators.base import Finding, Investigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType, Vm, VmState, VmType
 from cloudha.ports import (
@@ -39,10 +41,12 @@ from cloudha.ports import (
     AgentGateway,
     Answer,
     Command,
+    HAProvider,
     HostDirectory,
     StatusChange,
     SuspicionCheck,
     VmOrchestrator,
+    VolumeDirectory,
 )
 from cloudha.server import validate_port
 from cloudha.status import Status
@@ -51,10 +55,12 @@ __all__ = [
     "Make",
     "check_agent_gateway",
     "check_fencer",
+    "check_ha_provider",
     "check_host_directory",
     "check_investigator",
     "check_suspicion_check",
     "check_vm_orchestrator",
+    "check_volume_directory",
     "sample_hosts",
     "sample_vms",
 ]
@@ -692,3 +698,107 @@ def check_suspicion_check(check: SuspicionCheck) -> None:
             problems.append(f"consider({host.id}) fenced a host that is {host.status}, not Alert")
     if problems:
         raise AssertionError("SuspicionCheck contract broken:\n- " + "\n- ".join(problems))
+
+
+def check_ha_provider(provider: HAProvider) -> None:
+    """Check a :class:`~cloudha.ports.HAProvider` (a Host-HA provider).
+
+    Rules: it has every method of the Protocol and a non-empty ``name``;
+    ``config`` is an :class:`~cloudha.hostha.HAProviderConfig`; for every
+    sample host (every hypervisor, no address, no cluster, a console-proxy
+    agent) ``supports`` and ``is_eligible`` return a bool and never raise;
+    ``is_healthy`` returns a bool; ``has_activity`` returns True, False or
+    None (or raises :class:`~cloudha.errors.HACheckError`); ``recover``,
+    ``fence`` and ``proves_dead`` return a bool, and never True for a host
+    their ports do not know. Give it ports that know none of the sample hosts
+    (or fail): nothing may be reset or fenced by accident. Exceptions other
+    than those named are allowed where the contract reads them as "could not".
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("provider", provider, HAProvider)
+    problems: list[str] = []
+    name = getattr(provider, "name", None)
+    if not isinstance(name, str) or not name:
+        problems.append(f"name is {name!r}, not a non-empty string")
+    if not isinstance(provider.config, HAProviderConfig):
+        problems.append(f"config is {type(provider.config).__name__}, not an HAProviderConfig")
+    for host in sample_hosts():
+        for method in ("supports", "is_eligible"):
+            try:
+                answer = getattr(provider, method)(host)
+            except Exception as exc:  # the rule under test: it must not raise
+                problems.append(f"{method}({host.id}) raised {type(exc).__name__}: {exc}")
+                continue
+            if not isinstance(answer, bool):
+                problems.append(f"{method}({host.id}) returned {answer!r}, not a bool")
+        checks: list[tuple[str, Callable[[], object], tuple[object, ...]]] = [
+            ("is_healthy", functools.partial(provider.is_healthy, host), (True, False)),
+            (
+                "has_activity",
+                functools.partial(provider.has_activity, host, 0.0),
+                (True, False, None),
+            ),
+            ("recover", functools.partial(provider.recover, host), (False,)),
+            ("fence", functools.partial(provider.fence, host), (False,)),
+            ("proves_dead", functools.partial(provider.proves_dead, host), (False,)),
+        ]
+        for method, call, allowed in checks:
+            try:
+                answer = call()
+            except HACheckError:
+                if method != "has_activity":
+                    problems.append(f"{method}({host.id}) raised HACheckError")
+                continue
+            except Exception:
+                continue  # "could not": allowed, never a proof
+            if not any(answer is a for a in allowed):
+                problems.append(
+                    f"{method}({host.id}) returned {answer!r} for a host its ports do not know;"
+                    f" expected one of {list(allowed)}"
+                )
+    if problems:
+        raise AssertionError("HAProvider contract broken:\n- " + "\n- ".join(problems))
+
+
+def check_volume_directory(volumes: VolumeDirectory, host: Host) -> None:
+    """Check a :class:`~cloudha.ports.VolumeDirectory` on one host it knows.
+
+    Rules: ``volumes_on_host`` returns a mapping of pool ids (non-empty
+    strings) to sequences of paths, each relative (not absolute), without
+    ``..`` and without NUL; and a mapping (empty or not) for every sample host.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("volumes", volumes, VolumeDirectory)
+    problems: list[str] = []
+    for subject in [host, *sample_hosts()]:
+        try:
+            found = volumes.volumes_on_host(subject)
+        except Exception as exc:
+            problems.append(f"volumes_on_host({subject.id}) raised {type(exc).__name__}: {exc}")
+            continue
+        if not isinstance(found, Mapping):
+            problems.append(f"volumes_on_host({subject.id}) returned {type(found).__name__}")
+            continue
+        for pool, paths in found.items():
+            if not isinstance(pool, str) or not pool:
+                problems.append(f"{subject.id}: pool id {pool!r} is not a non-empty string")
+            if isinstance(paths, str) or not isinstance(paths, Sequence):
+                problems.append(f"{subject.id}: pool {pool!r} maps to {paths!r}, not a list")
+                continue
+            for path in paths:
+                if (
+                    not isinstance(path, str)
+                    or not path
+                    or "\0" in path
+                    or path.startswith("/")
+                    or ".." in path.split("/")
+                ):
+                    problems.append(
+                        f"{subject.id}: volume path {path!r} on {pool!r} is not relative"
+                    )
+    if problems:
+        raise AssertionError("VolumeDirectory contract broken:\n- " + "\n- ".join(problems))

@@ -7,13 +7,14 @@ and record what they were asked, so tests can assert on it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
 from cloudha.clock import Clock
 from cloudha.errors import ProbeConnectionError, ProbeError
 from cloudha.fencing.base import BaseFenceBuilder, FenceOutcome, FenceResult
+from cloudha.hostha.provider import BaseHAProvider, HAProviderConfig
 from cloudha.investigators import BaseInvestigator, Finding, Verdict
 from cloudha.model import Host, Pool, ReasonType, Vm
 from cloudha.ports import (
@@ -35,11 +36,13 @@ __all__ = [
     "InMemoryHostDirectory",
     "InMemoryStoragePools",
     "InMemoryVmNetworks",
+    "InMemoryVolumeDirectory",
     "RecordingAlertSink",
     "RecordingHAScheduler",
     "RecordingMigrationFailures",
     "ScheduledRestart",
     "ScriptedFencer",
+    "ScriptedHAProvider",
     "ScriptedInvestigator",
     "ScriptedSuspicion",
 ]
@@ -373,3 +376,90 @@ class ScriptedSuspicion:
         if host.id in self.raises:
             raise RuntimeError(f"scripted failure for {host.id}")
         return self.fence.get(host.id, False)
+
+
+class InMemoryVolumeDirectory:
+    """VM disks by host id, as a :class:`~cloudha.ports.VolumeDirectory`.
+
+    ``volumes[host_id][pool_id]`` lists the disk paths (relative to the pool's
+    mount point) of the VMs on that host; unknown hosts have none.
+    """
+
+    def __init__(self, volumes: dict[str, dict[str, Sequence[str]]] | None = None) -> None:
+        self.volumes: dict[str, dict[str, Sequence[str]]] = {} if volumes is None else volumes
+
+    def volumes_on_host(self, host: Host) -> Mapping[str, Sequence[str]]:
+        return {pool: list(paths) for pool, paths in self.volumes.get(host.id, {}).items()}
+
+
+class ScriptedHAProvider(BaseHAProvider):
+    """A Host-HA provider answering from a script (a :class:`~cloudha.ports.HAProvider`).
+
+    Every answer is per host id, with a default for hosts not listed:
+    ``eligible`` (True), ``healthy`` (True), ``activity`` (a list consumed one
+    answer per check, the last one repeated; default ``[True]``),
+    ``recovers`` (False), ``fences`` (False), ``proven`` (False). A
+    ``(method, host_id)`` pair in ``raises`` makes that call raise
+    ``RuntimeError``, or the exception given as its value. Every call is kept
+    in :attr:`calls` as ``(method, host_id)``. ``on_call``, when set, runs
+    before each answer (a test moves its clock there, or blocks).
+    """
+
+    name = "scriptedhaprovider"
+
+    def __init__(self, config: HAProviderConfig | None = None, *, name: str | None = None) -> None:
+        super().__init__(config)
+        if name is not None:
+            self.name = name
+        self.eligible: dict[str, bool] = {}
+        self.healthy: dict[str, bool] = {}
+        self.activity: dict[str, list[bool | None]] = {}
+        self.recovers: dict[str, bool] = {}
+        self.fences: dict[str, bool] = {}
+        self.proven: dict[str, bool] = {}
+        self.raises: dict[tuple[str, str], BaseException | None] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.on_call: Callable[[str, Host], None] | None = None
+        self._lock = threading.Lock()
+
+    def _called(self, method: str, host: Host) -> None:
+        with self._lock:
+            self.calls.append((method, host.id))
+        if self.on_call is not None:
+            self.on_call(method, host)
+        if (method, host.id) in self.raises:
+            raise self.raises[(method, host.id)] or RuntimeError(f"scripted {method} failure")
+
+    def count(self, method: str, host_id: str | None = None) -> int:
+        """How many times ``method`` was called (for ``host_id``, when given)."""
+        with self._lock:
+            return sum(1 for m, h in self.calls if m == method and host_id in (None, h))
+
+    def supports(self, host: Host) -> bool:
+        return True
+
+    def is_eligible(self, host: Host) -> bool:
+        self._called("is_eligible", host)
+        return self.eligible.get(host.id, True)
+
+    def is_healthy(self, host: Host) -> bool:
+        self._called("is_healthy", host)
+        return self.healthy.get(host.id, True)
+
+    def has_activity(self, host: Host, suspect_since: float) -> bool | None:
+        self._called("has_activity", host)
+        answers = self.activity.get(host.id, [True])
+        with self._lock:
+            return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    def recover(self, host: Host) -> bool:
+        self._called("recover", host)
+        return self.recovers.get(host.id, False)
+
+    def fence(self, host: Host) -> bool:
+        self._called("fence", host)
+        return self.fences.get(host.id, False)
+
+    def proves_dead(self, host: Host) -> bool:
+        self._called("proves_dead", host)
+        return self.proven.get(host.id, False)

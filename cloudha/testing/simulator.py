@@ -62,6 +62,7 @@ from cloudha.heartbeat import (
     heartbeat_path,
     writer_plan,
 )
+from cloudha.hostha import HAExecutors, HAProviderConfig, KVMHAProvider, SqlHAConfigStore
 from cloudha.model import (
     Host,
     HostType,
@@ -70,6 +71,7 @@ from cloudha.model import (
     ResourceState,
     Vm,
 )
+from cloudha.ports import HAProvider
 from cloudha.runtime import Loop
 from cloudha.server import ManagementServer
 from cloudha.status import Status
@@ -116,8 +118,17 @@ class _ManagementServer:
             fence_runner=InlineRunner(sim.clock),
             discover_plugins=False,
             work_seconds=WORK_SECONDS,
+            ha_config=sim.ha_config,
+            host_ha_executors=HAExecutors.inline(sim.clock),
             **sim.world.ports(),
         )
+        host_ha = self.server.host_ha
+        if host_ha is not None:
+            # The invariant checker sees every Host-HA reset and fence too.
+            host_ha.providers = {
+                name: _WatchedProvider(provider, sim)
+                for name, provider in host_ha.providers.items()
+            }
         chain = self.server.fence_chain
         watched = _WatchedFenceChain(
             chain.levels,
@@ -165,6 +176,48 @@ class _WatchedFenceChain(FenceChain):
         return decision
 
 
+class _WatchedProvider:
+    """A Host-HA provider whose resets and fences of live hosts the checker counts."""
+
+    def __init__(self, provider: HAProvider, sim: Simulation) -> None:
+        self.provider = provider
+        self.sim = sim
+        self.name = provider.name
+
+    @property
+    def config(self) -> HAProviderConfig:
+        return self.provider.config
+
+    def supports(self, host: Host) -> bool:
+        return self.provider.supports(host)
+
+    def is_eligible(self, host: Host) -> bool:
+        return self.provider.is_eligible(host)
+
+    def is_healthy(self, host: Host) -> bool:
+        return self.provider.is_healthy(host)
+
+    def has_activity(self, host: Host, suspect_since: float) -> bool | None:
+        return self.provider.has_activity(host, suspect_since)
+
+    def _watched(self, host: Host, act: Callable[[], bool]) -> bool:
+        sim_host = self.sim.hosts.get(host.id)
+        alive = sim_host is not None and self.sim.alive_with_storage(sim_host)
+        done = act()
+        if done and alive:
+            self.sim.fenced_alive_host += 1
+        return done
+
+    def recover(self, host: Host) -> bool:
+        return self._watched(host, lambda: self.provider.recover(host))
+
+    def fence(self, host: Host) -> bool:
+        return self._watched(host, lambda: self.provider.fence(host))
+
+    def proves_dead(self, host: Host) -> bool:
+        return self._watched(host, lambda: self.provider.proves_dead(host))
+
+
 class Simulation:
     """One run of a scenario. Use :func:`simulate` unless you need the pieces."""
 
@@ -185,6 +238,7 @@ class Simulation:
         )
         create_schema(self.engine)
         self.store = WorkStore(self.engine, self.clock)
+        self.ha_config = SqlHAConfigStore(self.engine, self.clock)
         self.ha_expected: list[tuple[float, str]] = []
         self.ha_seen: dict[str, float] = {}
         self.fenced_alive_host = 0
@@ -330,6 +384,12 @@ class Simulation:
         # The first start joins a running cloud whose agents are connected.
         connected = [h.id for h in self.directory.list_hosts()] if first else ()
         server.recover(connected=connected)
+        if first and server.host_ha is not None:
+            # The operator enabled Host-HA on these hosts before the run (durable rows).
+            for sim_host in self.hosts.values():
+                if sim_host.spec.ha_provider:
+                    server.host_ha.configure(sim_host.spec.id, KVMHAProvider.name)
+                    server.host_ha.enable(sim_host.spec.id)
         now = self.clock.monotonic()
         interval = self.settings.ping_interval
         loops = {loop.name: loop for loop in server.loops()}
@@ -590,7 +650,7 @@ class Simulation:
             host.agent_running = host.connected = False
             for vm in self.vms.values():
                 if host.spec.id in vm.running_on:
-                    vm.running_on.discard(host.spec.id)
+                    self.world.vm_leaves(vm, host.spec.id)
                     vm.frozen_on.add(host.spec.id)
 
     def _fault_bmc_down(self, target: str | None) -> None:
@@ -727,6 +787,9 @@ class Simulation:
             hosts[host_id] = {"status": status, "power": "On" if sim_host.powered else "Off"}
             if sim_host.spec.oobm != "none":
                 hosts[host_id]["bmc"] = "up" if sim_host.bmc_up else "down"
+            config = self.ha_config.find(host_id)
+            if config is not None and config.state is not None:
+                hosts[host_id]["ha_state"] = config.state.value
         vms: dict[str, Any] = {}
         for vm in self.vms.values():
             vms[vm.id] = {"state": "Running" if vm.running_on else "Stopped", "host": vm.host}

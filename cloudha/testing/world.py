@@ -30,7 +30,7 @@ from typing import Any, TypedDict
 import attrs
 
 from cloudha.clock import Clock
-from cloudha.commands import CHECK_ON_HOST, CHECK_VM, FENCE, PING_TEST
+from cloudha.commands import CHECK_ON_HOST, CHECK_VM, CHECK_VM_ACTIVITY, FENCE, PING_TEST
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
 from cloudha.evidence import Evidence, Recorder
 from cloudha.ha.orchestrator import (
@@ -41,7 +41,7 @@ from cloudha.ha.orchestrator import (
     StartParams,
     UnknownVmError,
 )
-from cloudha.heartbeat import HeartbeatChecker, HeartbeatTiming
+from cloudha.heartbeat import HeartbeatChecker, HeartbeatTiming, check_vm_activity
 from cloudha.model import Host, Pool, ResourceState, Vm, VmPowerState, VmState
 from cloudha.oobm.manager import StaticOobmConfigs
 from cloudha.oobm.power import (
@@ -115,6 +115,7 @@ class WorldPorts(TypedDict):
     pools: WorldPools
     hypervisor: WorldHypervisors
     direct_resources: WorldDirectResources
+    volumes: WorldVolumes
 
 
 @attrs.define
@@ -157,6 +158,11 @@ class WorldVm:
     running_on: set[str] = attrs.Factory(set)
     last_host: str | None = None
     frozen_on: set[str] = attrs.Factory(set)
+    last_active: float = 0.0
+    """When the VM last ran anywhere (epoch seconds): its volume's mtime once it stopped."""
+    volume: str | None = None
+    """Its disk, ``volumes/<id>`` on its first host's first pool (None: that host has none)."""
+    volume_pool: str | None = None
 
     @property
     def host(self) -> str | None:
@@ -258,7 +264,16 @@ class World:
                 )
             )
         for vm in vms:
-            self.vms[vm.id] = WorldVm(vm.id, vm.ha, vm.host, {vm.host}, vm.host)
+            pools = self.hosts[vm.host].spec.pools
+            self.vms[vm.id] = WorldVm(
+                vm.id,
+                vm.ha,
+                vm.host,
+                {vm.host},
+                vm.host,
+                volume=f"volumes/{vm.id}" if pools else None,
+                volume_pool=pools[0] if pools else None,
+            )
         self.orchestrator = WorldOrchestrator(self, vms)
         self.pools = WorldPools(self)
         self.storage = {host_id: WorldStorage(self, h) for host_id, h in self.hosts.items()}
@@ -280,6 +295,7 @@ class World:
             "pools": self.pools,
             "hypervisor": WorldHypervisors(self),
             "direct_resources": WorldDirectResources(self),
+            "volumes": WorldVolumes(self),
         }
 
     def checker(self, host: WorldHost) -> HeartbeatChecker:
@@ -311,8 +327,19 @@ class World:
         host.hung = False
         host.died = True
         for vm in self.vms.values():
-            vm.running_on.discard(host.spec.id)
+            self.vm_leaves(vm, host.spec.id)
             vm.frozen_on.discard(host.spec.id)
+
+    def vm_leaves(self, vm: WorldVm, host_id: str) -> None:
+        """``vm`` stops running on ``host_id`` (killed, stopped, frozen or migrated away)."""
+        if host_id in vm.running_on:
+            vm.running_on.discard(host_id)
+            if not vm.running_on:
+                vm.last_active = self.clock.now().timestamp()
+
+    def volume_mtime(self, vm: WorldVm) -> float:
+        """A running VM writes its disk all the time; a stopped one left it as it stopped."""
+        return self.clock.now().timestamp() if vm.running_on else vm.last_active
 
     def power_cut(self, host: WorldHost, reason: str) -> None:
         """The BMC switched ``host`` off."""
@@ -421,6 +448,21 @@ class WorldAgentGateway:
                 fail_on_one_pool=bool(command.params.get("fail_on_one_pool", False)),
             )
             return Answer(True, report.reason, report.to_dict())
+        if command.name == CHECK_VM_ACTIVITY:
+            params = command.params
+            if params["pool_id"] not in agent.spec.pools:
+                return Answer(False, f"{host.id} does not mount pool {params['pool_id']}")
+            activity = check_vm_activity(
+                world.storage[host.id],
+                world.clock,
+                world.timing,
+                mount_point=str(params["mount_point"]),
+                host_ip=str(params["host_ip"]),
+                volumes=list(params["volumes"]),
+                suspect_time=float(params["suspect_time"]),
+                watchdog=bool(params.get("watchdog", False)),
+            )
+            return Answer(True, activity.reason, activity.to_dict())
         if command.name == CHECK_VM:
             name = str(command.params["vm_name"])
             vm = world.vms.get(name)
@@ -517,7 +559,7 @@ class WorldHypervisors:
         vm = self.world.vms.get(domain)
         if vm is None:
             return DomainState.MISSING
-        vm.running_on.discard(host.id)
+        self.world.vm_leaves(vm, host.id)
         return DomainState.SHUTOFF
 
 
@@ -618,7 +660,7 @@ class WorldOrchestrator:
         if host_id is not None:
             sim_host = self.world.hosts[host_id]
             if self.world.reachable(sim_host):
-                sim_vm.running_on.discard(host_id)
+                self.world.vm_leaves(sim_vm, host_id)
             elif not force:
                 raise ProbeConnectionError(f"cannot reach host {host_id}", host_id=host_id)
         row.state, row.host_id = VmState.STOPPED, None
@@ -660,7 +702,7 @@ class WorldOrchestrator:
         target = self.world.pick_target(source_host_id, avoid=frozenset({source_host_id}))
         if target is None:
             raise InsufficientCapacityError(vm.id, scope="zone", reason="migration")
-        sim_vm.running_on.discard(source_host_id)
+        self.world.vm_leaves(sim_vm, source_host_id)
         row.host_id = row.last_host_id = target
         row.updated += 1
         self.world.start_vm(sim_vm, target)
@@ -701,6 +743,22 @@ class WorldPools:
         return [self.by_id[p] for p in self.world.hosts[host_id].spec.pools]
 
 
+class WorldVolumes:
+    """The disk of each VM, on its first host's first pool (a ``VolumeDirectory``)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def volumes_on_host(self, host: Host) -> dict[str, list[str]]:
+        rows = self.world.orchestrator.rows
+        found: dict[str, list[str]] = {}
+        for vm_id, row in sorted(rows.items()):
+            vm = self.world.vms[vm_id]
+            if row.host_id == host.id and vm.volume is not None and vm.volume_pool is not None:
+                found.setdefault(vm.volume_pool, []).append(vm.volume)
+        return found
+
+
 class WorldStorage:
     """One host's view of the shared pools (the heartbeat's ``StorageAccess``).
 
@@ -730,7 +788,11 @@ class WorldStorage:
             raise FileNotFoundError(path) from None
 
     def mtime(self, path: str) -> float:
-        self._pool_of(path)
+        pool_id = self._pool_of(path)
+        prefix = f"/mnt/{pool_id}/"
+        for vm in self.world.vms.values():
+            if vm.volume_pool == pool_id and vm.volume is not None and path == prefix + vm.volume:
+                return self.world.volume_mtime(vm)
         try:
             return self.world.files[path][1]
         except KeyError:

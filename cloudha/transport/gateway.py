@@ -7,6 +7,9 @@ commands by running ``cloudha`` on the host over SSH:
 * ``CheckHealth``: ``cloudha --version`` answers.
 * ``CheckOnHostCommand``: ``cloudha heartbeat check --json`` on the asked
   host reads the target's heartbeat on the asked host's own HA pools.
+* ``CheckVMActivityOnStoragePoolCommand``: ``cloudha heartbeat activity
+  --json`` on the asked host looks for the target's heartbeat and volume
+  writes on the pool (Host-HA's activity check).
 
 Other commands (PingTest among them) are answered ``result=False`` with
 ``data["supported"] = False`` ("not supported over SSH"), which investigators
@@ -20,10 +23,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from cloudha.commands import CHECK_ON_HOST, UNSUPPORTED
+from cloudha.commands import CHECK_ON_HOST, CHECK_VM_ACTIVITY, UNSUPPORTED
 from cloudha.errors import ConfigurationError, ProbeConnectionError, ProbeError
-from cloudha.heartbeat import HeartbeatReport
+from cloudha.heartbeat import ActivityReport, HeartbeatReport
 from cloudha.model import Host
 from cloudha.ports import Answer, Command, StoragePoolDirectory
 from cloudha.transport.ssh import SSHTransport
@@ -81,6 +85,8 @@ class SSHAgentGateway:
     def send(self, host: Host, command: Command, *, timeout: float) -> Answer:
         if command.name == CHECK_ON_HOST:
             return self._check_on_host(host, command, timeout)
+        if command.name == CHECK_VM_ACTIVITY:
+            return self._check_activity(host, command, timeout)
         return Answer(False, f"{command.name} is not supported over SSH", UNSUPPORTED)
 
     def _check_on_host(self, host: Host, command: Command, timeout: float) -> Answer:
@@ -93,14 +99,45 @@ class SSHAgentGateway:
                 argv += ["--mount", pool.mount_point]
         if command.params.get("fail_on_one_pool"):
             argv.append("--fail-on-one-pool")
+        return self._run_checker(host, argv, timeout, HeartbeatReport.from_dict)
+
+    def _check_activity(self, host: Host, command: Command, timeout: float) -> Answer:
+        params = command.params
+        target_ip = params.get("host_ip")
+        mount = params.get("mount_point")
+        volumes = params.get("volumes", [])
+        suspect = params.get("suspect_time")
+        if not isinstance(target_ip, str) or not target_ip:
+            return Answer(False, "the target host has no private address")
+        if not isinstance(mount, str) or not any(
+            p.mount_point == mount for p in self.pools.pools_for_host(host)
+        ):
+            return Answer(False, f"{host.id} does not mount {mount!r}")
+        if not isinstance(suspect, int | float) or not isinstance(volumes, list):
+            return Answer(False, "the activity check needs suspect_time and a list of volumes")
+        argv = [*self.remote_command, "heartbeat", "activity", "--json", "--host-ip", target_ip]
+        argv += ["--mount", mount, "--suspect-time", repr(float(suspect))]
+        for volume in volumes:
+            argv += ["--volume", str(volume)]
+        if params.get("watchdog"):
+            argv.append("--watchdog")
+        return self._run_checker(host, argv, timeout, ActivityReport.from_dict)
+
+    def _run_checker(
+        self,
+        host: Host,
+        argv: list[str],
+        timeout: float,
+        parse: Callable[[Any], HeartbeatReport | ActivityReport],
+    ) -> Answer:
         if self.remote_settings is not None:
-            argv += ["--settings", self.remote_settings]
+            argv = [*argv, "--settings", self.remote_settings]
         result = self.transport.run(self.address(host), argv, timeout=timeout, host_id=host.id)
         if result.exit_status != 0:
             first = result.stderr.decode(errors="replace").strip().splitlines()[:1]
             return Answer(False, f"checker exited {result.exit_status}: {' '.join(first)}")
         try:
-            report = HeartbeatReport.from_dict(json.loads(result.stdout))
+            report = parse(json.loads(result.stdout))
         except (ValueError, ProbeError) as exc:
             log.warning("heartbeat checker on %s answered garbage: %s", host.id, exc)
             return Answer(False, f"checker answered garbage: {exc}")

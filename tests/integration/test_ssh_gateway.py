@@ -6,6 +6,7 @@ contacted (its gateway address raises, as for a host that is down).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from cloudha import (
     Verdict,
     host_outcome,
 )
+from cloudha.commands import answer_verdict, check_vm_activity
 from cloudha.heartbeat import HeartbeatChecker, HeartbeatTiming, format_heartbeat, heartbeat_path
 from cloudha.testing import InMemoryHostDirectory, InMemoryStoragePools
 from cloudha.transport.gateway import SSHAgentGateway
@@ -141,3 +143,33 @@ def test_checker_reads_the_heartbeat_over_sftp(
     assert report.verdict is Verdict.DEAD
     assert report.readings[0].age is not None
     assert report.readings[0].age > 3000
+
+
+def test_the_vm_activity_check_runs_on_the_neighbour_over_ssh(
+    world: tuple[KVMInvestigator, Host, Path, SSHTransport],
+) -> None:
+    """Host-HA's CheckVMActivityOnStoragePoolCommand, answered by ``cloudha heartbeat activity``."""
+    inv, target, mount, _ = world
+    neighbour = inv.directory.find_host("neighbour")
+    assert neighbour is not None
+    volume = mount / "volumes" / "vm1.qcow2"
+    volume.parent.mkdir()
+    volume.write_bytes(b"disk")
+    old = time.time() - 600
+    os.utime(volume, (old, old))
+    write_heartbeat(mount, time.time() - 3600)  # stale; no watchdog on this target
+    unwatched = Host(id="target", cluster="c1", private_ip=TARGET_IP, watchdog=False)
+    pool = Pool("nfs1", str(mount), cluster="c1")
+    suspect = time.time() - 60
+    command = check_vm_activity(unwatched, pool, ["volumes/vm1.qcow2"], suspect_time=suspect)
+    verdict, reason = answer_verdict(inv.gateway.send(neighbour, command, timeout=30.0))
+    assert verdict is Verdict.DEAD, reason
+    assert "no volume changed" in reason
+    volume.write_bytes(b"disk, written again")  # the VM still writes: activity
+    verdict, reason = answer_verdict(inv.gateway.send(neighbour, command, timeout=30.0))
+    assert verdict is Verdict.ALIVE, reason
+    # A pool the asked host does not mount is refused, not judged.
+    elsewhere = check_vm_activity(target, Pool("p9", "/mnt/p9"), [], suspect_time=suspect)
+    answer = inv.gateway.send(neighbour, elsewhere, timeout=30.0)
+    assert not answer.result
+    assert "does not mount" in answer.details

@@ -27,3 +27,12 @@ def down_time(doc: dict[str, Any], host: str) -> float:
     """When ``host`` went Down (it must have, once)."""
     (down,) = events(doc, "host_status", host=host, to="Down")
     return float(down["t"])
+
+
+def first_restart(doc: dict[str, Any], host: str = "h2") -> float:
+    """When the first HA VM of ``host`` (the ``vm2…`` VMs) ran on another host."""
+    return min(
+        float(e["t"])
+        for e in events(doc, "vm_state", state="Running")
+        if e["vm"].startswith("vm2") and e["host"] != host
+    )

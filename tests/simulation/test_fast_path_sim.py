@@ -15,7 +15,7 @@ import pytest
 from cloudha import Settings
 from cloudha.testing import simulate
 
-from .support import CLEAN, events
+from .support import CLEAN, events, first_restart
 
 FAULT_AT = 100.0
 PING_TIMEOUT = Settings().behind_on_ping_timeout  # 2.5 x 60 s
@@ -44,15 +44,6 @@ def cluster(
         "faults": faults,
         "run": {"until": until, "seed": seed},
     }
-
-
-def first_restart(doc: dict[str, Any], host: str = "h2") -> float:
-    """When the first HA VM of ``host`` ran elsewhere."""
-    return min(
-        float(e["t"])
-        for e in events(doc, "vm_state", state="Running")
-        if e["vm"].startswith("vm2") and e["host"] != host
-    )
 
 
 @pytest.mark.parametrize("oobm", ["ipmi", "redfish"])

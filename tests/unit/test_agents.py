@@ -386,3 +386,20 @@ def test_a_proof_never_outlives_its_verdict(world: World) -> None:
     assert world.agents.disconnect_with_investigation("h1", Event.PING_TIMEOUT)
     assert world.status("h1") is Status.DOWN
     assert world.scheduler.scheduled == [ScheduledRestart("h1", True, ReasonType.HOST_DOWN)]
+
+
+def test_declare_down_takes_host_ha_s_word_without_an_investigation(world: World) -> None:
+    world.add_host("h1")
+    world.agents.agent_connected("h1")
+    assert "h1" in world.agents.ping_map
+    assert world.agents.declare_down("h1", "Host-HA fenced the host", no_vm_runs=True)
+    assert world.status("h1") is Status.DOWN
+    assert "h1" not in world.agents.ping_map
+    assert world.investigator.asked == []
+    assert world.alerts.subjects() == ["Host down, h1"]
+    assert world.scheduler.scheduled == [ScheduledRestart("h1", False, ReasonType.HOST_DOWN)]
+    # Already Down: handed over again (the scheduler skips VMs that have work), no new alert.
+    assert world.agents.declare_down("h1", "again", no_vm_runs=False)
+    assert world.scheduler.scheduled[-1] == ScheduledRestart("h1", True, ReasonType.HOST_DOWN)
+    assert world.alerts.subjects() == ["Host down, h1"]
+    assert not world.agents.declare_down("nope", "no such host", no_vm_runs=True)

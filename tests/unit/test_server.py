@@ -26,6 +26,7 @@ from cloudha import (
     VmState,
 )
 from cloudha.ha.store import Step, WorkType
+from cloudha.hostha import HAExecutors, HAProviderConfig, HAState
 from cloudha.ports import PingReport
 from cloudha.testing import (
     FakeAgentGateway,
@@ -35,6 +36,7 @@ from cloudha.testing import (
     InMemoryOrchestrator,
     RecordingAlertSink,
     ScriptedFencer,
+    ScriptedHAProvider,
     ScriptedInvestigator,
     check_agent_gateway,
     check_host_directory,
@@ -520,3 +522,54 @@ def test_with_work_seconds_a_worker_holds_its_claim_for_one_tick() -> None:
 def test_work_seconds_must_be_finite_and_not_negative() -> None:
     with pytest.raises(ConfigurationError, match="work_seconds"):
         Cloud().server(work_seconds=-1)
+
+
+# -- Host-HA ---------------------------------------------------------------------
+
+
+def test_host_ha_is_wired_only_with_a_provider_and_speaks_first_for_its_hosts() -> None:
+    cloud = Cloud()
+    assert cloud.server().host_ha is None  # no provider: no Host-HA, no loop, no bridge
+    provider = ScriptedHAProvider()
+    server = cloud.server(
+        ha_providers=[provider], host_ha_executors=HAExecutors.inline(cloud.clock)
+    )
+    assert server.host_ha is not None
+    assert server.investigators.names == ["HostHAInvestigator", "Scripted"]
+    assert [loop.name for loop in server.loops()][-1] == "HostHA-Poll"
+    excluded = cloud.server(
+        settings=Settings.from_mapping({"ha.investigators.exclude": ["HostHAInvestigator"]}),
+        ha_providers=[provider],
+    )
+    assert excluded.investigators.names == ["Scripted"]
+
+
+def test_a_host_ha_fence_declares_the_host_down_and_restarts_its_vms_unfenced() -> None:
+    cloud = Cloud()
+    provider = ScriptedHAProvider(
+        HAProviderConfig(activity_check_interval=1.0, activity_check_max_attempts=2)
+    )
+    server = cloud.server(
+        ha_providers=[provider], host_ha_executors=HAExecutors.inline(cloud.clock)
+    )
+    assert server.recover()
+    assert server.host_ha is not None
+    server.host_ha.configure("h1", provider.name)
+    server.host_ha.enable("h1")
+    # h1's agent stops answering; VM-HA alone cannot tell (the scripted chain says nothing).
+    cloud.gateway.healthy["h1"] = None
+    provider.healthy["h1"] = False
+    provider.activity["h1"] = [False]
+    provider.fences["h1"] = True
+    run(server, cloud.clock, 300, alive=("h2", "h3"))
+    assert cloud.status("h1") is Status.DOWN
+    assert cloud.fencer.calls == []  # Host-HA fenced it: the fence chain was not asked
+    vm = cloud.orchestrator.find_vm("vm1")
+    assert vm is not None
+    assert vm.state is VmState.RUNNING
+    assert vm.host_id in ("h2", "h3")
+    (scheduled,) = [e for e in cloud.evidence if e.kind == "ha_scheduled"]
+    assert scheduled.details["investigate"] is False
+    config = server.host_ha.store.find("h1")
+    assert config is not None
+    assert config.state is HAState.FENCED
