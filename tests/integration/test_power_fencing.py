@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from cloudha import Answer, Command, Host, Pool, Vm
+from cloudha import Answer, Command, Host, Pool, Settings, Vm
 from cloudha.evidence import EvidenceLog, Recorder
 from cloudha.fencing import (
     FenceChain,
@@ -18,6 +18,7 @@ from cloudha.fencing import (
     PowerFencer,
     ThreadRunner,
 )
+from cloudha.hostha import HAProviderConfig, KVMHAProvider
 from cloudha.investigators import BMCInvestigator, Verdict
 from cloudha.oobm import OutOfBandManager, StaticOobmConfigs
 from cloudha.oobm.drivers import default_power_drivers
@@ -28,6 +29,7 @@ from cloudha.testing import (
     FakeClock,
     InMemoryHostDirectory,
     InMemoryStoragePools,
+    InMemoryVolumeDirectory,
     RecordingAlertSink,
 )
 from tests.integration import fakebmc, redfish
@@ -203,3 +205,48 @@ def test_redfish_bmc_witness_reads_a_forced_off_system_as_dead(redfish_bmc: Redf
     assert redfish_bmc.domain.isActive() == 0
     assert witness.is_agent_alive(HOST).verdict is Verdict.DEAD
     assert redfish_bmc.password not in rig.everything_said()
+
+
+# -- Host-HA's KVM provider over the real protocols -----------------------------------------
+
+
+def kvm_provider(rig: Rig) -> KVMHAProvider:
+    directory = InMemoryHostDirectory(
+        [HOST, Host(id="n1", status=Status.UP, cluster="c1", private_ip="127.0.0.8")]
+    )
+    return KVMHAProvider(
+        rig.clock,
+        directory=directory,
+        gateway=FakeAgentGateway(),
+        pools=InMemoryStoragePools([Pool("nfs", "/mnt/nfs", cluster="c1")]),
+        volumes=InMemoryVolumeDirectory(),
+        oobm=rig.oobm,
+        settings=Settings(),
+        config=HAProviderConfig(recover_timeout=10.0, fence_timeout=15.0),
+    )
+
+
+@pytest.mark.parametrize("driver", ["ipmitool", "ipmi"])
+def test_ipmi_host_ha_resets_reads_back_on_then_fences_reads_back_off(
+    fake_bmc: FakeBmcServer, driver: str
+) -> None:
+    provider = kvm_provider(Rig(fake_bmc.config(driver=driver)))
+    assert provider.is_eligible(HOST)
+    assert provider.recover(HOST)
+    assert fake_bmc.history() == ["reset"]
+    assert fake_bmc.power_state() == "on"
+    assert provider.fence(HOST)
+    assert fake_bmc.power_state() == "off"
+    assert provider.has_activity(HOST, 0.0) is False  # the power reads Off: no activity
+    # Dead hardware: a reset is accepted, but the power stays Off. Not recovered.
+    assert not provider.recover(HOST)
+    fake_bmc.pause()
+    assert not provider.fence(HOST)  # a silent BMC confirms nothing
+
+
+def test_redfish_host_ha_resets_and_fences_with_read_back(redfish_bmc: RedfishBmc) -> None:
+    provider = kvm_provider(Rig(redfish_bmc.config(), redfish_ca=str(redfish_bmc.ca_path)))
+    assert provider.recover(HOST)
+    assert redfish_bmc.domain.isActive() == 1  # destroyed and started again
+    assert provider.fence(HOST)
+    assert redfish_bmc.domain.isActive() == 0

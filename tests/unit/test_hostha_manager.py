@@ -86,6 +86,15 @@ class Rig:
         self.manager.configure(host_id, self.provider.name)
         return self.manager.enable(host_id)
 
+    def dies(self, *, recovers: bool = False, fences: bool = False, proven: bool = False) -> None:
+        """h1 fails its health checks and shows no activity; how a reset and a fence end."""
+        script = self.provider
+        script.healthy["h1"] = False
+        script.activity["h1"] = [False]
+        script.recovers["h1"] = recovers
+        script.fences["h1"] = fences
+        script.proven["h1"] = proven
+
     def state(self, host_id: str = "h1") -> HAState | None:
         config = self.store.find(host_id)
         assert config is not None
@@ -240,10 +249,7 @@ def test_samples_are_taken_no_more_often_than_the_interval(rig: Rig) -> None:
 
 def test_no_activity_reset_fails_fence_fenced_vms_handed_over(rig: Rig) -> None:
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
-    rig.provider.recovers["h1"] = False
-    rig.provider.fences["h1"] = True
+    rig.dies(fences=True)
     rig.poll_until(HAState.FENCED)
     assert [t[1] for t in rig.transitions()][-3:] == [
         "ActivityCheckFailureOverThresholdRatio",
@@ -271,9 +277,7 @@ def test_no_activity_reset_fails_fence_fenced_vms_handed_over(rig: Rig) -> None:
 
 def test_a_successful_reset_is_recovered_then_available(rig: Rig) -> None:
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
-    rig.provider.recovers["h1"] = True
+    rig.dies(recovers=True)
     rig.poll_until(HAState.RECOVERED)
     assert rig.downs == [("h1", "Host-HA reset the host: its VMs died with the reset", True)]
     rig.provider.healthy["h1"] = True
@@ -287,9 +291,7 @@ def test_a_successful_reset_is_recovered_then_available(rig: Rig) -> None:
 
 def test_a_fenced_host_healthy_again_becomes_available(rig: Rig) -> None:
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
-    rig.provider.fences["h1"] = True
+    rig.dies(fences=True)
     rig.poll_until(HAState.FENCED)
     rig.provider.healthy["h1"] = True
     rig.poll_until(HAState.AVAILABLE)
@@ -317,8 +319,7 @@ def test_no_second_recovery_while_one_is_in_flight(engine: sa.Engine) -> None:
     rig.manager.executors = HAExecutors(inline, inline, pool, inline)
     rig.provider.on_call = slow
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
+    rig.dies()
     rig.poll_until(HAState.RECOVERING)
     assert started.wait(10)
     rig.poll(10)  # every poll retries the recovery; none may start another reset
@@ -355,9 +356,7 @@ def test_a_late_health_check_after_the_state_moved_is_dropped(rig: Rig) -> None:
 def test_a_fenced_host_that_turns_ineligible_stays_fenced(rig: Rig) -> None:
     """CloudStack #11627: there is no ``Fenced + Ineligible``; the host is not driven into it."""
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
-    rig.provider.fences["h1"] = True
+    rig.dies(fences=True)
     rig.poll_until(HAState.FENCED)
     rig.provider.eligible["h1"] = False  # the operator put it in maintenance, say
     rig.poll(5)
@@ -371,10 +370,7 @@ def test_a_fenced_host_that_turns_ineligible_stays_fenced(rig: Rig) -> None:
 def test_a_failed_fence_falls_back_to_the_storage_proof(rig: Rig) -> None:
     """CloudStack #13589: the BMC died with the host; Fencing must not last for ever."""
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
-    rig.provider.fences["h1"] = False
-    rig.provider.proven["h1"] = True
+    rig.dies(proven=True)
     rig.poll_until(HAState.FENCED)
     (down,) = rig.downs
     assert down[2] is False  # proven dead by storage, not read back Off: VM-HA investigates
@@ -383,8 +379,7 @@ def test_a_failed_fence_falls_back_to_the_storage_proof(rig: Rig) -> None:
 
 def test_a_fence_nothing_confirms_alerts_once_and_keeps_trying(rig: Rig) -> None:
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
+    rig.dies()
     rig.poll_until(HAState.FENCING)
     rig.poll(10)
     assert rig.state() is HAState.FENCING
@@ -484,9 +479,7 @@ def test_the_bridge_speaks_only_for_owned_hosts(rig: Rig) -> None:
 def test_the_bridge_says_dead_for_a_fenced_host_until_it_connects_again(rig: Rig) -> None:
     bridge = HostHAInvestigator(rig.manager)
     rig.enable()
-    rig.provider.healthy["h1"] = False
-    rig.provider.activity["h1"] = [False]
-    rig.provider.fences["h1"] = True
+    rig.dies(fences=True)
     rig.poll_until(HAState.FENCED)
     h1 = rig.directory.find_host("h1")
     assert h1 is not None
