@@ -172,6 +172,7 @@ def _settle(settings: Mapping[str, Any]) -> float:
 def generate(seed: int) -> Case:
     """A random scenario: 3-30 hosts in 1-3 clusters, VMs, every simulated fault kind healed."""
     rng = random.Random(seed)
+    host_ha = random.Random(f"host-ha-{seed}")
     profile = rng.choice(sorted(PROFILES))
     settings: dict[str, Any] = dict(PROFILES[profile])
     if rng.random() < 0.25:
@@ -195,6 +196,10 @@ def generate(seed: int) -> Case:
             host["resource_state"] = rng.choice(("Disabled", "Maintenance"))
         if hypervisor == "KVM" and host["pools"]:
             host["watchdog"] = rng.random() < 0.7
+            # Host-HA on some hosts, from a stream of its own: the rest of a seed's
+            # scenario stays what it was before Host-HA was simulated.
+            if host_ha.random() < 0.2:
+                host["ha_provider"] = True
         hosts.append(host)
     vms: list[dict[str, Any]] = []
     for host in hosts:
