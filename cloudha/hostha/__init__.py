@@ -21,7 +21,9 @@ from cloudha.hostha.fsm import HA_TRANSITIONS as HA_TRANSITIONS
 from cloudha.hostha.fsm import HAEvent as HAEvent
 from cloudha.hostha.fsm import HAState as HAState
 from cloudha.hostha.fsm import ha_transition as ha_transition
+from cloudha.hostha.manager import CLUSTER as CLUSTER
 from cloudha.hostha.manager import POLL_INTERVAL as POLL_INTERVAL
+from cloudha.hostha.manager import ZONE as ZONE
 from cloudha.hostha.manager import HAExecutors as HAExecutors
 from cloudha.hostha.manager import HAManager as HAManager
 from cloudha.hostha.provider import BaseHAProvider as BaseHAProvider
@@ -29,9 +31,11 @@ from cloudha.hostha.provider import HAProviderConfig as HAProviderConfig
 from cloudha.hostha.provider import KVMHAProvider as KVMHAProvider
 
 __all__ = [
+    "CLUSTER",
     "HA_TRANSITIONS",
     "HOST",
     "POLL_INTERVAL",
+    "ZONE",
     "BaseHAProvider",
     "BoundedExecutor",
     "HAConfig",

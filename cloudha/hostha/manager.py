@@ -59,7 +59,7 @@ from cloudha.ports import Alert, AlertSink, HAProvider, HostDirectory, TaskExecu
 from cloudha.runtime import ThreadFactory
 from cloudha.settings import Settings
 
-__all__ = ["POLL_INTERVAL", "HAExecutors", "HAManager"]
+__all__ = ["CLUSTER", "POLL_INTERVAL", "ZONE", "HAExecutors", "HAManager"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,12 @@ T = TypeVar("T")
 
 POLL_INTERVAL = 4.0
 """Seconds between two polls (CloudStack's ``HAManagerBgPollTask`` fixed delay)."""
+
+CLUSTER = "Cluster"
+"""The ``ha_config`` resource type of a cluster's Host-HA switch (CloudStack keeps it as the
+cluster detail ``resourceHAEnabled``)."""
+ZONE = "Zone"
+"""The resource type of a zone's Host-HA switch."""
 
 _HEALTH_CHECKED = frozenset({HAState.AVAILABLE, HAState.SUSPECT, HAState.DEGRADED, HAState.FENCED})
 _NOT_OWNED = frozenset({None, HAState.DISABLED, HAState.INELIGIBLE})
@@ -233,6 +239,51 @@ class HAManager:
         self._forget(host_id)
         return config
 
+    def set_scope_enabled(self, resource_type: str, scope_id: str, enabled: bool) -> int:
+        """Switch Host-HA on or off for a whole cluster (:data:`CLUSTER`) or zone (:data:`ZONE`).
+
+        A switch never set is on. Switching off moves every configured host
+        of the scope to Disabled at once; switching on lets the next poll
+        bring the hosts that are enabled themselves back to Available. The
+        number of hosts moved.
+
+        Raises:
+            ConfigurationError: ``resource_type`` is neither.
+        """
+        if resource_type not in (CLUSTER, ZONE):
+            raise ConfigurationError(
+                f"Host-HA can be switched for a {CLUSTER} or a {ZONE}, not {resource_type!r}",
+                key="resource_type",
+                value=resource_type,
+            )
+        if self.store.find(scope_id, resource_type=resource_type) is None:
+            self.store.configure(scope_id, "", resource_type=resource_type)
+        self.store.set_enabled(scope_id, enabled, resource_type=resource_type)
+        if enabled:
+            return 0
+        moved = 0
+        for config in self.store.list():
+            host = self.directory.find_host(config.resource_id)
+            in_scope = (
+                host is not None
+                and (host.cluster if resource_type == CLUSTER else host.zone) == scope_id
+            )
+            if in_scope and config.state not in (None, HAState.DISABLED):
+                done = self._move(config, HAEvent.DISABLED, f"Host-HA disabled for {scope_id}")
+                moved += done is not None
+                self._forget(config.resource_id)
+        return moved
+
+    def _scope_off(self, host: Host) -> str | None:
+        """Why ``host``'s cluster or zone has Host-HA switched off; None when it has not."""
+        for resource_type, scope_id in ((ZONE, host.zone), (CLUSTER, host.cluster)):
+            if scope_id is None:
+                continue
+            switch = self.store.find(scope_id, resource_type=resource_type)
+            if switch is not None and not switch.enabled:
+                return f"Host-HA is disabled for {resource_type.lower()} {scope_id}"
+        return None
+
     # -- the bridge to VM-HA ------------------------------------------------------
 
     def config_of(self, host_id: str) -> HAConfig | None:
@@ -250,7 +301,13 @@ class HAManager:
         A store that does not answer owns nothing: the regular path goes on.
         """
         config = self.config_of(host.id)
-        return config is not None and config.enabled and config.state not in _NOT_OWNED
+        if config is None or not config.enabled or config.state in _NOT_OWNED:
+            return False
+        try:
+            return self._scope_off(host) is None
+        except Exception as exc:
+            log.warning("Host-HA switches of %s unreadable: %s", host.id, exc)
+            return False
 
     # -- the poll loop ------------------------------------------------------------
 
@@ -290,6 +347,12 @@ class HAManager:
         if not config.enabled:
             if config.state is not HAState.DISABLED:
                 self._move(config, HAEvent.DISABLED, "Host-HA is disabled for the host")
+            self._forget(host.id)
+            return
+        off = self._scope_off(host)
+        if off is not None:
+            if config.state is not HAState.DISABLED:
+                self._move(config, HAEvent.DISABLED, off)
             self._forget(host.id)
             return
         if config.state in (None, HAState.DISABLED):

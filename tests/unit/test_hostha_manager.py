@@ -12,7 +12,9 @@ from cloudha.errors import ConfigurationError, HACheckError
 from cloudha.evidence import EvidenceLog, Recorder
 from cloudha.ha.store import create_schema
 from cloudha.hostha import (
+    CLUSTER,
     POLL_INTERVAL,
+    ZONE,
     BoundedExecutor,
     HAConfig,
     HAEvent,
@@ -545,3 +547,26 @@ def test_the_scripted_provider_keeps_the_contract() -> None:
     provider = ScriptedHAProvider()
     provider.eligible = {}
     check_ha_provider(provider)
+
+
+@pytest.mark.parametrize(("scope", "scope_id"), [(CLUSTER, "c1"), (ZONE, "z1")])
+def test_a_cluster_or_zone_switched_off_disables_its_hosts_until_switched_on(
+    rig: Rig, scope: str, scope_id: str
+) -> None:
+    rig.enable("h1")
+    rig.enable("h2")
+    h1 = rig.directory.find_host("h1")
+    assert h1 is not None
+    assert rig.manager.set_scope_enabled(scope, scope_id, False) == 2
+    assert rig.state("h1") is rig.state("h2") is HAState.DISABLED
+    assert not rig.manager.owns(h1)
+    calls = len(rig.provider.calls)
+    rig.poll(3)
+    assert rig.state("h1") is HAState.DISABLED  # the poll keeps it so
+    assert len(rig.provider.calls) == calls
+    assert rig.manager.set_scope_enabled(scope, scope_id, True) == 0
+    rig.poll()
+    assert rig.state("h1") is rig.state("h2") is HAState.AVAILABLE
+    assert rig.manager.owns(h1)
+    with pytest.raises(ConfigurationError, match="not 'Pod'"):
+        rig.manager.set_scope_enabled("Pod", "p1", False)
