@@ -46,19 +46,16 @@ class HostHAInvestigator(BaseInvestigator):
     def supports(self, host: Host) -> bool:
         return self.manager.owns(host)
 
-    def _fenced(self, host: Host) -> HAConfig | None:
-        """The host's row when it is Fenced and nothing since says it came back."""
-        config = self.manager.config_of(host.id)
+    def _fenced(self, host: Host, config: HAConfig | None) -> bool:
+        """``config`` is Fenced and nothing since says the host came back."""
         if config is None or config.state is not HAState.FENCED:
-            return None
+            return False
         fenced_at = config.update_time.timestamp() if config.update_time is not None else None
-        if fenced_at is not None and host.last_ping > fenced_at:
-            return None
-        return config
+        return fenced_at is None or host.last_ping <= fenced_at
 
     def _agent_alive(self, host: Host) -> Finding:
         config = self.manager.config_of(host.id)
-        if config is not None and self._fenced(host) is not None:
+        if self._fenced(host, config):
             return self.finding(
                 Verdict.DEAD,
                 f"Host-HA fenced {host.id}",
@@ -74,7 +71,7 @@ class HostHAInvestigator(BaseInvestigator):
         )
 
     def _vm_alive(self, vm: Vm, host: Host) -> Finding:
-        if self._fenced(host) is not None:
+        if self._fenced(host, self.manager.config_of(host.id)):
             return self.finding(Verdict.DEAD, f"Host-HA fenced {host.id}: {vm.name} is dead")
         return self.finding(
             Verdict.ALIVE,

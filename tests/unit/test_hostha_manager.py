@@ -544,9 +544,7 @@ def test_bounded_executor_sizes_are_checked() -> None:
 
 
 def test_the_scripted_provider_keeps_the_contract() -> None:
-    provider = ScriptedHAProvider()
-    provider.eligible = {}
-    check_ha_provider(provider)
+    check_ha_provider(ScriptedHAProvider())
 
 
 @pytest.mark.parametrize(("scope", "scope_id"), [(CLUSTER, "c1"), (ZONE, "z1")])
