@@ -33,6 +33,7 @@ _T = TypeVar("_T")
 __all__ = [
     "KEEP",
     "AgentGateway",
+    "AgentSightings",
     "Alert",
     "AlertSink",
     "Answer",
@@ -48,6 +49,7 @@ __all__ = [
     "HypervisorControl",
     "HypervisorProbe",
     "HypervisorReport",
+    "IsolationProbe",
     "Keep",
     "MaintenanceChecker",
     "MigrationFailureSink",
@@ -550,6 +552,49 @@ class Watchdog(Protocol):
 
     def close(self, *, disarm: bool) -> None:
         """Release the device, stopping the countdown only when ``disarm``."""
+
+
+@runtime_checkable
+class IsolationProbe(Protocol):
+    """What a host knows of its own connection, for isolation-aware self-fencing.
+
+    The heartbeat writer asks it when a heartbeat write fails
+    (:func:`cloudha.heartbeat.isolation.link_state`; docs/heartbeat.md,
+    "Isolation").
+
+    Contract:
+        * :meth:`acknowledged_at` gives the wall-clock epoch seconds at which
+          the host's agent *sent* the last ping that the management server
+          acknowledged, or None when there is none (never a later time: the
+          lease the writer renews on it must end before the server, which
+          received that ping, may call the heartbeat stale).
+        * :meth:`isolation_answers` pings the isolation address once, within
+          about a second: True when it answered, False when not, None when no
+          address is configured. It never raises.
+        * Both may be called from the writer's thread at any time.
+    """
+
+    def acknowledged_at(self) -> float | None:
+        """When the agent sent its last acknowledged ping (epoch seconds), or None."""
+
+    def isolation_answers(self) -> bool | None:
+        """Whether the isolation address answers now (None: none is configured)."""
+
+
+@runtime_checkable
+class AgentSightings(Protocol):
+    """When this management server last heard from each host's agent.
+
+    Contract:
+        * :meth:`last_seen` gives the wall-clock epoch seconds of the last
+          connect or ping of ``host_id``'s agent that this server received; a
+          host not heard from since the server started gives the start time
+          (a previous process may have heard from it until then). Never None.
+        * Thread-safe; cheap (called for every investigation).
+    """
+
+    def last_seen(self, host_id: str) -> float:
+        """Epoch seconds of the last message from the agent (at least the server's start)."""
 
 
 @runtime_checkable

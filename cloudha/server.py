@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine
 
 from cloudha.clock import Clock
 from cloudha.detection import AgentManager, MonitorTask, PingMap, PingTask
+from cloudha.detection.sightings import Sightings
 from cloudha.detection.suspicion import SuspicionFencer
 from cloudha.errors import ConfigurationError, LifecycleError
 from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder
@@ -394,6 +395,8 @@ class ManagementServer:
         self.thread_factory = thread_factory
         self.recorder = Recorder(self.evidence, clock, server_id)
         self.ping_map = PingMap(clock)
+        self.sightings = Sightings(clock)
+        """When this server last heard from each agent (the heartbeat's lease rule)."""
         control = hypervisor if isinstance(hypervisor, HypervisorControl) else None
         self.oobm_configs: OobmConfigSource = (
             oobm_configs if oobm_configs is not None else StaticOobmConfigs()
@@ -420,6 +423,7 @@ class ManagementServer:
                     networks=networks,
                     hypervisor_probe=hypervisor,
                     oobm=self.oobm,
+                    sightings=self.sightings,
                 ),
                 discover=discover_plugins,
             )
@@ -438,6 +442,7 @@ class ManagementServer:
                     alerts=alerts,
                     recorder=self.recorder,
                     runner=fence_runner,
+                    sightings=self.sightings,
                 ),
                 discover=discover_plugins,
             )
@@ -534,6 +539,7 @@ class ManagementServer:
             maintenance=maintenance,
             vm_sync=self.vm_sync,
             suspicion=self.suspicion,
+            sightings=self.sightings,
         )
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)

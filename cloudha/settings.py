@@ -224,6 +224,8 @@ _CAMPAIGN = "cloudha.testing.campaign"
 _SUSPICION = "cloudha.detection.suspicion"
 _HOST_HA = "cloudha.hostha.manager"
 _HOST_HA_KVM = "cloudha.hostha.provider"
+_FRESHNESS = "cloudha.detection.freshness"
+_STORM = "cloudha.detection.storm"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -937,6 +939,120 @@ _SPECS: tuple[KeySpec, ...] = (
         "cloudha",
         read_by=(_SERVER,),
     ),
+    # cloudha's own: isolation-aware self-fencing (docs/heartbeat.md, "Isolation").
+    _key(
+        "cloudha.isolation.aware",
+        "bool",
+        True,
+        "A host whose heartbeat writes fail resets itself only when it is isolated (its"
+        " agent lost the management server and the isolation address is silent); while"
+        " its agent is connected its watchdog lease is renewed on the agent's link.",
+        "cloudha",
+        read_by=(_HEARTBEAT_CLI, _SIMULATOR),
+    ),
+    _key(
+        "cloudha.isolation.address",
+        "string",
+        "gateway",
+        "Address the heartbeat writer pings to tell isolation from a partition: an IP or"
+        " name, 'gateway' (the host's default gateway, vSphere's default) or '' (the"
+        " agent's link alone decides).",
+        "cloudha",
+        read_by=(_HEARTBEAT_CLI, _SIMULATOR),
+    ),
+    _key(
+        "cloudha.isolation.agent.window",
+        "duration",
+        120,
+        "How recent the agent's last acknowledged ping must be for its host to count as"
+        " connected (two ping intervals: one late ping is no isolation).",
+        "cloudha",
+        bounds=(1, 3600, "under a second is no ping interval; over an hour is no link"),
+        read_by=(_HEARTBEAT_CLI, _SIMULATOR),
+    ),
+    # cloudha's own: freshness of the monitor's own view (docs/safety.md, "Freshness").
+    _key(
+        "cloudha.freshness.enabled",
+        "bool",
+        True,
+        "Judge other hosts only while this server's own view is fresh (pings arriving,"
+        " directory answering, store writable).",
+        "cloudha",
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    _key(
+        "cloudha.freshness.min.ping.share",
+        "ratio",
+        0.3,
+        "Share of the monitored hosts that must have pinged within the freshness window"
+        " for the actual state to be fresh.",
+        "cloudha",
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    _key(
+        "cloudha.freshness.window",
+        "count",
+        2,
+        "Ping intervals a ping, a directory answer or a store write stays fresh.",
+        "cloudha",
+        bounds=(1, 100, "under one interval every late ping looks stale; 100 is no window"),
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    _key(
+        "cloudha.freshness.resume.intervals",
+        "count",
+        2,
+        "Consecutive fresh ping intervals before judging resumes (also after a start).",
+        "cloudha",
+        bounds=(1, 100, "at least the interval that found it fresh; 100 is never"),
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    # cloudha's own: storm protection per failure domain (docs/safety.md, "Storms").
+    _key(
+        "cloudha.storm.domains",
+        "names",
+        ("cluster", "pod", "zone"),
+        "Failure domains storm protection counts (any of cluster, pod, zone, rack).",
+        "cloudha",
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    _key(
+        "cloudha.storm.fence.budget",
+        "ratio",
+        0.1,
+        "Share of a domain's hosts that may be fenced on suspicion per window (at least"
+        " one); 0 stops suspicion fences.",
+        "cloudha",
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    _key(
+        "cloudha.storm.fence.window",
+        "duration",
+        300,
+        "The window of the fence budget.",
+        "cloudha",
+        bounds=(1, 86400, "under a second is no window; over a day is no pace"),
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    _key(
+        "cloudha.storm.disruption.threshold",
+        "ratio",
+        0.5,
+        "Above this share of a domain silent, its silence is taken for a network or"
+        " observer fault: no suspicion fence there, and an alert (1 turns it off).",
+        "cloudha",
+        read_by=NOT_USED_YET,  # TEMP
+    ),
+    # cloudha's own: shadow mode (docs/safety.md, "Shadow mode").
+    _key(
+        "cloudha.shadow",
+        "bool",
+        False,
+        "Run every check and decision but execute nothing (no fence, stop, start or"
+        " self-fence): record what would be done, with shadow: true.",
+        "cloudha",
+        read_by=NOT_USED_YET,  # TEMP
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -1394,6 +1510,22 @@ class Settings:
     cloudha_watchdog_reset_margin: float = 30.0
     # cloudha's own: fence on suspicion.
     cloudha_fence_on_suspicion: bool = True
+    # cloudha's own: isolation-aware self-fencing.
+    cloudha_isolation_aware: bool = True
+    cloudha_isolation_address: str = "gateway"
+    cloudha_isolation_agent_window: float = 120.0
+    # cloudha's own: freshness.
+    cloudha_freshness_enabled: bool = True
+    cloudha_freshness_min_ping_share: float = 0.3
+    cloudha_freshness_window: int = 2
+    cloudha_freshness_resume_intervals: int = 2
+    # cloudha's own: storm protection.
+    cloudha_storm_domains: tuple[str, ...] = ("cluster", "pod", "zone")
+    cloudha_storm_fence_budget: float = 0.1
+    cloudha_storm_fence_window: float = 300.0
+    cloudha_storm_disruption_threshold: float = 0.5
+    # cloudha's own: shadow mode.
+    cloudha_shadow: bool = False
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

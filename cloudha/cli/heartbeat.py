@@ -23,6 +23,7 @@ import click
 from cloudha.clock import SystemClock
 from cloudha.errors import ConfigurationError
 from cloudha.heartbeat import (
+    FileIsolationProbe,
     HeartbeatChecker,
     HeartbeatTiming,
     HeartbeatWriter,
@@ -131,12 +132,20 @@ def heartbeat() -> None:
     default=None,
     help="Arm this watchdog device (/dev/watchdog) and pet it after each full round.",
 )
+@click.option(
+    "--agent-ack-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A file the host's agent touches after every ping the management server"
+    " acknowledged: makes the writer isolation-aware (cloudha.isolation.*).",
+)
 @_settings_option
 def write(
     mounts: tuple[str, ...],
     host_ip: str,
     once: bool,
     watchdog_device: Path | None,
+    agent_ack_file: Path | None,
     settings_file: Path | None,
 ) -> None:
     """Write this host's heartbeat to every pool, forever (until SIGTERM/SIGINT).
@@ -146,6 +155,12 @@ def write(
     resets itself (sysrq b). --once never does. With --watchdog the device
     is armed with cloudha.watchdog.timeout and petted after every round that
     wrote every pool; SIGTERM/SIGINT disarms it.
+
+    With --agent-ack-file (and cloudha.isolation.aware, the default), a pool
+    that cannot be written resets the host only when it is isolated: the
+    agent's last acknowledged ping is older than cloudha.isolation.agent.window
+    and cloudha.isolation.address does not answer. While the agent is
+    connected the watchdog is petted on its link (docs/heartbeat.md).
     """
     if once and watchdog_device is not None:
         raise BadInput("--once and --watchdog cannot be used together")
@@ -154,6 +169,12 @@ def write(
     settings = _settings(settings_file)
     timing = _timing(settings)
     clock = SystemClock()
+    isolation = None
+    if agent_ack_file is not None and settings.cloudha_isolation_aware:
+        address = settings.cloudha_isolation_address
+        isolation = _guard(
+            "cloudha.isolation.address", lambda: FileIsolationProbe(str(agent_ack_file), address)
+        )
     writer = _guard(
         "--settings",
         lambda: HeartbeatWriter(
@@ -168,6 +189,8 @@ def write(
             watchdog=None if watchdog_device is None else LinuxWatchdog(str(watchdog_device)),
             watchdog_timeout=settings.cloudha_watchdog_timeout,
             reset_margin=settings.cloudha_watchdog_reset_margin,
+            isolation=isolation,
+            agent_window=settings.cloudha_isolation_agent_window,
         ),
     )
     if once:

@@ -26,6 +26,7 @@ from cloudha.detection.decisions import (
     needs_investigation,
 )
 from cloudha.detection.pingmap import PingMap
+from cloudha.detection.sightings import Sightings
 from cloudha.errors import NoTransitionError, ProbeError
 from cloudha.evidence import EvidenceSink, Recorder
 from cloudha.investigators import (
@@ -123,6 +124,8 @@ class AgentManager:
             offered every host that enters Alert and every host in Alert at
             its recheck; a host it fenced (power read back Off) is Down at
             once. None: hosts in Alert wait for the slower proofs.
+        sightings: where every connect and ping received is noted (the
+            storage heartbeat's lease rule reads it); a new one by default.
 
     A host declared Down whose hand-over to the HA scheduler raised is kept
     in a retry list (due times on the injected clock, driven by the monitor's
@@ -148,6 +151,7 @@ class AgentManager:
         vm_sync: VmSync | None = None,
         hand_over_wait: Callable[[tenacity.RetryCallState], float] | None = None,
         suspicion: SuspicionCheck | None = None,
+        sightings: Sightings | None = None,
     ) -> None:
         self.management_server_id = management_server_id
         self.settings = settings
@@ -167,6 +171,7 @@ class AgentManager:
         self._locks = tuple(threading.RLock() for _ in range(_LOCK_STRIPES))
         self.vm_sync = vm_sync
         self.suspicion = suspicion
+        self.sightings = sightings if sightings is not None else Sightings(clock)
         self._alert_watch: dict[str, float] = {}
         self._adopted: set[str] = set()  # re-adopted while Disconnected, by recover()
         self._watch_lock = threading.Lock()
@@ -203,6 +208,7 @@ class AgentManager:
         Returns False (and records why) when the host is unknown, its status
         has no such transition, or the host directory cannot be read.
         """
+        self.sightings.seen(host_id)
         with self._lock(host_id):
             try:
                 host = self.directory.find_host(host_id)
@@ -250,6 +256,7 @@ class AgentManager:
         """
         if isinstance(report, str):
             report = PingReport(report)
+        self.sightings.seen(report.host_id)
         for listener in self._command_listeners:
             listener.process_ping(report)
         monitored = report.host_id in self.ping_map

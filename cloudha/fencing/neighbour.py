@@ -24,9 +24,21 @@ from cloudha.commands import answer_verdict, check_on_host, fence
 from cloudha.errors import ProbeError
 from cloudha.fencing.base import BaseFenceBuilder, FenceResult
 from cloudha.investigators.base import Verdict
-from cloudha.investigators.support import list_neighbours, list_zone_witnesses, stale_proof
+from cloudha.investigators.support import (
+    list_neighbours,
+    list_zone_witnesses,
+    sighting_proof,
+    stale_proof,
+)
 from cloudha.model import Host, HypervisorType, Vm
-from cloudha.ports import AgentGateway, Answer, Command, HostDirectory, StoragePoolDirectory
+from cloudha.ports import (
+    AgentGateway,
+    AgentSightings,
+    Answer,
+    Command,
+    HostDirectory,
+    StoragePoolDirectory,
+)
 
 __all__ = ["KVMFenceBuilder", "VMwareFenceBuilder", "XenServerFenceBuilder"]
 
@@ -116,6 +128,12 @@ class KVMFenceBuilder(_NeighbourFencer):
         zone_witnesses: hosts outside the cluster that may be asked.
         self_fence: ``reboot.host.and.alert.management.on.heartbeat.timeout``
             (only the reason of a refusal depends on it).
+        stale_bound: the heartbeat's stale bound for the host's pools
+            (:meth:`~cloudha.heartbeat.HeartbeatTiming.stale_after`, given the
+            number of pools); with it, a host heard from within the bound
+            (its ``last_ping``, or ``sightings``) is not fenced by a stale
+            heartbeat (:func:`~cloudha.investigators.support.sighting_proof`).
+        sightings: when the server last heard from each agent.
     """
 
     name = "KVMFenceBuilder"
@@ -132,6 +150,8 @@ class KVMFenceBuilder(_NeighbourFencer):
         fail_on_one_pool: bool = False,
         zone_witnesses: int = 3,
         self_fence: bool = True,
+        stale_bound: Callable[[int], float] | None = None,
+        sightings: AgentSightings | None = None,
     ) -> None:
         super().__init__(
             clock,
@@ -144,6 +164,8 @@ class KVMFenceBuilder(_NeighbourFencer):
         self.fail_on_one_pool = fail_on_one_pool
         self.zone_witnesses = zone_witnesses
         self.self_fence = self_fence
+        self.stale_bound = stale_bound
+        self.sightings = sightings
 
     def supports(self, vm: Vm, host: Host) -> bool:
         return host.hypervisor in _KVM
@@ -158,6 +180,14 @@ class KVMFenceBuilder(_NeighbourFencer):
                 pools=[],
             )
         proof = stale_proof(host, self_fence=self.self_fence)
+        if self.stale_bound is not None:
+            proof = sighting_proof(
+                host,
+                proof,
+                now=self.clock.now().timestamp(),
+                bound=self.stale_bound(len(ha_pools)),
+                sightings=self.sightings,
+            )
         if not proof.proves_death:
             return self.not_fenced(
                 f"a stale heartbeat would prove nothing: {proof.reason}", pools=ha_pools

@@ -34,11 +34,13 @@ from cloudha.fencing.neighbour import KVMFenceBuilder, VMwareFenceBuilder, XenSe
 from cloudha.fencing.power import PowerFencer
 from cloudha.fencing.recreatable import RecreatableFencer, VolumeDirectory
 from cloudha.fencing.ssh import RemoteShell, SSHSoftFencer
+from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.model import Host
 from cloudha.oobm.manager import OutOfBandManager
 from cloudha.plugins import check_names, load_plugins
 from cloudha.ports import (
     AgentGateway,
+    AgentSightings,
     AlertSink,
     HostDirectory,
     HypervisorControl,
@@ -107,6 +109,8 @@ class FencerContext:
         ssh_connect: opens a shell on a host; without it there is no SSH
             soft fencer.
         volumes: each VM's volumes; without it there is no Recreatable fencer.
+        sightings: when the server last heard from each agent (the KVM
+            fence builder's lease rule).
         alerts: where escalations go.
         recorder: where fence attempts are recorded.
         runner: runs each fencer call with its time limit (default: a thread).
@@ -122,6 +126,7 @@ class FencerContext:
     hypervisor_control: HypervisorControl | None = None
     ssh_connect: Callable[[Host], RemoteShell] | None = None
     volumes: VolumeDirectory | None = None
+    sightings: AgentSightings | None = None
     alerts: AlertSink | None = None
     recorder: Recorder | None = None
     runner: FenceRunner | None = None
@@ -159,6 +164,8 @@ def builtin_fencers(ctx: FencerContext) -> list[FenceBuilder]:
                 pools=ctx.pools,
                 fail_on_one_pool=s.kvm_ha_fence_on_storage_heartbeat_failure,
                 self_fence=s.reboot_host_and_alert_management_on_heartbeat_timeout,
+                stale_bound=HeartbeatTiming.from_settings(s).stale_after,
+                sightings=ctx.sightings,
                 **neighbour,
             )
         )

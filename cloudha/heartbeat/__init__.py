@@ -20,6 +20,9 @@ from cloudha.heartbeat.files import format_heartbeat as format_heartbeat
 from cloudha.heartbeat.files import heartbeat_path as heartbeat_path
 from cloudha.heartbeat.files import normalize_host_ip as normalize_host_ip
 from cloudha.heartbeat.files import parse_heartbeat as parse_heartbeat
+from cloudha.heartbeat.isolation import FileIsolationProbe as FileIsolationProbe
+from cloudha.heartbeat.isolation import LinkState as LinkState
+from cloudha.heartbeat.isolation import link_state as link_state
 from cloudha.heartbeat.storage import LocalStorage as LocalStorage
 from cloudha.heartbeat.storage import StorageAccess as StorageAccess
 from cloudha.heartbeat.timing import HeartbeatTiming as HeartbeatTiming
@@ -30,6 +33,7 @@ from cloudha.heartbeat.writer import Pet as Pet
 from cloudha.heartbeat.writer import SelfFence as SelfFence
 from cloudha.heartbeat.writer import SelfFencer as SelfFencer
 from cloudha.heartbeat.writer import Sleep as Sleep
+from cloudha.heartbeat.writer import StorageFault as StorageFault
 from cloudha.heartbeat.writer import SysrqSelfFencer as SysrqSelfFencer
 from cloudha.heartbeat.writer import Write as Write
 from cloudha.heartbeat.writer import WriterAction as WriterAction
@@ -39,11 +43,13 @@ __all__ = [
     "HEARTBEAT_DIR",
     "ActivityReport",
     "BaseWatchdog",
+    "FileIsolationProbe",
     "HeartbeatChecker",
     "HeartbeatFormatError",
     "HeartbeatReport",
     "HeartbeatTiming",
     "HeartbeatWriter",
+    "LinkState",
     "LinuxWatchdog",
     "LocalStorage",
     "Pet",
@@ -52,6 +58,7 @@ __all__ = [
     "SelfFencer",
     "Sleep",
     "StorageAccess",
+    "StorageFault",
     "SysrqSelfFencer",
     "Write",
     "WriterAction",
@@ -59,6 +66,7 @@ __all__ = [
     "check_vm_activity",
     "format_heartbeat",
     "heartbeat_path",
+    "link_state",
     "normalize_host_ip",
     "parse_heartbeat",
     "writer_plan",

@@ -21,10 +21,11 @@ import attrs
 from cloudha.clock import Clock
 from cloudha.errors import ConfigurationError
 from cloudha.heartbeat.files import format_heartbeat, heartbeat_path, normalize_host_ip
+from cloudha.heartbeat.isolation import LinkState, link_state
 from cloudha.heartbeat.storage import StorageAccess
 from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.model import Pool
-from cloudha.ports import Watchdog
+from cloudha.ports import IsolationProbe, Watchdog
 
 __all__ = [
     "HeartbeatWriter",
@@ -32,6 +33,7 @@ __all__ = [
     "SelfFence",
     "SelfFencer",
     "Sleep",
+    "StorageFault",
     "SysrqSelfFencer",
     "Write",
     "WriterAction",
@@ -74,16 +76,36 @@ class SelfFence:
 
 @attrs.frozen
 class Pet:
-    """Every pool of this round was written: pet the watchdog now, then send back None.
+    """Renew the lease: pet the watchdog now, then send back None.
 
-    Only a plan made with ``watchdog=True`` asks for it. The driver pets
-    only if :meth:`HeartbeatTiming.may_pet` allows it for the time since
-    the round's first successful write started (a writer stalled between
-    its writes and its pet must not buy its host more time).
+    Only a plan made with ``watchdog=True`` asks for it. ``proof`` says what
+    renews it: ``"heartbeat"``, every pool of this round was written; or
+    ``"agent"``, a heartbeat write failed but the agent is connected
+    (:class:`~cloudha.heartbeat.isolation.LinkState`). The driver pets only
+    if :meth:`HeartbeatTiming.may_pet` allows it for the age of the proof:
+    the time since the round's first successful write started, or since
+    the agent sent its last acknowledged ping (a writer stalled between its
+    proof and its pet must not buy its host more time).
     """
 
+    proof: str = "heartbeat"
 
-WriterAction: TypeAlias = Write | Sleep | SelfFence | Pet
+
+@attrs.frozen
+class StorageFault:
+    """Every attempt on ``pool`` failed, but the host is not isolated: report, do not reset.
+
+    ``link`` says why (the agent is connected, or the isolation address
+    answers and the watchdog's lease decides). Send back None; the plan
+    goes on with the next pool.
+    """
+
+    pool: Pool
+    reason: str
+    link: LinkState
+
+
+WriterAction: TypeAlias = Write | Sleep | SelfFence | Pet | StorageFault
 """What :func:`writer_plan` asks its driver to do."""
 
 
@@ -93,6 +115,7 @@ def writer_plan(
     *,
     reboot_on_failure: bool,
     watchdog: bool = False,
+    link: Callable[[], LinkState] | None = None,
 ) -> Generator[WriterAction, bool | None, None]:
     """The writer's actions, forever (CloudStack's ``KVMHAMonitor`` loop).
 
@@ -115,6 +138,22 @@ def writer_plan(
     :class:`SelfFence` whatever ``reboot_on_failure`` says: nothing else
     would reset the host before its old heartbeat is called stale.
 
+    With ``link`` (isolation-aware self-fencing, :mod:`cloudha.heartbeat.isolation`),
+    a pool whose every attempt failed is first judged by ``link()``:
+
+    * :attr:`~LinkState.CONNECTED`: the plan yields :class:`StorageFault`
+      and does not reset; with an armed watchdog it yields
+      ``Pet(proof="agent")`` after each failed attempt and at the round's
+      end, so the lease lasts while the agent can prove the host is not
+      isolated.
+    * :attr:`~LinkState.PARTITIONED`: :class:`StorageFault`, no reset and no
+      pet: an armed watchdog resets the host when its lease runs out, unless
+      the heartbeat or the agent's connection comes back first; without a
+      watchdog a stale heartbeat proves nothing, so nothing needs resetting.
+    * :attr:`~LinkState.ISOLATED`: as without ``link``.
+
+    A watchdog that is not armed yet still resets the host (the agent has
+    not started).
     Driving: start with ``next(plan)`` (or ``plan.send(None)``); answer a
     :class:`Write` with ``plan.send(True)`` or ``plan.send(False)``, a
     :class:`Sleep`, a :class:`Pet` or a :class:`SelfFence` with ``plan.send(None)``.
@@ -137,6 +176,8 @@ def writer_plan(
                 if result:
                     written = True
                     break
+                if watchdog and armed and link is not None and link() is LinkState.CONNECTED:
+                    yield Pet("agent")
                 if attempt < timing.max_tries:
                     yield Sleep(timing.retry_sleep, "retry")
             if written:
@@ -146,6 +187,32 @@ def writer_plan(
                 f"could not write the heartbeat to pool {pool.id} ({pool.mount_point})"
                 f" in {timing.max_tries} tries"
             )
+            state = link() if link is not None and (armed or not watchdog) else None
+            if state is LinkState.CONNECTED:
+                yield StorageFault(
+                    pool,
+                    f"{reason}; the agent is connected, so the host is not isolated and stays up",
+                    state,
+                )
+                continue
+            if state is LinkState.PARTITIONED:
+                yield StorageFault(
+                    pool,
+                    f"{reason}; the agent lost the management server but the isolation address"
+                    " answers: no reset now"
+                    + (
+                        "; the watchdog resets the host unless the heartbeat or the agent"
+                        " comes back"
+                        if watchdog
+                        else ""
+                    ),
+                    state,
+                )
+                continue
+            if state is LinkState.ISOLATED:
+                reason += (
+                    "; the agent lost the management server and the isolation address is silent"
+                )
             if reboot_on_failure or (watchdog and not armed):
                 if not reboot_on_failure:
                     reason += "; the watchdog is not armed yet, so the writer resets the host"
@@ -155,6 +222,8 @@ def writer_plan(
         if watchdog and every_pool_written:
             yield Pet()
             armed = True
+        elif watchdog and armed and link is not None and link() is LinkState.CONNECTED:
+            yield Pet("agent")
         yield Sleep(timing.frequency, "round")
 
 
@@ -233,6 +302,12 @@ class HeartbeatWriter:
             None runs without one, and then a stale heartbeat of this host
             proves nothing (its inventory row must say ``watchdog=False``).
         watchdog_timeout: the watchdog's countdown (``cloudha.watchdog.timeout``).
+        isolation: what the host knows of its connection
+            (:class:`~cloudha.heartbeat.isolation.FileIsolationProbe`); with it
+            the writer is isolation-aware (:func:`writer_plan`'s ``link``),
+            without it a pool that cannot be written resets the host as in CloudStack.
+        agent_window: how recent the agent's last acknowledged ping must be
+            for the host to count as connected (``cloudha.isolation.agent.window``).
         reset_margin: the longest time from the watchdog's expiry until
             the host is reset (``cloudha.watchdog.reset.margin``).
 
@@ -266,6 +341,8 @@ class HeartbeatWriter:
         watchdog: Watchdog | None = None,
         watchdog_timeout: float = 300.0,
         reset_margin: float = 30.0,
+        isolation: IsolationProbe | None = None,
+        agent_window: float = 120.0,
     ) -> None:
         if watchdog is not None:
             timing.check_watchdog(watchdog_timeout, reset_margin)
@@ -283,6 +360,10 @@ class HeartbeatWriter:
         self.watchdog = watchdog
         self.watchdog_timeout = float(watchdog_timeout)
         self.reset_margin = float(reset_margin)
+        self.isolation = isolation
+        self.agent_window = float(agent_window)
+        self.storage_faults = 0
+        """Pools that could not be written while the host was not isolated (no reset)."""
         self._lock = threading.Lock()
         self._last_success: dict[str, float] = {}
         self._stuck: dict[str, threading.Thread] = {}
@@ -321,6 +402,7 @@ class HeartbeatWriter:
             self.timing,
             reboot_on_failure=self.reboot_on_failure,
             watchdog=watchdog is not None,
+            link=None if self.isolation is None else self._link,
         )
         answer: bool | None = None
         round_started: float | None = None
@@ -336,15 +418,25 @@ class HeartbeatWriter:
                     answer = self.write_once(action.pool)
                     if answer and round_started is None:
                         round_started = self._last_started
+                elif isinstance(action, Pet) and action.proof == "agent":
+                    assert watchdog is not None
+                    assert armed
+                    age = self._acknowledged_age()
+                    if age is not None:
+                        self._pet(watchdog, timeout, age, "the agent's last acknowledged ping")
                 elif isinstance(action, Pet):
                     assert watchdog is not None
                     assert round_started is not None
+                    age = self.clock.monotonic() - round_started
                     if armed:
-                        self._pet(watchdog, timeout, round_started)
-                    elif self._may_pet(timeout, round_started):
+                        self._pet(watchdog, timeout, age)
+                    elif self._may_pet(timeout, age):
                         timeout = self._arm(watchdog, timeout)
                         armed = True
                     round_started = None
+                elif isinstance(action, StorageFault):
+                    self.storage_faults += 1
+                    log.error("%s", action.reason)
                 elif isinstance(action, Sleep):
                     if action.reason == "round":
                         round_started = None
@@ -373,24 +465,50 @@ class HeartbeatWriter:
         self.last_pet = self.clock.monotonic()
         return effective
 
-    def _may_pet(self, timeout: float, round_started: float) -> bool:
-        """Whether a countdown (re)started now ends before this round's oldest write is
+    def _acknowledged_age(self) -> float | None:
+        """Seconds since the agent sent its last acknowledged ping (None: none, or no probe)."""
+        if self.isolation is None:
+            return None
+        acknowledged = self.isolation.acknowledged_at()
+        if acknowledged is None:
+            return None
+        return self.clock.now().timestamp() - acknowledged
+
+    def _link(self) -> LinkState:
+        """:func:`~cloudha.heartbeat.isolation.link_state` now (the address pinged only
+        when the agent is not connected)."""
+        assert self.isolation is not None
+        age = self._acknowledged_age()
+        if age is not None and 0.0 <= age <= self.agent_window:
+            return LinkState.CONNECTED
+        return link_state(age, self.agent_window, self.isolation.isolation_answers())
+
+    def _may_pet(
+        self, timeout: float, age: float, proof: str = "this round's first heartbeat write"
+    ) -> bool:
+        """Whether a countdown (re)started now ends before a proof ``age`` seconds old is
         stale; counted and logged when not (arming and petting alike)."""
-        age = self.clock.monotonic() - round_started
         if self.timing.may_pet(age, timeout, self.reset_margin):
             return True
         self.skipped_pets += 1
         log.error(
-            "not petting the watchdog: this round's first heartbeat write started %g s"
-            " ago; with the %g s watchdog and %g s reset margin the host could outlive it",
+            "not petting the watchdog: %s started %g s ago; with the %g s watchdog and"
+            " %g s reset margin the host could outlive it",
+            proof,
             age,
             timeout,
             self.reset_margin,
         )
         return False
 
-    def _pet(self, watchdog: Watchdog, timeout: float, round_started: float) -> None:
-        if not self._may_pet(timeout, round_started):
+    def _pet(
+        self,
+        watchdog: Watchdog,
+        timeout: float,
+        age: float,
+        proof: str = "this round's first heartbeat write",
+    ) -> None:
+        if not self._may_pet(timeout, age, proof):
             return
         try:
             watchdog.keepalive()

@@ -14,10 +14,17 @@ from cloudha.investigators.support import (
     StaleProof,
     judge_stale,
     list_zone_witnesses,
+    sighting_proof,
     stale_proof,
 )
 from cloudha.model import Host, HypervisorType, Vm
-from cloudha.ports import AgentGateway, Command, HostDirectory, StoragePoolDirectory
+from cloudha.ports import (
+    AgentGateway,
+    AgentSightings,
+    Command,
+    HostDirectory,
+    StoragePoolDirectory,
+)
 from cloudha.status import Status
 
 __all__ = ["KVMInvestigator"]
@@ -74,6 +81,10 @@ class KVMInvestigator(AgentInvestigatorBase):
             pool yet (an earlier pool may use its whole retry budget), so
             the stamp left by its previous life says nothing of the live
             host. None: CloudStack's rule, the stamp alone.
+        sightings: when this server last heard from each agent; with
+            ``timing``, a host heard from within the stale bound is not
+            proved dead by its heartbeat either (its writer may renew its
+            lease on the agent's link: :func:`~cloudha.investigators.support.sighting_proof`).
     """
 
     name = "KVMInvestigator"
@@ -90,10 +101,12 @@ class KVMInvestigator(AgentInvestigatorBase):
         zone_witnesses: int = 3,
         self_fence: bool = True,
         timing: HeartbeatTiming | None = None,
+        sightings: AgentSightings | None = None,
     ) -> None:
         super().__init__(clock, directory=directory, gateway=gateway, timeout=timeout)
         self.self_fence = self_fence
         self.timing = timing
+        self.sightings = sightings
         if zone_witnesses < 0:
             raise ValueError(f"zone_witnesses must be >= 0, got {zone_witnesses!r}")
         self.pools = pools
@@ -161,17 +174,15 @@ class KVMInvestigator(AgentInvestigatorBase):
     def _proof(self, host: Host, pools: int) -> StaleProof:
         """:func:`stale_proof`; no proof while ``host`` came back too recently (``timing``)."""
         proof = stale_proof(host, self_fence=self.self_fence)
-        if not proof.proves_death or self.timing is None:
+        if self.timing is None:
             return proof
-        since = self.clock.now().timestamp() - host.last_ping
-        bound = self.timing.stale_after(pools)
-        if since <= bound:
-            return StaleProof(
-                False,
-                f"{host.id} connected or was found Up {since:.1f} s ago, within the {bound:g} s"
-                " stale bound: its writer may not have written a heartbeat since",
-            )
-        return proof
+        return sighting_proof(
+            host,
+            proof,
+            now=self.clock.now().timestamp(),
+            bound=self.timing.stale_after(pools),
+            sightings=self.sightings,
+        )
 
     def _judged(
         self, via: Host, command: Command, asked: dict[str, str], proof: StaleProof

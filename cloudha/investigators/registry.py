@@ -32,6 +32,7 @@ from cloudha.oobm.manager import OutOfBandManager
 from cloudha.plugins import check_names, load_plugins
 from cloudha.ports import (
     AgentGateway,
+    AgentSightings,
     HostDirectory,
     HypervisorProbe,
     StoragePoolDirectory,
@@ -104,6 +105,8 @@ class InvestigatorContext:
             driver in it, there is no BMC power witness.
         timeout: limit on each command or probe, in seconds; None means
             ``ping.interval``, the same limit as the direct CheckHealth.
+        sightings: when the server last heard from each agent (the KVM
+            investigator's lease rule, :func:`~cloudha.investigators.support.sighting_proof`).
     """
 
     clock: Clock
@@ -115,6 +118,7 @@ class InvestigatorContext:
     hypervisor_probe: HypervisorProbe | None = None
     oobm: OutOfBandManager | None = None
     timeout: float | None = None
+    sightings: AgentSightings | None = None
 
     @property
     def command_timeout(self) -> float:
@@ -142,6 +146,7 @@ def builtin_investigators(ctx: InvestigatorContext) -> list[Investigator]:
                 fail_on_one_pool=ctx.settings.kvm_ha_fence_on_storage_heartbeat_failure,
                 self_fence=ctx.settings.reboot_host_and_alert_management_on_heartbeat_timeout,
                 timing=HeartbeatTiming.from_settings(ctx.settings),
+                sightings=ctx.sightings,
                 **common,
             )
         )

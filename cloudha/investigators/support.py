@@ -12,7 +12,14 @@ from cloudha.commands import answer_verdict
 from cloudha.errors import ProbeError
 from cloudha.investigators.base import BaseInvestigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType
-from cloudha.ports import AgentGateway, Answer, Command, HostDirectory, StoragePoolDirectory
+from cloudha.ports import (
+    AgentGateway,
+    AgentSightings,
+    Answer,
+    Command,
+    HostDirectory,
+    StoragePoolDirectory,
+)
 from cloudha.status import Status
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "judge_stale",
     "list_neighbours",
     "list_zone_witnesses",
+    "sighting_proof",
     "stale_proof",
 ]
 
@@ -192,6 +200,45 @@ def stale_proof(host: Host, *, self_fence: bool) -> StaleProof:
             " may resume with its VMs"
         )
     return StaleProof(False, why)
+
+
+def sighting_proof(
+    host: Host,
+    proof: StaleProof,
+    *,
+    now: float,
+    bound: float,
+    sightings: AgentSightings | None = None,
+) -> StaleProof:
+    """``proof``, unless the host was seen alive within the stale ``bound`` (seconds).
+
+    Seen alive: its row's ``last_ping`` (set when its agent connected, or an
+    investigation found it Up), or the last connect or ping of its agent
+    that this management server received (``sightings``). A heartbeat
+    writer renews its lease on its agent's connection while its heartbeat
+    cannot be written (isolation-aware self-fencing,
+    :mod:`cloudha.heartbeat.isolation`), and a host that came back (a
+    reboot) runs a writer whose first round may not have reached a pool
+    yet: either way a host heard from within the bound may still run,
+    whatever the stamp on the pool says. ``now`` is wall-clock epoch seconds.
+    """
+    if not proof.proves_death:
+        return proof
+    seen = host.last_ping
+    source = "connected or was found Up"
+    if sightings is not None:
+        pinged = sightings.last_seen(host.id)
+        if pinged > seen:
+            seen, source = pinged, "was last heard from by its agent"
+    since = now - seen
+    if since <= bound:
+        return StaleProof(
+            False,
+            f"{host.id} {source} {since:.1f} s ago, within the {bound:g} s stale bound: a"
+            " stale heartbeat proves nothing yet (its writer may live on its agent's link,"
+            " or not have written since)",
+        )
+    return proof
 
 
 def judge_stale(verdict: Verdict, reason: str, proof: StaleProof) -> tuple[Verdict, str]:

@@ -34,6 +34,8 @@ from cloudha.testing.fakes import ScriptedSuspicion as ScriptedSuspicion
 from cloudha.testing.heartbeat import FakeWatchdog as FakeWatchdog
 from cloudha.testing.heartbeat import MemoryStorage as MemoryStorage
 from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
+from cloudha.testing.heartbeat import ScriptedIsolationProbe as ScriptedIsolationProbe
+from cloudha.testing.heartbeat import check_isolation_probe as check_isolation_probe
 from cloudha.testing.heartbeat import check_watchdog as check_watchdog
 from cloudha.testing.oobm import FakeBmc as FakeBmc
 from cloudha.testing.oobm import FakePowerDriver as FakePowerDriver
@@ -91,6 +93,7 @@ __all__ = [
     "ScriptedFencer",
     "ScriptedHAProvider",
     "ScriptedInvestigator",
+    "ScriptedIsolationProbe",
     "ScriptedSuspicion",
     "Simulation",
     "StartRecord",
@@ -112,6 +115,7 @@ __all__ = [
     "check_ha_provider",
     "check_host_directory",
     "check_investigator",
+    "check_isolation_probe",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",

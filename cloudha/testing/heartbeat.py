@@ -243,3 +243,51 @@ def check_watchdog(make: Callable[[], object], *, timeout: int = 30) -> None:
         unarmed.close(disarm=True)
     if problems:
         raise AssertionError("watchdog contract broken:\n  " + "\n  ".join(problems))
+
+
+class ScriptedIsolationProbe:
+    """An :class:`~cloudha.ports.IsolationProbe` whose answers a test sets.
+
+    Attributes:
+        acknowledged: what :meth:`acknowledged_at` returns (epoch seconds, or None).
+        answers: what :meth:`isolation_answers` returns.
+        pings: how many times the isolation address was asked.
+    """
+
+    def __init__(self, acknowledged: float | None = None, answers: bool | None = None) -> None:
+        self.acknowledged = acknowledged
+        self.answers = answers
+        self.pings = 0
+
+    def acknowledged_at(self) -> float | None:
+        return self.acknowledged
+
+    def isolation_answers(self) -> bool | None:
+        self.pings += 1
+        return self.answers
+
+
+def check_isolation_probe(probe: object) -> None:
+    """Check ``probe`` against :class:`~cloudha.ports.IsolationProbe`'s contract.
+
+    Both methods exist and answer without raising; :meth:`acknowledged_at`
+    gives None or a finite number of epoch seconds, :meth:`isolation_answers`
+    None or a bool.
+
+    Raises:
+        AssertionError: naming the broken rule.
+    """
+    from cloudha.ports import IsolationProbe
+
+    assert isinstance(probe, IsolationProbe), f"{probe!r} is not an IsolationProbe"
+    acknowledged = probe.acknowledged_at()
+    assert acknowledged is None or (
+        isinstance(acknowledged, int | float)
+        and not isinstance(acknowledged, bool)
+        and acknowledged == acknowledged
+        and abs(acknowledged) != float("inf")
+    ), f"acknowledged_at() gave {acknowledged!r}: not None or finite epoch seconds"
+    answers = probe.isolation_answers()
+    assert answers is None or isinstance(answers, bool), (
+        f"isolation_answers() gave {answers!r}: not None or a bool"
+    )

@@ -56,12 +56,14 @@ from cloudha.heartbeat import (
     Pet,
     SelfFence,
     Sleep,
+    StorageFault,
     Write,
     WriterAction,
     format_heartbeat,
     heartbeat_path,
     writer_plan,
 )
+from cloudha.heartbeat.isolation import LinkState, link_state
 from cloudha.hostha import HAExecutors, HAProviderConfig, KVMHAProvider, SqlHAConfigStore
 from cloudha.model import (
     Host,
@@ -466,7 +468,9 @@ class Simulation:
             host.connected = False  # the agent's ping failed: it drops the link
             return
         assert self.ms is not None
+        sent = self.clock.now().timestamp()
         if host.connected and self.ms.agents.ping_received(host_id):
+            host.last_ack = sent  # the isolation probe of the host's writer reads it
             return
         self._connect(host)
 
@@ -474,7 +478,10 @@ class Simulation:
         if self.ms is None or not self.reachable(host) or not host.agent_running:
             return
         running = sorted(vm.id for vm in self.vms.values() if host.spec.id in vm.running_on)
+        sent = self.clock.now().timestamp()
         host.connected = self.ms.agents.agent_connected(host.spec.id, vms=running)
+        if host.connected:
+            host.last_ack = sent
 
     # -- storage heartbeat writers ----------------------------------------------
 
@@ -491,6 +498,9 @@ class Simulation:
             self.timing,
             reboot_on_failure=self.settings.reboot_host_and_alert_management_on_heartbeat_timeout,
             watchdog=host.spec.watchdog,
+            link=functools.partial(self._link, host)
+            if self.settings.cloudha_isolation_aware
+            else None,
         )
         host.round_started = None
         # The writer arms the watchdog at its first Pet (writer_plan): a countdown a
@@ -532,6 +542,25 @@ class Simulation:
                     self._writer_step(host, epoch, plan, written)
 
                 self.at(now + self.timing.write_timeout, late)
+        elif isinstance(action, Pet) and action.proof == "agent":
+            # The lease renewed on the agent's link, as old as its last acknowledged ping.
+            acknowledged = host.last_ack
+            if acknowledged is not None and self.timing.may_pet(
+                self.clock.now().timestamp() - acknowledged,
+                self.settings.cloudha_watchdog_timeout,
+                self.settings.cloudha_watchdog_reset_margin,
+            ):
+                self._pet_watchdog(host)
+            self._writer_step(host, epoch, plan, None)
+        elif isinstance(action, StorageFault):
+            self.recorder.emit(
+                "storage_fault",
+                host=host.spec.id,
+                reason=action.reason,
+                pool=action.pool.id,
+                link=action.link.value,
+            )
+            self._writer_step(host, epoch, plan, None)
         elif isinstance(action, Pet):
             started = host.round_started
             host.round_started = None
@@ -555,6 +584,14 @@ class Simulation:
             )
         elif isinstance(action, SelfFence):
             self._self_fence(host, action.reason)
+
+    def _link(self, host: _SimHost) -> LinkState:
+        """What ``host``'s writer knows of its link: its agent's last acknowledged ping, then
+        the isolation address (it answers unless the host lost every network)."""
+        acknowledged = host.last_ack
+        age = None if acknowledged is None else self.clock.now().timestamp() - acknowledged
+        answers = None if not self.settings.cloudha_isolation_address else not host.isolated
+        return link_state(age, self.settings.cloudha_isolation_agent_window, answers)
 
     @staticmethod
     def _written(host: _SimHost, started: float) -> None:

@@ -146,6 +146,8 @@ class WorldHost:
     """A watchdog host's agent waits for its writer to arm the watchdog (after boot)."""
     broken: bool = False
     """Dead hardware (``host_crash`` until ``host_recover``): a BMC ON or RESET leaves it Off."""
+    last_ack: float | None = None
+    """Epoch seconds when the agent sent its last ping the server acknowledged (None: none)."""
 
 
 @attrs.define

@@ -385,6 +385,8 @@ def test_a_watchdog_host_rejoins_only_once_its_writer_has_armed_the_watchdog() -
     ]
     doc = simulate(
         {
+            # Not isolation-aware: h1's agent stays connected, which would keep it up.
+            "settings": {"cloudha.isolation.aware": False},
             "hosts": hosts,
             "vms": [{"id": "vm1", "host": "h1", "ha": True}],
             "faults": [

@@ -347,3 +347,32 @@ def test_write_once_and_a_watchdog_do_not_mix(runner: CliRunner, tmp_path: Path)
     )
     assert result.exit_code == 2
     assert "--once and --watchdog cannot be used together" in result.stderr
+
+
+def test_write_with_an_agent_ack_file_is_isolation_aware(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[HeartbeatWriter] = []
+
+    def fake_run(writer: HeartbeatWriter) -> int:
+        seen.append(writer)
+        return 0
+
+    monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", fake_run)
+    ack = tmp_path / "ack"
+    args = ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)]
+    settings = tmp_path / "s.toml"
+    settings.write_text('"cloudha.isolation.address" = ""\n"cloudha.isolation.agent.window" = 90\n')
+    result = runner.invoke(main, [*args, "--agent-ack-file", str(ack), "--settings", str(settings)])
+    assert result.exit_code == 0, result.output
+    (writer,) = seen
+    assert writer.isolation is not None
+    assert writer.agent_window == 90.0
+    assert writer.isolation.isolation_answers() is None  # no address: the agent's link decides
+    off = tmp_path / "off.toml"
+    off.write_text('"cloudha.isolation.aware" = false\n')
+    result = runner.invoke(main, [*args, "--agent-ack-file", str(ack), "--settings", str(off)])
+    assert result.exit_code == 0
+    assert seen[-1].isolation is None
+    result = runner.invoke(main, args)
+    assert seen[-1].isolation is None  # without the file there is no link to judge

@@ -109,6 +109,18 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.watchdog.timeout": (300, 300.0),
     "cloudha.watchdog.reset.margin": (30, 30.0),
     "cloudha.fence.on.suspicion": (True, True),
+    "cloudha.isolation.aware": (True, True),
+    "cloudha.isolation.address": ("gateway", "gateway"),
+    "cloudha.isolation.agent.window": (120, 120.0),
+    "cloudha.freshness.enabled": (True, True),
+    "cloudha.freshness.min.ping.share": (0.3, 0.3),
+    "cloudha.freshness.window": (2, 2),
+    "cloudha.freshness.resume.intervals": (2, 2),
+    "cloudha.storm.domains": (("cluster", "pod", "zone"), ("cluster", "pod", "zone")),
+    "cloudha.storm.fence.budget": (0.1, 0.1),
+    "cloudha.storm.fence.window": (300, 300.0),
+    "cloudha.storm.disruption.threshold": (0.5, 0.5),
+    "cloudha.shadow": (False, False),
 }
 
 MS_KEYS = {
@@ -129,7 +141,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 76
+    assert len(KEYS) == 88
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -974,6 +986,18 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.watchdog.timeout",
         "cloudha.watchdog.reset.margin",
         "cloudha.fence.on.suspicion",
+        "cloudha.isolation.aware",
+        "cloudha.isolation.address",
+        "cloudha.isolation.agent.window",
+        "cloudha.freshness.enabled",
+        "cloudha.freshness.min.ping.share",
+        "cloudha.freshness.window",
+        "cloudha.freshness.resume.intervals",
+        "cloudha.storm.domains",
+        "cloudha.storm.fence.budget",
+        "cloudha.storm.fence.window",
+        "cloudha.storm.disruption.threshold",
+        "cloudha.shadow",
     }
 
 
