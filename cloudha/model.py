@@ -188,6 +188,7 @@ class AlertType(enum.Enum):
     SSVM = "ALERT.SSVM"
     HA_ACTION = "ALERT.HA_ACTION"
     OOBM_AUTH_ERROR = "ALERT.OOBM_AUTH_ERROR"
+    MANAGEMENT = "ALERT.MANAGEMENT"
 
     def __str__(self) -> str:
         return self.value
@@ -226,6 +227,7 @@ class Host:
     disconnected_on: float | None = None
     update_count: int = 0
     watchdog: bool = False
+    rack: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

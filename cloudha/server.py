@@ -33,13 +33,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Generic, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloudha.clock import Clock
 from cloudha.detection import AgentManager, MonitorTask, PingMap, PingTask
+from cloudha.detection.freshness import Freshness
 from cloudha.detection.sightings import Sightings
+from cloudha.detection.storm import StormGuard
 from cloudha.detection.suspicion import SuspicionFencer
 from cloudha.errors import ConfigurationError, LifecycleError
 from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder
@@ -49,6 +52,7 @@ from cloudha.ha.manager import HighAvailabilityManager
 from cloudha.ha.store import Work, WorkStore, create_schema
 from cloudha.hostha.bridge import HostHAInvestigator
 from cloudha.hostha.config import SqlHAConfigStore
+from cloudha.hostha.manager import POLL_INTERVAL as HOST_HA_POLL_INTERVAL
 from cloudha.hostha.manager import HAExecutors, HAManager
 from cloudha.hostha.provider import KVMHAProvider
 from cloudha.investigators import InvestigatorChain, InvestigatorContext, build_chain
@@ -60,7 +64,7 @@ from cloudha.oobm.manager import (
     OutOfBandManager,
     StaticOobmConfigs,
 )
-from cloudha.oobm.power import PowerDriver
+from cloudha.oobm.power import PowerDriver, PowerState
 from cloudha.ports import (
     AgentGateway,
     AlertSink,
@@ -72,6 +76,7 @@ from cloudha.ports import (
     MaintenanceChecker,
     MigrationFailureSink,
     PingReport,
+    StatusChange,
     StoragePoolDirectory,
     VmNetworkDirectory,
     VmOrchestrator,
@@ -80,7 +85,9 @@ from cloudha.ports import (
 from cloudha.runtime import Loop, Pump, ThreadFactory
 from cloudha.settings import Settings
 
-__all__ = ["HostVmSync", "ManagementServer", "validate_port"]
+__all__ = ["HostVmSync", "ManagementServer", "WatchedDirectory", "validate_port"]
+
+_R = TypeVar("_R")
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +208,50 @@ class HostVmSync:
             reason=f"{why}: marked Stopped" + ("; HA restart scheduled" if restart else ""),
             restart=restart,
         )
+
+
+class WatchedDirectory:
+    """The host directory, with every answer and failure told to ``note`` (freshness).
+
+    It is the :class:`~cloudha.ports.HostDirectory` every part of the server
+    uses, so the desired state's freshness needs no extra query.
+    """
+
+    def __init__(self, directory: HostDirectory, note: Callable[[Exception | None], None]) -> None:
+        self.directory = directory
+        self.note = note
+
+    def _call(self, call: Callable[[], _R]) -> _R:
+        try:
+            result = call()
+        except Exception as exc:
+            self.note(exc)
+            raise
+        self.note(None)
+        return result
+
+    def find_host(self, host_id: str) -> Host | None:
+        return self._call(lambda: self.directory.find_host(host_id))
+
+    def list_hosts(
+        self,
+        *,
+        cluster: str | None = None,
+        pod: str | None = None,
+        zone: str | None = None,
+        management_server_id: str | None = None,
+    ) -> Sequence[Host]:
+        return self._call(
+            lambda: self.directory.list_hosts(
+                cluster=cluster, pod=pod, zone=zone, management_server_id=management_server_id
+            )
+        )
+
+    def update_status(self, change: StatusChange) -> bool:
+        return self._call(lambda: self.directory.update_status(change))
+
+    def __repr__(self) -> str:
+        return f"WatchedDirectory({self.directory!r})"
 
 
 class DirectPings:
@@ -385,7 +436,12 @@ class ManagementServer:
         self.server_id = server_id
         self.settings = settings
         self.clock = clock
-        self.directory = directory
+        # Every part of the server reads the directory through this: its answers
+        # keep the desired state's freshness (self.freshness, made below).
+        self.directory: HostDirectory = WatchedDirectory(
+            directory, lambda error: self.freshness.note_directory(error)
+        )
+        directory = self.directory
         self.gateway = gateway
         self.orchestrator = orchestrator
         self.alerts = alerts
@@ -410,6 +466,16 @@ class ManagementServer:
             recorder=self.recorder,
         )
         self.oobm_sync = OobmSyncTask(self.oobm, self._owned_hosts)
+        self.freshness = Freshness(
+            settings,
+            clock,
+            self.ping_map,
+            self.recorder,
+            alerts,
+            powered_off=lambda host_id: self.oobm.power_state(host_id) is PowerState.OFF,
+            probe_directory=self._probe_directory,
+        )
+        """Whether this server's own view is fresh enough to judge others (hm9000)."""
         if investigators is not None:
             self.investigators: InvestigatorChain = investigators
         else:
@@ -523,6 +589,12 @@ class ManagementServer:
                     i for i in self.investigators.investigators if getattr(i, "vm_witness", False)
                 ],
             )
+        self.storm = StormGuard(
+            settings, clock, directory, self.recorder, alerts, last_seen=self.sightings.last_seen
+        )
+        """Storm protection of the fast path's fences (``cloudha.storm.*``)."""
+        if self.suspicion is not None:
+            self.suspicion.guard = self.storm
         if self.suspicion is not None and self.host_ha is not None:
             self.suspicion.stands_aside = self.host_ha.owns
         self.agents = AgentManager(
@@ -540,6 +612,7 @@ class ManagementServer:
             vm_sync=self.vm_sync,
             suspicion=self.suspicion,
             sightings=self.sightings,
+            freshness=self.freshness,
         )
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)
@@ -605,6 +678,14 @@ class ManagementServer:
             for vm in self.orchestrator.list_vms_on_host(host.id)
         )
 
+    def _probe_directory(self) -> None:
+        """One cheap directory query (freshness): a monitored host's row, or the owned list."""
+        hosts = self.ping_map.hosts()
+        if hosts:
+            self.directory.find_host(hosts[0])
+        else:
+            self.directory.list_hosts(management_server_id=self.server_id)
+
     def _owned_hosts(self) -> list[Host]:
         return [
             h
@@ -612,12 +693,64 @@ class ManagementServer:
             if h.management_server_id in (None, self.server_id)
         ]
 
+    # -- introspection --------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Desired against actual state, and the freshness of each (``cloudha dump``).
+
+        *Desired*: what the host directory and the VM orchestrator say (each
+        owned host's status, resource state, owner and VMs). *Actual*: what
+        this server saw itself (each monitored host's last ping, the last
+        message from its agent, its BMC's last power reading). ``freshness``
+        is the last evaluation (:class:`~cloudha.detection.freshness.Freshness`).
+        A port that does not answer leaves its side empty with the error.
+        """
+        now = self.clock.monotonic()
+        wall = self.clock.now().timestamp()
+        view = self.freshness.view
+        fresh = view.to_dict() if view is not None else None
+        desired: dict[str, Any] = {"hosts": {}, "error": None}
+        try:
+            for host in self._owned_hosts():
+                vms = self.orchestrator.list_vms_on_host(host.id)
+                desired["hosts"][host.id] = {
+                    "status": None if host.status is None else str(host.status),
+                    "resource_state": str(host.resource_state),
+                    "owner": host.management_server_id,
+                    "vms": {vm.id: str(vm.state) for vm in vms},
+                }
+        except Exception as exc:
+            desired["error"] = f"{type(exc).__name__}: {exc}"
+        actual: dict[str, Any] = {}
+        for host_id in sorted(set(self.ping_map.hosts()) | set(desired["hosts"])):
+            last = self.ping_map.last_ping(host_id)
+            power = self.oobm.power_state(host_id)
+            actual[host_id] = {
+                "monitored": last is not None,
+                "since_last_ping": None if last is None else round(now - last, 3),
+                "since_last_seen": round(wall - self.sightings.last_seen(host_id), 3),
+                "power": None if power is None else str(power),
+            }
+        return {
+            "server": self.server_id,
+            "t": round(now, 3),
+            "at": self.clock.now().isoformat(),
+            "judging": self.freshness.judging(),
+            "desired": {
+                "fresh": None if view is None else view.desired,
+                **desired,
+            },
+            "actual": {"fresh": None if view is None else view.actual, "hosts": actual},
+            "freshness": fresh,
+        }
+
     # -- the loops ------------------------------------------------------------
 
     def monitor_tick(self) -> float:
         """One monitor round: recovery until it finished, then :meth:`MonitorTask.tick`."""
         if not self._recovered:
             self.recover(connected=self._connected)
+        self.freshness.evaluate()
         delay = self.monitor.tick()
         if not self._recovered:
             delay = min(delay, self.settings.ping_interval)
@@ -629,8 +762,20 @@ class ManagementServer:
         With :attr:`work_seconds` above 0 the round is split: a tick claims
         a work and returns ``work_seconds``; the worker's next tick processes it.
         """
-        if self.work_seconds <= 0.0:
-            return self.ha.work_tick()
+        if self.freshness.hold("HA work", record=False):
+            return min(self.settings.time_to_sleep, self.settings.ping_interval)
+        try:
+            if self.work_seconds <= 0.0:
+                delay = self.ha.work_tick()
+            else:
+                delay = self._split_work_tick(worker)
+        except SQLAlchemyError as exc:
+            self.freshness.note_store(exc)
+            raise
+        self.freshness.note_store(None)
+        return delay
+
+    def _split_work_tick(self, worker: int) -> float:
         held = self._held.pop(worker, None)
         if held is not None:
             self.ha.process(held)
@@ -640,6 +785,13 @@ class ManagementServer:
             return self.settings.time_to_sleep
         self._held[worker] = work
         return self.work_seconds
+
+    def host_ha_tick(self) -> float:
+        """One Host-HA poll, unless the view is not fresh (then nothing is checked or done)."""
+        assert self.host_ha is not None
+        if self.freshness.hold("Host-HA", record=False):
+            return HOST_HA_POLL_INTERVAL
+        return self.host_ha.tick()
 
     def cleanup_tick(self) -> float:
         """One cleanup round (the first only waits ``time.between.cleanup``)."""
@@ -675,7 +827,7 @@ class ManagementServer:
         )
         loops.append(Loop("HA-Cleanup", self.cleanup_tick))
         if self.host_ha is not None:
-            loops.append(Loop("HostHA-Poll", self.host_ha.tick))
+            loops.append(Loop("HostHA-Poll", self.host_ha_tick))
         loops.extend(self.ping_task_loops())
         return loops
 

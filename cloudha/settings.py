@@ -275,6 +275,8 @@ _SPECS: tuple[KeySpec, ...] = (
             _SCENARIO,
             _CAMPAIGN,
             _SUSPICION,
+            _FRESHNESS,
+            _STORM,
         ),
     ),
     _key(
@@ -284,7 +286,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Pings a host may miss, as a multiple of ping.interval, before it is behind on ping.",
         _S21,
         bounds=(1.0, 100.0, "a host 100 pings behind is long dead"),
-        read_by=(_AGENTS, _MONITOR, _CAMPAIGN),
+        read_by=(_AGENTS, _MONITOR, _CAMPAIGN, _STORM),
     ),
     _key(
         "alert.wait",
@@ -978,7 +980,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Judge other hosts only while this server's own view is fresh (pings arriving,"
         " directory answering, store writable).",
         "cloudha",
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_FRESHNESS,),
     ),
     _key(
         "cloudha.freshness.min.ping.share",
@@ -987,7 +989,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Share of the monitored hosts that must have pinged within the freshness window"
         " for the actual state to be fresh.",
         "cloudha",
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_FRESHNESS,),
     ),
     _key(
         "cloudha.freshness.window",
@@ -996,7 +998,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Ping intervals a ping, a directory answer or a store write stays fresh.",
         "cloudha",
         bounds=(1, 100, "under one interval every late ping looks stale; 100 is no window"),
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_FRESHNESS,),
     ),
     _key(
         "cloudha.freshness.resume.intervals",
@@ -1005,7 +1007,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Consecutive fresh ping intervals before judging resumes (also after a start).",
         "cloudha",
         bounds=(1, 100, "at least the interval that found it fresh; 100 is never"),
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_FRESHNESS,),
     ),
     # cloudha's own: storm protection per failure domain (docs/safety.md, "Storms").
     _key(
@@ -1014,7 +1016,7 @@ _SPECS: tuple[KeySpec, ...] = (
         ("cluster", "pod", "zone"),
         "Failure domains storm protection counts (any of cluster, pod, zone, rack).",
         "cloudha",
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_STORM,),
     ),
     _key(
         "cloudha.storm.fence.budget",
@@ -1023,7 +1025,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Share of a domain's hosts that may be fenced on suspicion per window (at least"
         " one); 0 stops suspicion fences.",
         "cloudha",
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_STORM,),
     ),
     _key(
         "cloudha.storm.fence.window",
@@ -1032,7 +1034,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "The window of the fence budget.",
         "cloudha",
         bounds=(1, 86400, "under a second is no window; over a day is no pace"),
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_STORM,),
     ),
     _key(
         "cloudha.storm.disruption.threshold",
@@ -1041,7 +1043,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Above this share of a domain silent, its silence is taken for a network or"
         " observer fault: no suspicion fence there, and an alert (1 turns it off).",
         "cloudha",
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_STORM,),
     ),
     # cloudha's own: shadow mode (docs/safety.md, "Shadow mode").
     _key(

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cloudha.cli import dump as _dump
 from cloudha.cli import heartbeat as _heartbeat
 from cloudha.errors import CloudHAError
 
@@ -31,6 +32,7 @@ def main(verbose: int) -> None:
 
 
 main.add_command(_heartbeat.heartbeat)
+main.add_command(_dump.dump)
 
 
 @main.command()

@@ -25,6 +25,7 @@ from cloudha.detection.decisions import (
     decide_after_investigation,
     needs_investigation,
 )
+from cloudha.detection.freshness import Freshness
 from cloudha.detection.pingmap import PingMap
 from cloudha.detection.sightings import Sightings
 from cloudha.errors import NoTransitionError, ProbeError
@@ -126,6 +127,9 @@ class AgentManager:
             once. None: hosts in Alert wait for the slower proofs.
         sightings: where every connect and ping received is noted (the
             storage heartbeat's lease rule reads it); a new one by default.
+        freshness: this server's own view; while it is not fresh no host is
+            investigated, rechecked, declared Down or handed over (they wait
+            and are taken up again once it is). None: always judging.
 
     A host declared Down whose hand-over to the HA scheduler raised is kept
     in a retry list (due times on the injected clock, driven by the monitor's
@@ -152,6 +156,7 @@ class AgentManager:
         hand_over_wait: Callable[[tenacity.RetryCallState], float] | None = None,
         suspicion: SuspicionCheck | None = None,
         sightings: Sightings | None = None,
+        freshness: Freshness | None = None,
     ) -> None:
         self.management_server_id = management_server_id
         self.settings = settings
@@ -172,6 +177,7 @@ class AgentManager:
         self.vm_sync = vm_sync
         self.suspicion = suspicion
         self.sightings = sightings if sightings is not None else Sightings(clock)
+        self.freshness = freshness
         self._alert_watch: dict[str, float] = {}
         self._adopted: set[str] = set()  # re-adopted while Disconnected, by recover()
         self._watch_lock = threading.Lock()
@@ -426,6 +432,8 @@ class AgentManager:
         Returns True if the host was disconnected (it left the ping map), False
         if it stays monitored (Up, or not determined yet within ``alert.wait``).
         """
+        if self._held("investigation", host_id):
+            return False
         with self._lock(host_id):
             host = self.directory.find_host(host_id)
             if host is None:
@@ -523,7 +531,13 @@ class AgentManager:
                 log.exception("re-investigating %s failed", host_id)
         return down
 
+    def _held(self, what: str, host_id: str) -> bool:
+        """Whether ``what`` about ``host_id`` must wait for a fresh view (recorded)."""
+        return self.freshness is not None and self.freshness.hold(what, host=host_id)
+
     def _recheck(self, host_id: str) -> bool:
+        if self._held("recheck", host_id):
+            return False
         with self._lock(host_id):
             host = self.directory.find_host(host_id)
             with self._watch_lock:
@@ -718,6 +732,14 @@ class AgentManager:
             elif no_vm_runs is False:
                 self._no_vm_runs.discard(host_id)
             proven = host_id in self._no_vm_runs
+        if self._held("HA scheduling", host_id):
+            with self._watch_lock:
+                attempt = self._hand_over_due.get(host_id, (0, 0.0))[0]
+                self._hand_over_due[host_id] = (
+                    attempt,
+                    self.clock.monotonic() + self.settings.ping_interval,
+                )
+            return False
         try:
             after = self.directory.find_host(host_id)
             if after is None or after.status is not Status.DOWN:

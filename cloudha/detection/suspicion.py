@@ -40,6 +40,7 @@ import attrs
 
 from cloudha.clock import Clock
 from cloudha.commands import answer_reached, check_on_host, ping_test
+from cloudha.detection.storm import StormGuard
 from cloudha.errors import ConfigurationError, ProbeError
 from cloudha.evidence import Recorder
 from cloudha.fencing.base import FenceOutcome, FenceResult
@@ -253,6 +254,10 @@ class SuspicionFencer:
         self.fencer = PowerFencer(clock, oobm=oobm, timeout=fence_timeout)
         self.stands_aside: Callable[[Host], bool] = _never
         """True for a host another authority recovers and fences (Host-HA owns it)."""
+        self.guard: StormGuard | None = None
+        """Storm protection: paces these fences per failure domain (docs/safety.md)."""
+        self.shadow = False
+        """Shadow mode: decide, record what would be fenced, fence nothing."""
 
     @classmethod
     def from_settings(
@@ -306,9 +311,19 @@ class SuspicionFencer:
         if not decision.qualifies:
             self._emit(host, decision, None)
             return False
+        if self.guard is not None:
+            admission = self.guard.admit(host)
+            if not admission.allowed:
+                self._emit(host, decision, None, held=admission.reason)
+                return False
+        if self.shadow:
+            self._emit(host, decision, None, shadow=True)
+            return False
         result = self.fencer.power_off(host)
         self._emit(host, decision, result)
         if result.outcome is FenceOutcome.FENCED:
+            if self.guard is not None:
+                self.guard.spend(host)
             log.warning("%s fenced on suspicion: %s", host.id, decision.reason)
             return True
         log.warning("%s: fence on suspicion not confirmed: %s", host.id, result.reason)
@@ -395,11 +410,25 @@ class SuspicionFencer:
                     ages[reading.pool_id] = min(reading.age, ages.get(reading.pool_id, reading.age))
         return ages
 
-    def _emit(self, host: Host, decision: SuspicionDecision, result: FenceResult | None) -> None:
+    def _emit(
+        self,
+        host: Host,
+        decision: SuspicionDecision,
+        result: FenceResult | None,
+        *,
+        held: str | None = None,
+        shadow: bool = False,
+    ) -> None:
         details: dict[str, Any] = {
             "qualifies": decision.qualifies,
             "witnesses": [w.to_dict() for w in decision.witnesses],
         }
+        if held is not None:
+            details["outcome"] = "held"
+            details["held"] = held
+        if shadow:
+            details["outcome"] = "would fence"
+            details["shadow"] = True
         if result is not None:
             details["fencer"] = result.fencer
             details["outcome"] = result.outcome.value
@@ -408,4 +437,8 @@ class SuspicionFencer:
         reason = decision.reason
         if result is not None and result.outcome is not FenceOutcome.FENCED:
             reason = f"{reason}; the fence was not confirmed: {result.reason}"
+        if held is not None:
+            reason = f"{reason}; held by storm protection: {held}"
+        if shadow:
+            reason = f"{reason}; shadow mode: would power it off, did nothing"
         self.recorder.emit("suspicion", host=host.id, reason=reason, **details)

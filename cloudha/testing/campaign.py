@@ -217,7 +217,7 @@ def generate(seed: int) -> Case:
                 vm["priority"] = rng.randint(-5, 5)
             vms.append(vm)
     window = _FAULT_WINDOW[profile]
-    kinds = [f for f in FAULTS if not f.is_heal and f.simulated]
+    kinds = [f for f in FAULTS if not f.is_heal and f.simulated and not f.own_stream]
     pool_ids = sorted({p for h in hosts for p in h["pools"]})
     incidents: list[Incident] = []
     for _ in range(rng.randint(1, 8)):
@@ -234,6 +234,16 @@ def generate(seed: int) -> Case:
         at = round(rng.uniform(30.0, window * 0.8), 1)
         heal_at = round(rng.uniform(at + 5.0, window), 1)
         incidents.append(Incident(fault.name, target, at, heal_at))
+    for kind in FAULTS:
+        # Kinds added later come from streams of their own: older seeds keep their faults.
+        if kind.is_heal or not kind.simulated or not kind.own_stream:
+            continue
+        extra = random.Random(f"{kind.name}-{seed}")
+        if extra.random() < 0.15:
+            at = round(extra.uniform(30.0, window * 0.8), 1)
+            heal_at = round(extra.uniform(at + 5.0, window), 1)
+            target = extra.choice(hosts)["id"] if kind.target is Target.HOST else None
+            incidents.append(Incident(kind.name, target, at, heal_at))
     last = max((i.heal_at for i in incidents), default=0.0)
     until = float(math.ceil(last + _settle(settings)))
     return Case(seed, settings, tuple(hosts), tuple(vms), tuple(incidents), until)

@@ -59,6 +59,9 @@ class FaultKind:
         doc: one line: the effect (the docs table's "Effect" column).
         simulated: the simulator implements the effect (the campaign
             generates only these).
+        own_stream: the campaign draws this kind from a random stream of its
+            own (not with the other kinds), so that seeds drawn before the kind
+            existed keep their scenarios.
     """
 
     name: str
@@ -66,6 +69,7 @@ class FaultKind:
     heal: str | None
     doc: str
     simulated: bool = True
+    own_stream: bool = False
 
     @property
     def is_heal(self) -> bool:
@@ -172,6 +176,21 @@ FAULTS: tuple[FaultKind, ...] = (
         "the management server loses its network to every host",
     ),
     FaultKind("ms_heal", Target.MANAGEMENT_SERVER, None, "that network is back"),
+    FaultKind(
+        "ms_pause",
+        Target.MANAGEMENT_SERVER,
+        "ms_resume",
+        "the management server process stalls (a long GC or VM pause): none of its loops run"
+        " and agents' pings go unanswered, but it keeps its memory",
+        own_stream=True,
+    ),
+    FaultKind(
+        "ms_resume",
+        Target.MANAGEMENT_SERVER,
+        None,
+        "the process wakes: its loops run at once, with every ping in its map stale",
+        own_stream=True,
+    ),
     FaultKind(
         "orchestrator_outage",
         Target.NONE,

@@ -59,6 +59,7 @@ _HOST_KEYS = frozenset(
         "capacity",
         "ha_provider",
         "watchdog",
+        "rack",
     }
 )
 _VM_KEYS = frozenset({"id", "host", "ha", "type", "priority"})
@@ -95,6 +96,8 @@ class HostSpec:
     ha_provider: bool = False
     watchdog: bool = False
     """The heartbeat writer arms a watchdog (``Host.watchdog``); see :func:`parse_scenario`."""
+    rack: str | None = None
+    """The host's rack label (``Host.rack``; a storm-protection domain)."""
 
 
 @attrs.frozen
@@ -399,6 +402,7 @@ def parse_scenario(
                 capacity=capacity,
                 ha_provider=p.boolean(entry, "ha_provider", "hosts", i, False),
                 watchdog=_watchdog(p, entry, i, pools),
+                rack=p.string(entry, "rack", "hosts", i, None) if "rack" in entry else None,
             )
         )
     if not hosts:

@@ -147,6 +147,10 @@ class _ManagementServer:
         self.monitor = self.server.monitor
         self.idle_workers: set[str] = set()
         self.loop_token: dict[str, int] = {}
+        self.paused = False
+        """``ms_pause``: no loop runs and no agent is answered until ``ms_resume``."""
+        self.deferred: list[Callable[[], None]] = []
+        """What came due while paused, run at ``ms_resume``."""
 
 
 class _CurrentScheduler:
@@ -159,7 +163,7 @@ class _CurrentScheduler:
         self, host: Host, *, investigate: bool, reason: ReasonType
     ) -> None:
         ms = self.sim.ms
-        if ms is None or not ms.alive:
+        if ms is None or not ms.alive or ms.paused:
             raise ProbeConnectionError("no management server is running")
         ms.server.ha.schedule_restart_for_vms_on_host(host, investigate=investigate, reason=reason)
 
@@ -274,7 +278,7 @@ class Simulation:
 
     def _server_running(self) -> bool:
         ms = self.ms
-        return ms is not None and ms.alive
+        return ms is not None and ms.alive and not ms.paused
 
     def checker(self, host: _SimHost) -> HeartbeatChecker:
         """The heartbeat checker running on ``host`` (:meth:`World.checker`)."""
@@ -425,6 +429,9 @@ class Simulation:
         ms = self._current(epoch)
         if ms is None or ms.loop_token.get(loop.name) != token:
             return  # the server died, or a wake-up ran this loop meanwhile
+        if ms.paused:
+            ms.deferred.append(functools.partial(self._loop_tick, epoch, loop, token))
+            return
         ms.idle_workers.discard(loop.name)
         delay = loop.tick()
         if loop.wake_on_work and delay >= self.settings.time_to_sleep:
@@ -434,7 +441,7 @@ class Simulation:
     def wake_workers(self, epoch: int) -> None:
         """Scheduling wakes the idle workers at once."""
         ms = self._current(epoch)
-        if ms is None:
+        if ms is None or ms.paused:
             return
         loops = {loop.name: loop for loop in ms.server.loops() if loop.wake_on_work}
         for name in sorted(ms.idle_workers):
@@ -444,6 +451,9 @@ class Simulation:
     def _oobm_tick(self, epoch: int) -> None:
         ms = self._current(epoch)
         if ms is None:
+            return
+        if ms.paused:
+            ms.deferred.append(functools.partial(self._oobm_tick, epoch))
             return
         ms.oobm.sync([h for h in self.directory.list_hosts() if h.id in self.hosts], parallel=False)
         interval = ms.server.oobm_sync.interval
@@ -767,6 +777,19 @@ class Simulation:
     def _fault_ms_heal(self, target: str | None) -> None:
         self.ms_isolated = False
 
+    def _fault_ms_pause(self, target: str | None) -> None:
+        ms = self.ms
+        if ms is not None and ms.alive:
+            ms.paused = True
+
+    def _fault_ms_resume(self, target: str | None) -> None:
+        ms = self.ms
+        if ms is not None and ms.alive and ms.paused:
+            ms.paused = False
+            deferred, ms.deferred = ms.deferred, []
+            for action in deferred:
+                self.at(self.clock.monotonic(), action)
+
     def _fault_orchestrator_outage(self, target: str | None) -> None:
         self.orchestrator_out = True
 
@@ -891,7 +914,7 @@ class Simulation:
         member of its cluster (the pool fences).
         """
         ms = self.ms
-        if ms is None or not ms.alive or self.ms_isolated:
+        if ms is None or not ms.alive or ms.paused or self.ms_isolated:
             return False
         home = self.hosts[vm.host or vm.original_host]
         return self._absence_provable(home) and self._capacity_elsewhere(vm)
@@ -1000,6 +1023,8 @@ FAULT_EFFECTS: dict[str, Callable[[Simulation, str | None], None]] = {
     "ms_restart": Simulation._fault_ms_restart,
     "ms_isolation": Simulation._fault_ms_isolation,
     "ms_heal": Simulation._fault_ms_heal,
+    "ms_pause": Simulation._fault_ms_pause,
+    "ms_resume": Simulation._fault_ms_resume,
     "orchestrator_outage": Simulation._fault_orchestrator_outage,
     "orchestrator_heal": Simulation._fault_orchestrator_heal,
 }

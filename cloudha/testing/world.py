@@ -263,6 +263,7 @@ class World:
                     last_ping=0.0,
                     management_server_id=server_id,
                     watchdog=spec.watchdog,
+                    rack=spec.rack,
                 )
             )
         for vm in vms:

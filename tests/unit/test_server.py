@@ -501,10 +501,39 @@ def test_a_first_start_with_connected_agents_monitors_them_without_marking_them(
     assert set(server.ping_map.hosts()) == set(HOSTS)  # h3 with its fresh grace
 
 
+def judging(server: ManagementServer, clock: FakeClock) -> None:
+    """Let ``server``'s freshness see enough fresh intervals to judge (docs/safety.md)."""
+    for _ in range(server.settings.cloudha_freshness_resume_intervals):
+        server.freshness.evaluate()
+        clock.advance(server.settings.ping_interval / 2)
+    server.freshness.evaluate()
+    assert server.freshness.judging()
+
+
+def test_a_worker_claims_nothing_while_the_servers_view_is_not_fresh() -> None:
+    cloud = Cloud()
+    server = cloud.server()
+    server.recover()
+    cloud.kill("h1")
+    cloud.set_status("h1", Status.DOWN)
+    host = cloud.directory.find_host("h1")
+    assert host is not None
+    server.ha.schedule_restart_for_vms_on_host(host, investigate=True, reason=ReasonType.HOST_DOWN)
+    assert not server.freshness.judging()  # a new server first watches its view fill up
+    assert server.work_tick(0) == min(server.settings.time_to_sleep, server.settings.ping_interval)
+    (work,) = server.store.works_for_vm("vm1")
+    assert work.mgmt_server_id is None
+    judging(server, cloud.clock)
+    server.work_tick(0)
+    (work,) = server.store.works_for_vm("vm1")
+    assert work.step is Step.DONE
+
+
 def test_with_work_seconds_a_worker_holds_its_claim_for_one_tick() -> None:
     cloud = Cloud()
     server = cloud.server(work_seconds=2.5)
     server.recover()
+    judging(server, cloud.clock)
     cloud.kill("h1")
     cloud.set_status("h1", Status.DOWN)
     host = cloud.directory.find_host("h1")
