@@ -224,6 +224,7 @@ _CAMPAIGN = "cloudha.testing.campaign"
 _SUSPICION = "cloudha.detection.suspicion"
 _HOST_HA = "cloudha.hostha.manager"
 _HOST_HA_KVM = "cloudha.hostha.provider"
+_EVIDENCE_STORE = "cloudha.evidence_store"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -937,6 +938,34 @@ _SPECS: tuple[KeySpec, ...] = (
         "cloudha",
         read_by=(_SERVER,),
     ),
+    # cloudha's own: lasting evidence (docs/evidence.md).
+    _key(
+        "cloudha.evidence.retention",
+        "duration",
+        30 * 86_400,
+        "How long the SQL evidence store keeps a record (by its wall time); older ones are pruned.",
+        "cloudha",
+        bounds=(
+            60,
+            3650 * 86_400,
+            "under a minute nothing is left to explain; over ten years is an archive, not evidence",
+        ),
+        read_by=(_EVIDENCE_STORE,),
+    ),
+    _key(
+        "cloudha.evidence.max.records",
+        "count",
+        1_000_000,
+        "Most records the SQL evidence store keeps (the newest); about 1 KB each.",
+        "cloudha",
+        bounds=(
+            100,
+            1_000_000_000,
+            "fewer than 100 records do not hold one incident's chain; over 10^9 rows"
+            " (about a terabyte) is an archive",
+        ),
+        read_by=(_EVIDENCE_STORE,),
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -1394,6 +1423,9 @@ class Settings:
     cloudha_watchdog_reset_margin: float = 30.0
     # cloudha's own: fence on suspicion.
     cloudha_fence_on_suspicion: bool = True
+    # cloudha's own: lasting evidence.
+    cloudha_evidence_retention: float = 30 * 86_400.0
+    cloudha_evidence_max_records: int = 1_000_000
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

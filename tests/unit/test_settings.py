@@ -109,6 +109,8 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.watchdog.timeout": (300, 300.0),
     "cloudha.watchdog.reset.margin": (30, 30.0),
     "cloudha.fence.on.suspicion": (True, True),
+    "cloudha.evidence.retention": (2_592_000, 2_592_000.0),
+    "cloudha.evidence.max.records": (1_000_000, 1_000_000),
 }
 
 MS_KEYS = {
@@ -129,7 +131,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 76
+    assert len(KEYS) == 78
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -974,6 +976,8 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.watchdog.timeout",
         "cloudha.watchdog.reset.margin",
         "cloudha.fence.on.suspicion",
+        "cloudha.evidence.retention",
+        "cloudha.evidence.max.records",
     }
 
 
