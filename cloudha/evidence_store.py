@@ -29,7 +29,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import json
 import logging
+import math
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -74,10 +76,10 @@ cloudha_evidence: Final = sa.Table(
     ),
     sa.Column("t", sa.Double(), nullable=False),
     sa.Column("at", _UTCDateTime(), nullable=False),
-    sa.Column("actor", sa.String(255), nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("host", sa.String(255), nullable=True),
-    sa.Column("vm", sa.String(255), nullable=True),
+    sa.Column("actor", sa.String(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=False),
+    sa.Column("host", sa.String(), nullable=True),
+    sa.Column("vm", sa.String(), nullable=True),
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("details", sa.JSON(), nullable=False),
     sa.Index(None, "host"),
@@ -137,6 +139,29 @@ def _describe(exc: BaseException) -> str:
     return f"{type(orig if orig is not None else exc).__name__}: {text[0] if text else ''}"
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as strict JSON data: non-finite floats and unknown objects become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _json(details: Mapping[str, Any]) -> dict[str, Any]:
+    """The details as strict JSON data, so that no record can be refused by the database
+    (and then hold up the buffer behind it)."""
+    try:
+        plain: dict[str, Any] = json.loads(json.dumps(details, allow_nan=False))
+    except (TypeError, ValueError):
+        plain = _plain(details)
+    return plain
+
+
 def _row(evidence: Evidence) -> dict[str, Any]:
     return {
         "t": float(evidence.t),
@@ -146,7 +171,7 @@ def _row(evidence: Evidence) -> dict[str, Any]:
         "host": evidence.host,
         "vm": evidence.vm,
         "reason": evidence.reason,
-        "details": dict(evidence.details),
+        "details": _json(evidence.details),
     }
 
 
@@ -316,18 +341,16 @@ class SqlEvidenceStore:
             )
 
     def _drain(self) -> None:
-        if not self._writing.acquire(blocking=False):
-            return  # the thread writing picks our record up
-        try:
-            self._write_all()
-        finally:
-            self._writing.release()
-        # A record buffered between our last batch and the release would wait for
-        # the next record: write it now if nobody else took over.
-        with self._lock:
-            left = bool(self._pending) and self._retry_at is None
-        if left:
-            self._drain()
+        while self._writing.acquire(blocking=False):  # else the thread writing takes ours
+            try:
+                self._write_all()
+            finally:
+                self._writing.release()
+            # A record buffered between our last batch and the release would wait
+            # for the next record: write it now unless another thread took over.
+            with self._lock:
+                if not self._pending or self._retry_at is not None:
+                    return
 
     def _write_all(self) -> None:
         """Write batches until the buffer is empty or the database fails (caller holds _writing)."""

@@ -112,6 +112,20 @@ def test_records_round_trip_with_their_details_and_times(engine: sa.Engine) -> N
     assert store.decisions_about("nobody") == []
 
 
+def test_details_that_are_not_strict_json_are_stored_as_strings_not_stuck(
+    engine: sa.Engine,
+) -> None:
+    clock = FakeClock(T0)
+    store = SqlEvidenceStore(engine, clock)
+    rec = Recorder(store, clock, "ms1")
+    rec.emit("odd", host="h" * 300, ratio=float("nan"), when=dt.date(2027, 1, 1), pair=(1, 2))
+    rec.emit("alert", host="h1")
+    assert (store.stored, store.pending, store.failed_writes) == (2, 0, 0)
+    [odd] = store.records(kinds=["odd"])
+    assert dict(odd.details) == {"ratio": "nan", "when": "2027-01-01", "pair": [1, 2]}
+    assert odd.host == "h" * 300
+
+
 def test_a_second_store_on_the_same_database_reads_what_the_first_wrote(
     engine: sa.Engine,
 ) -> None:
