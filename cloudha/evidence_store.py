@@ -118,14 +118,19 @@ def open_engine(url: str, *, must_exist: bool = False) -> Engine:
             key="url",
             value=shown,
         )
-    if backend == "sqlite":
+    if backend == "sqlite" and must_exist:
         database = parsed.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            if must_exist:
-                raise ConfigurationError(
-                    f"{shown}: an in-memory database holds no evidence", key="url", value=shown
-                )
-        elif must_exist and not Path(database).is_file():
+        # A URI filename (file:PATH?mode=ro with ?uri=true) names its file before the "?".
+        path = (
+            database.removeprefix("file:").split("?")[0]
+            if database.startswith("file:")
+            else database
+        )
+        if path in ("", ":memory:") or "mode=memory" in database:
+            raise ConfigurationError(
+                f"{shown}: an in-memory database holds no evidence", key="url", value=shown
+            )
+        if not Path(path).is_file():
             raise ConfigurationError(f"{shown}: no such database file", key="url", value=shown)
     try:
         return sa.create_engine(parsed)
@@ -199,7 +204,7 @@ class SqlEvidenceStore:
 
     Args:
         engine: the database (the caller owns and disposes of it). SQLite
-            engines are prepared like the work queue's
+            engines of a writer are prepared like the work queue's
             (:func:`~cloudha.ha.store.prepare_sqlite_engine`).
         clock: the only source of time (pruning, retries, the retention cut).
         retention: seconds a record is kept (by its wall time ``at``).
@@ -207,8 +212,9 @@ class SqlEvidenceStore:
         buffer: records kept in memory while the database cannot be written.
         retry_interval: seconds between write attempts during an outage.
         prune_interval: seconds between prunes at most.
-        create: create the table when it is missing; with False (readers such
-            as ``cloudha explain``) a missing table is an error.
+        create: create the table when it is missing (and prepare a SQLite
+            engine); with False (readers such as ``cloudha explain``) a missing
+            table is an error and the engine is left as it is.
 
     Raises:
         ConfigurationError: a bound that is not positive, or a database other
@@ -270,10 +276,11 @@ class SqlEvidenceStore:
         self.dropped = 0
         """Records lost because the buffer overflowed during an outage."""
         try:
-            prepare_sqlite_engine(engine)
             if create:
+                prepare_sqlite_engine(engine)
                 evidence_metadata.create_all(engine, checkfirst=True)
                 return
+            # A reader leaves a SQLite file as it is (no WAL switch): it may be read-only.
             present = sa.inspect(engine).has_table(cloudha_evidence.name)
         except sqlalchemy.exc.SQLAlchemyError as exc:
             raise StoreError(f"evidence store {self._where}: {_describe(exc)}") from exc

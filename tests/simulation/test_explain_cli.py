@@ -182,3 +182,16 @@ def test_python_m_cloudha_explain_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert proc.stderr.startswith("cloudha explain: ")
     assert proc.stderr.count("\n") == 1
+
+
+def test_explain_reads_a_read_only_database(crash_db: str, tmp_path: Path) -> None:
+    copy = tmp_path / "ro.db"
+    copy.write_bytes(Path(crash_db.removeprefix("sqlite:///")).read_bytes())
+    # mode=ro is read-only even for root (chmod is not): explain must not need to write.
+    url = f"sqlite:///file:{copy}?mode=ro&uri=true"
+    result = run("explain", "h2", "--db", url, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["decisions"]
+    missing = run("explain", "h2", "--db", f"sqlite:///file:{tmp_path}/none.db?mode=ro&uri=true")
+    assert missing.exit_code == 3
+    assert "no such database file" in missing.stderr

@@ -391,3 +391,22 @@ def test_the_simulators_timeline_feeds_its_extra_sinks_after_its_own_event() -> 
     Recorder(timeline, FakeClock(T0), "ms1").emit("alert", host="h1")
     assert [e["kind"] for e in timeline.events] == ["alert"]
     assert [r.kind for r in memory] == ["alert"]
+
+
+def test_a_management_server_keeps_its_log_and_stores_on_the_work_queues_engine() -> None:
+    from tests.unit.test_server import Cloud, run
+
+    cloud = Cloud()
+    store = SqlEvidenceStore(cloud.engine, cloud.clock)
+    server = cloud.server(evidence=TeeSink(cloud.evidence, store))
+    server.recover()
+    cloud.kill("h1")
+    run(server, cloud.clock, 120, alive=("h2", "h3"))
+    store.close()
+    assert store.pending == 0
+    assert len(store) == len(cloud.evidence) > 0
+    assert [r.to_event() for r in store.records()] == [r.to_event() for r in cloud.evidence]
+    chain = store.decisions_about("vm1")
+    assert any(r.kind == "host_status" and r.details.get("to") == "Down" for r in chain)
+    assert [r.details["step"] for r in chain if r.kind == "ha_work"][-1] == "Done"
+    assert {r.actor for r in chain} == {"ms1"}
