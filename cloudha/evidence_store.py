@@ -9,7 +9,9 @@ not part of the work queue's Alembic migrations.
 Writing never gets in the way of a decision. :meth:`SqlEvidenceStore.record`
 puts the record in a bounded in-memory buffer and writes the buffer in one
 transaction; a thread that finds another one writing leaves its record to that
-writer and returns at once. A database failure never raises into the caller:
+writer and returns at once; after :meth:`SqlEvidenceStore.start` a writer
+thread of its own does every write, so no decision thread ever waits for the
+database. A database failure never raises into the caller:
 it is logged (once per outage, as a warning naming the database), counted
 (:attr:`~SqlEvidenceStore.failed_writes`), and the buffered records are
 written at the first record (or :meth:`~SqlEvidenceStore.flush`) after
@@ -42,9 +44,10 @@ import sqlalchemy.exc
 from sqlalchemy.engine import Connection, Engine
 
 from cloudha.clock import Clock
-from cloudha.errors import ConfigurationError, StoreError
+from cloudha.errors import ConfigurationError, LifecycleError, StoreError
 from cloudha.evidence import Evidence
 from cloudha.ha.store import _UTCDateTime, prepare_sqlite_engine
+from cloudha.runtime import Loop, Pump, ThreadFactory
 from cloudha.settings import Settings
 
 __all__ = [
@@ -199,8 +202,11 @@ class SqlEvidenceStore:
     """An :class:`~cloudha.evidence.EvidenceSink` writing to SQL, with bounded retention.
 
     Thread-safe. ``record`` never raises and never waits for another thread's
-    write (see the module docstring); :meth:`flush` writes what is buffered
-    and says whether the buffer is empty; :meth:`close` flushes.
+    write (see the module docstring): it writes the buffer in the calling
+    thread unless another thread is writing, or, once :meth:`start` has
+    started a writer thread, only buffers and wakes that thread.
+    :meth:`flush` writes what is buffered and says whether the buffer is
+    empty; :meth:`close` stops the writer thread and flushes.
 
     Args:
         engine: the database (the caller owns and disposes of it). SQLite
@@ -267,6 +273,7 @@ class SqlEvidenceStore:
         self._lock = threading.Lock()  # guards the buffer and the counters
         self._writing = threading.Lock()  # held by the one thread writing
         self._retry_at: float | None = None
+        self._pump: Pump | None = None
         self._last_prune = clock.monotonic()
         self._since_prune = 0
         self.stored = 0
@@ -318,21 +325,56 @@ class SqlEvidenceStore:
     # -- writing ---------------------------------------------------------------
 
     def record(self, evidence: Evidence) -> None:
-        """Keep ``evidence``: buffer it and write the buffer unless another thread is writing."""
+        """Keep ``evidence``: buffer it, then write the buffer (see the class docstring)."""
+        dropped = 0
         with self._lock:
             if len(self._pending) == self._pending.maxlen:
                 self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    log.error(
-                        "evidence store %s: buffer full, %d records dropped so far (oldest first)",
-                        self._where,
-                        self.dropped,
-                    )
+                dropped = self.dropped
             self._seq += 1
             self._pending.append((self._seq, evidence))
-            if self._retry_at is not None and self._clock.monotonic() < self._retry_at:
-                return
-        self._drain()
+            waiting = self._retry_at is not None and self._clock.monotonic() < self._retry_at
+        if dropped == 1 or dropped % 1000 == 1:
+            log.error(
+                "evidence store %s: buffer full, %d records dropped so far (oldest first)",
+                self._where,
+                dropped,
+            )
+        pump = self._pump
+        if pump is not None:
+            pump.wake()
+        elif not waiting:
+            self._drain()
+
+    # -- writing on a thread of its own ------------------------------------------
+
+    def loop(self) -> Loop:
+        """The writer as a loop (``Evidence-Writer``) for a :class:`~cloudha.runtime.Pump`."""
+        return Loop("Evidence-Writer", self.tick, wake_on_work=True)
+
+    def tick(self) -> float:
+        """Write what is buffered; the seconds until the next write is wanted."""
+        with self._writing:
+            self._write_all()
+        with self._lock:
+            if self._retry_at is not None:
+                return max(0.0, self._retry_at - self._clock.monotonic())
+            return 0.0 if self._pending else self.prune_interval
+
+    def start(self, thread_factory: ThreadFactory = threading.Thread) -> None:
+        """Write on a thread of its own from now on: ``record`` only buffers and wakes it.
+
+        Then no decision thread ever waits for the database (a locked SQLite
+        file, a PostgreSQL server that does not answer). :meth:`close` stops it.
+
+        Raises:
+            LifecycleError: the writer thread was started before.
+        """
+        with self._lock:
+            if self._pump is not None:
+                raise LifecycleError(f"{self!r}: the writer thread starts only once")
+            self._pump = self.loop().pump(clock=self._clock, thread_factory=thread_factory)
+        self._pump.start()
 
     def flush(self) -> bool:
         """Write the buffered records now (waiting for another writer); True if none is left."""
@@ -340,8 +382,19 @@ class SqlEvidenceStore:
             self._write_all()
         return self.pending == 0
 
-    def close(self) -> None:
-        """Flush; records still unwritten are logged as lost."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the writer thread (if started, waiting up to ``timeout`` seconds), then flush.
+
+        Records still unwritten are logged as lost.
+        """
+        pump = self._pump
+        if pump is not None:
+            pump.request_stop()
+            if not pump.join(timeout):
+                log.error(
+                    "evidence store %s: writer thread still busy after %gs", self._where, timeout
+                )
+                return
         if not self.flush():
             log.error(
                 "evidence store %s: closed with %d records unwritten", self._where, self.pending

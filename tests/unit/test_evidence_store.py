@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc
 
-from cloudha import Settings, SqlEvidenceStore, TeeSink
-from cloudha.errors import ConfigurationError, StoreError
+from cloudha import Settings, SqlEvidenceStore, SystemClock, TeeSink
+from cloudha.errors import ConfigurationError, LifecycleError, StoreError
 from cloudha.evidence import Evidence, EvidenceLog, EvidenceSink, Recorder
 from cloudha.evidence_store import cloudha_evidence, open_engine
 from cloudha.testing import FakeClock
@@ -329,6 +330,54 @@ def test_concurrent_writers_lose_nothing(engine: sa.Engine) -> None:
     assert rows(engine) == 600
     for n in range(6):
         assert [r.vm for r in store.records(host=f"h{n}")] == [f"vm{i}" for i in range(100)]
+
+
+class Slow:
+    """Makes every INSERT on ``engine`` take ``seconds`` (a database that hardly answers)."""
+
+    def __init__(self, engine: sa.Engine, seconds: float) -> None:
+        self.seconds = seconds
+        sa.event.listen(engine, "before_cursor_execute", self._wait)
+
+    def _wait(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT"):
+            time.sleep(self.seconds)
+
+
+def test_with_its_writer_thread_no_recorder_waits_for_a_slow_database(
+    engine: sa.Engine,
+) -> None:
+    clock = SystemClock()
+    store = SqlEvidenceStore(engine, clock)
+    Slow(engine, 1.0)
+    store.start()
+    with pytest.raises(LifecycleError, match="only once"):
+        store.start()
+    rec = Recorder(store, clock, "ms1")
+    started = time.monotonic()
+    for i in range(50):
+        rec.emit("alert", host="h1", vm=f"vm{i}")
+    assert time.monotonic() - started < 0.5  # less than one insert: nobody waited
+    store.close()
+    assert (store.pending, store.stored, store.failed_writes) == (0, 50, 0)
+    assert [r.vm for r in store.records(host="h1")] == [f"vm{i}" for i in range(50)]
+
+
+def test_without_a_writer_thread_only_one_recorder_waits_for_the_database(
+    engine: sa.Engine,
+) -> None:
+    clock = SystemClock()
+    store = SqlEvidenceStore(engine, clock)
+    Slow(engine, 1.0)
+    slow_one = threading.Thread(target=lambda: Recorder(store, clock, "a").emit("alert", host="a"))
+    slow_one.start()
+    time.sleep(0.2)  # the first writer is now inside its INSERT
+    started = time.monotonic()
+    Recorder(store, clock, "b").emit("alert", host="b")
+    assert time.monotonic() - started < 0.5  # left its record to the writer
+    slow_one.join()
+    assert store.flush()
+    assert store.subjects()["hosts"] == {"a", "b"}
 
 
 def test_a_reading_failure_is_a_store_error_naming_the_database(engine: sa.Engine) -> None:
