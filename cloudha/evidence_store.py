@@ -522,10 +522,12 @@ class SqlEvidenceStore:
 
         A host's chain is every record naming it (its status changes and
         investigations, and the fences and HA works of its VMs). A VM's chain
-        is every record naming it plus, for each host those records name, that
-        host's own records (``vm`` unset: behind on ping, investigations,
-        status changes, HA scheduling ...) up to the VM's last record there:
-        the decisions that led to its fence and restart.
+        is every record naming it plus, for each host its HA works, fences and
+        other decisions name (the host it was on, not the one a ``vm_state``
+        says it started on), that host's own records (``vm`` unset: behind on
+        ping, investigations, status changes, HA scheduling ...) up to the
+        VM's last record there: the decisions that led to its fence and
+        restart.
 
         Raises:
             StoreError: the database cannot be read.
@@ -542,7 +544,7 @@ class SqlEvidenceStore:
             rows = {row.id: row for row in own}
             last_on: dict[str, tuple[dt.datetime, int]] = {}
             for row in own:
-                if row.vm == subject and row.host is not None and row.host != subject:
+                if row.vm == subject and row.host not in (None, subject) and row.kind != "vm_state":
                     last_on[row.host] = max(
                         last_on.get(row.host, (row.at, row.id)), (row.at, row.id)
                     )

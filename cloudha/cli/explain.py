@@ -55,6 +55,10 @@ def format_decision(event: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _fail(message: str, status: int) -> NoReturn:
     click.echo(f"cloudha explain: {' '.join(message.split())}", err=True)
     sys.exit(status)
@@ -93,13 +97,19 @@ def explain(subject: str, url: str, as_json: bool) -> None:
     try:
         store = SqlEvidenceStore(engine, SystemClock(), create=False)
         chain = store.decisions_about(subject)
+        known = store.subjects() if not chain else {}
     except CloudHAError as exc:
         _fail(str(exc), EXIT_DATABASE)
     finally:
         engine.dispose()
     if not chain:
         where = engine.url.render_as_string(hide_password=True)
-        _fail(f"no evidence about {subject!r} in {where}", EXIT_UNKNOWN_SUBJECT)
+        hosts, vms = len(known.get("hosts", ())), len(known.get("vms", ()))
+        _fail(
+            f"no evidence about {subject!r} in {where} (it holds evidence about"
+            f" {_count(hosts, 'host')} and {_count(vms, 'VM')})",
+            EXIT_UNKNOWN_SUBJECT,
+        )
     decisions = [record.to_event(wall=True) for record in chain]
     if as_json:
         click.echo(json.dumps({"subject": subject, "decisions": decisions}, indent=2))

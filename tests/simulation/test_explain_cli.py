@@ -113,6 +113,8 @@ def test_an_unknown_subject_exits_2_with_one_line(crash_db: str) -> None:
     assert result.stderr.count("\n") == 1
     assert "vm404" in result.stderr
     assert "crash.db" in result.stderr
+    # h1 and vm2 saw no decision: only h2, h3 (where vm1 started) and vm1 did.
+    assert "(it holds evidence about 2 hosts and 1 VM)" in result.stderr
 
 
 @pytest.mark.parametrize(

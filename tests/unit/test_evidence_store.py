@@ -147,20 +147,23 @@ def test_a_vms_chain_has_its_hosts_decisions_up_to_its_last_record_there(
     clock = FakeClock(T0)
     store = SqlEvidenceStore(engine, clock)
     rec = Recorder(store, clock, "ms1")
+    rec.emit("fence_readiness", host="h3", reason="h3's BMC answered")
     rec.emit("investigation", host="h2", result="Down", reason="dead")
     rec.emit("host_status", host="h2", reason="event HostDown", to="Down")
     rec.emit("fence", host="h2", vm="vm9", reason="another VM's fence")
     clock.advance(1)
     rec.emit("fence", host="h2", vm="vm1", reason="fenced")
+    rec.emit("vm_state", host="h3", vm="vm1", state="Running")
     rec.emit("ha_work", host="h2", vm="vm1", step="Done", reason="started on host h3")
     clock.advance(100)
     rec.emit("host_status", host="h2", reason="later, unrelated", to="Up")
-    rec.emit("alert", host="h3", reason="h3 is not where vm1 ever was")
+    rec.emit("alert", host="h3", reason="h3 is where vm1 went, not why")
     chain = [(r.kind, r.host, r.vm) for r in store.decisions_about("vm1")]
     assert chain == [
         ("investigation", "h2", None),
         ("host_status", "h2", None),
         ("fence", "h2", "vm1"),
+        ("vm_state", "h3", "vm1"),
         ("ha_work", "h2", "vm1"),
     ]
     host_chain = [r.reason for r in store.decisions_about("h2")]
