@@ -353,9 +353,16 @@ class SqlEvidenceStore:
         return Loop("Evidence-Writer", self.tick, wake_on_work=True)
 
     def tick(self) -> float:
-        """Write what is buffered; the seconds until the next write is wanted."""
-        with self._writing:
-            self._write_all()
+        """Write what is buffered (unless a retry is not due yet); seconds until the next write.
+
+        Woken by every record, it still tries a failing database only once per
+        ``retry_interval``.
+        """
+        with self._lock:
+            retry_at = self._retry_at
+        if retry_at is None or self._clock.monotonic() >= retry_at:
+            with self._writing:
+                self._write_all()
         with self._lock:
             if self._retry_at is not None:
                 return max(0.0, self._retry_at - self._clock.monotonic())
@@ -368,11 +375,11 @@ class SqlEvidenceStore:
         file, a PostgreSQL server that does not answer). :meth:`close` stops it.
 
         Raises:
-            LifecycleError: the writer thread was started before.
+            LifecycleError: the writer thread is running already.
         """
         with self._lock:
             if self._pump is not None:
-                raise LifecycleError(f"{self!r}: the writer thread starts only once")
+                raise LifecycleError(f"{self!r}: the writer thread is running already")
             self._pump = self.loop().pump(clock=self._clock, thread_factory=thread_factory)
         self._pump.start()
 
@@ -395,6 +402,7 @@ class SqlEvidenceStore:
                     "evidence store %s: writer thread still busy after %gs", self._where, timeout
                 )
                 return
+            self._pump = None  # later records are written by their callers again
         if not self.flush():
             log.error(
                 "evidence store %s: closed with %d records unwritten", self._where, self.pending

@@ -354,7 +354,7 @@ def test_with_its_writer_thread_no_recorder_waits_for_a_slow_database(
     store = SqlEvidenceStore(engine, clock)
     Slow(engine, 1.0)
     store.start()
-    with pytest.raises(LifecycleError, match="only once"):
+    with pytest.raises(LifecycleError, match="running already"):
         store.start()
     rec = Recorder(store, clock, "ms1")
     started = time.monotonic()
@@ -364,6 +364,29 @@ def test_with_its_writer_thread_no_recorder_waits_for_a_slow_database(
     store.close()
     assert (store.pending, store.stored, store.failed_writes) == (0, 50, 0)
     assert [r.vm for r in store.records(host="h1")] == [f"vm{i}" for i in range(50)]
+    rec.emit("alert", host="h1", vm="after")  # closed: written by the caller again
+    assert (store.pending, store.stored) == (0, 51)
+
+
+def test_the_writer_loop_sleeps_until_a_prune_or_the_next_retry(engine: sa.Engine) -> None:
+    clock = FakeClock(T0)
+    store = SqlEvidenceStore(engine, clock, retry_interval=5, prune_interval=60)
+    loop = store.loop()
+    assert (loop.name, loop.wake_on_work) == ("Evidence-Writer", True)
+    assert loop.tick() == 60.0
+    failing = Failing(engine)
+    failing.on = True
+    Recorder(store, clock, "ms1").emit("alert", host="h1")  # the first attempt fails
+    clock.advance(2)
+    assert loop.tick() == 3.0  # woken early (a record): no attempt before the retry is due
+    assert (store.failed_writes, failing.attempts) == (1, 1)
+    clock.advance(3)
+    assert loop.tick() == 5.0  # due: tried, failed, next retry in 5 s
+    assert failing.attempts == 2
+    failing.on = False
+    clock.advance(5)
+    assert loop.tick() == 60.0
+    assert (store.pending, store.stored) == (0, 1)
 
 
 def test_without_a_writer_thread_only_one_recorder_waits_for_the_database(
