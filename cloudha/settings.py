@@ -956,7 +956,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "cloudha.evidence.max.records",
         "count",
         1_000_000,
-        "Most records the SQL evidence store keeps (the newest); about 1 KB each.",
+        "Most records the SQL evidence store keeps (the newest); each is under 1 KB.",
         "cloudha",
         bounds=(
             100,
