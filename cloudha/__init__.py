@@ -33,6 +33,8 @@ from cloudha.evidence import Evidence as Evidence
 from cloudha.evidence import EvidenceLog as EvidenceLog
 from cloudha.evidence import EvidenceSink as EvidenceSink
 from cloudha.evidence import Recorder as Recorder
+from cloudha.evidence import TeeSink as TeeSink
+from cloudha.evidence_store import SqlEvidenceStore as SqlEvidenceStore
 from cloudha.fencing import BaseFenceBuilder as BaseFenceBuilder
 from cloudha.fencing import FenceBuilder as FenceBuilder
 from cloudha.fencing import FenceChain as FenceChain
@@ -212,11 +214,13 @@ __all__ = [
     "Router",
     "ScenarioError",
     "Settings",
+    "SqlEvidenceStore",
     "StaticOobmConfigs",
     "Status",
     "StatusChange",
     "StoragePoolDirectory",
     "SystemClock",
+    "TeeSink",
     "VMwareInvestigator",
     "Verdict",
     "Vm",

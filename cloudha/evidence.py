@@ -21,11 +21,19 @@ import attrs
 
 from cloudha.clock import Clock
 
-__all__ = ["Evidence", "EvidenceLog", "EvidenceSink", "Recorder"]
+__all__ = ["Evidence", "EvidenceLog", "EvidenceSink", "Recorder", "TeeSink"]
 
 log = logging.getLogger(__name__)
 
 JSONValue = Any
+
+
+def _utc(at: dt.datetime) -> dt.datetime:
+    if not isinstance(at, dt.datetime):
+        raise TypeError(f"evidence time must be a datetime, got {at!r}")
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"evidence time {at!r} is naive: a Clock's now() must be aware UTC")
+    return at.astimezone(dt.UTC)
 
 
 @attrs.frozen
@@ -35,8 +43,11 @@ class Evidence:
     Attributes:
         kind: what was decided: ``host_status``, ``investigation``, ``alert``,
             ``ping_map``, ``ha_scheduled``, ``fault`` ...
-        t: ``clock.monotonic()`` when it was decided.
-        at: wall time when it was decided.
+        t: ``clock.monotonic()`` when it was decided (orders one actor's decisions).
+        at: wall time when it was decided: ``clock.now()``, timezone-aware and
+            in UTC (an aware time in another zone is converted; a naive one is
+            refused with ``ValueError``, as the :class:`~cloudha.clock.Clock`
+            contract demands UTC).
         actor: who decided (a management server id, or a component name).
         host: the host concerned, if any.
         vm: the virtual machine concerned, if any.
@@ -47,16 +58,24 @@ class Evidence:
 
     kind: str
     t: float
-    at: dt.datetime
+    at: dt.datetime = attrs.field(converter=_utc)
     actor: str
     host: str | None = None
     vm: str | None = None
     reason: str = ""
     details: Mapping[str, JSONValue] = attrs.field(factory=dict)
 
-    def to_event(self) -> dict[str, JSONValue]:
-        """A flat JSON-able dict: t, kind, host/vm when set, details, reason, actor."""
-        event: dict[str, JSONValue] = {"t": round(self.t, 3), "kind": self.kind}
+    def to_event(self, *, wall: bool = False) -> dict[str, JSONValue]:
+        """A flat JSON-able dict: t, kind, host/vm when set, details, reason, actor.
+
+        With ``wall``, ``at`` (ISO 8601 UTC, e.g. ``"2026-12-06T22:01:00.250000+00:00"``)
+        follows ``t``. The simulator's documents leave it out: their wall time
+        is the virtual time after the Unix epoch, ``t`` already says it.
+        """
+        event: dict[str, JSONValue] = {"t": round(self.t, 3)}
+        if wall:
+            event["at"] = self.at.isoformat()
+        event["kind"] = self.kind
         if self.host is not None:
             event["host"] = self.host
         if self.vm is not None:
@@ -127,6 +146,36 @@ class EvidenceLog:
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+@final
+class TeeSink:
+    """Hands every record to each of ``sinks`` in turn, e.g. an :class:`EvidenceLog` and SQL.
+
+    ``ManagementServer(evidence=TeeSink(log, SqlEvidenceStore(engine, clock)))``
+    keeps the in-memory log and stores to SQL. A sink that raises is logged
+    (with the record's kind and subject) and the others still get the record:
+    evidence never breaks the decision that produced it.
+    """
+
+    def __init__(self, *sinks: EvidenceSink) -> None:
+        for index, sink in enumerate(sinks):
+            if not callable(getattr(sink, "record", None)):
+                raise TypeError(f"TeeSink: sink {index} ({sink!r}) has no record() method")
+        self.sinks: tuple[EvidenceSink, ...] = sinks
+
+    def record(self, evidence: Evidence) -> None:
+        for sink in self.sinks:
+            try:
+                sink.record(evidence)
+            except Exception:
+                log.exception(
+                    "evidence sink %r failed on %s host=%s vm=%s",
+                    sink,
+                    evidence.kind,
+                    evidence.host,
+                    evidence.vm,
+                )
 
 
 @final

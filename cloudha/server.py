@@ -324,7 +324,9 @@ class ManagementServer:
             created when missing. Give ``engine`` or ``store``.
         store: the HA work queue itself, instead of ``engine``.
         evidence: where decisions are recorded (an :class:`~cloudha.evidence.EvidenceLog`
-            by default, kept as :attr:`evidence`).
+            by default, kept as :attr:`evidence`); a :class:`~cloudha.evidence.TeeSink`
+            of a log and a :class:`~cloudha.evidence_store.SqlEvidenceStore` keeps
+            both (docs/evidence.md).
         server_id: this server's id (owner of hosts and claims).
         thread_factory: makes every thread (``threading.Thread`` by default).
         oobm_drivers: power drivers (IPMI, Redfish ...) for power fencing.

@@ -226,6 +226,7 @@ _HOST_HA = "cloudha.hostha.manager"
 _HOST_HA_KVM = "cloudha.hostha.provider"
 _FRESHNESS = "cloudha.detection.freshness"
 _STORM = "cloudha.detection.storm"
+_EVIDENCE_STORE = "cloudha.evidence_store"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -1055,6 +1056,34 @@ _SPECS: tuple[KeySpec, ...] = (
         "cloudha",
         read_by=NOT_USED_YET,  # TEMP
     ),
+    # cloudha's own: lasting evidence (docs/evidence.md).
+    _key(
+        "cloudha.evidence.retention",
+        "duration",
+        30 * 86_400,
+        "How long the SQL evidence store keeps a record (by its wall time); older ones are pruned.",
+        "cloudha",
+        bounds=(
+            60,
+            3650 * 86_400,
+            "under a minute nothing is left to explain; over ten years is an archive, not evidence",
+        ),
+        read_by=(_EVIDENCE_STORE,),
+    ),
+    _key(
+        "cloudha.evidence.max.records",
+        "count",
+        1_000_000,
+        "Most records the SQL evidence store keeps (the newest); each is under 1 KB.",
+        "cloudha",
+        bounds=(
+            100,
+            1_000_000_000,
+            "fewer than 100 records do not hold one incident's chain; over 10^9 rows"
+            " (about a terabyte) is an archive",
+        ),
+        read_by=(_EVIDENCE_STORE,),
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -1528,6 +1557,9 @@ class Settings:
     cloudha_storm_disruption_threshold: float = 0.5
     # cloudha's own: shadow mode.
     cloudha_shadow: bool = False
+    # cloudha's own: lasting evidence.
+    cloudha_evidence_retention: float = 30 * 86_400.0
+    cloudha_evidence_max_records: int = 1_000_000
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

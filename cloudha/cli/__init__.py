@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cloudha.cli import dump as _dump
+from cloudha.cli import explain as _explain
 from cloudha.cli import heartbeat as _heartbeat
 from cloudha.errors import CloudHAError
 
@@ -33,6 +34,7 @@ def main(verbose: int) -> None:
 
 main.add_command(_heartbeat.heartbeat)
 main.add_command(_dump.dump)
+main.add_command(_explain.explain)
 
 
 @main.command()
@@ -44,6 +46,12 @@ main.add_command(_dump.dump)
     help="Show every evidence record in the timeline, not only changes.",
 )
 @click.option("--check", is_flag=True, help="Exit with status 1 when an invariant is violated.")
+@click.option(
+    "--evidence-db",
+    "evidence_db",
+    metavar="URL",
+    help="Also store the evidence in this (empty) SQL database, for cloudha explain.",
+)
 @click.option(
     "--campaign",
     type=click.IntRange(min=0),
@@ -87,6 +95,7 @@ def simulate(
     as_json: bool,
     all_events: bool,
     check: bool,
+    evidence_db: str | None,
     campaign: int | None,
     fuzz: int | None,
     seed: int,
@@ -106,6 +115,9 @@ def simulate(
             "cloudha simulate: give exactly one of SCENARIO, --campaign N or --fuzz N", err=True
         )
         sys.exit(2)
+    if evidence_db is not None and scenario is None:
+        click.echo("cloudha simulate: --evidence-db goes with SCENARIO only", err=True)
+        sys.exit(2)
     if campaign is not None or fuzz is not None:
         _campaign(
             campaign,
@@ -123,7 +135,7 @@ def simulate(
     from cloudha.testing.simulator import to_json
 
     try:
-        document = run(scenario)
+        document = run(scenario) if evidence_db is None else _run_into(scenario, evidence_db)
     except CloudHAError as exc:
         click.echo(f"cloudha simulate: {_one_line(exc)}", err=True)
         sys.exit(2)
@@ -133,6 +145,37 @@ def simulate(
         _print_timeline(document, all_events=all_events)
     if check and any(document["invariants"].values()):
         sys.exit(1)
+
+
+def _run_into(scenario: Path, url: str) -> dict[str, Any]:
+    """Run ``scenario`` with its evidence also stored at ``url`` (which must hold none yet)."""
+    from cloudha.errors import StoreError
+    from cloudha.evidence_store import SqlEvidenceStore, open_engine
+    from cloudha.testing.scenario import load_scenario
+    from cloudha.testing.simulator import Simulation
+
+    loaded = load_scenario(scenario)
+    engine = open_engine(url)
+    try:
+        sim = Simulation(loaded)
+        store = SqlEvidenceStore.from_settings(engine, sim.clock, sim.settings)
+        where = engine.url.render_as_string(hide_password=True)
+        if held := len(store):
+            raise StoreError(
+                f"{where} already holds {held} evidence records; simulate fills an empty"
+                " evidence store (give another database)"
+            )
+        sim.timeline.sinks.append(store)
+        document = sim.run()
+        store.close()
+        if store.pending or store.dropped:
+            raise StoreError(
+                f"{where}: {store.pending + store.dropped} of the simulation's evidence"
+                " records could not be stored (see the log with -v)"
+            )
+        return document
+    finally:
+        engine.dispose()
 
 
 def _one_line(exc: Exception) -> str:

@@ -142,6 +142,7 @@ class MonitorTask:
                 else "behind on ping"
             ),
             since_last_ping=None if since is None else round(since, 3),
+            timeout=agents.settings.behind_on_ping_timeout,
             investigate=investigate,
         )
         if investigate:

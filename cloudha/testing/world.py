@@ -32,7 +32,7 @@ import attrs
 from cloudha.clock import Clock
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM, CHECK_VM_ACTIVITY, FENCE, PING_TEST
 from cloudha.errors import ProbeConnectionError, ProbeTimeout
-from cloudha.evidence import Evidence, Recorder
+from cloudha.evidence import Evidence, EvidenceSink, Recorder
 from cloudha.ha.orchestrator import (
     ConcurrentOperationError,
     InsufficientCapacityError,
@@ -91,17 +91,21 @@ class EventTimeline:
 
     :attr:`events` are :meth:`~cloudha.evidence.Evidence.to_event` dicts (the
     simulator's document ``events``); :attr:`on_record`, when set, sees each
-    :class:`~cloudha.evidence.Evidence` as it is recorded.
+    :class:`~cloudha.evidence.Evidence` as it is recorded; each of :attr:`sinks`
+    (e.g. ``cloudha simulate --evidence-db``'s SQL store) gets it too, after.
     """
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.on_record: Callable[[Evidence], None] | None = None
+        self.sinks: list[EvidenceSink] = []
 
     def record(self, evidence: Evidence) -> None:
         self.events.append(evidence.to_event())
         if self.on_record is not None:
             self.on_record(evidence)
+        for sink in self.sinks:
+            sink.record(evidence)
 
 
 class WorldPorts(TypedDict):
