@@ -109,6 +109,13 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.watchdog.timeout": (300, 300.0),
     "cloudha.watchdog.reset.margin": (30, 30.0),
     "cloudha.fence.on.suspicion": (True, True),
+    "cloudha.ping.grace.multiplier": (1.0, 1.0),
+    "cloudha.ping.jitter": (0.0, 0.0),
+    "cloudha.phi.enabled": (False, False),
+    "cloudha.phi.threshold": (8.0, 8.0),
+    "cloudha.phi.min.std.deviation": (6, 6.0),
+    "cloudha.phi.acceptable.pause": (30, 30.0),
+    "cloudha.phi.window": (100, 100),
 }
 
 MS_KEYS = {
@@ -129,7 +136,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 76
+    assert len(KEYS) == 83
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -974,6 +981,13 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.watchdog.timeout",
         "cloudha.watchdog.reset.margin",
         "cloudha.fence.on.suspicion",
+        "cloudha.ping.grace.multiplier",
+        "cloudha.ping.jitter",
+        "cloudha.phi.enabled",
+        "cloudha.phi.threshold",
+        "cloudha.phi.min.std.deviation",
+        "cloudha.phi.acceptable.pause",
+        "cloudha.phi.window",
     }
 
 
