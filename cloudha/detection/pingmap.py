@@ -114,7 +114,7 @@ class PingMap:
         return self._deadlines
 
     def use_deadlines(self, deadlines: HostDeadlines) -> None:
-        """Install ``deadlines``; hosts already monitored get theirs as if they had just pinged."""
+        """Install ``deadlines``; hosts already monitored get theirs from their last ping."""
         with self._lock:
             self._deadlines = deadlines
             for host_id, cell in self._cells.items():
