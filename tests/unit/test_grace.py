@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import attrs
 import pytest
@@ -89,7 +90,7 @@ def test_bad_grace_settings_name_the_key(key: str, value: object) -> None:
     [("interval", 0.0), ("timeout", float("nan")), ("grace_multiplier", -1.0), ("jitter", -1.0)],
 )
 def test_bad_deadline_parameters_name_the_parameter(name: str, value: float) -> None:
-    params: dict[str, float] = {"interval": 60.0, "timeout": 2.5, name: value}
+    params: dict[str, Any] = {"interval": 60.0, "timeout": 2.5, name: value}
     with pytest.raises(ConfigurationError, match=name) as excinfo:
         HostDeadlines(**params)
     assert excinfo.value.key == name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def akka_phi(elapsed: float, mean: float, std: float) -> float:
 
 
 def detector(**overrides: float) -> PhiAccrualDetector:
-    params: dict[str, float] = {
+    params: dict[str, Any] = {
         "threshold": 8.0,
         "min_std_deviation": 6.0,
         "acceptable_pause": 30.0,
@@ -36,7 +37,7 @@ def detector(**overrides: float) -> PhiAccrualDetector:
         "expected_interval": 60.0,
     }
     params.update(overrides)
-    return PhiAccrualDetector(**params)  # type: ignore[arg-type]
+    return PhiAccrualDetector(**params)
 
 
 # -- the formula -------------------------------------------------------------------
