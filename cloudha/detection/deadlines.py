@@ -82,7 +82,16 @@ class HostDeadlines:
     Thread-safe: nothing here changes after construction.
     """
 
-    __slots__ = ("_rng_for", "floor", "grace_multiplier", "interval", "jitter", "phi", "timeout")
+    __slots__ = (
+        "_base",
+        "_rng_for",
+        "floor",
+        "grace_multiplier",
+        "interval",
+        "jitter",
+        "phi",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -119,6 +128,7 @@ class HostDeadlines:
         self.phi = phi
         self._rng_for = rng_for if rng_for is not None else _seeded(seed)
         base = self.interval * self.timeout * self.grace_multiplier
+        self._base = base
         self.floor = min(self.interval, base) if phi is not None else base
         """No host's deadline is less than this many seconds after its last ping."""
 
@@ -144,7 +154,7 @@ class HostDeadlines:
     @property
     def base_timeout(self) -> float:
         """The fixed timeout of a host whose epsilon is 0."""
-        return self.interval * self.timeout * self.grace_multiplier
+        return self._base
 
     def epsilon(self, host_id: str) -> float:
         """The host's seeded epsilon in ``[0, jitter]`` seconds (0 without jitter)."""
@@ -154,6 +164,8 @@ class HostDeadlines:
 
     def timeout_for(self, host_id: str) -> float:
         """The host's fixed timeout: ``(interval + epsilon) x ping.timeout x multiplier``."""
+        if self.jitter == 0.0:
+            return self._base  # one float shared by every cell of the ping map
         return (self.interval + self.epsilon(host_id)) * self.timeout * self.grace_multiplier
 
     def start_grace(self, host_id: str) -> float:
