@@ -8,7 +8,7 @@ stops at the first host that is not behind. Its cost grows with the number
 of hosts behind, not the number monitored.
 
 Thread-safety: ``connect``, ``disconnect``, ``behind``, ``overdue`` and
-``next_due`` take a lock.
+``next_due`` take a lock (and ``ping_by`` with phi accrual on).
 ``ping_by`` is the hot path (one call per agent per ``ping.interval``) and
 takes none: it is built from single ``OrderedDict`` operations that are
 atomic, and each entry is a one-slot cell that a ping updates in place, so a
@@ -38,11 +38,17 @@ hosts overdue are still at the front of the ping order: ``overdue`` reads
 the hosts whose last ping is older than the floor and keeps those whose own
 deadline passed, and ``next_due`` stops as soon as no later host can be due
 earlier. With a fixed timeout and no jitter this costs what ``behind`` costs.
+With phi accrual the deadlines no longer follow the ping order (each host's
+phi crosses at its own time), so the map also files each host by its
+deadline in buckets of ``floor / 64`` seconds, and ``next_due`` reads the
+first bucket ahead that holds a host; a ping of such a map takes the lock to
+move its host between buckets.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -79,6 +85,52 @@ class _Cell:
         self.held = False
 
 
+class _DueIndex:
+    """Host ids filed by deadline, in buckets of ``width`` seconds (callers hold the map's lock)."""
+
+    __slots__ = ("_buckets", "_top", "_width")
+
+    def __init__(self, width: float) -> None:
+        self._buckets: dict[int, set[str]] = {}
+        self._width = width
+        self._top: int | None = None
+
+    def _key(self, due: float) -> int:
+        return math.floor(due / self._width)
+
+    def add(self, host_id: str, due: float) -> None:
+        key = self._key(due)
+        self._buckets.setdefault(key, set()).add(host_id)
+        if self._top is None or key > self._top:
+            self._top = key
+
+    def remove(self, host_id: str, due: float) -> None:
+        key = self._key(due)
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.discard(host_id)
+            if not bucket:
+                del self._buckets[key]
+                if not self._buckets:
+                    self._top = None
+
+    def earliest(self, now: float, cells: OrderedDict[str, _Cell]) -> float | None:
+        """The earliest deadline ``>= now`` of a filed host; None if there is none."""
+        key, top = self._key(now), self._top
+        buckets = self._buckets
+        while top is not None and key <= top:
+            bucket = buckets.get(key)
+            if bucket:
+                ahead = [due for host in bucket if (due := cells[host].due) >= now]
+                if ahead:
+                    return min(ahead)
+            key += 1
+        return None
+
+
+_BUCKETS_PER_FLOOR = 64
+
+
 class PingMap:
     """Last ping per connected host, ordered by ping time.
 
@@ -94,6 +146,7 @@ class PingMap:
         "_clock",
         "_deadlines",
         "_get",
+        "_index",
         "_lock",
         "_monotonic",
         "_move_to_end",
@@ -107,6 +160,13 @@ class PingMap:
         self._move_to_end = self._cells.move_to_end
         self._lock = threading.Lock()
         self._deadlines = deadlines
+        self._index = self._new_index(deadlines)
+
+    @staticmethod
+    def _new_index(deadlines: HostDeadlines | None) -> _DueIndex | None:
+        if deadlines is None or deadlines.phi is None:
+            return None
+        return _DueIndex(deadlines.floor / _BUCKETS_PER_FLOOR)
 
     @property
     def deadlines(self) -> HostDeadlines | None:
@@ -117,8 +177,11 @@ class PingMap:
         """Install ``deadlines``; hosts already monitored get theirs from their last ping."""
         with self._lock:
             self._deadlines = deadlines
+            self._index = index = self._new_index(deadlines)
             for host_id, cell in self._cells.items():
                 self._start(host_id, cell, 1.0)
+                if index is not None:
+                    index.add(host_id, cell.due)
 
     def _start(self, host_id: str, cell: _Cell, grace: float) -> None:
         deadlines = self._deadlines
@@ -146,10 +209,15 @@ class PingMap:
         if host_type in UNMONITORED_HOST_TYPES:
             return False
         with self._lock:
-            self._cells.pop(host_id, None)
+            old = self._cells.pop(host_id, None)
             cell = _Cell(self._monotonic())
             self._start(host_id, cell, grace)
             self._cells[host_id] = cell
+            index = self._index
+            if index is not None:
+                if old is not None:
+                    index.remove(host_id, old.due)
+                index.add(host_id, cell.due)
         return True
 
     def ping_by(self, host_id: str) -> bool:
@@ -162,12 +230,17 @@ class PingMap:
         if window is None:
             cell.due = now + cell.timeout
         else:
-            window.add(now - cell.last)
             deadlines = self._deadlines
             assert deadlines is not None
             assert deadlines.phi is not None
-            early = max(deadlines.floor, deadlines.phi.crossing(window))
-            cell.due = now + min(cell.timeout, early)
+            with self._lock:
+                window.add(now - cell.last)
+                early = max(deadlines.floor, deadlines.phi.crossing(window))
+                old, cell.due = cell.due, now + min(cell.timeout, early)
+                index = self._index
+                if index is not None and self._get(host_id) is cell:
+                    index.remove(host_id, old)
+                    index.add(host_id, cell.due)
         cell.held = False
         cell.last = now
         try:
@@ -179,7 +252,10 @@ class PingMap:
     def disconnect(self, host_id: str) -> bool:
         """Stop monitoring ``host_id``; False if it was not monitored."""
         with self._lock:
-            return self._cells.pop(host_id, None) is not None
+            cell = self._cells.pop(host_id, None)
+            if cell is not None and self._index is not None:
+                self._index.remove(host_id, cell.due)
+            return cell is not None
 
     def last_ping(self, host_id: str) -> float | None:
         """``clock.monotonic()`` of the host's last ping, or None if not monitored."""
@@ -230,6 +306,8 @@ class PingMap:
         now = self._monotonic()
         floor = deadlines.floor
         with self._lock:
+            if self._index is not None:
+                return self._index.earliest(now, self._cells)
             size = _FIRST_COPY
             while True:
                 front = self._copy_front(size)

@@ -132,6 +132,8 @@ def test_overdue_and_next_due_match_a_full_scan(settings: dict[str, object]) -> 
                 pm.ping_by(host)
         if rng.random() < 0.02:
             pm.disconnect(rng.choice(hosts))
+        if rng.random() < 0.02:
+            pm.connect(rng.choice(hosts))  # a reconnect, or a host back after a disconnect
         now = clock.monotonic()
         due = {h: d for h in pm.hosts() if (d := pm.deadline(h)) is not None}
         assert len(due) == len(pm)

@@ -297,3 +297,47 @@ def test_without_phi_the_record_has_no_phi_and_the_timeout_fires() -> None:
     assert "phi_threshold" not in record.details
     assert record.details["detector"] == "timeout"
     assert record.details["timeout"] == 150.0
+
+
+def test_concurrent_pings_connects_and_disconnects_keep_the_deadline_index_exact() -> None:
+    import threading
+
+    from cloudha import SystemClock
+
+    clock = SystemClock()
+    deadlines = HostDeadlines.from_settings(Settings.from_mapping(PHI_ON), seed="ms1")
+    pm = PingMap(clock, deadlines=deadlines)
+    hosts = [f"h{i}" for i in range(1000)]
+    for h in hosts:
+        pm.connect(h)
+    gone = set(hosts[::3])
+    start = threading.Barrier(4)
+
+    def pinger() -> None:
+        start.wait()
+        for _ in range(10):
+            for h in hosts:
+                pm.ping_by(h)
+
+    def churn() -> None:
+        start.wait()
+        for h in gone:
+            pm.connect(h)
+            pm.disconnect(h)
+
+    def watcher() -> None:
+        start.wait()
+        for _ in range(100):
+            pm.next_due()
+            pm.overdue()
+
+    threads = [threading.Thread(target=f) for f in (pinger, pinger, churn, watcher)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert set(pm.hosts()) == set(hosts) - gone
+    due = [d for h in pm.hosts() if (d := pm.deadline(h)) is not None]
+    assert len(due) == len(pm)
+    assert pm.next_due() == min(due)
