@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from cloudha import Settings
@@ -155,3 +156,15 @@ def test_with_phi_on_live_hosts_are_never_examined() -> None:
     assert events(doc, "behind_on_ping") == []
     assert events(doc, "investigation") == []
     assert doc["invariants"] == CLEAN
+
+
+def test_the_monitor_restart_example_does_what_its_comment_says() -> None:
+    root = Path(__file__).resolve().parents[2]
+    doc = simulate(root / "examples" / "scenarios" / "monitor-restart.toml")
+    (grace,) = events(doc, "grace")
+    assert (grace["t"], grace["grace"]) == (700.0, GRACE)
+    assert verdicts(doc, 700, 1000) == []
+    first = events(doc, "behind_on_ping", host="h2")[0]
+    assert (first["t"], first["detector"]) == (1001.5, "grace")
+    assert events(doc, "host_status", host="h2", to="Down")[0]["t"] == 1061.5
+    assert_recovered(doc, "h2", "vm2")
