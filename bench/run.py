@@ -54,7 +54,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cloudha.clock import SystemClock
-from cloudha.detection import AgentManager, MonitorTask, PingMap
+from cloudha.detection import AgentManager, HostDeadlines, MonitorTask, PingMap
 from cloudha.evidence import Evidence, EvidenceLog
 from cloudha.investigators import InvestigatorChain
 from cloudha.model import Host
@@ -474,7 +474,8 @@ def _behind_setup(count: int, behind: int) -> tuple[PingMap, dict[str, float], F
     """A ping map of ``count`` hosts of which ``behind`` are behind, and the same data in a dict."""
     hosts = host_ids(count)
     clock = FakeClock()
-    ping_map = PingMap(clock)
+    # Every host's deadline is BEHIND_TIMEOUT after its last ping, so overdue() finds them too.
+    ping_map = PingMap(clock, deadlines=HostDeadlines(interval=BEHIND_TIMEOUT, timeout=1.0))
     for host in hosts:
         ping_map.connect(host)
     clock.advance(10.0)
@@ -487,7 +488,7 @@ def _behind_setup(count: int, behind: int) -> tuple[PingMap, dict[str, float], F
     cutoff = clock.monotonic() - timeout
     found = ping_map.behind(timeout)
     naive = [h for h, t in plain.items() if t < cutoff]
-    if sorted(found) != sorted(naive) or len(found) != behind:
+    if sorted(found) != sorted(naive) or len(found) != behind or ping_map.overdue() != found:
         raise RuntimeError(f"bench setup: behind() found {len(found)}, naive {len(naive)}")
     return ping_map, plain, clock
 
@@ -523,8 +524,8 @@ def p2_behind(sizes: Sizes) -> list[Figure]:
         cutoff = monotonic() - timeout  # read the clock per call, as behind() does
         return [h for h, t in plain.items() if t < cutoff]
 
-    t_big, t_naive, t_small = _best_seconds(
-        [lambda: big.behind(timeout), naive, lambda: small.behind(timeout)],
+    t_big, t_naive, t_small, t_overdue = _best_seconds(
+        [lambda: big.behind(timeout), naive, lambda: small.behind(timeout), big.overdue],
         sizes.repeats,
         sizes.sample_seconds,
     )
@@ -551,6 +552,15 @@ def p2_behind(sizes: Sizes) -> list[Figure]:
             fmt="{:.2f}",
             detail=f"{sizes.behind_count} behind in both; {n_small}: {t_small * 1e6:.1f} µs",
         ),
+        Figure(
+            "P2",
+            f"  overdue() (the monitor's call) ÷ naive dict scan, {n_big} hosts",
+            t_overdue / t_naive,
+            None,
+            True,
+            fmt="{:.4f}",
+            detail=f"per-host deadlines (docs/detection.md); overdue() {t_overdue * 1e6:.1f} µs",
+        ),
     ]
 
 
@@ -560,7 +570,7 @@ def p2_behind(sizes: Sizes) -> list[Figure]:
 def _ping_ratio(hosts: list[str], order: list[str], repeats: int) -> tuple[float, float, float]:
     """(ratio, ping_by ns/op, raw ns/op): best of ``repeats`` interleaved passes over ``order``."""
     raw_map = dict.fromkeys(hosts, 0.0)
-    ping_map = PingMap(SystemClock())
+    ping_map = PingMap(SystemClock(), deadlines=HostDeadlines.from_settings(Settings()))
     for host in hosts:
         ping_map.connect(host)
 
@@ -637,7 +647,7 @@ def p6_memory(sizes: Sizes) -> list[Figure]:
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        ping_map = PingMap(SystemClock())
+        ping_map = PingMap(SystemClock(), deadlines=HostDeadlines.from_settings(Settings()))
         for host in hosts:
             ping_map.connect(host)
         connected = tracemalloc.get_traced_memory()[0] - base

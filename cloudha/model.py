@@ -201,7 +201,7 @@ class Host:
     ``last_ping`` is the row's wall-clock epoch seconds (``clock.now()``), the
     value CloudStack keeps in ``host.last_ping``: it moves only on connect, on
     a ``Ping`` transition (an investigation that found the host Up) and when a
-    management server gives hosts a fresh grace. Agent pings themselves live in
+    management server marks hosts Disconnected at its start. Agent pings themselves live in
     memory, in the :class:`~cloudha.detection.PingMap`.
 
     ``watchdog`` says whether the host's storage-heartbeat writer arms a

@@ -16,8 +16,9 @@ and the simulator drives the very same loops on virtual time.
 takeover never strands a host or a VM:
 
 * HA works this server held are released and due works are investigated again;
-* hosts this server owned and that were Up are marked Disconnected with a
-  fresh grace; hosts left in Alert, Disconnected or Down are re-adopted
+* hosts this server owned and that were Up are marked Disconnected, UNKNOWN
+  for a doubled grace (docs/detection.md); hosts left in Alert, Disconnected
+  or Down are re-adopted
   (:meth:`cloudha.detection.AgentManager.recover`);
 * a Down host with an HA VM that has no pending HA work is handed over to
   the HA scheduler again.

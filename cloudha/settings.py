@@ -278,6 +278,8 @@ _SPECS: tuple[KeySpec, ...] = (
             _SUSPICION,
             _FRESHNESS,
             _STORM,
+            "cloudha.detection.deadlines",
+            "cloudha.detection.phi",
         ),
     ),
     _key(
@@ -287,7 +289,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Pings a host may miss, as a multiple of ping.interval, before it is behind on ping.",
         _S21,
         bounds=(1.0, 100.0, "a host 100 pings behind is long dead"),
-        read_by=(_AGENTS, _MONITOR, _CAMPAIGN, _STORM),
+        read_by=(_AGENTS, _MONITOR, _CAMPAIGN, _STORM, "cloudha.detection.deadlines"),
     ),
     _key(
         "alert.wait",
@@ -1084,6 +1086,73 @@ _SPECS: tuple[KeySpec, ...] = (
         ),
         read_by=(_EVIDENCE_STORE,),
     ),
+    # cloudha's own: adaptive detection (phi accrual) and grace with jitter (docs/detection.md).
+    _key(
+        "cloudha.ping.grace.multiplier",
+        "multiplier",
+        1.0,
+        "Stretches every host's ping timeout: (ping.interval + jitter) x ping.timeout x this;"
+        " 1.0 is CloudStack's timeout.",
+        "cloudha",
+        bounds=(1.0, 10.0, "below 1 is a smaller ping.timeout; 10 timeouts late is no HA"),
+        read_by=("cloudha.detection.deadlines",),
+    ),
+    _key(
+        "cloudha.ping.jitter",
+        "ratio",
+        0.0,
+        "Largest random epsilon added to ping.interval in each host's timeout, as a fraction of"
+        " ping.interval (swarmkit: 0.1); seeded per server and host; 0: one timeout for all.",
+        "cloudha",
+        read_by=("cloudha.detection.deadlines",),
+    ),
+    _key(
+        "cloudha.phi.enabled",
+        "bool",
+        False,
+        "Phi accrual detection beside the fixed timeout: a host whose phi reaches"
+        " cloudha.phi.threshold is examined before its timeout (never after).",
+        "cloudha",
+        read_by=("cloudha.detection.phi",),
+    ),
+    _key(
+        "cloudha.phi.threshold",
+        "multiplier",
+        8.0,
+        "Phi at which a host is behind on ping (Akka's and Cassandra's 8: about 1e-8 odds of"
+        " a mistake under the model).",
+        "cloudha",
+        bounds=(1.0, 16.0, "below 1 is a 10 % false-alarm rate; Cassandra allows up to 16"),
+        read_by=("cloudha.detection.phi",),
+    ),
+    _key(
+        "cloudha.phi.min.std.deviation",
+        "duration",
+        6,
+        "Floor of the standard deviation of a host's ping intervals (Akka's 100 ms at 1 s"
+        " heartbeats, scaled to 60 s pings).",
+        "cloudha",
+        bounds=(0.1, 3600, "a tighter floor turns milliseconds of delay into alarms"),
+        read_by=("cloudha.detection.phi",),
+    ),
+    _key(
+        "cloudha.phi.acceptable.pause",
+        "duration",
+        30,
+        "A pause of a host's pings this long, beyond its mean interval, costs no suspicion.",
+        "cloudha",
+        bounds=(0.1, 3600, "pings are never exactly on time; an hour of silence is no HA"),
+        read_by=("cloudha.detection.phi",),
+    ),
+    _key(
+        "cloudha.phi.window",
+        "count",
+        100,
+        "Ping intervals kept per host for its mean and deviation (100 minutes at 60 s pings).",
+        "cloudha",
+        bounds=(2, 10_000, "a mean and a deviation need 2; more only costs memory per host"),
+        read_by=("cloudha.detection.phi",),
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -1560,6 +1629,14 @@ class Settings:
     # cloudha's own: lasting evidence.
     cloudha_evidence_retention: float = 30 * 86_400.0
     cloudha_evidence_max_records: int = 1_000_000
+    # cloudha's own: adaptive detection (phi accrual) and grace with jitter.
+    cloudha_ping_grace_multiplier: float = 1.0
+    cloudha_ping_jitter: float = 0.0
+    cloudha_phi_enabled: bool = False
+    cloudha_phi_threshold: float = 8.0
+    cloudha_phi_min_std_deviation: float = 6.0
+    cloudha_phi_acceptable_pause: float = 30.0
+    cloudha_phi_window: int = 100
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

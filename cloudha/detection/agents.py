@@ -20,6 +20,7 @@ import attrs
 import tenacity
 
 from cloudha.clock import Clock
+from cloudha.detection.deadlines import START_GRACE_FACTOR, HostDeadlines
 from cloudha.detection.decisions import (
     DisconnectAction,
     decide_after_investigation,
@@ -130,6 +131,10 @@ class AgentManager:
         freshness: this server's own view; while it is not fresh no host is
             investigated, rechecked, declared Down or handed over (they wait
             and are taken up again once it is). None: always judging.
+        deadlines: each host's deadline (fixed timeout with jitter and grace
+            multiplier, start grace, phi); by default the ping map's own, or
+            :meth:`HostDeadlines.from_settings` seeded with the server id,
+            installed in the ping map.
 
     A host declared Down whose hand-over to the HA scheduler raised is kept
     in a retry list (due times on the injected clock, driven by the monitor's
@@ -157,6 +162,7 @@ class AgentManager:
         suspicion: SuspicionCheck | None = None,
         sightings: Sightings | None = None,
         freshness: Freshness | None = None,
+        deadlines: HostDeadlines | None = None,
     ) -> None:
         self.management_server_id = management_server_id
         self.settings = settings
@@ -169,6 +175,13 @@ class AgentManager:
         self.alerts = alerts
         self.recorder = Recorder(evidence, clock, management_server_id)
         self.ping_map = ping_map if ping_map is not None else PingMap(clock)
+        if deadlines is None:
+            deadlines = self.ping_map.deadlines
+        if deadlines is None:
+            deadlines = HostDeadlines.from_settings(settings, seed=management_server_id)
+        if self.ping_map.deadlines is not deadlines:
+            self.ping_map.use_deadlines(deadlines)
+        self.deadlines = deadlines
         self.check_timeout = settings.ping_interval if check_timeout is None else check_timeout
         behind = BehindOnPingListener(self.ping_map)
         self._connection_listeners: list[ConnectionListener] = [behind]
@@ -317,17 +330,23 @@ class AgentManager:
             return False
 
     def mark_hosts_as_disconnected(self, *, skip: Collection[str] = ()) -> list[str]:
-        """At start: every host this server owned becomes Disconnected, with a fresh grace.
+        """At start: every host this server owned becomes Disconnected (UNKNOWN), doubled grace.
 
         The row's ``last_ping`` is set one ping timeout in the past (as
-        CloudStack does), and every such host enters the ping map as if it had
-        just pinged: a host whose agent does not reconnect within the ping
-        timeout is then investigated like any other host behind on ping,
-        instead of staying Disconnected forever.
+        CloudStack does) and its ``disconnected_on`` to now, and every such
+        host enters the ping map held for
+        :data:`~cloudha.detection.deadlines.START_GRACE_FACTOR` x its ping
+        timeout (swarmkit's doubled grace after a leadership change): no
+        investigation, hence no verdict, about it before that unless its
+        agent connects or pings first (which ends the grace). A host whose
+        agent does not come back is then investigated like any other host
+        behind on ping, instead of staying Disconnected forever. The
+        ``grace`` record names the hosts and the grace.
         """
         timeout = self.settings.behind_on_ping_timeout
         wall = self.clock.now().timestamp()
         marked: list[str] = []
+        longest = 0.0
         for host in self.directory.list_hosts(management_server_id=self.management_server_id):
             if host.status not in (Status.UP, Status.CONNECTING, Status.REBALANCING):
                 continue
@@ -340,6 +359,7 @@ class AgentManager:
                 event=None,
                 expected_update_count=host.update_count,
                 last_ping=wall - timeout,
+                disconnected_on=wall,
             )
             if self.directory.update_status(change):
                 self.recorder.emit(
@@ -348,16 +368,33 @@ class AgentManager:
                     reason="management server started: hosts it owned wait for their agents",
                     **{"from": str(host.status), "to": str(Status.DISCONNECTED), "event": None},
                 )
-                self.ping_map.connect(host.id, host.type)
+                if self.ping_map.connect(host.id, host.type, grace=START_GRACE_FACTOR):
+                    longest = max(longest, self.deadlines.start_grace(host.id))
                 marked.append(host.id)
         if marked:
             self.recorder.emit(
                 "grace",
-                reason=f"{len(marked)} hosts get a fresh grace of {timeout:.0f}s to reconnect",
+                reason=(
+                    f"{len(marked)} hosts start UNKNOWN with a doubled grace of {longest:.0f}s"
+                    f" ({START_GRACE_FACTOR:g} x their ping timeout) to reconnect"
+                ),
                 hosts=len(marked),
                 timeout=timeout,
+                grace=round(longest, 3),
+                factor=START_GRACE_FACTOR,
+                host_ids=marked,
             )
         return marked
+
+    def _grace_left(self, host: Host, wall: float, least: float) -> float:
+        """Seconds until a re-adopted host's doubled grace ends (at least ``least``).
+
+        The grace runs from the row's ``disconnected_on`` (when it lost its
+        agent, durable), not from this start: a server restarting in a loop
+        cannot put a verdict off for ever.
+        """
+        lost = wall if host.disconnected_on is None else host.disconnected_on
+        return max(least, lost + self.deadlines.start_grace(host.id) - wall)
 
     def recover(
         self,
@@ -370,10 +407,13 @@ class AgentManager:
         First :meth:`mark_hosts_as_disconnected`. Then every other host the
         directory holds in Alert, Disconnected or Down, owned by this server
         or by no one, is re-adopted (nothing of a previous process's memory
-        is needed): a host in Alert is rechecked at the next monitor round; a
-        Disconnected host whose agent has not reconnected within one
-        ``ping.interval`` is investigated (``PingTimeout``) and then watched
-        until it is Up or Down; a Down host for which ``needs_hand_over``
+        is needed). Each host in Alert or Disconnected is UNKNOWN for a
+        doubled grace (:meth:`HostDeadlines.start_grace`) counted from the
+        row's ``disconnected_on``, and at least one ``ping.interval`` for a
+        Disconnected host: a host in Alert is then rechecked; a Disconnected
+        host whose agent has not reconnected by then is investigated
+        (``PingTimeout``); both are watched until Up or Down (the ``recovery``
+        record gives each one's grace, seconds). A Down host for which ``needs_hand_over``
         says yes (by default every Down host) is handed over to the HA
         scheduler again (the scheduler skips VMs that already have work).
         Hosts in ``connected`` are known to have their agent connected (a
@@ -387,7 +427,9 @@ class AgentManager:
             if host is not None and host.status is Status.UP:
                 self.ping_map.connect(host.id, host.type)
         now = self.clock.monotonic()
+        wall = self.clock.now().timestamp()
         adopted: list[str] = []
+        held: dict[str, float] = {}
         for host in self.directory.list_hosts():
             if host.id in marked or host.management_server_id not in (
                 None,
@@ -395,7 +437,10 @@ class AgentManager:
             ):
                 continue
             if host.status in (Status.ALERT, Status.DISCONNECTED) and not host.type.is_virtual:
-                due = now if host.status is Status.ALERT else now + self.settings.ping_interval
+                least = 0.0 if host.status is Status.ALERT else self.settings.ping_interval
+                left = self._grace_left(host, wall, least)
+                held[host.id] = round(left, 3)
+                due = now + left
                 with self._watch_lock:
                     self._alert_watch[host.id] = due
                     if host.status is Status.DISCONNECTED:
@@ -410,6 +455,7 @@ class AgentManager:
                 "recovery",
                 reason=f"{len(adopted)} hosts left in Alert, Disconnected or Down re-adopted",
                 hosts=sorted(adopted),
+                grace=held,
             )
         return adopted
 

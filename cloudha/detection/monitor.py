@@ -5,6 +5,11 @@ ping map, so a host is noticed up to one interval after its deadline
 (``last ping + ping.timeout x ping.interval``). :class:`MonitorTask` instead
 sleeps until the earliest deadline in the map (plus a small resolution that
 coalesces wake-ups), so each host is examined when its own deadline passes.
+Each host's deadline comes from :class:`~cloudha.detection.deadlines.HostDeadlines`
+(its timeout with jitter and grace multiplier, its start grace, or the
+earlier moment its phi reaches ``cloudha.phi.threshold``), kept by the ping
+map; ``behind_on_ping`` says which one fired (``detector``) with the host's
+``timeout``, and ``phi`` with ``phi_threshold`` when the phi detector is on.
 
 A host examined and left monitored (Up after all, or not determined yet) is
 examined again one ``ping.interval`` later, as in CloudStack. Each round
@@ -23,6 +28,7 @@ import logging
 from cloudha.detection.agents import AgentManager
 from cloudha.detection.decisions import monitor_event_for
 from cloudha.errors import ConfigurationError, ProbeError
+from cloudha.evidence import JSONValue
 from cloudha.status import Event
 
 __all__ = ["MonitorTask"]
@@ -59,10 +65,9 @@ class MonitorTask:
         agents = self.agents
         clock = agents.clock
         ping_map = agents.ping_map
-        timeout = agents.settings.behind_on_ping_timeout
         interval = agents.settings.ping_interval
         now = clock.monotonic()
-        behind = ping_map.behind(timeout)
+        behind = ping_map.overdue()
         recheck = self._recheck_at
         still_behind = set(behind)
         for host_id in [h for h in recheck if h not in still_behind]:
@@ -107,7 +112,7 @@ class MonitorTask:
         now = agents.clock.monotonic()
         interval = agents.settings.ping_interval
         wake = now + interval
-        deadline = agents.ping_map.next_deadline(agents.settings.behind_on_ping_timeout)
+        deadline = agents.ping_map.next_due()
         if deadline is not None:
             wake = min(wake, deadline + self.resolution)
         if self._recheck_at:
@@ -126,24 +131,39 @@ class MonitorTask:
         """Handle one host behind on ping (spec §2.3); True if it stays monitored."""
         agents = self.agents
         self.examined += 1
-        last = agents.ping_map.last_ping(host_id)
+        ping_map = agents.ping_map
+        last = ping_map.last_ping(host_id)
+        timeout = ping_map.timeout(host_id)
+        held = ping_map.held(host_id)
+        phi = ping_map.phi(host_id)
         host = agents.directory.find_host(host_id)
         since = None if last is None else agents.clock.monotonic() - last
         if host is None:  # removed from the inventory: stop watching it
             agents.disconnect_without_investigation(host_id, Event.SHUTDOWN_REQUESTED)
             return False
         event, investigate = monitor_event_for(host.resource_state, host.type)
+        if timeout is None:
+            timeout = agents.settings.behind_on_ping_timeout
+        phi_fields: dict[str, JSONValue] = {}
+        detector = "grace" if held else "timeout"
+        detail = f"timeout {timeout:.1f}s"
+        if held:
+            detail = f"start grace {agents.deadlines.start_grace(host_id):.1f}s"
+        detection = agents.deadlines.phi
+        if phi is not None and detection is not None:
+            phi_fields = {"phi": round(phi, 2), "phi_threshold": detection.threshold}
+            if not held and since is not None and since <= timeout:
+                detector = "phi"
+                detail = f"phi {phi:.2f} >= {detection.threshold:g}, timeout {timeout:.1f}s"
         agents.recorder.emit(
             "behind_on_ping",
             host=host_id,
-            reason=(
-                f"no ping for {since:.1f}s (timeout {agents.settings.behind_on_ping_timeout:.1f}s)"
-                if since is not None
-                else "behind on ping"
-            ),
+            reason="behind on ping" if since is None else f"no ping for {since:.1f}s ({detail})",
             since_last_ping=None if since is None else round(since, 3),
-            timeout=agents.settings.behind_on_ping_timeout,
             investigate=investigate,
+            timeout=round(timeout, 3),
+            detector=detector,
+            **phi_fields,
         )
         if investigate:
             agents.disconnect_with_investigation(host_id, event)

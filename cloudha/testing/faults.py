@@ -166,8 +166,8 @@ FAULTS: tuple[FaultKind, ...] = (
         "ms_restart",
         Target.MANAGEMENT_SERVER,
         None,
-        "a new management server process starts: it marks its hosts Disconnected with a fresh"
-        " grace, agents reconnect",
+        "a new management server process starts: it marks its hosts Disconnected (UNKNOWN) with a"
+        " doubled grace (docs/detection.md), agents reconnect",
     ),
     FaultKind(
         "ms_isolation",

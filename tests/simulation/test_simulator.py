@@ -207,9 +207,12 @@ def test_ms_crash_and_restart_lose_memory_not_state() -> None:
             ("Connecting", "Up"),
         ]
         assert events(doc, "host_status", host)[2]["t"] <= 760
-    # The host that died while the server was down is examined after its grace.
+    # The host that died while the server was down is examined after its doubled grace.
+    assert grace[0]["grace"] == 2 * TIMEOUT
+    assert grace[0]["host_ids"] == ["h1", "h2", "h3"]
     first = events(doc, "behind_on_ping", "h2")[0]
-    assert first["t"] == pytest.approx(700 + TIMEOUT + 1.5, abs=0.01)
+    assert first["t"] == pytest.approx(700 + 2 * TIMEOUT + 1.5, abs=0.01)
+    assert first["detector"] == "grace"
     assert statuses(doc, "h2")[0] == ("Up", "Disconnected")
     assert doc["final"]["hosts"]["h2"]["status"] == "Down"
 

@@ -123,6 +123,13 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.shadow": (False, False),
     "cloudha.evidence.retention": (2_592_000, 2_592_000.0),
     "cloudha.evidence.max.records": (1_000_000, 1_000_000),
+    "cloudha.ping.grace.multiplier": (1.0, 1.0),
+    "cloudha.ping.jitter": (0.0, 0.0),
+    "cloudha.phi.enabled": (False, False),
+    "cloudha.phi.threshold": (8.0, 8.0),
+    "cloudha.phi.min.std.deviation": (6, 6.0),
+    "cloudha.phi.acceptable.pause": (30, 30.0),
+    "cloudha.phi.window": (100, 100),
 }
 
 MS_KEYS = {
@@ -143,7 +150,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 90
+    assert len(KEYS) == 97
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -1002,6 +1009,13 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.shadow",
         "cloudha.evidence.retention",
         "cloudha.evidence.max.records",
+        "cloudha.ping.grace.multiplier",
+        "cloudha.ping.jitter",
+        "cloudha.phi.enabled",
+        "cloudha.phi.threshold",
+        "cloudha.phi.min.std.deviation",
+        "cloudha.phi.acceptable.pause",
+        "cloudha.phi.window",
     }
 
 
