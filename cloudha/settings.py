@@ -224,6 +224,7 @@ _CAMPAIGN = "cloudha.testing.campaign"
 _SUSPICION = "cloudha.detection.suspicion"
 _HOST_HA = "cloudha.hostha.manager"
 _HOST_HA_KVM = "cloudha.hostha.provider"
+_ESCALATION = "cloudha.detection.escalation"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -273,6 +274,7 @@ _SPECS: tuple[KeySpec, ...] = (
             _SCENARIO,
             _CAMPAIGN,
             _SUSPICION,
+            _ESCALATION,
         ),
     ),
     _key(
@@ -937,6 +939,65 @@ _SPECS: tuple[KeySpec, ...] = (
         "cloudha",
         read_by=(_SERVER,),
     ),
+    # cloudha's own: the escalation ladder and the in-place VM restart (docs/escalation.md).
+    _key(
+        "cloudha.escalation.enabled",
+        "bool",
+        True,
+        "Take a host in Alert through the escalation levels (restart its agent over SSH first)"
+        " at its rechecks, before the fast path; needs an SSH shell to the hosts.",
+        "cloudha",
+        read_by=(_SERVER,),
+    ),
+    _key(
+        "cloudha.escalation.levels",
+        "names",
+        ("agent.restart", "fence"),
+        "The escalation levels in order: agent.restart, power.cycle (opt-in: it kills the"
+        " host's VMs), fence (the existing path; always last).",
+        "cloudha",
+        read_by=(_ESCALATION,),
+    ),
+    _key(
+        "cloudha.escalation.agent.service",
+        "string",
+        "cloudstack-agent",
+        "The agent's systemd service that agent.restart restarts (systemctl restart <service>).",
+        "cloudha",
+        read_by=(_ESCALATION, _SIMULATOR),
+    ),
+    _key(
+        "cloudha.escalation.agent.restart.timeout",
+        "duration",
+        180,
+        "Seconds the agent has to reconnect after agent.restart before the next level is taken.",
+        "cloudha",
+        bounds=(
+            10,
+            3600,
+            "an agent cannot restart and connect in under 10 s; over an hour"
+            " in Alert is no recovery",
+        ),
+        read_by=(_ESCALATION,),
+    ),
+    _key(
+        "cloudha.escalation.power.cycle.timeout",
+        "duration",
+        60,
+        "Limit on power.cycle's BMC RESET and its read-back On together.",
+        "cloudha",
+        bounds=(1, 600, "a BMC answers within seconds; one slower than 10 minutes is broken"),
+        read_by=(_ESCALATION,),
+    ),
+    _key(
+        "cloudha.vm.restart.in.place",
+        "bool",
+        True,
+        "A VM that crashed alone on an Up host is restarted on that host first (its disks,"
+        " caches and placement stay), elsewhere only when it has no room.",
+        "cloudha",
+        read_by=(_MANAGER,),
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -1394,6 +1455,13 @@ class Settings:
     cloudha_watchdog_reset_margin: float = 30.0
     # cloudha's own: fence on suspicion.
     cloudha_fence_on_suspicion: bool = True
+    # cloudha's own: the escalation ladder and the in-place VM restart.
+    cloudha_escalation_enabled: bool = True
+    cloudha_escalation_levels: tuple[str, ...] = ("agent.restart", "fence")
+    cloudha_escalation_agent_service: str = "cloudstack-agent"
+    cloudha_escalation_agent_restart_timeout: float = 180.0
+    cloudha_escalation_power_cycle_timeout: float = 60.0
+    cloudha_vm_restart_in_place: bool = True
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

@@ -109,6 +109,12 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.watchdog.timeout": (300, 300.0),
     "cloudha.watchdog.reset.margin": (30, 30.0),
     "cloudha.fence.on.suspicion": (True, True),
+    "cloudha.escalation.enabled": (True, True),
+    "cloudha.escalation.levels": (("agent.restart", "fence"), ("agent.restart", "fence")),
+    "cloudha.escalation.agent.service": ("cloudstack-agent", "cloudstack-agent"),
+    "cloudha.escalation.agent.restart.timeout": (180, 180.0),
+    "cloudha.escalation.power.cycle.timeout": (60, 60.0),
+    "cloudha.vm.restart.in.place": (True, True),
 }
 
 MS_KEYS = {
@@ -129,7 +135,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 76
+    assert len(KEYS) == 82
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -974,6 +980,12 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.watchdog.timeout",
         "cloudha.watchdog.reset.margin",
         "cloudha.fence.on.suspicion",
+        "cloudha.escalation.enabled",
+        "cloudha.escalation.levels",
+        "cloudha.escalation.agent.service",
+        "cloudha.escalation.agent.restart.timeout",
+        "cloudha.escalation.power.cycle.timeout",
+        "cloudha.vm.restart.in.place",
     }
 
 
