@@ -990,6 +990,16 @@ _SPECS: tuple[KeySpec, ...] = (
         read_by=(_ESCALATION,),
     ),
     _key(
+        "cloudha.escalation.repeat.after",
+        "duration",
+        600,
+        "Seconds after a host's ladder ended (still in Alert) until it starts over from the"
+        " first level (an agent behind a cut link is restarted once the link is back).",
+        "cloudha",
+        bounds=(60, 86400, "faster than a minute only hammers SSH; less than daily is no retry"),
+        read_by=(_ESCALATION,),
+    ),
+    _key(
         "cloudha.vm.restart.in.place",
         "bool",
         True,
@@ -1461,6 +1471,7 @@ class Settings:
     cloudha_escalation_agent_service: str = "cloudstack-agent"
     cloudha_escalation_agent_restart_timeout: float = 180.0
     cloudha_escalation_power_cycle_timeout: float = 60.0
+    cloudha_escalation_repeat_after: float = 600.0
     cloudha_vm_restart_in_place: bool = True
 
     def __attrs_post_init__(self) -> None:

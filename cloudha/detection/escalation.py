@@ -319,8 +319,8 @@ class _HostLadder:
     index: int = 0
     started_at: float | None = None
     """When the level at ``index`` started (None: no level in progress)."""
-    ended: bool = False
-    """The ladder reached its end (the fence level, or no level left)."""
+    ended_at: float | None = None
+    """When the ladder reached its end (the fence level, or no level left); None: not yet."""
     attempting: bool = False
     """A level's :meth:`~cloudha.ports.RecoveryLevel.attempt` is running."""
     back: str | None = None
@@ -335,6 +335,11 @@ class EscalationLadder:
             (the fence) only last.
         clock: the time source of the levels' timeouts.
         recorder: where each step goes (evidence kind ``escalation``).
+        repeat_after: seconds after its end (the fence level reached, or no
+            level left) until a host still in Alert starts its ladder over
+            (``cloudha.escalation.repeat.after``: an agent that could not be
+            restarted through a cut link is restarted once the link is back);
+            None: never.
 
     At each :meth:`offer` (a recheck of the host in Alert): a level in
     progress that has passed its timeout is abandoned (``timed_out``) and
@@ -349,7 +354,12 @@ class EscalationLadder:
     """
 
     def __init__(
-        self, levels: Sequence[RecoveryLevel], *, clock: Clock, recorder: Recorder
+        self,
+        levels: Sequence[RecoveryLevel],
+        *,
+        clock: Clock,
+        recorder: Recorder,
+        repeat_after: float | None = None,
     ) -> None:
         names = [level.name for level in levels]
         for i, level in enumerate(levels):
@@ -368,6 +378,11 @@ class EscalationLadder:
             if level.timeout is not None:
                 _positive(f"timeout of escalation level {level.name!r}", level.timeout)
         self.levels: tuple[RecoveryLevel, ...] = tuple(levels)
+        self.repeat_after = (
+            None
+            if repeat_after is None
+            else _positive("cloudha.escalation.repeat.after", repeat_after)
+        )
         self.clock = clock
         self.recorder = recorder
         self.stands_aside: Callable[[Host], bool] = _never
@@ -423,7 +438,12 @@ class EscalationLadder:
                     key=_LEVELS_KEY,
                     value=name,
                 )
-        return cls(levels, clock=clock, recorder=recorder)
+        return cls(
+            levels,
+            clock=clock,
+            recorder=recorder,
+            repeat_after=settings.cloudha_escalation_repeat_after,
+        )
 
     def level(self, name: str) -> RecoveryLevel | None:
         """The level called ``name``, or None."""
@@ -433,7 +453,7 @@ class EscalationLadder:
         """The level ``host_id`` is at (in progress or next), or None (no ladder, or ended)."""
         with self._lock:
             state = self._hosts.get(host_id)
-            if state is None or state.ended or state.index >= len(self.levels):
+            if state is None or state.ended_at is not None or state.index >= len(self.levels):
                 return None
             return self.levels[state.index].name
 
@@ -442,8 +462,22 @@ class EscalationLadder:
         now = self.clock.monotonic()
         with self._lock:
             state = self._hosts.setdefault(host.id, _HostLadder())
-        if state.ended:
-            return False
+        if state.ended_at is not None:
+            if self.repeat_after is None or now - state.ended_at < self.repeat_after:
+                return False
+            self.recorder.emit(
+                "escalation",
+                host=host.id,
+                reason=f"{host.id} is still in Alert {now - state.ended_at:g}s after its ladder"
+                " ended: the ladder starts over",
+                level=None,
+                step=None,
+                outcome="reset",
+                timeout=None,
+            )
+            state = _HostLadder()
+            with self._lock:
+                self._hosts[host.id] = state
         if state.started_at is not None:
             level = self.levels[state.index]
             assert level.timeout is not None
@@ -460,7 +494,7 @@ class EscalationLadder:
             state.started_at = None
             state.index += 1
             if state.index >= len(self.levels):
-                state.ended = True
+                state.ended_at = now
                 return False
             return True
         while state.index < len(self.levels):
@@ -481,17 +515,18 @@ class EscalationLadder:
                 self._emit(host.id, state.index, RecoveryOutcome.SUCCEEDED, f"{state.back} at once")
                 return True
             if level.timeout is None:
-                state.ended = True
+                state.ended_at = now
                 return False
             if result.outcome is RecoveryOutcome.STARTED:
                 state.started_at = now
                 return True
             if result.outcome is RecoveryOutcome.SUCCEEDED:
                 state.index += 1
-                state.ended = state.index >= len(self.levels)
+                if state.index >= len(self.levels):
+                    state.ended_at = now
                 return True
             state.index += 1
-        state.ended = True
+        state.ended_at = now
         return False
 
     def reset(self, host_id: str, reason: str) -> None:

@@ -71,7 +71,7 @@ from cloudha.model import (
     ResourceState,
     Vm,
 )
-from cloudha.ports import HAProvider, RecoveryLevel, RecoveryOutcome, RecoveryResult
+from cloudha.ports import HAProvider, PingReport, RecoveryLevel, RecoveryOutcome, RecoveryResult
 from cloudha.runtime import Loop
 from cloudha.server import ManagementServer
 from cloudha.status import Status
@@ -496,7 +496,9 @@ class Simulation:
             host.connected = False  # the agent's ping failed: it drops the link
             return
         assert self.ms is not None
-        if host.connected and self.ms.agents.ping_received(host_id):
+        # A KVM agent's ping carries its host's VM report (CloudStack's hostVmStateReport).
+        running = frozenset(vm.id for vm in self.vms.values() if host_id in vm.running_on)
+        if host.connected and self.ms.agents.ping_received(PingReport(host_id, vms=running)):
             return
         self._connect(host)
 
@@ -707,6 +709,14 @@ class Simulation:
     def _agent_started(self, host: _SimHost) -> None:
         """An agent started (``agent_start``, or a restart over SSH): it connects soon."""
         self.at(self.clock.monotonic() + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
+
+    def _fault_vm_crash(self, target: str | None) -> None:
+        assert target is not None  # the scenario parser checked it names a VM
+        vm = self.vms[target]
+        vm.frozen_on.clear()  # a frozen copy dies too
+        for host_id in sorted(vm.running_on):
+            self.world.vm_leaves(vm, host_id)
+            self.recorder.emit("vm_state", vm=vm.id, host=host_id, state="Stopped")
 
     def _fault_mgmt_partition(self, target: str | None) -> None:
         host = self._target_host(target)
@@ -980,6 +990,7 @@ FAULT_EFFECTS: dict[str, Callable[[Simulation, str | None], None]] = {
     "bmc_up": Simulation._fault_bmc_up,
     "agent_stop": Simulation._fault_agent_stop,
     "agent_start": Simulation._fault_agent_start,
+    "vm_crash": Simulation._fault_vm_crash,
     "mgmt_partition": Simulation._fault_mgmt_partition,
     "mgmt_heal": Simulation._fault_mgmt_heal,
     "host_isolation": Simulation._fault_host_isolation,

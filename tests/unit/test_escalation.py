@@ -62,10 +62,14 @@ class Scripted(BaseRecoveryLevel):
         return RecoveryResult(self.outcomes.pop(0), f"{self.name} scripted")
 
 
-def ladder(*levels: RecoveryLevel) -> tuple[EscalationLadder, FakeClock, EvidenceLog]:
+def ladder(
+    *levels: RecoveryLevel, repeat_after: float | None = None
+) -> tuple[EscalationLadder, FakeClock, EvidenceLog]:
     clock = FakeClock(1000.0)
     log = EvidenceLog()
-    return EscalationLadder(levels, clock=clock, recorder=Recorder(log, clock, "ms1")), clock, log
+    recorder = Recorder(log, clock, "ms1")
+    lad = EscalationLadder(levels, clock=clock, recorder=recorder, repeat_after=repeat_after)
+    return lad, clock, log
 
 
 def steps(log: EvidenceLog) -> list[tuple[str | None, str]]:
@@ -150,6 +154,34 @@ def test_back_up_after_the_ladder_ended_is_a_reset_and_an_unknown_host_nothing()
     assert lad.offer(HOST, proven_alive=False) is False
     lad.reset("h1", "h1 is Up again")
     assert steps(log) == [("one", "failed"), ("fence", "started"), (None, "reset")]
+
+
+def test_an_ended_ladder_starts_over_after_repeat_after_for_a_host_still_in_alert() -> None:
+    first = Scripted("one", [RecoveryOutcome.FAILED, RecoveryOutcome.STARTED])
+    lad, clock, log = ladder(first, FenceLevel(), repeat_after=600.0)
+    assert lad.offer(HOST, proven_alive=False) is False
+    clock.advance(599.0)
+    assert lad.offer(HOST, proven_alive=False) is False
+    assert first.attempts == ["h1"]
+    clock.advance(1.0)
+    assert lad.offer(HOST, proven_alive=False) is True
+    assert first.attempts == ["h1", "h1"]
+    assert steps(log) == [
+        ("one", "failed"),
+        ("fence", "started"),
+        (None, "reset"),
+        ("one", "started"),
+    ]
+    assert "600s after its ladder ended" in log.records(kind="escalation")[2].reason
+
+
+def test_without_repeat_an_ended_ladder_stays_ended() -> None:
+    first = Scripted("one", [RecoveryOutcome.FAILED])
+    lad, clock, _ = ladder(first, FenceLevel())
+    lad.offer(HOST, proven_alive=False)
+    clock.advance(86400.0)
+    assert lad.offer(HOST, proven_alive=False) is False
+    assert first.attempts == ["h1"]
 
 
 def test_a_disruptive_level_never_acts_on_a_host_found_alive() -> None:

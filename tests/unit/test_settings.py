@@ -114,6 +114,7 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.escalation.agent.service": ("cloudstack-agent", "cloudstack-agent"),
     "cloudha.escalation.agent.restart.timeout": (180, 180.0),
     "cloudha.escalation.power.cycle.timeout": (60, 60.0),
+    "cloudha.escalation.repeat.after": (600, 600.0),
     "cloudha.vm.restart.in.place": (True, True),
 }
 
@@ -135,7 +136,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 82
+    assert len(KEYS) == 83
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -985,6 +986,7 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.escalation.agent.service",
         "cloudha.escalation.agent.restart.timeout",
         "cloudha.escalation.power.cycle.timeout",
+        "cloudha.escalation.repeat.after",
         "cloudha.vm.restart.in.place",
     }
 
