@@ -547,7 +547,8 @@ def check_vm_orchestrator(make: Make) -> None:
     with room for one more VM and no tag restriction. Checked: find and list,
     forced and graceful stops, fencing tokens (a stale generation is refused
     before anything happens; a start refused for want of room does not use
-    its generation), unknown VMs, migration away and destroy/expunge.
+    its generation), ``avoid_hosts`` winning over ``prefer_host``, unknown
+    VMs, migration away and destroy/expunge.
     """
     orch, vm_id, hosts = make()
     assert isinstance(orch, VmOrchestrator)
@@ -580,9 +581,11 @@ def check_vm_orchestrator(make: Make) -> None:
     assert no_room.value.vm_id == vm_id
     assert _vm_of(orch, vm_id).state is VmState.STOPPED
 
-    # Start with generation 1 away from the first host.
+    # Start with generation 1 away from the first host: avoided, even when preferred.
     host = orch.advance_start(
-        stopped, StartParams(generation=1, avoid_hosts=frozenset({first})), Planner.DEFAULT
+        stopped,
+        StartParams(generation=1, avoid_hosts=frozenset({first}), prefer_host=first),
+        Planner.DEFAULT,
     )
     assert host in others
     running = _vm_of(orch, vm_id)

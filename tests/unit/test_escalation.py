@@ -17,7 +17,7 @@ from cloudha.detection.escalation import (
 )
 from cloudha.errors import ProbeAuthError, ProbeHostKeyError
 from cloudha.evidence import EvidenceLog, Recorder
-from cloudha.model import HypervisorType
+from cloudha.model import HypervisorType, VmState
 from cloudha.oobm.manager import OutOfBandManager, StaticOobmConfigs
 from cloudha.oobm.power import OobmConfig, PowerOperation
 from cloudha.ports import RecoveryLevel, RecoveryOutcome, RecoveryResult, ShellResult
@@ -543,3 +543,73 @@ def test_a_broken_ladder_leaves_the_host_to_the_existing_path() -> None:
     world.agents.recheck_alerted()
     assert suspicion.considered == ["h1"]
     assert world.agents.agent_connected("h1") is True  # a failing reset does not stop it
+
+
+# -- the in-place restart of a VM that crashed alone --------------------------------------
+
+
+def crashed_alone(settings: dict[str, Any], *, reconnect: bool = False) -> tuple[Any, Any]:
+    """vm1 dies alone on h2 (first-fit would pick h1); its restart is run to the end."""
+    from cloudha import PingReport, Vm
+
+    from .test_server import HOSTS, Cloud, run
+
+    cloud = Cloud([Vm("vm1", host_id="h2", last_host_id="h2", ha_enabled=True)])
+    cloud.settings = Settings.from_mapping({"ping.interval": 10, **settings})
+    server = cloud.server()
+    server.recover()
+    for host_id in HOSTS:  # the agents connect; h2 reports vm1
+        assert server.agents.agent_connected(host_id, vms=["vm1"] if host_id == "h2" else [])
+    cloud.investigator.script["vm1"] = Verdict.DEAD  # h2 no longer runs it
+    if reconnect:
+        server.ping_map.disconnect("h2")  # h2 went away and came back without vm1
+        assert server.agents.agent_connected("h2", vms=[])
+    else:
+        report = PingReport("h2", vms=frozenset())
+        for _ in range(3):  # missing from every report for more than the grace (20 s)
+            assert server.agents.ping_received(report)
+            cloud.clock.advance(10.5)
+    run(server, cloud.clock, 30, alive=HOSTS)
+    return cloud, cloud.orchestrator.find_vm("vm1")
+
+
+def test_a_vm_that_crashed_alone_on_an_up_host_restarts_there_first() -> None:
+    cloud, vm1 = crashed_alone({})
+    assert (vm1.state, vm1.host_id) == (VmState.RUNNING, "h2")
+    (start,) = cloud.orchestrator.starts
+    assert start.host_id == "h2"
+    (in_place,) = [r for r in cloud.evidence.records(kind="ha_work") if "in_place" in r.details]
+    assert in_place.details["in_place"] == "h2"
+    assert in_place.reason == "the VM crashed alone on Up host h2: restarting it there first"
+
+
+def test_without_in_place_the_planner_alone_picks_the_host() -> None:
+    cloud, vm1 = crashed_alone({"cloudha.vm.restart.in.place": False})
+    assert (vm1.state, vm1.host_id) == (VmState.RUNNING, "h1")
+    assert [r for r in cloud.evidence.records(kind="ha_work") if "in_place" in r.details] == []
+
+
+def test_a_vm_lost_with_a_host_that_came_back_is_not_restarted_in_place() -> None:
+    _, vm1 = crashed_alone({}, reconnect=True)
+    assert (vm1.state, vm1.host_id) == (VmState.RUNNING, "h1")
+
+
+def test_the_fake_orchestrator_honours_prefer_host_unless_it_is_avoided_or_full() -> None:
+    from cloudha import Vm
+    from cloudha.ha.orchestrator import Planner, StartParams
+    from cloudha.testing import FakeOrchestratorHost, InMemoryOrchestrator
+
+    def start(params: StartParams, *, full: bool = False) -> str:
+        orch = InMemoryOrchestrator(
+            [FakeOrchestratorHost("h1"), FakeOrchestratorHost("h2", capacity=0 if full else 1)],
+            [Vm("vm1", state=VmState.STOPPED, ha_enabled=True)],
+        )
+        vm = orch.find_vm("vm1")
+        assert vm is not None
+        return orch.advance_start(vm, params, Planner.DEFAULT)
+
+    assert start(StartParams(generation=1)) == "h1"
+    assert start(StartParams(generation=1, prefer_host="h2")) == "h2"
+    assert start(StartParams(generation=1, prefer_host="h2"), full=True) == "h1"
+    only = StartParams(generation=1, prefer_host="h2", avoid_hosts={"h2"})
+    assert start(only) == "h1"
