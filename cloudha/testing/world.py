@@ -847,7 +847,7 @@ class WorldHostShell:
     """Logging in to hosts over SSH (a :class:`~cloudha.ports.HostShell`).
 
     A host answers while :meth:`World.ssh_reachable`; otherwise the login
-    times out. It knows one command, ``systemctl restart <unit>``: for the
+    times out. It knows ``true``, ``false``, ``echo`` and ``systemctl restart <unit>``: for the
     agent's unit (:attr:`World.agent_service`) it starts a stopped agent
     (:meth:`World.start_agent`) and exits 0; another unit exits 5 ("not
     found"), another command 127. Every command run is kept in :attr:`runs`.
@@ -863,6 +863,10 @@ class WorldHostShell:
             raise ProbeTimeout(f"ssh to {host.id} timed out after {timeout:g} s", host_id=host.id)
         self.runs.append((host.id, tuple(argv)))
         args = list(argv)
+        if args in (["true"], ["false"]):
+            return ShellResult(0 if args == ["true"] else 1)
+        if args and args[0] == "echo":
+            return ShellResult(0, " ".join(args[1:]) + "\n")
         if len(args) != 3 or args[0].rsplit("/", 1)[-1] != "systemctl" or args[1] != "restart":
             return ShellResult(127, "", f"sh: {args[0] if args else ''}: command not found")
         unit = args[2].removesuffix(".service")
