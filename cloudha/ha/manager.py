@@ -765,6 +765,9 @@ class HighAvailabilityManager:
         ends the work.
         """
         record = conclude(work, outcome, acted=acted, policy=policy)
+        if isinstance(record, Finish | GiveUp):
+            with self._in_place_lock:
+                self._in_place.pop(work.id, None)  # the work ends: so does its in-place wish
         if isinstance(record, Finish):
             step = record.step
             self._db(lambda: self.store.finish(work, step))
