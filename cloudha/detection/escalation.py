@@ -510,9 +510,12 @@ class EscalationLadder:
             finally:
                 state.attempting = False
             self._emit(host.id, state.index, result.outcome, result.reason)
-            if state.back is not None and result.outcome is RecoveryOutcome.STARTED:
-                # The agent reconnected before the attempt even returned.
-                self._emit(host.id, state.index, RecoveryOutcome.SUCCEEDED, f"{state.back} at once")
+            if state.back is not None:
+                # The host came back Up before the attempt even returned: nothing more to do.
+                if result.outcome is RecoveryOutcome.STARTED:
+                    self._emit(
+                        host.id, state.index, RecoveryOutcome.SUCCEEDED, f"{state.back} at once"
+                    )
                 return True
             if level.timeout is None:
                 state.ended_at = now

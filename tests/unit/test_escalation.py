@@ -215,6 +215,23 @@ def test_a_level_that_settles_the_host_holds_it_and_the_ladder_moves_on() -> Non
     assert steps(log) == [("power.cycle", "succeeded")]
 
 
+def test_a_host_back_up_during_a_failed_attempt_takes_no_further_level() -> None:
+    cycle = Scripted("power.cycle", [RecoveryOutcome.SUCCEEDED], disruptive=True)
+    lad, _, log = ladder(Scripted("one", []), cycle, FenceLevel())
+
+    class BackDuringAttempt(Scripted):
+        def attempt(self, host: Host) -> RecoveryResult:
+            lad.reset(host.id, f"{host.id} is Up again")
+            return super().attempt(host)
+
+    first = BackDuringAttempt("one", [RecoveryOutcome.FAILED])
+    lad.levels = (first, cycle, FenceLevel())
+    assert lad.offer(HOST, proven_alive=False) is True
+    assert cycle.attempts == []
+    assert steps(log) == [("one", "failed")]
+    assert lad.position("h1") is None
+
+
 def test_a_level_that_raises_is_a_failed_step() -> None:
     class Broken(BaseRecoveryLevel):
         name = "broken"
