@@ -42,10 +42,12 @@ __all__ = [
     "ConnectionListener",
     "DirectAgentResource",
     "DomainState",
+    "Escalation",
     "GuestNic",
     "HAProvider",
     "HAScheduler",
     "HostDirectory",
+    "HostShell",
     "HypervisorControl",
     "HypervisorProbe",
     "HypervisorReport",
@@ -54,7 +56,11 @@ __all__ = [
     "MaintenanceChecker",
     "MigrationFailureSink",
     "PingReport",
+    "RecoveryLevel",
+    "RecoveryOutcome",
+    "RecoveryResult",
     "Router",
+    "ShellResult",
     "StatusChange",
     "StoragePoolDirectory",
     "SuspicionCheck",
@@ -748,6 +754,112 @@ class SuspicionCheck(Protocol):
         host may then be declared Down. False changes nothing. Never raises
         for an unreachable agent, neighbour or BMC.
         """
+        ...
+
+
+@attrs.frozen
+class ShellResult:
+    """What a command run through a :class:`HostShell` gave.
+
+    Attributes:
+        exit_status: the remote exit status (-1: killed by a signal).
+        stdout: its standard output, decoded (UTF-8, bad bytes replaced).
+        stderr: its standard error, decoded likewise.
+    """
+
+    exit_status: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+@runtime_checkable
+class HostShell(Protocol):
+    """Runs a command on a host as an operator would, over SSH (the escalation ladder's
+    ``agent.restart``, docs/escalation.md).
+
+    :class:`cloudha.transport.shell.SSHHostShell` is the implementation over
+    :class:`~cloudha.transport.ssh.SSHTransport` (host keys verified). The
+    implementation picks the user, the key and the host's address; secrets
+    never appear in results or errors.
+    """
+
+    def run(self, host: Host, argv: Sequence[str], *, timeout: float) -> ShellResult:
+        """Run ``argv`` (each argument literally, no shell syntax) on ``host``.
+
+        A non-zero exit status is returned, not raised. Raises
+        :class:`~cloudha.errors.ProbeTimeout` when ``timeout`` seconds pass and
+        another :class:`~cloudha.errors.ProbeError` (connection refused, host
+        key refused, login refused) when the host cannot be reached.
+        """
+        ...
+
+
+class RecoveryOutcome(enum.Enum):
+    """What one step of the escalation ladder came to (evidence kind ``escalation``)."""
+
+    STARTED = "started"
+    """The level acted; its success is confirmed later (the host goes Up) or it times out."""
+    SUCCEEDED = "succeeded"
+    """The level is done: the host is back Up, or the level settled it (Down, VMs handed over)."""
+    FAILED = "failed"
+    """The level could not act (SSH refused, BMC failed): the next level is taken at once."""
+    TIMED_OUT = "timed_out"
+    """The level did not confirm success within its timeout: abandoned."""
+    SKIPPED = "skipped"
+    """The level does not apply to the host (a port missing, Host-HA owns it, proven alive)."""
+
+
+@attrs.frozen
+class RecoveryResult:
+    """What :meth:`RecoveryLevel.attempt` did: ``outcome`` is STARTED, SUCCEEDED or FAILED."""
+
+    outcome: RecoveryOutcome
+    reason: str
+
+
+@runtime_checkable
+class RecoveryLevel(Protocol):
+    """One level of the escalation ladder (docs/escalation.md).
+
+    :class:`cloudha.detection.escalation.BaseRecoveryLevel` is the base to
+    subclass; its docstring holds the full contract.
+    """
+
+    name: str
+    """The level's name in ``cloudha.escalation.levels`` (``agent.restart``)."""
+    timeout: float | None
+    """Seconds a STARTED attempt has to confirm success (None: the level ends the ladder)."""
+    disruptive: bool
+    """True when the level kills the host's VMs (a power action): never on a live host."""
+
+    def applies(self, host: Host) -> str | None:
+        """None when the level can act on ``host``; else why not (the step is skipped)."""
+        ...
+
+    def attempt(self, host: Host) -> RecoveryResult:
+        """Act on ``host`` (every side effect of the level is here); never raises."""
+        ...
+
+
+class Escalation(Protocol):
+    """The escalation ladder as :class:`~cloudha.detection.AgentManager` sees it.
+
+    :class:`cloudha.detection.escalation.EscalationLadder` is the
+    implementation the management server wires in.
+    """
+
+    def offer(self, host: Host, *, proven_alive: bool) -> bool:
+        """``host`` is in Alert at its recheck; True when the ladder holds it this round.
+
+        ``proven_alive``: the recheck's investigation found the host alive
+        (a witness saw it). False: the ladder has nothing (more) to do and the
+        existing path goes on (fence on suspicion, then VM HA once the host is
+        proven Down). Never raises.
+        """
+        ...
+
+    def reset(self, host_id: str, reason: str) -> None:
+        """``host_id`` is back Up: its ladder starts again from the first level next time."""
         ...
 
 

@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloudha.clock import Clock
 from cloudha.detection import AgentManager, MonitorTask, PingMap, PingTask
+from cloudha.detection.escalation import EscalationLadder
 from cloudha.detection.freshness import Freshness
 from cloudha.detection.sightings import Sightings
 from cloudha.detection.storm import StormGuard
@@ -72,6 +73,7 @@ from cloudha.ports import (
     DirectAgentResource,
     HAProvider,
     HostDirectory,
+    HostShell,
     HypervisorControl,
     HypervisorProbe,
     MaintenanceChecker,
@@ -143,7 +145,10 @@ class HostVmSync:
     same, for a VM missing from every report of the host for longer than
     ``grace`` seconds (CloudStack's power-report-missing grace): a VM being
     started may be missing from a report taken before it ran, never from
-    every report over the grace.
+    every report over the grace. Such a VM crashed alone on a host that
+    stayed Up and connected: its restart tries that host first
+    (``cloudha.vm.restart.in.place``); a VM lost with a host that went away
+    and came back restarts wherever the planner puts it.
     """
 
     def __init__(
@@ -166,7 +171,7 @@ class HostVmSync:
         with self._lock:
             self._missing.pop(host.id, None)
         for vm in self._unreported(host.id, running):
-            self._stop(host.id, vm, f"{host.id} reconnected without {vm.id}")
+            self._stop(host.id, vm, f"{host.id} reconnected without {vm.id}", in_place=False)
 
     def host_reported(self, host_id: str, running: Collection[str]) -> None:
         now = self.clock.monotonic()
@@ -185,7 +190,10 @@ class HostVmSync:
                 self._missing.pop(host_id, None)
         for vm in due:
             self._stop(
-                host_id, vm, f"{host_id} has not reported {vm.id} for more than {self.grace:g}s"
+                host_id,
+                vm,
+                f"{host_id} has not reported {vm.id} for more than {self.grace:g}s",
+                in_place=True,
             )
 
     def _unreported(self, host_id: str, running: Collection[str]) -> list[Vm]:
@@ -197,10 +205,14 @@ class HostVmSync:
             and not self.ha.ha_work_owns_vm(vm.id, host_id)  # the HA path owns it already
         ]
 
-    def _stop(self, host_id: str, vm: Vm, why: str) -> None:
+    def _stop(self, host_id: str, vm: Vm, why: str, *, in_place: bool) -> None:
         self.orchestrator.advance_stop(vm, force=True)
         stopped = self.orchestrator.find_vm(vm.id)
-        work = None if stopped is None else self.ha.on_vm_powered_off(stopped, up_host_id=host_id)
+        work = (
+            None
+            if stopped is None
+            else self.ha.on_vm_powered_off(stopped, up_host_id=host_id, in_place=in_place)
+        )
         restart = work is not None
         self.recorder.emit(
             "vm_sync",
@@ -357,6 +369,9 @@ class ManagementServer:
             when the ports allow it (``pools``, ``volumes``, a power driver).
         host_ha_executors: where Host-HA's checks, recoveries and fences run;
             by default thread pools sized by ``ha.max.*``.
+        shell: runs commands on hosts over SSH (:class:`~cloudha.ports.HostShell`,
+            e.g. :class:`cloudha.transport.shell.SSHHostShell`): the escalation
+            ladder's ``agent.restart``; None: that level is skipped.
         work_seconds: 0 (production): a worker claims and processes a work in
             one tick. Above 0 (the simulator): a worker's tick claims, it
             holds the claim that long, and its next tick processes the work,
@@ -398,6 +413,7 @@ class ManagementServer:
         ha_providers: Iterable[HAProvider] | None = None,
         host_ha_executors: HAExecutors | None = None,
         work_seconds: float = 0.0,
+        shell: HostShell | None = None,
     ) -> None:
         if not isinstance(settings, Settings):
             raise ConfigurationError("settings must be a cloudha.Settings", key="settings")
@@ -419,6 +435,7 @@ class ManagementServer:
             ("migration_failures", migration_failures, MigrationFailureSink),
             ("direct_resources", direct_resources, DirectAgentResource),
             ("volumes", volumes, VolumeDirectory),
+            ("shell", shell, HostShell),
         ]
         for name, port, protocol in ports:
             validate_port(name, port, protocol)
@@ -617,6 +634,20 @@ class ManagementServer:
             sightings=self.sightings,
             freshness=self.freshness,
         )
+        self.escalation: EscalationLadder | None = None
+        """The escalation ladder for hosts in Alert (``cloudha.escalation.*``)."""
+        if settings.cloudha_escalation_enabled:
+            self.escalation = EscalationLadder.from_settings(
+                settings,
+                clock=clock,
+                recorder=self.recorder,
+                shell=shell,
+                oobm=self.oobm,
+                declare_down=self._power_cycled,
+            )
+            if self.host_ha is not None:
+                self.escalation.stands_aside = self.host_ha.owns
+            self.agents.escalation = self.escalation
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)
         """The ``PingTask`` of every directly managed host this server owns, as one loop."""
@@ -636,6 +667,10 @@ class ManagementServer:
         self._pumps: list[Pump] = []
         self._state = "new"
         self._lock = threading.Lock()
+
+    def _power_cycled(self, host_id: str, reason: str) -> bool:
+        """The ladder's power cycle reset ``host_id`` (read back On): Down, its VMs killed."""
+        return self.agents.declare_down(host_id, reason, no_vm_runs=True)
 
     def _host_ha_down(self, host_id: str, reason: str, no_vm_runs: bool) -> None:
         """Host-HA reset or fenced ``host_id``: VM-HA takes its VMs."""

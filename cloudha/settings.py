@@ -227,6 +227,7 @@ _HOST_HA_KVM = "cloudha.hostha.provider"
 _FRESHNESS = "cloudha.detection.freshness"
 _STORM = "cloudha.detection.storm"
 _EVIDENCE_STORE = "cloudha.evidence_store"
+_ESCALATION = "cloudha.detection.escalation"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -280,6 +281,7 @@ _SPECS: tuple[KeySpec, ...] = (
             _STORM,
             "cloudha.detection.deadlines",
             "cloudha.detection.phi",
+            _ESCALATION,
         ),
     ),
     _key(
@@ -1153,6 +1155,75 @@ _SPECS: tuple[KeySpec, ...] = (
         bounds=(2, 10_000, "a mean and a deviation need 2; more only costs memory per host"),
         read_by=("cloudha.detection.phi",),
     ),
+    # cloudha's own: the escalation ladder and the in-place VM restart (docs/escalation.md).
+    _key(
+        "cloudha.escalation.enabled",
+        "bool",
+        True,
+        "Take a host in Alert through the escalation levels (restart its agent over SSH first)"
+        " at its rechecks, before the fast path; needs an SSH shell to the hosts.",
+        "cloudha",
+        read_by=(_SERVER,),
+    ),
+    _key(
+        "cloudha.escalation.levels",
+        "names",
+        ("agent.restart", "fence"),
+        "The escalation levels in order: agent.restart, power.cycle (opt-in: it kills the"
+        " host's VMs), fence (the existing path; always last).",
+        "cloudha",
+        read_by=(_ESCALATION,),
+    ),
+    _key(
+        "cloudha.escalation.agent.service",
+        "string",
+        "cloudstack-agent",
+        "The agent's systemd service that agent.restart restarts (systemctl restart <service>).",
+        "cloudha",
+        read_by=(_ESCALATION, _SIMULATOR),
+    ),
+    _key(
+        "cloudha.escalation.agent.restart.timeout",
+        "duration",
+        180,
+        "Seconds the agent has to reconnect after agent.restart before the next level is taken.",
+        "cloudha",
+        bounds=(
+            10,
+            3600,
+            "an agent cannot restart and connect in under 10 s; over an hour"
+            " in Alert is no recovery",
+        ),
+        read_by=(_ESCALATION,),
+    ),
+    _key(
+        "cloudha.escalation.power.cycle.timeout",
+        "duration",
+        60,
+        "Limit on power.cycle's BMC RESET and its read-back On together.",
+        "cloudha",
+        bounds=(1, 600, "a BMC answers within seconds; one slower than 10 minutes is broken"),
+        read_by=(_ESCALATION,),
+    ),
+    _key(
+        "cloudha.escalation.repeat.after",
+        "duration",
+        600,
+        "Seconds after a host's ladder ended (still in Alert) until it starts over from the"
+        " first level (an agent behind a cut link is restarted once the link is back).",
+        "cloudha",
+        bounds=(60, 86400, "faster than a minute only hammers SSH; less than daily is no retry"),
+        read_by=(_ESCALATION,),
+    ),
+    _key(
+        "cloudha.vm.restart.in.place",
+        "bool",
+        True,
+        "A VM that crashed alone on an Up host is restarted on that host first (its disks,"
+        " caches and placement stay), elsewhere only when it has no room.",
+        "cloudha",
+        read_by=(_MANAGER,),
+    ),
 )
 
 KEYS: Mapping[str, KeySpec] = types.MappingProxyType({spec.name: spec for spec in _SPECS})
@@ -1637,6 +1708,14 @@ class Settings:
     cloudha_phi_min_std_deviation: float = 6.0
     cloudha_phi_acceptable_pause: float = 30.0
     cloudha_phi_window: int = 100
+    # cloudha's own: the escalation ladder and the in-place VM restart.
+    cloudha_escalation_enabled: bool = True
+    cloudha_escalation_levels: tuple[str, ...] = ("agent.restart", "fence")
+    cloudha_escalation_agent_service: str = "cloudstack-agent"
+    cloudha_escalation_agent_restart_timeout: float = 180.0
+    cloudha_escalation_power_cycle_timeout: float = 60.0
+    cloudha_escalation_repeat_after: float = 600.0
+    cloudha_vm_restart_in_place: bool = True
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

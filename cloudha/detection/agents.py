@@ -46,6 +46,7 @@ from cloudha.ports import (
     AlertSink,
     CommandListener,
     ConnectionListener,
+    Escalation,
     HAScheduler,
     HostDirectory,
     Keep,
@@ -135,6 +136,11 @@ class AgentManager:
             multiplier, start grace, phi); by default the ping map's own, or
             :meth:`HostDeadlines.from_settings` seeded with the server id,
             installed in the ping map.
+        escalation: the escalation ladder (docs/escalation.md): offered every
+            host in Alert at its recheck, after the investigation and before
+            the fast path; while it holds a host (a level in progress) the
+            fast path waits. Told when a host is Up again (its ladder starts
+            over). None: no ladder.
 
     A host declared Down whose hand-over to the HA scheduler raised is kept
     in a retry list (due times on the injected clock, driven by the monitor's
@@ -163,6 +169,7 @@ class AgentManager:
         sightings: Sightings | None = None,
         freshness: Freshness | None = None,
         deadlines: HostDeadlines | None = None,
+        escalation: Escalation | None = None,
     ) -> None:
         self.management_server_id = management_server_id
         self.settings = settings
@@ -191,6 +198,7 @@ class AgentManager:
         self.suspicion = suspicion
         self.sightings = sightings if sightings is not None else Sightings(clock)
         self.freshness = freshness
+        self.escalation = escalation
         self._alert_watch: dict[str, float] = {}
         self._adopted: set[str] = set()  # re-adopted while Disconnected, by recover()
         self._watch_lock = threading.Lock()
@@ -617,6 +625,9 @@ class AgentManager:
                 "disconnect" if found_down else "wait",
             )
             if not found_down:
+                if self._escalate(host, investigation):
+                    after = self.directory.find_host(host_id)  # a level may have settled it
+                    return after is not None and after.status is Status.DOWN
                 if not self._fence_on_suspicion(host.id):
                     return False
                 no_vm_runs = True  # fenced: its power was read back Off
@@ -824,6 +835,28 @@ class AgentManager:
         )
         return True
 
+    def _escalate(self, host: Host, investigation: Investigation) -> bool:
+        """Offer ``host`` (in Alert, not found Down) to the ladder; True while it holds it."""
+        if self.escalation is None:
+            return False
+        alive = investigation.status is Status.UP or any(
+            f.verdict is Verdict.ALIVE for f in investigation.findings
+        )
+        try:
+            return self.escalation.offer(host, proven_alive=alive)
+        except Exception:
+            # NOTE: a broken ladder leaves the host to the existing path.
+            log.exception("escalation of %s raised", host.id)
+            return False
+
+    def _reset_escalation(self, host_id: str, status: Status) -> None:
+        if self.escalation is None:
+            return
+        try:
+            self.escalation.reset(host_id, f"{host_id} is {status} again")
+        except Exception:
+            log.exception("escalation reset of %s raised", host_id)
+
     def _fence_on_suspicion(self, host_id: str) -> bool:
         """Offer ``host_id``, if in Alert, to the fast path; True once it was fenced and is Down."""
         if self.suspicion is None:
@@ -918,6 +951,8 @@ class AgentManager:
                     "event": str(event),
                 },
             )
+        if target is Status.UP and host.status is not Status.UP:
+            self._reset_escalation(host.id, target)
         return self.directory.find_host(host.id)
 
     def _alert(self, host: Host, subject: str, body: str) -> None:

@@ -643,11 +643,16 @@ class LibvirtOrchestrator:
             entry.vm = attrs.evolve(entry.vm, updated=entry.vm.updated + 1, **changes)
 
     def _choose_host(self, params: StartParams) -> str | None:
-        return self._first_fit(avoid_hosts=params.avoid_hosts, ha_tag=params.ha_tag)
+        return self._first_fit(
+            avoid_hosts=params.avoid_hosts, ha_tag=params.ha_tag, prefer=params.prefer_host
+        )
 
-    def _first_fit(self, *, avoid_hosts: frozenset[str], ha_tag: str | None) -> str | None:
-        """Under the lock: the first host in sorted id order not avoided, tagged, with room."""
-        for host_id in sorted(self._uris):
+    def _first_fit(
+        self, *, avoid_hosts: frozenset[str], ha_tag: str | None, prefer: str | None = None
+    ) -> str | None:
+        """Under the lock: ``prefer`` if it qualifies, else the first host in sorted id order
+        not avoided, tagged, with room."""
+        for host_id in sorted(self._uris, key=lambda h: (h != prefer, h)):
             if host_id in avoid_hosts:
                 continue
             if ha_tag is not None and ha_tag not in self._tags[host_id]:

@@ -244,6 +244,9 @@ class HighAvailabilityManager:
         self.settings = settings
         self.clock = clock
         self.notifier = Notifier(alerts, evidence, clock, server_id)
+        # HA works of VMs that crashed alone on an Up host, by work id: that host (in place).
+        self._in_place: dict[int, str] = {}
+        self._in_place_lock = threading.Lock()
         """Where every alert and piece of ``ha_work`` evidence goes; it never raises."""
         self._zone_settings = dict(zone_settings or {})
         self.resource_manager = resource_manager
@@ -609,7 +612,9 @@ class HighAvailabilityManager:
         limit = self.settings.vm_ha_migration_max_retries
         return any(w.type is WorkType.MIGRATION and w.tried <= limit for w in works)
 
-    def on_vm_powered_off(self, vm: Vm, up_host_id: str | None = None) -> Work | None:
+    def on_vm_powered_off(
+        self, vm: Vm, up_host_id: str | None = None, *, in_place: bool = False
+    ) -> Work | None:
         """A VM was found powered off behind our back on an Up host (``ha.vm.restart.hostup``).
 
         Schedules an investigated restart of an HA VM that has no pending HA
@@ -620,6 +625,13 @@ class HighAvailabilityManager:
         restarted even when that work is never cancelled (its host's
         investigation cannot say Up, e.g. no neighbour to ask) and ends as
         "the VM has been changed" instead.
+
+        ``in_place``: the VM crashed alone on ``up_host_id``, which stayed
+        Up and connected (a VM sync of a ping report): with
+        ``cloudha.vm.restart.in.place`` its restart tries that host first
+        (:attr:`StartParams.prefer_host`), elsewhere when it has no room. The
+        wish is kept in memory: after a management server restart the VM
+        restarts wherever the planner puts it.
         """
         if not self.settings.ha_vm_restart_hostup:
             return None
@@ -630,7 +642,16 @@ class HighAvailabilityManager:
                 return None
         elif self.ha_work_owns_vm(vm.id, up_host_id):
             return None
-        return self.schedule_restart(vm, investigate=True, reason=ReasonType.UNKNOWN)
+        work = self.schedule_restart(vm, investigate=True, reason=ReasonType.UNKNOWN)
+        if (
+            work is not None
+            and in_place
+            and up_host_id is not None
+            and self.settings.cloudha_vm_restart_in_place
+        ):
+            with self._in_place_lock:
+                self._in_place[work.id] = up_host_id
+        return work
 
     # -- processing (spec §3.5-§3.7) -------------------------------------------------
 
@@ -744,6 +765,9 @@ class HighAvailabilityManager:
         ends the work.
         """
         record = conclude(work, outcome, acted=acted, policy=policy)
+        if isinstance(record, Finish | GiveUp):
+            with self._in_place_lock:
+                self._in_place.pop(work.id, None)  # the work ends: so does its in-place wish
         if isinstance(record, Finish):
             step = record.step
             self._db(lambda: self.store.finish(work, step))
@@ -889,11 +913,23 @@ class HighAvailabilityManager:
         plan = start_plan(work, host_down, elsewhere)
         if isinstance(plan, Finish):
             return plan
+        with self._in_place_lock:
+            prefer = self._in_place.pop(work.id, None)
+        if plan.host_down:
+            prefer = None  # its host is no longer Up: the usual planner, the host avoided
+        if prefer is not None:
+            self._emit(
+                work,
+                Step.SCHEDULED,
+                f"the VM crashed alone on Up host {prefer}: restarting it there first",
+                in_place=prefer,
+            )
         params = StartParams(
             ha_tag=self.settings.ha_tag,
             ha_operation=True,
             generation=work.generation,
             avoid_hosts=plan.avoid_hosts,
+            prefer_host=prefer,
         )
         self._confirm(holder)
         try:

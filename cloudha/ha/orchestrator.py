@@ -145,9 +145,14 @@ class StartParams:
             see the module docstring.
         avoid_hosts: ids of hosts the VM must not be started on (e.g. the
             host it was fenced off); any iterable of ids is accepted.
+        prefer_host: a host to try first (``cloudha.vm.restart.in.place``:
+            the Up host a VM crashed alone on). A hint: when it is eligible
+            (not avoided, tagged, with room) the VM should start there, else
+            the planner picks as usual; ``avoid_hosts`` always wins.
     """
 
     ha_tag: str | None = None
     ha_operation: bool = True
     generation: int = attrs.field(validator=_check_generation)
     avoid_hosts: frozenset[str] = attrs.field(default=frozenset(), converter=_host_ids)
+    prefer_host: str | None = None

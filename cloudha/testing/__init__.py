@@ -12,12 +12,14 @@ from cloudha.testing.contract import check_agent_gateway as check_agent_gateway
 from cloudha.testing.contract import check_fencer as check_fencer
 from cloudha.testing.contract import check_ha_provider as check_ha_provider
 from cloudha.testing.contract import check_host_directory as check_host_directory
+from cloudha.testing.contract import check_host_shell as check_host_shell
 from cloudha.testing.contract import check_investigator as check_investigator
 from cloudha.testing.contract import check_suspicion_check as check_suspicion_check
 from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestrator
 from cloudha.testing.contract import check_volume_directory as check_volume_directory
 from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
 from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
+from cloudha.testing.fakes import FakeHostShell as FakeHostShell
 from cloudha.testing.fakes import FakeHypervisorProbe as FakeHypervisorProbe
 from cloudha.testing.fakes import InMemoryHostDirectory as InMemoryHostDirectory
 from cloudha.testing.fakes import InMemoryStoragePools as InMemoryStoragePools
@@ -57,6 +59,7 @@ from cloudha.testing.world import WorldAgentGateway as WorldAgentGateway
 from cloudha.testing.world import WorldDirectResources as WorldDirectResources
 from cloudha.testing.world import WorldHost as WorldHost
 from cloudha.testing.world import WorldHostDirectory as WorldHostDirectory
+from cloudha.testing.world import WorldHostShell as WorldHostShell
 from cloudha.testing.world import WorldHypervisors as WorldHypervisors
 from cloudha.testing.world import WorldOrchestrator as WorldOrchestrator
 from cloudha.testing.world import WorldPools as WorldPools
@@ -72,6 +75,7 @@ __all__ = [
     "FakeBmc",
     "FakeClock",
     "FakeDirectAgentResource",
+    "FakeHostShell",
     "FakeHypervisorProbe",
     "FakeOrchestratorHost",
     "FakePowerDriver",
@@ -102,6 +106,7 @@ __all__ = [
     "WorldDirectResources",
     "WorldHost",
     "WorldHostDirectory",
+    "WorldHostShell",
     "WorldHypervisors",
     "WorldOrchestrator",
     "WorldPools",
@@ -114,6 +119,7 @@ __all__ = [
     "check_fencer",
     "check_ha_provider",
     "check_host_directory",
+    "check_host_shell",
     "check_investigator",
     "check_isolation_probe",
     "check_suspicion_check",

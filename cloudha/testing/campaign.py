@@ -217,7 +217,9 @@ def generate(seed: int) -> Case:
                 vm["priority"] = rng.randint(-5, 5)
             vms.append(vm)
     window = _FAULT_WINDOW[profile]
-    kinds = [f for f in FAULTS if not f.is_heal and f.simulated and not f.own_stream]
+    kinds = [
+        f for f in FAULTS if not f.is_heal and f.simulated and not f.own_stream and not f.one_shot
+    ]
     pool_ids = sorted({p for h in hosts for p in h["pools"]})
     incidents: list[Incident] = []
     for _ in range(rng.randint(1, 8)):

@@ -43,6 +43,8 @@ from cloudha.ports import (
     Command,
     HAProvider,
     HostDirectory,
+    HostShell,
+    ShellResult,
     StatusChange,
     SuspicionCheck,
     VmOrchestrator,
@@ -57,6 +59,7 @@ __all__ = [
     "check_fencer",
     "check_ha_provider",
     "check_host_directory",
+    "check_host_shell",
     "check_investigator",
     "check_suspicion_check",
     "check_vm_orchestrator",
@@ -471,6 +474,59 @@ def check_agent_gateway(
         raise AssertionError(f"agent gateway {gateway!r}:\n- " + "\n- ".join(problems))
 
 
+def check_host_shell(shell: HostShell, live: Host, dead: Host, *, timeout: float = 5.0) -> None:
+    """Check a :class:`~cloudha.ports.HostShell` with one reachable and one unreachable host.
+
+    Rules: ``run`` exists; on ``live``, ``true`` exits 0 and ``false`` exits
+    non-zero (returned, not raised) as a :class:`~cloudha.ports.ShellResult`
+    with ``str`` output; ``echo 'a;b' '$HOME'`` prints its arguments
+    literally (no shell syntax gets through); on ``dead`` it raises a
+    :class:`~cloudha.errors.ProbeError`, never another exception, and never
+    past ``timeout`` plus a grace.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("shell", shell, HostShell)
+    problems: list[str] = []
+
+    def timed(label: str, host: Host, argv: list[str]) -> ShellResult | BaseException:
+        started = time.monotonic()
+        try:
+            outcome: ShellResult | BaseException = shell.run(host, argv, timeout=timeout)
+        except Exception as exc:
+            outcome = exc
+        spent = time.monotonic() - started
+        if spent > timeout + GRACE:
+            problems.append(f"{label} took {spent:.1f}s, more than its {timeout:g}s timeout")
+        if isinstance(outcome, ShellResult) and not (
+            isinstance(outcome.exit_status, int)
+            and isinstance(outcome.stdout, str)
+            and isinstance(outcome.stderr, str)
+        ):
+            problems.append(f"{label} returned {outcome!r}: exit status int, output str")
+        return outcome
+
+    for argv, ok in ((["true"], True), (["false"], False)):
+        got = timed(f"run(live, {argv})", live, argv)
+        if not isinstance(got, ShellResult):
+            problems.append(f"run(live, {argv}) raised {type(got).__name__}: {got}")
+        elif (got.exit_status == 0) is not ok:
+            problems.append(f"run(live, {argv}) exited {got.exit_status}")
+    got = timed("run(live, echo)", live, ["echo", "a;b", "$HOME"])
+    if not isinstance(got, ShellResult):
+        problems.append(f"run(live, echo) raised {type(got).__name__}: {got}")
+    elif got.stdout.strip() != "a;b $HOME":
+        problems.append(f"run(live, echo 'a;b' '$HOME') printed {got.stdout!r}: not literal")
+    got = timed("run(dead, true)", dead, ["true"])
+    if isinstance(got, ShellResult):
+        problems.append(f"run(dead, true) returned {got!r}: an unreachable host raises")
+    elif not isinstance(got, ProbeError):
+        problems.append(f"run(dead, true) raised {type(got).__name__}, not a ProbeError")
+    if problems:
+        raise AssertionError(f"host shell {shell!r}:\n- " + "\n- ".join(problems))
+
+
 Make = Callable[[], tuple[VmOrchestrator, str, Sequence[str]]]
 """Returns ``(orchestrator, vm_id, host_ids)``: a fresh VM (no generation used
 yet) Running on ``host_ids[0]``; at least two hosts, each with room for one
@@ -491,7 +547,8 @@ def check_vm_orchestrator(make: Make) -> None:
     with room for one more VM and no tag restriction. Checked: find and list,
     forced and graceful stops, fencing tokens (a stale generation is refused
     before anything happens; a start refused for want of room does not use
-    its generation), unknown VMs, migration away and destroy/expunge.
+    its generation), ``avoid_hosts`` winning over ``prefer_host``, unknown
+    VMs, migration away and destroy/expunge.
     """
     orch, vm_id, hosts = make()
     assert isinstance(orch, VmOrchestrator)
@@ -524,9 +581,11 @@ def check_vm_orchestrator(make: Make) -> None:
     assert no_room.value.vm_id == vm_id
     assert _vm_of(orch, vm_id).state is VmState.STOPPED
 
-    # Start with generation 1 away from the first host.
+    # Start with generation 1 away from the first host: avoided, even when preferred.
     host = orch.advance_start(
-        stopped, StartParams(generation=1, avoid_hosts=frozenset({first})), Planner.DEFAULT
+        stopped,
+        StartParams(generation=1, avoid_hosts=frozenset({first}), prefer_host=first),
+        Planner.DEFAULT,
     )
     assert host in others
     running = _vm_of(orch, vm_id)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import attrs
 
 from cloudha.clock import Clock
-from cloudha.errors import ProbeConnectionError, ProbeError
+from cloudha.errors import ProbeConnectionError, ProbeError, ProbeTimeout
 from cloudha.fencing.base import BaseFenceBuilder, FenceOutcome, FenceResult
 from cloudha.hostha.provider import BaseHAProvider, HAProviderConfig
 from cloudha.investigators import BaseInvestigator, Finding, Verdict
@@ -26,12 +26,14 @@ from cloudha.ports import (
     GuestNic,
     HypervisorReport,
     PingReport,
+    ShellResult,
     StatusChange,
 )
 
 __all__ = [
     "FakeAgentGateway",
     "FakeDirectAgentResource",
+    "FakeHostShell",
     "FakeHypervisorProbe",
     "InMemoryHostDirectory",
     "InMemoryStoragePools",
@@ -153,6 +155,53 @@ class FakeAgentGateway:
         if self.handler is None:
             raise ProbeConnectionError(f"agent of {host.id} is unreachable", host_id=host.id)
         return self.handler(host, command)
+
+
+class FakeHostShell:
+    """Hosts' shells as a script (a :class:`~cloudha.ports.HostShell`).
+
+    A host in :attr:`reachable` answers; any other raises
+    :class:`~cloudha.errors.ProbeTimeout` (SSH timed out). It knows
+    ``true``, ``false``, ``echo ARGS…`` and ``systemctl restart UNIT`` (exit
+    0; :attr:`on_restart` is called with the host id and the unit, e.g. to
+    reconnect its agent); another command exits 127. A host in
+    :attr:`results` answers that result to every command instead. Every
+    command run is kept in :attr:`runs` as ``(host_id, argv)``.
+    """
+
+    def __init__(
+        self,
+        reachable: Iterable[str] = (),
+        *,
+        on_restart: Callable[[str, str], object] | None = None,
+    ) -> None:
+        self.reachable: set[str] = set(reachable)
+        self.results: dict[str, ShellResult] = {}
+        self.on_restart = on_restart
+        self.runs: list[tuple[str, tuple[str, ...]]] = []
+        self._lock = threading.Lock()
+
+    def run(self, host: Host, argv: Sequence[str], *, timeout: float) -> ShellResult:
+        args = tuple(argv)
+        with self._lock:
+            self.runs.append((host.id, args))
+            reachable = host.id in self.reachable
+            scripted = self.results.get(host.id)
+        if not reachable:
+            raise ProbeTimeout(f"ssh to {host.id} timed out after {timeout:g} s", host_id=host.id)
+        if scripted is not None:
+            return scripted
+        if args == ("true",):
+            return ShellResult(0)
+        if args == ("false",):
+            return ShellResult(1)
+        if args and args[0] == "echo":
+            return ShellResult(0, " ".join(args[1:]) + "\n")
+        if len(args) == 3 and args[:2] == ("systemctl", "restart"):
+            if self.on_restart is not None:
+                self.on_restart(host.id, args[2])
+            return ShellResult(0)
+        return ShellResult(127, "", f"sh: {args[0] if args else ''}: command not found")
 
 
 class FakeDirectAgentResource:

@@ -6,7 +6,8 @@ campaign generator (:mod:`cloudha.testing.campaign`) all read
 :data:`FAULTS`. A new kind is one row here plus its effect in the simulator.
 
 Each fault that breaks something names the kind that undoes it (``heal``);
-the campaign always schedules that heal before the end of a run. A kind whose
+the campaign always schedules that heal before the end of a run. A
+``one_shot`` kind (``vm_crash``) has nothing to undo it and is not generated. A kind whose
 effect the simulator does not implement yet has ``simulated=False``: the
 parser accepts it (the format knows it) and the campaign does not generate it.
 """
@@ -33,6 +34,7 @@ class Target(enum.Enum):
 
     HOST = "host"
     POOL = "pool"
+    VM = "vm"
     MANAGEMENT_SERVER = "management server"
     NONE = "none"
 
@@ -41,6 +43,7 @@ class Target(enum.Enum):
         return {
             Target.HOST: "host",
             Target.POOL: "pool",
+            Target.VM: "VM",
             Target.MANAGEMENT_SERVER: "—",
             Target.NONE: "—",
         }[self]
@@ -62,6 +65,9 @@ class FaultKind:
         own_stream: the campaign draws this kind from a random stream of its
             own (not with the other kinds), so that seeds drawn before the kind
             existed keep their scenarios.
+        one_shot: it breaks something no fault kind undoes (``vm_crash``:
+            VM HA brings the VM back); it has no ``heal``, is no heal itself,
+            and the campaign does not generate it.
     """
 
     name: str
@@ -70,10 +76,11 @@ class FaultKind:
     doc: str
     simulated: bool = True
     own_stream: bool = False
+    one_shot: bool = False
 
     @property
     def is_heal(self) -> bool:
-        return self.heal is None
+        return self.heal is None and not self.one_shot
 
 
 FAULTS: tuple[FaultKind, ...] = (
@@ -112,6 +119,14 @@ FAULTS: tuple[FaultKind, ...] = (
         Target.HOST,
         None,
         "the agent starts and reconnects (a booting host starts it with its boot, a hung one not)",
+    ),
+    FaultKind(
+        "vm_crash",
+        Target.VM,
+        None,
+        "the VM's process dies on its host alone (host, agent and other VMs keep running): the"
+        " host's next reports lack it; nothing undoes it but VM HA",
+        one_shot=True,
     ),
     FaultKind(
         "mgmt_partition",
@@ -210,7 +225,7 @@ FAULTS: tuple[FaultKind, ...] = (
 _BY_NAME = {f.name: f for f in FAULTS}
 FAULT_KINDS = frozenset(_BY_NAME)
 """Every fault kind name the scenario format knows."""
-BREAKING = tuple(f for f in FAULTS if not f.is_heal)
+BREAKING = tuple(f for f in FAULTS if not f.is_heal and not f.one_shot)
 """The kinds that break something (each names its heal)."""
 
 
@@ -221,6 +236,8 @@ def by_name(name: str) -> FaultKind:
 
 def _check() -> None:
     for fault in FAULTS:
+        if fault.one_shot and fault.heal is not None:
+            raise AssertionError(f"fault {fault.name}: a one-shot fault has no heal")
         if fault.heal is not None:
             healer = _BY_NAME.get(fault.heal)
             if healer is None or not healer.is_heal or healer.target is not fault.target:

@@ -392,11 +392,17 @@ class InMemoryOrchestrator:
         return host_id
 
     def _choose_host(self, params: StartParams) -> str | None:
-        return self._first_fit(avoid_hosts=params.avoid_hosts, ha_tag=params.ha_tag)
+        return self._first_fit(
+            avoid_hosts=params.avoid_hosts, ha_tag=params.ha_tag, prefer=params.prefer_host
+        )
 
-    def _first_fit(self, *, avoid_hosts: frozenset[str], ha_tag: str | None) -> str | None:
-        """The first host in sorted id order that is up, not avoided, eligible and has room."""
-        for host_id, host in sorted(self._hosts.items()):
+    def _first_fit(
+        self, *, avoid_hosts: frozenset[str], ha_tag: str | None, prefer: str | None = None
+    ) -> str | None:
+        """``prefer`` if it qualifies, else the first host in sorted id order that is up,
+        not avoided, eligible and has room."""
+        ordered = sorted(self._hosts.items(), key=lambda item: (item[0] != prefer, item[0]))
+        for host_id, host in ordered:
             if not host.up or host_id in avoid_hosts:
                 continue
             if ha_tag is not None and ha_tag not in host.tags:

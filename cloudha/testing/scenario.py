@@ -40,6 +40,7 @@ __all__ = [
 
 _HOST_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.HOST)
 _POOL_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.POOL)
+_VM_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.VM)
 _NO_TARGET = frozenset(
     f.name for f in FAULTS if f.target in (Target.MANAGEMENT_SERVER, Target.NONE)
 )
@@ -507,6 +508,14 @@ def parse_scenario(
         if kind in _POOL_TARGET and target not in pools_known:
             raise p.fail(
                 f"fault {kind} needs 'target' naming a pool; {target!r} is not one",
+                table="faults",
+                index=i,
+                key="target",
+                value=target,
+            )
+        if kind in _VM_TARGET and target not in vm_ids:
+            raise p.fail(
+                f"fault {kind} needs 'target' naming a VM; {target!r} is not one",
                 table="faults",
                 index=i,
                 key="target",

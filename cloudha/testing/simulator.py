@@ -73,7 +73,7 @@ from cloudha.model import (
     ResourceState,
     Vm,
 )
-from cloudha.ports import HAProvider
+from cloudha.ports import HAProvider, PingReport, RecoveryLevel, RecoveryOutcome, RecoveryResult
 from cloudha.runtime import Loop
 from cloudha.server import ManagementServer
 from cloudha.status import Status
@@ -141,6 +141,12 @@ class _ManagementServer:
         )
         watched.sim = sim
         self.server.ha.fence_chain = watched  # the invariant checker sees every fence
+        ladder = self.server.escalation
+        if ladder is not None:
+            # The invariant checker sees every power cycle of the ladder too.
+            ladder.levels = tuple(
+                _WatchedLevel(level, sim) if level.disruptive else level for level in ladder.levels
+            )
         self.agents = self.server.agents
         self.ha = self.server.ha
         self.oobm = self.server.oobm
@@ -180,6 +186,28 @@ class _WatchedFenceChain(FenceChain):
         if decision.fenced and alive:
             self.sim.fenced_alive_host += 1
         return decision
+
+
+class _WatchedLevel:
+    """A disruptive escalation level whose power actions on live hosts the checker counts."""
+
+    def __init__(self, level: RecoveryLevel, sim: Simulation) -> None:
+        self.level = level
+        self.sim = sim
+        self.name = level.name
+        self.timeout = level.timeout
+        self.disruptive = level.disruptive
+
+    def applies(self, host: Host) -> str | None:
+        return self.level.applies(host)
+
+    def attempt(self, host: Host) -> RecoveryResult:
+        sim_host = self.sim.hosts.get(host.id)
+        alive = sim_host is not None and self.sim.alive_with_storage(sim_host)
+        result = self.level.attempt(host)
+        if alive and result.outcome is not RecoveryOutcome.FAILED:
+            self.sim.fenced_alive_host += 1
+        return result
 
 
 class _WatchedProvider:
@@ -260,6 +288,8 @@ class Simulation:
             server_id=MANAGEMENT_SERVER_ID,
         )
         world = self.world
+        world.agent_service = self.settings.cloudha_escalation_agent_service
+        world.on_agent_start = self._agent_started
         # The world's state under the names the writers and the checker read.
         self.oobm_configs = world.oobm_configs
         self.double_runs = world.double_runs
@@ -479,7 +509,9 @@ class Simulation:
             return
         assert self.ms is not None
         sent = self.clock.now().timestamp()
-        if host.connected and self.ms.agents.ping_received(host_id):
+        # A KVM agent's ping carries its host's VM report (CloudStack's hostVmStateReport).
+        running = frozenset(vm.id for vm in self.vms.values() if host_id in vm.running_on)
+        if host.connected and self.ms.agents.ping_received(PingReport(host_id, vms=running)):
             host.last_ack = sent  # the isolation probe of the host's writer reads it
             return
         self._connect(host)
@@ -717,14 +749,21 @@ class Simulation:
             self.ms.agents.agent_link_closed(host.spec.id)  # the socket closes at once
 
     def _fault_agent_start(self, target: str | None) -> None:
-        host = self._target_host(target)
-        now = self.clock.monotonic()
         # A host still booting (or waiting for its writer to arm the watchdog) starts its
-        # agent with the boot; a hung one starts nothing.
-        idle = host.booting or host.awaiting_arm or host.hung
-        if host.powered and not idle and not host.agent_running:
-            host.agent_running = True
-            self.at(now + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
+        # agent with the boot; a hung one starts nothing (World.start_agent).
+        self.world.start_agent(self._target_host(target))
+
+    def _agent_started(self, host: _SimHost) -> None:
+        """An agent started (``agent_start``, or a restart over SSH): it connects soon."""
+        self.at(self.clock.monotonic() + AGENT_START_SECONDS, lambda: self._connect_indirect(host))
+
+    def _fault_vm_crash(self, target: str | None) -> None:
+        assert target is not None  # the scenario parser checked it names a VM
+        vm = self.vms[target]
+        vm.frozen_on.clear()  # a frozen copy dies too
+        for host_id in sorted(vm.running_on):
+            self.world.vm_leaves(vm, host_id)
+            self.recorder.emit("vm_state", vm=vm.id, host=host_id, state="Stopped")
 
     def _fault_mgmt_partition(self, target: str | None) -> None:
         host = self._target_host(target)
@@ -1011,6 +1050,7 @@ FAULT_EFFECTS: dict[str, Callable[[Simulation, str | None], None]] = {
     "bmc_up": Simulation._fault_bmc_up,
     "agent_stop": Simulation._fault_agent_stop,
     "agent_start": Simulation._fault_agent_start,
+    "vm_crash": Simulation._fault_vm_crash,
     "mgmt_partition": Simulation._fault_mgmt_partition,
     "mgmt_heal": Simulation._fault_mgmt_heal,
     "host_isolation": Simulation._fault_host_isolation,

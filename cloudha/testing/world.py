@@ -57,6 +57,7 @@ from cloudha.ports import (
     DomainState,
     HypervisorReport,
     PingReport,
+    ShellResult,
     StatusChange,
 )
 from cloudha.settings import Settings
@@ -73,6 +74,7 @@ __all__ = [
     "WorldDirectResources",
     "WorldHost",
     "WorldHostDirectory",
+    "WorldHostShell",
     "WorldHypervisors",
     "WorldOrchestrator",
     "WorldPools",
@@ -120,6 +122,7 @@ class WorldPorts(TypedDict):
     hypervisor: WorldHypervisors
     direct_resources: WorldDirectResources
     volumes: WorldVolumes
+    shell: WorldHostShell
 
 
 @attrs.define
@@ -229,6 +232,11 @@ class World:
         """An orchestrator outage: every VM orchestrator and host directory call fails."""
         self.ms_isolated = False
         """The management server is cut off the management network."""
+        self.agent_service = "cloudstack-agent"
+        """The agent's systemd unit on every host (what ``systemctl restart`` restarts)."""
+        self.on_agent_start: Callable[[WorldHost], None] | None = None
+        """Called when a restart over SSH started a stopped agent (the simulator then
+        connects it); by default nothing more: the agent connects at its next ping."""
         self.hosts: dict[str, WorldHost] = {}
         self.vms: dict[str, WorldVm] = {}
         self.files: dict[str, tuple[bytes, float]] = {}
@@ -303,6 +311,7 @@ class World:
             "hypervisor": WorldHypervisors(self),
             "direct_resources": WorldDirectResources(self),
             "volumes": WorldVolumes(self),
+            "shell": WorldHostShell(self),
         }
 
     def checker(self, host: WorldHost) -> HeartbeatChecker:
@@ -323,6 +332,30 @@ class World:
             and host.mgmt_link
             and not host.isolated
         )
+
+    def ssh_reachable(self, host: WorldHost) -> bool:
+        """Can the management server log in to ``host`` over SSH right now?
+
+        SSH takes the agent's network: the host must be :meth:`reachable`
+        (powered, not hung, not isolated, its management link up, the server
+        not isolated) and booted (sshd runs once the OS is up).
+        """
+        return self.reachable(host) and not host.booting
+
+    def start_agent(self, host: WorldHost) -> bool:
+        """The agent service is (re)started on ``host``; True when a stopped agent now runs.
+
+        On a host still booting, waiting for its writer to arm the watchdog,
+        or hung, nothing starts (the boot starts the agent, a hung OS starts
+        nothing); a running agent keeps running.
+        """
+        idle = host.booting or host.awaiting_arm or host.hung
+        if not host.powered or idle or host.agent_running:
+            return False
+        host.agent_running = True
+        if self.on_agent_start is not None:
+            self.on_agent_start(host)
+        return True
 
     def power_off(self, host: WorldHost) -> None:
         """``host`` loses power: its agent, link, writer and VMs (frozen ones too) die."""
@@ -382,12 +415,15 @@ class World:
             return False
         return any(p not in self.storage_out for p in host.spec.pools)
 
-    def pick_target(self, home: str, avoid: frozenset[str] = frozenset()) -> str | None:
-        """The least loaded Up host, not avoided, of home's zone and hypervisor, with room.
+    def pick_target(
+        self, home: str, avoid: frozenset[str] = frozenset(), prefer: str | None = None
+    ) -> str | None:
+        """``prefer`` when it qualifies, else the least loaded qualifying host.
 
-        A VM starts through the target's agent, so the target must be reachable
-        with its agent running: a host rebooting (its row still Up) or cut off
-        from the management server is no target. Only Enabled hosts qualify.
+        A host qualifies when it is Up, Enabled, not avoided, of home's zone and
+        hypervisor, with room. A VM starts through the target's agent, so the
+        target must be reachable with its agent running: a host rebooting (its
+        row still Up) or cut off from the management server is no target.
         """
         dead = self.hosts[home].spec
         best: tuple[int, str] | None = None
@@ -406,6 +442,8 @@ class World:
             load = sum(1 for vm in self.vms.values() if host_id in vm.running_on)
             if host.spec.capacity is not None and load >= host.spec.capacity:
                 continue
+            if host_id == prefer:
+                return host_id
             if best is None or (load, host_id) < best:
                 best = (load, host_id)
         return None if best is None else best[1]
@@ -689,7 +727,9 @@ class WorldOrchestrator:
         if row.state is not VmState.STOPPED:
             raise ConcurrentOperationError(vm.id, f"VM is {row.state}")
         sim_vm = self.world.vms[vm.id]
-        target = self.world.pick_target(sim_vm.original_host, avoid=params.avoid_hosts)
+        target = self.world.pick_target(
+            sim_vm.original_host, avoid=params.avoid_hosts, prefer=params.prefer_host
+        )
         if target is None:
             raise InsufficientCapacityError(vm.id, scope="zone", reason=f"{planner} planner")
         row.generation = params.generation
@@ -808,6 +848,39 @@ class WorldStorage:
     def write_atomic(self, path: str, data: bytes) -> None:
         self._pool_of(path)
         self.world.files[path] = (data, self.world.clock.now().timestamp())
+
+
+class WorldHostShell:
+    """Logging in to hosts over SSH (a :class:`~cloudha.ports.HostShell`).
+
+    A host answers while :meth:`World.ssh_reachable`; otherwise the login
+    times out. It knows ``true``, ``false``, ``echo`` and ``systemctl restart <unit>``: for the
+    agent's unit (:attr:`World.agent_service`) it starts a stopped agent
+    (:meth:`World.start_agent`) and exits 0; another unit exits 5 ("not
+    found"), another command 127. Every command run is kept in :attr:`runs`.
+    """
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.runs: list[tuple[str, tuple[str, ...]]] = []
+
+    def run(self, host: Host, argv: Sequence[str], *, timeout: float) -> ShellResult:
+        sim_host = self.world.hosts[host.id]
+        if not self.world.ssh_reachable(sim_host):
+            raise ProbeTimeout(f"ssh to {host.id} timed out after {timeout:g} s", host_id=host.id)
+        self.runs.append((host.id, tuple(argv)))
+        args = list(argv)
+        if args in (["true"], ["false"]):
+            return ShellResult(0 if args == ["true"] else 1)
+        if args and args[0] == "echo":
+            return ShellResult(0, " ".join(args[1:]) + "\n")
+        if len(args) != 3 or args[0].rsplit("/", 1)[-1] != "systemctl" or args[1] != "restart":
+            return ShellResult(127, "", f"sh: {args[0] if args else ''}: command not found")
+        unit = args[2].removesuffix(".service")
+        if unit != self.world.agent_service:
+            return ShellResult(5, "", f"Failed to restart {unit}.service: Unit not found.")
+        self.world.start_agent(sim_host)
+        return ShellResult(0)
 
 
 class WorldDirectResources:

@@ -141,7 +141,9 @@ def test_dead_hardware_without_a_watchdog_is_fenced_and_its_vms_move() -> None:
     ids=["agent_stop", "mgmt_partition"],
 )
 def test_a_host_that_still_writes_is_never_reset_nor_fenced(faults: list[dict[str, Any]]) -> None:
-    doc = simulate(cluster(faults))
+    # No escalation ladder: a stopped agent stays stopped (the ladder restarts it:
+    # tests/simulation/test_escalation_sim.py).
+    doc = simulate(cluster(faults, settings={"cloudha.escalation.enabled": False}))
     assert doc["invariants"] == CLEAN
     assert events(doc, "power", host="h2") == []
     assert events(doc, "host_ha_recovery") == events(doc, "host_ha_fence") == []

@@ -16,6 +16,10 @@ BUDGET = 5 * 60 + 4 * 10  # the writer's retry budget: 5 tries of 60 s, 10 s apa
 WATCHDOG, MARGIN = 300.0, 30.0  # cloudha.watchdog.timeout and .reset.margin defaults
 
 
+NO_LADDER: dict[str, Any] = {"cloudha.escalation.enabled": False}
+"""An agent that stops stays stopped (nothing restarts it over SSH)."""
+
+
 def scenario(
     faults: list[dict[str, Any]],
     *,
@@ -111,12 +115,15 @@ def test_host_recover_brings_the_host_back_up() -> None:
 
 
 def test_agent_stop_investigates_at_once_and_vms_keep_running() -> None:
+    # Without the escalation ladder (which restarts the agent: test_escalation_sim.py),
+    # the agent stays dead until agent_start.
     doc = simulate(
         scenario(
             [
                 {"at": 200, "kind": "agent_stop", "target": "h3"},
                 {"at": 900, "kind": "agent_start", "target": "h3"},
-            ]
+            ],
+            settings=NO_LADDER,
         )
     )
     first = events(doc, "investigation", "h3")[0]
@@ -349,7 +356,12 @@ def test_storage_outage_longer_than_the_budget_resets_every_host_on_the_pool() -
 
 
 def test_agent_stop_on_a_live_host_never_leads_to_a_second_copy() -> None:
-    doc = simulate(scenario([{"at": 200, "kind": "agent_stop", "target": "h2"}], until=7200))
+    # An agent nobody restarts (no escalation ladder): the host stays in Alert for good.
+    doc = simulate(
+        scenario(
+            [{"at": 200, "kind": "agent_stop", "target": "h2"}], until=7200, settings=NO_LADDER
+        )
+    )
     assert [to for _, to in statuses(doc, "h2")] == ["Alert"]
     rechecks = [e for e in events(doc, "investigation", "h2") if e["trigger"] == "AlertRecheck"]
     assert len(rechecks) > 100
@@ -385,8 +397,12 @@ def test_dead_writer_on_a_live_host_fools_the_heartbeat_unless_the_hypervisor_is
         {"at": 200, "kind": "agent_stop", "target": "h2"},
         {"at": 200, "kind": "heartbeat_stop", "target": "h2"},
     ]
-    # Without a watchdog the stale heartbeat proves nothing: never Down, in any order.
-    for settings in ({}, {"ha.investigators.order": "LibvirtInvestigator,KVMInvestigator"}):
+    # Without a watchdog the stale heartbeat proves nothing: never Down, in any order
+    # (the agent stays dead: no escalation ladder restarts it).
+    for settings in (
+        NO_LADDER,
+        {**NO_LADDER, "ha.investigators.order": "LibvirtInvestigator,KVMInvestigator"},
+    ):
         doc = simulate(scenario(faults, settings=settings, watchdog=False))
         assert doc["final"]["hosts"]["h2"]["status"] == "Alert"
         assert doc["final"]["vms"]["vm2"] == {"state": "Running", "host": "h2"}

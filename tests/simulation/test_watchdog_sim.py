@@ -153,7 +153,10 @@ def test_isolation_with_reboot_off_and_a_watchdog_resets_then_restarts_elsewhere
 
 
 def test_dead_writer_and_agent_without_a_watchdog_never_make_the_host_down() -> None:
-    doc = simulate(minimal(DEAD_WRITER, watchdog=False))
+    # The agent stays dead (no escalation ladder restarts it) and so does the writer.
+    doc = simulate(
+        minimal(DEAD_WRITER, watchdog=False, settings={"cloudha.escalation.enabled": False})
+    )
     assert downs(doc, "h1") == []
     assert doc["final"]["hosts"]["h1"]["status"] == "Alert"
     assert doc["final"]["vms"]["vm1"] == {"state": "Running", "host": "h1"}

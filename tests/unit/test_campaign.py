@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from cloudha.errors import ScenarioError
 from cloudha.testing import campaign
 from cloudha.testing.campaign import Case, Incident, case_seed, dump_toml, generate, shrink
 from cloudha.testing.faults import BREAKING, FAULT_KINDS, FAULTS, Target, by_name, render_table
@@ -42,14 +43,36 @@ def test_every_fault_heals_and_every_heal_undoes_a_fault() -> None:
 
 
 def test_parser_reads_the_table() -> None:
-    base: dict[str, Any] = {"hosts": [{"id": "h1", "pools": ["p1"]}], "run": {"until": 100}}
+    base: dict[str, Any] = {
+        "hosts": [{"id": "h1", "pools": ["p1"]}],
+        "vms": [{"id": "vm1", "host": "h1"}],
+        "run": {"until": 100},
+    }
     for fault in FAULTS:
-        target = {Target.HOST: "h1", Target.POOL: "p1"}.get(fault.target)
+        target = {Target.HOST: "h1", Target.POOL: "p1", Target.VM: "vm1"}.get(fault.target)
         entry: dict[str, Any] = {"at": 1, "kind": fault.name}
         if target is not None:
             entry["target"] = target
         scenario = parse_scenario({**base, "faults": [entry]})
         assert scenario.faults[0].kind == fault.name
+
+
+def test_a_vm_fault_must_name_a_vm() -> None:
+    base: dict[str, Any] = {"hosts": [{"id": "h1"}], "vms": [{"id": "vm1", "host": "h1"}]}
+    for target in ("h1", None):
+        fault = {"at": 1, "kind": "vm_crash"} | ({} if target is None else {"target": target})
+        with pytest.raises(ScenarioError, match="needs 'target' naming a VM"):
+            parse_scenario({**base, "faults": [fault]})
+    assert parse_scenario({**base, "faults": [{"at": 1, "kind": "vm_crash", "target": "vm1"}]})
+
+
+def test_one_shot_faults_are_never_generated() -> None:
+    assert by_name("vm_crash").one_shot
+    assert not by_name("vm_crash").is_heal
+    assert "vm_crash" not in {f.name for f in BREAKING}
+    for index in range(60):
+        kinds = {i.kind for i in generate(case_seed(5, index)).incidents}
+        assert "vm_crash" not in kinds
 
 
 # -- generation -------------------------------------------------------------------

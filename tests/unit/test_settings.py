@@ -130,6 +130,13 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.phi.min.std.deviation": (6, 6.0),
     "cloudha.phi.acceptable.pause": (30, 30.0),
     "cloudha.phi.window": (100, 100),
+    "cloudha.escalation.enabled": (True, True),
+    "cloudha.escalation.levels": (("agent.restart", "fence"), ("agent.restart", "fence")),
+    "cloudha.escalation.agent.service": ("cloudstack-agent", "cloudstack-agent"),
+    "cloudha.escalation.agent.restart.timeout": (180, 180.0),
+    "cloudha.escalation.power.cycle.timeout": (60, 60.0),
+    "cloudha.escalation.repeat.after": (600, 600.0),
+    "cloudha.vm.restart.in.place": (True, True),
 }
 
 MS_KEYS = {
@@ -150,7 +157,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 97
+    assert len(KEYS) == 104
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -1016,6 +1023,13 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.phi.min.std.deviation",
         "cloudha.phi.acceptable.pause",
         "cloudha.phi.window",
+        "cloudha.escalation.enabled",
+        "cloudha.escalation.levels",
+        "cloudha.escalation.agent.service",
+        "cloudha.escalation.agent.restart.timeout",
+        "cloudha.escalation.power.cycle.timeout",
+        "cloudha.escalation.repeat.after",
+        "cloudha.vm.restart.in.place",
     }
 
 

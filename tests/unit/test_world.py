@@ -24,6 +24,7 @@ from cloudha.ports import (
     AgentGateway,
     DirectAgentResource,
     HostDirectory,
+    HostShell,
     HypervisorControl,
     StoragePoolDirectory,
     VmOrchestrator,
@@ -36,11 +37,13 @@ from cloudha.testing import (
     WorldAgentGateway,
     WorldDirectResources,
     WorldHostDirectory,
+    WorldHostShell,
     WorldHypervisors,
     WorldOrchestrator,
     WorldPowerDriver,
     check_agent_gateway,
     check_host_directory,
+    check_host_shell,
     check_vm_orchestrator,
 )
 from cloudha.testing.scenario import HostSpec, VmSpec
@@ -75,6 +78,38 @@ def test_world_ports_implement_their_protocols() -> None:
     assert isinstance(ports["pools"], StoragePoolDirectory)
     assert isinstance(ports["direct_resources"], DirectAgentResource)
     assert [d.name for d in ports["oobm_drivers"]] == ["ipmi", "redfish"]
+    assert isinstance(ports["shell"], HostShell)
+
+
+def test_host_shell_contract_with_a_hung_host() -> None:
+    world = small_world()
+    world.hosts["h2"].hung = True
+    check_host_shell(WorldHostShell(world), host(world, "h1"), host(world, "h2"))
+
+
+def test_systemctl_restart_over_ssh_starts_a_stopped_agent_only_where_ssh_reaches() -> None:
+    world = small_world()
+    started: list[str] = []
+    world.on_agent_start = lambda h: started.append(h.spec.id)
+    shell = WorldHostShell(world)
+    restart = ["systemctl", "restart", "cloudstack-agent"]
+    for host_id in ("h1", "h2", "h3"):
+        world.hosts[host_id].agent_running = False
+    world.hosts["h2"].mgmt_link = False  # SSH takes the agent's network
+    world.hosts["h3"].booting = True  # sshd is not up yet
+    assert shell.run(host(world, "h1"), restart, timeout=5).exit_status == 0
+    for host_id in ("h2", "h3"):
+        with pytest.raises(ProbeTimeout):
+            shell.run(host(world, host_id), restart, timeout=5)
+    assert started == ["h1"]
+    assert world.hosts["h1"].agent_running
+    assert not world.hosts["h2"].agent_running
+    other = shell.run(host(world, "h1"), ["systemctl", "restart", "nginx"], timeout=5)
+    assert other.exit_status == 5
+    assert shell.run(host(world, "h1"), ["reboot"], timeout=5).exit_status == 127
+    assert started == ["h1"]  # a running agent is not started twice
+    assert shell.run(host(world, "h1"), restart, timeout=5).exit_status == 0
+    assert started == ["h1"]
 
 
 def test_agent_gateway_contract_with_a_powered_off_host() -> None:
