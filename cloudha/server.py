@@ -458,10 +458,14 @@ class ManagementServer:
         self.clock = clock
         # Every part of the server reads the directory through this: its answers
         # keep the desired state's freshness (self.freshness, made below).
-        self.directory: HostDirectory = WatchedDirectory(
+        self.directory = directory
+        """The host directory the embedder gave."""
+        self.watched_directory = WatchedDirectory(
             directory, lambda error: self.freshness.note_directory(error)
         )
-        directory = self.directory
+        """:attr:`directory` as every part of the server reads it (its answers keep the
+        desired state's freshness)."""
+        directory = self.watched_directory
         self.gateway = gateway
         self.orchestrator = orchestrator
         self.alerts = alerts
@@ -720,14 +724,14 @@ class ManagementServer:
         """One cheap directory query (freshness): a monitored host's row, or the owned list."""
         hosts = self.ping_map.hosts()
         if hosts:
-            self.directory.find_host(hosts[0])
+            self.watched_directory.find_host(hosts[0])
         else:
-            self.directory.list_hosts(management_server_id=self.server_id)
+            self.watched_directory.list_hosts(management_server_id=self.server_id)
 
     def _owned_hosts(self) -> list[Host]:
         return [
             h
-            for h in self.directory.list_hosts()
+            for h in self.watched_directory.list_hosts()
             if h.management_server_id in (None, self.server_id)
         ]
 
