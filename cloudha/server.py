@@ -56,7 +56,7 @@ from cloudha.hostha.bridge import HostHAInvestigator
 from cloudha.hostha.config import SqlHAConfigStore
 from cloudha.hostha.manager import POLL_INTERVAL as HOST_HA_POLL_INTERVAL
 from cloudha.hostha.manager import HAExecutors, HAManager
-from cloudha.hostha.provider import KVMHAProvider
+from cloudha.hostha.provider import KVMHAProvider, ShadowHAProvider
 from cloudha.investigators import InvestigatorChain, InvestigatorContext, build_chain
 from cloudha.investigators.base import HOST_HA_BRIDGE
 from cloudha.model import Host, Vm, VmState
@@ -166,6 +166,8 @@ class HostVmSync:
         self.grace = grace
         self._missing: dict[str, dict[str, float]] = {}  # host -> vm -> first missing at
         self._lock = threading.Lock()
+        self.shadow = False
+        """Shadow mode: a VM to sync is recorded (``shadow``), not stopped or restarted."""
 
     def host_connected(self, host: Host, running: Collection[str]) -> None:
         with self._lock:
@@ -206,6 +208,16 @@ class HostVmSync:
         ]
 
     def _stop(self, host_id: str, vm: Vm, why: str, *, in_place: bool) -> None:
+        if self.shadow:
+            self.recorder.emit(
+                "vm_sync",
+                host=host_id,
+                vm=vm.id,
+                reason=f"{why}: shadow mode: would mark it Stopped (and restart it), did nothing",
+                restart=False,
+                shadow=True,
+            )
+            return
         self.orchestrator.advance_stop(vm, force=True)
         stopped = self.orchestrator.find_vm(vm.id)
         work = (
@@ -557,6 +569,8 @@ class ManagementServer:
             ]
         else:
             providers = []
+        if settings.cloudha_shadow:
+            providers = [ShadowHAProvider(p, self.recorder) for p in providers]
         if ha_config is not None and providers:
             self.host_ha = HAManager(
                 server_id=server_id,
@@ -619,6 +633,8 @@ class ManagementServer:
         """Storm protection of the fast path's fences (``cloudha.storm.*``)."""
         if self.suspicion is not None:
             self.suspicion.guard = self.storm
+            self.suspicion.shadow = settings.cloudha_shadow
+        self.vm_sync.shadow = settings.cloudha_shadow
         if self.suspicion is not None and self.host_ha is not None:
             self.suspicion.stands_aside = self.host_ha.owns
         self.agents = AgentManager(
@@ -651,7 +667,9 @@ class ManagementServer:
             )
             if self.host_ha is not None:
                 self.escalation.stands_aside = self.host_ha.owns
+            self.escalation.shadow = settings.cloudha_shadow
             self.agents.escalation = self.escalation
+        self.agents.shadow = settings.cloudha_shadow
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)
         """The ``PingTask`` of every directly managed host this server owns, as one loop."""
@@ -804,6 +822,8 @@ class ManagementServer:
         With :attr:`work_seconds` above 0 the round is split: a tick claims
         a work and returns ``work_seconds``; the worker's next tick processes it.
         """
+        if self.settings.cloudha_shadow:
+            return self.settings.time_to_sleep  # shadow mode schedules nothing and runs nothing
         if self.freshness.hold("HA work", record=False):
             return min(self.settings.time_to_sleep, self.settings.ping_interval)
         try:

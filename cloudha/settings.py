@@ -1058,7 +1058,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Run every check and decision but execute nothing (no fence, stop, start or"
         " self-fence): record what would be done, with shadow: true.",
         "cloudha",
-        read_by=NOT_USED_YET,  # TEMP
+        read_by=(_SERVER, _SIMULATOR, _HEARTBEAT_CLI),
     ),
     # cloudha's own: lasting evidence (docs/evidence.md).
     _key(

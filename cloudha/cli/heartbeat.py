@@ -11,6 +11,7 @@ the option, and exit status 2.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from cloudha.model import Pool
 from cloudha.settings import Settings
 
 __all__ = ["heartbeat"]
+
+log = logging.getLogger("cloudha.heartbeat")
 
 _OPTIONS = {
     "host_ip": "--host-ip",
@@ -167,6 +170,12 @@ def write(
     ip = _host_ip(host_ip)
     pools = _pools(mounts)
     settings = _settings(settings_file)
+    shadow = settings.cloudha_shadow
+    if shadow and watchdog_device is not None:
+        raise BadInput(
+            "cloudha.shadow is true: shadow mode resets nothing, so it arms no watchdog"
+            " (drop --watchdog, or turn shadow mode off)"
+        )
     timing = _timing(settings)
     clock = SystemClock()
     isolation = None
@@ -186,6 +195,7 @@ def write(
             reboot_on_failure=(
                 False if once else settings.reboot_host_and_alert_management_on_heartbeat_timeout
             ),
+            self_fencer=ShadowSelfFencer() if shadow else None,
             watchdog=None if watchdog_device is None else LinuxWatchdog(str(watchdog_device)),
             watchdog_timeout=settings.cloudha_watchdog_timeout,
             reset_margin=settings.cloudha_watchdog_reset_margin,
@@ -200,7 +210,7 @@ def write(
             click.echo(f"cloudha heartbeat write: not written to {', '.join(failed)}", err=True)
             raise SystemExit(1)
         return
-    raise SystemExit(_run_until_signalled(writer))
+    raise SystemExit(_run_until_signalled(writer, again=shadow))
 
 
 def _write_round(writer: HeartbeatWriter, pools: Sequence[Pool]) -> set[str]:
@@ -225,14 +235,26 @@ def _write_round(writer: HeartbeatWriter, pools: Sequence[Pool]) -> set[str]:
         plan.close()
 
 
-def _run_until_signalled(writer: HeartbeatWriter) -> int:
-    """Run the writer in a thread until SIGTERM/SIGINT; 0 when stopped, 1 if it ended by itself."""
+class ShadowSelfFencer:
+    """Shadow mode's self-fencer (``cloudha.shadow``): logs that it would reset, resets nothing."""
+
+    def self_fence(self, reason: str) -> None:
+        log.critical("shadow mode: would reset this host now (%s); did nothing", reason)
+
+
+def _run_until_signalled(writer: HeartbeatWriter, *, again: bool = False) -> int:
+    """Run the writer in a thread until SIGTERM/SIGINT; 0 when stopped, 1 if it ended by itself.
+
+    ``again`` (shadow mode): a writer that ended after a self-fence that did nothing starts over.
+    """
     stop = threading.Event()
     failure: list[BaseException] = []
 
     def work() -> None:
         try:
             writer.run(stop)
+            while again and not stop.is_set():
+                writer.run(stop)
         except BaseException as exc:
             failure.append(exc)
 

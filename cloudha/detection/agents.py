@@ -198,6 +198,9 @@ class AgentManager:
         self.suspicion = suspicion
         self.sightings = sightings if sightings is not None else Sightings(clock)
         self.freshness = freshness
+        self.shadow = False
+        """Shadow mode (``cloudha.shadow``): a Down host's VMs are recorded as what would be
+        restarted (``ha_scheduled`` with ``shadow``), never handed to the scheduler."""
         self.escalation = escalation
         self._alert_watch: dict[str, float] = {}
         self._adopted: set[str] = set()  # re-adopted while Disconnected, by recover()
@@ -804,6 +807,8 @@ class AgentManager:
                     self._hand_over_due.pop(host_id, None)
                     self._no_vm_runs.discard(host_id)
                 return True
+            if self.shadow:
+                return self._shadow_hand_over(host_id, proven)
             self.scheduler.schedule_restart_for_vms_on_host(
                 after, investigate=not proven, reason=ReasonType.HOST_DOWN
             )
@@ -856,6 +861,23 @@ class AgentManager:
             self.escalation.reset(host_id, f"{host_id} is {status} again")
         except Exception:
             log.exception("escalation reset of %s raised", host_id)
+
+    def _shadow_hand_over(self, host_id: str, proven: bool) -> bool:
+        """Shadow mode: record which HA VMs would be restarted; schedule nothing."""
+        with self._watch_lock:
+            self._hand_over_due.pop(host_id, None)
+            self._no_vm_runs.discard(host_id)
+        self.recorder.emit(
+            "ha_scheduled",
+            host=host_id,
+            reason="shadow mode: the host is Down, its HA VMs would be scheduled for restart"
+            + ("; none runs (proven at the verdict)" if proven else "")
+            + "; nothing was scheduled",
+            ha_reason=str(ReasonType.HOST_DOWN),
+            investigate=not proven,
+            shadow=True,
+        )
+        return True
 
     def _fence_on_suspicion(self, host_id: str) -> bool:
         """Offer ``host_id``, if in Alert, to the fast path; True once it was fenced and is Down."""

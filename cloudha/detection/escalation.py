@@ -39,6 +39,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import attrs
 
@@ -387,6 +388,8 @@ class EscalationLadder:
         self.recorder = recorder
         self.stands_aside: Callable[[Host], bool] = _never
         """True for a host another authority resets and fences (Host-HA owns it)."""
+        self.shadow = False
+        """Shadow mode (``cloudha.shadow``): every level but ``fence`` is recorded, not run."""
         self._hosts: dict[str, _HostLadder] = {}
         self._lock = threading.Lock()
 
@@ -504,6 +507,18 @@ class EscalationLadder:
                 self._emit(host.id, state.index, RecoveryOutcome.SKIPPED, why_not)
                 state.index += 1
                 continue
+            if self.shadow and level.name != FENCE:
+                # Shadow mode: decided, recorded, not done (the fence level only hands the
+                # host back to the existing path, which has its own shadow gate).
+                self._emit(
+                    host.id,
+                    state.index,
+                    RecoveryOutcome.SKIPPED,
+                    f"shadow mode: would run {level.name} on {host.id}, did nothing",
+                    shadow=True,
+                )
+                state.index += 1
+                continue
             state.attempting = True
             try:
                 result = self._attempt(level, host)
@@ -599,8 +614,17 @@ class EscalationLadder:
             )
         return result
 
-    def _emit(self, host_id: str, index: int, outcome: RecoveryOutcome, reason: str) -> None:
+    def _emit(
+        self,
+        host_id: str,
+        index: int,
+        outcome: RecoveryOutcome,
+        reason: str,
+        *,
+        shadow: bool = False,
+    ) -> None:
         level = self.levels[index]
+        extra: dict[str, Any] = {"shadow": True} if shadow else {}
         self.recorder.emit(
             "escalation",
             host=host_id,
@@ -609,6 +633,7 @@ class EscalationLadder:
             step=index + 1,
             outcome=outcome.value,
             timeout=level.timeout,
+            **extra,
         )
         if outcome is not RecoveryOutcome.SKIPPED:
             log.info("%s: escalation %s %s: %s", host_id, level.name, outcome.value, reason)

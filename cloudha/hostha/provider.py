@@ -47,6 +47,7 @@ import attrs
 from cloudha.clock import Clock
 from cloudha.commands import answer_verdict, check_vm_activity
 from cloudha.errors import ConfigurationError, HACheckError, ProbeError
+from cloudha.evidence import Recorder
 from cloudha.fencing.base import FenceOutcome
 from cloudha.fencing.power import PowerFencer
 from cloudha.investigators.base import Verdict, host_outcome
@@ -55,11 +56,17 @@ from cloudha.investigators.support import list_neighbours
 from cloudha.model import Host, HypervisorType, Pool, ResourceState
 from cloudha.oobm.manager import OutOfBandManager
 from cloudha.oobm.power import PowerOperation, PowerState
-from cloudha.ports import AgentGateway, HostDirectory, StoragePoolDirectory, VolumeDirectory
+from cloudha.ports import (
+    AgentGateway,
+    HAProvider,
+    HostDirectory,
+    StoragePoolDirectory,
+    VolumeDirectory,
+)
 from cloudha.settings import Settings
 from cloudha.status import Status
 
-__all__ = ["BaseHAProvider", "HAProviderConfig", "KVMHAProvider"]
+__all__ = ["BaseHAProvider", "HAProviderConfig", "KVMHAProvider", "ShadowHAProvider"]
 
 log = logging.getLogger(__name__)
 
@@ -334,3 +341,61 @@ class KVMHAProvider(BaseHAProvider):
     def proves_dead(self, host: Host) -> bool:
         finding = self.checker.is_agent_alive(host)
         return finding.verdict is Verdict.DEAD
+
+
+class ShadowHAProvider:
+    """Shadow mode (``cloudha.shadow``) around a provider: it checks, it does not act.
+
+    Every check (eligibility, health, activity, ``proves_dead``) is the wrapped
+    provider's; :meth:`recover` and :meth:`fence` record what they would do
+    (``host_ha_recovery`` / ``host_ha_fence`` with ``shadow: true``) and
+    return False, so Host-HA goes on as after a recovery or fence that did
+    not succeed, and nothing is reset or powered off.
+    """
+
+    def __init__(self, provider: HAProvider, recorder: Recorder) -> None:
+        self.provider = provider
+        self.recorder = recorder
+        self.name = provider.name
+
+    @property
+    def config(self) -> HAProviderConfig:
+        return self.provider.config
+
+    def supports(self, host: Host) -> bool:
+        return self.provider.supports(host)
+
+    def is_eligible(self, host: Host) -> bool:
+        return self.provider.is_eligible(host)
+
+    def is_healthy(self, host: Host) -> bool:
+        return self.provider.is_healthy(host)
+
+    def has_activity(self, host: Host, suspect_since: float) -> bool | None:
+        return self.provider.has_activity(host, suspect_since)
+
+    def proves_dead(self, host: Host) -> bool:
+        return self.provider.proves_dead(host)
+
+    def recover(self, host: Host) -> bool:
+        self.recorder.emit(
+            "host_ha_recovery",
+            host=host.id,
+            reason=f"shadow mode: {self.name} would reset {host.id} (BMC RESET), did nothing",
+            provider=self.name,
+            shadow=True,
+        )
+        return False
+
+    def fence(self, host: Host) -> bool:
+        self.recorder.emit(
+            "host_ha_fence",
+            host=host.id,
+            reason=f"shadow mode: {self.name} would power {host.id} off, did nothing",
+            provider=self.name,
+            shadow=True,
+        )
+        return False
+
+    def __repr__(self) -> str:
+        return f"ShadowHAProvider({self.provider!r})"

@@ -333,7 +333,11 @@ class Simulation:
         self.world.orchestrator_out = value
 
     def _watch(self, evidence: Evidence) -> None:
-        if evidence.kind == "ha_scheduled" and evidence.host is not None:
+        if (
+            evidence.kind == "ha_scheduled"
+            and evidence.host is not None
+            and not evidence.details.get("shadow")  # shadow mode scheduled nothing
+        ):
             reason = ReasonType(str(evidence.details.get("ha_reason", "HostDown")))
             investigate = evidence.details.get("investigate", True) is not False
             self.scheduled.append(ScheduledRestart(evidence.host, investigate, reason))
@@ -348,9 +352,11 @@ class Simulation:
                 if row.host_id == evidence.host and self.vms[vm_id].ha:
                     self.ha_expected.append((evidence.t, vm_id))
         # A host declared Down while VMs still run on it is how HA ends up
-        # running a VM twice; the checker counts every such verdict.
+        # running a VM twice; the checker counts every such verdict. (Not in shadow
+        # mode: its writers arm no watchdog, and nothing acts on its verdicts.)
         if (
-            evidence.kind == "host_status"
+            not self.settings.cloudha_shadow
+            and evidence.kind == "host_status"
             and evidence.details.get("to") == str(Status.DOWN)
             and any(evidence.host in vm.running_on for vm in self.vms.values())
         ):
@@ -645,8 +651,11 @@ class Simulation:
         """(Re)start the countdown; it resets the host unless petted again in time.
 
         The reset comes ``cloudha.watchdog.reset.margin`` after the timeout:
-        the latest the timing allows.
+        the latest the timing allows. In shadow mode no writer arms a watchdog
+        (a reset is an action), so there is no countdown.
         """
+        if self.settings.cloudha_shadow:
+            return
         host.pet_seq += 1
         seq = host.pet_seq
         delay = self.settings.cloudha_watchdog_timeout + self.settings.cloudha_watchdog_reset_margin
@@ -677,7 +686,19 @@ class Simulation:
         return True
 
     def _self_fence(self, host: _SimHost, reason: str) -> None:
-        """The writer gave up: the host resets itself (sysrq ``b``) and boots again."""
+        """The writer gave up: the host resets itself (sysrq ``b``) and boots again.
+
+        In shadow mode it records that it would, and a new writer goes on a round later.
+        """
+        if self.settings.cloudha_shadow:
+            self.recorder.emit(
+                "self_fence",
+                host=host.spec.id,
+                reason=f"{reason}; shadow mode: would reset the host, did nothing",
+                shadow=True,
+            )
+            self._start_writer(host, self.timing.frequency)
+            return
         self.recorder.emit("self_fence", host=host.spec.id, reason=reason)
         self.world.power_off(host)
         self._boot(host)
@@ -930,8 +951,9 @@ class Simulation:
 
         HA-enabled, in a zone with ``vm.ha.enabled``, last on a Routing host
         whose hypervisor is not one that does its own HA (VMware, Hyper-V).
+        In shadow mode (``cloudha.shadow``) cloudha brings nothing back by design.
         """
-        if not vm.ha or not self.settings.vm_ha_enabled:
+        if not vm.ha or not self.settings.vm_ha_enabled or self.settings.cloudha_shadow:
             return False
         host = self.hosts[vm.host or vm.original_host].spec
         return host.type is HostType.ROUTING and host.hypervisor not in (
