@@ -81,3 +81,26 @@ def test_a_cluster_silent_behind_its_switch_is_not_fenced_on_suspicion() -> None
     assert held
     assert "cluster c0" in held[0]["reason"]
     assert doc["invariants"] == CLEAN
+
+
+def test_a_whole_rack_silent_behind_its_switch_triggers_the_full_disruption_stop() -> None:
+    # Rack r0 (8 hosts in each of the 5 clusters) loses its top-of-rack switch: every
+    # network of its 40 hosts, their BMCs still answering. Each cluster is only 20 %
+    # silent, so its other hosts can be asked and the fast path would fence them all;
+    # with racks among the domains, the rack is 100 % silent: nothing is fenced.
+    rack = [f"c{c}h{i:02d}" for c in range(5) for i in range(40) if i % 5 == 0]
+    faults = [{"at": HANG_AT, "kind": "host_isolation", "target": h} for h in rack]
+    faults += [{"at": 1500.0, "kind": "host_heal", "target": h} for h in rack]
+    domains = {"cloudha.storm.domains": ["cluster", "pod", "zone", "rack"]}
+    doc = simulate(fleet(faults, until=2400, watchdog=False, settings=domains))
+    assert not [e for e in events(doc, "suspicion") if e.get("outcome") == "FENCED"]
+    held = [e for e in events(doc, "storm") if e["rule"] == "disruption"]
+    assert {e["host"] for e in held} <= set(rack)
+    assert held
+    assert "rack r0: 40 of 40 hosts are silent" in held[0]["reason"]
+    assert doc["invariants"] == CLEAN
+    # Without the rack domain the same outage is fenced host by host, at the budget's pace.
+    doc = simulate(fleet(faults, until=2400, watchdog=False))
+    fenced = [e for e in events(doc, "suspicion") if e.get("outcome") == "FENCED"]
+    assert fenced
+    assert doc["invariants"] == CLEAN
