@@ -201,7 +201,7 @@ def test_write_forever_runs_the_writer_with_the_reboot_setting(
 ) -> None:
     seen: list[HeartbeatWriter] = []
 
-    def fake_run(writer: HeartbeatWriter) -> int:
+    def fake_run(writer: HeartbeatWriter, *, again: bool = False) -> int:
         seen.append(writer)
         return 0
 
@@ -354,7 +354,7 @@ def test_write_with_an_agent_ack_file_is_isolation_aware(
 ) -> None:
     seen: list[HeartbeatWriter] = []
 
-    def fake_run(writer: HeartbeatWriter) -> int:
+    def fake_run(writer: HeartbeatWriter, *, again: bool = False) -> int:
         seen.append(writer)
         return 0
 
@@ -376,3 +376,42 @@ def test_write_with_an_agent_ack_file_is_isolation_aware(
     assert seen[-1].isolation is None
     result = runner.invoke(main, args)
     assert seen[-1].isolation is None  # without the file there is no link to judge
+
+
+def test_write_in_shadow_mode_never_resets_and_starts_the_writer_over(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[HeartbeatWriter, bool]] = []
+
+    def fake_run(writer: HeartbeatWriter, *, again: bool = False) -> int:
+        seen.append((writer, again))
+        return 0
+
+    monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", fake_run)
+    settings = tmp_path / "s.toml"
+    settings.write_text('"cloudha.shadow" = true\n')
+    args = ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)]
+    result = runner.invoke(main, [*args, "--settings", str(settings)])
+    assert result.exit_code == 0, result.output
+    ((writer, again),) = seen
+    assert again is True
+    assert isinstance(writer.self_fencer, cli_heartbeat.ShadowSelfFencer)
+    assert writer.watchdog is None
+
+
+def test_a_shadow_writer_that_self_fenced_runs_again_until_stopped() -> None:
+    storage = MemoryStorage(SystemClock())
+    storage.fail_writes = True
+    runs: list[int] = []
+
+    class Fencer(RecordingSelfFencer):
+        def self_fence(self, reason: str) -> None:
+            super().self_fence(reason)
+            runs.append(1)
+            if len(runs) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    fencer = Fencer()
+    writer = _writer(storage, fencer)
+    assert cli_heartbeat._run_until_signalled(writer, again=True) == 0
+    assert len(fencer.calls) >= 3
