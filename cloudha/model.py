@@ -210,6 +210,10 @@ class Host:
     a watchdog). False means no such guarantee (CloudStack's script writer,
     or not known): a stale heartbeat then does not prove the host dead
     (:func:`~cloudha.investigators.support.stale_proof`).
+
+    ``rack`` is an optional rack label: with ``rack`` among
+    ``cloudha.storm.domains``, the hosts sharing it are one failure domain of
+    storm protection (:class:`~cloudha.detection.storm.StormGuard`).
     """
 
     id: str
