@@ -82,6 +82,7 @@ from cloudha.testing.fakes import (
     RecordingAlertSink,
     ScheduledRestart,
 )
+from cloudha.testing.faults import Target, by_name
 from cloudha.testing.scenario import (
     EVENT_HARD_CAP,
     Scenario,
@@ -725,8 +726,17 @@ class Simulation:
     # -- faults ---------------------------------------------------------------
 
     def _fault(self, kind: str, target: str | None) -> None:
+        # A fault on a host or a VM names it as the event's subject too, so that
+        # `cloudha explain` shows the fault that began a host's or a VM's chain.
+        aim = by_name(kind).target
         self.recorder.emit(
-            "fault", reason="fault injected", fault=kind, target=target, status="applied"
+            "fault",
+            host=target if aim is Target.HOST else None,
+            vm=target if aim is Target.VM else None,
+            reason="fault injected",
+            fault=kind,
+            target=target,
+            status="applied",
         )
         FAULT_EFFECTS[kind](self, target)
 

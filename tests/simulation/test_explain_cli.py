@@ -197,3 +197,14 @@ def test_explain_reads_a_read_only_database(crash_db: str, tmp_path: Path) -> No
     missing = run("explain", "h2", "--db", f"sqlite:///file:{tmp_path}/none.db?mode=ro&uri=true")
     assert missing.exit_code == 3
     assert "no such database file" in missing.stderr
+
+
+def test_explain_starts_a_hosts_chain_with_the_fault_injected_into_it(tmp_path: Path) -> None:
+    from cloudha.testing import simulate
+
+    root = Path(__file__).resolve().parents[2]
+    doc = simulate(root / "examples" / "scenarios" / "single-host-crash.toml")
+    (crash,) = [e for e in doc["events"] if e["kind"] == "fault" and e["fault"] == "host_crash"]
+    assert crash["host"] == crash["target"]
+    pool_faults = [e for e in doc["events"] if e["kind"] == "fault" and "host" not in e]
+    assert all(e["fault"] != "host_crash" for e in pool_faults)
