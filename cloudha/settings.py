@@ -226,6 +226,8 @@ _HOST_HA = "cloudha.hostha.manager"
 _HOST_HA_KVM = "cloudha.hostha.provider"
 _FRESHNESS = "cloudha.detection.freshness"
 _STORM = "cloudha.detection.storm"
+_DEADLINES = "cloudha.detection.deadlines"
+_PHI = "cloudha.detection.phi"
 _EVIDENCE_STORE = "cloudha.evidence_store"
 _ESCALATION = "cloudha.detection.escalation"
 
@@ -279,8 +281,8 @@ _SPECS: tuple[KeySpec, ...] = (
             _SUSPICION,
             _FRESHNESS,
             _STORM,
-            "cloudha.detection.deadlines",
-            "cloudha.detection.phi",
+            _DEADLINES,
+            _PHI,
             _ESCALATION,
         ),
     ),
@@ -291,7 +293,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Pings a host may miss, as a multiple of ping.interval, before it is behind on ping.",
         _S21,
         bounds=(1.0, 100.0, "a host 100 pings behind is long dead"),
-        read_by=(_AGENTS, _MONITOR, _CAMPAIGN, _STORM, "cloudha.detection.deadlines"),
+        read_by=(_AGENTS, _MONITOR, _CAMPAIGN, _STORM, _DEADLINES),
     ),
     _key(
         "alert.wait",
@@ -1097,7 +1099,7 @@ _SPECS: tuple[KeySpec, ...] = (
         " 1.0 is CloudStack's timeout.",
         "cloudha",
         bounds=(1.0, 10.0, "below 1 is a smaller ping.timeout; 10 timeouts late is no HA"),
-        read_by=("cloudha.detection.deadlines",),
+        read_by=(_DEADLINES,),
     ),
     _key(
         "cloudha.ping.jitter",
@@ -1106,7 +1108,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Largest random epsilon added to ping.interval in each host's timeout, as a fraction of"
         " ping.interval (swarmkit: 0.1); seeded per server and host; 0: one timeout for all.",
         "cloudha",
-        read_by=("cloudha.detection.deadlines",),
+        read_by=(_DEADLINES,),
     ),
     _key(
         "cloudha.phi.enabled",
@@ -1115,7 +1117,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Phi accrual detection beside the fixed timeout: a host whose phi reaches"
         " cloudha.phi.threshold is examined before its timeout (never after).",
         "cloudha",
-        read_by=("cloudha.detection.phi",),
+        read_by=(_PHI,),
     ),
     _key(
         "cloudha.phi.threshold",
@@ -1125,7 +1127,7 @@ _SPECS: tuple[KeySpec, ...] = (
         " a mistake under the model).",
         "cloudha",
         bounds=(1.0, 16.0, "below 1 is a 10 % false-alarm rate; Cassandra allows up to 16"),
-        read_by=("cloudha.detection.phi",),
+        read_by=(_PHI,),
     ),
     _key(
         "cloudha.phi.min.std.deviation",
@@ -1135,7 +1137,7 @@ _SPECS: tuple[KeySpec, ...] = (
         " heartbeats, scaled to 60 s pings).",
         "cloudha",
         bounds=(0.1, 3600, "a tighter floor turns milliseconds of delay into alarms"),
-        read_by=("cloudha.detection.phi",),
+        read_by=(_PHI,),
     ),
     _key(
         "cloudha.phi.acceptable.pause",
@@ -1144,7 +1146,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "A pause of a host's pings this long, beyond its mean interval, costs no suspicion.",
         "cloudha",
         bounds=(0.1, 3600, "pings are never exactly on time; an hour of silence is no HA"),
-        read_by=("cloudha.detection.phi",),
+        read_by=(_PHI,),
     ),
     _key(
         "cloudha.phi.window",
@@ -1153,7 +1155,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Ping intervals kept per host for its mean and deviation (100 minutes at 60 s pings).",
         "cloudha",
         bounds=(2, 10_000, "a mean and a deviation need 2; more only costs memory per host"),
-        read_by=("cloudha.detection.phi",),
+        read_by=(_PHI,),
     ),
     # cloudha's own: the escalation ladder and the in-place VM restart (docs/escalation.md).
     _key(

@@ -66,7 +66,13 @@ from cloudha.ports import (
 from cloudha.settings import Settings
 from cloudha.status import Status
 
-__all__ = ["BaseHAProvider", "HAProviderConfig", "KVMHAProvider", "ShadowHAProvider"]
+__all__ = [
+    "BaseHAProvider",
+    "ForwardingHAProvider",
+    "HAProviderConfig",
+    "KVMHAProvider",
+    "ShadowHAProvider",
+]
 
 log = logging.getLogger(__name__)
 
@@ -343,19 +349,14 @@ class KVMHAProvider(BaseHAProvider):
         return finding.verdict is Verdict.DEAD
 
 
-class ShadowHAProvider:
-    """Shadow mode (``cloudha.shadow``) around a provider: it checks, it does not act.
+class ForwardingHAProvider:
+    """A provider around another one that forwards every call to it (an :class:`HAProvider`).
 
-    Every check (eligibility, health, activity, ``proves_dead``) is the wrapped
-    provider's; :meth:`recover` and :meth:`fence` record what they would do
-    (``host_ha_recovery`` / ``host_ha_fence`` with ``shadow: true``) and
-    return False, so Host-HA goes on as after a recovery or fence that did
-    not succeed, and nothing is reset or powered off.
+    Subclasses override what they change (shadow mode, the simulator's checker).
     """
 
-    def __init__(self, provider: HAProvider, recorder: Recorder) -> None:
+    def __init__(self, provider: HAProvider) -> None:
         self.provider = provider
-        self.recorder = recorder
         self.name = provider.name
 
     @property
@@ -374,8 +375,32 @@ class ShadowHAProvider:
     def has_activity(self, host: Host, suspect_since: float) -> bool | None:
         return self.provider.has_activity(host, suspect_since)
 
+    def recover(self, host: Host) -> bool:
+        return self.provider.recover(host)
+
+    def fence(self, host: Host) -> bool:
+        return self.provider.fence(host)
+
     def proves_dead(self, host: Host) -> bool:
         return self.provider.proves_dead(host)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.provider!r})"
+
+
+class ShadowHAProvider(ForwardingHAProvider):
+    """Shadow mode (``cloudha.shadow``) around a provider: it checks, it does not act.
+
+    Every check (eligibility, health, activity, ``proves_dead``) is the wrapped
+    provider's; :meth:`recover` and :meth:`fence` record what they would do
+    (``host_ha_recovery`` / ``host_ha_fence`` with ``shadow: true``) and
+    return False, so Host-HA goes on as after a recovery or fence that did
+    not succeed, and nothing is reset or powered off.
+    """
+
+    def __init__(self, provider: HAProvider, recorder: Recorder) -> None:
+        super().__init__(provider)
+        self.recorder = recorder
 
     def recover(self, host: Host) -> bool:
         self.recorder.emit(
@@ -396,6 +421,3 @@ class ShadowHAProvider:
             shadow=True,
         )
         return False
-
-    def __repr__(self) -> str:
-        return f"ShadowHAProvider({self.provider!r})"

@@ -64,7 +64,8 @@ from cloudha.heartbeat import (
     writer_plan,
 )
 from cloudha.heartbeat.isolation import LinkState, link_state
-from cloudha.hostha import HAExecutors, HAProviderConfig, KVMHAProvider, SqlHAConfigStore
+from cloudha.hostha import HAExecutors, KVMHAProvider, SqlHAConfigStore
+from cloudha.hostha.provider import ForwardingHAProvider
 from cloudha.model import (
     Host,
     HostType,
@@ -211,29 +212,12 @@ class _WatchedLevel:
         return result
 
 
-class _WatchedProvider:
+class _WatchedProvider(ForwardingHAProvider):
     """A Host-HA provider whose resets and fences of live hosts the checker counts."""
 
     def __init__(self, provider: HAProvider, sim: Simulation) -> None:
-        self.provider = provider
+        super().__init__(provider)
         self.sim = sim
-        self.name = provider.name
-
-    @property
-    def config(self) -> HAProviderConfig:
-        return self.provider.config
-
-    def supports(self, host: Host) -> bool:
-        return self.provider.supports(host)
-
-    def is_eligible(self, host: Host) -> bool:
-        return self.provider.is_eligible(host)
-
-    def is_healthy(self, host: Host) -> bool:
-        return self.provider.is_healthy(host)
-
-    def has_activity(self, host: Host, suspect_since: float) -> bool | None:
-        return self.provider.has_activity(host, suspect_since)
 
     def _watched(self, host: Host, act: Callable[[], bool]) -> bool:
         sim_host = self.sim.hosts.get(host.id)
