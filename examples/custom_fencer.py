@@ -46,6 +46,7 @@ from cloudha import (
     PowerOperation,
     PowerState,
     ProbeAuthError,
+    ProbeConnectionError,
     ProbeTimeout,
     Recorder,
     Settings,
@@ -128,6 +129,8 @@ class AcmeBmcDriver(BasePowerDriver):
     def _execute(
         self, config: OobmConfig, operation: PowerOperation, timeout: float
     ) -> PowerResult:
+        if config.address not in self.api.on:
+            raise ProbeConnectionError(f"no BMC answers at {config.address}")
         if config.address in self.api.dead:
             raise ProbeTimeout(f"BMC {config.address} silent for {timeout:g}s")
         if config.password != self._password:
@@ -140,6 +143,9 @@ class AcmeBmcDriver(BasePowerDriver):
 
 
 # -- the custom fencer -------------------------------------------------------------------------
+
+
+POLL = 0.5  # seconds between read-backs of the outlets
 
 
 class PduFencer(BaseFenceBuilder):
@@ -173,7 +179,7 @@ class PduFencer(BaseFenceBuilder):
 
     def _fence(self, vm: Vm, host: Host) -> FenceResult:
         outlets = self.outlets[host.id]
-        deadline = self.clock.monotonic() + self.timeout - 1.0  # leave time to answer
+        deadline = self.clock.monotonic() + self.timeout - POLL  # time left for a last read
         for outlet in outlets:
             self.pdu.switch_off(self._password, outlet)  # a ProbeError here: NOT_FENCED
         while True:
@@ -182,7 +188,7 @@ class PduFencer(BaseFenceBuilder):
                 return self.fenced(f"every outlet of {host.id} reads 0 W", watts=draws)
             if self.clock.monotonic() >= deadline:
                 return self.not_fenced(f"an outlet of {host.id} still draws power", watts=draws)
-            self.clock.wait(self._never, 0.5)
+            self.clock.wait(self._never, POLL)
 
 
 # -- the demonstration -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ in-memory stand-in for its API):
 
 The example checks it with ``cloudha.testing.check_investigator``, puts it in
 the chain of a ``ManagementServer`` (built over ``cloudha.testing``'s fakes, on
-virtual time), and lets a host's kernel panic twice: without the witness the
+virtual time), and runs the same kernel panic twice: without the witness the
 host is only in Alert (nothing proves it dead: no BMC, no heartbeat); with it,
 the host is Down and its HA VM runs elsewhere. The investigation's evidence
 record shows every witness's finding.
@@ -114,37 +114,37 @@ class ConsoleInvestigator(BaseInvestigator):
     def supports(self, host: Host) -> bool:  # cheap, no I/O
         return host.id in self.ports
 
-    def _panic(self, host: Host) -> tuple[float, str] | None:
-        """The console's last line when it is a kernel panic (may raise ProbeError)."""
-        lines = self.console.tail(self.ports[host.id], 20)
-        return lines[-1] if lines and PANIC in lines[-1][1] else None
+    def _last_line(self, host: Host) -> tuple[float, str] | None:
+        """The console's last line, as (epoch seconds, text); may raise ProbeError."""
+        lines = self.console.tail(self.ports[host.id], 1)
+        return lines[-1] if lines else None
 
     def _agent_alive(self, host: Host) -> Finding:
         port = self.ports[host.id]
-        panic = self._panic(host)
-        if panic is not None:
+        last = self._last_line(host)
+        if last is not None and PANIC in last[1]:
             return self.finding(
                 Verdict.DEAD,
                 f"the console of {host.id} shows a kernel panic",
                 no_vm_runs=True,  # a panicked kernel runs no VM: no fence needed for them
                 port=port,
-                line=panic[1],
+                line=last[1],
             )
-        lines = self.console.tail(port, 1)
-        if lines:
-            age = self.clock.now().timestamp() - lines[-1][0]
+        if last is not None:
+            age = self.clock.now().timestamp() - last[0]
             if age <= self.fresh_within:
                 return self.finding(
                     Verdict.ALIVE,
                     f"the console of {host.id} printed {age:.0f}s ago: its kernel runs",
-                    reachable=False,  # alive, but we do not know that its agent answers
+                    reachable=False,  # alive, but nothing says its agent answers
                     port=port,
                     age=round(age, 1),
                 )
         return self.unknown(f"the console of {host.id} is quiet: silence is not death", port=port)
 
     def _vm_alive(self, vm: Vm, host: Host) -> Finding:
-        if self._panic(host) is not None:
+        last = self._last_line(host)
+        if last is not None and PANIC in last[1]:
             return self.finding(Verdict.DEAD, f"{host.id} panicked: {vm.id} cannot run there")
         return self.unknown("the console does not show VMs")
 
@@ -182,7 +182,7 @@ def run(with_console: bool) -> tuple[Status | None, str | None, EvidenceLog]:
     )
     console = ConsoleServer()
     witness = ConsoleInvestigator(clock, console, {h: f"c-{h}" for h in HOSTS})
-    # The chain as the server would build it, plus the new witness (registration order;
+    # The built-in witnesses these ports allow, then the new one (registration order;
     # "ha.investigators.order" could put it first).
     chain = build_chain(
         InvestigatorContext(clock=clock, directory=directory, gateway=gateway, settings=settings),
@@ -233,16 +233,18 @@ def run(with_console: bool) -> tuple[Status | None, str | None, EvidenceLog]:
 
 def main() -> int:
     check(FakeClock(1_700_000_000.0))
-    status, _, _ = run(with_console=False)
-    print(f"without ConsoleInvestigator: h1 is {status} (nothing proves it dead)")
+    before, _, _ = run(with_console=False)
+    print(f"without ConsoleInvestigator: h1 is {before} (nothing proves it dead)")
     status, where, evidence = run(with_console=True)
     print(f"with ConsoleInvestigator: h1 is {status}, vm1 runs on {where}")
     for record in evidence.records(kind="investigation", host="h1"):
         print(f"investigation of h1: {record.details['result']}, {record.reason}")
         for finding in record.details["findings"]:
-            print(f"  {finding['source']:<22} {finding['verdict']:<7} {finding['reason']}")
+            print(f"  {finding['source']:<30} {finding['verdict']:<7} {finding['reason']}")
     decided = [r.details.get("decided_by") for r in evidence.records(kind="investigation")]
-    if status is not Status.DOWN or where in (None, "h1") or "ConsoleInvestigator" not in decided:
+    if before is not Status.ALERT or status is not Status.DOWN or where in (None, "h1"):
+        return 1
+    if "ConsoleInvestigator" not in decided:
         return 1
     print("h1 found Down by ConsoleInvestigator")
     return 0

@@ -201,17 +201,15 @@ class ToyVmManager:
             raise UnknownVmError(vm_id)
         return self.cloud.vms[vm_id]
 
-    def _pick(self, avoid: frozenset[str], prefer: str | None = None) -> str:
-        """The least loaded Up host with room, not avoided (``prefer`` first if it qualifies)."""
+    def _pick(self, avoid: frozenset[str], prefer: str | None = None) -> str | None:
+        """The least loaded Up host with room, not avoided (``prefer`` if it qualifies)."""
         load = {h: 0 for h, row in self.cloud.rows.items() if row.status is Status.UP}
         for vm in self.cloud.vms.values():
             if vm.host in load and vm.state is VmState.RUNNING:
                 load[vm.host] += 1
         free = sorted((n, h) for h, n in load.items() if h not in avoid and n < self.cloud.capacity)
-        if not free:
-            raise InsufficientCapacityError("?", reason="no Up host with room")
         hosts = [h for _, h in free]
-        return prefer if prefer in hosts else hosts[0]
+        return prefer if prefer in hosts else next(iter(hosts), None)
 
     def _move(self, vm: ToyVm, state: VmState, host: str | None) -> None:
         if vm.host is not None:
@@ -245,10 +243,9 @@ class ToyVmManager:
                 raise ConcurrentOperationError(vm.id, f"VM is {toy.state}")
             if params.ha_tag is not None:  # the toy's hosts carry no tags
                 raise InsufficientCapacityError(vm.id, reason=f"no host tagged {params.ha_tag}")
-            try:
-                host = self._pick(params.avoid_hosts, params.prefer_host)
-            except InsufficientCapacityError:
-                raise InsufficientCapacityError(vm.id, reason="no Up host with room") from None
+            host = self._pick(params.avoid_hosts, params.prefer_host)
+            if host is None:  # the VM stays Stopped and the generation is not used
+                raise InsufficientCapacityError(vm.id, reason="no Up host with room")
             if not self.cloud.powered[host]:
                 raise ProbeConnectionError(f"{host} does not answer", host_id=host)
             toy.generation = params.generation  # used: a start with it has begun
@@ -263,10 +260,9 @@ class ToyVmManager:
             toy = self._vm(vm.id)
             if toy.state is not VmState.RUNNING or toy.host != source_host_id:
                 raise ConcurrentOperationError(vm.id, f"not Running on {source_host_id}")
-            try:
-                host = self._pick(frozenset({source_host_id}))
-            except InsufficientCapacityError:
-                raise InsufficientCapacityError(vm.id, reason="no other host has room") from None
+            host = self._pick(frozenset({source_host_id}))
+            if host is None:
+                raise InsufficientCapacityError(vm.id, reason="no other host has room")
             self._move(toy, VmState.RUNNING, host)
             return host
 
@@ -303,6 +299,8 @@ class ToyBmc(BasePowerDriver):
         if config.password != self._password:
             raise ProbeAuthError(f"BMC {config.address} refused user {config.username!r}")
         with self.cloud.lock:
+            if config.address not in self.cloud.powered:
+                raise ProbeConnectionError(f"no BMC answers at {config.address}")
             if operation is PowerOperation.STATUS:
                 on = self.cloud.powered[config.address]
                 return PowerResult(operation, True, PowerState.ON if on else PowerState.OFF)
