@@ -63,6 +63,7 @@ from cloudha.ha.orchestrator import (
 from cloudha.oobm.power import PowerResult
 from cloudha.testing import (
     FakeClock,
+    LoopRunner,
     check_agent_gateway,
     check_host_directory,
     check_vm_orchestrator,
@@ -361,16 +362,10 @@ def main() -> int:
 
     # The orchestrator's connection layer tells cloudha about agents; the loops do the rest.
     server.recover(connected=list(HOSTS))  # what server.start() does first
-    loops = server.loops()
-    due = {loop.name: 0.0 for loop in loops}
-
-    def wake_workers() -> None:  # new HA work: the worker loops run at once
-        due.update({loop.name: clock.monotonic() for loop in loops if loop.wake_on_work})
-
-    server.on_work_added = wake_workers
     killed_at: float | None = None
-    while clock.monotonic() < 600:
-        now = clock.monotonic()
+
+    def hosts_do_their_part(now: float) -> None:
+        nonlocal killed_at
         if now == 60:
             print(f"t={now:.0f}s h1 loses power (its agent and vm1 with it)")
             cloud.powered["h1"] = False
@@ -381,13 +376,16 @@ def main() -> int:
                     server.agents.agent_connected(
                         h, vms=[v.id for v in cloud.vms.values() if v.host == h]
                     )
-        for loop in loops:  # server.start() runs each of these on its own thread
-            if due[loop.name] <= now:
-                due[loop.name] = now + loop.tick()
+
+    def vm1_runs_elsewhere() -> bool:
         vm1 = cloud.vms["vm1"]
-        if killed_at is not None and vm1.state is VmState.RUNNING and vm1.host != "h1":
-            break
-        clock.advance(1.0)
+        return killed_at is not None and vm1.state is VmState.RUNNING and vm1.host != "h1"
+
+    # server.start() runs each of server.loops() on its own thread; the runner ticks them
+    # on virtual time instead, one second per step.
+    LoopRunner(server, clock, each_step=hosts_do_their_part).run_until(
+        vm1_runs_elsewhere, within=600
+    )
 
     for record in evidence.records():  # every decision, with its reason
         if record.kind in SHOWN:
