@@ -86,7 +86,7 @@ FORMATS: Final[Mapping[str, str]] = {".svg": "svg", ".png": "png"}
 GROUP_ABOVE: Final = 60
 """Above this many hosts, the quiet hosts share summary lanes."""
 
-MAX_LANES_HEIGHT: Final = 10.0
+MAX_LANES_HEIGHT: Final = 12.0
 """Inches the lanes may take together; past it, lanes shrink."""
 
 PICTURE_VERSION: Final = 1
@@ -114,7 +114,7 @@ _FENCE_COLOUR: Final = "#0d47a1"
 _MOVE_COLOUR: Final = "#4a148c"
 _LANE_LABEL_PT: Final = 9.0
 """Lanes at least this tall (points) each get a label."""
-_MARKER_LABEL_PT: Final = 12.0
+_MARKER_LABEL_PT: Final = 18.0
 """Lanes at least this tall (points) show fault and fence labels."""
 _MOVE_LABELS_UP_TO: Final = 12
 """VM names are written beside at most this many moves (and above it arrows are thinner)."""
@@ -644,6 +644,7 @@ def _draw(axes: Axes, timeline: Timeline, *, lane_pt: float) -> None:
                 ha="right" if left else "left",
                 va="bottom" if slot == 0 else "top",
                 color=label.colour,
+                bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75},
                 gid=f"{label.gid}-label",
                 zorder=5,
             )
