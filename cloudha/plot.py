@@ -35,8 +35,10 @@ it, the hosts that are *quiet* (no status change, no fault, no fence) are
 summarised: one lane per status they kept ("158 hosts, Up throughout"),
 which the arrows of VMs moving to or from them reach. Lanes shrink to keep
 the picture within :data:`MAX_LANES_HEIGHT` inches; when they are too thin
-for a label each, every k-th lane is labelled, and fault and fence labels
-(then VM names) are left out, their markers staying.
+for a label each, every k-th lane is labelled, and fault, fence and VM
+labels are left out, their markers staying. A label that would overlap
+another on its lane takes the other side of the lane's middle, or is left
+out.
 
 Every element has an SVG id (``gid``): ``lane-<host>``, ``label-<host>``,
 ``fault-<n>``, ``fence-<n>``, ``move-<n>`` and ``restart-<n>``, numbered in
@@ -250,9 +252,9 @@ class _Ids:
 
 
 def _host_bands(
-    host: str, events: Sequence[Mapping[str, Any]], final: str | None, until: float
+    changes: Sequence[Mapping[str, Any]], final: str | None, until: float
 ) -> tuple[Band, ...]:
-    changes = [e for e in events if e.get("kind") == "host_status" and e.get("host") == host]
+    """A host's bands from its ``host_status`` events (time order)."""
     if not changes:
         return (Band(0.0, until, final),)
     bands: list[Band] = []
@@ -271,30 +273,39 @@ def _status(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _constant(bands: tuple[Band, ...]) -> str | None:
-    return bands[0].status
+class _VmPlaces:
+    """Where each VM is, followed through the events in order (one pass).
 
+    A VM is on the host of its last ``vm_state`` event; before any, on the
+    host of its last HA work (``ha_work``); before both, on the first host
+    any of its events names (what a VM's fault, which names no host, needs).
+    """
 
-def _vm_hosts(events: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, str, str]]]:
-    """Per VM, its (index, kind, host) events that name a host, in time order."""
-    by_vm: dict[str, list[tuple[int, str, str]]] = {}
-    for index, event in enumerate(events):
+    def __init__(self, events: Sequence[Mapping[str, Any]]) -> None:
+        self.first: dict[str, str] = {}
+        for event in events:
+            vm, host = event.get("vm"), event.get("host")
+            if vm and host and event.get("kind") in ("vm_state", "ha_work"):
+                self.first.setdefault(str(vm), str(host))
+        self.state: dict[str, str] = {}
+        self.work: dict[str, str] = {}
+
+    def now(self, vm: str) -> str | None:
+        """Where ``vm`` is, from the events seen so far."""
+        return self.state.get(vm) or self.work.get(vm)
+
+    def guess(self, vm: str) -> str | None:
+        """Where ``vm`` is, or else where it first shows up."""
+        return self.now(vm) or self.first.get(vm)
+
+    def see(self, event: Mapping[str, Any]) -> None:
         vm, host = event.get("vm"), event.get("host")
-        if event.get("kind") in ("vm_state", "ha_work") and vm and host:
-            by_vm.setdefault(str(vm), []).append((index, str(event["kind"]), str(host)))
-    return by_vm
-
-
-def _host_of_vm(placed: list[tuple[int, str, str]], index: int) -> str | None:
-    """The host a VM was on at event ``index``: its last ``vm_state`` host, else its work's."""
-    before = [e for e in placed if e[0] < index]
-    for _, kind, host in reversed(before):
-        if kind == "vm_state":
-            return host
-    if before:
-        return before[-1][2]
-    after = [e for e in placed if e[0] > index]
-    return after[0][2] if after else None
+        if not (vm and host):
+            return
+        if event.get("kind") == "vm_state":
+            self.state[str(vm)] = str(host)
+        elif event.get("kind") == "ha_work":
+            self.work[str(vm)] = str(host)
 
 
 def _fence_events(events: Sequence[Mapping[str, Any]]) -> Iterable[tuple[Mapping[str, Any], str]]:
@@ -363,47 +374,46 @@ def build_timeline(document: Mapping[str, Any], *, group_above: int = GROUP_ABOV
         raise ValueError(f"not a simulator document: no {exc}") from exc
     hosts = list(final_hosts)
     host_set = set(hosts)
+    changes: dict[str, list[Mapping[str, Any]]] = {}
+    for event in events:
+        if event.get("kind") == "host_status" and event.get("host") in host_set:
+            changes.setdefault(str(event["host"]), []).append(event)
     bands = {
-        host: _host_bands(host, events, _status(final_hosts[host].get("status")), until)
+        host: _host_bands(changes.get(host, ()), _status(final_hosts[host].get("status")), until)
         for host in hosts
     }
-    vm_hosts = _vm_hosts(events)
 
     # Where each fault, fence and move lands (a host, or the cloud lane).
     fault_items: list[tuple[float, str, str, bool]] = []
-    for index, event in enumerate(events):
-        if event.get("kind") != "fault":
-            continue
-        target = event.get("target")
-        host = event.get("host")
-        if host is None and event.get("vm"):
-            host = _host_of_vm(vm_hosts.get(str(event["vm"]), []), index)
-        label = str(event.get("fault"))
-        if target and str(target) != host:
-            label += f" {target}"
-        if event.get("status") not in (None, "applied"):
-            label += f" ({event.get('status')})"
-        where = str(host) if host in host_set else _CLOUD
-        fault_items.append((float(event["t"]), where, label, False))
+    moves_raw: list[tuple[str, float, str, str]] = []
+    places = _VmPlaces(events)
+    for event in events:
+        kind = event.get("kind")
+        if kind == "fault":
+            target, host = event.get("target"), event.get("host")
+            if host is None and event.get("vm"):
+                host = places.guess(str(event["vm"]))
+            label = str(event.get("fault"))
+            if target and str(target) != host:
+                label += f" {target}"
+            if event.get("status") not in (None, "applied"):
+                label += f" ({event.get('status')})"
+            where = str(host) if host in host_set else _CLOUD
+            fault_items.append((float(event["t"]), where, label, False))
+        elif kind == "vm_state" and event.get("state") == "Running" and event.get("host"):
+            vm, target = str(event.get("vm")), str(event["host"])
+            source = places.now(vm)
+            if source is not None and source in host_set and target in host_set:
+                moves_raw.append((vm, float(event["t"]), source, target))
+        places.see(event)
     fence_items = [
         (float(event["t"]), str(event["host"]), label, _fenced(event))
         for event, label in _fence_events(events)
         if event["host"] in host_set
     ]
-    moves_raw: list[tuple[str, float, str, str]] = []
-    for index, event in enumerate(events):
-        if event.get("kind") != "vm_state" or event.get("state") != "Running":
-            continue
-        vm, target = str(event.get("vm")), event.get("host")
-        source = _host_of_vm(vm_hosts.get(vm, []), index) if target else None
-        if source is None or target is None or {source, target} - host_set:
-            continue
-        moves_raw.append((vm, float(event["t"]), source, str(target)))
 
     # The lanes.
-    eventful = {where for _, where, _, _ in fault_items + fence_items} | {
-        host for host in hosts if _changes(events, host)
-    }
+    eventful = {where for _, where, _, _ in fault_items + fence_items} | set(changes)
     lane_of: dict[str, str] = {}
     lanes: list[Lane] = []
     ids = _Ids()
@@ -415,7 +425,7 @@ def build_timeline(document: Mapping[str, Any], *, group_above: int = GROUP_ABOV
     quiet: dict[str | None, list[str]] = {}
     for host in hosts:
         if grouping and host not in eventful:
-            quiet.setdefault(_constant(bands[host]), []).append(host)
+            quiet.setdefault(bands[host][0].status, []).append(host)
             continue
         key = ids.make("lane", host).removeprefix("lane-")
         lane_of[host] = key
@@ -423,7 +433,8 @@ def build_timeline(document: Mapping[str, Any], *, group_above: int = GROUP_ABOV
     for status, members in quiet.items():
         key = ids.make("lane", f"quiet-{status or 'none'}").removeprefix("lane-")
         what = f"{status} throughout" if status else "no status"
-        lanes.append(Lane(key, f"{len(members)} hosts, {what}", tuple(members), bands[members[0]]))
+        count = f"{len(members)} host" + ("" if len(members) == 1 else "s")
+        lanes.append(Lane(key, f"{count}, {what}", tuple(members), bands[members[0]]))
         for host in members:
             lane_of[host] = key
 
@@ -474,10 +485,6 @@ def build_timeline(document: Mapping[str, Any], *, group_above: int = GROUP_ABOV
         moves=tuple(moves),
         quiet=sum(len(m) for m in quiet.values()),
     )
-
-
-def _changes(events: Sequence[Mapping[str, Any]], host: str) -> bool:
-    return any(e.get("kind") == "host_status" and e.get("host") == host for e in events)
 
 
 # -- the drawing ----------------------------------------------------------------------

@@ -240,7 +240,7 @@ def test_above_the_grouping_size_quiet_hosts_share_a_lane_per_status() -> None:
     up = timeline.lane("quiet-Up")
     assert up.label == "95 hosts, Up throughout"
     assert len(up.hosts) == 95
-    assert timeline.lane("quiet-Disconnected").label == "1 hosts, Disconnected throughout"
+    assert timeline.lane("quiet-Disconnected").label == "1 host, Disconnected throughout"
     assert timeline.quiet == 96
     # VMs moving to quiet hosts reach the summary lane.
     assert [m.target_lane for m in timeline.moves] == ["quiet-Up"] * 5
