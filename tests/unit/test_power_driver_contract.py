@@ -1,4 +1,4 @@
-"""check_power_driver: the power-driver contract, on the fake driver and on drivers that break it."""
+"""check_power_driver: the power-driver contract, on the fake driver and on drivers breaking it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_the_fake_driver_keeps_the_contract() -> None:
     on, gone, wrong = _configs()
     check_power_driver(driver, on, unreachable=gone, wrong_password=wrong, timeout=1.0)
     assert bmc.power == "on"  # left as found: OFF, then ON
-    assert PowerOperation.OFF in bmc.calls and PowerOperation.ON in bmc.calls
+    assert PowerOperation.OFF in bmc.calls
+    assert PowerOperation.ON in bmc.calls
 
 
 class _Graceful(BasePowerDriver):
