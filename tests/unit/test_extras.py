@@ -131,6 +131,8 @@ ADAPTERS = {
         "register_oobm_metrics(OutOfBandManager(clock=FakeClock(), "
         "configs=StaticOobmConfigs({}), drivers=[]))"
     ),
+    # The exporter's module imports without prometheus-client; building one names the extra.
+    "metrics-exporter": "from cloudha.metrics import Metrics; Metrics()",
 }
 
 DISTRIBUTION = {
