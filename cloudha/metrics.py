@@ -610,9 +610,11 @@ class _ScrapeCollector:
         judge.add_metric([], 1.0 if judging else 0.0)
         yield judge
         causes: set[str] = set()
-        if view is None:
+        if judging:
+            pass  # judging (or freshness is off: cloudha.freshness.enabled false)
+        elif view is None:
             causes.add("unevaluated")
-        elif not judging:
+        else:
             causes.update(view.causes)
             if view.fresh:
                 causes.add("resuming")

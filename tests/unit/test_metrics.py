@@ -36,6 +36,7 @@ from cloudha.testing import (
     ScriptedInvestigator,
     check_metrics_sink,
 )
+from cloudha.testing.contract import sample_evidence
 
 AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -539,3 +540,43 @@ def test_a_bad_port_is_a_one_line_configuration_error() -> None:
     for port in (-1, 65536, "9100", True):
         with pytest.raises(ConfigurationError, match="metrics port must be an integer"):
             metrics.serve(port)  # type: ignore[arg-type]
+
+
+def test_every_metric_is_documented_with_its_labels() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in text.splitlines()
+        if line.startswith("| `cloudha_")
+    }
+    on = Rig({"cloudha.phi.enabled": True})
+    try:
+        on.server.recover(connected=["h1", "h2"])
+        feed(on.metrics, sample_evidence())  # every counter gets a series, with its labels
+        names = []
+        for family in on.metrics.registry.collect():
+            name = f"{family.name}_total" if family.type == "counter" else family.name
+            names.append(name)
+            assert name in rows, f"{name} is not in docs/metrics.md"
+            labels = {k for s in family.samples for k in s.labels if k != "le"}
+            for label in labels:
+                assert f"`{label}`" in rows[name], (name, label)
+    finally:
+        on.close()
+    assert sorted(rows) == sorted(names), "docs/metrics.md lists a metric that does not exist"
+
+
+def test_with_freshness_off_the_server_always_judges_and_gives_no_cause() -> None:
+    off = Rig({"cloudha.freshness.enabled": False})
+    try:
+        off.server.freshness.evaluate()
+        found = samples(off.metrics)
+        assert value(found, "cloudha_judging") == 1
+        assert value(found, "cloudha_fresh") == 0  # nothing is evaluated
+        causes = [k for k in found if k[0] == "cloudha_not_judging"]
+        assert len(causes) == 6
+        assert all(found[k] == 0 for k in causes)
+    finally:
+        off.close()
