@@ -45,7 +45,7 @@ from cloudha._extras import require
 from cloudha.detection.freshness import CAUSES
 from cloudha.errors import ConfigurationError
 from cloudha.evidence import Evidence
-from cloudha.ha.work import Step, WorkType
+from cloudha.ha.work import TERMINAL_VALUES, Step, WorkType
 from cloudha.status import Status
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ NOT_JUDGING_CAUSES: Final = (*CAUSES, "resuming", "unevaluated")
 _STATUSES: Final = tuple(s.value for s in Status if s is not Status.UNKNOWN)
 _STEPS: Final = frozenset(s.value for s in Step)
 _TYPES: Final = frozenset(t.value for t in WorkType)
-_TERMINAL: Final = frozenset({Step.DONE.value, Step.CANCELLED.value, Step.ERROR.value})
+_TERMINAL: Final = frozenset(TERMINAL_VALUES)
 _SAME_PING: Final = 0.01  # seconds: two behind_on_ping records of one outage (rounded to ms)
 _FAST_PATH: Final = {
     "held": "held",
