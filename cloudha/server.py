@@ -47,7 +47,7 @@ from cloudha.detection.sightings import Sightings
 from cloudha.detection.storm import StormGuard
 from cloudha.detection.suspicion import SuspicionFencer
 from cloudha.errors import ConfigurationError, LifecycleError
-from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder
+from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder, TeeSink
 from cloudha.fencing.chain import FenceChain, FenceRunner
 from cloudha.fencing.registry import FencerContext, build_fence_chain
 from cloudha.ha.manager import HighAvailabilityManager
@@ -77,6 +77,7 @@ from cloudha.ports import (
     HypervisorControl,
     HypervisorProbe,
     MaintenanceChecker,
+    MetricsSink,
     MigrationFailureSink,
     PingReport,
     StatusChange,
@@ -388,6 +389,10 @@ class ManagementServer:
             one tick. Above 0 (the simulator): a worker's tick claims, it
             holds the claim that long, and its next tick processes the work,
             so a server that dies meanwhile dies holding the claim.
+        metrics: where metrics are counted (:class:`~cloudha.ports.MetricsSink`,
+            e.g. :class:`cloudha.metrics.Metrics`): every evidence record goes
+            to it as well as to ``evidence``, and it is given this server to
+            watch (:meth:`~cloudha.ports.MetricsSink.watch`; docs/metrics.md).
 
     A port missing a method of its Protocol raises :class:`ConfigurationError`
     naming the port and the method.
@@ -426,6 +431,7 @@ class ManagementServer:
         host_ha_executors: HAExecutors | None = None,
         work_seconds: float = 0.0,
         shell: HostShell | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         if not isinstance(settings, Settings):
             raise ConfigurationError("settings must be a cloudha.Settings", key="settings")
@@ -448,6 +454,7 @@ class ManagementServer:
             ("direct_resources", direct_resources, DirectAgentResource),
             ("volumes", volumes, VolumeDirectory),
             ("shell", shell, HostShell),
+            ("metrics", metrics, MetricsSink),
         ]
         for name, port, protocol in ports:
             validate_port(name, port, protocol)
@@ -483,9 +490,14 @@ class ManagementServer:
         self.alerts = alerts
         self.store = store
         self.evidence: EvidenceSink = evidence if evidence is not None else EvidenceLog()
+        """Where decisions are recorded (the ``evidence`` given, or an EvidenceLog)."""
+        self.metrics = metrics
+        """The metrics sink given (None: no metrics)."""
+        # Every part of the server records through this: the evidence, and the metrics.
+        sink: EvidenceSink = self.evidence if metrics is None else TeeSink(self.evidence, metrics)
         self.direct_resources = direct_resources
         self.thread_factory = thread_factory
-        self.recorder = Recorder(self.evidence, clock, server_id)
+        self.recorder = Recorder(sink, clock, server_id)
         self.ping_map = PingMap(clock)
         self.sightings = Sightings(clock)
         """When this server last heard from each agent (the heartbeat's lease rule)."""
@@ -602,7 +614,7 @@ class ManagementServer:
             settings=settings,
             clock=clock,
             alerts=alerts,
-            evidence=self.evidence,
+            evidence=sink,
             zone_settings=zone_settings,
             resource_manager=migration_failures,
             thread_factory=thread_factory,
@@ -646,7 +658,7 @@ class ManagementServer:
             chain=self.investigators,
             scheduler=self.ha,
             alerts=alerts,
-            evidence=self.evidence,
+            evidence=sink,
             ping_map=self.ping_map,
             maintenance=maintenance,
             vm_sync=self.vm_sync,
@@ -689,6 +701,8 @@ class ManagementServer:
         self._pumps: list[Pump] = []
         self._state = "new"
         self._lock = threading.Lock()
+        if metrics is not None:
+            metrics.watch(self)
 
     def _power_cycled(self, host_id: str, reason: str) -> bool:
         """The ladder's power cycle reset ``host_id`` (read back On): Down, its VMs killed."""
