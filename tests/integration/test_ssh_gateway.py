@@ -190,6 +190,7 @@ def test_a_neighbour_whose_pool_is_not_mounted_refuses_to_judge(
     """Without allow_unmounted the remote checker refuses a plain directory: no verdict."""
     inv, target, mount, transport = world
     write_heartbeat(mount, time.time() - 3600)  # stale: read from the local disk it would be DEAD
+    assert isinstance(inv.gateway, SSHAgentGateway)
     strict = SSHAgentGateway(
         transport,
         pools=inv.pools,
