@@ -52,7 +52,7 @@ class Files:
 
 
 @pytest.fixture
-def files(tmp_path: Path) -> Iterator[Files]:
+def files(tmp_path: Path) -> Files:
     bad = tmp_path / "bad.toml"
     bad.write_text("[hosts\nname = ", encoding="utf-8")
     wrong = tmp_path / "wrong.toml"
@@ -68,7 +68,7 @@ def files(tmp_path: Path) -> Iterator[Files]:
     engine.dispose()
     directory = tmp_path / "pool"
     directory.mkdir()
-    yield Files(tmp_path, bad, wrong, evidence_url, queue_url, directory)
+    return Files(tmp_path, bad, wrong, evidence_url, queue_url, directory)
 
 
 Argv = Callable[[Files], list[str]]
@@ -220,10 +220,11 @@ def test_errors_are_one_line_and_the_documented_status(c: Case, files: Files) ->
     _check(c, result.exit_code, result.stdout, result.stderr)
 
 
-FIRST_PER_COMMAND = {c.command: c for c in reversed(CASES)}
+FIRST_PER_COMMAND: dict[str, Case] = {c.command: c for c in reversed(CASES)}
+SMOKE: list[Case] = [FIRST_PER_COMMAND[command] for command in sorted(FIRST_PER_COMMAND)]
 
 
-@pytest.mark.parametrize("c", sorted(FIRST_PER_COMMAND.values(), key=lambda c: c.id), ids=str)
+@pytest.mark.parametrize("c", SMOKE, ids=lambda c: c.id)
 def test_python_m_cloudha_fails_cleanly(c: Case, files: Files) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(

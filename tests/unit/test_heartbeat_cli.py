@@ -565,3 +565,18 @@ def test_write_once_json(runner: CliRunner, tmp_path: Path, fast_settings: Path)
     assert failed.exit_code == 1
     assert json.loads(failed.stdout)["failed"] == [str(blocked)]
     assert failed.stderr.splitlines() == [f"cloudha heartbeat write: not written to {blocked}"]
+
+
+@pytest.mark.parametrize(("status", "stopped"), [(0, "signal"), (1, "writer")])
+def test_write_forever_json_says_why_it_stopped(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, stopped: str
+) -> None:
+    monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", lambda writer, again=False: status)
+    args = ["heartbeat", "write", "--json", "--allow-unmounted", "--host-ip", IP]
+    result = runner.invoke(main, [*args, "--mount", str(tmp_path)])
+    assert result.exit_code == status
+    assert json.loads(result.stdout) == {
+        "host_ip": IP,
+        "pools": [str(tmp_path)],
+        "stopped": stopped,
+    }
