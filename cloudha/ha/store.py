@@ -13,7 +13,7 @@ Backends: SQLite (``sqlite:///path``) and PostgreSQL
 tables by itself: call :func:`create_schema` (tests, throwaway databases) or
 :func:`upgrade` (Alembic migrations, production) first.
 
-Deliberate differences from CloudStack (design §4):
+Deliberate differences from CloudStack (docs/design/differences.md):
 
 * one clock: ``time_to_try`` is float seconds since the Unix epoch read from
   the injected :class:`~cloudha.clock.Clock` (no ``ms >> 10`` units);
