@@ -6,7 +6,8 @@ several states), from several threads at once, and fails with every
 broken rule listed, so a plugin author learns all of them in one run.
 ``check_fencer(MyFencer(...))`` does the same for a fence builder.
 ``check_host_directory``, ``check_agent_gateway`` and
-``check_vm_orchestrator`` check an implementation of those ports.
+``check_vm_orchestrator`` check an implementation of those ports, and
+``check_power_driver`` a power driver against a BMC it can switch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from typing import Any, TypeVar
 import attrs
 
 from cloudha.commands import PING_TEST
-from cloudha.errors import HACheckError, ProbeError
+from cloudha.errors import (
+    HACheckError,
+    ProbeAuthError,
+    ProbeConnectionError,
+    ProbeError,
+    ProbeTimeout,
+)
 from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
 from cloudha.fencing.chain import GRACE
 from cloudha.ha.orchestrator import (
@@ -36,6 +43,7 @@ from cloudha.ha.orchestrator import (
 from cloudha.hostha.provider import HAProviderConfig
 from cloudha.investigators.base import Finding, Investigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType, Vm, VmState, VmType
+from cloudha.oobm.power import OobmConfig, PowerDriver, PowerOperation, PowerResult, PowerState
 from cloudha.ports import (
     KEEP,
     AgentGateway,
@@ -61,6 +69,7 @@ __all__ = [
     "check_host_directory",
     "check_host_shell",
     "check_investigator",
+    "check_power_driver",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",
@@ -861,3 +870,127 @@ def check_volume_directory(volumes: VolumeDirectory, host: Host) -> None:
                     )
     if problems:
         raise AssertionError("VolumeDirectory contract broken:\n- " + "\n- ".join(problems))
+
+
+def check_power_driver(
+    driver: PowerDriver,
+    config: OobmConfig,
+    *,
+    unreachable: OobmConfig | None = None,
+    timeout: float = 5.0,
+    threads: int = 4,
+) -> None:
+    """Check a :class:`~cloudha.oobm.PowerDriver` against a BMC it can reach.
+
+    ``config`` points at a BMC that may be switched off and on (a test BMC or
+    a fake, never a production host): the checker powers it OFF, reads it
+    back, powers it ON and leaves it on. ``unreachable`` (optional) points at
+    an address where nothing answers.
+
+    Rules: a non-empty, lower-case ``name``; ``execute`` returns a
+    :class:`~cloudha.oobm.power.PowerResult` of the operation asked, or raises
+    a :class:`~cloudha.errors.ProbeError` (``ProbeAuthError``, ``ProbeTimeout``,
+    ``ProbeConnectionError``, ``PowerCommandError``), never another exception;
+    a successful STATUS carries a power state; OFF is immediate (a STATUS
+    right after it reads Off) and ON is read back On; a wrong password raises
+    ``ProbeAuthError``; nothing answering raises ``ProbeTimeout`` or
+    ``ProbeConnectionError``; every call returns within ``timeout`` plus a
+    grace of wall time; the password never appears in a result, an exception
+    message or the driver's ``repr``; concurrent STATUS calls agree.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    problems: list[str] = []
+    name = getattr(driver, "name", None)
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise AssertionError(f"power driver {driver!r}: name must be a non-empty lower-case str")
+    secret = config.password
+
+    def call(
+        label: str, target: OobmConfig, operation: PowerOperation
+    ) -> tuple[PowerResult | None, BaseException | None]:
+        started = time.monotonic()
+        try:
+            result = driver.execute(target, operation, timeout=timeout)
+        except ProbeError as exc:
+            error: BaseException | None = exc
+            result = None
+        except Exception as exc:
+            problems.append(f"{label} raised {type(exc).__name__}: {exc} (raise a ProbeError)")
+            return None, exc
+        else:
+            error = None
+        spent = time.monotonic() - started
+        if spent > timeout + GRACE:
+            problems.append(f"{label} took {spent:.1f}s, more than its {timeout:g}s timeout")
+        if error is not None:
+            if secret and secret in str(error):
+                problems.append(f"{label}: the exception message contains the password")
+            return None, error
+        if not isinstance(result, PowerResult):
+            problems.append(f"{label} returned {result!r}, not a PowerResult")
+            return None, None
+        if result.operation is not operation:
+            problems.append(f"{label} returned a result for {result.operation}, not {operation}")
+        if secret and secret in json.dumps(result.to_dict()):
+            problems.append(f"{label}: the result contains the password")
+        return result, None
+
+    def state(label: str) -> PowerState | None:
+        result, error = call(label, config, PowerOperation.STATUS)
+        if error is not None:
+            problems.append(f"{label} failed: {type(error).__name__}: {error}")
+            return None
+        if result is not None and result.success and result.state is None:
+            problems.append(f"{label} succeeded without a power state")
+        return None if result is None else result.state
+
+    state("STATUS")
+    for operation, expected in (
+        (PowerOperation.OFF, PowerState.OFF),
+        (PowerOperation.ON, PowerState.ON),
+    ):
+        result, error = call(str(operation), config, operation)
+        if error is not None or result is None or not result.success:
+            why = error if error is not None else (result.message if result else "no result")
+            problems.append(f"{operation} on a reachable BMC did not succeed: {why}")
+            continue
+        read = state(f"STATUS after {operation}")
+        if read is not expected:
+            problems.append(f"STATUS right after {operation} read {read}, not {expected}")
+    wrong = attrs.evolve(config, password=f"{secret}-wrong-contract")
+    _, error = call("STATUS with a wrong password", wrong, PowerOperation.STATUS)
+    if not isinstance(error, ProbeAuthError):
+        problems.append(
+            "STATUS with a wrong password did not raise ProbeAuthError"
+            + (f" (raised {type(error).__name__})" if error is not None else "")
+        )
+    if unreachable is not None:
+        _, error = call("STATUS of an unreachable BMC", unreachable, PowerOperation.STATUS)
+        if not isinstance(error, ProbeTimeout | ProbeConnectionError):
+            problems.append(
+                "STATUS of an unreachable BMC did not raise ProbeTimeout or ProbeConnectionError"
+            )
+    if secret and secret in repr(driver):
+        problems.append("repr(driver) contains the password")
+    answers: list[PowerState | None] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        got = state("concurrent STATUS")
+        with lock:
+            answers.append(got)
+
+    pool = [threading.Thread(target=ask, name=f"contract-{i}") for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout + GRACE + 5)
+    if len(set(answers)) > 1:
+        problems.append(f"concurrent STATUS calls disagree: {answers}")
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise AssertionError(
+            f"power driver {name!r} breaks the contract:\n  - " + "\n  - ".join(unique)
+        )
