@@ -20,6 +20,7 @@ from cloudha.heartbeat.timing import HeartbeatTiming
 from cloudha.model import HA_PRIORITY_LIMIT, HostType, HypervisorType, ResourceState, VmType
 from cloudha.settings import Settings
 from cloudha.testing.faults import FAULT_KINDS, FAULTS, Target
+from cloudha.tomllines import TomlLines
 
 __all__ = [
     "EVENT_BUDGET",
@@ -129,43 +130,10 @@ class Scenario:
     source: str = "<scenario>"
 
 
-class _Lines:
-    """Finds the line of ``key`` in the n-th ``[[table]]`` (or ``[table]``) of a TOML text."""
-
-    _array = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]")
-    _table = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
-    _key = re.compile(r"""^\s*(?:"([^"]+)"|'([^']+)'|([A-Za-z0-9_.-]+))\s*=""")
-
-    def __init__(self, text: str | None) -> None:
-        self.keys: dict[tuple[str, int, str], int] = {}
-        self.headers: dict[tuple[str, int], int] = {}
-        if text is None:
-            return
-        counts: dict[str, int] = {}
-        table, index = "", 0
-        for number, line in enumerate(text.splitlines(), start=1):
-            if m := self._array.match(line):
-                table = m.group(1)
-                index = counts.get(table, 0)
-                counts[table] = index + 1
-                self.headers[(table, index)] = number
-            elif m := self._table.match(line):
-                table, index = m.group(1), 0
-                self.headers[(table, 0)] = number
-            elif m := self._key.match(line):
-                key = m.group(1) or m.group(2) or m.group(3)
-                self.keys.setdefault((table, index, key), number)
-
-    def find(self, table: str, index: int, key: str | None) -> int | None:
-        if key is not None and (table, index, key) in self.keys:
-            return self.keys[(table, index, key)]
-        return self.headers.get((table, index))
-
-
 class _Parser:
     def __init__(self, source: str, text: str | None) -> None:
         self.source = source
-        self.lines = _Lines(text)
+        self.lines = TomlLines(text)
 
     def fail(
         self,
