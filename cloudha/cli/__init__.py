@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cloudha.cli import config as _config
 from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
 from cloudha.cli import fleet as _fleet
@@ -50,6 +51,7 @@ main.add_command(_explain.explain)
 main.add_command(_queue.queue)
 main.add_command(_fleet.status)
 main.add_command(_fleet.hosts)
+main.add_command(_config.config)
 
 
 @main.command()
