@@ -79,6 +79,7 @@ class TomlLines:
                 index = counts.get(array, 0)
                 counts[array] = index + 1
                 current = (*array, index)
+                self.paths.setdefault(array, number)  # the array itself: its first entry
                 self.paths.setdefault(current, number)
             elif m := self._table.match(line):
                 parts = _split(m.group(1))

@@ -45,6 +45,7 @@ class Files:
     evidence_url: str  # an evidence database holding no record about anyone
     queue_url: str  # an HA work queue holding work 1
     directory: Path  # a plain directory: nothing mounted there
+    bad_inventory: Path  # an inventory whose BMC password variable is not set
 
     @property
     def missing(self) -> Path:
@@ -68,7 +69,14 @@ def files(tmp_path: Path) -> Files:
     engine.dispose()
     directory = tmp_path / "pool"
     directory.mkdir()
-    return Files(tmp_path, bad, wrong, evidence_url, queue_url, directory)
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        '[server]\nid = "ms1"\n[[hosts]]\nid = "h1"\naddress = "10.0.0.1"\ncluster = "c1"\n'
+        'agent = "local"\nlibvirt_uri = "test:///default"\noobm = { driver = "ipmitool",'
+        ' address = "10.0.1.1", username = "admin", password_env = "CLOUDHA_TEST_UNSET_PW" }\n',
+        encoding="utf-8",
+    )
+    return Files(tmp_path, bad, wrong, evidence_url, queue_url, directory, inventory)
 
 
 Argv = Callable[[Files], list[str]]
@@ -188,6 +196,15 @@ CASES: tuple[Case, ...] = (
     ),
     case("hosts:unreachable-db", lambda f: ["--db", BAD_URL], EXIT_DATABASE, "refused"),
     case("hosts:no-db", lambda f: ["h1"], EXIT_USAGE, "--db URL"),
+    # config check (the inventory of cloudha run)
+    case("config check:missing-file", lambda f: [str(f.missing)], EXIT_USAGE, "missing.toml"),
+    case("config check:bad-toml", lambda f: [str(f.bad_scenario)], EXIT_USAGE, "1 problem"),
+    case(
+        "config check:bad-inventory",
+        lambda f: [str(f.bad_inventory)],
+        EXIT_USAGE,
+        "inventory.toml: 1 problem",
+    ),
     # heartbeat
     case(
         "heartbeat write:not-mounted",
