@@ -384,10 +384,11 @@ class LibvirtHypervisorProbe:
         """Connect to ``host``'s libvirtd and ask its hostname, version and domain count.
 
         Returns:
-            ``HypervisorReport(uri, hostname, version, running_domains)``: the
-            URI with any password redacted, ``getHostname()``,
-            ``getLibVersion()`` (e.g. 9000000 for 9.0.0) and
-            ``numOfDomains()`` (active domains).
+            ``HypervisorReport(uri, hostname, version, running_domains, domains)``:
+            the URI with any password redacted, ``getHostname()``,
+            ``getLibVersion()`` (e.g. 9000000 for 9.0.0), the number of active
+            domains and their names (``listAllDomains(ACTIVE)``; the agent
+            poller's VM report, :class:`cloudha.detection.poller.HypervisorPoller`).
 
         Raises:
             ValueError: ``timeout`` is not a positive finite number.
@@ -398,11 +399,13 @@ class LibvirtHypervisorProbe:
         shown, _secrets = redact_uri(uri)
 
         def ask(conn: Any) -> HypervisorReport:
+            active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             return HypervisorReport(
                 uri=shown,
                 hostname=str(conn.getHostname()),
                 version=int(conn.getLibVersion()),
-                running_domains=int(conn.numOfDomains()),
+                running_domains=len(active),
+                domains=frozenset(str(dom.name()) for dom in active),
             )
 
         return self._call(host, uri, timeout, ask)
