@@ -12,6 +12,7 @@ import click
 from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
 from cloudha.cli import heartbeat as _heartbeat
+from cloudha.cli import run as _run
 from cloudha.errors import CloudHAError
 
 __all__ = ["main"]
@@ -35,6 +36,7 @@ def main(verbose: int) -> None:
 main.add_command(_heartbeat.heartbeat)
 main.add_command(_dump.dump)
 main.add_command(_explain.explain)
+main.add_command(_run.run)
 
 
 @main.command()

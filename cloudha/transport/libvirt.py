@@ -272,6 +272,10 @@ class LibvirtHypervisorProbe:
             a connection; a hung daemon is detected after about
             ``keepalive_interval * (keepalive_count + 1)`` seconds, which
             bounds how long an abandoned worker lingers once connected.
+        uri_of: each host's own URI, instead of the template (an inventory
+            that names every host's libvirt URI, ``cloudha run``); a
+            :class:`KeyError` from it (a host it does not know) is a
+            :class:`~cloudha.errors.ProbeConnectionError`.
 
     Raises:
         MissingExtraError: libvirt-python is not installed (``pip install 'cloudha[libvirt]'``).
@@ -296,8 +300,10 @@ class LibvirtHypervisorProbe:
         *,
         keepalive_interval: int = 5,
         keepalive_count: int = 3,
+        uri_of: Callable[[Host], str] | None = None,
     ) -> None:
         require("libvirt", "libvirt", "the libvirt probe")
+        self._uri_of = uri_of
         self._template = _parse_template(uri_template)
         self._fields = _template_fields(self._template)
         if (
@@ -351,6 +357,13 @@ class LibvirtHypervisorProbe:
             ProbeConnectionError: the template uses ``{ip}`` and the host has
                 no private address, or one that is not an IPv4/IPv6 address.
         """
+        if self._uri_of is not None:
+            try:
+                return self._uri_of(host)
+            except KeyError:
+                raise ProbeConnectionError(
+                    f"host {host.id} has no libvirt URI", host_id=host.id
+                ) from None
         values: dict[str, str] = {}
         if "ip" in self._fields:
             values["ip"] = self._ip_of(host)
