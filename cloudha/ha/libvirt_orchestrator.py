@@ -495,7 +495,7 @@ class LibvirtOrchestrator:
                         active_on.setdefault(entry.vm.id, []).append(host_id)
             for vm_id, entry in sorted(self._vms.items()):
                 running = active_on.get(vm_id, [])
-                if len(running) > 1 and vm_id not in added:
+                if len(running) > 1:
                     conflicts.append(f"VM {vm_id} is active on several hosts: {sorted(running)}")
                 elif len(running) == 1 and vm_id not in added:
                     where = self._corrected(entry, running[0], listed)
