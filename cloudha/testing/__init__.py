@@ -15,6 +15,7 @@ from cloudha.testing.contract import check_host_directory as check_host_director
 from cloudha.testing.contract import check_host_poller as check_host_poller
 from cloudha.testing.contract import check_host_shell as check_host_shell
 from cloudha.testing.contract import check_investigator as check_investigator
+from cloudha.testing.contract import check_power_driver as check_power_driver
 from cloudha.testing.contract import check_suspicion_check as check_suspicion_check
 from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestrator
 from cloudha.testing.contract import check_volume_directory as check_volume_directory
@@ -41,6 +42,7 @@ from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
 from cloudha.testing.heartbeat import ScriptedIsolationProbe as ScriptedIsolationProbe
 from cloudha.testing.heartbeat import check_isolation_probe as check_isolation_probe
 from cloudha.testing.heartbeat import check_watchdog as check_watchdog
+from cloudha.testing.loops import LoopRunner as LoopRunner
 from cloudha.testing.oobm import FakeBmc as FakeBmc
 from cloudha.testing.oobm import FakePowerDriver as FakePowerDriver
 from cloudha.testing.orchestrator import FakeOrchestratorHost as FakeOrchestratorHost
@@ -89,6 +91,7 @@ __all__ = [
     "InMemoryVmNetworks",
     "InMemoryVolumeDirectory",
     "InMemoryWorkStore",
+    "LoopRunner",
     "MemoryStorage",
     "OrchestratorCall",
     "RecordingAlertSink",
@@ -126,6 +129,7 @@ __all__ = [
     "check_host_shell",
     "check_investigator",
     "check_isolation_probe",
+    "check_power_driver",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",
