@@ -236,7 +236,8 @@ class HypervisorPoller:
     (:meth:`~cloudha.ports.HypervisorProbe.probe_host` within the timeout);
     the running domains it lists (``HypervisorReport.domains``) are its VM
     report, mapped to VM ids by ``vm_ids`` (by default a domain's name is its
-    VM's id, as :meth:`cloudha.ha.libvirt_orchestrator.LibvirtOrchestrator.discover` registers them).
+    VM's id, as
+    :meth:`cloudha.ha.libvirt_orchestrator.LibvirtOrchestrator.discover` registers them).
     A probe that does not list domains reports no VMs (``vms=None``).
 
     Args:
