@@ -231,6 +231,7 @@ _PHI = "cloudha.detection.phi"
 _EVIDENCE_STORE = "cloudha.evidence_store"
 _ESCALATION = "cloudha.detection.escalation"
 _AGENT_POLLER = "cloudha.detection.poller"
+_DAEMON = "cloudha.daemon"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -1062,7 +1063,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Run every check and decision but execute nothing (no fence, stop, start or"
         " self-fence): record what would be done, with shadow: true.",
         "cloudha",
-        read_by=(_SERVER, _SIMULATOR, _HEARTBEAT_CLI),
+        read_by=(_SERVER, _SIMULATOR, _HEARTBEAT_CLI, _DAEMON),
     ),
     # cloudha's own: lasting evidence (docs/evidence.md).
     _key(
