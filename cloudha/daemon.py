@@ -665,6 +665,7 @@ def assemble(
     gateway: Callable[[HostView], tuple[AgentGateway, Any]] | None = None,
     power_drivers: Iterable[PowerDriver] | None = None,
     evidence: EvidenceSink | None = None,
+    directory: Any | None = None,
     **server_options: Any,
 ) -> Assembly:
     """Build the management server of ``cloudha run`` for ``inventory`` (not started).
@@ -684,6 +685,9 @@ def assemble(
             entry instead of SSH and local processes (tests).
         power_drivers: the OOBM drivers instead of the built-in ones (tests).
         evidence: one more evidence sink (e.g. the demo's live progress).
+        directory: the host table instead of ``SqlHostDirectory`` on the
+            database (tests): a HostDirectory with ``sync(hosts)`` and
+            ``note_fence_readiness(readiness)``.
         server_options: more :class:`~cloudha.ManagementServer` arguments.
 
     Raises:
@@ -691,8 +695,6 @@ def assemble(
             host's SSH key or known_hosts that cannot be read.
         StoreError: the database cannot be reached or its schema prepared.
     """
-    from cloudha.hoststore import SqlHostDirectory
-
     clock = clock if clock is not None else SystemClock()
     url = db_url if db_url is not None else inventory.db_url
     settings = inventory.settings
@@ -724,7 +726,7 @@ def assemble(
             power_drivers=power_drivers,
             evidence=evidence,
             server_options=server_options,
-            directory_class=SqlHostDirectory,
+            directory=directory,
         )
     except BaseException:
         engine.dispose()
@@ -746,9 +748,12 @@ def _assemble(
     power_drivers: Iterable[PowerDriver] | None,
     evidence: EvidenceSink | None,
     server_options: Mapping[str, Any],
-    directory_class: Any,
+    directory: Any | None,
 ) -> Assembly:
-    directory = directory_class(engine, clock)
+    if directory is None:
+        from cloudha.hoststore import SqlHostDirectory
+
+        directory = SqlHostDirectory(engine, clock)
     synced = directory.sync(h.to_host() for h in inventory.hosts)
     log.info(
         "host table: %d added, %d updated, %d removed",
