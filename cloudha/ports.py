@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from cloudha.ha.work import Step, Work, WorkType
+from cloudha.ha.work import Step, Work, WorkTally, WorkType
 from cloudha.model import AlertType, Host, Pool, ReasonType, Vm, VmState, VmType
 from cloudha.status import Event, Status
 
 if TYPE_CHECKING:
+    from cloudha.evidence import Evidence
     from cloudha.ha.orchestrator import Planner, StartParams
     from cloudha.hostha.provider import HAProviderConfig
+    from cloudha.server import ManagementServer
 
 _T = TypeVar("_T")
 
@@ -55,6 +57,7 @@ __all__ = [
     "IsolationProbe",
     "Keep",
     "MaintenanceChecker",
+    "MetricsSink",
     "MigrationFailureSink",
     "PingReport",
     "RecoveryLevel",
@@ -481,6 +484,11 @@ class WorkStore(Protocol):
 
     def has_been_scheduled(self, instance_id: str, type: WorkType) -> bool:
         """Whether an untaken work of this VM and type exists (any step)."""
+
+    def tally(self) -> list[WorkTally]:
+        """How many works of each stored type are in each stored step, with the oldest
+        ``created`` of each group, ordered by type then step; hand-edited values as
+        stored (never raises UnreadableWorkError). Cheap: metrics call it per scrape."""
 
     def claim(self, server_id: str) -> Work | None:
         """Take one claimable work for ``server_id`` (see the class contract); None if none."""
@@ -960,4 +968,31 @@ class TaskExecutor(Protocol):
 
     def shutdown(self, timeout: float) -> None:
         """Refuse new tasks; let the started ones finish within ``timeout`` s."""
+        ...
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """Where a :class:`~cloudha.ManagementServer` sends what metrics count (``metrics=``).
+
+    :class:`cloudha.metrics.Metrics` is the Prometheus adapter;
+    ``cloudha.testing.RecordingMetricsSink`` records the calls, and
+    ``cloudha.testing.check_metrics_sink`` is the contract.
+
+    Contract: :meth:`record` gets every evidence record the server makes, from
+    any thread, as it is made; it must be quick (no I/O: counting only), must
+    accept every kind and any details (unknown kinds, missing or ill-typed
+    fields) and should not raise (a sink that raises is logged, and the
+    decision goes on). :meth:`watch` is called once by each server built with
+    the sink (a restarted server calls it again: the newest is the one to read);
+    whatever is read from the server later (at a scrape) must be its cheap,
+    local state or its host directory and work store, never a BMC or a host.
+    """
+
+    def record(self, evidence: Evidence) -> None:
+        """Count one evidence record."""
+        ...
+
+    def watch(self, server: ManagementServer) -> None:
+        """Read ``server``'s state (directory, work queue, freshness, detector) from now on."""
         ...

@@ -771,7 +771,10 @@ class HighAvailabilityManager:
         if isinstance(record, Finish):
             step = record.step
             self._db(lambda: self.store.finish(work, step))
-            self._emit(work, step, record.reason)
+            if record.started_on is not None:
+                self._emit(work, step, record.reason, started_on=record.started_on)
+            else:
+                self._emit(work, step, record.reason)
             if step is Step.ERROR:
                 log.error("%s ended in Error: %s", work, record.reason)
             self.notifier.notice(record.notice)

@@ -64,6 +64,7 @@ from cloudha.ha.work import (
     Step,
     UnreadableWorkError,
     Work,
+    WorkTally,
     WorkType,
     work_from_row,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "UnreadableWorkError",
     "Work",
     "WorkStore",
+    "WorkTally",
     "WorkType",
     "create_schema",
     "drop_schema",
@@ -592,6 +594,21 @@ class SqlWorkStore:
         )
         with self._tx() as conn:
             return bool(conn.execute(stmt).scalar_one())
+
+    def tally(self) -> list[WorkTally]:
+        """Works per stored type and step with the oldest ``created``: one grouped query
+        (metrics read it at every scrape), hand-edited values included as stored."""
+        stmt = (
+            sa.select(_W.type, _W.step, sa.func.count(), sa.func.min(_W.created))
+            .group_by(_W.type, _W.step)
+            .order_by(_W.type, _W.step)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            WorkTally(str(type_), str(step), int(count), oldest)
+            for type_, step, count, oldest in rows
+        ]
 
     # -- claiming --------------------------------------------------------------
 

@@ -29,6 +29,7 @@ __all__ = [
     "Step",
     "UnreadableWorkError",
     "Work",
+    "WorkTally",
     "WorkType",
     "work_from_row",
 ]
@@ -70,6 +71,29 @@ TERMINAL_STEPS: Final = frozenset({Step.DONE, Step.CANCELLED, Step.ERROR})
 
 TERMINAL_VALUES: Final = tuple(sorted(step.value for step in TERMINAL_STEPS))
 """The stored values of :data:`TERMINAL_STEPS` (a row's ``step`` column is compared to them)."""
+
+
+@attrs.frozen
+class WorkTally:
+    """How many works of one type are in one step (``WorkStore.tally``).
+
+    Attributes:
+        type: the stored ``type`` (a :class:`WorkType` value, or whatever a
+            hand-edited row holds).
+        step: the stored ``step`` (a :class:`Step` value, or a hand edit).
+        count: how many rows.
+        oldest: the oldest ``created`` among them (aware UTC).
+    """
+
+    type: str
+    step: str
+    count: int
+    oldest: dt.datetime
+
+    @property
+    def pending(self) -> bool:
+        """The works are not in a terminal step (they are queued or in progress)."""
+        return self.step not in TERMINAL_VALUES
 
 
 class UnreadableWorkError(StoreError):

@@ -6,11 +6,13 @@ several states), from several threads at once, and fails with every
 broken rule listed, so a plugin author learns all of them in one run.
 ``check_fencer(MyFencer(...))`` does the same for a fence builder.
 ``check_host_directory``, ``check_agent_gateway`` and
-``check_vm_orchestrator`` check an implementation of those ports.
+``check_vm_orchestrator`` check an implementation of those ports;
+``check_metrics_sink`` a metrics adapter.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import threading
@@ -20,9 +22,17 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
+import sqlalchemy as sa
 
 from cloudha.commands import PING_TEST
-from cloudha.errors import HACheckError, ProbeAuthError, ProbeError
+from cloudha.errors import (
+    HACheckError,
+    ProbeAuthError,
+    ProbeConnectionError,
+    ProbeError,
+    StoreUnavailableError,
+)
+from cloudha.evidence import Evidence
 from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
 from cloudha.fencing.chain import GRACE
 from cloudha.ha.orchestrator import (
@@ -33,6 +43,8 @@ from cloudha.ha.orchestrator import (
     StartParams,
     UnknownVmError,
 )
+from cloudha.ha.store import SqlWorkStore, create_schema
+from cloudha.ha.work import WorkTally, WorkType
 from cloudha.hostha.provider import HAProviderConfig
 from cloudha.investigators.base import Finding, Investigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType, Vm, VmState, VmType
@@ -46,6 +58,7 @@ from cloudha.ports import (
     HostDirectory,
     HostPoller,
     HostShell,
+    MetricsSink,
     PingReport,
     ShellResult,
     StatusChange,
@@ -55,6 +68,7 @@ from cloudha.ports import (
 )
 from cloudha.server import validate_port
 from cloudha.status import Status
+from cloudha.testing.fakes import InMemoryHostDirectory
 
 __all__ = [
     "Make",
@@ -65,10 +79,12 @@ __all__ = [
     "check_host_poller",
     "check_host_shell",
     "check_investigator",
+    "check_metrics_sink",
     "check_power_driver",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",
+    "sample_evidence",
     "sample_hosts",
     "sample_vms",
 ]
@@ -942,6 +958,197 @@ def check_volume_directory(volumes: VolumeDirectory, host: Host) -> None:
                     )
     if problems:
         raise AssertionError("VolumeDirectory contract broken:\n- " + "\n- ".join(problems))
+
+
+def sample_evidence() -> list[Evidence]:
+    """Evidence records a metrics sink must take: one of each kind the server records,
+    as it records them, then unknown kinds and every field missing, ill-typed or absurd."""
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    finding = {"source": "KVMInvestigator", "verdict": "DEAD", "reason": "stale"}
+    typical: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
+        ("behind_on_ping", "h1", None, {"since_last_ping": 151.5, "timeout": 150.0}),
+        ("investigation", "h1", None, {"result": "Down", "decided_by": "K", "findings": [finding]}),
+        ("host_status", "h1", None, {"from": "Up", "to": "Alert", "event": "AgentDisconnected"}),
+        ("host_status", "h1", None, {"from": "Alert", "to": "Down", "event": "HostDown"}),
+        ("ha_scheduled", "h1", None, {"ha_reason": "HostDown", "investigate": True}),
+        ("ha_work", "h1", "vm1", {"work": 1, "type": "HA", "step": "Investigating", "tried": 0}),
+        ("fence", "h1", "vm1", {"fencer": "F", "outcome": "FENCED", "level": 0, "seconds": 2.5}),
+        ("fence_escalated", "h1", "vm1", {"attempts": []}),
+        ("ha_work", "h1", "vm1", {"type": "HA", "step": "Done", "started_on": "h2"}),
+        ("ha_work", "h1", "vm2", {"type": "HA", "step": "Rescheduled", "retry_in": 30.0}),
+        ("suspicion", "h1", None, {"qualifies": True, "fencer": "P", "outcome": "FENCED"}),
+        ("suspicion", "h1", None, {"qualifies": True, "outcome": "held", "held": "budget"}),
+        ("suspicion", "h1", None, {"qualifies": True, "outcome": "would fence", "shadow": True}),
+        ("storm", "h1", None, {"rule": "budget", "domains": []}),
+        ("escalation", "h1", None, {"level": "agent.restart", "step": 1, "outcome": "failed"}),
+        ("escalation", "h1", None, {"level": None, "step": None, "outcome": "reset"}),
+        ("freshness", None, None, {"fresh": False, "judging": False, "causes": ["pings"]}),
+        ("freshness", "h1", None, {"fresh": False, "held": "investigation"}),
+        ("host_ha_fence", "h1", None, {"fenced": True, "proven": False, "provider": "kvm"}),
+        ("host_ha_recovery", "h1", None, {"recovered": False, "provider": "kvm"}),
+        ("host_status", "h1", None, {"from": "Down", "to": "Up", "event": "AgentConnected"}),
+    ]
+    kinds = sorted({kind for kind, _, _, _ in typical})
+    odd: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
+        ("a_kind_nobody_knows", None, None, {"anything": [1, 2, {"x": None}]})
+    ]
+    odd += [(kind, None, None, {}) for kind in kinds]
+    odd += [(kind, "h1", "vm1", {}) for kind in kinds]
+    odd += [
+        ("behind_on_ping", "h1", None, {"since_last_ping": "soon"}),
+        ("behind_on_ping", "h1", None, {"since_last_ping": float("nan")}),
+        ("behind_on_ping", "h1", None, {"since_last_ping": -5.0}),
+        ("behind_on_ping", "h1", None, {"since_last_ping": None}),
+        ("host_status", "h1", None, {"from": None, "to": None}),
+        ("host_status", "h1", None, {"to": "Down"}),
+        ("investigation", "h1", None, {"findings": "not a list"}),
+        ("investigation", "h1", None, {"findings": [None, 3, {"verdict": 1}]}),
+        ("fence", "h1", "vm1", {"seconds": float("inf"), "outcome": 7}),
+        ("fence", "h1", "vm1", {"seconds": True}),
+        ("ha_work", "h1", "vm1", {"type": "Teleport", "step": "Dancing"}),
+        ("ha_work", None, "vm1", {"type": "HA", "step": "Done", "started_on": "h2"}),
+        ("suspicion", "h1", None, {"outcome": ["not", "a", "string"]}),
+    ]
+    return [
+        Evidence(kind, float(t), at, "contract", host, vm, "a contract sample", details)
+        for t, (kind, host, vm, details) in enumerate(typical + odd)
+    ]
+
+
+class _FailingDirectory(InMemoryHostDirectory):
+    """A host directory that stops answering when ``failing`` is set."""
+
+    failing = False
+
+    def list_hosts(self, **kw: Any) -> Sequence[Host]:
+        if self.failing:
+            raise ProbeConnectionError("the host directory is down (contract check)")
+        return super().list_hosts(**kw)
+
+
+class _FailingWorkStore(SqlWorkStore):
+    """A work store whose reads fail when ``failing`` is set."""
+
+    failing = False
+
+    def tally(self) -> list[WorkTally]:
+        if self.failing:
+            raise StoreUnavailableError("the HA work store is down (contract check)")
+        return super().tally()
+
+
+def check_metrics_sink(sink: MetricsSink, *, scrape: Callable[[], object] | None = None) -> None:
+    """Check a :class:`~cloudha.ports.MetricsSink` (a metrics adapter).
+
+    Rules: it has ``record`` and ``watch``; ``record`` takes every record of
+    :func:`sample_evidence` (each kind the server makes, unknown kinds, fields
+    missing, ill-typed or absurd), from eight threads at once, without raising;
+    a :class:`~cloudha.ManagementServer` built with ``metrics=sink`` (which
+    calls ``watch``) builds and recovers. With ``scrape`` (what
+    reads the sink's view of the server, e.g. ``Metrics.render``): a scrape of
+    the watched server never raises, never contacts an agent or a BMC, and still
+    answers while the host directory and the work store fail.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("metrics", sink, MetricsSink)
+    problems: list[str] = []
+    samples = sample_evidence()
+    for evidence in samples:
+        try:
+            sink.record(evidence)
+        except Exception as exc:  # the rule under test: it must not raise
+            problems.append(
+                f"record({evidence.kind}, {dict(evidence.details)!r}) raised"
+                f" {type(exc).__name__}: {exc}"
+            )
+    errors: list[str] = []
+
+    def hammer() -> None:
+        for evidence in samples:
+            try:
+                sink.record(evidence)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        problems.append(f"record() raised from concurrent threads: {errors[0]}")
+
+    from cloudha.evidence import EvidenceLog
+    from cloudha.oobm.manager import StaticOobmConfigs
+    from cloudha.oobm.power import OobmConfig
+    from cloudha.server import ManagementServer
+    from cloudha.settings import Settings
+    from cloudha.testing.clock import FakeClock
+    from cloudha.testing.fakes import FakeAgentGateway, RecordingAlertSink
+    from cloudha.testing.oobm import FakePowerDriver
+    from cloudha.testing.orchestrator import FakeOrchestratorHost, InMemoryOrchestrator
+
+    clock = FakeClock(1_000.0)
+    hosts = ("h1", "h2")
+    directory = _FailingDirectory(
+        Host(h, status=Status.UP, last_ping=1_000.0, management_server_id="ms1") for h in hosts
+    )
+    gateway = FakeAgentGateway(dict.fromkeys(hosts, True))
+    power = FakePowerDriver("fake")
+    bmcs = {h: power.add(f"bmc-{h}") for h in hosts}
+    configs = StaticOobmConfigs(
+        {h: OobmConfig("fake", f"bmc-{h}", "admin", "password", host_id=h) for h in hosts}
+    )
+    engine = sa.create_engine(
+        "sqlite://", poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
+    )
+    create_schema(engine)
+    store = _FailingWorkStore(engine, clock)
+    store.add("vm1", WorkType.HA, VmState.RUNNING, host_id="h1")
+    try:
+        server = ManagementServer(
+            settings=Settings(),
+            clock=clock,
+            directory=directory,
+            gateway=gateway,
+            orchestrator=InMemoryOrchestrator(
+                [FakeOrchestratorHost(h) for h in hosts], [Vm("vm1", host_id="h1")]
+            ),
+            alerts=RecordingAlertSink(),
+            store=store,
+            evidence=EvidenceLog(),
+            discover_plugins=False,
+            oobm_drivers=[power],
+            oobm_configs=configs,
+            metrics=sink,
+        )
+        server.recover(connected=hosts)
+        server.freshness.evaluate()
+    except Exception as exc:
+        problems.append(f"a ManagementServer built with it failed: {type(exc).__name__}: {exc}")
+        server = None
+    if server is not None and scrape is not None:
+        gateway.calls.clear()
+        for bmc in bmcs.values():
+            bmc.calls.clear()
+        for failing in (False, True):
+            directory.failing = store.failing = failing
+            what = "while the directory and the work store fail" if failing else "of a server"
+            try:
+                scrape()
+            except Exception as exc:
+                problems.append(f"a scrape {what} raised {type(exc).__name__}: {exc}")
+        directory.failing = store.failing = False
+        if gateway.calls:
+            problems.append(f"a scrape called agents: {gateway.calls}")
+        touched = {h: list(b.calls) for h, b in bmcs.items() if b.calls}
+        if touched:
+            problems.append(f"a scrape contacted BMCs: {touched}")
+    engine.dispose()
+    if problems:
+        raise AssertionError("MetricsSink contract broken:\n- " + "\n- ".join(problems))
 
 
 def check_power_driver(

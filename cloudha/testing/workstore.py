@@ -31,6 +31,7 @@ from cloudha.ha.work import (
     Step,
     UnreadableWorkError,
     Work,
+    WorkTally,
     WorkType,
     work_from_row,
 )
@@ -198,6 +199,15 @@ class InMemoryWorkStore:
             )
 
     # -- claiming and fencing tokens ---------------------------------------------------
+
+    def tally(self) -> list[WorkTally]:
+        with self._lock:
+            groups: dict[tuple[str, str], tuple[int, dt.datetime]] = {}
+            for row in self._rows.values():
+                key = (str(row["type"]), str(row["step"]))
+                count, oldest = groups.get(key, (0, row["created"]))
+                groups[key] = (count + 1, min(oldest, row["created"]))
+        return [WorkTally(t, s, n, oldest) for (t, s), (n, oldest) in sorted(groups.items())]
 
     def claim(self, server_id: str) -> Work | None:
         now, now_s = self._now()
@@ -693,6 +703,32 @@ def check_cleanup(c: _Ctx) -> None:
     assert len(c.store.pending_for_vm("p")) == 1
 
 
+def check_tally(c: _Ctx) -> None:
+    """tally() counts works per type and step, every step, with each group's oldest created."""
+    assert c.store.tally() == []
+    first = _add(c.store, "a")
+    c.clock.advance(10)
+    _add(c.store, "b")
+    _add(c.store, "c", type=WorkType.MIGRATION, step=Step.INVESTIGATING)
+    done = _add(c.store, "d", step=Step.DONE)
+    held = _claim(c.store)
+    assert held.id == first.id
+    tally = c.store.tally()
+    assert [(t.type, t.step, t.count) for t in tally] == [
+        ("HA", "Done", 1),
+        ("HA", "Scheduled", 2),
+        ("Migration", "Investigating", 1),
+    ], tally
+    by_key = {(t.type, t.step): t for t in tally}
+    assert by_key[("HA", "Scheduled")].oldest == first.created
+    assert by_key[("HA", "Done")].oldest == done.created
+    assert by_key[("HA", "Scheduled")].pending
+    assert not by_key[("HA", "Done")].pending
+    if c.corrupt is not None:
+        c.corrupt(c.store, done.id, "step", "Dancing")
+        assert ("HA", "Dancing", 1) in [(t.type, t.step, t.count) for t in c.store.tally()]
+
+
 def _check_unreadable(c: _Ctx, corrupt: Corrupt, column: str, value: str) -> None:
     vm = f"bad-{column}"
     bad = _add(c.store, vm)
@@ -742,6 +778,7 @@ WORK_STORE_CHECKS: Final[tuple[Callable[[_Ctx], None], ...]] = (
     check_queries,
     check_cancel_and_delete_untaken,
     check_cleanup,
+    check_tally,
     check_unreadable_rows_are_quarantined,
 )
 """The contract, one property per function; :func:`check_work_store` runs them all."""
