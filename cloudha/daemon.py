@@ -36,7 +36,6 @@ need a restart and are not applied), :meth:`Assembly.stop` and
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import logging
 import sys
 import threading
@@ -63,6 +62,7 @@ from cloudha.ports import (
     Answer,
     Command,
     HypervisorProbe,
+    MetricsSink,
     ShellResult,
     VmOrchestrator,
 )
@@ -351,7 +351,7 @@ class Assembly:
         pools: InventoryPools,
         evidence_store: SqlEvidenceStore | None,
         evidence_log: EvidenceLog,
-        metrics: object | None,
+        metrics: MetricsSink | None,
         clock: Clock,
         thread_factory: ThreadFactory,
         uris: dict[str, str],
@@ -636,28 +636,12 @@ class _Gateways:
             transport.close()
 
 
-def _metrics_options(metrics: object | None, sinks: list[EvidenceSink]) -> dict[str, Any]:
-    """How ``metrics`` joins the server: its own ``metrics=`` argument, else as an evidence sink."""
-    if metrics is None:
-        return {}
-    if "metrics" in inspect.signature(ManagementServer).parameters:
-        return {"metrics": metrics}
-    if callable(getattr(metrics, "record", None)):
-        sinks.append(metrics)  # type: ignore[arg-type]
-        return {}
-    raise ConfigurationError(
-        f"metrics {type(metrics).__name__} is neither a ManagementServer metrics nor an"
-        " evidence sink",
-        key="metrics",
-    )
-
-
 def assemble(
     inventory: InventoryView,
     *,
     db_url: str | None = None,
     shadow: bool = False,
-    metrics: object | None = None,
+    metrics: MetricsSink | None = None,
     clock: Clock | None = None,
     thread_factory: ThreadFactory = threading.Thread,
     probe: HypervisorProbe | None = None,
@@ -739,7 +723,7 @@ def _assemble(
     url: str,
     engine: Engine,
     settings: Settings,
-    metrics: object | None,
+    metrics: MetricsSink | None,
     clock: Clock,
     thread_factory: ThreadFactory,
     probe: HypervisorProbe | None,
@@ -788,8 +772,6 @@ def _assemble(
     sinks: list[EvidenceSink] = [evidence_log, store]
     if evidence is not None:
         sinks.append(evidence)
-    options = _metrics_options(metrics, sinks)
-    options.update(server_options)
     server = ManagementServer(
         settings=settings,
         clock=clock,
@@ -807,7 +789,8 @@ def _assemble(
         hypervisor=probe,
         shell=routes,
         poller=HypervisorPoller(probe),
-        **options,
+        metrics=metrics,
+        **server_options,
     )
     assembly = Assembly(
         server=server,

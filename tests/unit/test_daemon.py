@@ -463,3 +463,20 @@ def test_the_local_transport_runs_returns_and_times_out() -> None:
         local.run("x", ["/nonexistent/program"], timeout=1.0)
     with pytest.raises(ConfigurationError):
         local.run("x", [], timeout=1.0)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_count_the_assembled_server(tmp_path: Path) -> None:
+    from cloudha.metrics import Metrics
+
+    metrics = Metrics()
+    fleet = Fleet(tmp_path, metrics=metrics)
+    server = fleet.assembly.server
+    assert server.metrics is metrics
+    assert fleet.assembly.metrics is metrics
+    server.recover()
+    LoopRunner(server, fleet.clock).run_for(15)
+    text = metrics.render().decode()
+    assert 'status="Up"' in text
