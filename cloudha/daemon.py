@@ -409,6 +409,8 @@ class Assembly:
             len(found.moved),
             len(found.ha_changed),
         )
+        for conflict in found.conflicts:
+            log.warning("discovery: left alone: %s", conflict)
         for host_id, why in sorted(found.unreachable.items()):
             log.warning("discovery: host %s could not be listed: %s", host_id, why)
 

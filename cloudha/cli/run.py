@@ -156,6 +156,8 @@ def run(
     root = logging.getLogger()
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)
+    if root.getEffectiveLevel() >= logging.INFO:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugins, one line each
     try:
         inventory = _load(inventory_path)
     except ConfigurationError as exc:
