@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from cloudha.ha.work import Step, Work, WorkTally, WorkType
+from cloudha.ha.work import QueueState, Step, Work, WorkListing, WorkTally, WorkType
 from cloudha.model import AlertType, Host, Pool, ReasonType, Vm, VmState, VmType
 from cloudha.status import Event, Status
 
@@ -74,6 +74,7 @@ __all__ = [
     "VmSync",
     "VolumeDirectory",
     "Watchdog",
+    "WorkQueueAdmin",
     "WorkStore",
 ]
 
@@ -563,6 +564,65 @@ class WorkStore(Protocol):
 
     def delete(self, work_ids: Iterable[int]) -> int:
         """Delete these rows; how many."""
+
+
+@runtime_checkable
+class WorkQueueAdmin(Protocol):
+    """An operator's view of the HA work queue: list works, retry or cancel one (``cloudha queue``).
+
+    Apart from :class:`WorkStore` because the HA manager never needs it; both
+    shipped adapters (:class:`cloudha.ha.store.SqlWorkStore`,
+    :class:`cloudha.testing.InMemoryWorkStore`) implement both, and
+    ``cloudha.testing.check_work_store`` checks this contract too
+    (``WORK_QUEUE_ADMIN_CHECKS``).
+
+    Contract:
+
+    * :meth:`list_works` never fails on a hand-edited row: such rows are
+      listed apart (:attr:`~cloudha.ha.work.WorkListing.unreadable`).
+    * :meth:`retry_work` and :meth:`cancel_work` change one row in one
+      transaction, after checking it in that transaction; a refusal
+      (:class:`~cloudha.ha.work.WorkRefusedError`) or an unknown id
+      (:class:`~cloudha.ha.work.UnknownWorkError`) changes nothing.
+    * Neither touches a fencing token: the row's ``generation`` stays (its
+      next claim takes a fresh token, as every claim does) and the VM's last
+      token (:meth:`WorkStore.current_generation`) never changes.
+    * A claimed work is never changed: its worker may be fencing or starting
+      the VM at this moment.
+    """
+
+    def list_works(
+        self,
+        *,
+        states: Collection[QueueState] | None = None,
+        host_id: str | None = None,
+        instance_id: str | None = None,
+        type: WorkType | None = None,
+    ) -> WorkListing:
+        """The works in one of ``states`` (None: all), of this host, VM and type when given,
+        oldest (lowest id) first."""
+
+    def retry_work(self, work_id: int) -> Work:
+        """Send an Error or Cancelled work back to the queue, to be investigated anew, due now.
+
+        The row gets step Investigating (never Scheduled: the VM is proven dead
+        or fenced again before any start), no claim (``mgmt_server_id`` and
+        ``taken`` cleared), ``time_to_try`` now and ``tried`` 0 (the full
+        ``vm.ha.migration.max.retries`` again); its VM snapshot and
+        ``generation`` are kept. Refused (:class:`~cloudha.ha.work.WorkRefusedError`)
+        for a work in another step, an unreadable row, or a VM that already
+        has a pending work of the same type (that one would supersede it).
+        """
+
+    def cancel_work(self, work_id: int, canceller: str) -> Work:
+        """Cancel a pending work that no server holds, or dismiss an Error work.
+
+        The row gets step Cancelled, ``taken`` now and ``mgmt_server_id``
+        ``canceller`` (as ``cancel_untaken`` does), so the cleanup deletes it
+        after ``time.between.failures``. Refused
+        (:class:`~cloudha.ha.work.WorkRefusedError`) for a claimed work, a
+        Done or Cancelled one, or an unreadable row.
+        """
 
 
 @runtime_checkable
