@@ -677,16 +677,20 @@ def assemble(
         server_options: more :class:`~cloudha.ManagementServer` arguments.
 
     Raises:
-        ConfigurationError: a bad database URL, a port that does not fit, a
-            host's SSH key or known_hosts that cannot be read.
-        StoreError: the database cannot be reached or its schema prepared.
+        StoreError: a bad database URL, or the database cannot be reached or
+            its schema prepared (``cloudha run`` exits 3).
+        ConfigurationError: an inventory without hosts, a host's SSH key or
+            known_hosts that cannot be read.
     """
     clock = clock if clock is not None else SystemClock()
     url = db_url if db_url is not None else inventory.db_url
     settings = inventory.settings
     if shadow:
         settings = settings.with_overrides({"cloudha.shadow": True}, source="--shadow")
-    engine = open_engine(url)
+    try:
+        engine = open_engine(url, holds="cloudha's state")
+    except ConfigurationError as exc:
+        raise StoreError(f"database: {exc}") from exc
     try:
         prepare_sqlite_engine(engine)
         with engine.connect():

@@ -47,6 +47,8 @@ def make_metrics(port: int | None) -> Metrics | None:
     """
     if port is None:
         return None
+    if not 0 <= port <= 65535:
+        fail(_COMMAND, f"--metrics-port: {port} is not a port (0 to 65535)", EXIT_USAGE)
     from cloudha.metrics import Metrics
 
     try:
@@ -123,9 +125,9 @@ class _Signals:
 @click.option("--shadow", is_flag=True, help="Shadow mode: decide everything, execute nothing.")
 @click.option(
     "--metrics-port",
-    type=click.IntRange(1, 65535),
+    type=int,
     metavar="N",
-    help="Serve Prometheus metrics on this port (/metrics).",
+    help="Serve Prometheus metrics on this port (/metrics; 0: any free port, logged).",
 )
 @click.option(
     "--metrics-address",

@@ -386,8 +386,8 @@ def test_an_unreachable_database_is_one_store_error_without_its_password() -> No
     assert "\n" not in text
 
 
-def test_a_bad_database_url_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="not a database URL"):
+def test_a_bad_database_url_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
         assemble(INVENTORY, db_url="nonsense", directory=Directory())
 
 
