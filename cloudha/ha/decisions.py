@@ -252,7 +252,7 @@ def is_cancellable(work: Work, cancellable_reasons: frozenset[object]) -> bool:
 
 
 def decide_ha(inp: Inputs) -> Decision:
-    """One attempt of an HA restart (spec §3.6 with the fixes of ARCHITECTURE §4)."""
+    """One attempt of an HA restart (spec §3.6 with the fixes of docs/design/differences.md)."""
     work, vm, host, policy = inp.work, inp.vm, inp.host, inp.policy
     others = [w for w in inp.others if w.type is WorkType.HA and w.id != work.id]
     newer = [w.id for w in others if w.id > work.id]

@@ -21,7 +21,7 @@
   Alerts and evidence go through one :class:`~cloudha.ha.notifier.Notifier`,
   which never raises.
 
-Deliberate differences from CloudStack (ARCHITECTURE §4), each tested:
+Deliberate differences from CloudStack (docs/design/differences.md), each tested:
 
 * one clock in float seconds: ``time.between.failures`` is an hour when it
   says 3600, both for the "recent failure" window and for the cleanup;

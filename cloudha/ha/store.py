@@ -15,7 +15,7 @@ or :func:`upgrade` (Alembic migrations, production) first.
 :class:`~cloudha.ManagementServer` given an ``engine`` calls
 :func:`create_schema`, which creates only the tables that are missing.
 
-Deliberate differences from CloudStack (design §4):
+Deliberate differences from CloudStack (docs/design/differences.md):
 
 * one clock: ``time_to_try`` is float seconds since the Unix epoch read from
   the injected :class:`~cloudha.clock.Clock` (no ``ms >> 10`` units);

@@ -7,7 +7,8 @@ broken rule listed, so a plugin author learns all of them in one run.
 ``check_fencer(MyFencer(...))`` does the same for a fence builder.
 ``check_host_directory``, ``check_agent_gateway`` and
 ``check_vm_orchestrator`` check an implementation of those ports;
-``check_metrics_sink`` a metrics adapter.
+``check_metrics_sink`` a metrics adapter, and ``check_power_driver`` a power
+driver against a BMC it can switch.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cloudha.errors import (
     ProbeAuthError,
     ProbeConnectionError,
     ProbeError,
+    ProbeTimeout,
     StoreUnavailableError,
 )
 from cloudha.evidence import Evidence
@@ -1153,29 +1155,30 @@ def check_metrics_sink(sink: MetricsSink, *, scrape: Callable[[], object] | None
 
 def check_power_driver(
     driver: PowerDriver,
-    on: OobmConfig,
+    config: OobmConfig,
     *,
-    unreachable: OobmConfig,
-    wrong_password: OobmConfig | None = None,
+    unreachable: OobmConfig | None = None,
     timeout: float = 5.0,
+    threads: int = 4,
 ) -> None:
-    """Check a power driver against the contract of :class:`~cloudha.oobm.power.PowerDriver`.
+    """Check a :class:`~cloudha.oobm.PowerDriver` against a BMC it can reach.
 
-    The driver must be wired to a BMC the test controls: ``on`` names a
-    machine that is powered on, ``unreachable`` a BMC nobody answers at, and
-    ``wrong_password`` (optional) a real BMC with a password it refuses. The
-    check only asks STATUS and powers ``on``'s machine OFF and then ON again
-    (read back after each), so run it against a fake or emulated BMC.
+    ``config`` points at a BMC that may be switched off and on (a test BMC or
+    a fake, never a production host): the checker powers it OFF, reads it
+    back, powers it ON and leaves it on. ``unreachable`` (optional) points at
+    an address where nothing answers.
 
-    Rules checked: ``name`` is a non-empty lower-case str; every call returns
-    a :class:`PowerResult` for the operation asked, within ``timeout`` (plus
-    the chain's grace) of wall time; a successful STATUS carries a state;
-    OFF is read back Off (an immediate power-off, not a graceful shutdown;
-    within ``timeout``) and ON is read back On; the unreachable BMC raises a
-    :class:`~cloudha.errors.ProbeError` (never another exception), the
-    refused password :class:`~cloudha.errors.ProbeAuthError`; no password
-    appears in a result or an exception message; STATUS asked from several
-    threads at once gives the same answers.
+    Rules: a non-empty, lower-case ``name``; ``execute`` returns a
+    :class:`~cloudha.oobm.power.PowerResult` of the operation asked, or raises
+    a :class:`~cloudha.errors.ProbeError` (``ProbeAuthError``, ``ProbeTimeout``,
+    ``ProbeConnectionError``, ``PowerCommandError``), never another exception;
+    a successful STATUS carries a power state; OFF is immediate (STATUS
+    reads Off within ``timeout``: a power cut, never a graceful shutdown) and
+    ON is read back On; a wrong password raises
+    ``ProbeAuthError``; nothing answering raises ``ProbeTimeout`` or
+    ``ProbeConnectionError``; every call returns within ``timeout`` plus a
+    grace of wall time; the password never appears in a result, an exception
+    message or the driver's ``repr``; concurrent STATUS calls agree.
 
     Raises:
         AssertionError: listing every broken rule.
@@ -1184,88 +1187,96 @@ def check_power_driver(
     name = getattr(driver, "name", None)
     if not isinstance(name, str) or not name or name != name.lower():
         raise AssertionError(f"power driver {driver!r}: name must be a non-empty lower-case str")
-    secrets = [c.password for c in (on, unreachable, wrong_password) if c and c.password]
+    secret = config.password
 
-    def leaks(text: str) -> bool:
-        return any(secret in text for secret in secrets)
-
-    def call(config: OobmConfig, operation: PowerOperation) -> PowerResult | BaseException:
-        label = f"{name}.execute({config.address}, {operation.value})"
+    def call(
+        label: str, target: OobmConfig, operation: PowerOperation
+    ) -> tuple[PowerResult | None, BaseException | None]:
         started = time.monotonic()
         try:
-            result: PowerResult | BaseException = driver.execute(config, operation, timeout=timeout)
+            result = driver.execute(target, operation, timeout=timeout)
+        except ProbeError as exc:
+            error: BaseException | None = exc
+            result = None
         except Exception as exc:
-            result = exc
-        took = time.monotonic() - started
-        if took > timeout + GRACE:
-            problems.append(f"{label} took {took:.1f}s, more than its timeout {timeout:g}s")
-        if isinstance(result, BaseException):
-            if leaks(str(result)):
-                problems.append(f"{label}: its {type(result).__name__} shows a password")
-            return result
+            problems.append(f"{label} raised {type(exc).__name__}: {exc} (raise a ProbeError)")
+            return None, exc
+        else:
+            error = None
+        spent = time.monotonic() - started
+        if spent > timeout + GRACE:
+            problems.append(f"{label} took {spent:.1f}s, more than its {timeout:g}s timeout")
+        if error is not None:
+            if secret and secret in str(error):
+                problems.append(f"{label}: the exception message contains the password")
+            return None, error
         if not isinstance(result, PowerResult):
             problems.append(f"{label} returned {result!r}, not a PowerResult")
-        elif result.operation is not operation:
-            problems.append(f"{label} returned a result for {result.operation.value}")
-        elif leaks(json.dumps(result.to_dict())):
-            problems.append(f"{label}: its result shows a password")
-        return result
+            return None, None
+        if result.operation is not operation:
+            problems.append(f"{label} returned a result for {result.operation}, not {operation}")
+        if secret and secret in json.dumps(result.to_dict()):
+            problems.append(f"{label}: the result contains the password")
+        return result, None
 
-    def state_of(config: OobmConfig, when: str) -> PowerState | None:
-        result = call(config, PowerOperation.STATUS)
-        if isinstance(result, BaseException):
-            problems.append(f"STATUS {when} raised {type(result).__name__}: {result}")
+    def state(label: str) -> PowerState | None:
+        result, error = call(label, config, PowerOperation.STATUS)
+        if error is not None:
+            problems.append(f"{label} failed: {type(error).__name__}: {error}")
             return None
-        if isinstance(result, PowerResult) and result.success and result.state is None:
-            problems.append(f"STATUS {when} succeeded without a power state")
-        return result.state if isinstance(result, PowerResult) else None
+        if result is not None and result.success and result.state is None:
+            problems.append(f"{label} succeeded without a power state")
+        return None if result is None else result.state
 
-    first = state_of(on, "of the powered machine")
-    if first is not PowerState.ON:
-        problems.append(f"STATUS of the powered machine read {first}, not On")
-    for operation, expected in ((PowerOperation.OFF, PowerState.OFF), (PowerOperation.ON, None)):
-        result = call(on, operation)
-        if isinstance(result, BaseException):
-            problems.append(f"{operation.value} raised {type(result).__name__}: {result}")
+    state("STATUS")
+    for operation, expected in (
+        (PowerOperation.OFF, PowerState.OFF),
+        (PowerOperation.ON, PowerState.ON),
+    ):
+        result, error = call(str(operation), config, operation)
+        if error is not None or result is None or not result.success:
+            why = error if error is not None else (result.message if result else "no result")
+            problems.append(f"{operation} on a reachable BMC did not succeed: {why}")
             continue
-        if isinstance(result, PowerResult) and not result.success:
-            problems.append(f"{operation.value} of the powered machine failed: {result.message}")
-        wanted = expected or PowerState.ON
-        settle = time.monotonic() + timeout  # a BMC may take a moment to report the change
-        read = state_of(on, f"after {operation.value}")
-        while read is not wanted and time.monotonic() < settle:
+        read = state(f"STATUS after {operation}")
+        settle = time.monotonic() + timeout  # a real BMC may report the change a moment late
+        while read is not expected and read is not None and time.monotonic() < settle:
             time.sleep(0.05)
-            read = state_of(on, f"after {operation.value}")
-        if read is not wanted:
-            problems.append(f"{operation.value} read back {read}, not {wanted.value}")
-
-    gone = call(unreachable, PowerOperation.STATUS)
-    if not isinstance(gone, ProbeError):
+            read = state(f"STATUS after {operation}")
+        if read is not expected:
+            problems.append(f"STATUS right after {operation} read {read}, not {expected}")
+    wrong = attrs.evolve(config, password=f"{secret}-wrong-contract")
+    _, error = call("STATUS with a wrong password", wrong, PowerOperation.STATUS)
+    if not isinstance(error, ProbeAuthError):
         problems.append(
-            f"STATUS of an unreachable BMC gave {gone!r}, not a ProbeError"
-            " (ProbeConnectionError or ProbeTimeout)"
+            "STATUS with a wrong password did not raise ProbeAuthError"
+            + (f" (raised {type(error).__name__})" if error is not None else "")
         )
-    if wrong_password is not None:
-        refused = call(wrong_password, PowerOperation.STATUS)
-        if not isinstance(refused, ProbeAuthError):
-            problems.append(f"STATUS with a refused password gave {refused!r}, not ProbeAuthError")
-
-    answers: list[object] = []
+    if unreachable is not None:
+        _, error = call("STATUS of an unreachable BMC", unreachable, PowerOperation.STATUS)
+        if not isinstance(error, ProbeTimeout | ProbeConnectionError):
+            problems.append(
+                "STATUS of an unreachable BMC did not raise ProbeTimeout or ProbeConnectionError"
+            )
+    if secret and secret in repr(driver):
+        problems.append("repr(driver) contains the password")
+    answers: list[PowerState | None] = []
     lock = threading.Lock()
 
     def ask() -> None:
-        result = call(on, PowerOperation.STATUS)
+        got = state("concurrent STATUS")
         with lock:
-            answers.append(
-                result.state if isinstance(result, PowerResult) else type(result).__name__
-            )
+            answers.append(got)
 
-    workers = [threading.Thread(target=ask) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout + GRACE + 5)
-    if set(answers) != {PowerState.ON}:
-        problems.append(f"STATUS from 4 threads at once gave {answers}, not On each time")
+    pool = [threading.Thread(target=ask, name=f"contract-{i}") for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout + GRACE + 5)
+    if len(set(answers)) > 1:
+        problems.append(f"concurrent STATUS calls disagree: {answers}")
     if problems:
-        raise AssertionError(f"power driver {name!r}:\n  " + "\n  ".join(problems))
+        unique = list(dict.fromkeys(problems))
+        raise AssertionError(
+            f"power driver {name!r} breaks the contract:\n  - " + "\n  - ".join(unique)
+        )

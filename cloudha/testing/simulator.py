@@ -7,7 +7,7 @@ VM rows and the SQL work queue), whose loops (:meth:`~cloudha.ManagementServer.l
 the monitor, the HA workers, the cleanup, the direct hosts' ping tasks) are
 driven by a :class:`~cloudha.testing.FakeClock` through a discrete-event
 queue. The same scenario and seed always give the same document
-(ARCHITECTURE.md §3.1).
+(docs/simulator.md, "The JSON document").
 
 What is simulated in this version: host power, agent processes (which report
 their VMs when they connect: VM sync), the management network (per host, per
@@ -1104,7 +1104,7 @@ FAULT_EFFECTS: dict[str, Callable[[Simulation, str | None], None]] = {
 def simulate(scenario: Scenario | Mapping[str, Any] | str | Path) -> dict[str, Any]:
     """Run a scenario (a :class:`Scenario`, a parsed TOML mapping, or a file path).
 
-    Returns the JSON document of ARCHITECTURE.md §3.1 as a dict.
+    Returns the JSON document of docs/simulator.md ("The JSON document") as a dict.
     """
     if isinstance(scenario, str | Path):
         scenario = load_scenario(scenario)
