@@ -39,6 +39,7 @@ import fnmatch
 import logging
 import sys
 import threading
+import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -78,6 +79,7 @@ __all__ = [
     "LoggingAlertSink",
     "ReloadResult",
     "assemble",
+    "local_settings_file",
     "shown_url",
 ]
 
@@ -547,6 +549,8 @@ class Assembly:
         self, inventory: InventoryView
     ) -> tuple[dict[str, AgentGateway], dict[str, Any]]:
         """Each host's gateway and shell (may raise: nothing is applied yet)."""
+        if isinstance(self._build_gateway, _Gateways):
+            self._build_gateway.settings_file = local_settings_file(inventory)
         gateways: dict[str, AgentGateway] = {}
         shells: dict[str, Any] = {}
         for entry in inventory.hosts:
@@ -587,11 +591,36 @@ def _capacities(inventory: InventoryView) -> dict[str, int]:
     return {h.id: int(getattr(h, "capacity", None) or DEFAULT_CAPACITY) for h in inventory.hosts}
 
 
-class _Gateways:
-    """Builds each host's gateway and shell, sharing one transport per distinct SSH setting."""
+def local_settings_file(inventory: InventoryView) -> str | None:
+    """The settings file an ``agent = "local"`` host's heartbeat checker reads, if any.
 
-    def __init__(self, pools: InventoryPools) -> None:
+    A local host's writers run on this machine, so its checker judges their
+    heartbeats with the inventory's own ``[settings]`` (the inventory file is
+    a settings file: ``Settings.from_toml`` reads its ``settings`` table).
+    None when the inventory file has no ``[settings]`` table (the checker's
+    defaults) or cannot be read.
+    """
+    path = getattr(inventory, "path", None)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            has_settings = isinstance(tomllib.load(handle).get("settings"), dict)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    return str(path) if has_settings else None
+
+
+class _Gateways:
+    """Builds each host's gateway and shell, sharing one transport per distinct SSH setting.
+
+    ``settings_file``: what a local host's heartbeat checker reads
+    (:func:`local_settings_file`; replaced on reload).
+    """
+
+    def __init__(self, pools: InventoryPools, settings_file: str | None = None) -> None:
         self.pools = pools
+        self.settings_file = settings_file
         self.transports: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
@@ -623,7 +652,13 @@ class _Gateways:
 
         transport = self._transport(entry)
         if entry.agent == "local":
-            return SSHAgentGateway(transport, pools=self.pools, remote_command=_LOCAL_COMMAND), None
+            gateway = SSHAgentGateway(
+                transport,
+                pools=self.pools,
+                remote_command=_LOCAL_COMMAND,
+                remote_settings=self.settings_file,
+            )
+            return gateway, None
         from cloudha.transport.shell import SSHHostShell
 
         return SSHAgentGateway(transport, pools=self.pools), SSHHostShell(transport)
@@ -766,7 +801,7 @@ def _assemble(
             dict(uris), capacity=_capacities(inventory), registry=SqlVmRegistry(engine)
         )
     pools = InventoryPools(inventory.pools, {h.id: h.pools for h in inventory.hosts})
-    build = gateway if gateway is not None else _Gateways(pools)
+    build = gateway if gateway is not None else _Gateways(pools, local_settings_file(inventory))
     routes = HostRoutes()
     oobm_configs = StaticOobmConfigs()
     if power_drivers is None:

@@ -443,6 +443,23 @@ def test_a_local_host_runs_cloudha_here(tmp_path: Path) -> None:
     del again
 
 
+def test_a_local_hosts_checker_reads_the_inventorys_settings(tmp_path: Path) -> None:
+    from cloudha.daemon import _Gateways, local_settings_file
+    from cloudha.transport.gateway import SSHAgentGateway
+
+    with_settings = tmp_path / "cluster.toml"
+    with_settings.write_text('[server]\nid = "ms1"\n[settings]\n"ping.interval" = 5\n')
+    without = tmp_path / "bare.toml"
+    without.write_text('[server]\nid = "ms1"\n')
+    assert local_settings_file(Inventory(hosts=(), path=str(with_settings))) == str(with_settings)
+    assert local_settings_file(Inventory(hosts=(), path=str(without))) is None
+    assert local_settings_file(Inventory(hosts=(), path=str(tmp_path / "gone.toml"))) is None
+    assert Settings.from_toml(with_settings).ping_interval == 5.0  # the checker's reading
+    gateway, _ = _Gateways(InventoryPools(), str(with_settings))(Entry("h1", "x", agent="local"))
+    assert isinstance(gateway, SSHAgentGateway)
+    assert gateway.remote_settings == str(with_settings)
+
+
 def test_an_ssh_host_needs_a_known_hosts_that_exists(tmp_path: Path) -> None:
     from cloudha.daemon import _Gateways
 
