@@ -206,6 +206,13 @@ def test_run_starts_reloads_refuses_a_broken_inventory_and_stops_on_sigterm(
     try:
         # The poller's pings bring h1 Up; discovery registered its domains, HA by pattern.
         eventually(lambda: is_up(engine, "h1"), "h1 Up in the host table")
+        # Fence readiness, for cloudha status: h1 has no BMC in the inventory.
+        eventually(lambda: hosts_table(engine)["h1"].fence_checked_at, "fence readiness written")
+        row = hosts_table(engine)["h1"]
+        assert (row.fence_ready, row.fence_detail) == (
+            None,
+            "no out-of-band management in the inventory",
+        )
         found = vms(engine)
         assert found["web-a"].host_id == "h1"
         assert found["web-a"].state is VmState.RUNNING
