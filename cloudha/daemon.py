@@ -146,8 +146,8 @@ class HostView(Protocol):
 
 
 class InventoryView(Protocol):
-    @property
-    def path(self) -> Any: ...
+    """What the daemon reads of an inventory (``path``, the file, is read when present)."""
+
     @property
     def server_id(self) -> str: ...
     @property
@@ -160,6 +160,12 @@ class InventoryView(Protocol):
     def hosts(self) -> Sequence[HostView]: ...
     @property
     def vm_ha(self) -> Sequence[str]: ...
+
+
+def _source(inventory: InventoryView) -> str:
+    """The inventory's file for the log, or ``<inventory>`` when it does not say."""
+    path = getattr(inventory, "path", None)
+    return "<inventory>" if path is None else str(path)
 
 
 def shown_url(url: str) -> str:
@@ -393,7 +399,7 @@ class Assembly:
         inv = self.inventory
         shadow = "on" if self.server.settings.cloudha_shadow else "off"
         return (
-            f"cloudha run: server {inv.server_id}, inventory {inv.path},"
+            f"cloudha run: server {inv.server_id}, inventory {_source(inv)},"
             f" database {shown_url(self.db_url)}, {len(inv.hosts)} hosts"
             f" ({', '.join(self.host_ids) or 'none'}), shadow mode {shadow}"
         )
@@ -534,7 +540,7 @@ class Assembly:
         removed = tuple(sorted(synced.removed))
         updated = tuple(sorted(synced.updated))
         lines.append(
-            f"reload of {inventory.path}: hosts added {list(added)}, removed {list(removed)},"
+            f"reload of {_source(inventory)}: hosts added {list(added)}, removed {list(removed)},"
             f" updated {list(updated)}; gateways, libvirt URIs and BMCs replaced"
         )
         for line in needs_restart:
