@@ -16,6 +16,7 @@ from cloudha.cli import fleet as _fleet
 from cloudha.cli import heartbeat as _heartbeat
 from cloudha.cli import plot as _plot
 from cloudha.cli import queue as _queue
+from cloudha.cli import run as _run
 from cloudha.cli.look import (
     EXIT_DATABASE,
     EXIT_FAILED,
@@ -49,6 +50,7 @@ main.add_command(_heartbeat.heartbeat)
 main.add_command(_dump.dump)
 main.add_command(_explain.explain)
 main.add_command(_queue.queue)
+main.add_command(_run.run)
 main.add_command(_fleet.status)
 main.add_command(_fleet.hosts)
 main.add_command(_config.config)

@@ -101,6 +101,34 @@ def case(id: str, argv: Argv, status: int, *words: str) -> Case:
 
 BAD_URL = "postgresql+psycopg://cloudha:s3cret@127.0.0.1:1/cloudha"  # nothing listens on port 1
 
+
+def inventory(f: Files) -> str:
+    """A good inventory of one ``agent = "local"`` host (its libvirtd is never reached)."""
+    path = f.tmp / "cluster.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[server]",
+                'id = "ms1"',
+                f'db = "sqlite:///{f.tmp / "cloudha.db"}"',
+                "[defaults]",
+                'cluster = "c1"',
+                'pod = "p1"',
+                'zone = "z1"',
+                'agent = "local"',
+                "watchdog = false",
+                "[[hosts]]",
+                'id = "h1"',
+                'address = "127.0.0.11"',
+                'libvirt_uri = "test+tcp://127.0.0.1:1/default"',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return str(path)
+
+
 CASES: tuple[Case, ...] = (
     # simulate
     case("simulate:bad-toml", lambda f: [str(f.bad_scenario)], EXIT_USAGE, "bad.toml"),
@@ -172,6 +200,29 @@ CASES: tuple[Case, ...] = (
         "no HA work 7",
     ),
     case("queue cancel:bad-db-url", lambda f: ["--db", "nonsense", "1"], EXIT_DATABASE, "URL"),
+    # run
+    case("run:missing-inventory", lambda f: ["--inventory", str(f.missing)], EXIT_USAGE, "missing"),
+    case(
+        "run:bad-inventory", lambda f: ["--inventory", str(f.bad_scenario)], EXIT_USAGE, "bad.toml"
+    ),
+    case(
+        "run:unreachable-db",
+        lambda f: ["--inventory", inventory(f), "--db", BAD_URL],
+        EXIT_DATABASE,
+        "127.0.0.1",
+    ),
+    case(
+        "run:bad-db-url",
+        lambda f: ["--inventory", inventory(f), "--db", "nonsense"],
+        EXIT_DATABASE,
+        "not a database URL",
+    ),
+    case(
+        "run:metrics-port",
+        lambda f: ["--inventory", inventory(f), "--metrics-port", "70000"],
+        EXIT_USAGE,
+        "--metrics-port: 70000 is not a port",
+    ),
     # status and hosts (the database of cloudha run)
     case("status:bad-db-url", lambda f: ["--db", "nonsense"], EXIT_DATABASE, "nonsense"),
     case(
