@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cloudha.cli import demo as _demo
 from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
 from cloudha.cli import heartbeat as _heartbeat
@@ -35,6 +36,7 @@ def main(verbose: int) -> None:
 main.add_command(_heartbeat.heartbeat)
 main.add_command(_dump.dump)
 main.add_command(_explain.explain)
+main.add_command(_demo.demo)
 
 
 @main.command()
