@@ -135,7 +135,8 @@ def test_a_killed_lab_leaves_no_process_behind(tmp_path: Path) -> None:
         try:
             assert child.stdout is not None
             pids = json.loads(child.stdout.readline())
-            assert len(pids) == 4 and all(alive(pid) for pid in pids)
+            assert len(pids) == 4
+            assert all(alive(pid) for pid in pids)
             os.kill(child.pid, signal.SIGKILL)  # no atexit, no finally: only the death signal
             child.wait(10)
             assert wait_gone(pids, 10) == []
