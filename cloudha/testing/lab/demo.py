@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 
 from cloudha.errors import CloudHAError, MissingExtraError
-from cloudha.evidence import Evidence, EvidenceLog, TeeSink
+from cloudha.evidence import Evidence
 
 __all__ = [
     "DemoResult",
@@ -211,18 +211,6 @@ class _Follower:
             self.once("restarted", evidence.vm, evidence.reason)
 
 
-def _evidence_log(sink: object) -> EvidenceLog | None:
-    """The :class:`EvidenceLog` behind ``sink`` (itself, or one a TeeSink feeds)."""
-    if isinstance(sink, EvidenceLog):
-        return sink
-    if isinstance(sink, TeeSink):
-        for inner in sink.sinks:
-            found = _evidence_log(inner)
-            if found is not None:
-                return found
-    return None
-
-
 @contextlib.contextmanager
 def _terminated_as_interrupt() -> Iterator[None]:
     """SIGTERM raises KeyboardInterrupt in the main thread meanwhile, so cleanup runs."""
@@ -292,7 +280,6 @@ def run_real_demo(
 
     lab = Lab(root / "lab", hosts=hosts, keep=keep)
     assembly: Any = None
-    unsubscribe: Callable[[], None] = lambda: None  # noqa: E731
     try:
         with _terminated_as_interrupt():
             lab.start()
@@ -306,15 +293,9 @@ def run_real_demo(
                 oobm_driver="ipmi",
             )
             inventory = load_inventory(inventory_path)
-            assembly = assemble(
-                inventory, db_url=f"sqlite:///{root / 'cloudha.db'}", shadow=False, metrics=None
-            )
-            server = assembly.server
             follower = _Follower(victim, result.ha_vms, emit)
-            evidence = _evidence_log(server.evidence)
-            if evidence is None:
-                raise CloudHAError("the daemon's evidence has no in-memory log to follow")
-            unsubscribe = evidence.subscribe(follower.record)
+            assembly = assemble(inventory, evidence=follower)
+            server = assembly.server
             assembly.start()
             _wait_ready(server, lab, names, result.ha_vms, Status.UP)
             emit(Step(-(time.monotonic() - started), "ready", None, None, _ready_detail(lab)))
@@ -324,7 +305,6 @@ def run_real_demo(
             emit(Step(follower.now(), "killed", victim, None, "powered off at its BMC over IPMI"))
             _follow(lab, result, follower, emit)
     finally:
-        unsubscribe()
         if assembly is not None:
             with contextlib.suppress(Exception):
                 assembly.close()
