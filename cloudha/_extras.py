@@ -37,6 +37,7 @@ EXTRAS: Final[dict[str, tuple[str, ...]]] = {
     "redfish": ("sushy",),
     "postgres": ("psycopg[binary]",),
     "metrics": ("prometheus-client",),
+    "plot": ("matplotlib",),
 }
 """Each extra and the distributions it installs (``[project.optional-dependencies]``)."""
 
@@ -48,6 +49,7 @@ _DISTRIBUTION: Final[dict[str, str]] = {
     "requests": "requests",
     "psycopg": "psycopg",
     "prometheus_client": "prometheus-client",
+    "matplotlib": "matplotlib",
 }
 """The distribution that provides each optional top-level module, for messages."""
 

@@ -13,6 +13,7 @@ from cloudha.cli import demo as _demo
 from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
 from cloudha.cli import heartbeat as _heartbeat
+from cloudha.cli import plot as _plot
 from cloudha.errors import CloudHAError
 
 __all__ = ["main"]
@@ -53,6 +54,12 @@ main.add_command(_demo.demo)
     "evidence_db",
     metavar="URL",
     help="Also store the evidence in this (empty) SQL database, for cloudha explain.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also draw the timeline picture into FILE (.svg or .png; the plot extra).",
 )
 @click.option(
     "--campaign",
@@ -98,6 +105,7 @@ def simulate(
     all_events: bool,
     check: bool,
     evidence_db: str | None,
+    plot: Path | None,
     campaign: int | None,
     fuzz: int | None,
     seed: int,
@@ -120,6 +128,7 @@ def simulate(
     if evidence_db is not None and scenario is None:
         click.echo("cloudha simulate: --evidence-db goes with SCENARIO only", err=True)
         sys.exit(2)
+    _plot.check_plot(plot, scenario=scenario)
     if campaign is not None or fuzz is not None:
         _campaign(
             campaign,
@@ -141,6 +150,7 @@ def simulate(
     except CloudHAError as exc:
         click.echo(f"cloudha simulate: {_one_line(exc)}", err=True)
         sys.exit(2)
+    _plot.write_plot(document, plot)
     if as_json:
         click.echo(to_json(document), nl=False)
     else:

@@ -9,9 +9,11 @@ which the HA manager retries; anything else becomes
 :class:`~cloudha.errors.StoreError`. The driver's exception is the ``__cause__``.
 
 Backends: SQLite (``sqlite:///path``) and PostgreSQL
-(``postgresql+psycopg://user@host:port/db``). The library never creates
-tables by itself: call :func:`create_schema` (tests, throwaway databases) or
-:func:`upgrade` (Alembic migrations, production) first.
+(``postgresql+psycopg://user@host:port/db``). :class:`SqlWorkStore` itself
+never creates tables: call :func:`create_schema` (tests, throwaway databases)
+or :func:`upgrade` (Alembic migrations, production) first.
+:class:`~cloudha.ManagementServer` given an ``engine`` calls
+:func:`create_schema`, which creates only the tables that are missing.
 
 Deliberate differences from CloudStack (design §4):
 

@@ -14,6 +14,7 @@ from cloudha.testing.contract import check_ha_provider as check_ha_provider
 from cloudha.testing.contract import check_host_directory as check_host_directory
 from cloudha.testing.contract import check_host_shell as check_host_shell
 from cloudha.testing.contract import check_investigator as check_investigator
+from cloudha.testing.contract import check_power_driver as check_power_driver
 from cloudha.testing.contract import check_suspicion_check as check_suspicion_check
 from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestrator
 from cloudha.testing.contract import check_volume_directory as check_volume_directory
@@ -39,6 +40,7 @@ from cloudha.testing.heartbeat import RecordingSelfFencer as RecordingSelfFencer
 from cloudha.testing.heartbeat import ScriptedIsolationProbe as ScriptedIsolationProbe
 from cloudha.testing.heartbeat import check_isolation_probe as check_isolation_probe
 from cloudha.testing.heartbeat import check_watchdog as check_watchdog
+from cloudha.testing.loops import LoopRunner as LoopRunner
 from cloudha.testing.oobm import FakeBmc as FakeBmc
 from cloudha.testing.oobm import FakePowerDriver as FakePowerDriver
 from cloudha.testing.orchestrator import FakeOrchestratorHost as FakeOrchestratorHost
@@ -86,6 +88,7 @@ __all__ = [
     "InMemoryVmNetworks",
     "InMemoryVolumeDirectory",
     "InMemoryWorkStore",
+    "LoopRunner",
     "MemoryStorage",
     "OrchestratorCall",
     "RecordingAlertSink",
@@ -122,6 +125,7 @@ __all__ = [
     "check_host_shell",
     "check_investigator",
     "check_isolation_probe",
+    "check_power_driver",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",

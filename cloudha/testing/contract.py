@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import attrs
 
 from cloudha.commands import PING_TEST
-from cloudha.errors import HACheckError, ProbeError
+from cloudha.errors import HACheckError, ProbeAuthError, ProbeError
 from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
 from cloudha.fencing.chain import GRACE
 from cloudha.ha.orchestrator import (
@@ -36,6 +36,7 @@ from cloudha.ha.orchestrator import (
 from cloudha.hostha.provider import HAProviderConfig
 from cloudha.investigators.base import Finding, Investigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType, Vm, VmState, VmType
+from cloudha.oobm.power import OobmConfig, PowerDriver, PowerOperation, PowerResult, PowerState
 from cloudha.ports import (
     KEEP,
     AgentGateway,
@@ -61,6 +62,7 @@ __all__ = [
     "check_host_directory",
     "check_host_shell",
     "check_investigator",
+    "check_power_driver",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",
@@ -861,3 +863,123 @@ def check_volume_directory(volumes: VolumeDirectory, host: Host) -> None:
                     )
     if problems:
         raise AssertionError("VolumeDirectory contract broken:\n- " + "\n- ".join(problems))
+
+
+def check_power_driver(
+    driver: PowerDriver,
+    on: OobmConfig,
+    *,
+    unreachable: OobmConfig,
+    wrong_password: OobmConfig | None = None,
+    timeout: float = 5.0,
+) -> None:
+    """Check a power driver against the contract of :class:`~cloudha.oobm.power.PowerDriver`.
+
+    The driver must be wired to a BMC the test controls: ``on`` names a
+    machine that is powered on, ``unreachable`` a BMC nobody answers at, and
+    ``wrong_password`` (optional) a real BMC with a password it refuses. The
+    check only asks STATUS and powers ``on``'s machine OFF and then ON again
+    (read back after each), so run it against a fake or emulated BMC.
+
+    Rules checked: ``name`` is a non-empty lower-case str; every call returns
+    a :class:`PowerResult` for the operation asked, within ``timeout`` (plus
+    the chain's grace) of wall time; a successful STATUS carries a state;
+    OFF is read back Off (an immediate power-off, not a graceful shutdown;
+    within ``timeout``) and ON is read back On; the unreachable BMC raises a
+    :class:`~cloudha.errors.ProbeError` (never another exception), the
+    refused password :class:`~cloudha.errors.ProbeAuthError`; no password
+    appears in a result or an exception message; STATUS asked from several
+    threads at once gives the same answers.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    problems: list[str] = []
+    name = getattr(driver, "name", None)
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise AssertionError(f"power driver {driver!r}: name must be a non-empty lower-case str")
+    secrets = [c.password for c in (on, unreachable, wrong_password) if c and c.password]
+
+    def leaks(text: str) -> bool:
+        return any(secret in text for secret in secrets)
+
+    def call(config: OobmConfig, operation: PowerOperation) -> PowerResult | BaseException:
+        label = f"{name}.execute({config.address}, {operation.value})"
+        started = time.monotonic()
+        try:
+            result: PowerResult | BaseException = driver.execute(config, operation, timeout=timeout)
+        except Exception as exc:
+            result = exc
+        took = time.monotonic() - started
+        if took > timeout + GRACE:
+            problems.append(f"{label} took {took:.1f}s, more than its timeout {timeout:g}s")
+        if isinstance(result, BaseException):
+            if leaks(str(result)):
+                problems.append(f"{label}: its {type(result).__name__} shows a password")
+            return result
+        if not isinstance(result, PowerResult):
+            problems.append(f"{label} returned {result!r}, not a PowerResult")
+        elif result.operation is not operation:
+            problems.append(f"{label} returned a result for {result.operation.value}")
+        elif leaks(json.dumps(result.to_dict())):
+            problems.append(f"{label}: its result shows a password")
+        return result
+
+    def state_of(config: OobmConfig, when: str) -> PowerState | None:
+        result = call(config, PowerOperation.STATUS)
+        if isinstance(result, BaseException):
+            problems.append(f"STATUS {when} raised {type(result).__name__}: {result}")
+            return None
+        if isinstance(result, PowerResult) and result.success and result.state is None:
+            problems.append(f"STATUS {when} succeeded without a power state")
+        return result.state if isinstance(result, PowerResult) else None
+
+    first = state_of(on, "of the powered machine")
+    if first is not PowerState.ON:
+        problems.append(f"STATUS of the powered machine read {first}, not On")
+    for operation, expected in ((PowerOperation.OFF, PowerState.OFF), (PowerOperation.ON, None)):
+        result = call(on, operation)
+        if isinstance(result, BaseException):
+            problems.append(f"{operation.value} raised {type(result).__name__}: {result}")
+            continue
+        if isinstance(result, PowerResult) and not result.success:
+            problems.append(f"{operation.value} of the powered machine failed: {result.message}")
+        wanted = expected or PowerState.ON
+        settle = time.monotonic() + timeout  # a BMC may take a moment to report the change
+        read = state_of(on, f"after {operation.value}")
+        while read is not wanted and time.monotonic() < settle:
+            time.sleep(0.05)
+            read = state_of(on, f"after {operation.value}")
+        if read is not wanted:
+            problems.append(f"{operation.value} read back {read}, not {wanted.value}")
+
+    gone = call(unreachable, PowerOperation.STATUS)
+    if not isinstance(gone, ProbeError):
+        problems.append(
+            f"STATUS of an unreachable BMC gave {gone!r}, not a ProbeError"
+            " (ProbeConnectionError or ProbeTimeout)"
+        )
+    if wrong_password is not None:
+        refused = call(wrong_password, PowerOperation.STATUS)
+        if not isinstance(refused, ProbeAuthError):
+            problems.append(f"STATUS with a refused password gave {refused!r}, not ProbeAuthError")
+
+    answers: list[object] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        result = call(on, PowerOperation.STATUS)
+        with lock:
+            answers.append(
+                result.state if isinstance(result, PowerResult) else type(result).__name__
+            )
+
+    workers = [threading.Thread(target=ask) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout + GRACE + 5)
+    if set(answers) != {PowerState.ON}:
+        problems.append(f"STATUS from 4 threads at once gave {answers}, not On each time")
+    if problems:
+        raise AssertionError(f"power driver {name!r}:\n  " + "\n  ".join(problems))

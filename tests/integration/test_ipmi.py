@@ -27,6 +27,7 @@ from cloudha.oobm.power import (
     PowerResult,
     PowerState,
 )
+from cloudha.testing import check_power_driver
 from tests.integration import fakebmc
 from tests.integration.fakebmc import FakeBmcServer, free_udp_port
 
@@ -312,3 +313,16 @@ def test_ipmitool_missing_program(fake_bmc: FakeBmcServer, tmp_path: Path) -> No
     driver = IpmitoolDriver(path=str(tmp_path / "no-ipmitool"))
     with pytest.raises(ProbeConnectionError, match="no-ipmitool"):
         driver.execute(_config(driver, fake_bmc), PowerOperation.STATUS, timeout=2)
+
+
+def test_the_driver_keeps_the_power_driver_contract(
+    driver: BasePowerDriver, fake_bmc: FakeBmcServer
+) -> None:
+    """cloudha.testing's contract checker, as a plugin author would run it, on a real BMC."""
+    check_power_driver(
+        driver,
+        _config(driver, fake_bmc),
+        unreachable=_config(driver, fake_bmc, port=free_udp_port()),
+        wrong_password=_config(driver, fake_bmc, password=WRONG_PASSWORD),
+        timeout=3.0,
+    )

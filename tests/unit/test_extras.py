@@ -24,7 +24,15 @@ from cloudha.errors import ConfigurationError, MissingExtraError
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "examples" / "scenarios" / "single-host-crash.toml"
 
-OPTIONAL = ("paramiko", "libvirt", "pyghmi", "sushy", "psycopg", "prometheus_client")
+OPTIONAL = (
+    "paramiko",
+    "libvirt",
+    "pyghmi",
+    "sushy",
+    "psycopg",
+    "prometheus_client",
+    "matplotlib",
+)
 
 BLOCKER = textwrap.dedent(
     f"""
@@ -131,6 +139,11 @@ ADAPTERS = {
         "register_oobm_metrics(OutOfBandManager(clock=FakeClock(), "
         "configs=StaticOobmConfigs({}), drivers=[]))"
     ),
+    "plot": (
+        "from cloudha.plot import plot_timeline\n"
+        "plot_timeline({'scenario': {'until': 1.0}, 'events': [], 'final': {'hosts': {}}},"
+        " 'never-written.svg')"
+    ),
 }
 
 DISTRIBUTION = {
@@ -139,6 +152,7 @@ DISTRIBUTION = {
     "ipmi": "pyghmi",
     "redfish": "sushy",
     "metrics": "prometheus-client",
+    "plot": "matplotlib",
 }
 
 

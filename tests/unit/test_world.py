@@ -32,6 +32,7 @@ from cloudha.ports import (
 from cloudha.testing import (
     EventTimeline,
     FakeClock,
+    LoopRunner,
     RecordingAlertSink,
     World,
     WorldAgentGateway,
@@ -279,7 +280,7 @@ class _Driver:
 
     Every second: each powered host writes its heartbeat stamp on its pools
     (as cloudha's writer would), each reachable agent pings (or reconnects
-    with its VM report), and every loop that is due ticks.
+    with its VM report), and every loop that is due ticks (a LoopRunner).
     """
 
     def __init__(
@@ -288,35 +289,24 @@ class _Driver:
         self.world, self.server, self.clock = world, server, clock
         self.direct = direct
         """Leave directly managed hosts to the server's own pings (its DirectPings loop)."""
-        self.loops = server.loops()
-        self.due = {loop.name: clock.monotonic() for loop in self.loops}
-        server.on_work_added = self._wake
+        self.runner = LoopRunner(server, clock, each_step=self._hosts)
 
-    def _wake(self) -> None:
-        now = self.clock.monotonic()
-        self.due.update({loop.name: now for loop in self.loops if loop.wake_on_work})
+    def _hosts(self, _now: float) -> None:
+        world, agents = self.world, self.server.agents
+        for h in world.hosts.values():
+            if not h.powered:
+                continue
+            for pool in world.pools.of(h.spec.id):
+                stamp = format_heartbeat(self.clock.now())
+                world.storage[h.spec.id].write_atomic(heartbeat_path(pool.mount_point, h.ip), stamp)
+            if self.direct and h.spec.hypervisor.has_direct_agent:
+                continue
+            if h.agent_running and world.reachable(h) and not agents.ping_received(h.spec.id):
+                running = sorted(v.id for v in world.vms.values() if h.spec.id in v.running_on)
+                agents.agent_connected(h.spec.id, vms=running)
 
     def run(self, seconds: float) -> None:
-        world, agents = self.world, self.server.agents
-        end = self.clock.monotonic() + seconds
-        while self.clock.monotonic() < end:
-            for h in world.hosts.values():
-                if not h.powered:
-                    continue
-                for pool in world.pools.of(h.spec.id):
-                    stamp = format_heartbeat(self.clock.now())
-                    world.storage[h.spec.id].write_atomic(
-                        heartbeat_path(pool.mount_point, h.ip), stamp
-                    )
-                if self.direct and h.spec.hypervisor.has_direct_agent:
-                    continue
-                if h.agent_running and world.reachable(h) and not agents.ping_received(h.spec.id):
-                    running = sorted(v.id for v in world.vms.values() if h.spec.id in v.running_on)
-                    agents.agent_connected(h.spec.id, vms=running)
-            for loop in self.loops:
-                if self.due[loop.name] <= self.clock.monotonic():
-                    self.due[loop.name] = self.clock.monotonic() + loop.tick()
-            self.clock.advance(1.0)
+        self.runner.run_for(seconds)
 
 
 def _server_on(world: World, clock: FakeClock, timeline: EventTimeline) -> ManagementServer:
