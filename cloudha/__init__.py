@@ -99,6 +99,7 @@ from cloudha.ports import DomainState as DomainState
 from cloudha.ports import GuestNic as GuestNic
 from cloudha.ports import HAScheduler as HAScheduler
 from cloudha.ports import HostDirectory as HostDirectory
+from cloudha.ports import HostPoller as HostPoller
 from cloudha.ports import HypervisorControl as HypervisorControl
 from cloudha.ports import HypervisorProbe as HypervisorProbe
 from cloudha.ports import HypervisorReport as HypervisorReport
@@ -169,6 +170,7 @@ __all__ = [
     "HAState",
     "Host",
     "HostDirectory",
+    "HostPoller",
     "HostType",
     "HypervisorControl",
     "HypervisorInvestigator",

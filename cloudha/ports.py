@@ -47,6 +47,7 @@ __all__ = [
     "HAProvider",
     "HAScheduler",
     "HostDirectory",
+    "HostPoller",
     "HostShell",
     "HypervisorControl",
     "HypervisorProbe",
@@ -255,6 +256,35 @@ class DirectAgentResource(Protocol):
 
 
 @runtime_checkable
+class HostPoller(Protocol):
+    """A status probe of a host whose agent does not ping the management server by itself.
+
+    A deployment without agents of its own (``cloudha run`` on a KVM fleet)
+    polls each such host instead: every ``ping.interval`` the management
+    server's agent poller (:class:`cloudha.detection.poller.AgentPoller`)
+    calls :meth:`poll` for every owned host that has no direct agent, several
+    at once, and feeds every report into the
+    :class:`~cloudha.detection.AgentManager` exactly as an agent's ping. A
+    failed probe feeds nothing: the missing pings are what the monitor
+    detects. :class:`cloudha.detection.poller.HypervisorPoller` polls a
+    host's hypervisor (libvirt), reporting its running domains.
+
+    Contract:
+        * :meth:`poll` returns a :class:`PingReport` for ``host.id`` when the
+          host answers, with ``vms`` the ids of the VMs it runs when it can
+          tell (None otherwise); it returns None, or raises a
+          :class:`~cloudha.errors.ProbeError`, when the host does not answer.
+        * It never blocks past ``timeout`` seconds (an answer later than
+          that is discarded by the poller anyway).
+        * Thread-safe: called for many hosts at once.
+    """
+
+    def poll(self, host: Host, *, timeout: float) -> PingReport | None:
+        """One status probe of ``host``."""
+        ...
+
+
+@runtime_checkable
 class ConnectionListener(Protocol):
     """Told when an agent connects and disconnects (CloudStack's ``Listener``)."""
 
@@ -343,6 +373,8 @@ class HypervisorReport:
     hostname: str = ""
     version: int = 0
     running_domains: int = 0
+    domains: frozenset[str] | None = None
+    """The names of the running domains, when the probe lists them (None: it does not say)."""
 
 
 @runtime_checkable

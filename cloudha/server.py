@@ -43,6 +43,7 @@ from cloudha.clock import Clock
 from cloudha.detection import AgentManager, MonitorTask, PingMap, PingTask
 from cloudha.detection.escalation import EscalationLadder
 from cloudha.detection.freshness import Freshness
+from cloudha.detection.poller import AgentPoller
 from cloudha.detection.sightings import Sightings
 from cloudha.detection.storm import StormGuard
 from cloudha.detection.suspicion import SuspicionFencer
@@ -73,6 +74,7 @@ from cloudha.ports import (
     DirectAgentResource,
     HAProvider,
     HostDirectory,
+    HostPoller,
     HostShell,
     HypervisorControl,
     HypervisorProbe,
@@ -81,6 +83,7 @@ from cloudha.ports import (
     PingReport,
     StatusChange,
     StoragePoolDirectory,
+    TaskExecutor,
     VmNetworkDirectory,
     VmOrchestrator,
     VolumeDirectory,
@@ -384,6 +387,14 @@ class ManagementServer:
         shell: runs commands on hosts over SSH (:class:`~cloudha.ports.HostShell`,
             e.g. :class:`cloudha.transport.shell.SSHHostShell`): the escalation
             ladder's ``agent.restart``; None: that level is skipped.
+        poller: status probes of the hosts whose agents do not ping by
+            themselves (:class:`~cloudha.ports.HostPoller`; a fleet without
+            agents, ``cloudha run``): every ``ping.interval`` each owned host
+            without a direct agent is probed and each answer fed in as its
+            agent's ping (:class:`~cloudha.detection.poller.AgentPoller`, the
+            ``AgentPoller`` loop); None: those hosts' agents ping by themselves.
+        poll_executor: where the poller's probes run; by default
+            ``cloudha.poll.workers`` threads (the simulator runs them inline).
         work_seconds: 0 (production): a worker claims and processes a work in
             one tick. Above 0 (the simulator): a worker's tick claims, it
             holds the claim that long, and its next tick processes the work,
@@ -426,6 +437,8 @@ class ManagementServer:
         host_ha_executors: HAExecutors | None = None,
         work_seconds: float = 0.0,
         shell: HostShell | None = None,
+        poller: HostPoller | None = None,
+        poll_executor: TaskExecutor | None = None,
     ) -> None:
         if not isinstance(settings, Settings):
             raise ConfigurationError("settings must be a cloudha.Settings", key="settings")
@@ -448,6 +461,7 @@ class ManagementServer:
             ("direct_resources", direct_resources, DirectAgentResource),
             ("volumes", volumes, VolumeDirectory),
             ("shell", shell, HostShell),
+            ("poller", poller, HostPoller),
         ]
         for name, port, protocol in ports:
             validate_port(name, port, protocol)
@@ -673,6 +687,18 @@ class ManagementServer:
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)
         """The ``PingTask`` of every directly managed host this server owns, as one loop."""
+        self.agent_poller: AgentPoller | None = None
+        """Probes of the owned hosts without a direct agent, fed in as pings (``poller``)."""
+        if poller is not None:
+            self.agent_poller = AgentPoller(
+                poller,
+                self._polled_hosts,
+                self._poll_answered,
+                settings=settings,
+                clock=clock,
+                executor=poll_executor,
+                thread_factory=thread_factory,
+            )
         self.on_work_added: Callable[[], None] = self._wake_workers
         """Called after work was added; by default wakes the worker threads."""
         if not (isinstance(work_seconds, int | float) and 0.0 <= work_seconds < float("inf")):
@@ -869,6 +895,17 @@ class ManagementServer:
             return []
         return [Loop("DirectAgents", self.direct_pings.tick)]
 
+    def _polled_hosts(self) -> list[Host]:
+        """The hosts the agent poller probes: owned, no direct agent, not a system VM's agent."""
+        return [
+            h
+            for h in self._owned_hosts()
+            if not h.hypervisor.has_direct_agent and not h.type.is_virtual
+        ]
+
+    def _poll_answered(self, report: PingReport) -> None:
+        self._direct_ping(report.host_id)(report)
+
     def _direct_ping(self, host_id: str) -> Callable[[PingReport], None]:
         def on_ping(report: PingReport) -> None:
             if not self.agents.ping_received(report):
@@ -890,6 +927,8 @@ class ManagementServer:
         loops.append(Loop("HA-Cleanup", self.cleanup_tick))
         if self.host_ha is not None:
             loops.append(Loop("HostHA-Poll", self.host_ha_tick))
+        if self.agent_poller is not None:
+            loops.append(Loop("AgentPoller", self.agent_poller.tick))
         loops.extend(self.ping_task_loops())
         return loops
 
@@ -952,6 +991,8 @@ class ManagementServer:
                 stuck.append(pump.name)
         if self.host_ha is not None:
             self.host_ha.stop(max(0.0, deadline - time.monotonic()))
+        if self.agent_poller is not None:
+            self.agent_poller.close(max(0.0, deadline - time.monotonic()))
         try:
             self.store.mark_server_pending_as_investigating(self.server_id)
             released = self.store.release_server(self.server_id)

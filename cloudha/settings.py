@@ -230,6 +230,8 @@ _DEADLINES = "cloudha.detection.deadlines"
 _PHI = "cloudha.detection.phi"
 _EVIDENCE_STORE = "cloudha.evidence_store"
 _ESCALATION = "cloudha.detection.escalation"
+_AGENT_POLLER = "cloudha.detection.poller"
+_DAEMON = "cloudha.daemon"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -284,6 +286,7 @@ _SPECS: tuple[KeySpec, ...] = (
             _DEADLINES,
             _PHI,
             _ESCALATION,
+            _AGENT_POLLER,
         ),
     ),
     _key(
@@ -1060,7 +1063,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Run every check and decision but execute nothing (no fence, stop, start or"
         " self-fence): record what would be done, with shadow: true.",
         "cloudha",
-        read_by=(_SERVER, _SIMULATOR, _HEARTBEAT_CLI),
+        read_by=(_SERVER, _SIMULATOR, _HEARTBEAT_CLI, _DAEMON),
     ),
     # cloudha's own: lasting evidence (docs/evidence.md).
     _key(
@@ -1225,6 +1228,27 @@ _SPECS: tuple[KeySpec, ...] = (
         " caches and placement stay), elsewhere only when it has no room.",
         "cloudha",
         read_by=(_MANAGER,),
+    ),
+    # cloudha's own: polling hosts whose agents do not ping (docs/run.md).
+    _key(
+        "cloudha.poll.timeout",
+        "duration",
+        5,
+        "Limit on one status probe of a host whose agent does not ping (the agent poller):"
+        " a later answer counts as none. Keep it under ping.interval.",
+        "cloudha",
+        bounds=(0.1, 600, "less fails every probe of a busy host; a slower answer is a hung host"),
+        read_by=(_AGENT_POLLER,),
+    ),
+    _key(
+        "cloudha.poll.workers",
+        "count",
+        16,
+        "Status probes of polled hosts run at once; a dead host's probe waits out its"
+        " timeout without delaying the others' as long as this many are free.",
+        "cloudha",
+        bounds=(1, 1024, "one is the least; more threads than this only cost memory"),
+        read_by=(_AGENT_POLLER,),
     ),
 )
 
@@ -1718,6 +1742,9 @@ class Settings:
     cloudha_escalation_power_cycle_timeout: float = 60.0
     cloudha_escalation_repeat_after: float = 600.0
     cloudha_vm_restart_in_place: bool = True
+    # cloudha's own: the agent poller.
+    cloudha_poll_timeout: float = 5.0
+    cloudha_poll_workers: int = 16
 
     def __attrs_post_init__(self) -> None:
         for spec in _SPECS:

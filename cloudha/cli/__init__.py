@@ -14,6 +14,7 @@ from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
 from cloudha.cli import heartbeat as _heartbeat
 from cloudha.cli import plot as _plot
+from cloudha.cli import run as _run
 from cloudha.errors import CloudHAError
 
 __all__ = ["main"]
@@ -38,6 +39,7 @@ main.add_command(_heartbeat.heartbeat)
 main.add_command(_dump.dump)
 main.add_command(_explain.explain)
 main.add_command(_demo.demo)
+main.add_command(_run.run)
 
 
 @main.command()

@@ -1,9 +1,14 @@
-"""A reference :class:`~cloudha.ha.orchestrator.VmOrchestrator` over libvirt, for demos and tests.
+"""A reference :class:`~cloudha.ha.orchestrator.VmOrchestrator` over libvirt, for demos,
+tests and ``cloudha run``.
 
-:class:`LibvirtOrchestrator` keeps its VM registry in memory (VM id → domain
-XML, state, current host, highest generation) and drives one libvirtd per
-host id. It is not a cloud's VM manager: there is no database, no planner
-beyond first-fit over sorted host ids, and no storage handling.
+:class:`LibvirtOrchestrator` keeps a VM registry (VM id → domain XML, state,
+current host, highest generation, HA flag) and drives one libvirtd per host
+id. The registry lives in memory, or, given a
+:class:`~cloudha.ha.vm_registry.VmRegistry` (:class:`~cloudha.ha.vm_registry.SqlVmRegistry`),
+is written through to SQL on every change and read back at start, so a
+daemon restart loses no VM. :meth:`LibvirtOrchestrator.discover` adds the
+domains found on the hosts' libvirtds. It is not a cloud's VM manager: there
+is no planner beyond first-fit over sorted host ids, and no storage handling.
 
 Like :mod:`cloudha.transport.libvirt`, every libvirt call runs in its own
 daemon worker thread with its own connection, and the caller waits at most
@@ -38,6 +43,7 @@ from cloudha.errors import (
     ProbeConnectionError,
     ProbeError,
     ProbeTimeout,
+    StoreError,
 )
 from cloudha.ha.orchestrator import (
     ConcurrentOperationError,
@@ -47,6 +53,7 @@ from cloudha.ha.orchestrator import (
     StartParams,
     UnknownVmError,
 )
+from cloudha.ha.vm_registry import VmRecord, VmRegistry
 from cloudha.model import HypervisorType, Vm, VmState, VmType
 from cloudha.redact import redact
 from cloudha.transport.libvirt import redact_uri
@@ -56,7 +63,7 @@ if TYPE_CHECKING:
 else:
     libvirt = lazy_module("libvirt", "libvirt", "the libvirt orchestrator")
 
-__all__ = ["LibvirtOrchestrator"]
+__all__ = ["Discovery", "DomainSeen", "LibvirtOrchestrator"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,46 @@ class _Entry:
     generation: int = 0
     defined_on: set[str] = attrs.field(factory=set)
     migrating_to: str | None = None
+
+
+_AFTER_CRASH: Final = {
+    VmState.STARTING: VmState.UNKNOWN,
+    VmState.STOPPING: VmState.UNKNOWN,
+    VmState.MIGRATING: VmState.UNKNOWN,
+    VmState.EXPUNGING: VmState.DESTROYED,
+}
+"""A stored VM caught in an operation by a restart: what it is taken to be at load."""
+
+
+@attrs.frozen
+class DomainSeen:
+    """One domain as a host's libvirtd listed it (:meth:`LibvirtOrchestrator.discover`)."""
+
+    name: str
+    uuid: str
+    active: bool
+    xml: str
+
+
+@attrs.frozen
+class Discovery:
+    """What one :meth:`LibvirtOrchestrator.discover` found and did.
+
+    Attributes:
+        added: VM ids registered from domains not in the registry.
+        moved: VM ids whose recorded state or host was corrected from what
+            the hosts run (``vm -> "Running on h2"``).
+        conflicts: one sentence per domain left alone (another UUID under a
+            known name, a VM running on several hosts).
+        unreachable: host id → why it could not be listed.
+        ha_changed: VM ids whose HA flag changed.
+    """
+
+    added: tuple[str, ...] = ()
+    moved: Mapping[str, str] = attrs.field(factory=dict)
+    conflicts: tuple[str, ...] = ()
+    unreachable: Mapping[str, str] = attrs.field(factory=dict)
+    ha_changed: tuple[str, ...] = ()
 
 
 def _positive(name: str, value: object) -> float:
@@ -142,11 +189,24 @@ class LibvirtOrchestrator:
             included).
         shutdown_timeout: seconds a graceful stop (``force=False``) waits for
             the guest to power off, on top of ``timeout``.
+        registry: where the VM registry is kept durably
+            (:class:`~cloudha.ha.vm_registry.SqlVmRegistry`); None: in memory
+            only. Its records are loaded here; a VM stored in the middle of
+            an operation (the process stopped during a start, stop or
+            migration) is loaded ``Unknown`` on its host (it may run: a
+            forced stop comes before any restart), one being expunged as
+            ``Destroyed`` (expunge it again). Every change is written
+            through; a failed write is logged and retried with the next one,
+            except the start of a VM, which is refused
+            (:class:`~cloudha.errors.StoreError`) unless its generation is
+            stored first: a fencing token is never used twice, even across
+            a restart.
 
     Raises:
         MissingExtraError: libvirt-python is not installed (``pip install 'cloudha[libvirt]'``).
         ConfigurationError: no hosts, an empty URI, a negative capacity or a
             bad timeout.
+        StoreError: the registry cannot be read.
 
     Semantics beyond the port (see :class:`~cloudha.ha.orchestrator.VmOrchestrator`):
 
@@ -213,8 +273,27 @@ class LibvirtOrchestrator:
         host_tags: Mapping[str, Iterable[str]] | None = None,
         timeout: float = 10.0,
         shutdown_timeout: float = 30.0,
+        registry: VmRegistry | None = None,
     ) -> None:
         require("libvirt", "libvirt", "the libvirt orchestrator")
+        self._uris, self._capacity, self._tags = self._host_tables(hosts, capacity, host_tags)
+        self.timeout = _positive("timeout", timeout)
+        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
+        self._lock = threading.Lock()
+        self._vms: dict[str, _Entry] = {}
+        self._runner = DeadlineRunner("libvirt orchestrator")
+        self._registry = registry
+        self._dirty: set[str] = set()  # VM ids whose last write failed (saved or deleted)
+        if registry is not None:
+            for record in registry.load():
+                self._vms[record.vm_id] = self._loaded(record)
+
+    @staticmethod
+    def _host_tables(
+        hosts: Mapping[str, str],
+        capacity: int | Mapping[str, int],
+        host_tags: Mapping[str, Iterable[str]] | None,
+    ) -> tuple[dict[str, str], dict[str, int], dict[str, frozenset[str]]]:
         if not hosts:
             raise ConfigurationError("at least one host is needed", key="hosts")
         for host_id, uri in hosts.items():
@@ -222,11 +301,11 @@ class LibvirtOrchestrator:
                 raise ConfigurationError(
                     f"host {host_id} has no libvirt URI", key="hosts", value=host_id
                 )
-        self._uris = dict(hosts)
+        uris = dict(hosts)
         if isinstance(capacity, int):
-            capacities = dict.fromkeys(self._uris, capacity)
+            capacities = dict.fromkeys(uris, capacity)
         else:
-            capacities = {h: capacity.get(h, 1) for h in self._uris}
+            capacities = {h: capacity.get(h, 1) for h in uris}
         for host_id, count in capacities.items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ConfigurationError(
@@ -234,13 +313,275 @@ class LibvirtOrchestrator:
                     key="capacity",
                     value=count,
                 )
-        self._capacity = capacities
-        self._tags = {h: frozenset((host_tags or {}).get(h, ())) for h in self._uris}
-        self.timeout = _positive("timeout", timeout)
-        self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
-        self._lock = threading.Lock()
-        self._vms: dict[str, _Entry] = {}
-        self._runner = DeadlineRunner("libvirt orchestrator")
+        tags = {h: frozenset((host_tags or {}).get(h, ())) for h in uris}
+        return uris, capacities, tags
+
+    def set_hosts(
+        self,
+        hosts: Mapping[str, str],
+        *,
+        capacity: int | Mapping[str, int] = 1,
+        host_tags: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """Replace the hosts (a reloaded inventory): their URIs, capacities and tags.
+
+        VMs recorded on a host no longer listed keep their record (the HA
+        path decides about them once that host is found Down); no VM is
+        started on such a host.
+
+        Raises:
+            ConfigurationError: as the constructor (nothing is changed then).
+        """
+        uris, capacities, tags = self._host_tables(hosts, capacity, host_tags)
+        with self._lock:
+            self._uris, self._capacity, self._tags = uris, capacities, tags
+
+    @property
+    def host_ids(self) -> list[str]:
+        """The configured hosts, sorted."""
+        with self._lock:
+            return sorted(self._uris)
+
+    # -- durability ----------------------------------------------------------------
+
+    @staticmethod
+    def _loaded(record: VmRecord) -> _Entry:
+        state = _AFTER_CRASH.get(record.state, record.state)
+        defined = set(record.defined_on)
+        if record.migrating_to is not None:
+            defined.add(record.migrating_to)
+        if state is not record.state:
+            log.warning(
+                "VM %s was %s when the registry was last written: taken as %s on host %s",
+                record.vm_id,
+                record.state,
+                state,
+                record.host_id,
+            )
+        host_id = None if state is VmState.DESTROYED else record.host_id
+        vm = Vm(
+            record.vm_id,
+            name=record.domain,
+            type=record.vm_type,
+            state=state,
+            host_id=host_id,
+            last_host_id=record.last_host_id,
+            ha_enabled=record.ha_enabled,
+            hypervisor=HypervisorType.KVM,
+            updated=record.updated + (state is not record.state),
+        )
+        return _Entry(
+            vm,
+            record.xml,
+            record.domain,
+            record.uuid,
+            record.local_storage,
+            generation=record.generation,
+            defined_on=defined,
+        )
+
+    @staticmethod
+    def _record(entry: _Entry) -> VmRecord:
+        vm = entry.vm
+        return VmRecord(
+            vm_id=vm.id,
+            domain=entry.domain,
+            uuid=entry.uuid,
+            xml=entry.xml,
+            vm_type=vm.type,
+            state=vm.state,
+            host_id=vm.host_id,
+            last_host_id=vm.last_host_id,
+            ha_enabled=vm.ha_enabled,
+            local_storage=entry.local_storage,
+            generation=entry.generation,
+            updated=vm.updated,
+            defined_on=frozenset(entry.defined_on),
+            migrating_to=entry.migrating_to,
+        )
+
+    def _persist(self, vm_id: str, *, durable: bool = False) -> None:
+        """Under the lock: write ``vm_id``'s entry (or its removal) and any failed earlier write.
+
+        A failure is logged and the write retried with the next one; with
+        ``durable`` it is raised instead (:class:`~cloudha.errors.StoreError`).
+        """
+        registry = self._registry
+        if registry is None:
+            return
+        self._dirty.add(vm_id)
+        try:
+            for pending in sorted(self._dirty):
+                entry = self._vms.get(pending)
+                if entry is None:
+                    registry.delete(pending)
+                else:
+                    registry.save(self._record(entry))
+                self._dirty.discard(pending)
+        except StoreError as exc:
+            if durable:
+                raise
+            log.warning(
+                "VM registry: writing %s failed, retried with the next change: %s", vm_id, exc
+            )
+
+    def flush(self) -> bool:
+        """Write every change whose write failed; True when none is left."""
+        with self._lock:
+            if not self._dirty:
+                return True
+            self._persist(min(self._dirty))
+            return not self._dirty
+
+    # -- discovery -------------------------------------------------------------------
+
+    def discover(
+        self,
+        *,
+        ha: Callable[[str], bool] | None = None,
+        hosts: Iterable[str] | None = None,
+    ) -> Discovery:
+        """List the domains on each host's libvirtd and bring the registry up to date.
+
+        * A domain not in the registry is registered, with its domain name as
+          its VM id: Running on the host where it is active, else Stopped
+          (defined there). Its XML is the persistent definition
+          (``XMLDesc(VIR_DOMAIN_XML_INACTIVE)``; secrets such as VNC
+          passwords are not carried over).
+        * A registered VM found active on exactly one host, while its record
+          says it is Stopped, Unknown, or Running on a host that was listed
+          and does not run it, is recorded Running there (someone started or
+          moved it meanwhile). A VM recorded Running on a host that was listed
+          without it is left alone: the VM sync finds it missing from that
+          host's reports and restarts it (``ha.vm.restart.hostup``).
+        * A name already registered under another UUID, or a VM active on
+          several hosts, is left alone and reported in ``conflicts``.
+        * ``ha(domain name)`` (the inventory's patterns) sets every VM's HA
+          flag; None leaves the flags alone (new VMs are HA-enabled).
+
+        A host that cannot be listed (within ``timeout``) is skipped and
+        named in ``unreachable``; its VMs' records stay as they are.
+        ``hosts``: the hosts to list (default every configured host).
+        """
+        listed: dict[str, list[DomainSeen]] = {}
+        unreachable: dict[str, str] = {}
+        for host_id in sorted(self.host_ids if hosts is None else hosts):
+            try:
+                listed[host_id] = self._run(host_id, self._list_domains)
+            except (ProbeError, KeyError) as exc:
+                unreachable[host_id] = str(exc) if isinstance(exc, ProbeError) else "unknown host"
+        added: list[str] = []
+        moved: dict[str, str] = {}
+        conflicts: list[str] = []
+        ha_changed: list[str] = []
+        with self._lock:
+            active_on: dict[str, list[str]] = {}
+            for host_id, domains in sorted(listed.items()):
+                for seen in domains:
+                    entry = self._vms.get(seen.name)
+                    if entry is None:
+                        entry = self._discovered(seen, host_id, ha)
+                        added.append(seen.name)
+                    elif entry.uuid.lower() != seen.uuid.lower():
+                        conflicts.append(
+                            f"domain {seen.name} on host {host_id} has UUID {seen.uuid},"
+                            f" the registry's VM {seen.name} has {entry.uuid}: left alone"
+                        )
+                        continue
+                    if host_id not in entry.defined_on:
+                        entry.defined_on.add(host_id)
+                        self._persist(entry.vm.id)
+                    if seen.active:
+                        active_on.setdefault(entry.vm.id, []).append(host_id)
+            for vm_id, entry in sorted(self._vms.items()):
+                running = active_on.get(vm_id, [])
+                if len(running) > 1:
+                    conflicts.append(f"VM {vm_id} is active on several hosts: {sorted(running)}")
+                elif len(running) == 1 and vm_id not in added:
+                    where = self._corrected(entry, running[0], listed)
+                    if where is not None:
+                        moved[vm_id] = where
+                if ha is not None and entry.vm.state is not VmState.EXPUNGING:
+                    wanted = bool(ha(entry.domain))
+                    if wanted != entry.vm.ha_enabled:
+                        self._set(entry, ha_enabled=wanted)
+                        ha_changed.append(vm_id)
+        for line in conflicts:
+            log.warning("discovery: %s", line)
+        return Discovery(
+            added=tuple(added),
+            moved=moved,
+            conflicts=tuple(conflicts),
+            unreachable=unreachable,
+            ha_changed=tuple(ha_changed),
+        )
+
+    def _discovered(
+        self, seen: DomainSeen, host_id: str, ha: Callable[[str], bool] | None
+    ) -> _Entry:
+        """Under the lock: register a domain found on ``host_id``."""
+        name, domain_uuid, xml = _parse_domain(seen.xml)
+        vm = Vm(
+            seen.name,
+            name=name,
+            state=VmState.RUNNING if seen.active else VmState.STOPPED,
+            host_id=host_id if seen.active else None,
+            last_host_id=host_id,
+            ha_enabled=True if ha is None else bool(ha(name)),
+            hypervisor=HypervisorType.KVM,
+        )
+        entry = _Entry(vm, xml, name, domain_uuid, False, defined_on={host_id})
+        self._vms[vm.id] = entry
+        self._persist(vm.id)
+        log.info(
+            "discovery: VM %s found %s on host %s",
+            vm.id,
+            "running" if seen.active else "defined",
+            host_id,
+        )
+        return entry
+
+    def _corrected(
+        self, entry: _Entry, active: str, listed: Mapping[str, Sequence[DomainSeen]]
+    ) -> str | None:
+        """Under the lock: record ``entry`` Running on ``active`` if its record says otherwise."""
+        vm = entry.vm
+        if vm.state is VmState.RUNNING and vm.host_id == active:
+            return None
+        if vm.state in _BUSY or vm.state is VmState.DESTROYED:
+            return None
+        if (
+            vm.state in (VmState.RUNNING, VmState.UNKNOWN)
+            and vm.host_id not in (None, active)
+            and vm.host_id not in listed
+        ):
+            return None  # its recorded host could not be asked: it may run there
+        self._set(entry, state=VmState.RUNNING, host_id=active, last_host_id=active)
+        log.warning(
+            "discovery: VM %s was recorded %s%s but runs on host %s: recorded Running there",
+            vm.id,
+            vm.state,
+            f" on host {vm.host_id}" if vm.host_id else "",
+            active,
+        )
+        return f"Running on {active}"
+
+    @staticmethod
+    def _list_domains(conn: Any) -> list[DomainSeen]:
+        seen: list[DomainSeen] = []
+        for dom in conn.listAllDomains(0):
+            try:
+                active = bool(dom.isActive())
+                flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
+                seen.append(
+                    DomainSeen(
+                        str(dom.name()), str(dom.UUIDString()), active, str(dom.XMLDesc(flags))
+                    )
+                )
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        return seen
 
     # -- registry ----------------------------------------------------------------
 
@@ -290,6 +631,7 @@ class LibvirtOrchestrator:
                 local_storage,
                 defined_on={host_id} if host_id else set(),
             )
+            self._persist(vm_id)
         return vm
 
     def uri_of(self, host_id: str) -> str:
@@ -368,6 +710,7 @@ class LibvirtOrchestrator:
         with self._lock:
             newly_defined = target not in entry.defined_on
             entry.defined_on.add(target)
+            self._persist(entry.vm.id)
         sent = threading.Event()
         try:
             self._run(target, lambda conn: self._start_domain(conn, entry, sent))
@@ -381,6 +724,7 @@ class LibvirtOrchestrator:
                 if newly_defined:
                     with self._lock:
                         entry.defined_on.discard(target)
+                        self._persist(entry.vm.id)
                 self._start_back(entry, source_host_id, target, exc)
             raise
         with self._lock:
@@ -420,8 +764,10 @@ class LibvirtOrchestrator:
                 raise
             with self._lock:
                 entry.defined_on.discard(host_id)
+                self._persist(entry.vm.id)
         with self._lock:
             del self._vms[vm.id]
+            self._persist(vm.id)
 
     def advance_start(self, vm: Vm, params: StartParams, planner: Planner) -> str:
         """Define and create the VM's domain on the first eligible host; see the class.
@@ -442,11 +788,21 @@ class LibvirtOrchestrator:
                     vm.id, scope="zone", reason="no eligible host has room"
                 )
             previous = entry.generation
+            before = entry.vm
             entry.generation = params.generation
             elsewhere = sorted(entry.defined_on - set(params.avoid_hosts) - {host_id})
             newly_defined = host_id not in entry.defined_on
             entry.defined_on.add(host_id)
-            self._set(entry, state=VmState.STARTING, host_id=host_id)
+            self._set(entry, state=VmState.STARTING, host_id=host_id, persist=False)
+            try:
+                # The generation is durable before anything is started with it.
+                self._persist(vm.id, durable=True)
+            except StoreError:
+                entry.generation = previous
+                entry.vm = before
+                if newly_defined:
+                    entry.defined_on.discard(host_id)
+                raise
         log.info(
             "starting VM %s (generation %d, %s planner) on host %s",
             vm.id,
@@ -636,11 +992,14 @@ class LibvirtOrchestrator:
             entry.migrating_to = None
             self._set(entry, state=VmState.RUNNING, host_id=source, last_host_id=source)
 
-    def _set(self, entry: _Entry, **changes: Any) -> None:
-        """Apply ``changes`` to the VM's snapshot, counting a state change in ``updated``."""
+    def _set(self, entry: _Entry, *, persist: bool = True, **changes: Any) -> None:
+        """Apply ``changes`` to the VM's snapshot, counting a state change in ``updated``;
+        then write the entry through (unless ``persist`` is False)."""
         changed = any(getattr(entry.vm, k) != v for k, v in changes.items())
         if changed:
             entry.vm = attrs.evolve(entry.vm, updated=entry.vm.updated + 1, **changes)
+        if persist:
+            self._persist(entry.vm.id)
 
     def _choose_host(self, params: StartParams) -> str | None:
         return self._first_fit(

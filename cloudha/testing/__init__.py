@@ -12,6 +12,7 @@ from cloudha.testing.contract import check_agent_gateway as check_agent_gateway
 from cloudha.testing.contract import check_fencer as check_fencer
 from cloudha.testing.contract import check_ha_provider as check_ha_provider
 from cloudha.testing.contract import check_host_directory as check_host_directory
+from cloudha.testing.contract import check_host_poller as check_host_poller
 from cloudha.testing.contract import check_host_shell as check_host_shell
 from cloudha.testing.contract import check_investigator as check_investigator
 from cloudha.testing.contract import check_power_driver as check_power_driver
@@ -20,6 +21,7 @@ from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestra
 from cloudha.testing.contract import check_volume_directory as check_volume_directory
 from cloudha.testing.fakes import FakeAgentGateway as FakeAgentGateway
 from cloudha.testing.fakes import FakeDirectAgentResource as FakeDirectAgentResource
+from cloudha.testing.fakes import FakeHostPoller as FakeHostPoller
 from cloudha.testing.fakes import FakeHostShell as FakeHostShell
 from cloudha.testing.fakes import FakeHypervisorProbe as FakeHypervisorProbe
 from cloudha.testing.fakes import InMemoryHostDirectory as InMemoryHostDirectory
@@ -77,6 +79,7 @@ __all__ = [
     "FakeBmc",
     "FakeClock",
     "FakeDirectAgentResource",
+    "FakeHostPoller",
     "FakeHostShell",
     "FakeHypervisorProbe",
     "FakeOrchestratorHost",
@@ -122,6 +125,7 @@ __all__ = [
     "check_fencer",
     "check_ha_provider",
     "check_host_directory",
+    "check_host_poller",
     "check_host_shell",
     "check_investigator",
     "check_isolation_probe",

@@ -44,7 +44,9 @@ from cloudha.ports import (
     Command,
     HAProvider,
     HostDirectory,
+    HostPoller,
     HostShell,
+    PingReport,
     ShellResult,
     StatusChange,
     SuspicionCheck,
@@ -60,6 +62,7 @@ __all__ = [
     "check_fencer",
     "check_ha_provider",
     "check_host_directory",
+    "check_host_poller",
     "check_host_shell",
     "check_investigator",
     "check_power_driver",
@@ -474,6 +477,82 @@ def check_agent_gateway(
         problems.append(f"send(live) returned {answer!r}, not an Answer")
     if problems:
         raise AssertionError(f"agent gateway {gateway!r}:\n- " + "\n- ".join(problems))
+
+
+def check_host_poller(
+    poller: HostPoller, live: Host, dead: Host, *, timeout: float = 2.0, threads: int = 4
+) -> None:
+    """Check a :class:`~cloudha.ports.HostPoller` with one answering and one dead host.
+
+    Rules: ``poll`` exists; ``poll(live)`` returns a :class:`~cloudha.ports.PingReport`
+    for ``live.id`` whose ``vms`` is None or a set of strings; ``poll(dead)``
+    returns None or raises a :class:`~cloudha.errors.ProbeError` (never
+    another exception); no call takes longer than ``timeout`` plus a grace;
+    the same answers come back when asked from ``threads`` threads at once.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("poller", poller, HostPoller)
+    problems: list[str] = []
+
+    def timed(host: Host) -> tuple[object, BaseException | None, float]:
+        started = time.monotonic()
+        try:
+            return poller.poll(host, timeout=timeout), None, time.monotonic() - started
+        except Exception as exc:
+            return None, exc, time.monotonic() - started
+
+    def judge(
+        label: str, host: Host, alive: bool, outcome: tuple[object, BaseException | None, float]
+    ) -> None:
+        report, error, spent = outcome
+        if spent > timeout + GRACE:
+            problems.append(f"{label} took {spent:.1f}s, more than its {timeout:g}s timeout")
+        if error is not None and not isinstance(error, ProbeError):
+            problems.append(f"{label} raised {type(error).__name__}, not a ProbeError: {error}")
+            return
+        if not alive:
+            if error is None and report is not None:
+                problems.append(f"{label} returned {report!r} (a dead host gives None or raises)")
+            return
+        if error is not None:
+            problems.append(f"{label} raised {type(error).__name__}: {error}")
+        elif not isinstance(report, PingReport):
+            problems.append(f"{label} returned {report!r}, not a PingReport")
+        else:
+            if report.host_id != host.id:
+                problems.append(f"{label} reported host {report.host_id!r}, not {host.id!r}")
+            if report.vms is not None and not (
+                isinstance(report.vms, frozenset) and all(isinstance(v, str) for v in report.vms)
+            ):
+                problems.append(f"{label}: vms must be None or a frozenset of VM ids")
+
+    judge("poll(live)", live, True, timed(live))
+    judge("poll(dead)", dead, False, timed(dead))
+    if threads > 1:
+        outcomes: list[tuple[str, Host, bool, tuple[object, BaseException | None, float]]] = []
+        lock = threading.Lock()
+
+        def ask(index: int) -> None:
+            host, alive = (live, True) if index % 2 == 0 else (dead, False)
+            outcome = timed(host)
+            with lock:
+                outcomes.append(
+                    (f"poll({'live' if alive else 'dead'}) in thread {index}", host, alive, outcome)
+                )
+
+        workers = [threading.Thread(target=ask, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout + GRACE + 5.0)
+        if len(outcomes) < threads:
+            problems.append(f"{threads - len(outcomes)} concurrent polls did not return")
+        for label, host, alive, outcome in outcomes:
+            judge(label, host, alive, outcome)
+    if problems:
+        raise AssertionError(f"host poller {poller!r}:\n- " + "\n- ".join(problems))
 
 
 def check_host_shell(shell: HostShell, live: Host, dead: Host, *, timeout: float = 5.0) -> None:

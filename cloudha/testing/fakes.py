@@ -29,10 +29,12 @@ from cloudha.ports import (
     ShellResult,
     StatusChange,
 )
+from cloudha.testing.clock import FakeClock
 
 __all__ = [
     "FakeAgentGateway",
     "FakeDirectAgentResource",
+    "FakeHostPoller",
     "FakeHostShell",
     "FakeHypervisorProbe",
     "InMemoryHostDirectory",
@@ -216,6 +218,47 @@ class FakeDirectAgentResource:
         return PingReport(host.id) if self.answering.get(host.id, False) else None
 
 
+class FakeHostPoller:
+    """A :class:`~cloudha.ports.HostPoller` whose answer is set per host.
+
+    ``answering[host_id]`` True answers (a :class:`~cloudha.ports.PingReport`
+    with ``vms[host_id]`` when set, else ``vms=None``); False or missing
+    raises a :class:`~cloudha.errors.ProbeConnectionError` (or returns None
+    with ``fail_with_none``). ``took[host_id]`` seconds are spent on the
+    ``clock`` (a FakeClock is advanced) before answering, to play a slow host.
+    Every call is kept in :attr:`calls` (thread-safe).
+    """
+
+    def __init__(
+        self,
+        answering: dict[str, bool] | None = None,
+        *,
+        vms: dict[str, frozenset[str]] | None = None,
+        took: dict[str, float] | None = None,
+        clock: FakeClock | None = None,
+        fail_with_none: bool = False,
+    ) -> None:
+        self.answering: dict[str, bool] = {} if answering is None else answering
+        self.vms: dict[str, frozenset[str]] = {} if vms is None else vms
+        self.took: dict[str, float] = {} if took is None else took
+        self.clock = clock
+        self.fail_with_none = fail_with_none
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+
+    def poll(self, host: Host, *, timeout: float) -> PingReport | None:
+        with self._lock:
+            self.calls.append(host.id)
+        spent = self.took.get(host.id, 0.0)
+        if spent and self.clock is not None:
+            self.clock.advance(spent)
+        if not self.answering.get(host.id, False):
+            if self.fail_with_none:
+                return None
+            raise ProbeConnectionError(f"{host.id} does not answer", host_id=host.id)
+        return PingReport(host.id, vms=self.vms.get(host.id))
+
+
 class RecordingAlertSink:
     """Keeps every alert it is sent."""
 
@@ -365,11 +408,16 @@ class FakeHypervisorProbe:
     def probe_host(self, host: Host, *, timeout: float) -> HypervisorReport:
         self.calls.append((host.id, "probe"))
         self._require(host)
-        running = sum(
-            1 for (h, _), st in self.domains.items() if h == host.id and st is DomainState.RUNNING
+        running = frozenset(
+            name
+            for (h, name), st in self.domains.items()
+            if h == host.id and st is DomainState.RUNNING
         )
         return HypervisorReport(
-            uri=f"fake://{host.id}", hostname=host.name, running_domains=running
+            uri=f"fake://{host.id}",
+            hostname=host.name,
+            running_domains=len(running),
+            domains=running,
         )
 
     def domain_state(self, host: Host, domain: str, *, timeout: float) -> DomainState:

@@ -23,16 +23,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from cloudha.commands import CHECK_ON_HOST, CHECK_VM_ACTIVITY, UNSUPPORTED
 from cloudha.errors import ConfigurationError, ProbeConnectionError, ProbeError
 from cloudha.heartbeat import ActivityReport, HeartbeatReport
 from cloudha.model import Host
 from cloudha.ports import Answer, Command, StoragePoolDirectory
-from cloudha.transport.ssh import SSHTransport
+from cloudha.transport.ssh import CommandResult
 
-__all__ = ["SSHAgentGateway"]
+__all__ = ["CommandTransport", "SSHAgentGateway"]
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,23 @@ def _private_ip(host: Host) -> str:
     return host.private_ip
 
 
+class CommandTransport(Protocol):
+    """Runs a command on a host: :class:`~cloudha.transport.ssh.SSHTransport`, or
+    :class:`~cloudha.transport.local.LocalTransport` for hosts that are this machine."""
+
+    def run(
+        self, address: str, argv: Sequence[str], *, timeout: float, host_id: str | None = None
+    ) -> CommandResult:
+        """Run ``argv`` on ``address``; a non-zero exit status is returned, not raised."""
+        ...
+
+
 class SSHAgentGateway:
     """The :class:`~cloudha.ports.AgentGateway` port over an :class:`SSHTransport`.
 
     Args:
-        transport: the SSH connections (host keys verified by default).
+        transport: the SSH connections (host keys verified by default), or
+            any :class:`CommandTransport` (a local one for a lab on one machine).
         pools: which pools each host mounts; the asked host checks its own.
         remote_command: argv that starts cloudha on a host
             (default ``("cloudha",)``; e.g. ``("/opt/cloudha/bin/python", "-m", "cloudha")``).
@@ -58,7 +70,7 @@ class SSHAgentGateway:
 
     def __init__(
         self,
-        transport: SSHTransport,
+        transport: CommandTransport,
         *,
         pools: StoragePoolDirectory,
         remote_command: Sequence[str] = ("cloudha",),

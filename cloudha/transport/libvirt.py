@@ -272,6 +272,10 @@ class LibvirtHypervisorProbe:
             a connection; a hung daemon is detected after about
             ``keepalive_interval * (keepalive_count + 1)`` seconds, which
             bounds how long an abandoned worker lingers once connected.
+        uri_of: each host's own URI, instead of the template (an inventory
+            that names every host's libvirt URI, ``cloudha run``); a
+            :class:`KeyError` from it (a host it does not know) is a
+            :class:`~cloudha.errors.ProbeConnectionError`.
 
     Raises:
         MissingExtraError: libvirt-python is not installed (``pip install 'cloudha[libvirt]'``).
@@ -296,8 +300,10 @@ class LibvirtHypervisorProbe:
         *,
         keepalive_interval: int = 5,
         keepalive_count: int = 3,
+        uri_of: Callable[[Host], str] | None = None,
     ) -> None:
         require("libvirt", "libvirt", "the libvirt probe")
+        self._uri_of = uri_of
         self._template = _parse_template(uri_template)
         self._fields = _template_fields(self._template)
         if (
@@ -351,6 +357,13 @@ class LibvirtHypervisorProbe:
             ProbeConnectionError: the template uses ``{ip}`` and the host has
                 no private address, or one that is not an IPv4/IPv6 address.
         """
+        if self._uri_of is not None:
+            try:
+                return self._uri_of(host)
+            except KeyError:
+                raise ProbeConnectionError(
+                    f"host {host.id} has no libvirt URI", host_id=host.id
+                ) from None
         values: dict[str, str] = {}
         if "ip" in self._fields:
             values["ip"] = self._ip_of(host)
@@ -384,10 +397,11 @@ class LibvirtHypervisorProbe:
         """Connect to ``host``'s libvirtd and ask its hostname, version and domain count.
 
         Returns:
-            ``HypervisorReport(uri, hostname, version, running_domains)``: the
-            URI with any password redacted, ``getHostname()``,
-            ``getLibVersion()`` (e.g. 9000000 for 9.0.0) and
-            ``numOfDomains()`` (active domains).
+            ``HypervisorReport(uri, hostname, version, running_domains, domains)``:
+            the URI with any password redacted, ``getHostname()``,
+            ``getLibVersion()`` (e.g. 9000000 for 9.0.0), the number of active
+            domains and their names (``listAllDomains(ACTIVE)``; the agent
+            poller's VM report, :class:`cloudha.detection.poller.HypervisorPoller`).
 
         Raises:
             ValueError: ``timeout`` is not a positive finite number.
@@ -398,11 +412,13 @@ class LibvirtHypervisorProbe:
         shown, _secrets = redact_uri(uri)
 
         def ask(conn: Any) -> HypervisorReport:
+            active = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             return HypervisorReport(
                 uri=shown,
                 hostname=str(conn.getHostname()),
                 version=int(conn.getLibVersion()),
-                running_domains=int(conn.numOfDomains()),
+                running_domains=len(active),
+                domains=frozenset(str(dom.name()) for dom in active),
             )
 
         return self._call(host, uri, timeout, ask)

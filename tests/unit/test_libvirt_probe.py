@@ -60,8 +60,12 @@ def libvirt_error(code: int | None, message: str = "boom") -> Any:
 
 
 class FakeDomain:
-    def __init__(self, state: int | BaseException) -> None:
+    def __init__(self, state: int | BaseException, name: str = "") -> None:
         self._state = state
+        self._name = name
+
+    def name(self) -> str:
+        return self._name
 
     def state(self) -> list[int]:
         if isinstance(self._state, BaseException):
@@ -99,8 +103,9 @@ class FakeConn:
     def getLibVersion(self) -> int:
         return 9_000_000
 
-    def numOfDomains(self) -> int:
-        return 3
+    def listAllDomains(self, flags: int = 0) -> list[FakeDomain]:
+        assert flags == libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+        return [FakeDomain(libvirt.VIR_DOMAIN_RUNNING, f"vm-{i}") for i in (1, 2, 3)]
 
     def lookupByName(self, name: str) -> FakeDomain:
         if self.lookup_error is not None:
@@ -444,6 +449,7 @@ def test_probe_host_reports_what_libvirt_said(opened: Callable[..., list[str]]) 
         hostname="fake-host",
         version=9_000_000,
         running_domains=3,
+        domains=frozenset({"vm-1", "vm-2", "vm-3"}),
     )
     assert conn.closed == 1
 

@@ -137,6 +137,8 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.escalation.power.cycle.timeout": (60, 60.0),
     "cloudha.escalation.repeat.after": (600, 600.0),
     "cloudha.vm.restart.in.place": (True, True),
+    "cloudha.poll.timeout": (5, 5.0),
+    "cloudha.poll.workers": (16, 16),
 }
 
 MS_KEYS = {
@@ -157,7 +159,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 104
+    assert len(KEYS) == 106
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -1030,6 +1032,8 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.escalation.power.cycle.timeout",
         "cloudha.escalation.repeat.after",
         "cloudha.vm.restart.in.place",
+        "cloudha.poll.timeout",
+        "cloudha.poll.workers",
     }
 
 

@@ -1,0 +1,209 @@
+"""``cloudha run --inventory cluster.toml [--db URL] [--shadow] [--metrics-port N]``.
+
+The daemon for a fleet without an orchestrator (docs/run.md): it assembles a
+:class:`~cloudha.ManagementServer` from the inventory
+(:func:`cloudha.daemon.assemble`), starts it, and runs until SIGTERM or
+SIGINT (a graceful stop: the loops end, unfinished HA works are handed back,
+exit 0). SIGHUP reloads the inventory: a bad one is logged, one line per
+problem, and the one in force is kept. Everything is logged through
+:mod:`logging` (INFO and up unless ``-v`` asks for more).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from cloudha.cli.look import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, one_line
+from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError, StoreError
+
+__all__ = ["make_metrics", "run", "serve_metrics"]
+
+log = logging.getLogger("cloudha.run")
+
+_COMMAND = "run"
+
+
+def make_metrics(port: int | None) -> Any:
+    """The metrics exporter for ``--metrics-port`` (None without it).
+
+    The one place ``--metrics-port`` meets :mod:`cloudha.metrics`.
+    """
+    if port is None:
+        return None
+    try:
+        from cloudha.metrics import Metrics  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        fail(
+            _COMMAND,
+            f"--metrics-port needs the metrics exporter (pip install 'cloudha[metrics]'): {exc}",
+            EXIT_USAGE,
+        )
+    return Metrics()
+
+
+def serve_metrics(metrics: Any, port: int, address: str) -> None:
+    """Serve ``metrics`` over HTTP on ``address:port`` (``/metrics``)."""
+    try:
+        metrics.serve(port, address)
+    except OSError as exc:
+        fail(
+            _COMMAND,
+            f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}",
+            EXIT_USAGE,
+        )
+    log.info("metrics served on http://%s:%d/metrics", address, port)
+
+
+def _load(path: Path) -> Any:
+    """The inventory at ``path``; raises InventoryError / ConfigurationError."""
+    from cloudha.inventory import load_inventory
+
+    if not path.is_file():
+        raise ConfigurationError(f"{path}: no such inventory file", key="inventory")
+    return load_inventory(path)
+
+
+def _problems(exc: Exception) -> list[str]:
+    lines = [one_line(line) for line in str(exc).splitlines() if line.strip()]
+    return lines or [one_line(exc)]
+
+
+class _Signals:
+    """SIGTERM/SIGINT ask to stop, SIGHUP to reload; the main thread does the work."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stop: str | None = None
+        self.reloads = 0
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reloads += 1
+        elif self.stop is None:
+            self.stop = signal.Signals(signum).name
+        self.wake.set()
+
+
+@click.command(_COMMAND)
+@click.option(
+    "--inventory",
+    "inventory_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The inventory (docs/inventory.md): hosts, pools, BMCs, settings.",
+)
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help="The database (default: the inventory's [server] db; sqlite:///path or"
+    " postgresql+psycopg://...).",
+)
+@click.option("--shadow", is_flag=True, help="Shadow mode: decide everything, execute nothing.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="N",
+    help="Serve Prometheus metrics on this port (/metrics).",
+)
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="The address the metrics endpoint listens on.",
+)
+@click.option(
+    "--stop-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds a graceful stop may take.",
+)
+def run(
+    inventory_path: Path,
+    db_url: str | None,
+    shadow: bool,
+    metrics_port: int | None,
+    metrics_address: str,
+    stop_timeout: float,
+) -> None:
+    """Run cloudha on the fleet of an inventory until SIGTERM (SIGHUP reloads it)."""
+    from cloudha.daemon import assemble
+
+    root = logging.getLogger()
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    try:
+        inventory = _load(inventory_path)
+    except ConfigurationError as exc:
+        lines = _problems(exc)
+        for line in lines[:-1]:
+            click.echo(f"cloudha {_COMMAND}: {line}", err=True)
+        fail(_COMMAND, lines[-1], EXIT_USAGE)
+    metrics = make_metrics(metrics_port)
+    try:
+        assembly = assemble(inventory, db_url=db_url, shadow=shadow, metrics=metrics)
+    except StoreError as exc:
+        fail(_COMMAND, exc, EXIT_DATABASE)
+    except CloudHAError as exc:
+        fail(_COMMAND, exc, EXIT_USAGE)
+    signals = _Signals()
+    signals.install()
+    status = EXIT_OK
+    try:
+        if metrics is not None and metrics_port is not None:
+            serve_metrics(metrics, metrics_port, metrics_address)
+        assembly.start()
+        log.info("cloudha run: SIGTERM or SIGINT stops, SIGHUP reloads %s", inventory_path)
+        reloaded = 0
+        while signals.stop is None:
+            signals.wake.wait(1.0)
+            signals.wake.clear()
+            while reloaded < signals.reloads and signals.stop is None:
+                reloaded += 1
+                _reload(assembly, inventory_path)
+        log.info("cloudha run: %s received, stopping", signals.stop)
+        try:
+            assembly.stop(stop_timeout)
+        except LifecycleError as exc:
+            log.error("cloudha run: %s", exc)
+            status = EXIT_FAILED
+    finally:
+        signals.restore()
+        assembly.close()
+    log.info("cloudha run: stopped")
+    raise SystemExit(status)
+
+
+def _reload(assembly: Any, path: Path) -> None:
+    log.info("cloudha run: SIGHUP: reloading %s", path)
+    try:
+        inventory = _load(path)
+    except ConfigurationError as exc:
+        for line in _problems(exc):
+            log.error("reload refused: %s", line)
+        log.error("reload refused: the inventory in force is kept")
+        return
+    try:
+        assembly.reload(inventory)
+    except CloudHAError as exc:
+        log.error("reload failed (the hosts in force are kept where it stopped): %s", one_line(exc))
