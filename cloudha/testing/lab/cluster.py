@@ -46,6 +46,7 @@ from typing import Any
 import attrs
 
 from cloudha._extras import require
+from cloudha.errors import ProbeError
 from cloudha.heartbeat import heartbeat_path
 from cloudha.oobm.power import OobmConfig, PowerOperation, PowerResult
 from cloudha.testing.lab.fakebmc import FakeBmcServer, start_fake_bmc
@@ -404,7 +405,16 @@ class Lab:
         """
         host = self.host(host_id)
         config = host.power_config(driver)
-        result = _power_driver(driver).execute(config, PowerOperation.OFF, timeout=timeout)
+        power = _power_driver(driver)
+        deadline = time.monotonic() + timeout
+        while True:  # IPMI runs over UDP: a lost or raced session is tried again
+            try:
+                result = power.execute(config, PowerOperation.OFF, timeout=timeout)
+                break
+            except ProbeError as exc:
+                if time.monotonic() > deadline:
+                    raise LabError(f"{host_id}: powering it off at its BMC failed: {exc}") from None
+                time.sleep(0.2)
         _check(result, host_id)
         left = wait_gone([p.pid for p in host.processes()], timeout)
         host.reap()

@@ -207,6 +207,8 @@ class _Follower:
             self.once("fenced", None, f"fence on suspicion {details.get('outcome')}")
         elif kind == "fence" and str(details.get("outcome")) == "FENCED":
             self.once("fenced", evidence.vm, f"{details.get('fencer')}: {evidence.reason}")
+        elif kind == "ha_scheduled" and "no fence needed" in evidence.reason:
+            self.once("fenced", None, evidence.reason)
         elif kind == "ha_work" and evidence.vm in self.ha_vms and details.get("step") == "Done":
             self.once("restarted", evidence.vm, evidence.reason)
 
@@ -235,7 +237,7 @@ def run_real_demo(
     limit: float = 60.0,
     workdir: Path | None = None,
     on_step: Callable[[Step], None] = lambda step: None,
-    kill_driver: str = "ipmi",
+    kill_driver: str | None = None,
 ) -> DemoResult:
     """Run the real demo (see the module doc); the lab is gone when it returns.
 
@@ -246,18 +248,22 @@ def run_real_demo(
         workdir: keep the lab's files (inventory, database, logs) there; a
             temporary directory removed at the end by default.
         on_step: called with each :class:`Step` as it happens (from any thread).
-        kill_driver: the IPMI client that powers the victim off: ``ipmi``
-            (pyghmi) or ``ipmitool``.
+        kill_driver: the IPMI client that powers the victim off: ``ipmitool``
+            (the default when installed: a client apart from the daemon's) or
+            ``ipmi`` (pyghmi, in this process).
 
     Raises:
         DemoUnavailableError: this machine cannot run it.
         CloudHAError: a lab component or the daemon could not start.
     """
     from cloudha.status import Status
+    from cloudha.testing.lab.agent import lab_gateways
     from cloudha.testing.lab.cluster import Lab
     from cloudha.testing.lab.inventory import write_inventory
 
     check_prerequisites()
+    if kill_driver is None:
+        kill_driver = "ipmitool" if shutil.which("ipmitool") else "ipmi"
     from cloudha.daemon import assemble
     from cloudha.inventory import load_inventory
 
@@ -294,7 +300,8 @@ def run_real_demo(
             )
             inventory = load_inventory(inventory_path)
             follower = _Follower(victim, result.ha_vms, emit)
-            assembly = assemble(inventory, evidence=follower)
+            # The lab's hosts are this machine: their agent side must die with them.
+            assembly = assemble(inventory, evidence=follower, gateway=lab_gateways(lab))
             server = assembly.server
             assembly.start()
             _wait_ready(server, lab, names, result.ha_vms, Status.UP)
@@ -306,6 +313,8 @@ def run_real_demo(
             _follow(lab, result, follower, emit)
     finally:
         if assembly is not None:
+            with contextlib.suppress(Exception):
+                assembly.stop(10.0)
             with contextlib.suppress(Exception):
                 assembly.close()
         lab.close()
