@@ -287,7 +287,8 @@ def test_a_forced_stop_on_a_gone_libvirtd_counts_only_when_the_bmc_reads_power_o
     assert asked == ["boom", "z"]
     assert state("vm-z") == (VmState.STOPPED, None)
     vm = orch.find_vm("vm-z")
-    assert vm is not None and vm.last_host_id == "z"
+    assert vm is not None
+    assert vm.last_host_id == "z"
 
 
 def test_a_stopped_libvirtd_times_out_in_bounded_time(
