@@ -83,9 +83,17 @@ def test_the_sshd_runs_this_cloudha_with_its_host_key_verified(lab: Lab) -> None
         code = "import cloudha, json; print(json.dumps(cloudha.__file__))"
         _, out, _ = client.exec_command(f"{sys.executable} -c '{code}'")
         where = json.loads(out.read())
+        # As if installed on the host: `cloudha` on the PATH, the lab's settings in the env.
+        _, out, _ = client.exec_command("cloudha --version; printenv CLOUDHA_PING_INTERVAL")
+        answer = out.read().decode().split()
     finally:
         client.close()
     assert where == python_env()["PYTHONPATH"].split(os.pathsep)[0] + "/cloudha/__init__.py"
+    assert answer[-1] == str(lab.settings["ping.interval"])
+    assert "cloudha" in answer[0]
+    # Each host's sshd listens on the host's own loopback address.
+    assert server.server.address == lab.host("kvm1").address
+    assert server.server.known_hosts.read_text().startswith(f"[{server.server.address}]:")
 
 
 def test_power_off_at_the_bmc_kills_the_host_and_only_that_host(lab: Lab) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import shlex
 import shutil
 import subprocess
 import sys
@@ -316,7 +317,7 @@ class Lab:
             host.domains = self._define_domains(host)
             if self.with_sshd:
                 host.sshd = start_sshd(
-                    root / "ssh", session_env={"PYTHONPATH": python_env()["PYTHONPATH"]}
+                    root / "ssh", session_env=self._session_env(), address=host.address
                 )
             host.writer = self._start_writer(host)
             host.publish_processes()
@@ -330,6 +331,25 @@ class Lab:
                     stop_libvirtd(thing, remove=not self.keep)
             raise
         return host
+
+    def _session_env(self) -> dict[str, str]:
+        """What an SSH session on a lab host sees: ``cloudha`` on the PATH (this very
+        cloudha, as if installed on the host) and the lab's settings as ``CLOUDHA_*``."""
+        from cloudha.settings import KEYS
+
+        bin_dir = self.root / "bin"
+        program = bin_dir / "cloudha"
+        if not program.exists():
+            bin_dir.mkdir(exist_ok=True)
+            program.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m cloudha "$@"\n')
+            program.chmod(0o755)
+        env = {
+            "PYTHONPATH": python_env()["PYTHONPATH"],
+            "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        }
+        for key, value in self.settings.items():
+            env[KEYS[key].environment_variable] = _env_value(value)
+        return env
 
     def _define_domains(self, host: LabHost) -> tuple[LabDomain, ...]:
         libvirt = require("libvirt", "libvirt", "the lab")
@@ -421,6 +441,17 @@ class Lab:
         if left:
             raise LabError(f"{host_id}: powered off, but pids {left} still run")
 
+    def crash(self, host_id: str, *, timeout: float = 10.0) -> None:
+        """Kill ``host_id``'s processes while its BMC still reads power On (a kernel panic,
+        a hung host): its libvirtd, heartbeat writer and sshd die, and powering it off is
+        left to a fence. Returns once they are gone; :class:`LabError` otherwise."""
+        host = self.host(host_id)
+        left = kill_trees(host.processes())
+        left = wait_gone(left, timeout)
+        host.reap()
+        if left:
+            raise LabError(f"{host_id}: crashed, but pids {left} still run")
+
     def where(self, domain: str) -> list[str]:
         """The hosts on which ``domain`` runs now (one, if all is well)."""
         return [h.id for h in self.hosts if domain in h.running()]
@@ -474,6 +505,14 @@ def _toml_value(value: object) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as a TOML value")
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def _power_driver(name: str) -> Any:

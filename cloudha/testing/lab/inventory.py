@@ -6,8 +6,8 @@ entry per lab host (its heartbeat address, its libvirt URI, its BMC with the
 password in a file beside the inventory, readable by its owner only) and the
 HA patterns of the lab's domains. With ``agent = "ssh"`` each host names its
 sshd (port, user, key and a known_hosts holding exactly its host key: host
-keys are verified); with ``agent = "local"`` cloudha's agent-side commands run
-on this machine.
+keys are verified; the sshd listens on the host's own loopback address);
+with ``agent = "local"`` cloudha's agent-side commands run on this machine.
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ def write_inventory(
             assert host.sshd is not None
             server = host.sshd.server
             ssh = {
-                "host": server.address,
                 "port": server.port,
                 "user": server.username,
                 "key": str(server.client_key),

@@ -1,6 +1,7 @@
 """A real OpenSSH server on loopback: a lab host's agent side, and the SSH tests' server.
 
-:func:`start_sshd` starts ``/usr/sbin/sshd`` on 127.0.0.1 and a free port,
+:func:`start_sshd` starts ``/usr/sbin/sshd`` on 127.0.0.1 (or another loopback
+address) and a free port,
 with its own host key, client key, authorized_keys and known_hosts in a
 work directory. It never touches port 22 or ``/etc/ssh``. A missing sshd or
 ssh-keygen raises :class:`~cloudha.testing.lab.processes.LabError`.
@@ -42,13 +43,13 @@ class SshServer:
     """A running loopback sshd.
 
     Attributes:
-        address: "127.0.0.1".
+        address: the loopback address it listens on ("127.0.0.1" by default).
         port: the port it listens on (never 22).
         username: the user to log in as (the user running the tests).
         client_key: an unencrypted ed25519 private key that sshd accepts.
         host_key_pub: the server's public host key file (``ssh-ed25519 AAAA...``).
         known_hosts: a known_hosts file holding exactly the server's host key
-            (``[127.0.0.1]:PORT ssh-ed25519 AAAA...``).
+            (``[ADDRESS]:PORT ssh-ed25519 AAAA...``).
         workdir: the server's temporary directory (keys, config, log, pid file).
     """
 
@@ -61,9 +62,9 @@ class SshServer:
     workdir: Path
 
 
-def _free_port() -> int:
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -77,12 +78,12 @@ def _keygen(path: Path) -> None:
     )
 
 
-def _config(workdir: Path, port: int, session_env: Mapping[str, str]) -> str:
+def _config(workdir: Path, address: str, port: int, session_env: Mapping[str, str]) -> str:
     variables = " ".join([f"{_MARKER}={workdir}", *(f"{k}={v}" for k, v in session_env.items())])
     return "\n".join(
         [
             f"Port {port}",
-            "ListenAddress 127.0.0.1",
+            f"ListenAddress {address}",
             f"HostKey {workdir / 'host_ed25519'}",
             f"PidFile {workdir / 'sshd.pid'}",
             f"AuthorizedKeysFile {workdir / 'authorized_keys'}",
@@ -187,19 +188,19 @@ def _stop(proc: subprocess.Popen[bytes], workdir: Path) -> None:
     _kill(_tagged(workdir), signal.SIGKILL)
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> bool:
+def _wait_listening(proc: subprocess.Popen[bytes], address: str, port: int) -> bool:
     """True once sshd answers on ``port``; False if it exited (e.g. the port was taken)."""
     deadline = time.monotonic() + _START_TIMEOUT
     while proc.poll() is None:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            with socket.create_connection((address, port), timeout=1.0) as s:
                 banner = s.recv(64)
         except OSError:
             banner = b""
         if banner.startswith(b"SSH-2.0-OpenSSH"):
             return True
         if time.monotonic() > deadline:
-            raise LabError(f"sshd did not answer on 127.0.0.1:{port} within {_START_TIMEOUT} s")
+            raise LabError(f"sshd did not answer on {address}:{port} within {_START_TIMEOUT} s")
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(0.01)
     return False
@@ -222,11 +223,17 @@ class SshDaemon:
         _stop(self.process, self.server.workdir)
 
 
-def start_sshd(workdir: Path, *, session_env: Mapping[str, str] | None = None) -> SshDaemon:
+def start_sshd(
+    workdir: Path, *, session_env: Mapping[str, str] | None = None, address: str = "127.0.0.1"
+) -> SshDaemon:
     """Start a loopback sshd keeping its keys, config and log in ``workdir`` (see module doc).
 
-    The caller must :meth:`SshDaemon.stop` it.
+    ``address``: the loopback address it listens on (a lab host's own
+    127.0.0.x, so that SSH to the host's address reaches its sshd). The
+    caller must :meth:`SshDaemon.stop` it.
     """
+    if not address.startswith("127."):
+        raise LabError(f"sshd listens on loopback only, not on {address}")
     if not os.access(SSHD, os.X_OK):
         raise LabError(
             f"{SSHD} is missing: install openssh-server (apt-get install openssh-server)"
@@ -246,8 +253,8 @@ def start_sshd(workdir: Path, *, session_env: Mapping[str, str] | None = None) -
     log = workdir / "sshd.log"
     env = dict(session_env or {})
     for attempt in range(1, 4):
-        port = _free_port()  # another process may take it before sshd binds: then retry
-        config.write_text(_config(workdir, port, env))
+        port = _free_port(address)  # another process may take it before sshd binds: then retry
+        config.write_text(_config(workdir, address, port, env))
         if attempt == 1:
             check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, timeout=30)
             if check.returncode != 0:
@@ -261,7 +268,7 @@ def start_sshd(workdir: Path, *, session_env: Mapping[str, str] | None = None) -
                 start_new_session=True,
             )
         try:
-            if _wait_listening(proc, port):
+            if _wait_listening(proc, address, port):
                 break
         except BaseException:
             _stop(proc, workdir)
@@ -273,9 +280,9 @@ def start_sshd(workdir: Path, *, session_env: Mapping[str, str] | None = None) -
             )
     host_key = (workdir / "host_ed25519.pub").read_text().split()
     known_hosts = workdir / "known_hosts"
-    known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    known_hosts.write_text(f"[{address}]:{port} {host_key[0]} {host_key[1]}\n")
     server = SshServer(
-        address="127.0.0.1",
+        address=address,
         port=port,
         username=pwd.getpwuid(os.geteuid()).pw_name,
         client_key=workdir / "client_ed25519",
