@@ -104,6 +104,7 @@ from cloudha.ports import HypervisorControl as HypervisorControl
 from cloudha.ports import HypervisorProbe as HypervisorProbe
 from cloudha.ports import HypervisorReport as HypervisorReport
 from cloudha.ports import MaintenanceChecker as MaintenanceChecker
+from cloudha.ports import MetricsSink as MetricsSink
 from cloudha.ports import MigrationFailureSink as MigrationFailureSink
 from cloudha.ports import PingReport as PingReport
 from cloudha.ports import Router as Router
@@ -189,6 +190,7 @@ __all__ = [
     "MaintenanceChecker",
     "ManagementIPInvestigator",
     "ManagementServer",
+    "MetricsSink",
     "MigrationFailureSink",
     "MissingExtraError",
     "MonitorTask",

@@ -36,10 +36,10 @@ need a restart and are not applied), :meth:`Assembly.stop` and
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import logging
 import sys
 import threading
+import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -63,6 +63,7 @@ from cloudha.ports import (
     Answer,
     Command,
     HypervisorProbe,
+    MetricsSink,
     ShellResult,
     VmOrchestrator,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "LoggingAlertSink",
     "ReloadResult",
     "assemble",
+    "local_settings_file",
     "shown_url",
 ]
 
@@ -351,7 +353,7 @@ class Assembly:
         pools: InventoryPools,
         evidence_store: SqlEvidenceStore | None,
         evidence_log: EvidenceLog,
-        metrics: object | None,
+        metrics: MetricsSink | None,
         clock: Clock,
         thread_factory: ThreadFactory,
         uris: dict[str, str],
@@ -409,6 +411,8 @@ class Assembly:
             len(found.moved),
             len(found.ha_changed),
         )
+        for conflict in found.conflicts:
+            log.warning("discovery: left alone: %s", conflict)
         for host_id, why in sorted(found.unreachable.items()):
             log.warning("discovery: host %s could not be listed: %s", host_id, why)
 
@@ -545,6 +549,8 @@ class Assembly:
         self, inventory: InventoryView
     ) -> tuple[dict[str, AgentGateway], dict[str, Any]]:
         """Each host's gateway and shell (may raise: nothing is applied yet)."""
+        if isinstance(self._build_gateway, _Gateways):
+            self._build_gateway.settings_file = local_settings_file(inventory)
         gateways: dict[str, AgentGateway] = {}
         shells: dict[str, Any] = {}
         for entry in inventory.hosts:
@@ -585,11 +591,36 @@ def _capacities(inventory: InventoryView) -> dict[str, int]:
     return {h.id: int(getattr(h, "capacity", None) or DEFAULT_CAPACITY) for h in inventory.hosts}
 
 
-class _Gateways:
-    """Builds each host's gateway and shell, sharing one transport per distinct SSH setting."""
+def local_settings_file(inventory: InventoryView) -> str | None:
+    """The settings file an ``agent = "local"`` host's heartbeat checker reads, if any.
 
-    def __init__(self, pools: InventoryPools) -> None:
+    A local host's writers run on this machine, so its checker judges their
+    heartbeats with the inventory's own ``[settings]`` (the inventory file is
+    a settings file: ``Settings.from_toml`` reads its ``settings`` table).
+    None when the inventory file has no ``[settings]`` table (the checker's
+    defaults) or cannot be read.
+    """
+    path = getattr(inventory, "path", None)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            has_settings = isinstance(tomllib.load(handle).get("settings"), dict)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    return str(path) if has_settings else None
+
+
+class _Gateways:
+    """Builds each host's gateway and shell, sharing one transport per distinct SSH setting.
+
+    ``settings_file``: what a local host's heartbeat checker reads
+    (:func:`local_settings_file`; replaced on reload).
+    """
+
+    def __init__(self, pools: InventoryPools, settings_file: str | None = None) -> None:
         self.pools = pools
+        self.settings_file = settings_file
         self.transports: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
@@ -621,7 +652,13 @@ class _Gateways:
 
         transport = self._transport(entry)
         if entry.agent == "local":
-            return SSHAgentGateway(transport, pools=self.pools, remote_command=_LOCAL_COMMAND), None
+            gateway = SSHAgentGateway(
+                transport,
+                pools=self.pools,
+                remote_command=_LOCAL_COMMAND,
+                remote_settings=self.settings_file,
+            )
+            return gateway, None
         from cloudha.transport.shell import SSHHostShell
 
         return SSHAgentGateway(transport, pools=self.pools), SSHHostShell(transport)
@@ -651,28 +688,12 @@ def _bmc_reads_off(server: ManagementServer) -> Callable[[str], bool]:
     return powered_off
 
 
-def _metrics_options(metrics: object | None, sinks: list[EvidenceSink]) -> dict[str, Any]:
-    """How ``metrics`` joins the server: its own ``metrics=`` argument, else as an evidence sink."""
-    if metrics is None:
-        return {}
-    if "metrics" in inspect.signature(ManagementServer).parameters:
-        return {"metrics": metrics}
-    if callable(getattr(metrics, "record", None)):
-        sinks.append(metrics)  # type: ignore[arg-type]
-        return {}
-    raise ConfigurationError(
-        f"metrics {type(metrics).__name__} is neither a ManagementServer metrics nor an"
-        " evidence sink",
-        key="metrics",
-    )
-
-
 def assemble(
     inventory: InventoryView,
     *,
     db_url: str | None = None,
     shadow: bool = False,
-    metrics: object | None = None,
+    metrics: MetricsSink | None = None,
     clock: Clock | None = None,
     thread_factory: ThreadFactory = threading.Thread,
     probe: HypervisorProbe | None = None,
@@ -706,16 +727,20 @@ def assemble(
         server_options: more :class:`~cloudha.ManagementServer` arguments.
 
     Raises:
-        ConfigurationError: a bad database URL, a port that does not fit, a
-            host's SSH key or known_hosts that cannot be read.
-        StoreError: the database cannot be reached or its schema prepared.
+        StoreError: a bad database URL, or the database cannot be reached or
+            its schema prepared (``cloudha run`` exits 3).
+        ConfigurationError: an inventory without hosts, a host's SSH key or
+            known_hosts that cannot be read.
     """
     clock = clock if clock is not None else SystemClock()
     url = db_url if db_url is not None else inventory.db_url
     settings = inventory.settings
     if shadow:
         settings = settings.with_overrides({"cloudha.shadow": True}, source="--shadow")
-    engine = open_engine(url)
+    try:
+        engine = open_engine(url, holds="cloudha's state")
+    except ConfigurationError as exc:
+        raise StoreError(f"database: {exc}") from exc
     try:
         prepare_sqlite_engine(engine)
         with engine.connect():
@@ -754,7 +779,7 @@ def _assemble(
     url: str,
     engine: Engine,
     settings: Settings,
-    metrics: object | None,
+    metrics: MetricsSink | None,
     clock: Clock,
     thread_factory: ThreadFactory,
     probe: HypervisorProbe | None,
@@ -794,7 +819,7 @@ def _assemble(
     else:
         built_orchestrator = None
     pools = InventoryPools(inventory.pools, {h.id: h.pools for h in inventory.hosts})
-    build = gateway if gateway is not None else _Gateways(pools)
+    build = gateway if gateway is not None else _Gateways(pools, local_settings_file(inventory))
     routes = HostRoutes()
     oobm_configs = StaticOobmConfigs()
     if power_drivers is None:
@@ -806,8 +831,6 @@ def _assemble(
     sinks: list[EvidenceSink] = [evidence_log, store]
     if evidence is not None:
         sinks.append(evidence)
-    options = _metrics_options(metrics, sinks)
-    options.update(server_options)
     server = ManagementServer(
         settings=settings,
         clock=clock,
@@ -825,7 +848,8 @@ def _assemble(
         hypervisor=probe,
         shell=routes,
         poller=HypervisorPoller(probe),
-        **options,
+        metrics=metrics,
+        **server_options,
     )
     if built_orchestrator is not None:
         built_orchestrator.powered_off = _bmc_reads_off(server)

@@ -12,7 +12,9 @@
      ├── StoreError                            the HA work store failed (a bug or bad schema)
      │    ├── StoreUnavailableError            a transient fault (connection lost, locked): retry
      │    ├── StaleWorkError                   the work is no longer the caller's claim
-     │    └── UnreadableWorkError              a row holds a value cloudha does not know
+     │    ├── UnreadableWorkError              a row holds a value cloudha does not know
+     │    ├── UnknownWorkError (+LookupError)  no work with this id (an operator's retry/cancel)
+     │    └── WorkRefusedError                 an operator's retry/cancel of a work was refused
      └── ProbeError                            a probe of a host failed (infrastructure fault)
           ├── ProbeTimeout (+TimeoutError)
           ├── ProbeConnectionError (+ConnectionError)

@@ -94,12 +94,14 @@ cloudha_evidence: Final = sa.Table(
 _E = cloudha_evidence.c
 
 
-def open_engine(url: str, *, must_exist: bool = False) -> Engine:
+def open_engine(url: str, *, must_exist: bool = False, holds: str = "evidence") -> Engine:
     """An engine for an evidence database URL, with errors that name the URL.
 
     ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
     ``postgresql+psycopg://user@host/db``. With ``must_exist`` a SQLite file
     that does not exist is an error (instead of a new, empty database).
+    ``holds`` names what the database holds in the messages (``cloudha
+    queue`` opens the HA work queue with it).
 
     Raises:
         ConfigurationError: the URL is not one, names a backend cloudha does
@@ -109,7 +111,7 @@ def open_engine(url: str, *, must_exist: bool = False) -> Engine:
         parsed = sa.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError as exc:
         raise ConfigurationError(
-            f"{url!r} is not a database URL (e.g. sqlite:////var/lib/cloudha/evidence.db)",
+            f"{url!r} is not a database URL (e.g. sqlite:////var/lib/cloudha/cloudha.db)",
             key="url",
             value=url,
         ) from exc
@@ -117,7 +119,7 @@ def open_engine(url: str, *, must_exist: bool = False) -> Engine:
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ConfigurationError(
-            f"{shown}: evidence is stored in SQLite or PostgreSQL, not {backend!r}",
+            f"{shown}: {holds} is stored in SQLite or PostgreSQL, not {backend!r}",
             key="url",
             value=shown,
         )
@@ -131,7 +133,7 @@ def open_engine(url: str, *, must_exist: bool = False) -> Engine:
         )
         if path in ("", ":memory:") or "mode=memory" in database:
             raise ConfigurationError(
-                f"{shown}: an in-memory database holds no evidence", key="url", value=shown
+                f"{shown}: an in-memory database holds no {holds}", key="url", value=shown
             )
         if not Path(path).is_file():
             raise ConfigurationError(f"{shown}: no such database file", key="url", value=shown)

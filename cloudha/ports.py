@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from cloudha.ha.work import Step, Work, WorkType
+from cloudha.ha.work import QueueState, Step, Work, WorkListing, WorkTally, WorkType
 from cloudha.model import AlertType, Host, Pool, ReasonType, Vm, VmState, VmType
 from cloudha.status import Event, Status
 
 if TYPE_CHECKING:
+    from cloudha.evidence import Evidence
     from cloudha.ha.orchestrator import Planner, StartParams
     from cloudha.hostha.provider import HAProviderConfig
+    from cloudha.server import ManagementServer
 
 _T = TypeVar("_T")
 
@@ -55,6 +57,7 @@ __all__ = [
     "IsolationProbe",
     "Keep",
     "MaintenanceChecker",
+    "MetricsSink",
     "MigrationFailureSink",
     "PingReport",
     "RecoveryLevel",
@@ -71,6 +74,7 @@ __all__ = [
     "VmSync",
     "VolumeDirectory",
     "Watchdog",
+    "WorkQueueAdmin",
     "WorkStore",
 ]
 
@@ -482,6 +486,11 @@ class WorkStore(Protocol):
     def has_been_scheduled(self, instance_id: str, type: WorkType) -> bool:
         """Whether an untaken work of this VM and type exists (any step)."""
 
+    def tally(self) -> list[WorkTally]:
+        """How many works of each stored type are in each stored step, with the oldest
+        ``created`` of each group, ordered by type then step; hand-edited values as
+        stored (never raises UnreadableWorkError). Cheap: metrics call it per scrape."""
+
     def claim(self, server_id: str) -> Work | None:
         """Take one claimable work for ``server_id`` (see the class contract); None if none."""
 
@@ -555,6 +564,65 @@ class WorkStore(Protocol):
 
     def delete(self, work_ids: Iterable[int]) -> int:
         """Delete these rows; how many."""
+
+
+@runtime_checkable
+class WorkQueueAdmin(Protocol):
+    """An operator's view of the HA work queue: list works, retry or cancel one (``cloudha queue``).
+
+    Apart from :class:`WorkStore` because the HA manager never needs it; both
+    shipped adapters (:class:`cloudha.ha.store.SqlWorkStore`,
+    :class:`cloudha.testing.InMemoryWorkStore`) implement both, and
+    ``cloudha.testing.check_work_store`` checks this contract too
+    (``WORK_QUEUE_ADMIN_CHECKS``).
+
+    Contract:
+
+    * :meth:`list_works` never fails on a hand-edited row: such rows are
+      listed apart (:attr:`~cloudha.ha.work.WorkListing.unreadable`).
+    * :meth:`retry_work` and :meth:`cancel_work` change one row in one
+      transaction, after checking it in that transaction; a refusal
+      (:class:`~cloudha.ha.work.WorkRefusedError`) or an unknown id
+      (:class:`~cloudha.ha.work.UnknownWorkError`) changes nothing.
+    * Neither touches a fencing token: the row's ``generation`` stays (its
+      next claim takes a fresh token, as every claim does) and the VM's last
+      token (:meth:`WorkStore.current_generation`) never changes.
+    * A claimed work is never changed: its worker may be fencing or starting
+      the VM at this moment.
+    """
+
+    def list_works(
+        self,
+        *,
+        states: Collection[QueueState] | None = None,
+        host_id: str | None = None,
+        instance_id: str | None = None,
+        type: WorkType | None = None,
+    ) -> WorkListing:
+        """The works in one of ``states`` (None: all), of this host, VM and type when given,
+        oldest (lowest id) first."""
+
+    def retry_work(self, work_id: int) -> Work:
+        """Send an Error or Cancelled work back to the queue, to be investigated anew, due now.
+
+        The row gets step Investigating (never Scheduled: the VM is proven dead
+        or fenced again before any start), no claim (``mgmt_server_id`` and
+        ``taken`` cleared), ``time_to_try`` now and ``tried`` 0 (the full
+        ``vm.ha.migration.max.retries`` again); its VM snapshot and
+        ``generation`` are kept. Refused (:class:`~cloudha.ha.work.WorkRefusedError`)
+        for a work in another step, an unreadable row, or a VM that already
+        has a pending work of the same type (that one would supersede it).
+        """
+
+    def cancel_work(self, work_id: int, canceller: str) -> Work:
+        """Cancel a pending work that no server holds, or dismiss an Error work.
+
+        The row gets step Cancelled, ``taken`` now and ``mgmt_server_id``
+        ``canceller`` (as ``cancel_untaken`` does), so the cleanup deletes it
+        after ``time.between.failures``. Refused
+        (:class:`~cloudha.ha.work.WorkRefusedError`) for a claimed work, a
+        Done or Cancelled one, or an unreadable row.
+        """
 
 
 @runtime_checkable
@@ -960,4 +1028,31 @@ class TaskExecutor(Protocol):
 
     def shutdown(self, timeout: float) -> None:
         """Refuse new tasks; let the started ones finish within ``timeout`` s."""
+        ...
+
+
+@runtime_checkable
+class MetricsSink(Protocol):
+    """Where a :class:`~cloudha.ManagementServer` sends what metrics count (``metrics=``).
+
+    :class:`cloudha.metrics.Metrics` is the Prometheus adapter;
+    ``cloudha.testing.RecordingMetricsSink`` records the calls, and
+    ``cloudha.testing.check_metrics_sink`` is the contract.
+
+    Contract: :meth:`record` gets every evidence record the server makes, from
+    any thread, as it is made; it must be quick (no I/O: counting only), must
+    accept every kind and any details (unknown kinds, missing or ill-typed
+    fields) and should not raise (a sink that raises is logged, and the
+    decision goes on). :meth:`watch` is called once by each server built with
+    the sink (a restarted server calls it again: the newest is the one to read);
+    whatever is read from the server later (at a scrape) must be its cheap,
+    local state or its host directory and work store, never a BMC or a host.
+    """
+
+    def record(self, evidence: Evidence) -> None:
+        """Count one evidence record."""
+        ...
+
+    def watch(self, server: ManagementServer) -> None:
+        """Read ``server``'s state (directory, work queue, freshness, detector) from now on."""
         ...

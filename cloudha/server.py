@@ -48,7 +48,7 @@ from cloudha.detection.sightings import Sightings
 from cloudha.detection.storm import StormGuard
 from cloudha.detection.suspicion import SuspicionFencer
 from cloudha.errors import ConfigurationError, LifecycleError
-from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder
+from cloudha.evidence import EvidenceLog, EvidenceSink, Recorder, TeeSink
 from cloudha.fencing.chain import FenceChain, FenceRunner
 from cloudha.fencing.registry import FencerContext, build_fence_chain
 from cloudha.ha.manager import HighAvailabilityManager
@@ -79,6 +79,7 @@ from cloudha.ports import (
     HypervisorControl,
     HypervisorProbe,
     MaintenanceChecker,
+    MetricsSink,
     MigrationFailureSink,
     PingReport,
     StatusChange,
@@ -399,6 +400,10 @@ class ManagementServer:
             one tick. Above 0 (the simulator): a worker's tick claims, it
             holds the claim that long, and its next tick processes the work,
             so a server that dies meanwhile dies holding the claim.
+        metrics: where metrics are counted (:class:`~cloudha.ports.MetricsSink`,
+            e.g. :class:`cloudha.metrics.Metrics`): every evidence record goes
+            to it as well as to ``evidence``, and it is given this server to
+            watch (:meth:`~cloudha.ports.MetricsSink.watch`; docs/metrics.md).
 
     A port missing a method of its Protocol raises :class:`ConfigurationError`
     naming the port and the method.
@@ -439,6 +444,7 @@ class ManagementServer:
         shell: HostShell | None = None,
         poller: HostPoller | None = None,
         poll_executor: TaskExecutor | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         if not isinstance(settings, Settings):
             raise ConfigurationError("settings must be a cloudha.Settings", key="settings")
@@ -462,6 +468,7 @@ class ManagementServer:
             ("volumes", volumes, VolumeDirectory),
             ("shell", shell, HostShell),
             ("poller", poller, HostPoller),
+            ("metrics", metrics, MetricsSink),
         ]
         for name, port, protocol in ports:
             validate_port(name, port, protocol)
@@ -497,9 +504,14 @@ class ManagementServer:
         self.alerts = alerts
         self.store = store
         self.evidence: EvidenceSink = evidence if evidence is not None else EvidenceLog()
+        """Where decisions are recorded (the ``evidence`` given, or an EvidenceLog)."""
+        self.metrics = metrics
+        """The metrics sink given (None: no metrics)."""
+        # Every part of the server records through this: the evidence, and the metrics.
+        sink: EvidenceSink = self.evidence if metrics is None else TeeSink(self.evidence, metrics)
         self.direct_resources = direct_resources
         self.thread_factory = thread_factory
-        self.recorder = Recorder(self.evidence, clock, server_id)
+        self.recorder = Recorder(sink, clock, server_id)
         self.ping_map = PingMap(clock)
         self.sightings = Sightings(clock)
         """When this server last heard from each agent (the heartbeat's lease rule)."""
@@ -616,7 +628,7 @@ class ManagementServer:
             settings=settings,
             clock=clock,
             alerts=alerts,
-            evidence=self.evidence,
+            evidence=sink,
             zone_settings=zone_settings,
             resource_manager=migration_failures,
             thread_factory=thread_factory,
@@ -660,7 +672,7 @@ class ManagementServer:
             chain=self.investigators,
             scheduler=self.ha,
             alerts=alerts,
-            evidence=self.evidence,
+            evidence=sink,
             ping_map=self.ping_map,
             maintenance=maintenance,
             vm_sync=self.vm_sync,
@@ -715,6 +727,8 @@ class ManagementServer:
         self._pumps: list[Pump] = []
         self._state = "new"
         self._lock = threading.Lock()
+        if metrics is not None:
+            metrics.watch(self)
 
     def _power_cycled(self, host_id: str, reason: str) -> bool:
         """The ladder's power cycle reset ``host_id`` (read back On): Down, its VMs killed."""

@@ -5,7 +5,7 @@
 #                                only, which is all `cloudha simulate` needs (demo.sh)
 #   bash scripts/setup.sh test   also the real servers the integration tests start on
 #                                loopback, the headers libvirt-python builds against, and
-#                                `pip install -e ".[all,test]"` (test.sh)
+#                                `pip install -e ".[all,test,docs]"` (test.sh)
 #
 # Safe to run again, and quick then: Debian packages are installed only when missing, and
 # each pip install set leaves its own stamp in .venv, redone when pyproject.toml changes.
@@ -89,8 +89,8 @@ if [ "$profile" = demo ]; then
     fi
 else
     if ! fresh "$test_stamp"; then
-        echo "setup: pip install -e .[all,test]" >&2
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test]"
+        echo "setup: pip install -e .[all,test,docs]" >&2
+        .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all,test,docs]"
         touch "$test_stamp" "$core_stamp"
     fi
 fi

@@ -14,8 +14,18 @@ from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
 from cloudha.cli import heartbeat as _heartbeat
 from cloudha.cli import plot as _plot
+from cloudha.cli import queue as _queue
 from cloudha.cli import run as _run
-from cloudha.errors import CloudHAError
+from cloudha.cli.look import (
+    EXIT_DATABASE,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    console,
+    emit_json,
+    fail,
+    table,
+)
+from cloudha.errors import CloudHAError, ConfigurationError, StoreError
 
 __all__ = ["main"]
 
@@ -39,6 +49,7 @@ main.add_command(_heartbeat.heartbeat)
 main.add_command(_dump.dump)
 main.add_command(_explain.explain)
 main.add_command(_demo.demo)
+main.add_command(_queue.queue)
 main.add_command(_run.run)
 
 
@@ -120,16 +131,16 @@ def simulate(
 
     With --campaign N, run N random scenarios from --seed instead, and exit
     with status 1 if any violates an invariant.
+
+    Exit status: 0 done; 1 an invariant violated (with --check, or in a
+    campaign or fuzz run); 2 a bad scenario or options; 3 the --evidence-db
+    database cannot be opened or written.
     """
     modes = sum(x is not None for x in (scenario, campaign, fuzz))
     if modes != 1:
-        click.echo(
-            "cloudha simulate: give exactly one of SCENARIO, --campaign N or --fuzz N", err=True
-        )
-        sys.exit(2)
+        fail("simulate", "give exactly one of SCENARIO, --campaign N or --fuzz N", EXIT_USAGE)
     if evidence_db is not None and scenario is None:
-        click.echo("cloudha simulate: --evidence-db goes with SCENARIO only", err=True)
-        sys.exit(2)
+        fail("simulate", "--evidence-db goes with SCENARIO only", EXIT_USAGE)
     _plot.check_plot(plot, scenario=scenario)
     if campaign is not None or fuzz is not None:
         _campaign(
@@ -144,38 +155,43 @@ def simulate(
         )
         return
     assert scenario is not None
+    from cloudha.testing.scenario import load_scenario
     from cloudha.testing.simulator import simulate as run
     from cloudha.testing.simulator import to_json
 
     try:
-        document = run(scenario) if evidence_db is None else _run_into(scenario, evidence_db)
+        loaded = load_scenario(scenario)
+        document = run(loaded) if evidence_db is None else _run_into(loaded, evidence_db)
+    except StoreError as exc:  # the evidence database
+        fail("simulate", exc, EXIT_DATABASE)
     except CloudHAError as exc:
-        click.echo(f"cloudha simulate: {_one_line(exc)}", err=True)
-        sys.exit(2)
+        fail("simulate", exc, EXIT_USAGE)
     _plot.write_plot(document, plot)
     if as_json:
         click.echo(to_json(document), nl=False)
     else:
         _print_timeline(document, all_events=all_events)
     if check and any(document["invariants"].values()):
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
-def _run_into(scenario: Path, url: str) -> dict[str, Any]:
-    """Run ``scenario`` with its evidence also stored at ``url`` (which must hold none yet)."""
-    from cloudha.errors import StoreError
+def _run_into(loaded: Any, url: str) -> dict[str, Any]:
+    """Run the ``loaded`` scenario with its evidence also stored at ``url`` (which must hold
+    none yet). Raises StoreError when the database cannot be opened or written, and
+    ConfigurationError when it holds evidence already."""
     from cloudha.evidence_store import SqlEvidenceStore, open_engine
-    from cloudha.testing.scenario import load_scenario
     from cloudha.testing.simulator import Simulation
 
-    loaded = load_scenario(scenario)
-    engine = open_engine(url)
+    try:
+        engine = open_engine(url)
+    except CloudHAError as exc:
+        raise StoreError(f"--evidence-db: {exc}") from exc
     try:
         sim = Simulation(loaded)
         store = SqlEvidenceStore.from_settings(engine, sim.clock, sim.settings)
         where = engine.url.render_as_string(hide_password=True)
-        if held := len(store):
-            raise StoreError(
+        if held := len(store):  # the wrong database given: bad input, not a database fault
+            raise ConfigurationError(
                 f"{where} already holds {held} evidence records; simulate fills an empty"
                 " evidence store (give another database)"
             )
@@ -192,10 +208,6 @@ def _run_into(scenario: Path, url: str) -> dict[str, Any]:
         engine.dispose()
 
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())
-
-
 def _campaign(
     campaign: int | None,
     fuzz: int | None,
@@ -207,7 +219,6 @@ def _campaign(
     timeout: float,
     shrinking: bool,
 ) -> None:
-    import json
     import time
 
     from cloudha.testing.campaign import run_campaign, run_fuzz
@@ -220,11 +231,10 @@ def _campaign(
             assert fuzz is not None
             result = run_fuzz(fuzz, seed, jobs=jobs, out=out, timeout=timeout)
     except OSError as exc:
-        click.echo(f"cloudha simulate: {out}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
+        fail("simulate", f"{out}: {exc.strerror or exc}", EXIT_USAGE)
     elapsed = time.monotonic() - started
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        emit_json(result)
     else:
         what = "fault campaign" if campaign is not None else "fuzz"
         click.echo(
@@ -237,7 +247,7 @@ def _campaign(
             shown = violation["scenario"] if out is not None else "(use --out DIR to keep it)"
             click.echo(f"  seed {violation['seed']}: {violation['invariant']} {shown}")
     if result["violations"]:
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 def _summary(event: dict[str, Any]) -> str:
@@ -270,18 +280,9 @@ def _summary(event: dict[str, Any]) -> str:
 
 
 def _print_timeline(document: dict[str, Any], *, all_events: bool) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+    out = console()
     meta = document["scenario"]
-    table = Table(
-        title=f"{meta['source']}: {meta['hosts']} hosts, {meta['vms']} VMs, seed {meta['seed']}"
-    )
-    table.add_column("t (s)", justify="right")
-    table.add_column("kind")
-    table.add_column("host/vm")
-    table.add_column("what")
+    rows = []
     hidden = 0
     for event in document["events"]:
         shown = event["kind"] in _SHOWN_KINDS or (
@@ -291,10 +292,16 @@ def _print_timeline(document: dict[str, Any], *, all_events: bool) -> None:
             hidden += 1
             continue
         who = event.get("host") or event.get("vm") or event.get("target") or ""
-        table.add_row(f"{event['t']:.1f}", event["kind"], str(who), _summary(event))
-    console.print(table)
+        rows.append((f"{event['t']:.1f}", event["kind"], str(who), _summary(event)))
+    out.print(
+        table(
+            f"{meta['source']}: {meta['hosts']} hosts, {meta['vms']} VMs, seed {meta['seed']}",
+            [">t (s)", "kind", "host/vm", "what"],
+            rows,
+        )
+    )
     if hidden:
-        console.print(
+        out.print(
             f"({hidden} more evidence records: behind-on-ping checks and investigations;"
             " --all-events shows them)"
         )
@@ -303,15 +310,15 @@ def _print_timeline(document: dict[str, Any], *, all_events: bool) -> None:
     for host in final.values():
         key = f"{host['status']}/{host['power']}"
         counts[key] = counts.get(key, 0) + 1
-    console.print("Hosts at the end: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    out.print("Hosts at the end: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     vms = document["final"]["vms"]
     running = sum(1 for vm in vms.values() if vm["state"] == "Running")
-    console.print(f"VMs at the end: {running} running, {len(vms) - running} stopped")
+    out.print(f"VMs at the end: {running} running, {len(vms) - running} stopped")
     invariants = document["invariants"]
     bad = {k: v for k, v in invariants.items() if v}
     if bad:
-        console.print(
+        out.print(
             "[red]Invariant violations: " + ", ".join(f"{k}={v}" for k, v in bad.items()) + "[/red]"
         )
     else:
-        console.print("[green]Invariants hold: " + ", ".join(invariants) + "[/green]")
+        out.print("[green]Invariants hold: " + ", ".join(invariants) + "[/green]")

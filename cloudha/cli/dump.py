@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import attrs
 import click
 
+from cloudha.cli.look import EXIT_USAGE, console, emit_json, fail, table
 from cloudha.errors import CloudHAError
 
 __all__ = ["dump"]
@@ -41,19 +40,15 @@ def dump(scenario: Path, at: float, as_json: bool) -> None:
         simulation = Simulation(attrs.evolve(loaded, until=at))
         simulation.run()
     except CloudHAError as exc:
-        click.echo(f"cloudha dump: {' '.join(str(exc).split())}", err=True)
-        sys.exit(2)
+        fail("dump", exc, EXIT_USAGE)
     ms = simulation.ms
     if ms is None or not ms.alive:
-        click.echo(
-            f"cloudha dump: {scenario}: no management server is running at {at:g} s", err=True
-        )
-        sys.exit(2)
+        fail("dump", f"{scenario}: no management server is running at {at:g} s", EXIT_USAGE)
     document = ms.server.dump()
     if ms.paused:
         document["paused"] = True
     if as_json:
-        click.echo(json.dumps(document, indent=2))
+        emit_json(document)
         return
     _print(document)
 
@@ -63,37 +58,38 @@ def _fresh(flag: Any) -> str:
 
 
 def _print(document: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
+    out = console()
     judging = "judging" if document["judging"] else "[red]not judging[/red]"
-    console.print(
+    out.print(
         f"{document['server']} at t={document['t']:g} s ({document['at']}): {judging}"
         + (" [red](paused)[/red]" if document.get("paused") else "")
     )
     freshness = document.get("freshness") or {}
     for reason in freshness.get("reasons", []):
-        console.print(f"  not fresh: {reason}")
+        out.print(f"  not fresh: {reason}")
     desired = document["desired"]
     actual = document["actual"]
-    table = Table(
-        title=f"desired ({_fresh(desired['fresh'])}) against actual ({_fresh(actual['fresh'])})"
-    )
-    for column in ("host", "status", "owner", "VMs", "last ping (s ago)", "power"):
-        table.add_column(column)
+    rows = []
     for host_id, seen in actual["hosts"].items():
         row = desired["hosts"].get(host_id, {})
         vms = ", ".join(f"{vm} {state}" for vm, state in sorted(row.get("vms", {}).items()))
         since = seen["since_last_ping"]
-        table.add_row(
-            host_id,
-            str(row.get("status", "?")),
-            str(row.get("owner") or "-"),
-            vms or "-",
-            "not monitored" if since is None else f"{since:.1f}",
-            str(seen["power"] or "-"),
+        rows.append(
+            (
+                host_id,
+                str(row.get("status", "?")),
+                str(row.get("owner") or "-"),
+                vms or "-",
+                "not monitored" if since is None else f"{since:.1f}",
+                str(seen["power"] or "-"),
+            )
         )
-    console.print(table)
+    out.print(
+        table(
+            f"desired ({_fresh(desired['fresh'])}) against actual ({_fresh(actual['fresh'])})",
+            ["host", "status", "owner", "VMs", "last ping (s ago)", "power"],
+            rows,
+        )
+    )
     if desired.get("error"):
-        console.print(f"[red]the directory did not answer: {desired['error']}[/red]")
+        out.print(f"[red]the directory did not answer: {desired['error']}[/red]")

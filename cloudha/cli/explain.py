@@ -9,19 +9,17 @@ stderr.
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import click
 
+from cloudha.cli.look import EXIT_DATABASE, EXIT_USAGE, emit_json, fail
 from cloudha.errors import CloudHAError
 
 __all__ = ["EXIT_DATABASE", "EXIT_UNKNOWN_SUBJECT", "explain", "format_decision"]
 
-EXIT_UNKNOWN_SUBJECT: Final = 2
-"""The evidence store holds no record about the subject."""
-EXIT_DATABASE: Final = 3
-"""The evidence database cannot be opened or read."""
+EXIT_UNKNOWN_SUBJECT: Final = EXIT_USAGE
+"""The evidence store holds no record about the subject (:data:`~cloudha.cli.look.EXIT_USAGE`)."""
 
 _HEADER: Final = frozenset({"t", "at", "kind", "actor", "host", "vm", "reason", "findings"})
 
@@ -59,11 +57,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _fail(message: str, status: int) -> NoReturn:
-    click.echo(f"cloudha explain: {' '.join(message.split())}", err=True)
-    sys.exit(status)
-
-
 @click.command()
 @click.argument("subject")
 @click.option(
@@ -93,26 +86,27 @@ def explain(subject: str, url: str, as_json: bool) -> None:
     try:
         engine = open_engine(url, must_exist=True)
     except CloudHAError as exc:
-        _fail(str(exc), EXIT_DATABASE)
+        fail("explain", exc, EXIT_DATABASE)
     try:
         store = SqlEvidenceStore(engine, SystemClock(), create=False)
         chain = store.decisions_about(subject)
         known = store.subjects() if not chain else {}
     except CloudHAError as exc:
-        _fail(str(exc), EXIT_DATABASE)
+        fail("explain", exc, EXIT_DATABASE)
     finally:
         engine.dispose()
     if not chain:
         where = engine.url.render_as_string(hide_password=True)
         hosts, vms = len(known.get("hosts", ())), len(known.get("vms", ()))
-        _fail(
+        fail(
+            "explain",
             f"no evidence about {subject!r} in {where} (it holds evidence about"
             f" {_count(hosts, 'host')} and {_count(vms, 'VM')})",
             EXIT_UNKNOWN_SUBJECT,
         )
     decisions = [record.to_event(wall=True) for record in chain]
     if as_json:
-        click.echo(json.dumps({"subject": subject, "decisions": decisions}, indent=2))
+        emit_json({"subject": subject, "decisions": decisions})
         return
     click.echo(f"{subject}: {len(decisions)} decisions")
     for event in decisions:

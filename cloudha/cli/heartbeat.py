@@ -4,23 +4,33 @@ Conventions: ``check`` and ``activity`` exit 0 whenever a report was
 produced, whatever its verdict, and print it as one human line (plus one
 line per pool) or, with ``--json``, as the report's ``to_dict()`` JSON alone
 on stdout. Bad input (an address that is not an IP, a relative mount
-point, an unreadable settings file) is one ``Error:`` line on stderr naming
-the option, and exit status 2.
+point, a mount point where nothing is mounted, an unreadable settings
+file) is one ``cloudha heartbeat <command>: ...`` line on stderr naming the
+option, and exit status 2 (:mod:`cloudha.cli.look`).
+
+Every ``--mount`` must be a mount point (``os.path.ismount``, or listed in
+``/proc/self/mountinfo`` for a bind mount) unless ``--allow-unmounted`` is
+given: a heartbeat written to a directory where the pool is not mounted
+lands on this host's local disk, invisible to its neighbours, which then
+find this live host dead; a checker reading such a directory finds no
+heartbeat of a host that is writing one on the real pool.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import click
 
+from cloudha.cli.look import EXIT_FAILED, EXIT_USAGE, emit_json, fail
 from cloudha.clock import SystemClock
 from cloudha.errors import ConfigurationError
 from cloudha.heartbeat import (
@@ -39,7 +49,7 @@ from cloudha.heartbeat import (
 from cloudha.model import Pool
 from cloudha.settings import Settings
 
-__all__ = ["heartbeat"]
+__all__ = ["heartbeat", "is_mount_point"]
 
 log = logging.getLogger("cloudha.heartbeat")
 
@@ -53,31 +63,74 @@ _OPTIONS = {
 _T = TypeVar("_T")
 
 
-class BadInput(click.ClickException):
-    """One ``Error: ...`` line on stderr, exit status 2 (like click's usage errors)."""
+MOUNTINFO: Final = "/proc/self/mountinfo"
+_OCTAL: Final = re.compile(r"\\([0-7]{3})")
 
-    exit_code = 2
+
+def _command() -> str:
+    context = click.get_current_context(silent=True)
+    name = context.info_name if context is not None else None
+    return f"heartbeat {name}" if name else "heartbeat"
+
+
+def _bad(message: str) -> NoReturn:
+    """Bad input: one ``cloudha heartbeat <command>: ...`` line on stderr, exit status 2."""
+    fail(_command(), message, EXIT_USAGE)
 
 
 def _guard(option: str | None, call: Callable[[], _T]) -> _T:
-    """Run ``call``; turn a ConfigurationError into :class:`BadInput` naming the option."""
+    """Run ``call``; a ConfigurationError is bad input naming the option."""
     try:
         return call()
     except ConfigurationError as exc:
         name = option or _OPTIONS.get(exc.key or "", "")
-        prefix = f"Invalid value for {name!r}: " if name else ""
-        raise BadInput(f"{prefix}{exc}") from None
+        prefix = f"invalid value for {name!r}: " if name else ""
+        _bad(f"{prefix}{exc}")
 
 
 def _host_ip(value: str) -> str:
     return _guard("--host-ip", lambda: normalize_host_ip(value))
 
 
-def _pools(mounts: Sequence[str]) -> list[Pool]:
+def _unescape(field: str) -> str:
+    """A mountinfo path field: spaces, tabs, newlines and backslashes are octal escapes."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def is_mount_point(path: str, *, mountinfo: str = MOUNTINFO) -> bool:
+    """Whether something is mounted at ``path``: ``os.path.ismount`` (another device, or the
+    root) or, for a bind mount of the same device, a mount point listed in ``mountinfo``."""
+    if os.path.ismount(path):
+        return True
+    wanted = os.path.realpath(path)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == wanted:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _pools(mounts: Sequence[str], *, allow_unmounted: bool) -> list[Pool]:
     pools = []
     for mount in mounts:
         if "\0" in mount or not Path(mount).is_absolute():
-            raise BadInput(f"Invalid value for '--mount': not an absolute path: {mount!r}")
+            _bad(f"invalid value for '--mount': not an absolute path: {mount!r}")
+        if not allow_unmounted:
+            if not Path(mount).is_dir():
+                _bad(
+                    f"invalid value for '--mount': {mount} is not a directory"
+                    " (is the pool mounted? --allow-unmounted to use a plain directory)"
+                )
+            if not is_mount_point(mount):
+                _bad(
+                    f"invalid value for '--mount': nothing is mounted at {mount}: a heartbeat"
+                    " there is on this host's own disk, invisible to its neighbours (mount the"
+                    " pool first, or give --allow-unmounted for a plain directory)"
+                )
         pools.append(Pool(id=mount, mount_point=mount))
     return pools
 
@@ -94,7 +147,7 @@ def _timing(settings: Settings) -> HeartbeatTiming:
 
 def _print(document: dict[str, Any], line: str, details: Sequence[str], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(document, sort_keys=True))
+        emit_json(document)
         return
     click.echo(line)
     for detail in details:
@@ -110,6 +163,11 @@ _settings_option = click.option(
 )
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the report's JSON alone on stdout."
+)
+_allow_unmounted_option = click.option(
+    "--allow-unmounted",
+    is_flag=True,
+    help="Accept a --mount where nothing is mounted (a plain directory: tests, demos).",
 )
 
 
@@ -142,6 +200,13 @@ def heartbeat() -> None:
     help="A file the host's agent touches after every ping the management server"
     " acknowledged: makes the writer isolation-aware (cloudha.isolation.*).",
 )
+@_allow_unmounted_option
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print what was written (with --once) or why the writer stopped, as JSON on stdout.",
+)
 @_settings_option
 def write(
     mounts: tuple[str, ...],
@@ -149,6 +214,8 @@ def write(
     once: bool,
     watchdog_device: Path | None,
     agent_ack_file: Path | None,
+    allow_unmounted: bool,
+    as_json: bool,
     settings_file: Path | None,
 ) -> None:
     """Write this host's heartbeat to every pool, forever (until SIGTERM/SIGINT).
@@ -164,15 +231,19 @@ def write(
     agent's last acknowledged ping is older than cloudha.isolation.agent.window
     and cloudha.isolation.address does not answer. While the agent is
     connected the watchdog is petted on its link (docs/heartbeat.md).
+
+    Every --mount must be a mount point unless --allow-unmounted is given.
+    Exit status: 0 written (--once) or stopped by a signal; 1 a pool not
+    written (--once) or a writer that stopped by itself; 2 bad input.
     """
     if once and watchdog_device is not None:
-        raise BadInput("--once and --watchdog cannot be used together")
+        _bad("--once and --watchdog cannot be used together")
     ip = _host_ip(host_ip)
-    pools = _pools(mounts)
+    pools = _pools(mounts, allow_unmounted=allow_unmounted)
     settings = _settings(settings_file)
     shadow = settings.cloudha_shadow
     if shadow and watchdog_device is not None:
-        raise BadInput(
+        _bad(
             "cloudha.shadow is true: shadow mode resets nothing, so it arms no watchdog"
             " (drop --watchdog, or turn shadow mode off)"
         )
@@ -206,11 +277,27 @@ def write(
     if once:
         written = _write_round(writer, pools)
         failed = [pool.id for pool in pools if pool.id not in written]
+        if as_json:
+            emit_json(
+                {
+                    "host_ip": ip,
+                    "written": [pool.id for pool in pools if pool.id in written],
+                    "failed": failed,
+                }
+            )
         if failed:
-            click.echo(f"cloudha heartbeat write: not written to {', '.join(failed)}", err=True)
-            raise SystemExit(1)
+            fail("heartbeat write", f"not written to {', '.join(failed)}", EXIT_FAILED)
         return
-    raise SystemExit(_run_until_signalled(writer, again=shadow))
+    status = _run_until_signalled(writer, again=shadow)
+    if as_json:
+        emit_json(
+            {
+                "host_ip": ip,
+                "pools": [pool.id for pool in pools],
+                "stopped": "signal" if status == 0 else "writer",
+            }
+        )
+    raise SystemExit(status)
 
 
 def _write_round(writer: HeartbeatWriter, pools: Sequence[Pool]) -> set[str]:
@@ -283,18 +370,24 @@ def _run_until_signalled(writer: HeartbeatWriter, *, again: bool = False) -> int
 )
 @click.option("--host-ip", required=True, help="The address of the host to judge.")
 @click.option("--fail-on-one-pool", is_flag=True, help="DEAD as soon as one pool is stale.")
+@_allow_unmounted_option
 @_json_option
 @_settings_option
 def check(
     mounts: tuple[str, ...],
     host_ip: str,
     fail_on_one_pool: bool,
+    allow_unmounted: bool,
     as_json: bool,
     settings_file: Path | None,
 ) -> None:
-    """Judge a host from its heartbeat files on these pools (ALIVE, DEAD or UNKNOWN)."""
+    """Judge a host from its heartbeat files on these pools (ALIVE, DEAD or UNKNOWN).
+
+    Every --mount must be a mount point unless --allow-unmounted is given.
+    Exit status: 0 with a report, whatever its verdict; 2 bad input.
+    """
     ip = _host_ip(host_ip)
-    pools = _pools(mounts)
+    pools = _pools(mounts, allow_unmounted=allow_unmounted)
     timing = _timing(_settings(settings_file))
     checker = HeartbeatChecker(LocalStorage(), SystemClock(), timing)
     report = checker.check(pools, ip, fail_on_one_pool=fail_on_one_pool)
@@ -326,6 +419,7 @@ def check(
     is_flag=True,
     help="The host's writer arms a watchdog: a stale heartbeat then proves it dead.",
 )
+@_allow_unmounted_option
 @_json_option
 @_settings_option
 def activity(
@@ -334,12 +428,17 @@ def activity(
     volumes: tuple[str, ...],
     suspect_time: float,
     watchdog: bool,
+    allow_unmounted: bool,
     as_json: bool,
     settings_file: Path | None,
 ) -> None:
-    """Look for signs of life of a host on a pool: a fresh heartbeat or volume writes."""
+    """Look for signs of life of a host on a pool: a fresh heartbeat or volume writes.
+
+    --mount must be a mount point unless --allow-unmounted is given.
+    Exit status: 0 with a report, whatever its verdict; 2 bad input.
+    """
     ip = _host_ip(host_ip)
-    (pool,) = _pools([mount])
+    (pool,) = _pools([mount], allow_unmounted=allow_unmounted)
     timing = _timing(_settings(settings_file))
     report = _guard(
         None,

@@ -16,12 +16,21 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cloudha.cli.look import EXIT_DATABASE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, one_line
-from cloudha.errors import CloudHAError, ConfigurationError, LifecycleError, StoreError
+from cloudha.errors import (
+    CloudHAError,
+    ConfigurationError,
+    LifecycleError,
+    MissingExtraError,
+    StoreError,
+)
+
+if TYPE_CHECKING:
+    from cloudha.metrics import Metrics, MetricsEndpoint
 
 __all__ = ["make_metrics", "run", "serve_metrics"]
 
@@ -30,35 +39,32 @@ log = logging.getLogger("cloudha.run")
 _COMMAND = "run"
 
 
-def make_metrics(port: int | None) -> Any:
+def make_metrics(port: int | None) -> Metrics | None:
     """The metrics exporter for ``--metrics-port`` (None without it).
 
-    The one place ``--metrics-port`` meets :mod:`cloudha.metrics`.
+    The one place ``--metrics-port`` meets :mod:`cloudha.metrics`; the
+    exporter joins the server as its ``metrics=`` sink.
     """
     if port is None:
         return None
+    if not 0 <= port <= 65535:
+        fail(_COMMAND, f"--metrics-port: {port} is not a port (0 to 65535)", EXIT_USAGE)
+    from cloudha.metrics import Metrics
+
     try:
-        from cloudha.metrics import Metrics  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        fail(
-            _COMMAND,
-            f"--metrics-port needs the metrics exporter (pip install 'cloudha[metrics]'): {exc}",
-            EXIT_USAGE,
-        )
-    return Metrics()
+        return Metrics()
+    except MissingExtraError as exc:
+        fail(_COMMAND, exc, EXIT_USAGE)
 
 
-def serve_metrics(metrics: Any, port: int, address: str) -> None:
-    """Serve ``metrics`` over HTTP on ``address:port`` (``/metrics``)."""
+def serve_metrics(metrics: Metrics, port: int, address: str) -> MetricsEndpoint:
+    """Serve ``metrics`` over HTTP on ``address:port`` (``/metrics``); exits 2 if it cannot."""
     try:
-        metrics.serve(port, address)
-    except OSError as exc:
-        fail(
-            _COMMAND,
-            f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}",
-            EXIT_USAGE,
-        )
-    log.info("metrics served on http://%s:%d/metrics", address, port)
+        endpoint = metrics.serve(port, address)
+    except ConfigurationError as exc:
+        fail(_COMMAND, f"--metrics-port: {exc}", EXIT_USAGE)
+    log.info("cloudha run: metrics served on %s", endpoint.url)
+    return endpoint
 
 
 def _load(path: Path) -> Any:
@@ -119,9 +125,9 @@ class _Signals:
 @click.option("--shadow", is_flag=True, help="Shadow mode: decide everything, execute nothing.")
 @click.option(
     "--metrics-port",
-    type=click.IntRange(1, 65535),
+    type=int,
     metavar="N",
-    help="Serve Prometheus metrics on this port (/metrics).",
+    help="Serve Prometheus metrics on this port (/metrics; 0: any free port, logged).",
 )
 @click.option(
     "--metrics-address",
@@ -152,6 +158,8 @@ def run(
     root = logging.getLogger()
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)
+    if root.getEffectiveLevel() >= logging.INFO:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugins, one line each
     try:
         inventory = _load(inventory_path)
     except ConfigurationError as exc:
@@ -169,9 +177,10 @@ def run(
     signals = _Signals()
     signals.install()
     status = EXIT_OK
+    endpoint: MetricsEndpoint | None = None
     try:
         if metrics is not None and metrics_port is not None:
-            serve_metrics(metrics, metrics_port, metrics_address)
+            endpoint = serve_metrics(metrics, metrics_port, metrics_address)
         assembly.start()
         log.info("cloudha run: SIGTERM or SIGINT stops, SIGHUP reloads %s", inventory_path)
         reloaded = 0
@@ -189,6 +198,8 @@ def run(
             status = EXIT_FAILED
     finally:
         signals.restore()
+        if endpoint is not None:
+            endpoint.close()
         assembly.close()
     log.info("cloudha run: stopped")
     raise SystemExit(status)

@@ -41,9 +41,13 @@ from cloudha.model import AlertType
 from cloudha.ports import Alert, AlertSink
 from cloudha.settings import Settings
 
-__all__ = ["Freshness", "FreshnessView"]
+__all__ = ["CAUSES", "Freshness", "FreshnessView"]
 
 log = logging.getLogger(__name__)
+
+CAUSES = ("paused", "pings", "store", "directory")
+"""Why a view is not fresh, as bounded codes (:attr:`FreshnessView.causes`): the monitor
+paused, too few hosts pinged, the HA work store refused a write, the host directory is silent."""
 
 
 @attrs.frozen
@@ -57,6 +61,7 @@ class FreshnessView:
         monitored: hosts in the ping map (less the silent ones known powered off).
         pinged: of those, how many pinged within the window.
         window: the window, in seconds.
+        causes: the codes of :data:`CAUSES` behind ``reasons`` (empty when fresh).
     """
 
     actual: bool
@@ -65,6 +70,7 @@ class FreshnessView:
     monitored: int
     pinged: int
     window: float
+    causes: tuple[str, ...] = ()
 
     @property
     def fresh(self) -> bool:
@@ -84,6 +90,7 @@ class FreshnessView:
             "ping_share": None if share is None else round(share, 3),
             "window": self.window,
             "reasons": list(self.reasons),
+            "causes": list(self.causes),
         }
 
 
@@ -243,7 +250,9 @@ class Freshness:
 
     def _evaluate(self, now: float, *, paused_for: float | None) -> FreshnessView:
         reasons: list[str] = []
+        causes: list[str] = []
         if paused_for is not None:
+            causes.append("paused")
             reasons.append(
                 f"the monitor did not run for {paused_for:.0f} s (a pause), every ping is stale"
             )
@@ -255,6 +264,7 @@ class Freshness:
         actual = True
         if monitored and pinged / monitored < self.min_share:
             actual = False
+            causes.append("pings")
             reasons.append(
                 f"only {pinged} of {monitored} monitored hosts pinged within {self.window:g} s"
                 f" (under {self.min_share:.0%})"
@@ -276,13 +286,17 @@ class Freshness:
             directory_error = self._directory_error
         if store_error is not None:
             actual = False
+            causes.append("store")
             reasons.append(f"the HA work store refused its last write ({store_error})")
         desired = directory_ok is not None and now - directory_ok <= self.window
         if not desired:
             age = "never" if directory_ok is None else f"{now - directory_ok:.0f} s ago"
             why = f"; {directory_error}" if directory_error else ""
+            causes.append("directory")
             reasons.append(f"the host directory last answered {age}{why}")
-        return FreshnessView(actual, desired, tuple(reasons), monitored, pinged, self.window)
+        return FreshnessView(
+            actual, desired, tuple(reasons), monitored, pinged, self.window, tuple(causes)
+        )
 
     def _record(self, view: FreshnessView, judging: bool, was: bool) -> None:
         if judging:

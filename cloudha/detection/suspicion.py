@@ -434,6 +434,7 @@ class SuspicionFencer:
             details["outcome"] = result.outcome.value
             details["fence"] = result.reason
             details["fence_evidence"] = dict(result.evidence)
+            details["seconds"] = round(max(0.0, result.finished_at - result.started_at), 3)
         reason = decision.reason
         if result is not None and result.outcome is not FenceOutcome.FENCED:
             reason = f"{reason}; the fence was not confirmed: {result.reason}"

@@ -372,6 +372,7 @@ class FenceChain:
             fencer=result.fencer,
             outcome=result.outcome.value,
             level=result.evidence.get("level"),
+            seconds=round(max(0.0, result.finished_at - result.started_at), 3),
             evidence=details,
         )
 

@@ -136,11 +136,17 @@ class Notice:
 
 @attrs.frozen
 class Finish:
-    """End the work in a terminal step."""
+    """End the work in a terminal step.
+
+    ``started_on``: the host an HA restart started the VM on, when this work
+    itself ran it again (the ``ha_work`` evidence says it, and metrics time
+    the recovery by it); None for every other end.
+    """
 
     reason: str
     step: Step = Step.DONE
     notice: Notice | None = None
+    started_on: str | None = None
 
 
 @attrs.frozen
@@ -205,8 +211,8 @@ Decision = Finish | Retry | Restart | MigrateVm | StopVm | DestroyVm
 """What a first decision returns: an outcome, or the action to carry out."""
 
 
-def _done(reason: str, notice: Notice | None = None) -> Finish:
-    return Finish(reason, Step.DONE, notice)
+def _done(reason: str, notice: Notice | None = None, started_on: str | None = None) -> Finish:
+    return Finish(reason, Step.DONE, notice, started_on)
 
 
 def alert_type(vm_type: VmType) -> AlertType:
@@ -246,7 +252,7 @@ def is_cancellable(work: Work, cancellable_reasons: frozenset[object]) -> bool:
 
 
 def decide_ha(inp: Inputs) -> Decision:
-    """One attempt of an HA restart (spec §3.6 with the fixes of ARCHITECTURE §4)."""
+    """One attempt of an HA restart (spec §3.6 with the fixes of docs/design/differences.md)."""
     work, vm, host, policy = inp.work, inp.vm, inp.host, inp.policy
     others = [w for w in inp.others if w.type is WorkType.HA and w.id != work.id]
     newer = [w.id for w in others if w.id > work.id]
@@ -510,6 +516,7 @@ def decide_started(
                 f"started on host {target} (generation {work.generation})",
                 host,
             ),
+            started_on=target,
         )
     return Retry(
         f"the start on host {target} did not leave the VM Running",

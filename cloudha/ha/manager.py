@@ -21,7 +21,7 @@
   Alerts and evidence go through one :class:`~cloudha.ha.notifier.Notifier`,
   which never raises.
 
-Deliberate differences from CloudStack (ARCHITECTURE §4), each tested:
+Deliberate differences from CloudStack (docs/design/differences.md), each tested:
 
 * one clock in float seconds: ``time.between.failures`` is an hour when it
   says 3600, both for the "recent failure" window and for the cleanup;
@@ -771,7 +771,10 @@ class HighAvailabilityManager:
         if isinstance(record, Finish):
             step = record.step
             self._db(lambda: self.store.finish(work, step))
-            self._emit(work, step, record.reason)
+            if record.started_on is not None:
+                self._emit(work, step, record.reason, started_on=record.started_on)
+            else:
+                self._emit(work, step, record.reason)
             if step is Step.ERROR:
                 log.error("%s ended in Error: %s", work, record.reason)
             self.notifier.notice(record.notice)

@@ -6,7 +6,7 @@ first with the VM's own planner and, after an insufficient-capacity error,
 once more with the HA planner; for maintenance it migrates VMs away, and it
 destroys VMs (spec §3.7). :class:`VmOrchestrator` is that port.
 
-Fencing tokens (ARCHITECTURE §4): every restart of a VM carries a
+Fencing tokens (docs/design/differences.md): every restart of a VM carries a
 *generation*, a positive integer that grows with each restart attempt the HA
 manager makes for that VM. An orchestrator remembers, per VM, the highest
 generation it has started (or accepted a start for) and refuses any start

@@ -15,7 +15,7 @@ or :func:`upgrade` (Alembic migrations, production) first.
 :class:`~cloudha.ManagementServer` given an ``engine`` calls
 :func:`create_schema`, which creates only the tables that are missing.
 
-Deliberate differences from CloudStack (design §4):
+Deliberate differences from CloudStack (docs/design/differences.md):
 
 * one clock: ``time_to_try`` is float seconds since the Unix epoch read from
   the injected :class:`~cloudha.clock.Clock` (no ``ms >> 10`` units);
@@ -44,7 +44,7 @@ import contextlib
 import datetime as dt
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,11 +60,18 @@ from cloudha.errors import StoreError, StoreUnavailableError
 from cloudha.ha.work import (
     TERMINAL_STEPS,
     TERMINAL_VALUES,
+    QueueState,
     StaleWorkError,
     Step,
+    UnknownWorkError,
     UnreadableWorkError,
     Work,
+    WorkListing,
+    WorkRefusedError,
+    WorkTally,
     WorkType,
+    cancel_refusal,
+    retry_refusal,
     work_from_row,
 )
 from cloudha.model import ReasonType, VmState, VmType
@@ -74,9 +81,13 @@ __all__ = [
     "SqlWorkStore",
     "StaleWorkError",
     "Step",
+    "UnknownWorkError",
     "UnreadableWorkError",
     "Work",
+    "WorkListing",
+    "WorkRefusedError",
     "WorkStore",
+    "WorkTally",
     "WorkType",
     "create_schema",
     "drop_schema",
@@ -593,6 +604,21 @@ class SqlWorkStore:
         with self._tx() as conn:
             return bool(conn.execute(stmt).scalar_one())
 
+    def tally(self) -> list[WorkTally]:
+        """Works per stored type and step with the oldest ``created``: one grouped query
+        (metrics read it at every scrape), hand-edited values included as stored."""
+        stmt = (
+            sa.select(_W.type, _W.step, sa.func.count(), sa.func.min(_W.created))
+            .group_by(_W.type, _W.step)
+            .order_by(_W.type, _W.step)
+        )
+        with self._tx() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            WorkTally(str(type_), str(step), int(count), oldest)
+            for type_, step, count, oldest in rows
+        ]
+
     # -- claiming --------------------------------------------------------------
 
     def _claimable(self, now_s: float) -> sa.ColumnElement[bool]:
@@ -902,6 +928,138 @@ class SqlWorkStore:
             return 0
         with self._tx() as conn:
             return conn.execute(op_ha_work.delete().where(_W.id.in_(ids))).rowcount
+
+    # -- the operator's view (cloudha.ports.WorkQueueAdmin) --------------------
+
+    def list_works(
+        self,
+        *,
+        states: Collection[QueueState] | None = None,
+        host_id: str | None = None,
+        instance_id: str | None = None,
+        type: WorkType | None = None,
+    ) -> WorkListing:
+        """The works in ``states`` (None: all) of this host, VM and type, oldest first.
+
+        One read. Rows holding a value cloudha does not know are listed apart
+        (:attr:`~cloudha.ha.work.WorkListing.unreadable`) instead of failing the listing.
+        """
+        where: list[sa.ColumnElement[bool]] = []
+        if states is not None:
+            chosen = set(states)
+            terminal = [value for state in chosen for value in state.step_values or ()]
+            either: list[sa.ColumnElement[bool]] = [_W.step.in_(terminal)] if terminal else []
+            if QueueState.PENDING in chosen:
+                either.append(_not_terminal())
+            where.append(sa.or_(*either) if either else sa.false())
+        if host_id is not None:
+            where.append(_W.host_id == host_id)
+        if instance_id is not None:
+            where.append(_W.instance_id == instance_id)
+        if type is not None:
+            where.append(_W.type == type.value)
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(op_ha_work).where(*where).order_by(_W.id)).all()
+        works: list[Work] = []
+        unreadable: list[UnreadableWorkError] = []
+        for row in rows:
+            try:
+                works.append(_to_work(row))
+            except UnreadableWorkError as exc:
+                unreadable.append(exc)
+        return WorkListing(tuple(works), tuple(unreadable))
+
+    def _locked(self, conn: Connection, work_id: int) -> Work:
+        """Read one row for a change in this transaction (``FOR UPDATE`` on PostgreSQL)."""
+        stmt = sa.select(op_ha_work).where(_W.id == work_id)
+        if self._postgres:
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            raise UnknownWorkError(work_id)
+        try:
+            return _to_work(row)
+        except UnreadableWorkError as exc:
+            raise WorkRefusedError(
+                work_id, f"the row is unreadable ({exc}); correct or delete it by hand"
+            ) from exc
+
+    def _change_seen(self, conn: Connection, work: Work, **values: Any) -> Work:
+        """Update the row only if it is still as ``work`` was read (step, claim, token)."""
+        stmt = (
+            op_ha_work.update()
+            .where(
+                _W.id == work.id,
+                _W.step == work.step.value,
+                _W.generation == work.generation,
+                _W.mgmt_server_id.is_not_distinct_from(work.mgmt_server_id),
+            )
+            .values(**values)
+            .returning(*op_ha_work.c)
+        )
+        row = conn.execute(stmt).one_or_none()
+        if row is None:  # changed under us: cannot happen under the lock, refuse if it does
+            raise WorkRefusedError(work.id, "it changed while being looked at; try again")
+        return _to_work(row)
+
+    def retry_work(self, work_id: int) -> Work:
+        """Send an Error or Cancelled work back to be investigated anew, due now.
+
+        One transaction: the row is read (locked ``FOR UPDATE`` on PostgreSQL;
+        SQLite's ``BEGIN IMMEDIATE`` holds the write lock), checked by
+        :func:`~cloudha.ha.work.retry_refusal` with the VM's pending works of the
+        same type, then updated, guarded by what was read: step Investigating,
+        unclaimed, ``time_to_try`` now, ``tried`` 0. The snapshot and the
+        ``generation`` stay; ``op_ha_generation`` is not touched.
+
+        Raises:
+            UnknownWorkError: no such work.
+            WorkRefusedError: see :meth:`cloudha.ports.WorkQueueAdmin.retry_work`.
+        """
+        _now, now_s = self._now()
+        with self._tx() as conn:
+            work = self._locked(conn, work_id)
+            pending = conn.execute(
+                sa.select(_W.id).where(
+                    _W.instance_id == work.instance_id,
+                    _W.type == work.type.value,
+                    _W.id != work.id,
+                    _not_terminal(),
+                )
+            ).scalars()
+            refusal = retry_refusal(work, [int(other) for other in pending])
+            if refusal is not None:
+                raise WorkRefusedError(work_id, refusal)
+            return self._change_seen(
+                conn,
+                work,
+                step=Step.INVESTIGATING.value,
+                mgmt_server_id=None,
+                taken=None,
+                time_to_try=now_s,
+                tried=0,
+            )
+
+    def cancel_work(self, work_id: int, canceller: str) -> Work:
+        """Cancel a pending unclaimed work, or dismiss an Error work (step Cancelled).
+
+        One transaction, like :meth:`retry_work`: read (locked), checked by
+        :func:`~cloudha.ha.work.cancel_refusal`, updated guarded by what was
+        read: step Cancelled, ``taken`` now, ``mgmt_server_id`` ``canceller``.
+
+        Raises:
+            UnknownWorkError: no such work.
+            WorkRefusedError: see :meth:`cloudha.ports.WorkQueueAdmin.cancel_work`.
+        """
+        now, _now_s = self._now()
+        with self._tx() as conn:
+            work = self._locked(conn, work_id)
+            refusal = cancel_refusal(work)
+            if refusal is not None:
+                raise WorkRefusedError(work_id, refusal)
+            return self._change_seen(
+                conn, work, step=Step.CANCELLED.value, taken=now, mgmt_server_id=canceller
+            )
 
     def __repr__(self) -> str:
         return f"SqlWorkStore({self._engine.url.render_as_string(hide_password=True)!r})"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -23,13 +23,22 @@ from cloudha.model import ReasonType, VmState, VmType
 
 __all__ = [
     "COLUMNS",
+    "RETRYABLE_STEPS",
     "TERMINAL_STEPS",
     "TERMINAL_VALUES",
+    "QueueState",
     "StaleWorkError",
     "Step",
+    "UnknownWorkError",
     "UnreadableWorkError",
     "Work",
+    "WorkListing",
+    "WorkRefusedError",
+    "WorkTally",
     "WorkType",
+    "cancel_refusal",
+    "queue_state",
+    "retry_refusal",
     "work_from_row",
 ]
 
@@ -71,6 +80,72 @@ TERMINAL_STEPS: Final = frozenset({Step.DONE, Step.CANCELLED, Step.ERROR})
 TERMINAL_VALUES: Final = tuple(sorted(step.value for step in TERMINAL_STEPS))
 """The stored values of :data:`TERMINAL_STEPS` (a row's ``step`` column is compared to them)."""
 
+RETRYABLE_STEPS: Final = frozenset({Step.ERROR, Step.CANCELLED})
+"""Steps an operator may send a work back to the queue from (``WorkQueueAdmin.retry_work``)."""
+
+
+class QueueState(enum.Enum):
+    """Where a work stands, as an operator filters the queue (``cloudha queue list --state``)."""
+
+    PENDING = "pending"
+    """Not in a terminal step: waiting, or held by a worker (any unknown step counts here)."""
+    ERROR = "error"
+    """Step Error: given up on, or quarantined; kept until an operator retries or cancels it."""
+    CANCELLED = "cancelled"
+    """Step Cancelled: nothing left to do; deleted after ``time.between.failures``."""
+    DONE = "done"
+    """Step Done; deleted after ``time.between.failures``."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def step_values(self) -> tuple[str, ...] | None:
+        """The stored ``step`` values of this state; ``None`` for PENDING (every other value)."""
+        return _STATE_STEPS[self]
+
+
+_STATE_STEPS: Final[dict[QueueState, tuple[str, ...] | None]] = {
+    QueueState.PENDING: None,
+    QueueState.ERROR: (Step.ERROR.value,),
+    QueueState.CANCELLED: (Step.CANCELLED.value,),
+    QueueState.DONE: (Step.DONE.value,),
+}
+
+
+def queue_state(step: Step) -> QueueState:
+    """The :class:`QueueState` of a work in ``step``."""
+    if step is Step.ERROR:
+        return QueueState.ERROR
+    if step is Step.CANCELLED:
+        return QueueState.CANCELLED
+    if step is Step.DONE:
+        return QueueState.DONE
+    return QueueState.PENDING
+
+
+@attrs.frozen
+class WorkTally:
+    """How many works of one type are in one step (``WorkStore.tally``).
+
+    Attributes:
+        type: the stored ``type`` (a :class:`WorkType` value, or whatever a
+            hand-edited row holds).
+        step: the stored ``step`` (a :class:`Step` value, or a hand edit).
+        count: how many rows.
+        oldest: the oldest ``created`` among them (aware UTC).
+    """
+
+    type: str
+    step: str
+    count: int
+    oldest: dt.datetime
+
+    @property
+    def pending(self) -> bool:
+        """The works are not in a terminal step (they are queued or in progress)."""
+        return self.step not in TERMINAL_VALUES
+
 
 class UnreadableWorkError(StoreError):
     """A row of ``op_ha_work`` holds a value cloudha does not know (a hand-edited row).
@@ -101,6 +176,32 @@ class StaleWorkError(StoreError):
             "(released, claimed again, or deleted)"
         )
         self.work_id = work_id
+
+
+class UnknownWorkError(StoreError, LookupError):
+    """No work with this id is stored (never added, or deleted by the cleanup).
+
+    Attributes:
+        work_id: the id asked for.
+    """
+
+    def __init__(self, work_id: int) -> None:
+        super().__init__(f"no HA work {work_id}")
+        self.work_id = work_id
+
+
+class WorkRefusedError(StoreError):
+    """An operator's change to a work was refused; the work is left as it was.
+
+    Attributes:
+        work_id: the row's ``id``.
+        reason: why, as one sentence (the step it is in, who holds it...).
+    """
+
+    def __init__(self, work_id: int, reason: str) -> None:
+        super().__init__(f"HA work {work_id}: {reason}")
+        self.work_id = work_id
+        self.reason = reason
 
 
 @attrs.frozen
@@ -206,3 +307,66 @@ def work_from_row(m: Mapping[str, Any]) -> Work:
         generation=int(m["generation"]),
         priority=int(m["priority"]),
     )
+
+
+@attrs.frozen
+class WorkListing:
+    """What ``WorkQueueAdmin.list_works`` found.
+
+    Attributes:
+        works: the readable works, oldest (lowest id) first.
+        unreadable: the rows matching the filter that hold a value cloudha
+            does not know (hand-edited), one :class:`UnreadableWorkError`
+            each (``work_id``, ``column``, ``value``), oldest first; they are
+            listed instead of failing the whole listing.
+    """
+
+    works: tuple[Work, ...]
+    unreadable: tuple[UnreadableWorkError, ...] = ()
+
+
+def _held_by(work: Work) -> str:
+    since = "" if work.taken is None else f" since {work.taken.isoformat(timespec='seconds')}"
+    return (
+        f"it is held by {work.mgmt_server_id}{since} (step {work.step}), whose worker may be"
+        " acting on the VM now; wait until it ends, or stop that server (it hands its works"
+        " back unclaimed), then try again"
+    )
+
+
+def retry_refusal(work: Work, pending_same_type: Iterable[int]) -> str | None:
+    """Why an operator may not retry ``work``; ``None`` when they may.
+
+    ``pending_same_type``: the ids of the VM's works of the same type in a
+    non-terminal step (a newer one would supersede a retried one; an older one
+    covers it already).
+    """
+    if work.step not in RETRYABLE_STEPS:
+        if work.step is Step.DONE:
+            return "it is Done: there is nothing left to retry (a new failure schedules a new work)"
+        if work.mgmt_server_id is not None:
+            return f"it is not in step Error or Cancelled: {_held_by(work)}"
+        due = dt.datetime.fromtimestamp(work.time_to_try, dt.UTC).isoformat(timespec="seconds")
+        return f"it is pending already (step {work.step}, due {due})"
+    others = sorted(i for i in pending_same_type if i != work.id)
+    if others:
+        return (
+            f"VM {work.instance_id} has a pending {work.type} work already ({others[-1]}),"
+            " which covers it"
+        )
+    return None
+
+
+def cancel_refusal(work: Work) -> str | None:
+    """Why an operator may not cancel ``work``; ``None`` when they may.
+
+    A pending work no server holds, or an Error work, may be cancelled; a
+    claimed one never (its worker may be fencing, stopping or starting the VM).
+    """
+    if work.step is Step.ERROR:
+        return None
+    if work.step in TERMINAL_STEPS:
+        return f"it is {work.step} already"
+    if work.mgmt_server_id is not None or work.taken is not None:
+        return f"it is claimed: {_held_by(work)}"
+    return None

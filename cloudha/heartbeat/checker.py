@@ -1,6 +1,6 @@
 """Reading another host's storage heartbeat (CloudStack's ``KVMHAChecker``, spec §6.3).
 
-Deliberate differences from CloudStack (ARCHITECTURE §4): a missing,
+Deliberate differences from CloudStack (docs/design/differences.md): a missing,
 unreadable, empty or garbage heartbeat is UNKNOWN, never DEAD (nor ALIVE);
 ages are real ages (no modulo 256); the staleness limit is
 :meth:`HeartbeatTiming.stale_after`, which a live writer never exceeds; and

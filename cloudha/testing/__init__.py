@@ -15,6 +15,7 @@ from cloudha.testing.contract import check_host_directory as check_host_director
 from cloudha.testing.contract import check_host_poller as check_host_poller
 from cloudha.testing.contract import check_host_shell as check_host_shell
 from cloudha.testing.contract import check_investigator as check_investigator
+from cloudha.testing.contract import check_metrics_sink as check_metrics_sink
 from cloudha.testing.contract import check_power_driver as check_power_driver
 from cloudha.testing.contract import check_suspicion_check as check_suspicion_check
 from cloudha.testing.contract import check_vm_orchestrator as check_vm_orchestrator
@@ -30,6 +31,7 @@ from cloudha.testing.fakes import InMemoryVmNetworks as InMemoryVmNetworks
 from cloudha.testing.fakes import InMemoryVolumeDirectory as InMemoryVolumeDirectory
 from cloudha.testing.fakes import RecordingAlertSink as RecordingAlertSink
 from cloudha.testing.fakes import RecordingHAScheduler as RecordingHAScheduler
+from cloudha.testing.fakes import RecordingMetricsSink as RecordingMetricsSink
 from cloudha.testing.fakes import RecordingMigrationFailures as RecordingMigrationFailures
 from cloudha.testing.fakes import ScheduledRestart as ScheduledRestart
 from cloudha.testing.fakes import ScriptedFencer as ScriptedFencer
@@ -96,6 +98,7 @@ __all__ = [
     "OrchestratorCall",
     "RecordingAlertSink",
     "RecordingHAScheduler",
+    "RecordingMetricsSink",
     "RecordingMigrationFailures",
     "RecordingSelfFencer",
     "Scenario",
@@ -129,6 +132,7 @@ __all__ = [
     "check_host_shell",
     "check_investigator",
     "check_isolation_probe",
+    "check_metrics_sink",
     "check_power_driver",
     "check_suspicion_check",
     "check_vm_orchestrator",

@@ -6,11 +6,14 @@ several states), from several threads at once, and fails with every
 broken rule listed, so a plugin author learns all of them in one run.
 ``check_fencer(MyFencer(...))`` does the same for a fence builder.
 ``check_host_directory``, ``check_agent_gateway`` and
-``check_vm_orchestrator`` check an implementation of those ports.
+``check_vm_orchestrator`` check an implementation of those ports;
+``check_metrics_sink`` a metrics adapter, and ``check_power_driver`` a power
+driver against a BMC it can switch.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import threading
@@ -20,9 +23,18 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
+import sqlalchemy as sa
 
 from cloudha.commands import PING_TEST
-from cloudha.errors import HACheckError, ProbeAuthError, ProbeError
+from cloudha.errors import (
+    HACheckError,
+    ProbeAuthError,
+    ProbeConnectionError,
+    ProbeError,
+    ProbeTimeout,
+    StoreUnavailableError,
+)
+from cloudha.evidence import Evidence
 from cloudha.fencing.base import FenceBuilder, FenceOutcome, FenceResult
 from cloudha.fencing.chain import GRACE
 from cloudha.ha.orchestrator import (
@@ -33,6 +45,8 @@ from cloudha.ha.orchestrator import (
     StartParams,
     UnknownVmError,
 )
+from cloudha.ha.store import SqlWorkStore, create_schema
+from cloudha.ha.work import WorkTally, WorkType
 from cloudha.hostha.provider import HAProviderConfig
 from cloudha.investigators.base import Finding, Investigator, Verdict
 from cloudha.model import Host, HostType, HypervisorType, Vm, VmState, VmType
@@ -46,6 +60,7 @@ from cloudha.ports import (
     HostDirectory,
     HostPoller,
     HostShell,
+    MetricsSink,
     PingReport,
     ShellResult,
     StatusChange,
@@ -55,6 +70,7 @@ from cloudha.ports import (
 )
 from cloudha.server import validate_port
 from cloudha.status import Status
+from cloudha.testing.fakes import InMemoryHostDirectory
 
 __all__ = [
     "Make",
@@ -65,10 +81,12 @@ __all__ = [
     "check_host_poller",
     "check_host_shell",
     "check_investigator",
+    "check_metrics_sink",
     "check_power_driver",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",
+    "sample_evidence",
     "sample_hosts",
     "sample_vms",
 ]
@@ -944,31 +962,223 @@ def check_volume_directory(volumes: VolumeDirectory, host: Host) -> None:
         raise AssertionError("VolumeDirectory contract broken:\n- " + "\n- ".join(problems))
 
 
+def sample_evidence() -> list[Evidence]:
+    """Evidence records a metrics sink must take: one of each kind the server records,
+    as it records them, then unknown kinds and every field missing, ill-typed or absurd."""
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    finding = {"source": "KVMInvestigator", "verdict": "DEAD", "reason": "stale"}
+    typical: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
+        ("behind_on_ping", "h1", None, {"since_last_ping": 151.5, "timeout": 150.0}),
+        ("investigation", "h1", None, {"result": "Down", "decided_by": "K", "findings": [finding]}),
+        ("host_status", "h1", None, {"from": "Up", "to": "Alert", "event": "AgentDisconnected"}),
+        ("host_status", "h1", None, {"from": "Alert", "to": "Down", "event": "HostDown"}),
+        ("ha_scheduled", "h1", None, {"ha_reason": "HostDown", "investigate": True}),
+        ("ha_work", "h1", "vm1", {"work": 1, "type": "HA", "step": "Investigating", "tried": 0}),
+        ("fence", "h1", "vm1", {"fencer": "F", "outcome": "FENCED", "level": 0, "seconds": 2.5}),
+        ("fence_escalated", "h1", "vm1", {"attempts": []}),
+        ("ha_work", "h1", "vm1", {"type": "HA", "step": "Done", "started_on": "h2"}),
+        ("ha_work", "h1", "vm2", {"type": "HA", "step": "Rescheduled", "retry_in": 30.0}),
+        ("suspicion", "h1", None, {"qualifies": True, "fencer": "P", "outcome": "FENCED"}),
+        ("suspicion", "h1", None, {"qualifies": True, "outcome": "held", "held": "budget"}),
+        ("suspicion", "h1", None, {"qualifies": True, "outcome": "would fence", "shadow": True}),
+        ("storm", "h1", None, {"rule": "budget", "domains": []}),
+        ("escalation", "h1", None, {"level": "agent.restart", "step": 1, "outcome": "failed"}),
+        ("escalation", "h1", None, {"level": None, "step": None, "outcome": "reset"}),
+        ("freshness", None, None, {"fresh": False, "judging": False, "causes": ["pings"]}),
+        ("freshness", "h1", None, {"fresh": False, "held": "investigation"}),
+        ("host_ha_fence", "h1", None, {"fenced": True, "proven": False, "provider": "kvm"}),
+        ("host_ha_recovery", "h1", None, {"recovered": False, "provider": "kvm"}),
+        ("host_status", "h1", None, {"from": "Down", "to": "Up", "event": "AgentConnected"}),
+    ]
+    kinds = sorted({kind for kind, _, _, _ in typical})
+    odd: list[tuple[str, str | None, str | None, dict[str, Any]]] = [
+        ("a_kind_nobody_knows", None, None, {"anything": [1, 2, {"x": None}]})
+    ]
+    odd += [(kind, None, None, {}) for kind in kinds]
+    odd += [(kind, "h1", "vm1", {}) for kind in kinds]
+    odd += [
+        ("behind_on_ping", "h1", None, {"since_last_ping": "soon"}),
+        ("behind_on_ping", "h1", None, {"since_last_ping": float("nan")}),
+        ("behind_on_ping", "h1", None, {"since_last_ping": -5.0}),
+        ("behind_on_ping", "h1", None, {"since_last_ping": None}),
+        ("host_status", "h1", None, {"from": None, "to": None}),
+        ("host_status", "h1", None, {"to": "Down"}),
+        ("investigation", "h1", None, {"findings": "not a list"}),
+        ("investigation", "h1", None, {"findings": [None, 3, {"verdict": 1}]}),
+        ("fence", "h1", "vm1", {"seconds": float("inf"), "outcome": 7}),
+        ("fence", "h1", "vm1", {"seconds": True}),
+        ("ha_work", "h1", "vm1", {"type": "Teleport", "step": "Dancing"}),
+        ("ha_work", None, "vm1", {"type": "HA", "step": "Done", "started_on": "h2"}),
+        ("suspicion", "h1", None, {"outcome": ["not", "a", "string"]}),
+    ]
+    return [
+        Evidence(kind, float(t), at, "contract", host, vm, "a contract sample", details)
+        for t, (kind, host, vm, details) in enumerate(typical + odd)
+    ]
+
+
+class _FailingDirectory(InMemoryHostDirectory):
+    """A host directory that stops answering when ``failing`` is set."""
+
+    failing = False
+
+    def list_hosts(self, **kw: Any) -> Sequence[Host]:
+        if self.failing:
+            raise ProbeConnectionError("the host directory is down (contract check)")
+        return super().list_hosts(**kw)
+
+
+class _FailingWorkStore(SqlWorkStore):
+    """A work store whose reads fail when ``failing`` is set."""
+
+    failing = False
+
+    def tally(self) -> list[WorkTally]:
+        if self.failing:
+            raise StoreUnavailableError("the HA work store is down (contract check)")
+        return super().tally()
+
+
+def check_metrics_sink(sink: MetricsSink, *, scrape: Callable[[], object] | None = None) -> None:
+    """Check a :class:`~cloudha.ports.MetricsSink` (a metrics adapter).
+
+    Rules: it has ``record`` and ``watch``; ``record`` takes every record of
+    :func:`sample_evidence` (each kind the server makes, unknown kinds, fields
+    missing, ill-typed or absurd), from eight threads at once, without raising;
+    a :class:`~cloudha.ManagementServer` built with ``metrics=sink`` (which
+    calls ``watch``) builds and recovers. With ``scrape`` (what
+    reads the sink's view of the server, e.g. ``Metrics.render``): a scrape of
+    the watched server never raises, never contacts an agent or a BMC, and still
+    answers while the host directory and the work store fail.
+
+    Raises:
+        AssertionError: listing every broken rule.
+    """
+    validate_port("metrics", sink, MetricsSink)
+    problems: list[str] = []
+    samples = sample_evidence()
+    for evidence in samples:
+        try:
+            sink.record(evidence)
+        except Exception as exc:  # the rule under test: it must not raise
+            problems.append(
+                f"record({evidence.kind}, {dict(evidence.details)!r}) raised"
+                f" {type(exc).__name__}: {exc}"
+            )
+    errors: list[str] = []
+
+    def hammer() -> None:
+        for evidence in samples:
+            try:
+                sink.record(evidence)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        problems.append(f"record() raised from concurrent threads: {errors[0]}")
+
+    from cloudha.evidence import EvidenceLog
+    from cloudha.oobm.manager import StaticOobmConfigs
+    from cloudha.oobm.power import OobmConfig
+    from cloudha.server import ManagementServer
+    from cloudha.settings import Settings
+    from cloudha.testing.clock import FakeClock
+    from cloudha.testing.fakes import FakeAgentGateway, RecordingAlertSink
+    from cloudha.testing.oobm import FakePowerDriver
+    from cloudha.testing.orchestrator import FakeOrchestratorHost, InMemoryOrchestrator
+
+    clock = FakeClock(1_000.0)
+    hosts = ("h1", "h2")
+    directory = _FailingDirectory(
+        Host(h, status=Status.UP, last_ping=1_000.0, management_server_id="ms1") for h in hosts
+    )
+    gateway = FakeAgentGateway(dict.fromkeys(hosts, True))
+    power = FakePowerDriver("fake")
+    bmcs = {h: power.add(f"bmc-{h}") for h in hosts}
+    configs = StaticOobmConfigs(
+        {h: OobmConfig("fake", f"bmc-{h}", "admin", "password", host_id=h) for h in hosts}
+    )
+    engine = sa.create_engine(
+        "sqlite://", poolclass=sa.pool.StaticPool, connect_args={"check_same_thread": False}
+    )
+    create_schema(engine)
+    store = _FailingWorkStore(engine, clock)
+    store.add("vm1", WorkType.HA, VmState.RUNNING, host_id="h1")
+    try:
+        server = ManagementServer(
+            settings=Settings(),
+            clock=clock,
+            directory=directory,
+            gateway=gateway,
+            orchestrator=InMemoryOrchestrator(
+                [FakeOrchestratorHost(h) for h in hosts], [Vm("vm1", host_id="h1")]
+            ),
+            alerts=RecordingAlertSink(),
+            store=store,
+            evidence=EvidenceLog(),
+            discover_plugins=False,
+            oobm_drivers=[power],
+            oobm_configs=configs,
+            metrics=sink,
+        )
+        server.recover(connected=hosts)
+        server.freshness.evaluate()
+    except Exception as exc:
+        problems.append(f"a ManagementServer built with it failed: {type(exc).__name__}: {exc}")
+        server = None
+    if server is not None and scrape is not None:
+        gateway.calls.clear()
+        for bmc in bmcs.values():
+            bmc.calls.clear()
+        for failing in (False, True):
+            directory.failing = store.failing = failing
+            what = "while the directory and the work store fail" if failing else "of a server"
+            try:
+                scrape()
+            except Exception as exc:
+                problems.append(f"a scrape {what} raised {type(exc).__name__}: {exc}")
+        directory.failing = store.failing = False
+        if gateway.calls:
+            problems.append(f"a scrape called agents: {gateway.calls}")
+        touched = {h: list(b.calls) for h, b in bmcs.items() if b.calls}
+        if touched:
+            problems.append(f"a scrape contacted BMCs: {touched}")
+    engine.dispose()
+    if problems:
+        raise AssertionError("MetricsSink contract broken:\n- " + "\n- ".join(problems))
+
+
 def check_power_driver(
     driver: PowerDriver,
-    on: OobmConfig,
+    config: OobmConfig,
     *,
-    unreachable: OobmConfig,
-    wrong_password: OobmConfig | None = None,
+    unreachable: OobmConfig | None = None,
     timeout: float = 5.0,
+    threads: int = 4,
 ) -> None:
-    """Check a power driver against the contract of :class:`~cloudha.oobm.power.PowerDriver`.
+    """Check a :class:`~cloudha.oobm.PowerDriver` against a BMC it can reach.
 
-    The driver must be wired to a BMC the test controls: ``on`` names a
-    machine that is powered on, ``unreachable`` a BMC nobody answers at, and
-    ``wrong_password`` (optional) a real BMC with a password it refuses. The
-    check only asks STATUS and powers ``on``'s machine OFF and then ON again
-    (read back after each), so run it against a fake or emulated BMC.
+    ``config`` points at a BMC that may be switched off and on (a test BMC or
+    a fake, never a production host): the checker powers it OFF, reads it
+    back, powers it ON and leaves it on. ``unreachable`` (optional) points at
+    an address where nothing answers.
 
-    Rules checked: ``name`` is a non-empty lower-case str; every call returns
-    a :class:`PowerResult` for the operation asked, within ``timeout`` (plus
-    the chain's grace) of wall time; a successful STATUS carries a state;
-    OFF is read back Off (an immediate power-off, not a graceful shutdown;
-    within ``timeout``) and ON is read back On; the unreachable BMC raises a
-    :class:`~cloudha.errors.ProbeError` (never another exception), the
-    refused password :class:`~cloudha.errors.ProbeAuthError`; no password
-    appears in a result or an exception message; STATUS asked from several
-    threads at once gives the same answers.
+    Rules: a non-empty, lower-case ``name``; ``execute`` returns a
+    :class:`~cloudha.oobm.power.PowerResult` of the operation asked, or raises
+    a :class:`~cloudha.errors.ProbeError` (``ProbeAuthError``, ``ProbeTimeout``,
+    ``ProbeConnectionError``, ``PowerCommandError``), never another exception;
+    a successful STATUS carries a power state; OFF is immediate (STATUS
+    reads Off within ``timeout``: a power cut, never a graceful shutdown) and
+    ON is read back On; a wrong password raises
+    ``ProbeAuthError``; nothing answering raises ``ProbeTimeout`` or
+    ``ProbeConnectionError``; every call returns within ``timeout`` plus a
+    grace of wall time; the password never appears in a result, an exception
+    message or the driver's ``repr``; concurrent STATUS calls agree.
 
     Raises:
         AssertionError: listing every broken rule.
@@ -977,88 +1187,96 @@ def check_power_driver(
     name = getattr(driver, "name", None)
     if not isinstance(name, str) or not name or name != name.lower():
         raise AssertionError(f"power driver {driver!r}: name must be a non-empty lower-case str")
-    secrets = [c.password for c in (on, unreachable, wrong_password) if c and c.password]
+    secret = config.password
 
-    def leaks(text: str) -> bool:
-        return any(secret in text for secret in secrets)
-
-    def call(config: OobmConfig, operation: PowerOperation) -> PowerResult | BaseException:
-        label = f"{name}.execute({config.address}, {operation.value})"
+    def call(
+        label: str, target: OobmConfig, operation: PowerOperation
+    ) -> tuple[PowerResult | None, BaseException | None]:
         started = time.monotonic()
         try:
-            result: PowerResult | BaseException = driver.execute(config, operation, timeout=timeout)
+            result = driver.execute(target, operation, timeout=timeout)
+        except ProbeError as exc:
+            error: BaseException | None = exc
+            result = None
         except Exception as exc:
-            result = exc
-        took = time.monotonic() - started
-        if took > timeout + GRACE:
-            problems.append(f"{label} took {took:.1f}s, more than its timeout {timeout:g}s")
-        if isinstance(result, BaseException):
-            if leaks(str(result)):
-                problems.append(f"{label}: its {type(result).__name__} shows a password")
-            return result
+            problems.append(f"{label} raised {type(exc).__name__}: {exc} (raise a ProbeError)")
+            return None, exc
+        else:
+            error = None
+        spent = time.monotonic() - started
+        if spent > timeout + GRACE:
+            problems.append(f"{label} took {spent:.1f}s, more than its {timeout:g}s timeout")
+        if error is not None:
+            if secret and secret in str(error):
+                problems.append(f"{label}: the exception message contains the password")
+            return None, error
         if not isinstance(result, PowerResult):
             problems.append(f"{label} returned {result!r}, not a PowerResult")
-        elif result.operation is not operation:
-            problems.append(f"{label} returned a result for {result.operation.value}")
-        elif leaks(json.dumps(result.to_dict())):
-            problems.append(f"{label}: its result shows a password")
-        return result
+            return None, None
+        if result.operation is not operation:
+            problems.append(f"{label} returned a result for {result.operation}, not {operation}")
+        if secret and secret in json.dumps(result.to_dict()):
+            problems.append(f"{label}: the result contains the password")
+        return result, None
 
-    def state_of(config: OobmConfig, when: str) -> PowerState | None:
-        result = call(config, PowerOperation.STATUS)
-        if isinstance(result, BaseException):
-            problems.append(f"STATUS {when} raised {type(result).__name__}: {result}")
+    def state(label: str) -> PowerState | None:
+        result, error = call(label, config, PowerOperation.STATUS)
+        if error is not None:
+            problems.append(f"{label} failed: {type(error).__name__}: {error}")
             return None
-        if isinstance(result, PowerResult) and result.success and result.state is None:
-            problems.append(f"STATUS {when} succeeded without a power state")
-        return result.state if isinstance(result, PowerResult) else None
+        if result is not None and result.success and result.state is None:
+            problems.append(f"{label} succeeded without a power state")
+        return None if result is None else result.state
 
-    first = state_of(on, "of the powered machine")
-    if first is not PowerState.ON:
-        problems.append(f"STATUS of the powered machine read {first}, not On")
-    for operation, expected in ((PowerOperation.OFF, PowerState.OFF), (PowerOperation.ON, None)):
-        result = call(on, operation)
-        if isinstance(result, BaseException):
-            problems.append(f"{operation.value} raised {type(result).__name__}: {result}")
+    state("STATUS")
+    for operation, expected in (
+        (PowerOperation.OFF, PowerState.OFF),
+        (PowerOperation.ON, PowerState.ON),
+    ):
+        result, error = call(str(operation), config, operation)
+        if error is not None or result is None or not result.success:
+            why = error if error is not None else (result.message if result else "no result")
+            problems.append(f"{operation} on a reachable BMC did not succeed: {why}")
             continue
-        if isinstance(result, PowerResult) and not result.success:
-            problems.append(f"{operation.value} of the powered machine failed: {result.message}")
-        wanted = expected or PowerState.ON
-        settle = time.monotonic() + timeout  # a BMC may take a moment to report the change
-        read = state_of(on, f"after {operation.value}")
-        while read is not wanted and time.monotonic() < settle:
+        read = state(f"STATUS after {operation}")
+        settle = time.monotonic() + timeout  # a real BMC may report the change a moment late
+        while read is not expected and read is not None and time.monotonic() < settle:
             time.sleep(0.05)
-            read = state_of(on, f"after {operation.value}")
-        if read is not wanted:
-            problems.append(f"{operation.value} read back {read}, not {wanted.value}")
-
-    gone = call(unreachable, PowerOperation.STATUS)
-    if not isinstance(gone, ProbeError):
+            read = state(f"STATUS after {operation}")
+        if read is not expected:
+            problems.append(f"STATUS right after {operation} read {read}, not {expected}")
+    wrong = attrs.evolve(config, password=f"{secret}-wrong-contract")
+    _, error = call("STATUS with a wrong password", wrong, PowerOperation.STATUS)
+    if not isinstance(error, ProbeAuthError):
         problems.append(
-            f"STATUS of an unreachable BMC gave {gone!r}, not a ProbeError"
-            " (ProbeConnectionError or ProbeTimeout)"
+            "STATUS with a wrong password did not raise ProbeAuthError"
+            + (f" (raised {type(error).__name__})" if error is not None else "")
         )
-    if wrong_password is not None:
-        refused = call(wrong_password, PowerOperation.STATUS)
-        if not isinstance(refused, ProbeAuthError):
-            problems.append(f"STATUS with a refused password gave {refused!r}, not ProbeAuthError")
-
-    answers: list[object] = []
+    if unreachable is not None:
+        _, error = call("STATUS of an unreachable BMC", unreachable, PowerOperation.STATUS)
+        if not isinstance(error, ProbeTimeout | ProbeConnectionError):
+            problems.append(
+                "STATUS of an unreachable BMC did not raise ProbeTimeout or ProbeConnectionError"
+            )
+    if secret and secret in repr(driver):
+        problems.append("repr(driver) contains the password")
+    answers: list[PowerState | None] = []
     lock = threading.Lock()
 
     def ask() -> None:
-        result = call(on, PowerOperation.STATUS)
+        got = state("concurrent STATUS")
         with lock:
-            answers.append(
-                result.state if isinstance(result, PowerResult) else type(result).__name__
-            )
+            answers.append(got)
 
-    workers = [threading.Thread(target=ask) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout + GRACE + 5)
-    if set(answers) != {PowerState.ON}:
-        problems.append(f"STATUS from 4 threads at once gave {answers}, not On each time")
+    pool = [threading.Thread(target=ask, name=f"contract-{i}") for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout + GRACE + 5)
+    if len(set(answers)) > 1:
+        problems.append(f"concurrent STATUS calls disagree: {answers}")
     if problems:
-        raise AssertionError(f"power driver {name!r}:\n  " + "\n  ".join(problems))
+        unique = list(dict.fromkeys(problems))
+        raise AssertionError(
+            f"power driver {name!r} breaks the contract:\n  - " + "\n  - ".join(unique)
+        )

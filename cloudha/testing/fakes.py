@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
 from cloudha.clock import Clock
 from cloudha.errors import ProbeConnectionError, ProbeError, ProbeTimeout
+from cloudha.evidence import Evidence
 from cloudha.fencing.base import BaseFenceBuilder, FenceOutcome, FenceResult
 from cloudha.hostha.provider import BaseHAProvider, HAProviderConfig
 from cloudha.investigators import BaseInvestigator, Finding, Verdict
@@ -31,6 +33,9 @@ from cloudha.ports import (
 )
 from cloudha.testing.clock import FakeClock
 
+if TYPE_CHECKING:
+    from cloudha.server import ManagementServer
+
 __all__ = [
     "FakeAgentGateway",
     "FakeDirectAgentResource",
@@ -43,6 +48,7 @@ __all__ = [
     "InMemoryVolumeDirectory",
     "RecordingAlertSink",
     "RecordingHAScheduler",
+    "RecordingMetricsSink",
     "RecordingMigrationFailures",
     "ScheduledRestart",
     "ScriptedFencer",
@@ -560,3 +566,36 @@ class ScriptedHAProvider(BaseHAProvider):
     def proves_dead(self, host: Host) -> bool:
         self._called("proves_dead", host)
         return self.proven.get(host.id, False)
+
+
+class RecordingMetricsSink:
+    """A :class:`~cloudha.ports.MetricsSink` that keeps every call (thread-safe).
+
+    ``ManagementServer(..., metrics=RecordingMetricsSink())`` shows what a
+    metrics adapter would be given: :attr:`records` (every evidence record, in
+    order) and :attr:`servers` (every server that called :meth:`watch`).
+    """
+
+    def __init__(self) -> None:
+        self.records: list[Evidence] = []
+        self.servers: list[ManagementServer] = []
+        self._lock = threading.Lock()
+
+    def record(self, evidence: Evidence) -> None:
+        with self._lock:
+            self.records.append(evidence)
+
+    def watch(self, server: ManagementServer) -> None:
+        with self._lock:
+            self.servers.append(server)
+
+    @property
+    def watched(self) -> ManagementServer | None:
+        """The server watched last (None before any)."""
+        with self._lock:
+            return self.servers[-1] if self.servers else None
+
+    def kinds(self) -> list[str]:
+        """The kinds of the records, in order."""
+        with self._lock:
+            return [r.kind for r in self.records]

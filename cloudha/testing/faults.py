@@ -182,7 +182,7 @@ FAULTS: tuple[FaultKind, ...] = (
         Target.MANAGEMENT_SERVER,
         None,
         "a new management server process starts: it marks its hosts Disconnected (UNKNOWN) with a"
-        " doubled grace (docs/detection.md), agents reconnect",
+        " doubled grace ([Detection](detection.md)), agents reconnect",
     ),
     FaultKind(
         "ms_isolation",

@@ -1,4 +1,4 @@
-"""Simulator scenarios: the TOML format of ARCHITECTURE.md §3.1, validated.
+"""Simulator scenarios: the TOML format of docs/simulator.md, validated.
 
 Every mistake is a :class:`~cloudha.errors.ScenarioError` naming the key,
 the value and (when it can be found) the line of the file.

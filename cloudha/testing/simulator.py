@@ -7,7 +7,7 @@ VM rows and the SQL work queue), whose loops (:meth:`~cloudha.ManagementServer.l
 the monitor, the HA workers, the cleanup, the direct hosts' ping tasks) are
 driven by a :class:`~cloudha.testing.FakeClock` through a discrete-event
 queue. The same scenario and seed always give the same document
-(ARCHITECTURE.md §3.1).
+(docs/simulator.md, "The JSON document").
 
 What is simulated in this version: host power, agent processes (which report
 their VMs when they connect: VM sync), the management network (per host, per
@@ -74,7 +74,14 @@ from cloudha.model import (
     ResourceState,
     Vm,
 )
-from cloudha.ports import HAProvider, PingReport, RecoveryLevel, RecoveryOutcome, RecoveryResult
+from cloudha.ports import (
+    HAProvider,
+    MetricsSink,
+    PingReport,
+    RecoveryLevel,
+    RecoveryOutcome,
+    RecoveryResult,
+)
 from cloudha.runtime import Loop
 from cloudha.server import ManagementServer
 from cloudha.status import Status
@@ -124,6 +131,7 @@ class _ManagementServer:
             work_seconds=WORK_SECONDS,
             ha_config=sim.ha_config,
             host_ha_executors=HAExecutors.inline(sim.clock),
+            metrics=sim.metrics,
             **sim.world.ports(),
         )
         host_ha = self.server.host_ha
@@ -238,10 +246,16 @@ class _WatchedProvider(ForwardingHAProvider):
 
 
 class Simulation:
-    """One run of a scenario. Use :func:`simulate` unless you need the pieces."""
+    """One run of a scenario. Use :func:`simulate` unless you need the pieces.
 
-    def __init__(self, scenario: Scenario) -> None:
+    ``metrics``: a :class:`~cloudha.ports.MetricsSink` (e.g. :class:`cloudha.metrics.Metrics`)
+    given to every management server process of the run, so it counts the run's
+    decisions as it would a production server's (each restarted server watched in turn).
+    """
+
+    def __init__(self, scenario: Scenario, *, metrics: MetricsSink | None = None) -> None:
         self.scenario = scenario
+        self.metrics = metrics
         self.settings = scenario.settings
         self.clock = FakeClock(0.0)
         self.rng = random.Random(scenario.seed)
@@ -1090,7 +1104,7 @@ FAULT_EFFECTS: dict[str, Callable[[Simulation, str | None], None]] = {
 def simulate(scenario: Scenario | Mapping[str, Any] | str | Path) -> dict[str, Any]:
     """Run a scenario (a :class:`Scenario`, a parsed TOML mapping, or a file path).
 
-    Returns the JSON document of ARCHITECTURE.md §3.1 as a dict.
+    Returns the JSON document of docs/simulator.md ("The JSON document") as a dict.
     """
     if isinstance(scenario, str | Path):
         scenario = load_scenario(scenario)

@@ -8,8 +8,9 @@ handling of hand-edited rows (:meth:`InMemoryWorkStore.corrupt`) behave as
 on SQLite and PostgreSQL.
 
 :func:`check_work_store` runs the contract (:data:`WORK_STORE_CHECKS`, one
-function per property) against any adapter; the project runs it on this
-store, SQLite and a real PostgreSQL.
+function per property, and :data:`WORK_QUEUE_ADMIN_CHECKS` for the operator's
+view, :class:`~cloudha.ports.WorkQueueAdmin`) against any adapter; the
+project runs it on this store, SQLite and a real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, Final
 
 import attrs
@@ -27,18 +28,26 @@ from cloudha.ha.work import (
     COLUMNS,
     TERMINAL_STEPS,
     TERMINAL_VALUES,
+    QueueState,
     StaleWorkError,
     Step,
+    UnknownWorkError,
     UnreadableWorkError,
     Work,
+    WorkListing,
+    WorkRefusedError,
+    WorkTally,
     WorkType,
+    cancel_refusal,
+    retry_refusal,
     work_from_row,
 )
 from cloudha.model import ReasonType, VmState, VmType
-from cloudha.ports import WorkStore
+from cloudha.ports import WorkQueueAdmin, WorkStore
 from cloudha.testing.clock import FakeClock
 
 __all__ = [
+    "WORK_QUEUE_ADMIN_CHECKS",
     "WORK_STORE_CHECKS",
     "InMemoryWorkStore",
     "StoreFactory",
@@ -199,6 +208,15 @@ class InMemoryWorkStore:
 
     # -- claiming and fencing tokens ---------------------------------------------------
 
+    def tally(self) -> list[WorkTally]:
+        with self._lock:
+            groups: dict[tuple[str, str], tuple[int, dt.datetime]] = {}
+            for row in self._rows.values():
+                key = (str(row["type"]), str(row["step"]))
+                count, oldest = groups.get(key, (0, row["created"]))
+                groups[key] = (count + 1, min(oldest, row["created"]))
+        return [WorkTally(t, s, n, oldest) for (t, s), (n, oldest) in sorted(groups.items())]
+
     def claim(self, server_id: str) -> Work | None:
         now, now_s = self._now()
         with self._lock:
@@ -354,6 +372,92 @@ class InMemoryWorkStore:
             for work_id in found:
                 del self._rows[work_id]
             return len(found)
+
+    # -- the operator's view (cloudha.ports.WorkQueueAdmin) ------------------------------
+
+    def list_works(
+        self,
+        *,
+        states: Collection[QueueState] | None = None,
+        host_id: str | None = None,
+        instance_id: str | None = None,
+        type: WorkType | None = None,
+    ) -> WorkListing:
+        chosen = None if states is None else set(states)
+        terminal = {v for state in chosen or () for v in state.step_values or ()}
+
+        def keep(r: dict[str, Any]) -> bool:
+            wanted = (
+                chosen is None
+                or r["step"] in terminal
+                or (QueueState.PENDING in chosen and not self._terminal(r))
+            )
+            if not wanted:
+                return False
+            return (
+                (host_id is None or r["host_id"] == host_id)
+                and (instance_id is None or r["instance_id"] == instance_id)
+                and (type is None or r["type"] == type.value)
+            )
+
+        with self._lock:
+            rows = [dict(r) for _i, r in sorted(self._rows.items()) if keep(r)]
+        works: list[Work] = []
+        unreadable: list[UnreadableWorkError] = []
+        for row in rows:
+            try:
+                works.append(work_from_row(row))
+            except UnreadableWorkError as exc:
+                unreadable.append(exc)
+        return WorkListing(tuple(works), tuple(unreadable))
+
+    def _locked_row(self, work_id: int) -> tuple[dict[str, Any], Work]:
+        """The row and its work, read under the lock (the caller holds it)."""
+        row = self._rows.get(work_id)
+        if row is None:
+            raise UnknownWorkError(work_id)
+        try:
+            return row, work_from_row(dict(row))
+        except UnreadableWorkError as exc:
+            raise WorkRefusedError(
+                work_id, f"the row is unreadable ({exc}); correct or delete it by hand"
+            ) from exc
+
+    def retry_work(self, work_id: int) -> Work:
+        _now, now_s = self._now()
+        with self._lock:
+            row, work = self._locked_row(work_id)
+            pending = [
+                i
+                for i, r in self._rows.items()
+                if i != work_id
+                and r["instance_id"] == work.instance_id
+                and r["type"] == work.type.value
+                and not self._terminal(r)
+            ]
+            refusal = retry_refusal(work, pending)
+            if refusal is not None:
+                raise WorkRefusedError(work_id, refusal)
+            row.update(
+                step=Step.INVESTIGATING.value,
+                mgmt_server_id=None,
+                taken=None,
+                time_to_try=now_s,
+                tried=0,
+            )
+            snapshot = dict(row)
+        return work_from_row(snapshot)
+
+    def cancel_work(self, work_id: int, canceller: str) -> Work:
+        now, _now_s = self._now()
+        with self._lock:
+            row, work = self._locked_row(work_id)
+            refusal = cancel_refusal(work)
+            if refusal is not None:
+                raise WorkRefusedError(work_id, refusal)
+            row.update(step=Step.CANCELLED.value, taken=now, mgmt_server_id=canceller)
+            snapshot = dict(row)
+        return work_from_row(snapshot)
 
     # -- test support -----------------------------------------------------------------
 
@@ -693,6 +797,32 @@ def check_cleanup(c: _Ctx) -> None:
     assert len(c.store.pending_for_vm("p")) == 1
 
 
+def check_tally(c: _Ctx) -> None:
+    """tally() counts works per type and step, every step, with each group's oldest created."""
+    assert c.store.tally() == []
+    first = _add(c.store, "a")
+    c.clock.advance(10)
+    _add(c.store, "b")
+    _add(c.store, "c", type=WorkType.MIGRATION, step=Step.INVESTIGATING)
+    done = _add(c.store, "d", step=Step.DONE)
+    held = _claim(c.store)
+    assert held.id == first.id
+    tally = c.store.tally()
+    assert [(t.type, t.step, t.count) for t in tally] == [
+        ("HA", "Done", 1),
+        ("HA", "Scheduled", 2),
+        ("Migration", "Investigating", 1),
+    ], tally
+    by_key = {(t.type, t.step): t for t in tally}
+    assert by_key[("HA", "Scheduled")].oldest == first.created
+    assert by_key[("HA", "Done")].oldest == done.created
+    assert by_key[("HA", "Scheduled")].pending
+    assert not by_key[("HA", "Done")].pending
+    if c.corrupt is not None:
+        c.corrupt(c.store, done.id, "step", "Dancing")
+        assert ("HA", "Dancing", 1) in [(t.type, t.step, t.count) for t in c.store.tally()]
+
+
 def _check_unreadable(c: _Ctx, corrupt: Corrupt, column: str, value: str) -> None:
     vm = f"bad-{column}"
     bad = _add(c.store, vm)
@@ -742,15 +872,198 @@ WORK_STORE_CHECKS: Final[tuple[Callable[[_Ctx], None], ...]] = (
     check_queries,
     check_cancel_and_delete_untaken,
     check_cleanup,
+    check_tally,
     check_unreadable_rows_are_quarantined,
 )
 """The contract, one property per function; :func:`check_work_store` runs them all."""
 
 
+def _admin(store: WorkStore) -> WorkQueueAdmin:
+    if not isinstance(store, WorkQueueAdmin):
+        raise AssertionError(f"{store!r} does not have every method of the WorkQueueAdmin port")
+    return store
+
+
+def _refused(call: Callable[[], object], what: str, *words: str) -> WorkRefusedError:
+    refused = _raises(WorkRefusedError, call, what)
+    assert isinstance(refused, WorkRefusedError)
+    for word in words:
+        assert word in refused.reason, f"{what}: {word!r} not in {refused.reason!r}"
+    return refused
+
+
+def _ids(listing: WorkListing) -> list[int]:
+    return [w.id for w in listing.works]
+
+
+def check_list_works(c: _Ctx) -> None:
+    """list_works filters by state, host, VM and type, oldest first; claimed works are pending."""
+    admin = _admin(c.store)
+    first = _add(c.store, "vm1", host_id="h1")
+    second = _add(c.store, "vm2", host_id="h1", type=WorkType.MIGRATION)
+    error = _add(c.store, "vm3", host_id="h2", step=Step.ERROR)
+    done = _add(c.store, "vm4", host_id="h2", step=Step.DONE)
+    cancelled = _add(c.store, "vm1", host_id="h1", step=Step.CANCELLED)
+    held = _claim(c.store)
+    assert held.id == first.id
+    every = [first.id, second.id, error.id, done.id, cancelled.id]
+    assert _ids(admin.list_works()) == every
+    assert admin.list_works().unreadable == ()
+    assert _ids(admin.list_works(states=[QueueState.PENDING])) == [first.id, second.id]
+    assert _ids(admin.list_works(states={QueueState.ERROR})) == [error.id]
+    assert _ids(admin.list_works(states=[QueueState.DONE, QueueState.CANCELLED])) == [
+        done.id,
+        cancelled.id,
+    ]
+    assert _ids(admin.list_works(states=[QueueState.PENDING, QueueState.ERROR])) == [
+        first.id,
+        second.id,
+        error.id,
+    ]
+    assert _ids(admin.list_works(states=list(QueueState))) == every
+    assert _ids(admin.list_works(states=[])) == []
+    assert _ids(admin.list_works(host_id="h1")) == [first.id, second.id, cancelled.id]
+    assert _ids(admin.list_works(instance_id="vm1")) == [first.id, cancelled.id]
+    assert _ids(admin.list_works(type=WorkType.MIGRATION)) == [second.id]
+    assert _ids(admin.list_works(host_id="h1", type=WorkType.HA, states=[QueueState.PENDING])) == [
+        first.id
+    ]
+    assert _ids(admin.list_works(host_id="nowhere")) == []
+    listed = admin.list_works(instance_id="vm1").works[0]
+    assert listed == c.store.get(first.id)
+    assert (listed.mgmt_server_id, listed.generation) == ("ms1", held.generation)
+
+
+def check_retry_sends_a_work_back_to_be_investigated(c: _Ctx) -> None:
+    """retry_work: Error/Cancelled -> Investigating, unclaimed, due now, tried 0; same tokens."""
+    admin = _admin(c.store)
+    _add(c.store, "vm1", host_id="h1", updated=3)
+    work = _claim(c.store)
+    gave_up = c.store.finish(work, Step.ERROR, attempt=True, previous_state=VmState.STOPPED)
+    token = c.store.current_generation("vm1")
+    assert token == work.generation
+    c.clock.advance(40)
+    retried = admin.retry_work(work.id)
+    assert retried == c.store.get(work.id)
+    assert (retried.step, retried.mgmt_server_id, retried.taken) == (
+        Step.INVESTIGATING,
+        None,
+        None,
+    )
+    assert (retried.time_to_try, retried.tried) == (T0 + 40, 0)
+    assert (retried.previous_state, retried.updated) == (VmState.STOPPED, 3)  # the snapshot stays
+    assert (retried.generation, retried.created) == (gave_up.generation, gave_up.created)
+    assert c.store.current_generation("vm1") == token  # no token handed out or taken back
+    # The worker that gave up holds nothing any more.
+    _raises(StaleWorkError, lambda: c.store.confirm(gave_up), "confirm by the old holder")
+    _raises(StaleWorkError, lambda: c.store.finish(gave_up), "finish by the old holder")
+    _raises(StaleWorkError, lambda: c.store.update_step(gave_up, Step.FENCING), "update_step")
+    again = _claim(c.store, "ms2")
+    assert again.id == work.id
+    assert again.step is Step.INVESTIGATING
+    assert again.generation > token
+    # A cancelled work can be retried too.
+    c.store.finish(again, Step.CANCELLED)
+    assert admin.retry_work(work.id).step is Step.INVESTIGATING
+
+
+def check_retry_refusals_change_nothing(c: _Ctx) -> None:
+    """retry_work refuses unknown, pending, claimed, Done and covered works, changing nothing."""
+    admin = _admin(c.store)
+    _raises(UnknownWorkError, lambda: admin.retry_work(10_000_000), "retry of an unknown id")
+    waiting = _add(c.store, "vm1", time_to_try=T0 + 60)
+    held = _add(c.store, "vm2")
+    held = _claim(c.store)
+    done = _add(c.store, "vm3", step=Step.DONE)
+    error = _add(c.store, "vm1", step=Step.ERROR)
+    other_type = _add(c.store, "vm2", step=Step.ERROR, type=WorkType.MIGRATION)
+    before = {w.id: c.store.get(w.id) for w in (waiting, held, done, error, other_type)}
+    _refused(lambda: admin.retry_work(waiting.id), "retry of a pending work", "pending")
+    _refused(lambda: admin.retry_work(held.id), "retry of a claimed work", "held by ms1")
+    _refused(lambda: admin.retry_work(done.id), "retry of a Done work", "Done")
+    refused = _refused(
+        lambda: admin.retry_work(error.id), "retry with a pending work", str(waiting.id)
+    )
+    assert refused.work_id == error.id
+    assert {w: c.store.get(w) for w in before} == before
+    assert admin.retry_work(other_type.id).step is Step.INVESTIGATING  # another type: fine
+    c.store.confirm(held)  # the holder still holds its claim
+
+
+def check_cancel_pending_and_error_works(c: _Ctx) -> None:
+    """cancel_work: an unclaimed pending or an Error work -> Cancelled (taken now, canceller)."""
+    admin = _admin(c.store)
+    pending = _add(c.store, "vm1", step=Step.INVESTIGATING, time_to_try=T0 + 30)
+    error = _add(c.store, "vm2", step=Step.ERROR)
+    c.clock.advance(5)
+    cancelled = admin.cancel_work(pending.id, "alice@console")
+    assert cancelled == c.store.get(pending.id)
+    assert (cancelled.step, cancelled.mgmt_server_id) == (Step.CANCELLED, "alice@console")
+    assert cancelled.taken is not None
+    assert cancelled.taken.timestamp() == T0 + 5
+    assert (cancelled.tried, cancelled.generation) == (pending.tried, pending.generation)
+    dismissed = admin.cancel_work(error.id, "alice@console")
+    assert dismissed.step is Step.CANCELLED
+    c.clock.advance(60)
+    assert c.store.claim("ms1") is None  # neither is claimable
+    assert c.store.cleanup(30) == 2  # and the cleanup deletes both
+
+
+def check_cancel_refusals_change_nothing(c: _Ctx) -> None:
+    """cancel_work refuses unknown, claimed, Done and Cancelled works, changing nothing."""
+    admin = _admin(c.store)
+    _raises(UnknownWorkError, lambda: admin.cancel_work(10_000_000, "op"), "cancel of no work")
+    _add(c.store, "vm1")
+    held = _claim(c.store)
+    done = _add(c.store, "vm2", step=Step.DONE)
+    gone = _add(c.store, "vm3", step=Step.CANCELLED)
+    before = {w.id: c.store.get(w.id) for w in (held, done, gone)}
+    refused = _refused(lambda: admin.cancel_work(held.id, "op"), "cancel of a claim", "ms1")
+    assert refused.work_id == held.id
+    _refused(lambda: admin.cancel_work(done.id, "op"), "cancel of a Done work", "Done")
+    _refused(lambda: admin.cancel_work(gone.id, "op"), "cancel of a Cancelled work", "Cancelled")
+    assert {w: c.store.get(w) for w in before} == before
+    c.store.confirm(held)  # the worker still holds it and can finish it
+    assert c.store.finish(held).step is Step.DONE
+
+
+def check_admin_and_unreadable_rows(c: _Ctx) -> None:
+    """A hand-edited row is listed apart, and retry_work/cancel_work refuse it unchanged."""
+    admin = _admin(c.store)
+    corrupt = c.corrupt
+    if corrupt is None:
+        return  # the adapter cannot hold a hand-edited row
+    good = _add(c.store, "good", host_id="h1")
+    bad = _add(c.store, "bad", host_id="h1", step=Step.ERROR)
+    corrupt(c.store, bad.id, "type", "Teleport")
+    listing = admin.list_works(host_id="h1")
+    assert _ids(listing) == [good.id]
+    assert [(e.work_id, e.column, e.value) for e in listing.unreadable] == [
+        (bad.id, "type", "Teleport")
+    ]
+    assert _ids(admin.list_works(states=[QueueState.ERROR])) == []
+    assert [e.work_id for e in admin.list_works(states=[QueueState.ERROR]).unreadable] == [bad.id]
+    _refused(lambda: admin.retry_work(bad.id), "retry of a bad row", "unreadable")
+    _refused(lambda: admin.cancel_work(bad.id, "op"), "cancel of a bad row", "unreadable")
+    assert [e.value for e in admin.list_works().unreadable] == ["Teleport"]
+
+
+WORK_QUEUE_ADMIN_CHECKS: Final[tuple[Callable[[_Ctx], None], ...]] = (
+    check_list_works,
+    check_retry_sends_a_work_back_to_be_investigated,
+    check_retry_refusals_change_nothing,
+    check_cancel_pending_and_error_works,
+    check_cancel_refusals_change_nothing,
+    check_admin_and_unreadable_rows,
+)
+"""The :class:`~cloudha.ports.WorkQueueAdmin` contract, one property per function."""
+
+
 def run_work_store_check(
     check: Callable[[_Ctx], None], make_store: StoreFactory, *, corrupt: Corrupt | None = None
 ) -> None:
-    """Run one of :data:`WORK_STORE_CHECKS` on a fresh store at ``T0`` on a fake clock."""
+    """Run one of :data:`WORK_STORE_CHECKS` or :data:`WORK_QUEUE_ADMIN_CHECKS` on a fresh store
+    at ``T0`` on a fake clock."""
     clock = FakeClock(T0)
     store = make_store(clock)
     if not isinstance(store, WorkStore):
@@ -758,7 +1071,9 @@ def run_work_store_check(
     check(_Ctx(store, clock, corrupt))
 
 
-def check_work_store(make_store: StoreFactory, *, corrupt: Corrupt | None = None) -> None:
+def check_work_store(
+    make_store: StoreFactory, *, corrupt: Corrupt | None = None, admin: bool = True
+) -> None:
     """Assert that stores from ``make_store`` keep the :class:`~cloudha.ports.WorkStore` contract.
 
     Args:
@@ -766,11 +1081,15 @@ def check_work_store(make_store: StoreFactory, *, corrupt: Corrupt | None = None
             once per check; a SQL adapter needs a fresh schema each time).
         corrupt: writes a raw value into a row's column behind the store's
             back, as an operator's hand edit; without it the unreadable-row
-            check is skipped.
+            checks are skipped.
+        admin: also check the :class:`~cloudha.ports.WorkQueueAdmin` contract
+            (:data:`WORK_QUEUE_ADMIN_CHECKS`); pass False for a store that
+            does not offer the operator's view.
 
     Raises :class:`AssertionError` naming the property that does not hold.
     """
-    for check in WORK_STORE_CHECKS:
+    checks = WORK_STORE_CHECKS + (WORK_QUEUE_ADMIN_CHECKS if admin else ())
+    for check in checks:
         try:
             run_work_store_check(check, make_store, corrupt=corrupt)
         except AssertionError as exc:

@@ -66,6 +66,10 @@ class SSHAgentGateway:
         remote_settings: a settings TOML path on the hosts, passed to the
             remote checker so its staleness limit matches the writers'.
         address: how to reach a host (default: its private address).
+        allow_unmounted: pass ``--allow-unmounted`` to the remote checker, so
+            it reads pools that are plain directories (tests and demos only: by
+            default a checker refuses a pool where nothing is mounted, and
+            the command fails instead of judging from the local disk).
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class SSHAgentGateway:
         remote_command: Sequence[str] = ("cloudha",),
         remote_settings: str | None = None,
         address: Callable[[Host], str] = _private_ip,
+        allow_unmounted: bool = False,
     ) -> None:
         if not remote_command:
             raise ConfigurationError("remote_command must not be empty", key="remote_command")
@@ -84,6 +89,7 @@ class SSHAgentGateway:
         self.remote_command = tuple(remote_command)
         self.remote_settings = remote_settings
         self.address = address
+        self.allow_unmounted = allow_unmounted
 
     def check_health(self, host: Host, *, timeout: float) -> bool:
         result = self.transport.run(
@@ -144,6 +150,8 @@ class SSHAgentGateway:
     ) -> Answer:
         if self.remote_settings is not None:
             argv = [*argv, "--settings", self.remote_settings]
+        if self.allow_unmounted:
+            argv = [*argv, "--allow-unmounted"]
         result = self.transport.run(self.address(host), argv, timeout=timeout, host_id=host.id)
         if result.exit_status != 0:
             first = result.stderr.decode(errors="replace").strip().splitlines()[:1]

@@ -323,6 +323,5 @@ def test_the_driver_keeps_the_power_driver_contract(
         driver,
         _config(driver, fake_bmc),
         unreachable=_config(driver, fake_bmc, port=free_udp_port()),
-        wrong_password=_config(driver, fake_bmc, password=WRONG_PASSWORD),
         timeout=3.0,
     )

@@ -24,7 +24,7 @@ from cloudha import (
     Verdict,
     host_outcome,
 )
-from cloudha.commands import answer_verdict, check_vm_activity
+from cloudha.commands import answer_verdict, check_on_host, check_vm_activity
 from cloudha.heartbeat import HeartbeatChecker, HeartbeatTiming, format_heartbeat, heartbeat_path
 from cloudha.testing import InMemoryHostDirectory, InMemoryStoragePools
 from cloudha.transport.gateway import SSHAgentGateway
@@ -34,6 +34,14 @@ from tests.integration.sshd import SshServer, sshd_server  # noqa: F401
 pytestmark = pytest.mark.integration
 
 TARGET_IP = "10.251.7.1"  # only a name in the heartbeat file; never contacted
+# The "neighbour" runs this checkout's cloudha (not whichever one is installed).
+REMOTE_CLOUDHA = (
+    "env",
+    f"PYTHONPATH={Path(__file__).resolve().parents[2]}",
+    sys.executable,
+    "-m",
+    "cloudha",
+)
 
 
 def loopback_only(server: SshServer) -> Callable[[Host], str]:
@@ -63,8 +71,9 @@ def world(
     gateway = SSHAgentGateway(
         transport,
         pools=pools,
-        remote_command=(sys.executable, "-m", "cloudha"),
+        remote_command=REMOTE_CLOUDHA,
         address=loopback_only(sshd_server),
+        allow_unmounted=True,  # the pool is a directory of tmp_path
     )
     # The target's writer arms a watchdog: its stale heartbeat proves it dead.
     target = Host(
@@ -173,3 +182,26 @@ def test_the_vm_activity_check_runs_on_the_neighbour_over_ssh(
     answer = inv.gateway.send(neighbour, elsewhere, timeout=30.0)
     assert not answer.result
     assert "does not mount" in answer.details
+
+
+def test_a_neighbour_whose_pool_is_not_mounted_refuses_to_judge(
+    world: tuple[KVMInvestigator, Host, Path, SSHTransport],
+) -> None:
+    """Without allow_unmounted the remote checker refuses a plain directory: no verdict."""
+    inv, target, mount, transport = world
+    write_heartbeat(mount, time.time() - 3600)  # stale: read from the local disk it would be DEAD
+    assert isinstance(inv.gateway, SSHAgentGateway)
+    strict = SSHAgentGateway(
+        transport,
+        pools=inv.pools,
+        remote_command=REMOTE_CLOUDHA,
+        address=inv.gateway.address,
+    )
+    neighbour = inv.directory.find_host("neighbour")
+    assert neighbour is not None
+    answer = strict.send(neighbour, check_on_host(target, fail_on_one_pool=False), timeout=30.0)
+    assert not answer.result
+    assert "checker exited 2" in answer.details
+    assert f"nothing is mounted at {mount}" in answer.details
+    verdict, _reason = answer_verdict(answer)
+    assert verdict is not Verdict.DEAD

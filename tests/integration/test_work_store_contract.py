@@ -17,7 +17,11 @@ from cloudha.ha.work import WorkType
 from cloudha.model import VmState
 from cloudha.ports import WorkStore as WorkStorePort
 from cloudha.testing import FakeClock
-from cloudha.testing.workstore import WORK_STORE_CHECKS, run_work_store_check
+from cloudha.testing.workstore import (
+    WORK_QUEUE_ADMIN_CHECKS,
+    WORK_STORE_CHECKS,
+    run_work_store_check,
+)
 from tests.integration.postgres import postgres_db, postgres_server  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -42,7 +46,9 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
         eng.dispose()
 
 
-@pytest.mark.parametrize("check", WORK_STORE_CHECKS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "check", WORK_STORE_CHECKS + WORK_QUEUE_ADMIN_CHECKS, ids=lambda f: f.__name__
+)
 def test_sql_store_keeps_the_contract(engine: sa.Engine, check: Callable[..., None]) -> None:
     def make(clock: FakeClock) -> WorkStorePort:
         store = SqlWorkStore(engine, clock)

@@ -169,7 +169,7 @@ def test_simulate_refuses_a_store_that_holds_evidence_and_other_misuse(crash_db:
     assert campaign.exit_code == 2
     assert "--evidence-db goes with SCENARIO only" in campaign.stderr
     bad = run("simulate", str(CRASH), "--evidence-db", "nonsense")
-    assert bad.exit_code == 2
+    assert bad.exit_code == 3  # a bad database URL is EXIT_DATABASE, as for explain
     assert "not a database URL" in bad.stderr
 
 

@@ -418,8 +418,8 @@ def test_an_unreachable_database_is_one_store_error_without_its_password() -> No
     assert "\n" not in text
 
 
-def test_a_bad_database_url_is_a_configuration_error() -> None:
-    with pytest.raises(ConfigurationError, match="not a database URL"):
+def test_a_bad_database_url_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
         assemble(INVENTORY, db_url="nonsense", directory=Directory())
 
 
@@ -475,6 +475,23 @@ def test_a_local_host_runs_cloudha_here(tmp_path: Path) -> None:
     del again
 
 
+def test_a_local_hosts_checker_reads_the_inventorys_settings(tmp_path: Path) -> None:
+    from cloudha.daemon import _Gateways, local_settings_file
+    from cloudha.transport.gateway import SSHAgentGateway
+
+    with_settings = tmp_path / "cluster.toml"
+    with_settings.write_text('[server]\nid = "ms1"\n[settings]\n"ping.interval" = 5\n')
+    without = tmp_path / "bare.toml"
+    without.write_text('[server]\nid = "ms1"\n')
+    assert local_settings_file(Inventory(hosts=(), path=str(with_settings))) == str(with_settings)
+    assert local_settings_file(Inventory(hosts=(), path=str(without))) is None
+    assert local_settings_file(Inventory(hosts=(), path=str(tmp_path / "gone.toml"))) is None
+    assert Settings.from_toml(with_settings).ping_interval == 5.0  # the checker's reading
+    gateway, _ = _Gateways(InventoryPools(), str(with_settings))(Entry("h1", "x", agent="local"))
+    assert isinstance(gateway, SSHAgentGateway)
+    assert gateway.remote_settings == str(with_settings)
+
+
 def test_an_ssh_host_needs_a_known_hosts_that_exists(tmp_path: Path) -> None:
     from cloudha.daemon import _Gateways
 
@@ -495,3 +512,20 @@ def test_the_local_transport_runs_returns_and_times_out() -> None:
         local.run("x", ["/nonexistent/program"], timeout=1.0)
     with pytest.raises(ConfigurationError):
         local.run("x", [], timeout=1.0)
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_metrics_count_the_assembled_server(tmp_path: Path) -> None:
+    from cloudha.metrics import Metrics
+
+    metrics = Metrics()
+    fleet = Fleet(tmp_path, metrics=metrics)
+    server = fleet.assembly.server
+    assert server.metrics is metrics
+    assert fleet.assembly.metrics is metrics
+    server.recover()
+    LoopRunner(server, fleet.clock).run_for(15)
+    text = metrics.render().decode()
+    assert 'status="Up"' in text

@@ -144,6 +144,8 @@ ADAPTERS = {
         "plot_timeline({'scenario': {'until': 1.0}, 'events': [], 'final': {'hosts': {}}},"
         " 'never-written.svg')"
     ),
+    # The exporter's module imports without prometheus-client; building one names the extra.
+    "metrics-exporter": "from cloudha.metrics import Metrics; Metrics()",
 }
 
 DISTRIBUTION = {

@@ -1,4 +1,4 @@
-"""The HA manager (spec §3.3-§3.7 with the differences of ARCHITECTURE §4), branch by branch.
+"""The HA manager (spec §3.3-§3.7, with docs/design/differences.md), branch by branch.
 
 Every test runs on a :class:`FakeClock` and an in-memory SQLite work store,
 except the lifecycle tests at the end, which use real threads, the system

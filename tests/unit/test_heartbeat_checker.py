@@ -1,4 +1,4 @@
-"""The heartbeat checker: per-pool readings and their aggregation (spec §6.3, ARCHITECTURE §4)."""
+"""The heartbeat checker: per-pool readings and their aggregation (spec §6.3, its differences)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import cloudha.cli.heartbeat as cli_heartbeat
 from cloudha.cli import main
@@ -68,7 +68,7 @@ def test_check_json_with_a_fresh_and_a_stale_pool(runner: CliRunner, tmp_path: P
     beat(fresh, time.time() - 5)
     beat(stale, time.time() - 10_000)
     args = ["heartbeat", "check", "--json", "--host-ip", IP]
-    args += ["--mount", str(fresh), "--mount", str(stale)]
+    args += ["--allow-unmounted", "--mount", str(fresh), "--mount", str(stale)]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     report = HeartbeatReport.from_dict(json.loads(result.stdout))
@@ -83,7 +83,9 @@ def test_check_json_with_a_fresh_and_a_stale_pool(runner: CliRunner, tmp_path: P
 def test_check_human_output_and_exit_0_for_every_verdict(runner: CliRunner, tmp_path: Path) -> None:
     (stale,) = mounts(tmp_path, "stale")
     beat(stale, time.time() - 10_000)
-    result = runner.invoke(main, ["heartbeat", "check", "--host-ip", IP, "--mount", str(stale)])
+    result = runner.invoke(
+        main, ["heartbeat", "check", "--host-ip", IP, "--allow-unmounted", "--mount", str(stale)]
+    )
     assert result.exit_code == 0
     first, second = result.stdout.splitlines()
     assert first.startswith(f"{IP}: DEAD: heartbeat on {stale} is ")
@@ -101,7 +103,16 @@ def test_check_reads_the_settings_file(runner: CliRunner, tmp_path: Path) -> Non
     beat(mount, time.time() - 100)
     settings = tmp_path / "s.toml"
     settings.write_text('"kvm.heartbeat.update.frequency" = 1000\n')
-    args = ["heartbeat", "check", "--json", "--host-ip", IP, "--mount", str(mount)]
+    args = [
+        "heartbeat",
+        "check",
+        "--json",
+        "--host-ip",
+        IP,
+        "--allow-unmounted",
+        "--mount",
+        str(mount),
+    ]
     result = runner.invoke(main, [*args, "--settings", str(settings)])
     assert json.loads(result.stdout)["threshold"] == 1 + 340 + 60 + 5
 
@@ -122,7 +133,7 @@ def test_bad_input_is_one_line_naming_the_option_and_exit_2(
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("Error: Invalid value for ")
+    assert lines[0].startswith("cloudha heartbeat check: invalid value for ")
     assert named in lines[0]
     assert "Traceback" not in result.output
     assert isinstance(result.exception, SystemExit)
@@ -157,7 +168,15 @@ def test_write_once_creates_the_heartbeat(runner: CliRunner, tmp_path: Path) -> 
     before = int(time.time())
     result = runner.invoke(
         main,
-        [*ONCE, "--mount", str(first), "--mount", str(second)],
+        [
+            *ONCE,
+            "--allow-unmounted",
+            "--mount",
+            str(first),
+            "--allow-unmounted",
+            "--mount",
+            str(second),
+        ],
     )
     assert result.exit_code == 0, result.output
     for mount in (first, second):
@@ -173,7 +192,17 @@ def test_write_once_exits_1_when_a_pool_cannot_be_written(
     blocked.write_bytes(b"")  # a file where the mount's directory should be
     result = runner.invoke(
         main,
-        [*ONCE, "--mount", str(good), "--mount", str(blocked), "--settings", str(fast_settings)],
+        [
+            *ONCE,
+            "--allow-unmounted",
+            "--mount",
+            str(good),
+            "--allow-unmounted",
+            "--mount",
+            str(blocked),
+            "--settings",
+            str(fast_settings),
+        ],
     )
     assert result.exit_code == 1
     assert f"not written to {blocked}" in result.stderr
@@ -182,7 +211,8 @@ def test_write_once_exits_1_when_a_pool_cannot_be_written(
 
 def test_write_bad_ip_exits_2_without_traceback(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(
-        main, ["heartbeat", "write", "--host-ip", "nope", "--mount", str(tmp_path)]
+        main,
+        ["heartbeat", "write", "--host-ip", "nope", "--allow-unmounted", "--mount", str(tmp_path)],
     )
     assert result.exit_code == 2
     assert "--host-ip" in result.stderr
@@ -208,9 +238,11 @@ def test_write_forever_runs_the_writer_with_the_reboot_setting(
     monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", fake_run)
     settings = tmp_path / "s.toml"
     settings.write_text('"reboot.host.and.alert.management.on.heartbeat.timeout" = false\n')
-    result = runner.invoke(main, ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)])
+    result = runner.invoke(
+        main, ["heartbeat", "write", "--host-ip", IP, "--allow-unmounted", "--mount", str(tmp_path)]
+    )
     assert result.exit_code == 0
-    args = ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)]
+    args = ["heartbeat", "write", "--host-ip", IP, "--allow-unmounted", "--mount", str(tmp_path)]
     result = runner.invoke(main, [*args, "--settings", str(settings)])
     assert result.exit_code == 0
     assert [writer.reboot_on_failure for writer in seen] == [True, False]
@@ -271,7 +303,16 @@ def test_activity_json(runner: CliRunner, tmp_path: Path) -> None:
     volume.parent.mkdir()
     volume.write_bytes(b"qcow")
     os.utime(volume, (now - 50, now - 50))
-    args = ["heartbeat", "activity", "--json", "--mount", str(mount), "--host-ip", IP]
+    args = [
+        "heartbeat",
+        "activity",
+        "--json",
+        "--allow-unmounted",
+        "--mount",
+        str(mount),
+        "--host-ip",
+        IP,
+    ]
     args += ["--volume", "vols/v1.qcow2"]
     result = runner.invoke(main, [*args, "--suspect-time", str(now - 100)])
     assert result.exit_code == 0, result.output
@@ -288,7 +329,17 @@ def test_activity_human_output(runner: CliRunner, tmp_path: Path) -> None:
     beat(mount, time.time())
     result = runner.invoke(
         main,
-        ["heartbeat", "activity", "--mount", str(mount), "--host-ip", IP, "--suspect-time", "0"],
+        [
+            "heartbeat",
+            "activity",
+            "--allow-unmounted",
+            "--mount",
+            str(mount),
+            "--host-ip",
+            IP,
+            "--suspect-time",
+            "0",
+        ],
     )
     assert result.exit_code == 0
     assert result.stdout.startswith(f"{IP}: ALIVE: heartbeat fresh: ")
@@ -305,7 +356,7 @@ def test_activity_human_output(runner: CliRunner, tmp_path: Path) -> None:
 def test_activity_bad_input_exits_2(
     runner: CliRunner, tmp_path: Path, extra: list[str], named: str
 ) -> None:
-    args = ["heartbeat", "activity", "--mount", str(tmp_path), "--host-ip", IP]
+    args = ["heartbeat", "activity", "--allow-unmounted", "--mount", str(tmp_path), "--host-ip", IP]
     if "--suspect-time" not in extra:
         args += ["--suspect-time", "0"]
     result = runner.invoke(main, [*args, *extra])
@@ -325,6 +376,7 @@ def test_write_with_a_watchdog_refuses_unsafe_settings(runner: CliRunner, tmp_pa
             "write",
             "--host-ip",
             IP,
+            "--allow-unmounted",
             "--mount",
             str(tmp_path),
             "--watchdog",
@@ -343,7 +395,15 @@ def test_write_with_a_watchdog_refuses_unsafe_settings(runner: CliRunner, tmp_pa
 
 def test_write_once_and_a_watchdog_do_not_mix(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(
-        main, [*ONCE, "--mount", str(tmp_path), "--watchdog", str(tmp_path / "watchdog")]
+        main,
+        [
+            *ONCE,
+            "--allow-unmounted",
+            "--mount",
+            str(tmp_path),
+            "--watchdog",
+            str(tmp_path / "watchdog"),
+        ],
     )
     assert result.exit_code == 2
     assert "--once and --watchdog cannot be used together" in result.stderr
@@ -360,7 +420,7 @@ def test_write_with_an_agent_ack_file_is_isolation_aware(
 
     monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", fake_run)
     ack = tmp_path / "ack"
-    args = ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)]
+    args = ["heartbeat", "write", "--host-ip", IP, "--allow-unmounted", "--mount", str(tmp_path)]
     settings = tmp_path / "s.toml"
     settings.write_text('"cloudha.isolation.address" = ""\n"cloudha.isolation.agent.window" = 90\n')
     result = runner.invoke(main, [*args, "--agent-ack-file", str(ack), "--settings", str(settings)])
@@ -390,7 +450,7 @@ def test_write_in_shadow_mode_never_resets_and_starts_the_writer_over(
     monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", fake_run)
     settings = tmp_path / "s.toml"
     settings.write_text('"cloudha.shadow" = true\n')
-    args = ["heartbeat", "write", "--host-ip", IP, "--mount", str(tmp_path)]
+    args = ["heartbeat", "write", "--host-ip", IP, "--allow-unmounted", "--mount", str(tmp_path)]
     result = runner.invoke(main, [*args, "--settings", str(settings)])
     assert result.exit_code == 0, result.output
     ((writer, again),) = seen
@@ -415,3 +475,108 @@ def test_a_shadow_writer_that_self_fenced_runs_again_until_stopped() -> None:
     writer = _writer(storage, fencer)
     assert cli_heartbeat._run_until_signalled(writer, again=True) == 0
     assert len(fencer.calls) >= 3
+
+
+# -- mount points ----------------------------------------------------------
+
+
+def one_line_exit_2(result: Result, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0]
+
+
+def test_write_refuses_a_mount_point_that_does_not_exist(runner: CliRunner) -> None:
+    result = runner.invoke(main, [*ONCE, "--mount", "/nonexistent"])
+    one_line_exit_2(result, "cloudha heartbeat write:", "'--mount'", "/nonexistent")
+    assert not Path("/nonexistent").exists()
+
+
+def test_write_refuses_a_directory_where_nothing_is_mounted(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    (pool,) = mounts(tmp_path, "pool")
+    result = runner.invoke(main, [*ONCE, "--mount", str(pool)])
+    one_line_exit_2(result, f"nothing is mounted at {pool}", "neighbours", "--allow-unmounted")
+    assert list(pool.iterdir()) == []  # nothing written to the local disk
+    allowed = runner.invoke(main, [*ONCE, "--mount", str(pool), "--allow-unmounted"])
+    assert allowed.exit_code == 0, allowed.output
+    assert Path(heartbeat_path(str(pool), IP)).exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["heartbeat", "check", "--host-ip", IP],
+        ["heartbeat", "activity", "--host-ip", IP, "--suspect-time", "0"],
+    ],
+)
+def test_readers_refuse_a_directory_where_nothing_is_mounted(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    (pool,) = mounts(tmp_path, "pool")
+    beat(pool, time.time())
+    result = runner.invoke(main, [*command, "--mount", str(pool)])
+    one_line_exit_2(result, f"cloudha {command[0]} {command[1]}:", "nothing is mounted")
+    allowed = runner.invoke(main, [*command, "--mount", str(pool), "--allow-unmounted", "--json"])
+    assert allowed.exit_code == 0, allowed.output
+    assert json.loads(allowed.stdout)["verdict"] == "ALIVE"
+
+
+def test_a_real_mount_point_is_accepted(runner: CliRunner) -> None:
+    assert cli_heartbeat.is_mount_point("/proc")
+    result = runner.invoke(
+        main, ["heartbeat", "check", "--json", "--host-ip", IP, "--mount", "/proc"]
+    )
+    assert result.exit_code == 0, result.output
+    (reading,) = json.loads(result.stdout)["readings"]
+    assert reading["pool_id"] == "/proc"
+
+
+def test_a_bind_mount_is_found_in_mountinfo(tmp_path: Path) -> None:
+    pool = tmp_path / "my pool"
+    pool.mkdir()
+    escaped = str(pool).replace(" ", "\\040")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+        f"99 22 8:1 /srv/nfs {escaped} rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    )
+    assert not os.path.ismount(pool)
+    assert cli_heartbeat.is_mount_point(str(pool), mountinfo=str(mountinfo))
+    assert not cli_heartbeat.is_mount_point(str(tmp_path), mountinfo=str(mountinfo))
+    assert not cli_heartbeat.is_mount_point(str(pool), mountinfo=str(tmp_path / "missing"))
+
+
+def test_write_once_json(runner: CliRunner, tmp_path: Path, fast_settings: Path) -> None:
+    (good,) = mounts(tmp_path, "good")
+    blocked = tmp_path / "blocked"
+    blocked.write_bytes(b"")
+    args = [*ONCE, "--allow-unmounted", "--json", "--mount", str(good)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"host_ip": IP, "written": [str(good)], "failed": []}
+    args += ["--mount", str(blocked), "--settings", str(fast_settings)]
+    failed = runner.invoke(main, args)
+    assert failed.exit_code == 1
+    assert json.loads(failed.stdout)["failed"] == [str(blocked)]
+    assert failed.stderr.splitlines() == [f"cloudha heartbeat write: not written to {blocked}"]
+
+
+@pytest.mark.parametrize(("status", "stopped"), [(0, "signal"), (1, "writer")])
+def test_write_forever_json_says_why_it_stopped(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: int, stopped: str
+) -> None:
+    monkeypatch.setattr(cli_heartbeat, "_run_until_signalled", lambda writer, again=False: status)
+    args = ["heartbeat", "write", "--json", "--allow-unmounted", "--host-ip", IP]
+    result = runner.invoke(main, [*args, "--mount", str(tmp_path)])
+    assert result.exit_code == status
+    assert json.loads(result.stdout) == {
+        "host_ip": IP,
+        "pools": [str(tmp_path)],
+        "stopped": stopped,
+    }

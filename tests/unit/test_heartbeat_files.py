@@ -1,4 +1,4 @@
-"""Heartbeat files, local storage and timing (spec §6.2, ARCHITECTURE §4)."""
+"""Heartbeat files, local storage and timing (spec §6.2, its differences)."""
 
 from __future__ import annotations
 

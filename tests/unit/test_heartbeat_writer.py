@@ -1,4 +1,4 @@
-"""The heartbeat writer: its plan, its driver, its self-fencer (spec §6.2, ARCHITECTURE §4)."""
+"""The heartbeat writer: its plan, its driver, its self-fencer (spec §6.2, its differences)."""
 
 from __future__ import annotations
 

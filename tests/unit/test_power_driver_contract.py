@@ -1,64 +1,94 @@
-"""check_power_driver: the power-driver contract, on the fake driver and on drivers breaking it."""
+"""cloudha.testing.check_power_driver: it passes a good driver and names what a bad one breaks."""
 
 from __future__ import annotations
 
 import pytest
 
-from cloudha.errors import ProbeConnectionError
 from cloudha.oobm.power import BasePowerDriver, OobmConfig, PowerOperation, PowerResult, PowerState
 from cloudha.testing import FakeBmc, FakePowerDriver, check_power_driver
 
-SECRET = "s3cret-Pw"
+CONFIG = OobmConfig("fake", "bmc-1", "admin", "password", host_id="h1")
+NOWHERE = OobmConfig("fake", "bmc-none", "admin", "password")
 
 
-def _configs(driver: str = "fake") -> tuple[OobmConfig, OobmConfig, OobmConfig]:
-    on = OobmConfig(driver, "10.9.0.1", "admin", SECRET, host_id="h1")
-    gone = OobmConfig(driver, "10.9.0.2", "admin", SECRET, host_id="h2")
-    wrong = OobmConfig(driver, "10.9.0.1", "admin", "not-it", host_id="h1")
-    return on, gone, wrong
-
-
-def test_the_fake_driver_keeps_the_contract() -> None:
+def fleet() -> FakePowerDriver:
     driver = FakePowerDriver()
-    bmc = driver.add("10.9.0.1", FakeBmc(password=SECRET))
-    on, gone, wrong = _configs()
-    check_power_driver(driver, on, unreachable=gone, wrong_password=wrong, timeout=1.0)
-    assert bmc.power == "on"  # left as found: OFF, then ON
-    assert PowerOperation.OFF in bmc.calls
-    assert PowerOperation.ON in bmc.calls
+    driver.add("bmc-1", FakeBmc())
+    return driver
 
 
-class _Graceful(BasePowerDriver):
-    """Breaks four rules: OFF leaves the power on (a graceful request), an unreachable BMC
-    raises RuntimeError, a refused password is not an auth error, and its message shows it."""
+def test_a_driver_that_keeps_the_contract_passes_and_the_bmc_is_left_on() -> None:
+    driver = fleet()
+    check_power_driver(driver, CONFIG, unreachable=NOWHERE)
+    assert driver.bmcs["bmc-1"].power == "on"
+    assert PowerOperation.OFF in driver.bmcs["bmc-1"].calls
 
-    name = "graceful"
+
+def test_a_silent_bmc_is_reported() -> None:
+    driver = fleet()
+    driver.bmcs["bmc-1"].silent = True
+    with pytest.raises(AssertionError, match="did not succeed"):
+        check_power_driver(driver, CONFIG)
+
+
+def test_a_graceful_off_is_not_an_immediate_off() -> None:
+    driver = fleet()
+    driver.bmcs["bmc-1"].ignore_off = True  # accepts OFF, the power stays on
+    with pytest.raises(AssertionError, match="right after OFF read On, not Off"):
+        check_power_driver(driver, CONFIG)
+
+
+class Wrapping(BasePowerDriver):
+    """A driver over a FakePowerDriver (final), to break one rule at a time."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.inner = fleet()
 
     def _execute(
         self, config: OobmConfig, operation: PowerOperation, timeout: float
     ) -> PowerResult:
-        if config.address != "10.9.0.1":
-            raise RuntimeError("no route")
-        if config.password != SECRET:
-            raise ProbeConnectionError(f"login refused for password {config.password}")
-        if operation is PowerOperation.STATUS:
-            return PowerResult(operation, True, PowerState.ON)
-        return PowerResult(operation, True)
+        return self.inner.execute(config, operation, timeout=timeout)
 
 
-def test_a_driver_breaking_the_contract_is_told_every_broken_rule() -> None:
-    on, gone, wrong = _configs("graceful")
-    with pytest.raises(AssertionError) as caught:
-        check_power_driver(_Graceful(), on, unreachable=gone, wrong_password=wrong, timeout=0.2)
-    text = str(caught.value)
-    assert "OFF read back On, not Off" in text
-    assert "shows a password" in text
-    assert "not a ProbeError" in text
-    assert "not ProbeAuthError" in text
+class Leaky(Wrapping):
+    def _execute(
+        self, config: OobmConfig, operation: PowerOperation, timeout: float
+    ) -> PowerResult:
+        result = super()._execute(config, operation, timeout)
+        return PowerResult(result.operation, result.success, result.state, config.password)
 
 
-def test_a_name_that_is_not_lower_case_is_refused_first() -> None:
-    driver = FakePowerDriver(name="Fake")
-    on, gone, _ = _configs("Fake")
+def test_a_password_in_a_result_is_reported() -> None:
+    driver = Leaky()
+    with pytest.raises(AssertionError, match="the result contains the password"):
+        check_power_driver(driver, CONFIG)
+
+
+class Careless(Wrapping):
+    def _execute(
+        self, config: OobmConfig, operation: PowerOperation, timeout: float
+    ) -> PowerResult:
+        if operation is PowerOperation.STATUS and config.password != "password":
+            raise ValueError("login failed")  # not a ProbeError
+        if operation is PowerOperation.STATUS and config.address == "bmc-none":
+            return PowerResult(operation, True, PowerState.ON)  # answers for nobody
+        return super()._execute(config, operation, timeout)
+
+
+def test_other_exceptions_and_answers_from_nowhere_are_reported() -> None:
+    driver = Careless()
+    with pytest.raises(AssertionError) as failed:
+        check_power_driver(driver, CONFIG, unreachable=NOWHERE)
+    message = str(failed.value)
+    assert "raised ValueError: login failed (raise a ProbeError)" in message
+    assert "did not raise ProbeAuthError" in message
+    assert "unreachable BMC did not raise" in message
+
+
+def test_a_name_that_is_not_lower_case_is_refused() -> None:
+    driver = fleet()
+    driver.name = "Fake"
     with pytest.raises(AssertionError, match="lower-case"):
-        check_power_driver(driver, on, unreachable=gone)
+        check_power_driver(driver, CONFIG)

@@ -90,7 +90,15 @@ def test_a_shadow_writer_arms_no_watchdog_and_its_self_fence_only_logs(
 ) -> None:
     settings = tmp_path / "s.toml"
     settings.write_text('"cloudha.shadow" = true\n')
-    args = ["heartbeat", "write", "--host-ip", "10.0.0.5", "--mount", str(tmp_path)]
+    args = [
+        "heartbeat",
+        "write",
+        "--host-ip",
+        "10.0.0.5",
+        "--allow-unmounted",
+        "--mount",
+        str(tmp_path),
+    ]
     result = CliRunner().invoke(
         main, [*args, "--watchdog", "/dev/watchdog", "--settings", str(settings)]
     )
