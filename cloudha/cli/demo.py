@@ -20,7 +20,10 @@ what ``--real`` needs (one line saying what to install) or an option is wrong.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,18 +128,18 @@ def demo(
 
 
 def _real(*, as_json: bool, hosts: int, victim: str, limit: float, keep: Path | None) -> None:
+    names = [f"kvm{i}" for i in range(1, hosts + 1)]
+    if victim not in names:
+        fail("demo", f"--kill {victim}: the lab's hosts are {', '.join(names)}")
     from cloudha.testing.lab.demo import DemoUnavailableError, check_prerequisites, run_real_demo
 
     try:
         check_prerequisites()
     except DemoUnavailableError as exc:
         fail("demo", exc, EXIT_USAGE)
-    names = [f"kvm{i}" for i in range(1, hosts + 1)]
-    if victim not in names:
-        fail("demo", f"--kill {victim}: the lab's hosts are {', '.join(names)}")
     view = _Progress(victim, limit, quiet=as_json)
     try:
-        with view:
+        with view, _quiet_logs():
             result = run_real_demo(
                 hosts=hosts, victim=victim, limit=limit, workdir=keep, on_step=view.step
             )
@@ -150,6 +153,21 @@ def _real(*, as_json: bool, hosts: int, victim: str, limit: float, keep: Path | 
         view.summary(result)
     if not result.ok:
         sys.exit(EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Without ``-v``, the daemon's warnings (its alerts among them) would break up the live
+    view: only errors are logged meanwhile. The timeline holds what happened."""
+    root = logging.getLogger()
+    if root.level > logging.WARNING or root.level < logging.WARNING:
+        yield
+        return
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(logging.WARNING)
 
 
 class _Progress:
@@ -183,6 +201,7 @@ class _Progress:
         if self.live is not None:
             self.live.update(self.render())
             self.live.__exit__(None, None, None)
+            self.console.print()
 
     def step(self, step: Any) -> None:
         """A :class:`~cloudha.testing.lab.demo.Step` happened."""

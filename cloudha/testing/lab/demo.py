@@ -200,15 +200,24 @@ class _Follower:
                 self.once("down", None, f"{details.get('from')} -> Down ({details.get('event')})")
         elif kind == "investigation":
             self.once("detected", None, evidence.reason)
-            self.once(
-                "investigated", None, f"{details.get('result')}: {evidence.reason}".rstrip(": ")
-            )
+            if details.get("result") == "Down":  # the investigation that decided
+                decided = details.get("decided_by")
+                why = next(
+                    (
+                        str(f.get("reason"))
+                        for f in details.get("findings") or ()
+                        if isinstance(f, dict) and f.get("source") == decided and f.get("reason")
+                    ),
+                    evidence.reason,
+                )
+                by = f" by {decided}" if decided else ""
+                self.once("investigated", None, f"Down{by}: {why}")
         elif kind == "suspicion" and details.get("qualifies") and details.get("outcome"):
             self.once("fenced", None, f"fence on suspicion {details.get('outcome')}")
         elif kind == "fence" and str(details.get("outcome")) == "FENCED":
             self.once("fenced", evidence.vm, f"{details.get('fencer')}: {evidence.reason}")
         elif kind == "ha_scheduled" and "no fence needed" in evidence.reason:
-            self.once("fenced", None, evidence.reason)
+            self.once("fenced", None, "no fence needed: its VMs were proven stopped at the verdict")
         elif kind == "ha_work" and evidence.vm in self.ha_vms and details.get("step") == "Done":
             self.once("restarted", evidence.vm, evidence.reason)
 
@@ -248,8 +257,8 @@ def run_real_demo(
         workdir: keep the lab's files (inventory, database, logs) there; a
             temporary directory removed at the end by default.
         on_step: called with each :class:`Step` as it happens (from any thread).
-        kill_driver: the IPMI client that powers the victim off: ``ipmitool``
-            (the default when installed: a client apart from the daemon's) or
+        kill_driver: the IPMI client that powers the victim off, and the
+            daemon's power driver: ``ipmitool`` (the default when installed) or
             ``ipmi`` (pyghmi, in this process).
 
     Raises:
@@ -296,7 +305,7 @@ def run_real_demo(
                 agent="local",
                 db=f"sqlite:///{root / 'cloudha.db'}",
                 server_id="demo",
-                oobm_driver="ipmi",
+                oobm_driver=kill_driver,
             )
             inventory = load_inventory(inventory_path)
             follower = _Follower(victim, result.ha_vms, emit)
