@@ -270,14 +270,14 @@ def run_real_demo(
     from cloudha.testing.lab.cluster import Lab
     from cloudha.testing.lab.inventory import write_inventory
 
+    if hosts < 2:
+        raise ValueError("the demo needs at least 2 hosts")
     check_prerequisites()
     if kill_driver is None:
         kill_driver = "ipmitool" if shutil.which("ipmitool") else "ipmi"
     from cloudha.daemon import assemble
     from cloudha.inventory import load_inventory
 
-    if hosts < 2:
-        raise ValueError("the demo needs at least 2 hosts")
     started = time.monotonic()
     keep = workdir is not None
     root = Path(tempfile.mkdtemp(prefix="cloudha-demo-")) if workdir is None else workdir
