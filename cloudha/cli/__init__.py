@@ -12,6 +12,7 @@ import click
 from cloudha.cli import demo as _demo
 from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
+from cloudha.cli import fleet as _fleet
 from cloudha.cli import heartbeat as _heartbeat
 from cloudha.cli import plot as _plot
 from cloudha.cli import queue as _queue
@@ -51,6 +52,8 @@ main.add_command(_explain.explain)
 main.add_command(_demo.demo)
 main.add_command(_queue.queue)
 main.add_command(_run.run)
+main.add_command(_fleet.status)
+main.add_command(_fleet.hosts)
 
 
 @main.command()

@@ -89,6 +89,7 @@ __all__ = [
     "WorkStore",
     "WorkTally",
     "WorkType",
+    "cloudha_host",
     "create_schema",
     "drop_schema",
     "ha_config",
@@ -188,6 +189,37 @@ ha_config: Final = sa.Table(
 )
 """CloudStack's Host-HA ``ha_config`` (spec §7.4): one row per resource
 (:class:`cloudha.hostha.config.SqlHAConfigStore`)."""
+
+
+cloudha_host: Final = sa.Table(
+    "cloudha_host",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("hypervisor", sa.String(32), nullable=False),
+    sa.Column("resource_state", sa.String(64), nullable=False),
+    sa.Column("cluster", sa.String(255), nullable=True),
+    sa.Column("pod", sa.String(255), nullable=False),
+    sa.Column("zone", sa.String(255), nullable=False),
+    sa.Column("private_ip", sa.String(255), nullable=True),
+    sa.Column("watchdog", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("rack", sa.String(255), nullable=True),
+    sa.Column("status", sa.String(32), nullable=True),
+    sa.Column("update_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("last_ping", sa.Double(), nullable=False, server_default="0"),
+    sa.Column("management_server_id", sa.String(255), nullable=True),
+    sa.Column("disconnected_on", sa.Double(), nullable=True),
+    sa.Column("removed", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("fence_ready", sa.Boolean(), nullable=True),
+    sa.Column("fence_detail", sa.Text(), nullable=True),
+    sa.Column("fence_checked_at", _UTCDateTime(), nullable=True),
+    sa.Index(None, "management_server_id"),
+    sa.Index(None, "cluster"),
+)
+"""The host table of a fleet run without an orchestrator (CloudStack's ``host``, the
+columns cloudha reads), plus ``removed`` and the fence readiness the daemon writes
+(:class:`cloudha.hoststore.SqlHostDirectory`)."""
 
 
 def create_schema(engine: Engine) -> None:
@@ -459,14 +491,17 @@ def _describe(exc: sqlalchemy.exc.SQLAlchemyError) -> str:
 
 
 @contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """Turn SQLAlchemy errors into cloudha's store errors (see the module docstring)."""
+def _translated(what: str = "HA work store") -> Iterator[None]:
+    """Turn SQLAlchemy errors into cloudha's store errors (see the module docstring).
+
+    ``what`` names the store in the message (``host directory``).
+    """
     try:
         yield
     except sqlalchemy.exc.SQLAlchemyError as exc:
         if _transient(exc):
-            raise StoreUnavailableError(f"HA work store unavailable: {_describe(exc)}") from exc
-        raise StoreError(f"HA work store failed: {_describe(exc)}") from exc
+            raise StoreUnavailableError(f"{what} unavailable: {_describe(exc)}") from exc
+        raise StoreError(f"{what} failed: {_describe(exc)}") from exc
 
 
 class SqlWorkStore:

@@ -373,7 +373,7 @@ def test_null_reason_reads_as_unknown(store: WorkStore) -> None:
 def _schema(engine: sa.Engine) -> dict[str, Any]:
     inspector = sa.inspect(engine)
     shape: dict[str, Any] = {}
-    for table in ("op_ha_work", "op_ha_generation"):
+    for table in ("op_ha_work", "op_ha_generation", "ha_config", "cloudha_host"):
         shape[table] = {
             "columns": [
                 (c["name"], str(c["type"]), c["nullable"], c["default"])
@@ -401,7 +401,7 @@ def test_alembic_upgrade_matches_create_schema(
         assert _schema(eng) == expected
         with eng.connect() as conn:
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == (
-                "0002"
+                "0003"
             )
         upgrade(eng)  # idempotent at head
         store = WorkStore(eng, FakeClock(T0))

@@ -225,6 +225,30 @@ CASES: tuple[Case, ...] = (
         EXIT_USAGE,
         "--metrics-port: 70000 is not a port",
     ),
+    # status and hosts (the database of cloudha run)
+    case("status:bad-db-url", lambda f: ["--db", "nonsense"], EXIT_DATABASE, "nonsense"),
+    case(
+        "status:missing-db",
+        lambda f: ["--db", f"sqlite:///{f.tmp / 'none.db'}"],
+        EXIT_DATABASE,
+        "no such database file",
+    ),
+    case("status:unreachable-db", lambda f: ["--db", BAD_URL], EXIT_DATABASE, "refused"),
+    case(
+        "status:not-a-run-db",
+        lambda f: ["--db", f.evidence_url],
+        EXIT_DATABASE,
+        "no cloudha_host table",
+    ),
+    case("status:no-db", lambda f: [], EXIT_USAGE, "--db URL"),
+    case(
+        "hosts:unknown-host",
+        lambda f: ["h-nowhere", "--db", f.queue_url],
+        EXIT_USAGE,
+        "no host 'h-nowhere'",
+    ),
+    case("hosts:unreachable-db", lambda f: ["--db", BAD_URL], EXIT_DATABASE, "refused"),
+    case("hosts:no-db", lambda f: ["h1"], EXIT_USAGE, "--db URL"),
     # heartbeat
     case(
         "heartbeat write:not-mounted",
