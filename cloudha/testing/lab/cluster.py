@@ -328,7 +328,7 @@ class Lab:
                 elif isinstance(thing, FakeBmcServer):
                     thing.stop()
                 else:
-                    stop_libvirtd(thing, remove=not self.keep)
+                    stop_libvirtd(thing)
             raise
         return host
 
@@ -480,6 +480,11 @@ class Lab:
             host.sshd.stop()
         host.bmc.stop()
         stop_libvirtd(host.libvirtd, remove=not self.keep)
+        if self.keep:  # its logs join the host's kept files; its own directory goes
+            for name in ("libvirtd.log", "libvirtd.out"):
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(host.libvirtd.root / name, host.root / name)
+            shutil.rmtree(host.libvirtd.root, ignore_errors=True)
         left = kill_trees(host.processes())
         wait_gone(left, 5.0)
         host.reap()
