@@ -12,13 +12,14 @@ once its processes are gone.
 
 :func:`lab_gateways` builds, for :func:`cloudha.daemon.assemble`'s
 ``gateway=``, each host's :class:`~cloudha.transport.gateway.SSHAgentGateway`
-over it, running this very cloudha with the lab's settings (so the checker's
-staleness limit is the writers').
+over it, running the lab hosts' cloudha (:attr:`Lab.cloudha_program
+<cloudha.testing.lab.cluster.Lab.cloudha_program>`: this very cloudha, taking
+the lab's plain heartbeat directory for a mounted pool) with the lab's
+settings (so the checker's staleness limit is the writers').
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,9 +31,6 @@ from cloudha.transport.local import LocalTransport
 from cloudha.transport.ssh import CommandResult
 
 __all__ = ["LabTransport", "lab_gateways"]
-
-_LOCAL_COMMAND = (sys.executable, "-m", "cloudha")
-
 
 class LabTransport:
     """:class:`~cloudha.transport.local.LocalTransport` for a lab's hosts.
@@ -102,7 +100,7 @@ def lab_gateways(lab: Lab) -> Callable[[Any], tuple[AgentGateway, None]]:
         gateway = SSHAgentGateway(
             transport,
             pools=pools,
-            remote_command=_LOCAL_COMMAND,
+            remote_command=(str(lab.cloudha_program),),
             remote_settings=str(lab.settings_file),
         )
         return gateway, None

@@ -278,6 +278,7 @@ class Lab:
             self.root.mkdir(parents=True, exist_ok=True)
             self.heartbeat_dir.mkdir(exist_ok=True)
             self._write_settings()
+            self._write_program()
             for index in range(1, self.size + 1):
                 self.hosts.append(self._start_host(index))
             for host in self.hosts:
@@ -332,20 +333,36 @@ class Lab:
             raise
         return host
 
+    @property
+    def cloudha_program(self) -> Path:
+        """The lab hosts' ``cloudha``: this very cloudha, as if installed on each host, whose
+        heartbeat commands take the lab's plain heartbeat directory for a mounted pool
+        (``--allow-unmounted``). Written by :meth:`start`."""
+        return self.root / "bin" / "cloudha"
+
+    def _write_program(self) -> None:
+        python = shlex.quote(sys.executable)
+        script = f"""#!/bin/sh
+# cloudha on a lab host (cloudha.testing.lab): the pool is a plain directory here.
+case "$1 $2" in
+    "heartbeat write"|"heartbeat check"|"heartbeat activity")
+        sub="$2"; shift 2
+        exec {python} -m cloudha heartbeat "$sub" --allow-unmounted "$@" ;;
+esac
+exec {python} -m cloudha "$@"
+"""
+        self.cloudha_program.parent.mkdir(exist_ok=True)
+        self.cloudha_program.write_text(script)
+        self.cloudha_program.chmod(0o755)
+
     def _session_env(self) -> dict[str, str]:
-        """What an SSH session on a lab host sees: ``cloudha`` on the PATH (this very
-        cloudha, as if installed on the host) and the lab's settings as ``CLOUDHA_*``."""
+        """What an SSH session on a lab host sees: :attr:`cloudha_program` as ``cloudha``
+        on the PATH and the lab's settings as ``CLOUDHA_*`` variables."""
         from cloudha.settings import KEYS
 
-        bin_dir = self.root / "bin"
-        program = bin_dir / "cloudha"
-        if not program.exists():
-            bin_dir.mkdir(exist_ok=True)
-            program.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m cloudha "$@"\n')
-            program.chmod(0o755)
         env = {
             "PYTHONPATH": python_env()["PYTHONPATH"],
-            "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{self.cloudha_program.parent}:/usr/local/bin:/usr/bin:/bin",
         }
         for key, value in self.settings.items():
             env[KEYS[key].environment_variable] = _env_value(value)
