@@ -32,6 +32,7 @@ from cloudha.transport.ssh import CommandResult
 
 __all__ = ["LabTransport", "lab_gateways"]
 
+
 class LabTransport:
     """:class:`~cloudha.transport.local.LocalTransport` for a lab's hosts.
 
