@@ -679,6 +679,21 @@ class _Gateways:
             transport.close()
 
 
+def _bmc_reads_off(server: ManagementServer) -> Callable[[str], bool]:
+    """Asks a host's BMC now whether its power is off (the libvirt orchestrator's forced stop
+    on a host whose libvirtd is gone counts as done then)."""
+    from cloudha.oobm.power import PowerOperation, PowerState
+
+    def powered_off(host_id: str) -> bool:
+        host = server.directory.find_host(host_id)
+        if host is None or server.oobm.config(host) is None:
+            return False
+        result = server.oobm.execute(host, PowerOperation.STATUS)
+        return result.success and result.state is PowerState.OFF
+
+    return powered_off
+
+
 def assemble(
     inventory: InventoryView,
     *,
@@ -806,6 +821,9 @@ def _assemble(
         orchestrator = LibvirtOrchestrator(
             dict(uris), capacity=_capacities(inventory), registry=SqlVmRegistry(engine)
         )
+        built_orchestrator: Any = orchestrator
+    else:
+        built_orchestrator = None
     pools = InventoryPools(inventory.pools, {h.id: h.pools for h in inventory.hosts})
     build = gateway if gateway is not None else _Gateways(pools, local_settings_file(inventory))
     routes = HostRoutes()
@@ -839,6 +857,8 @@ def _assemble(
         metrics=metrics,
         **server_options,
     )
+    if built_orchestrator is not None:
+        built_orchestrator.powered_off = _bmc_reads_off(server)
     assembly = Assembly(
         server=server,
         inventory=inventory,

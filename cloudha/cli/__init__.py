@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cloudha.cli import config as _config
+from cloudha.cli import demo as _demo
 from cloudha.cli import dump as _dump
 from cloudha.cli import explain as _explain
 from cloudha.cli import fleet as _fleet
@@ -49,6 +50,7 @@ def main(verbose: int) -> None:
 main.add_command(_heartbeat.heartbeat)
 main.add_command(_dump.dump)
 main.add_command(_explain.explain)
+main.add_command(_demo.demo)
 main.add_command(_queue.queue)
 main.add_command(_run.run)
 main.add_command(_fleet.status)

@@ -201,6 +201,12 @@ class LibvirtOrchestrator:
             (:class:`~cloudha.errors.StoreError`) unless its generation is
             stored first: a fencing token is never used twice, even across
             a restart.
+        powered_off: asks a host's BMC, now, whether its power is off (True
+            only on a definite Off). A forced stop on a host whose libvirtd
+            refuses the connection then counts as done when it says so: a
+            host without power runs no domain (CloudStack's stop that
+            "cleans up even if unable to stop", after a power fence). None:
+            such a stop raises, as any connection error.
 
     Raises:
         MissingExtraError: libvirt-python is not installed (``pip install 'cloudha[libvirt]'``).
@@ -214,7 +220,8 @@ class LibvirtOrchestrator:
       ``shutdown()`` and waits up to ``shutdown_timeout`` for the domain to be
       inactive (else :class:`~cloudha.errors.ProbeTimeout`, VM ``Unknown``).
       A domain that is already inactive or missing on the host counts as
-      stopped.
+      stopped; with ``powered_off``, so does a forced stop on a host whose
+      libvirtd cannot be reached and whose BMC reads its power Off.
     * ``advance_start``: picks the first host in sorted id order that is not
       avoided, carries ``ha_tag`` when set and has room; ``defineXML`` then
       ``create()`` there. A libvirt error before ``create()`` was sent (cannot
@@ -274,8 +281,10 @@ class LibvirtOrchestrator:
         timeout: float = 10.0,
         shutdown_timeout: float = 30.0,
         registry: VmRegistry | None = None,
+        powered_off: Callable[[str], bool] | None = None,
     ) -> None:
         require("libvirt", "libvirt", "the libvirt orchestrator")
+        self.powered_off = powered_off
         self._uris, self._capacity, self._tags = self._host_tables(hosts, capacity, host_tags)
         self.timeout = _positive("timeout", timeout)
         self.shutdown_timeout = _positive("shutdown_timeout", shutdown_timeout)
@@ -955,6 +964,19 @@ class LibvirtOrchestrator:
                 lambda conn: self._stop_domain(conn, entry.domain, force),
                 extra=0.0 if force else self.shutdown_timeout,
             )
+        except ProbeConnectionError as exc:
+            if force and self._proven_off(host_id):
+                log.info(
+                    "VM %s counts as stopped: host %s is powered off (%s)",
+                    entry.vm.id,
+                    host_id,
+                    exc,
+                )
+                return
+            with self._lock:
+                entry.migrating_to = None
+                self._set(entry, state=before)
+            raise
         except ProbeTimeout:
             with self._lock:
                 entry.migrating_to = None
@@ -965,6 +987,16 @@ class LibvirtOrchestrator:
                 entry.migrating_to = None
                 self._set(entry, state=before)
             raise
+
+    def _proven_off(self, host_id: str) -> bool:
+        """Whether ``powered_off`` says ``host_id`` has no power (a failing check: no)."""
+        if self.powered_off is None:
+            return False
+        try:
+            return self.powered_off(host_id) is True
+        except Exception as exc:
+            log.warning("asking whether host %s is powered off failed: %s", host_id, exc)
+            return False
 
     def _start_back(self, entry: _Entry, source: str, target: str, error: BaseException) -> None:
         """After a definite failure on ``target``: start the domain again on ``source``."""

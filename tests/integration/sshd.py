@@ -1,265 +1,35 @@
 """A real OpenSSH server on loopback for integration tests.
 
 Import the fixture into a test module (``from tests.integration.sshd import
-sshd_server  # noqa: F401``). It starts ``/usr/sbin/sshd`` on 127.0.0.1 and a
-free port, with its own host key, client key, authorized_keys and
-known_hosts in a temporary directory, once per session. It never touches
-port 22 or ``/etc/ssh``. A missing sshd or ssh-keygen fails the tests: it is
-never a skip.
-
-sshd gives every session the environment variable ``SSHD_FIXTURE_OF_CLOUDHA_TESTS``
-(set to the work directory); the finalizer kills every process carrying it
-(commands left running by a test, e.g. after a timeout), then the
-per-connection sshd processes, then sshd itself.
+sshd_server  # noqa: F401``). It is the lab's sshd
+(:func:`cloudha.testing.lab.sshd.start_sshd`: 127.0.0.1, a free port, its
+own host key, client key, authorized_keys and known_hosts), started once per
+session in a temporary directory; it never touches port 22 or ``/etc/ssh``.
+A missing sshd or ssh-keygen fails the tests: it is never a skip. The
+finalizer kills the commands its sessions left running, the per-connection
+sshd processes, then sshd itself.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import attrs
 import pytest
 
+from cloudha.testing.lab.processes import LabError
+from cloudha.testing.lab.sshd import SshServer, start_sshd
+
 __all__ = ["SshServer", "sshd_server"]
-
-SSHD = "/usr/sbin/sshd"
-_MARKER = "SSHD_FIXTURE_OF_CLOUDHA_TESTS"
-_START_TIMEOUT = 10.0
-
-
-@attrs.frozen
-class SshServer:
-    """A running loopback sshd.
-
-    Attributes:
-        address: "127.0.0.1".
-        port: the port it listens on (never 22).
-        username: the user to log in as (the user running the tests).
-        client_key: an unencrypted ed25519 private key that sshd accepts.
-        host_key_pub: the server's public host key file (``ssh-ed25519 AAAA...``).
-        known_hosts: a known_hosts file holding exactly the server's host key
-            (``[127.0.0.1]:PORT ssh-ed25519 AAAA...``).
-        workdir: the server's temporary directory (keys, config, log, pid file).
-    """
-
-    address: str
-    port: int
-    username: str
-    client_key: Path
-    host_key_pub: Path
-    known_hosts: Path
-    workdir: Path
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _keygen(path: Path) -> None:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(path)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-
-
-def _config(workdir: Path, port: int) -> str:
-    return "\n".join(
-        [
-            f"Port {port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {workdir / 'host_ed25519'}",
-            f"PidFile {workdir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {workdir / 'authorized_keys'}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitRootLogin prohibit-password",
-            "UsePAM no",
-            "StrictModes no",
-            "Subsystem sftp internal-sftp",
-            f"SetEnv {_MARKER}={workdir}",
-            "MaxStartups 50:30:100",
-            "LogLevel VERBOSE",
-            "",
-        ]
-    )
-
-
-def _processes() -> list[tuple[int, int, bool]]:
-    """(pid, ppid, is_zombie) of every process."""
-    found = []
-    with os.scandir("/proc") as entries:
-        for entry in entries:
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    stat = Path(entry.path, "stat").read_text()
-                    fields = stat[stat.rindex(")") + 2 :].split()
-                    found.append((int(entry.name), int(fields[1]), fields[0] == "Z"))
-    return found
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, ppid, _ in _processes():
-        children.setdefault(ppid, []).append(pid)
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _tagged(workdir: Path) -> list[int]:
-    """Processes started by this sshd's sessions (they carry the marker variable)."""
-    tag = f"{_MARKER}={workdir}".encode()
-    found = []
-    for pid, _, zombie in _processes():
-        if zombie or pid == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if tag in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-                found.append(pid)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
-
-
-def _kill(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(pids: list[int], proc: subprocess.Popen[bytes], timeout: float) -> list[int]:
-    """Wait until none of ``pids`` runs; return those still running."""
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        # Waiting on sshd's exit doubles as a short pause between checks.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(0.02)
-        left = [p for p in left if _alive(p)]
-    return left
-
-
-def _stop(proc: subprocess.Popen[bytes], workdir: Path) -> None:
-    """Kill session commands, connection processes, then sshd; reap what we can."""
-    # Children first, while their parents live to reap them (PID 1 here may not).
-    tagged = _tagged(workdir)
-    _kill(tagged, signal.SIGKILL)
-    _wait_gone(tagged, proc, 5)
-    children = _descendants(proc.pid) if proc.poll() is None else []
-    _kill(children, signal.SIGTERM)
-    if _wait_gone(children, proc, 5):
-        _kill(children, signal.SIGKILL)
-        _wait_gone(children, proc, 5)
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    _kill(_tagged(workdir), signal.SIGKILL)
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> bool:
-    """True once sshd answers on ``port``; False if it exited (e.g. the port was taken)."""
-    deadline = time.monotonic() + _START_TIMEOUT
-    while proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-                banner = s.recv(64)
-        except OSError:
-            banner = b""
-        if banner.startswith(b"SSH-2.0-OpenSSH"):
-            return True
-        if time.monotonic() > deadline:
-            pytest.fail(f"sshd did not answer on 127.0.0.1:{port} within {_START_TIMEOUT} s")
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(0.01)
-    return False
 
 
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """A loopback sshd for the whole session (see :class:`SshServer`); fails if sshd is missing."""
-    if not os.access(SSHD, os.X_OK):
-        pytest.fail(f"{SSHD} is missing: install openssh-server (apt-get install openssh-server)")
-    if shutil.which("ssh-keygen") is None:
-        pytest.fail("ssh-keygen is missing: install openssh-client")
-    workdir = tmp_path_factory.mktemp("sshd")
-    workdir.chmod(0o700)
-    _keygen(workdir / "host_ed25519")
-    _keygen(workdir / "client_ed25519")
-    authorized = workdir / "authorized_keys"
-    authorized.write_text((workdir / "client_ed25519.pub").read_text())
-    authorized.chmod(0o600)
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)  # privilege separation
-    config = workdir / "sshd_config"
-    log = workdir / "sshd.log"
-    for attempt in range(1, 4):
-        port = _free_port()  # another process may take it before sshd binds: then retry
-        config.write_text(_config(workdir, port))
-        if attempt == 1:
-            check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, timeout=30)
-            if check.returncode != 0:
-                pytest.fail(
-                    f"sshd rejects its test config: {check.stderr.decode(errors='replace')}"
-                )
-        with log.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            if _wait_listening(proc, port):
-                break
-        except BaseException:
-            _stop(proc, workdir)
-            raise
-        if attempt == 3:
-            pytest.fail(
-                f"sshd exited with status {proc.returncode} at start; its log:\n"
-                + log.read_text(errors="replace")
-            )
     try:
-        host_key = (workdir / "host_ed25519.pub").read_text().split()
-        known_hosts = workdir / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
-        yield SshServer(
-            address="127.0.0.1",
-            port=port,
-            username=pwd.getpwuid(os.geteuid()).pw_name,
-            client_key=workdir / "client_ed25519",
-            host_key_pub=workdir / "host_ed25519.pub",
-            known_hosts=known_hosts,
-            workdir=workdir,
-        )
+        daemon = start_sshd(tmp_path_factory.mktemp("sshd"))
+    except LabError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield daemon.server
     finally:
-        _stop(proc, workdir)
+        daemon.stop()

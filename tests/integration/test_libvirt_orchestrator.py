@@ -236,6 +236,61 @@ def test_an_unreachable_host_is_a_connection_error_and_the_vm_stays_stopped(
     assert orch.highest_generation(vm_id) == 0  # nothing was sent: generation unused
 
 
+def test_a_forced_stop_on_a_gone_libvirtd_counts_only_when_the_bmc_reads_power_off(
+    pair: tuple[LibvirtServer, LibvirtServer, list[str]],
+) -> None:
+    # Host z's libvirtd is gone (nothing listens): its host lost power, or only its libvirtd died.
+    a, _b, _created = pair
+    dead = f"test+tcp://127.0.0.1:{free_port()}/default"
+    asked: list[str] = []
+    answer = {"z": False}
+
+    def powered_off(host_id: str) -> bool:
+        asked.append(host_id)
+        if host_id == "boom":
+            raise RuntimeError("BMC unreachable")
+        return answer.get(host_id, False)
+
+    orch = LibvirtOrchestrator(
+        {"a": a.uri, "z": dead, "boom": dead}, capacity=2, timeout=5.0, powered_off=powered_off
+    )
+    orch.register_vm("vm-z", domain_xml("cloudha-gone-z"), host_id="z")
+    orch.register_vm("vm-boom", domain_xml("cloudha-gone-boom"), host_id="boom")
+
+    def state(vm_id: str) -> tuple[VmState, str | None]:
+        vm = orch.find_vm(vm_id)
+        assert vm is not None
+        return vm.state, vm.host_id
+
+    def stop(vm_id: str, *, force: bool) -> None:
+        vm = orch.find_vm(vm_id)
+        assert vm is not None
+        orch.advance_stop(vm, force=force)
+
+    # Power still on (or not known Off): the stop fails and nothing changes.
+    with pytest.raises(ProbeConnectionError):
+        stop("vm-z", force=True)
+    assert state("vm-z") == (VmState.RUNNING, "z")
+    # A graceful stop never counts without reaching the host, and does not even ask.
+    answer["z"] = True
+    asked.clear()
+    with pytest.raises(ProbeConnectionError):
+        stop("vm-z", force=False)
+    assert asked == []
+    assert state("vm-z") == (VmState.RUNNING, "z")
+    # A BMC that cannot be asked proves nothing.
+    with pytest.raises(ProbeConnectionError):
+        stop("vm-boom", force=True)
+    assert state("vm-boom") == (VmState.RUNNING, "boom")
+    # The BMC reads power Off: the forced stop is done, the VM Stopped, its last host kept.
+    stop("vm-z", force=True)
+    assert asked == ["boom", "z"]
+    assert state("vm-z") == (VmState.STOPPED, None)
+    vm = orch.find_vm("vm-z")
+    assert vm is not None
+    assert vm.last_host_id == "z"
+
+
 def test_a_stopped_libvirtd_times_out_in_bounded_time(
     stoppable_libvirtd: LibvirtServer,  # noqa: F811
 ) -> None:

@@ -200,6 +200,16 @@ CASES: tuple[Case, ...] = (
         "no HA work 7",
     ),
     case("queue cancel:bad-db-url", lambda f: ["--db", "nonsense", "1"], EXIT_DATABASE, "URL"),
+    # demo
+    case("demo:keep-without-real", lambda f: ["--keep", str(f.tmp)], EXIT_USAGE, "--keep"),
+    case("demo:check-with-real", lambda f: ["--real", "--check"], EXIT_USAGE, "--check"),
+    case(
+        "demo:unknown-victim",
+        lambda f: ["--real", "--hosts", "3", "--kill", "kvm9"],
+        EXIT_USAGE,
+        "--kill kvm9",
+        "kvm1, kvm2, kvm3",
+    ),
     # run
     case("run:missing-inventory", lambda f: ["--inventory", str(f.missing)], EXIT_USAGE, "missing"),
     case(

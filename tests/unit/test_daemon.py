@@ -262,6 +262,38 @@ def test_a_killed_host_is_found_down_fenced_and_its_ha_vm_restarted(fleet: Fleet
     assert {"host_status", "ha_work"} <= kinds
 
 
+def test_the_libvirt_orchestrator_asks_the_bmc_whether_a_gone_host_is_powered_off(
+    tmp_path: Path,
+) -> None:
+    # Built by assemble, the libvirt orchestrator counts a forced stop on a host whose
+    # libvirtd is gone as done only when that host's BMC reads power Off now.
+    driver = FakePowerDriver("fake")
+    bmcs = {n: driver.add(f"10.0.1.{n}") for n in (1, 2, 3)}
+    for bmc in bmcs.values():
+        bmc.password = "s3cret-bmc"
+    bmcs[2].power = "off"
+    assembly = assemble(
+        INVENTORY,
+        db_url=f"sqlite:///{tmp_path / 'cloudha.db'}",
+        clock=FakeClock(1000.0),
+        probe=FakeHypervisorProbe({"h1": True, "h2": True, "h3": True}),
+        gateway=lambda host: (FakeAgentGateway({host.id: True}), None),
+        power_drivers=[driver],
+        directory=Directory(),
+        discover_plugins=False,
+    )
+    try:
+        powered_off = assembly.orchestrator.powered_off  # type: ignore[attr-defined]
+        assert [powered_off(h) for h in ("h1", "h2", "h3", "nowhere")] == [
+            False,
+            True,
+            False,
+            False,
+        ]
+    finally:
+        assembly.close()
+
+
 def test_evidence_is_stored_in_sql_for_explain(fleet: Fleet) -> None:
     server = fleet.assembly.server
     server.recover()

@@ -1,11 +1,12 @@
-"""A fake IPMI BMC (pyghmi's BMC server) for integration tests: the program.
+"""A fake IPMI BMC (pyghmi's BMC server) for the lab and the integration tests: the program.
 
 Run it as a separate process (pyghmi's client and server share one global
 session loop, and in one process they slow each other down to seconds per
 call)::
 
-    FAKEBMC_PASSWORD=secret python tests/integration/fakebmc_server.py \\
-        --port 6230 --user admin --state-file /tmp/bmc.json [--power on|off]
+    FAKEBMC_PASSWORD=secret python -m cloudha.testing.lab.fakebmc_server \\
+        --port 6230 --user admin --state-file /tmp/bmc.json [--power on|off] \\
+        [--kill-file /tmp/host.pids]
 
 The password comes from the environment variable ``FAKEBMC_PASSWORD``, so it
 is on no command line. The BMC listens on UDP 127.0.0.1 only (never another
@@ -23,6 +24,16 @@ band (the history is left alone), for tests that need a given start state.
 Power model: ``off`` and ``soft`` (ACPI shutdown; the fake OS always obeys)
 turn the power off, ``on`` turns it on, ``cycle`` ends on (off, then on) and
 ``reset`` leaves the power as it is.
+
+The host behind the BMC: with ``--kill-file``, every chassis control that
+takes the power away from a running host (``off``, ``soft``, ``cycle``,
+``reset``, and SIGUSR2) first SIGKILLs the processes listed in that file
+(``PID START`` lines, :func:`cloudha.testing.lab.processes.write_kill_file`),
+with their process groups and descendants, so that "the host lost power" is
+real: its libvirtd, heartbeat writer and sshd die before the BMC answers. A
+listed process whose pid now names another process (its start time differs)
+is left alone. The file is read at each such request, so the lab may write it
+after the BMC started.
 
 The pyghmi server wrongly accepts a client's SHA-256 cipher-suite proposal
 and then speaks SHA-1, which breaks the pyghmi client. This program rejects
@@ -48,6 +59,8 @@ from typing import Any
 import pyghmi.ipmi.bmc as bmc
 import pyghmi.ipmi.private.session as ipmisession
 from pyghmi.ipmi.private import constants, serversession
+
+from cloudha.testing.lab.processes import kill_trees, read_kill_file
 
 PASSWORD_VARIABLE = "FAKEBMC_PASSWORD"
 """The environment variable holding the BMC user's password."""
@@ -83,9 +96,18 @@ serversession.ServerSession._got_rakp1 = _got_rakp1
 class FakeBmc(bmc.Bmc):  # type: ignore[misc]
     """A BMC whose chassis is a power flag, published to ``state_file``."""
 
-    def __init__(self, user: str, password: str, port: int, state_file: Path, power: str) -> None:
+    def __init__(
+        self,
+        user: str,
+        password: str,
+        port: int,
+        state_file: Path,
+        power: str,
+        kill_file: Path | None = None,
+    ) -> None:
         super().__init__({user: password}, port=port, address="127.0.0.1")
         self.state_file = state_file
+        self.kill_file = kill_file
         self.powerstate = power
         self.history: list[str] = []
         self.bootdev = "default"
@@ -106,7 +128,14 @@ class FakeBmc(bmc.Bmc):  # type: ignore[misc]
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_file)
 
+    def cut_power(self) -> None:
+        """The host loses power: kill its processes (``--kill-file``), if it had power."""
+        if self.kill_file is not None and self.powerstate == "on":
+            kill_trees(read_kill_file(self.kill_file))
+
     def _control(self, request: str, power: str | None) -> None:
+        if request in ("off", "soft", "cycle", "reset"):
+            self.cut_power()
         self.history.append(request)
         if power is not None:
             self.powerstate = power
@@ -153,13 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", required=True)
     parser.add_argument("--state-file", type=Path, required=True)
     parser.add_argument("--power", choices=("on", "off"), default="on")
+    parser.add_argument("--kill-file", type=Path, default=None)
     args = parser.parse_args(argv)
     password = os.environ.get(PASSWORD_VARIABLE)
     if password is None:
         parser.error(f"set the password in the environment variable {PASSWORD_VARIABLE}")
-    server = FakeBmc(args.user, password, args.port, args.state_file, args.power)
+    server = FakeBmc(args.user, password, args.port, args.state_file, args.power, args.kill_file)
 
     def set_power(signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGUSR2:
+            server.cut_power()
         server.powerstate = "on" if signum == signal.SIGUSR1 else "off"
         server.publish()
 
