@@ -60,6 +60,7 @@ _TOP: Final = ("server", "settings", "defaults", "pools", "hosts", "vms")
 _SERVER: Final = ("id", "db")
 _SSH: Final = ("user", "port", "key", "known_hosts")
 _OOBM: Final = ("driver", "address", "port", "username", "password_env", "password_file")
+_PASSWORDS: Final = frozenset({"password_env", "password_file", "password"})
 _HOST_ONLY: Final = ("id", "address", "name")
 _SHARED: Final = (
     "cluster",
@@ -644,6 +645,10 @@ class _Loader:
                 continue  # [defaults] oobm only fills in the hosts that have a BMC
             present = True
             self.unknown_keys(value, allowed, (*where, key), f"{name}.{key}")
+            if where != ("defaults",) and _PASSWORDS & value.keys():
+                for k in _PASSWORDS:  # the host's own password replaces the default one
+                    out.pop(k, None)
+                    origin.pop(k, None)
             for k, v in value.items():
                 out[k] = v
                 origin[k] = ((*where, key, k), f"{name}.{key}.{k}")

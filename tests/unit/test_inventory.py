@@ -432,3 +432,26 @@ def test_toml_lines_finds_nested_paths() -> None:
     assert lines.find("hosts", 1, "id") == 7
     assert lines.find("server", 0, "nope") == 1
     assert TomlLines(None).find_path(("a",)) is None
+
+
+def test_the_documented_example_loads(tmp_path: Path) -> None:
+    """docs/inventory.md's full example, with its /etc/cloudha files made in tmp_path."""
+    import re
+
+    text = (ROOT / "docs" / "inventory.md").read_text(encoding="utf-8")
+    found = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert found is not None
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("id_ed25519", "known_hosts", "kvm2.bmc"):
+        (etc / name).write_text("secret-2\n" if name.endswith(".bmc") else "")
+    path = write(tmp_path, found.group(1).replace("/etc/cloudha/", f"{etc}/"))
+    inventory = load_inventory(path, environ={"BMC_PASSWORD": "secret-1"})
+    assert [h.id for h in inventory.hosts] == ["kvm1", "kvm2", "kvm3"]
+    kvm1, kvm2, kvm3 = inventory.hosts
+    assert kvm1.oobm is not None
+    assert kvm2.oobm is not None
+    assert (kvm1.oobm.password.reveal(), kvm2.oobm.password.reveal()) == ("secret-1", "secret-2")
+    assert (kvm2.oobm.driver, kvm2.oobm.username, kvm2.ssh.port) == ("redfish", "cloudha", 2222)
+    assert (kvm3.cluster, kvm3.pools, kvm3.oobm) == ("c2", (), None)
+    assert inventory.db_url == "postgresql+psycopg://cloudha@db.example/cloudha"
