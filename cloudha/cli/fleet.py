@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 
-from cloudha.cli.look import EXIT_DATABASE, EXIT_USAGE, console, emit_json, fail, table
+from cloudha.cli.look import EXIT_DATABASE, EXIT_USAGE, console, emit_json, fail, one_line, table
 from cloudha.clock import Clock, SystemClock
-from cloudha.errors import CloudHAError, StoreError
+from cloudha.errors import CloudHAError, ConfigurationError, StoreError
 
 __all__ = ["host_document", "hosts", "status"]
 
@@ -150,9 +151,25 @@ def _driver_message(exc: BaseException) -> str:
     return f"{type(orig if orig is not None else exc).__name__}: {lines[0] if lines else ''}"
 
 
-def _open(command: str, url: str | None) -> _Database:
-    if url is None:
-        fail(command, "give the database of cloudha run: --db URL", EXIT_USAGE)
+def _open(command: str, url: str | None, inventory: Path | None) -> _Database:
+    if (url is None) == (inventory is None):
+        fail(
+            command,
+            "give the database of cloudha run: --db URL or --inventory FILE (one of them)",
+            EXIT_USAGE,
+        )
+    if inventory is not None:
+        from cloudha.inventory import InventoryError, load_inventory
+
+        try:
+            url = load_inventory(inventory).db_url
+        except InventoryError as exc:
+            more = len(exc.problems) - 1
+            also = f" (and {more} more: cloudha config check {inventory})" if more > 0 else ""
+            fail(command, f"{one_line(exc)}{also}", EXIT_USAGE)
+        except ConfigurationError as exc:
+            fail(command, exc, EXIT_USAGE)
+    assert url is not None
     return _Database(command, url)
 
 
@@ -161,6 +178,12 @@ _db_option = click.option(
     "url",
     metavar="URL",
     help="The database of cloudha run, e.g. sqlite:////var/lib/cloudha/cloudha.db.",
+)
+_inventory_option = click.option(
+    "--inventory",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="The inventory of cloudha run: its database (server.db) is read.",
 )
 _json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the JSON document alone on stdout."
@@ -202,8 +225,9 @@ def _by_status(docs: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 @click.command()
 @_db_option
+@_inventory_option
 @_json_option
-def status(url: str | None, as_json: bool) -> None:
+def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
     """The fleet at a glance: hosts by status, each host's owner, last ping and fence
     readiness, and the HA work queue's depth.
 
@@ -212,7 +236,7 @@ def status(url: str | None, as_json: bool) -> None:
     when an investigation finds the host Up), not each agent ping.
     """
     command = "status"
-    database = _open(command, url)
+    database = _open(command, url, inventory)
     try:
         rows = database.read(database.directory.rows)
         now = database.clock.now()
@@ -310,11 +334,12 @@ _HOSTS_COLUMNS: Final = (
 @click.command()
 @click.argument("host_id", metavar="[HOST]", required=False)
 @_db_option
+@_inventory_option
 @_json_option
-def hosts(host_id: str | None, url: str | None, as_json: bool) -> None:
+def hosts(host_id: str | None, url: str | None, inventory: Path | None, as_json: bool) -> None:
     """List the host table of cloudha run, removed hosts included; with HOST, that host in full."""
     command = "hosts"
-    database = _open(command, url)
+    database = _open(command, url, inventory)
     try:
         rows = database.read(database.directory.rows)
         now = database.clock.now()

@@ -209,3 +209,40 @@ def test_an_unreadable_row_is_status_3_naming_the_host(url: str) -> None:
         assert result.exit_code == 3, result.output
         assert len(result.stderr.splitlines()) == 1
         assert "'kvm2': status 'Sleeping' is not a Status" in result.stderr
+
+
+def _inventory(tmp_path: Path, db: str) -> Path:
+    """A small inventory (local agents: no SSH key, no BMC) naming ``db`` as its database."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        f'[server]\nid = "ms1"\ndb = "{db}"\n\n'
+        '[[hosts]]\nid = "kvm1"\naddress = "127.0.0.1"\nagent = "local"\ncluster = "c1"\n'
+        'libvirt_uri = "test:///default"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_status_and_hosts_read_the_database_the_inventory_names(url: str, tmp_path: Path) -> None:
+    inventory = _inventory(tmp_path, url)
+    by_db = run("status", "--db", url, "--json")
+    by_inventory = run("status", "--inventory", str(inventory), "--json")
+    assert by_inventory.exit_code == 0, by_inventory.output
+    assert json.loads(by_inventory.output) == json.loads(by_db.output)
+    listed = run("hosts", "kvm1", "--inventory", str(inventory), "--json")
+    assert listed.exit_code == 0, listed.output
+    direct = run("hosts", "kvm1", "--db", url, "--json")
+    assert json.loads(listed.output) == json.loads(direct.output)
+
+
+def test_a_bad_inventory_or_both_sources_is_one_line_and_status_2(url: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nid = "ms1"\nnot toml\n', encoding="utf-8")
+    result = run("status", "--inventory", str(bad))
+    assert result.exit_code == EXIT_USAGE
+    assert result.output.startswith("cloudha status: ")
+    assert "bad.toml" in result.output
+    assert result.output.count("\n") == 1
+    both = run("hosts", "--db", url, "--inventory", str(_inventory(tmp_path, url)))
+    assert both.exit_code == EXIT_USAGE
+    assert "one of them" in both.output
