@@ -17,7 +17,17 @@ from typing import Any, Final, TypeVar
 
 import click
 
-from cloudha.cli.look import EXIT_DATABASE, EXIT_USAGE, console, emit_json, fail, one_line, table
+from cloudha.cli.look import (
+    EXIT_DATABASE,
+    EXIT_USAGE,
+    console,
+    emit_json,
+    fail,
+    iso,
+    one_line,
+    span,
+    table,
+)
 from cloudha.clock import Clock, SystemClock
 from cloudha.errors import CloudHAError, ConfigurationError, StoreError
 
@@ -33,27 +43,8 @@ def _clock() -> Clock:
     return SystemClock()
 
 
-def _iso(at: dt.datetime | None) -> str | None:
-    return None if at is None else at.isoformat(timespec="seconds")
-
-
-def _span(seconds: float) -> str:
-    """``3d4h``, ``2h05m``, ``4m10s``, ``12s``: an age for a table cell."""
-    whole = int(max(0.0, seconds))
-    days, rest = divmod(whole, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
 def _age(seconds: float | None) -> str:
-    return "never" if seconds is None else f"{_span(seconds)} ago"
+    return "never" if seconds is None else f"{span(max(0.0, seconds))} ago"
 
 
 def host_document(row: Any, now: dt.datetime) -> dict[str, Any]:
@@ -83,16 +74,16 @@ def host_document(row: Any, now: dt.datetime) -> dict[str, Any]:
         "removed": row.removed,
         "owner": host.management_server_id,
         "update_count": host.update_count,
-        "last_ping": (_iso(dt.datetime.fromtimestamp(host.last_ping, dt.UTC)) if pinged else None),
+        "last_ping": (iso(dt.datetime.fromtimestamp(host.last_ping, dt.UTC)) if pinged else None),
         "last_ping_age": round(now_s - host.last_ping, 3) if pinged else None,
         "disconnected_on": (
             None
             if host.disconnected_on is None
-            else _iso(dt.datetime.fromtimestamp(host.disconnected_on, dt.UTC))
+            else iso(dt.datetime.fromtimestamp(host.disconnected_on, dt.UTC))
         ),
         "fence_ready": row.fence_ready,
         "fence_detail": row.fence_detail,
-        "fence_checked_at": _iso(checked),
+        "fence_checked_at": iso(checked),
         "fence_checked_age": None if checked is None else round(now_s - checked.timestamp(), 3),
     }
 
@@ -250,7 +241,7 @@ def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
         emit_json(
             {
                 "database": database.where,
-                "at": _iso(now),
+                "at": iso(now),
                 "by_status": by_status,
                 "removed": removed,
                 "hosts": [
@@ -297,7 +288,7 @@ def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
     oldest = queue["oldest_age"]
     shown.print(
         f"HA queue: {queue['pending']} pending"
-        + ("" if oldest is None else f" (oldest {_span(oldest)})")
+        + ("" if oldest is None else f" (oldest {span(max(0.0, oldest))})")
         + f", {queue['error']} in Error"
         + (" (cloudha queue list shows them)" if queue["error"] else "")
     )

@@ -17,6 +17,7 @@ document alone on stdout (errors still go to stderr).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -32,7 +33,9 @@ __all__ = [
     "console",
     "emit_json",
     "fail",
+    "iso",
     "one_line",
+    "span",
     "table",
 ]
 
@@ -85,3 +88,24 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[obj
     for row in rows:
         shown.add_row(*("" if cell is None else str(cell) for cell in row))
     return shown
+
+
+def iso(at: dt.datetime | None) -> str | None:
+    """``at`` as ISO 8601 to the second, as every ``--json`` prints times; None stays None."""
+    return None if at is None else at.isoformat(timespec="seconds")
+
+
+def span(seconds: float) -> str:
+    """``3d4h``, ``2h05m``, ``4m10s``, ``12s``: a duration for a table cell (its size; the
+    caller says "ago" or "in")."""
+    whole = int(abs(seconds))
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

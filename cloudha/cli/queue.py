@@ -29,7 +29,9 @@ from cloudha.cli.look import (
     console,
     emit_json,
     fail,
+    iso,
     one_line,
+    span,
     table,
 )
 from cloudha.clock import Clock, SystemClock
@@ -57,27 +59,8 @@ _STATES: Final = {
 }
 
 
-def _iso(at: dt.datetime | None) -> str | None:
-    return None if at is None else at.isoformat(timespec="seconds")
-
-
 def _epoch_iso(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")
-
-
-def _span(seconds: float) -> str:
-    """``3d4h``, ``2h05m``, ``4m10s``, ``12s``: a duration for a table cell."""
-    whole = int(abs(seconds))
-    days, rest = divmod(whole, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def work_document(work: Work, now: dt.datetime) -> dict[str, Any]:
@@ -96,9 +79,9 @@ def work_document(work: Work, now: dt.datetime) -> dict[str, Any]:
         "tried": work.tried,
         "next_attempt": _epoch_iso(work.time_to_try) if state is QueueState.PENDING else None,
         "due_in": round(work.time_to_try - now_s, 3) if state is QueueState.PENDING else None,
-        "created": _iso(work.created),
+        "created": iso(work.created),
         "age": round(now_s - work.created.timestamp(), 3),
-        "taken": _iso(work.taken),
+        "taken": iso(work.taken),
         "reason": str(work.reason),
         "vm_type": str(work.vm_type),
         "previous_state": str(work.previous_state),
@@ -113,7 +96,7 @@ def _next_attempt(doc: dict[str, Any]) -> str:
     if doc["held"]:
         return "held"
     due_in = doc["due_in"]
-    return "now" if due_in <= 0 else f"in {_span(due_in)}"
+    return "now" if due_in <= 0 else f"in {span(due_in)}"
 
 
 def _open(command: str, url: str) -> Any:
@@ -251,7 +234,7 @@ def list_(
                     doc["server"] or "-",
                     doc["tried"],
                     _next_attempt(doc),
-                    _span(doc["age"]),
+                    span(doc["age"]),
                 )
                 for doc in works
             ),
