@@ -130,9 +130,15 @@ def check(file: Path, test_credentials: bool, timeout: float, as_json: bool) -> 
 
         # Each failure is in the report: paramiko's tracebacks and the deadline
         # runner's warnings about the same tries would only repeat it on stderr.
-        for name, level in (("paramiko", logging.CRITICAL), ("cloudha.deadline", logging.ERROR)):
-            logging.getLogger(name).setLevel(level)
-        checks = check_credentials(inventory, timeout=timeout)
+        quieted = [logging.getLogger(n) for n in ("paramiko", "cloudha.deadline")]
+        levels = [logger.level for logger in quieted]
+        for logger, level in zip(quieted, (logging.CRITICAL, logging.ERROR), strict=True):
+            logger.setLevel(level)
+        try:
+            checks = check_credentials(inventory, timeout=timeout)
+        finally:  # the levels are the process's: give them back (in-process callers, tests)
+            for logger, level in zip(quieted, levels, strict=True):
+                logger.setLevel(level)
     failed = [c for c in checks if c.ok is False]
     verdict = "OK" if not failed else f"{len(failed)} credential check(s) FAILED"
     if as_json:
