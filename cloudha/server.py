@@ -712,6 +712,8 @@ class ManagementServer:
         if registry is not None:
             self.agents.clustered = True
             self.cluster = ClusterMember(self, registry, address)
+            if self.host_ha is not None:
+                self.host_ha.follows = self.cluster.owns
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)
         """The ``PingTask`` of every directly managed host this server owns, as one loop."""
