@@ -103,7 +103,7 @@ class Group:
         self.stalled: set[str] = set()
 
     def start(self, server_id: str, **extra: object) -> ManagementServer:
-        server = ManagementServer(  # type: ignore[arg-type]
+        server = ManagementServer(
             settings=self.settings,
             clock=self.clock,
             directory=self.directory,
@@ -120,7 +120,7 @@ class Group:
             discover_plugins=False,
             registry=self.registry,
             address=f"{server_id}.example:8250",
-            **extra,
+            **extra,  # type: ignore[arg-type]
         )
         assert server.recover()
         self.servers[server_id] = server
