@@ -505,6 +505,34 @@ class AgentManager:
             return True
         return False
 
+    def _owner_change(self, host: Host, owner: str | None, epoch: int) -> StatusChange:
+        """``host``'s row given to ``owner`` at ``epoch``: a host that was Up (Connecting,
+        Rebalancing) becomes Disconnected (``ManagementServerDown``: ``last_ping`` one ping
+        timeout back, ``disconnected_on`` now); any other status is kept."""
+        if host.status not in (Status.UP, Status.CONNECTING, Status.REBALANCING):
+            return StatusChange(
+                host_id=host.id,
+                from_status=host.status,
+                to_status=host.status,
+                event=None,
+                expected_update_count=host.update_count,
+                management_server_id=owner,
+                owner_epoch=epoch,
+            )
+        wall = self.clock.now().timestamp()
+        event = Event.MANAGEMENT_SERVER_DOWN
+        return StatusChange(
+            host_id=host.id,
+            from_status=host.status,
+            to_status=host_transition(host.status, event),
+            event=event,
+            expected_update_count=host.update_count,
+            last_ping=wall - self.settings.behind_on_ping_timeout,
+            management_server_id=owner,
+            disconnected_on=wall,
+            owner_epoch=epoch,
+        )
+
     def _claim(self, host: Host) -> Host | None:
         """Write this server as ``host``'s owner at :attr:`owner_epoch`; the new row, or None.
 
@@ -515,29 +543,10 @@ class AgentManager:
         Any other status is kept. None when the row changed underneath
         (another server claimed it first).
         """
-        wall = self.clock.now().timestamp()
-        to_status: Status | None = host.status
-        last_ping: float | Keep = KEEP
-        disconnected_on: float | Keep = KEEP
-        event: Event | None = None
-        if host.status in (Status.UP, Status.CONNECTING, Status.REBALANCING):
-            event = Event.MANAGEMENT_SERVER_DOWN
-            to_status = host_transition(host.status, event)
-            last_ping = wall - self.settings.behind_on_ping_timeout
-            disconnected_on = wall
-        change = StatusChange(
-            host_id=host.id,
-            from_status=host.status,
-            to_status=to_status,
-            event=event,
-            expected_update_count=host.update_count,
-            last_ping=last_ping,
-            management_server_id=self.management_server_id,
-            disconnected_on=disconnected_on,
-            owner_epoch=self.owner_epoch,
-        )
+        change = self._owner_change(host, self.management_server_id, self.owner_epoch)
         if not self.directory.update_status(change):
             return None
+        to_status, event = change.to_status, change.event
         if to_status is not host.status:
             self.recorder.emit(
                 "host_status",
@@ -562,33 +571,12 @@ class AgentManager:
         waits for its agent. Only rows this server owns at its epoch are
         released; each leaves this server's watch. Returns those released.
         """
-        wall = self.clock.now().timestamp()
         released: list[str] = []
         for host in hosts:
             if host.management_server_id != self.management_server_id or not self._current(host):
                 continue
             with self._lock(host.id):
-                to_status: Status | None = host.status
-                event: Event | None = None
-                last_ping: float | Keep = KEEP
-                disconnected_on: float | Keep = KEEP
-                if host.status in (Status.UP, Status.CONNECTING, Status.REBALANCING):
-                    event = Event.MANAGEMENT_SERVER_DOWN
-                    to_status = host_transition(host.status, event)
-                    last_ping = wall - self.settings.behind_on_ping_timeout
-                    disconnected_on = wall
-                change = StatusChange(
-                    host_id=host.id,
-                    from_status=host.status,
-                    to_status=to_status,
-                    event=event,
-                    expected_update_count=host.update_count,
-                    last_ping=last_ping,
-                    management_server_id=None,
-                    disconnected_on=disconnected_on,
-                    owner_epoch=0,
-                )
-                if not self.directory.update_status(change):
+                if not self.directory.update_status(self._owner_change(host, None, 0)):
                     continue
                 self.drop(host.id)
                 released.append(host.id)
