@@ -712,6 +712,8 @@ class ManagementServer:
         if registry is not None:
             self.agents.clustered = True
             self.cluster = ClusterMember(self, registry, address)
+            if self.host_ha is not None:
+                self.host_ha.follows = self.cluster.owns
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)
         """The ``PingTask`` of every directly managed host this server owns, as one loop."""
@@ -738,6 +740,7 @@ class ManagementServer:
         self.work_seconds = float(work_seconds)
         self._held: dict[int, Work] = {}
         self._recovered = False
+        self._recovery_lock = threading.RLock()
         self._connected: frozenset[str] = frozenset()
         self._cleanup_due = False
         self._pumps: list[Pump] = []
@@ -772,6 +775,10 @@ class ManagementServer:
         :meth:`AgentManager.recover`). A failure is logged and recorded; the
         monitor loop calls this again until it succeeds.
         """
+        with self._recovery_lock:  # the monitor and the Cluster loop (rejoin) both recover
+            return self._recover(connected)
+
+    def _recover(self, connected: Collection[str]) -> bool:
         self._connected = frozenset(connected)
         try:
             if self.cluster is not None and self.cluster.epoch is None:
@@ -796,9 +803,10 @@ class ManagementServer:
         :meth:`recover` registers it again with a new epoch and takes up
         what is still its own; the ``Cluster`` loop claims anew.
         """
-        self._held.clear()
-        self._recovered = False
-        self.recover(connected=())
+        with self._recovery_lock:
+            self._held.clear()
+            self._recovered = False
+            self.recover(connected=())
 
     def _needs_hand_over(self, host: Host) -> bool:
         force = self.settings.force_ha

@@ -21,6 +21,7 @@ from cloudha import (
 )
 from cloudha.cluster import SqlServerRegistry
 from cloudha.ha.store import create_schema
+from cloudha.hostha import HAExecutors, HAState
 from cloudha.ports import ServerState
 from cloudha.testing import (
     FakeAgentGateway,
@@ -31,6 +32,7 @@ from cloudha.testing import (
     InMemoryOrchestrator,
     RecordingAlertSink,
     ScriptedFencer,
+    ScriptedHAProvider,
     ScriptedInvestigator,
     check_server_registry,
 )
@@ -100,7 +102,7 @@ class Group:
         self.servers: dict[str, ManagementServer] = {}
         self.stalled: set[str] = set()
 
-    def start(self, server_id: str) -> ManagementServer:
+    def start(self, server_id: str, **extra: object) -> ManagementServer:
         server = ManagementServer(
             settings=self.settings,
             clock=self.clock,
@@ -118,6 +120,7 @@ class Group:
             discover_plugins=False,
             registry=self.registry,
             address=f"{server_id}.example:8250",
+            **extra,  # type: ignore[arg-type]
         )
         assert server.recover()
         self.servers[server_id] = server
@@ -314,3 +317,34 @@ def test_the_takeover_timeout_must_be_twice_the_heartbeat() -> None:
     group = Group(settings={"cloudha.ms.takeover.timeout": 3})
     with pytest.raises(ConfigurationError, match=r"cloudha\.ms\.takeover\.timeout"):
         group.start("ms1")
+
+
+def test_host_ha_of_a_host_runs_on_the_host_owner_whoever_wrote_its_config() -> None:
+    group = Group(hosts=HOSTS[:4])
+    provider = ScriptedHAProvider()
+    servers = {
+        server_id: group.start(
+            server_id, ha_providers=[provider], host_ha_executors=HAExecutors.inline(group.clock)
+        )
+        for server_id in ("ms1", "ms2")
+    }
+    group.tick(3)
+    assert group.owners() == {"ms1": 2, "ms2": 2}
+    ms1_host = next(h.id for h in group.directory.list_hosts() if h.management_server_id == "ms1")
+    ms2_ha = servers["ms2"].host_ha
+    assert ms2_ha is not None
+    ms2_ha.configure(ms1_host, provider.name)
+    ms2_ha.enable(ms1_host)  # ms2 wrote the row last: CloudStack would let ms2 run it
+    provider.healthy[ms1_host] = True
+    written = ms2_ha.store.find(ms1_host)
+    assert written is not None
+    assert written.mgmt_server_id == "ms2"
+    ms2_ha.tick()
+    assert ms2_ha.store.find(ms1_host) == written  # ms2 does not follow a host it does not own
+    ms1_ha = servers["ms1"].host_ha
+    assert ms1_ha is not None
+    ms1_ha.tick()
+    config = ms1_ha.store.find(ms1_host)
+    assert config is not None
+    assert config.state is HAState.AVAILABLE
+    assert config.mgmt_server_id == "ms1"
