@@ -375,7 +375,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "How often to look for direct agents no server owns.",
         _S21,
         bounds=_PERIOD,
-        read_by=(_CLUSTER,),
+        read_by=(_CLUSTER, _CAMPAIGN),
     ),
     _key(
         "agent.lb.enabled",
@@ -1076,7 +1076,7 @@ _SPECS: tuple[KeySpec, ...] = (
         " cluster.heartbeat.threshold). At least twice cloudha.ms.heartbeat.interval.",
         "cloudha",
         bounds=(1, 86_400, "under a second is no heartbeat; over a day strands hosts"),
-        read_by=(_CLUSTER,),
+        read_by=(_CLUSTER, _CAMPAIGN),
     ),
     _key(
         "cloudha.ms.heartbeat.interval",
@@ -1086,7 +1086,7 @@ _SPECS: tuple[KeySpec, ...] = (
         " at its peers (a peer's silence is timed on the observer's own clock).",
         "cloudha",
         bounds=(0.05, 3600, "under 50 ms floods the database; over an hour is no heartbeat"),
-        read_by=(_CLUSTER,),
+        read_by=(_CLUSTER, _SCENARIO, _CAMPAIGN),
     ),
     # cloudha's own: lasting evidence (docs/evidence.md).
     _key(

@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from cloudha.errors import ConfigurationError
+from cloudha.errors import ConfigurationError, ProbeError
 from cloudha.model import Host
 from cloudha.ports import ServerRecord, ServerRegistry, ServerState
 from cloudha.status import Status
@@ -170,12 +170,19 @@ class ClusterMember:
             servers = self.registry.servers()
         group = frozenset((r.id, r.epoch) for r in servers if r.state is ServerState.UP)
         changed = self._group is not None and group != self._group
+        try:
+            if changed or now >= self._next_scan:
+                full = self._claim(servers, until_fair=changed)
+                self._next_scan = now if full else now + settings.direct_agent_scan_interval
+            if settings.agent_lb_enabled:
+                self._rebalance(servers)
+        except ProbeError as exc:
+            # The host directory does not answer (the orchestrator's database is out):
+            # the heartbeat went through, the claims wait for the next round, which
+            # still sees the group change if there was one.
+            log.warning("management server %s: claims postponed: %s", self.server_id, exc)
+            return interval
         self._group = group
-        if changed or now >= self._next_scan:
-            full = self._claim(servers, until_fair=changed)
-            self._next_scan = now if full else now + settings.direct_agent_scan_interval
-        if settings.agent_lb_enabled:
-            self._rebalance(servers)
         return interval
 
     def _watch(self, servers: Sequence[ServerRecord], now: float) -> list[str]:

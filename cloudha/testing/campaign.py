@@ -101,6 +101,8 @@ class Case:
     vms: tuple[Mapping[str, Any], ...]
     incidents: tuple[Incident, ...]
     until: float
+    servers: tuple[str, ...] = ()
+    """``[run] management_servers`` of a group scenario (empty: one server, the default)."""
 
     def to_doc(self) -> dict[str, Any]:
         """The scenario mapping (what a TOML file parses to)."""
@@ -114,12 +116,15 @@ class Case:
                     entry["target"] = incident.target
                 faults.append(entry)
         faults.sort(key=lambda f: f["at"])
+        run: dict[str, Any] = {"until": self.until, "seed": self.seed}
+        if self.servers:
+            run["management_servers"] = list(self.servers)
         return {
             "settings": dict(self.settings),
             "hosts": [dict(h) for h in self.hosts],
             "vms": [dict(v) for v in self.vms],
             "faults": faults,
-            "run": {"until": self.until, "seed": self.seed},
+            "run": run,
         }
 
     def without_incident(self, index: int) -> Case:
@@ -169,8 +174,18 @@ def _settle(settings: Mapping[str, Any]) -> float:
     )
 
 
+GROUP_SHARE = 0.3
+"""About this share of generated scenarios run a group of 2-3 management servers."""
+
+
 def generate(seed: int) -> Case:
-    """A random scenario: 3-30 hosts in 1-3 clusters, VMs, every simulated fault kind healed."""
+    """A random scenario: 3-30 hosts in 1-3 clusters, VMs, every simulated fault kind healed.
+
+    About :data:`GROUP_SHARE` of them run 2-3 management servers (a stream of
+    their own: the other scenarios stay what they were before groups were
+    simulated), their management server faults aimed at random servers, with
+    one to three more of those, a pause past the takeover timeout among them.
+    """
     rng = random.Random(seed)
     host_ha = random.Random(f"host-ha-{seed}")
     with_host_ha = host_ha.random() < 0.3
@@ -246,9 +261,58 @@ def generate(seed: int) -> Case:
             heal_at = round(extra.uniform(at + 5.0, window), 1)
             target = extra.choice(hosts)["id"] if kind.target is Target.HOST else None
             incidents.append(Incident(kind.name, target, at, heal_at))
+    servers: tuple[str, ...] = ()
+    group = random.Random(f"ms-group-{seed}")
+    if group.random() < GROUP_SHARE:
+        servers, incidents = _group(group, settings, incidents, window)
     last = max((i.heal_at for i in incidents), default=0.0)
-    until = float(math.ceil(last + _settle(settings)))
-    return Case(seed, settings, tuple(hosts), tuple(vms), tuple(incidents), until)
+    settle = _settle(settings)
+    if servers:
+        settle += _group_settle(settings)
+    until = float(math.ceil(last + settle))
+    return Case(seed, settings, tuple(hosts), tuple(vms), tuple(incidents), until, servers)
+
+
+_SERVER_FAULTS = tuple(
+    f.name for f in FAULTS if f.target is Target.MANAGEMENT_SERVER and not f.is_heal and f.simulated
+)
+
+
+def _group(
+    rng: random.Random, settings: Mapping[str, Any], incidents: list[Incident], window: float
+) -> tuple[tuple[str, ...], list[Incident]]:
+    """A group's servers, and ``incidents`` with its management server faults aimed at them."""
+    from cloudha.settings import Settings
+
+    servers = tuple(f"ms{i + 1}" for i in range(rng.randint(2, 3)))
+    aimed = [
+        attrs.evolve(i, target=rng.choice(servers))
+        if by_name(i.kind).target is Target.MANAGEMENT_SERVER
+        else i
+        for i in incidents
+    ]
+    timeout = Settings.from_mapping(settings).cloudha_ms_takeover_timeout
+    for n in range(rng.randint(1, 3)):
+        kind = "ms_pause" if n == 0 else rng.choice(_SERVER_FAULTS)
+        at = round(rng.uniform(30.0, window * 0.8), 1)
+        if kind == "ms_pause" and (n == 0 or rng.random() < 0.5):
+            length = timeout + rng.uniform(10.0, 200.0)  # past the takeover timeout
+        else:
+            length = rng.uniform(5.0, timeout * 1.5)
+        aimed.append(Incident(kind, rng.choice(servers), at, round(at + length, 1)))
+    return servers, aimed
+
+
+def _group_settle(settings: Mapping[str, Any]) -> float:
+    """What a group needs on top of :func:`_settle`: a takeover and the claims after it."""
+    from cloudha.settings import Settings
+
+    s = Settings.from_mapping(settings)
+    return (
+        s.cloudha_ms_takeover_timeout
+        + 2 * s.cloudha_ms_heartbeat_interval
+        + s.direct_agent_scan_interval
+    )
 
 
 # -- running ----------------------------------------------------------------------

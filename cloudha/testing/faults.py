@@ -44,7 +44,7 @@ class Target(enum.Enum):
             Target.HOST: "host",
             Target.POOL: "pool",
             Target.VM: "VM",
-            Target.MANAGEMENT_SERVER: "—",
+            Target.MANAGEMENT_SERVER: "server (optional)",
             Target.NONE: "—",
         }[self]
 
@@ -55,8 +55,9 @@ class FaultKind:
 
     Attributes:
         name: the ``kind`` of a ``[[faults]]`` entry.
-        target: what ``target`` names; for :attr:`Target.MANAGEMENT_SERVER`
-            and :attr:`Target.NONE` it is left out.
+        target: what ``target`` names; for :attr:`Target.NONE` it is left out,
+            for :attr:`Target.MANAGEMENT_SERVER` it is optional (a server id of
+            ``[run] management_servers``; by default the first).
         heal: the kind that undoes this one, or ``None`` when this kind is
             itself a heal.
         doc: one line: the effect (the docs table's "Effect" column).
@@ -175,14 +176,16 @@ FAULTS: tuple[FaultKind, ...] = (
         Target.MANAGEMENT_SERVER,
         "ms_restart",
         "the management server process dies: its memory (ping map) is lost, the host table"
-        " survives",
+        " survives; in a group its peers declare it departed after cloudha.ms.takeover.timeout"
+        " and take over its hosts and HA works",
     ),
     FaultKind(
         "ms_restart",
         Target.MANAGEMENT_SERVER,
         None,
         "a new management server process starts: it marks its hosts Disconnected (UNKNOWN) with a"
-        " doubled grace ([Detection](detection.md)), agents reconnect",
+        " doubled grace ([Detection](detection.md)), agents reconnect; in a group it registers"
+        " with a new epoch and takes up its hosts no peer took over",
     ),
     FaultKind(
         "ms_isolation",
@@ -196,14 +199,17 @@ FAULTS: tuple[FaultKind, ...] = (
         Target.MANAGEMENT_SERVER,
         "ms_resume",
         "the management server process stalls (a long GC or VM pause): none of its loops run"
-        " and agents' pings go unanswered, but it keeps its memory",
+        " and agents' pings go unanswered, but it keeps its memory; in a group, past"
+        " cloudha.ms.takeover.timeout its peers declare it departed and take over its hosts",
         own_stream=True,
     ),
     FaultKind(
         "ms_resume",
         Target.MANAGEMENT_SERVER,
         None,
-        "the process wakes: its loops run at once, with every ping in its map stale",
+        "the process wakes: its loops run at once, with every ping in its map stale; in a group,"
+        " one declared departed meanwhile finds its heartbeat refused (ownership_lost),"
+        " registers again and claims anew",
         own_stream=True,
     ),
     FaultKind(

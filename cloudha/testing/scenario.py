@@ -23,10 +23,12 @@ from cloudha.testing.faults import FAULT_KINDS, FAULTS, Target
 from cloudha.tomllines import TomlLines
 
 __all__ = [
+    "DEFAULT_SERVERS",
     "EVENT_BUDGET",
     "EVENT_HARD_CAP",
     "FAULT_KINDS",
     "MAX_SCENARIO_BYTES",
+    "MAX_SERVERS",
     "MAX_UNTIL",
     "EventEstimate",
     "FaultSpec",
@@ -42,9 +44,8 @@ __all__ = [
 _HOST_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.HOST)
 _POOL_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.POOL)
 _VM_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.VM)
-_NO_TARGET = frozenset(
-    f.name for f in FAULTS if f.target in (Target.MANAGEMENT_SERVER, Target.NONE)
-)
+_SERVER_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.MANAGEMENT_SERVER)
+_NO_TARGET = frozenset(f.name for f in FAULTS if f.target is Target.NONE)
 
 _TOP_KEYS = frozenset({"settings", "hosts", "vms", "faults", "run"})
 _HOST_KEYS = frozenset(
@@ -66,7 +67,11 @@ _HOST_KEYS = frozenset(
 )
 _VM_KEYS = frozenset({"id", "host", "ha", "type", "priority"})
 _FAULT_KEYS = frozenset({"at", "kind", "target"})
-_RUN_KEYS = frozenset({"until", "seed"})
+_RUN_KEYS = frozenset({"until", "seed", "management_servers"})
+DEFAULT_SERVERS = ("ms1",)
+"""``[run] management_servers`` when a scenario leaves it out: one server, ``ms1``."""
+MAX_SERVERS = 16
+"""The most management servers a scenario may run (``[run] management_servers``)."""
 _OOBM = frozenset({"ipmi", "redfish", "none"})
 
 MAX_UNTIL = 30 * 86400.0
@@ -128,6 +133,9 @@ class Scenario:
     until: float
     seed: int
     source: str = "<scenario>"
+    management_servers: tuple[str, ...] = DEFAULT_SERVERS
+    """The management server processes sharing the host table and the SQL database
+    (``[run] management_servers``); with several they form a group (docs/cluster.md)."""
 
 
 class _Parser:
@@ -295,7 +303,11 @@ def parse_scenario(
         raise p.fail("[run] must be a table", key="run")
     for key in run:
         if key not in _RUN_KEYS:
-            raise p.fail(f"unknown key '{key}' in [run] (known: until, seed)", table="run", key=key)
+            raise p.fail(
+                f"unknown key '{key}' in [run] (known: {', '.join(sorted(_RUN_KEYS))})",
+                table="run",
+                key=key,
+            )
     until = p.number(run.get("until", 3600), "until", "run", 0)
     if not 0 < until <= MAX_UNTIL:
         raise p.fail(
@@ -309,6 +321,8 @@ def parse_scenario(
         raise p.fail(
             f"'seed' must be an integer, got {seed!r}", table="run", key="seed", value=seed
         )
+
+    servers = _management_servers(p, run)
 
     hosts: list[HostSpec] = []
     seen: dict[str, int] = {}
@@ -489,6 +503,15 @@ def parse_scenario(
                 key="target",
                 value=target,
             )
+        if kind in _SERVER_TARGET and target is not None and target not in servers:
+            raise p.fail(
+                f"fault {kind}: 'target' {target!r} is not one of [run] management_servers"
+                f" ({', '.join(servers)}); leave it out for the first",
+                table="faults",
+                index=i,
+                key="target",
+                value=target,
+            )
         if kind in _NO_TARGET and target is not None:
             raise p.fail(
                 f"fault {kind} takes no 'target'; leave it out",
@@ -507,6 +530,7 @@ def parse_scenario(
         until=until,
         seed=seed,
         source=source,
+        management_servers=servers,
     )
     estimate = estimate_events(scenario)
     if estimate.total > EVENT_BUDGET:
@@ -544,11 +568,13 @@ def estimate_events(scenario: Scenario) -> EventEstimate:
 
     Each periodic loop contributes ``run.until / its interval`` events per
     instance: agent pings and PingTask rounds (``ping.interval``, per host),
-    the monitor (twice per ``ping.interval``), heartbeat writer rounds
-    (``kvm.heartbeat.update.frequency``, twice per writing host), the OOBM
-    sync (per host with a BMC, every
+    the monitor (twice per ``ping.interval``, per management server), heartbeat
+    writer rounds (``kvm.heartbeat.update.frequency``, twice per writing host),
+    the OOBM sync (per host with a BMC, every
     ``outofbandmanagement.background.task.execution.interval``), idle HA
-    workers (``ha.workers`` every ``time.to.sleep``), and the faults.
+    workers (``ha.workers`` every ``time.to.sleep``, per server), with several
+    servers their group heartbeats (``cloudha.ms.heartbeat.interval``, per
+    server), and the faults.
     """
     s = scenario.settings
     until = scenario.until
@@ -559,12 +585,18 @@ def estimate_events(scenario: Scenario) -> EventEstimate:
         if h.hypervisor in (HypervisorType.KVM, HypervisorType.LXC) and h.pools
     )
     bmcs = sum(1 for h in scenario.hosts if h.oobm != "none")
+    servers = len(scenario.management_servers)
 
     def rate(count: float, interval: float) -> float:
         return count * until / max(interval, 1e-300) if count else 0.0
 
     terms = [
-        (rate(hosts + 2, s.ping_interval), "ping.interval", s.ping_interval, "agent pings"),
+        (
+            rate(hosts + 2 * servers, s.ping_interval),
+            "ping.interval",
+            s.ping_interval,
+            "agent pings",
+        ),
         (
             rate(2 * writers, s.kvm_heartbeat_update_frequency),
             "kvm.heartbeat.update.frequency",
@@ -577,15 +609,61 @@ def estimate_events(scenario: Scenario) -> EventEstimate:
             s.outofbandmanagement_background_task_execution_interval,
             "BMC power-state syncs",
         ),
-        (rate(s.ha_workers, s.time_to_sleep), "ha.workers", s.ha_workers, "idle HA workers"),
+        (
+            rate(s.ha_workers * servers, s.time_to_sleep),
+            "ha.workers",
+            s.ha_workers,
+            "idle HA workers",
+        ),
+        (
+            rate(servers if servers > 1 else 0, s.cloudha_ms_heartbeat_interval),
+            "cloudha.ms.heartbeat.interval",
+            s.cloudha_ms_heartbeat_interval,
+            "management server heartbeats",
+        ),
     ]
     total = sum(t[0] for t in terms) + len(scenario.faults)
     rate_value, key, value, what = max(terms, key=lambda t: t[0])
-    if key == "ha.workers" and s.ha_workers <= 1000:
+    if key == "ha.workers" and s.ha_workers * servers <= 1000:
         key, value = "time.to.sleep", s.time_to_sleep
     if rate_value <= EVENT_BUDGET / 4:
         key, value, what = "until", until, "a long run"
     return EventEstimate(total, key, value, f"{what} ({rate_value:.3g} events)")
+
+
+def _management_servers(p: _Parser, run: Mapping[str, Any]) -> tuple[str, ...]:
+    """``[run] management_servers``: a non-empty list of distinct non-empty server ids."""
+    if "management_servers" not in run:
+        return DEFAULT_SERVERS
+    value = run["management_servers"]
+    key = "management_servers"
+    if not isinstance(value, list) or not value:
+        raise p.fail(
+            f"'{key}' must be a non-empty list of server ids, got {value!r}",
+            table="run",
+            key=key,
+            value=value,
+        )
+    if len(value) > MAX_SERVERS:
+        raise p.fail(
+            f"'{key}' lists {len(value)} servers; at most {MAX_SERVERS}",
+            table="run",
+            key=key,
+            value=len(value),
+        )
+    seen: set[str] = set()
+    for item in value:
+        if not isinstance(item, str) or not item.strip():
+            raise p.fail(
+                f"'{key}' must list server ids (non-empty strings), got {item!r}",
+                table="run",
+                key=key,
+                value=item,
+            )
+        if item in seen:
+            raise p.fail(f"'{key}' names server {item!r} twice", table="run", key=key, value=item)
+        seen.add(item)
+    return tuple(value)
 
 
 def _watchdog(p: _Parser, entry: Mapping[str, Any], index: int, pools: list[str]) -> bool:

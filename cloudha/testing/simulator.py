@@ -46,6 +46,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cloudha.cluster import SqlServerRegistry
 from cloudha.errors import ProbeConnectionError, ScenarioError
 from cloudha.evidence import Evidence, Recorder
 from cloudha.fencing.chain import FenceChain, FenceDecision, InlineRunner
@@ -81,6 +82,9 @@ from cloudha.ports import (
     RecoveryLevel,
     RecoveryOutcome,
     RecoveryResult,
+    ServerRegistry,
+    ServerState,
+    StatusChange,
 )
 from cloudha.runtime import Loop
 from cloudha.server import ManagementServer
@@ -97,7 +101,7 @@ from cloudha.testing.scenario import (
     load_scenario,
     parse_scenario,
 )
-from cloudha.testing.world import MANAGEMENT_SERVER_ID, EventTimeline, World
+from cloudha.testing.world import EventTimeline, World
 from cloudha.testing.world import WorldHost as _SimHost
 from cloudha.testing.world import WorldVm as _SimVm
 
@@ -113,10 +117,12 @@ _KVM = (HypervisorType.KVM, HypervisorType.LXC)
 
 
 class _ManagementServer:
-    """One management server process: a :class:`~cloudha.ManagementServer` and its epoch."""
+    """One management server process: a :class:`~cloudha.ManagementServer`, its server id
+    and its process generation (``gen``: unique over every process of the run)."""
 
-    def __init__(self, sim: Simulation, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, sim: Simulation, server_id: str, gen: int) -> None:
+        self.server_id = server_id
+        self.gen = gen
         self.alive = True
         self.started_at = sim.clock.monotonic()
         self.server = ManagementServer(
@@ -125,14 +131,16 @@ class _ManagementServer:
             alerts=sim.alerts,
             store=sim.store,
             evidence=sim.timeline,
-            server_id=MANAGEMENT_SERVER_ID,
+            server_id=server_id,
             fence_runner=InlineRunner(sim.clock),
             discover_plugins=False,
             work_seconds=WORK_SECONDS,
             ha_config=sim.ha_config,
             host_ha_executors=HAExecutors.inline(sim.clock),
             metrics=sim.metrics,
-            **sim.world.ports(),
+            registry=sim.registry,
+            address=f"sim://{server_id}" if sim.registry is not None else "",
+            **sim.world.ports(server_id),
         )
         host_ha = self.server.host_ha
         if host_ha is not None:
@@ -170,7 +178,8 @@ class _ManagementServer:
 
 
 class _CurrentScheduler:
-    """The HA scheduler of the management server running now (``ManagementServer.scheduler``)."""
+    """The HA scheduler of the first management server running now
+    (``ManagementServer.scheduler``)."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
@@ -178,10 +187,14 @@ class _CurrentScheduler:
     def schedule_restart_for_vms_on_host(
         self, host: Host, *, investigate: bool, reason: ReasonType
     ) -> None:
-        ms = self.sim.ms
-        if ms is None or not ms.alive or ms.paused:
-            raise ProbeConnectionError("no management server is running")
-        ms.server.ha.schedule_restart_for_vms_on_host(host, investigate=investigate, reason=reason)
+        for server_id in self.sim.server_ids:
+            ms = self.sim.procs.get(server_id)
+            if ms is not None and ms.alive and not ms.paused:
+                ms.server.ha.schedule_restart_for_vms_on_host(
+                    host, investigate=investigate, reason=reason
+                )
+                return
+        raise ProbeConnectionError("no management server is running")
 
 
 class _WatchedFenceChain(FenceChain):
@@ -270,6 +283,14 @@ class Simulation:
             connect_args={"check_same_thread": False},
         )
         create_schema(self.engine)
+        self.server_ids: tuple[str, ...] = scenario.management_servers
+        """The management servers of the run (``[run] management_servers``), in order."""
+        self.group = len(self.server_ids) > 1
+        """Several servers: a group on one registry (each host owned by one of them)."""
+        self.registry: ServerRegistry | None = (
+            SqlServerRegistry(self.engine, self.clock) if self.group else None
+        )
+        """The servers' registry in the shared database (None for one server: it runs alone)."""
         self.store = WorkStore(self.engine, self.clock)
         self.ha_config = SqlHAConfigStore(self.engine, self.clock)
         self.ha_expected: list[tuple[float, str]] = []
@@ -284,9 +305,17 @@ class Simulation:
             timing=self.timing,
             server_running=self._server_running,
             on_power_on=self._boot,
-            server_id=MANAGEMENT_SERVER_ID,
+            # A group starts with no owner on any host: its servers claim their fair shares.
+            server_id=None if self.group else self.server_ids[0],
+            servers=self.server_ids,
+            servers_running=self._running,
         )
         world = self.world
+        world.on_host_write = self._host_written
+        for sim_host in world.hosts.values():
+            # A lone server's agents are connected at t=0; a group's wait for their owner.
+            sim_host.connected = not self.group
+            sim_host.connected_to = None if self.group else self.server_ids[0]
         world.agent_service = self.settings.cloudha_escalation_agent_service
         world.on_agent_start = self._agent_started
         # The world's state under the names the writers and the checker read.
@@ -300,14 +329,52 @@ class Simulation:
         self.pools = world.pools
         self.down_with_running_vms = 0
         self.timeline.on_record = self._watch
+        self.stale_writes = 0
+        """Host row writes by a server the registry no longer had Up at its epoch."""
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = 0
-        self._epoch = 0
-        self.ms: _ManagementServer | None = None
+        self._gen = 0
+        self.procs: dict[str, _ManagementServer] = {}
+        """Each server's latest process (dead ones too: ``alive`` says)."""
+        self._by_gen: dict[int, _ManagementServer] = {}
+        self._down_since: dict[str, float] = {}
+        """When each crashed or paused server stopped running."""
+
+    @property
+    def ms(self) -> _ManagementServer | None:
+        """The first management server's latest process (the only one of a lone server)."""
+        return self.procs.get(self.server_ids[0])
 
     def _server_running(self) -> bool:
-        ms = self.ms
+        return self._running(self.server_ids[0])
+
+    def _running(self, server_id: str) -> bool:
+        """Is management server ``server_id`` running (alive, not paused) now?"""
+        ms = self.procs.get(server_id)
         return ms is not None and ms.alive and not ms.paused
+
+    def _host_written(self, server_id: str | None, change: StatusChange) -> None:
+        """A server wrote a host row: count it if the registry had it departed (fencing)."""
+        if self.registry is None or server_id is None:
+            return
+        ms = self.procs.get(server_id)
+        epoch = None if ms is None or ms.server.cluster is None else ms.server.cluster.epoch
+        up = any(
+            r.id == server_id and r.state is ServerState.UP and r.epoch == epoch
+            for r in self.registry.servers()
+        )
+        if not up:
+            self.stale_writes += 1
+            self.recorder.emit(
+                "stale_write",
+                host=change.host_id,
+                reason=(
+                    f"{server_id} wrote the host row while the registry did not have it Up"
+                    f" at epoch {epoch}"
+                ),
+                server=server_id,
+                epoch=epoch,
+            )
 
     def checker(self, host: _SimHost) -> HeartbeatChecker:
         """The heartbeat checker running on ``host`` (:meth:`World.checker`)."""
@@ -315,7 +382,7 @@ class Simulation:
 
     @property
     def ms_isolated(self) -> bool:
-        """The management server is cut off the management network (``World.ms_isolated``)."""
+        """Every management server is cut off the management network (``World.ms_isolated``)."""
         return self.world.ms_isolated
 
     @ms_isolated.setter
@@ -368,7 +435,8 @@ class Simulation:
         heapq.heappush(self._queue, (when, self._seq, action))
 
     def run(self) -> dict[str, Any]:
-        self._start_ms(first=True)
+        for server_id in self.server_ids:
+            self._start_ms(server_id, first=True)
         for fault in self.scenario.faults:
             self.at(fault.at, functools.partial(self._fault, fault.kind, fault.target))
         interval = self.settings.ping_interval
@@ -414,18 +482,20 @@ class Simulation:
 
     # -- management server ---------------------------------------------------
 
-    def _start_ms(self, *, first: bool) -> None:
-        """Start a management server process on the durable state (SQL, host table)."""
-        self._epoch += 1
-        ms = _ManagementServer(self, self._epoch)
-        self.ms = ms
-        epoch = ms.epoch
+    def _start_ms(self, server_id: str, *, first: bool) -> None:
+        """Start a process of server ``server_id`` on the durable state (SQL, host table)."""
+        self._gen += 1
+        ms = _ManagementServer(self, server_id, self._gen)
+        self.procs[server_id] = ms
+        self._by_gen[ms.gen] = ms
+        epoch = ms.gen
         server = ms.server
         server.on_work_added = lambda: self.wake_workers(epoch)
-        # The first start joins a running cloud whose agents are connected.
-        connected = [h.id for h in self.directory.list_hosts()] if first else ()
+        # The first start joins a running cloud whose agents are connected (to it, when
+        # it runs alone; a group's servers claim the hosts, whose agents then connect).
+        connected = [h.id for h in self.directory.list_hosts()] if first and not self.group else ()
         server.recover(connected=connected)
-        if first and server.host_ha is not None:
+        if first and server_id == self.server_ids[0] and server.host_ha is not None:
             # The operator enabled Host-HA on these hosts before the run (durable rows).
             for sim_host in self.hosts.values():
                 if sim_host.spec.ha_provider:
@@ -458,7 +528,7 @@ class Simulation:
     def _schedule_loop(self, ms: _ManagementServer, loop: Loop, when: float) -> None:
         token = ms.loop_token.get(loop.name, 0) + 1
         ms.loop_token[loop.name] = token
-        self.at(when, functools.partial(self._loop_tick, ms.epoch, loop, token))
+        self.at(when, functools.partial(self._loop_tick, ms.gen, loop, token))
 
     def _loop_tick(self, epoch: int, loop: Loop, token: int) -> None:
         ms = self._current(epoch)
@@ -490,13 +560,17 @@ class Simulation:
         if ms.paused:
             ms.deferred.append(functools.partial(self._oobm_tick, epoch))
             return
-        ms.oobm.sync([h for h in self.directory.list_hosts() if h.id in self.hosts], parallel=False)
+        hosts = [h for h in self.directory.list_hosts() if h.id in self.hosts]
+        if self.group:  # each server of a group checks the BMCs of its own hosts
+            hosts = [h for h in hosts if h.management_server_id == ms.server_id]
+        ms.oobm.sync(hosts, parallel=False)
         interval = ms.server.oobm_sync.interval
         self.at(self.clock.monotonic() + interval, lambda: self._oobm_tick(epoch))
 
     def _current(self, epoch: int) -> _ManagementServer | None:
-        ms = self.ms
-        if ms is None or not ms.alive or ms.epoch != epoch:
+        """The process of generation ``epoch`` if it is still alive."""
+        ms = self._by_gen.get(epoch)
+        if ms is None or not ms.alive:
             return None
         return ms
 
@@ -509,24 +583,36 @@ class Simulation:
         )
         if not (host.powered and host.agent_running):
             return
-        if not self.reachable(host):
+        # The agent talks to the server its host row names as owner (in a group, a host
+        # without one waits for a claim); a new owner gets a new connection.
+        owner = self.world.owner(host)
+        if owner is None or owner not in self.procs or not self.reachable(host):
             host.connected = False  # the agent's ping failed: it drops the link
+            host.connected_to = None
             return
-        assert self.ms is not None
+        ms = self.procs[owner]
         sent = self.clock.now().timestamp()
         # A KVM agent's ping carries its host's VM report (CloudStack's hostVmStateReport).
         running = frozenset(vm.id for vm in self.vms.values() if host_id in vm.running_on)
-        if host.connected and self.ms.agents.ping_received(PingReport(host_id, vms=running)):
+        if (
+            host.connected
+            and host.connected_to == owner
+            and ms.agents.ping_received(PingReport(host_id, vms=running))
+        ):
             host.last_ack = sent  # the isolation probe of the host's writer reads it
             return
         self._connect(host)
 
     def _connect(self, host: _SimHost) -> None:
-        if self.ms is None or not self.reachable(host) or not host.agent_running:
+        owner = self.world.owner(host)
+        if owner is None or owner not in self.procs:
+            return
+        if not self.reachable(host) or not host.agent_running:
             return
         running = sorted(vm.id for vm in self.vms.values() if host.spec.id in vm.running_on)
         sent = self.clock.now().timestamp()
-        host.connected = self.ms.agents.agent_connected(host.spec.id, vms=running)
+        host.connected = self.procs[owner].agents.agent_connected(host.spec.id, vms=running)
+        host.connected_to = owner if host.connected else None
         if host.connected:
             host.last_ack = sent
 
@@ -771,11 +857,13 @@ class Simulation:
 
     def _fault_agent_stop(self, target: str | None) -> None:
         host = self._target_host(target)
-        was_connected = host.connected and self.reachable(host)
+        server = host.connected_to
+        was_connected = host.connected and server is not None and self.world.reachable(host, server)
         host.agent_running = host.connected = False
-        if was_connected and not host.spec.hypervisor.has_direct_agent:
-            assert self.ms is not None
-            self.ms.agents.agent_link_closed(host.spec.id)  # the socket closes at once
+        host.connected_to = None
+        if was_connected and server is not None and not host.spec.hypervisor.has_direct_agent:
+            # The socket closes at once: the server it was connected to sees it.
+            self.procs[server].agents.agent_link_closed(host.spec.id)
 
     def _fault_agent_start(self, target: str | None) -> None:
         # A host still booting (or waiting for its writer to arm the watchdog) starts its
@@ -829,30 +917,47 @@ class Simulation:
         assert target is not None
         self.storage_out.discard(target)
 
+    def _target_server(self, target: str | None) -> str:
+        """The server a management server fault names (the scenario parser checked it), or
+        the first."""
+        return target if target is not None else self.server_ids[0]
+
     def _fault_ms_crash(self, target: str | None) -> None:
-        if self.ms is not None and self.ms.alive:
-            self.ms.alive = False
+        server_id = self._target_server(target)
+        ms = self.procs.get(server_id)
+        if ms is not None and ms.alive:
+            ms.alive = False
+            self._down_since[server_id] = self.clock.monotonic()
             for sim_host in self.hosts.values():
-                sim_host.connected = False
+                if not self.group or sim_host.connected_to == server_id:
+                    sim_host.connected = False
+                    sim_host.connected_to = None
 
     def _fault_ms_restart(self, target: str | None) -> None:
-        if self.ms is None or not self.ms.alive:
-            self._start_ms(first=False)
+        server_id = self._target_server(target)
+        ms = self.procs.get(server_id)
+        if ms is None or not ms.alive:
+            self._down_since.pop(server_id, None)
+            self._start_ms(server_id, first=False)
 
     def _fault_ms_isolation(self, target: str | None) -> None:
-        self.ms_isolated = True
+        self.world.isolated_servers.add(self._target_server(target))
 
     def _fault_ms_heal(self, target: str | None) -> None:
-        self.ms_isolated = False
+        self.world.isolated_servers.discard(self._target_server(target))
 
     def _fault_ms_pause(self, target: str | None) -> None:
-        ms = self.ms
-        if ms is not None and ms.alive:
+        server_id = self._target_server(target)
+        ms = self.procs.get(server_id)
+        if ms is not None and ms.alive and not ms.paused:
             ms.paused = True
+            self._down_since[server_id] = self.clock.monotonic()
 
     def _fault_ms_resume(self, target: str | None) -> None:
-        ms = self.ms
+        server_id = self._target_server(target)
+        ms = self.procs.get(server_id)
         if ms is not None and ms.alive and ms.paused:
+            self._down_since.pop(server_id, None)
             ms.paused = False
             deferred, ms.deferred = ms.deferred, []
             for action in deferred:
@@ -918,19 +1023,26 @@ class Simulation:
             config = self.ha_config.find(host_id)
             if config is not None and config.state is not None:
                 hosts[host_id]["ha_state"] = config.state.value
+            if self.group:
+                hosts[host_id]["owner"] = None if row is None else row.management_server_id
         vms: dict[str, Any] = {}
         for vm in self.vms.values():
             vms[vm.id] = {"state": "Running" if vm.running_on else "Stopped", "host": vm.host}
+        scenario: dict[str, Any] = {
+            "source": self.scenario.source,
+            "seed": self.scenario.seed,
+            "until": self.scenario.until,
+            "hosts": len(self.hosts),
+            "vms": len(self.vms),
+        }
+        final: dict[str, Any] = {"hosts": hosts, "vms": vms}
+        if self.group:
+            scenario["management_servers"] = list(self.server_ids)
+            final["servers"] = self._servers()
         return {
-            "scenario": {
-                "source": self.scenario.source,
-                "seed": self.scenario.seed,
-                "until": self.scenario.until,
-                "hosts": len(self.hosts),
-                "vms": len(self.vms),
-            },
+            "scenario": scenario,
             "events": self.timeline.events,
-            "final": {"hosts": hosts, "vms": vms},
+            "final": final,
             "invariants": self._invariants(vms),
             "ha_scheduled": [
                 {"host": s.host_id, "investigate": s.investigate, "reason": str(s.reason)}
@@ -952,7 +1064,52 @@ class Simulation:
             "down_with_running_vms": self.down_with_running_vms,
             "lost_work": self._lost_work(),
             "unrecovered_ha_vm": unrecovered,
+            **(
+                {"stale_write": self.stale_writes, "unowned_host": self._unowned_hosts()}
+                if self.group
+                else {}
+            ),
         }
+
+    def _servers(self) -> dict[str, Any]:
+        """Each server of a group at the end: its process, registry row and host count."""
+        assert self.registry is not None
+        records = {r.id: r for r in self.registry.servers()}
+        owned: dict[str, int] = {}
+        for row in self.directory.list_hosts():
+            if row.management_server_id is not None:
+                owned[row.management_server_id] = owned.get(row.management_server_id, 0) + 1
+        servers: dict[str, Any] = {}
+        for server_id in self.server_ids:
+            ms = self.procs.get(server_id)
+            process = "Paused" if ms is not None and ms.alive and ms.paused else "Running"
+            if ms is None or not ms.alive:
+                process = "Dead"
+            record = records.get(server_id)
+            servers[server_id] = {
+                "process": process,
+                "state": None if record is None else str(record.state),
+                "epoch": None if record is None else record.epoch,
+                "hosts": owned.get(server_id, 0),
+            }
+        return servers
+
+    def _unowned_hosts(self) -> int:
+        """Hosts a group left without a live owner: the row names no server Up at its
+        ``owner_epoch`` while some server runs (its claims should have taken them)."""
+        assert self.registry is not None
+        if not any(self._running(s) for s in self.server_ids):
+            return 0
+        up = {r.id: r.epoch for r in self.registry.servers() if r.state is ServerState.UP}
+        return sum(
+            1
+            for row in self.directory.list_hosts()
+            if row.id in self.hosts
+            and (
+                row.management_server_id is None
+                or up.get(row.management_server_id) != row.owner_epoch
+            )
+        )
 
     def _ha_applies(self, vm: _SimVm) -> bool:
         """Is ``vm`` one that cloudha's VM HA must bring back (spec §3.4)?
@@ -972,8 +1129,9 @@ class Simulation:
     def _recovery_possible(self, vm: _SimVm) -> bool:
         """Could ``vm``, running nowhere now, be restarted safely right now?
 
-        Safe needs a running management server, a proof that the VM does not
-        run on its last host ``H`` and room for it (:meth:`_capacity_elsewhere`).
+        Safe needs ``H``'s owner running and not isolated (the first server
+        when ``H`` has no owner), a proof that the VM does not run on ``H``
+        and room for it (:meth:`_capacity_elsewhere`).
         The proof exists when ``H`` answers its management server (its
         agent or hypervisor shows the VM is not there); or ``H`` has a BMC that
         answers (a fence can be confirmed); or ``H`` is off or hung and its
@@ -982,10 +1140,12 @@ class Simulation:
         death); or ``H`` is an unpowered XenServer with a reachable pool
         member of its cluster (the pool fences).
         """
-        ms = self.ms
-        if ms is None or not ms.alive or ms.paused or self.ms_isolated:
-            return False
         home = self.hosts[vm.host or vm.original_host]
+        # The host's owner (the first server when it has none) must be running and not
+        # isolated: it is the one that follows the host up.
+        owner = self.world.owner(home) or self.server_ids[0]
+        if not self._running(owner) or owner in self.world.isolated_servers:
+            return False
         return self._absence_provable(home) and self._capacity_elsewhere(vm)
 
     def _absence_provable(self, home: _SimHost) -> bool:
@@ -1024,7 +1184,10 @@ class Simulation:
         """HA work lost: a Down host's HA VM never given a work, or a claim nobody will finish.
 
         A claim is stuck when the server holding it is running but took it
-        before its own (re)start: it will never be processed or released.
+        before its own (re)start: it will never be processed or released. In
+        a group a claim is also stuck when its holder is one the registry no
+        longer has Up (declared departed, or gone Down) while a peer runs:
+        the departure must have released it for a survivor to finish.
         VMs that VM HA leaves alone by design (``vm.ha.enabled`` false, a
         non-Routing host, VMware and Hyper-V hosts) never count.
         """
@@ -1033,19 +1196,22 @@ class Simulation:
             for t, vm in self.ha_expected
             if self.ha_seen.get(vm, -1.0) < t and self._ha_applies(self.vms[vm])
         }
+        finished = (Step.DONE, Step.CANCELLED, Step.ERROR)
+        up: set[str] | None = None
+        if self.registry is not None:
+            up = {r.id for r in self.registry.servers() if r.state is ServerState.UP}
+        survivor = any(self._running(s) for s in self.server_ids)
         stuck = 0
-        ms = self.ms
-        if ms is not None and ms.alive:
-            finished = (Step.DONE, Step.CANCELLED, Step.ERROR)
-            started = ms.started_at
-            stuck = sum(
-                1
-                for work in self.store.works_for_vms(sorted(self.vms))
-                if work.mgmt_server_id is not None
-                and work.step not in finished
-                and work.taken is not None
-                and work.taken.timestamp() < started
-            )
+        for work in self.store.works_for_vms(sorted(self.vms)):
+            holder = work.mgmt_server_id
+            if holder is None or work.step in finished or work.taken is None:
+                continue
+            ms = self.procs.get(holder)
+            if ms is not None and ms.alive:
+                if work.taken.timestamp() < ms.started_at:
+                    stuck += 1  # taken before its holder's (re)start
+            elif up is not None and holder not in up and survivor:
+                stuck += 1  # held by a departed server: the departure did not release it
         return len(missing) + stuck
 
     def _capacity_elsewhere(self, vm: _SimVm) -> bool:

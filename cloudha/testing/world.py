@@ -155,6 +155,9 @@ class WorldHost:
     """Dead hardware (``host_crash`` until ``host_recover``): a BMC ON or RESET leaves it Off."""
     last_ack: float | None = None
     """Epoch seconds when the agent sent its last ping the server acknowledged (None: none)."""
+    connected_to: str | None = None
+    """The management server the agent's connection is to (None: not connected anywhere).
+    The simulator keeps it; an agent pings its host row's owner and reconnects when it changes."""
 
 
 @attrs.define
@@ -205,7 +208,16 @@ class World:
             needs one; the simulator passes its current server's state.)
         on_power_on: called when a BMC switches a host on (the host then
             boots: the simulator schedules that). By default the agent runs at once.
-        server_id: the management server owning every host in the host table.
+        server_id: the management server owning every host in the host table;
+            None for a group of servers (``servers``) that claim the hosts
+            themselves: every row starts without an owner.
+        servers: the management servers (by default ``server_id`` alone).
+        servers_running: is management server ``id`` running now? By default
+            ``server_running()`` for each.
+
+    A host is reached through one management server (:meth:`reachable`): by
+    default its host row's owner, or ``server_id`` for a row without one
+    (with ``server_id`` None such a host is reached by no server).
     """
 
     def __init__(
@@ -218,20 +230,32 @@ class World:
         timing: HeartbeatTiming | None = None,
         server_running: Callable[[], bool] = lambda: True,
         on_power_on: Callable[[WorldHost], None] | None = None,
-        server_id: str = MANAGEMENT_SERVER_ID,
+        server_id: str | None = MANAGEMENT_SERVER_ID,
+        servers: Sequence[str] | None = None,
+        servers_running: Callable[[str], bool] | None = None,
     ) -> None:
         self.clock = clock
         self.recorder = recorder or Recorder(EventTimeline(), clock, "world")
         self.timing = timing or HeartbeatTiming.from_settings(Settings())
         self.server_running = server_running
+        self.server_id = server_id
+        """The owner of a host whose row names none (None: such a host is reached by no one)."""
+        self.servers: tuple[str, ...] = tuple(
+            servers if servers is not None else ([] if server_id is None else [server_id])
+        )
+        """Every management server of the world."""
+        self.servers_running = servers_running
+        self.isolated_servers: set[str] = set()
+        """Management servers cut off the management network (``ms_isolation``)."""
+        self.on_host_write: Callable[[str | None, StatusChange], None] | None = None
+        """Called with the writer's server id and the change after each host row write a
+        server's :class:`WorldHostDirectory` applied (the simulator's fencing check)."""
         self.on_power_on = on_power_on
         self.oobm_configs = StaticOobmConfigs()
         self.directory = InMemoryHostDirectory()
         """The host table (the orchestrator's database): what the server reads and writes."""
         self.orchestrator_out = False
         """An orchestrator outage: every VM orchestrator and host directory call fails."""
-        self.ms_isolated = False
-        """The management server is cut off the management network."""
         self.agent_service = "cloudstack-agent"
         """The agent's systemd unit on every host (what ``systemctl restart`` restarts)."""
         self.on_agent_start: Callable[[WorldHost], None] | None = None
@@ -294,25 +318,54 @@ class World:
         self.storage = {host_id: WorldStorage(self, h) for host_id, h in self.hosts.items()}
         self._checkers: dict[str, HeartbeatChecker] = {}
 
-    def ports(self) -> WorldPorts:
+    @property
+    def ms_isolated(self) -> bool:
+        """Every management server is cut off the management network (set: all, or none)."""
+        return bool(self.servers) and all(s in self.isolated_servers for s in self.servers)
+
+    @ms_isolated.setter
+    def ms_isolated(self, value: bool) -> None:
+        if value:
+            self.isolated_servers.update(self.servers)
+        else:
+            self.isolated_servers.clear()
+
+    def ports(self, server_id: str | None = None) -> WorldPorts:
         """Keyword arguments of :class:`cloudha.ManagementServer` reaching this world.
 
         A fresh gateway, hypervisor control, power drivers (``ipmi`` and
-        ``redfish``) and direct resources; the shared host directory (with
-        outages), orchestrator, OOBM configs and pools.
+        ``redfish``), direct resources and shell, reaching hosts as management
+        server ``server_id`` (by default :attr:`server_id`); the shared host
+        directory (with outages; each write it applies goes to :attr:`on_host_write` with
+        ``server_id``), orchestrator, OOBM configs and pools.
         """
+        server = server_id if server_id is not None else self.server_id
         return {
-            "directory": WorldHostDirectory(self),
-            "gateway": WorldAgentGateway(self),
+            "directory": WorldHostDirectory(self, server),
+            "gateway": WorldAgentGateway(self, server),
             "orchestrator": self.orchestrator,
             "oobm_drivers": [WorldPowerDriver(self, "ipmi"), WorldPowerDriver(self, "redfish")],
             "oobm_configs": self.oobm_configs,
             "pools": self.pools,
-            "hypervisor": WorldHypervisors(self),
-            "direct_resources": WorldDirectResources(self),
+            "hypervisor": WorldHypervisors(self, server),
+            "direct_resources": WorldDirectResources(self, server),
             "volumes": WorldVolumes(self),
-            "shell": WorldHostShell(self),
+            "shell": WorldHostShell(self, server),
         }
+
+    def owner(self, host: WorldHost) -> str | None:
+        """The management server ``host`` is reached through: its row's owner, else
+        :attr:`server_id`."""
+        row = self.directory.find_host(host.spec.id)
+        if row is not None and row.management_server_id is not None:
+            return row.management_server_id
+        return self.server_id
+
+    def running(self, server_id: str) -> bool:
+        """Is management server ``server_id`` running (not crashed, not paused) now?"""
+        if self.servers_running is not None:
+            return self.servers_running(server_id)
+        return self.server_running()
 
     def checker(self, host: WorldHost) -> HeartbeatChecker:
         """The heartbeat checker running on ``host`` (reading through its own mounts)."""
@@ -322,25 +375,29 @@ class World:
             self._checkers[host.spec.id] = found
         return found
 
-    def reachable(self, host: WorldHost) -> bool:
-        """Can the management server and the host's agent talk right now?"""
+    def reachable(self, host: WorldHost, server_id: str | None = None) -> bool:
+        """Can management server ``server_id`` (by default :meth:`owner`) and the host's agent
+        talk right now?"""
+        server = server_id if server_id is not None else self.owner(host)
         return (
-            self.server_running()
-            and not self.ms_isolated
+            server is not None
+            and self.running(server)
+            and server not in self.isolated_servers
             and host.powered
             and not host.hung
             and host.mgmt_link
             and not host.isolated
         )
 
-    def ssh_reachable(self, host: WorldHost) -> bool:
-        """Can the management server log in to ``host`` over SSH right now?
+    def ssh_reachable(self, host: WorldHost, server_id: str | None = None) -> bool:
+        """Can the management server (``server_id``, by default the owner) log in to ``host``
+        over SSH right now?
 
         SSH takes the agent's network: the host must be :meth:`reachable`
         (powered, not hung, not isolated, its management link up, the server
         not isolated) and booted (sshd runs once the OS is up).
         """
-        return self.reachable(host) and not host.booting
+        return self.reachable(host, server_id) and not host.booting
 
     def start_agent(self, host: WorldHost) -> bool:
         """The agent service is (re)started on ``host``; True when a stopped agent now runs.
@@ -466,12 +523,14 @@ class WorldAgentGateway:
     XenServer pool's Fence) answer from the world's state.
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, server_id: str | None = None) -> None:
         self.world = world
+        self.server_id = server_id
+        """The management server sending (None: each host's owner)."""
 
     def _agent(self, host: Host, timeout: float) -> WorldHost:
         sim_host = self.world.hosts[host.id]
-        if not self.world.reachable(sim_host):
+        if not self.world.reachable(sim_host, self.server_id):
             raise ProbeTimeout(f"no answer from {host.id} within {timeout:g}s", host_id=host.id)
         if not sim_host.agent_running:
             raise ProbeConnectionError(
@@ -541,11 +600,13 @@ class WorldHostDirectory:
     """The host table as the management server reaches it (a ``HostDirectory``).
 
     It is :attr:`World.directory`, except that during an orchestrator outage
-    every call raises :class:`~cloudha.errors.ProbeConnectionError`.
+    every call raises :class:`~cloudha.errors.ProbeConnectionError`. Each write
+    it applies goes to :attr:`World.on_host_write` with ``server_id`` (the writer).
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, server_id: str | None = None) -> None:
         self.world = world
+        self.server_id = server_id
 
     def _check(self) -> InMemoryHostDirectory:
         if self.world.orchestrator_out:
@@ -568,7 +629,10 @@ class WorldHostDirectory:
         )
 
     def update_status(self, change: StatusChange) -> bool:
-        return self._check().update_status(change)
+        written = self._check().update_status(change)
+        if written and self.world.on_host_write is not None:
+            self.world.on_host_write(self.server_id, change)
+        return written
 
 
 class WorldHypervisors:
@@ -578,12 +642,13 @@ class WorldHypervisors:
     reachable, whether or not the agent runs.
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, server_id: str | None = None) -> None:
         self.world = world
+        self.server_id = server_id
 
     def _reach(self, host: Host, timeout: float) -> WorldHost:
         sim_host = self.world.hosts[host.id]
-        if not self.world.reachable(sim_host):
+        if not self.world.reachable(sim_host, self.server_id):
             raise ProbeTimeout(f"hypervisor of {host.id} silent for {timeout:g}s", host_id=host.id)
         return sim_host
 
@@ -860,13 +925,14 @@ class WorldHostShell:
     found"), another command 127. Every command run is kept in :attr:`runs`.
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, server_id: str | None = None) -> None:
         self.world = world
+        self.server_id = server_id
         self.runs: list[tuple[str, tuple[str, ...]]] = []
 
     def run(self, host: Host, argv: Sequence[str], *, timeout: float) -> ShellResult:
         sim_host = self.world.hosts[host.id]
-        if not self.world.ssh_reachable(sim_host):
+        if not self.world.ssh_reachable(sim_host, self.server_id):
             raise ProbeTimeout(f"ssh to {host.id} timed out after {timeout:g} s", host_id=host.id)
         self.runs.append((host.id, tuple(argv)))
         args = list(argv)
@@ -890,12 +956,13 @@ class WorldDirectResources:
     on it) while it is reachable and its agent runs.
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, server_id: str | None = None) -> None:
         self.world = world
+        self.server_id = server_id
 
     def current_status(self, host: Host) -> PingReport | None:
         sim_host = self.world.hosts[host.id]
-        if self.world.reachable(sim_host) and sim_host.agent_running:
+        if self.world.reachable(sim_host, self.server_id) and sim_host.agent_running:
             running = frozenset(v.id for v in self.world.vms.values() if host.id in v.running_on)
             return PingReport(host.id, vms=running)
         return None
