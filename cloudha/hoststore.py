@@ -147,6 +147,7 @@ def _host(row: Row[Any]) -> Host:
         update_count=int(row.update_count),
         watchdog=bool(row.watchdog),
         rack=row.rack,
+        owner_epoch=int(row.owner_epoch),
     )
 
 
@@ -245,9 +246,11 @@ class SqlHostDirectory:
         or changes nothing and returns False.
         """
         values: dict[str, Any] = {
-            "status": change.to_status.value,
+            "status": None if change.to_status is None else change.to_status.value,
             "update_count": _H.update_count + 1,
         }
+        if change.owner_epoch is not KEEP:
+            values["owner_epoch"] = int(change.owner_epoch)
         if change.last_ping is not KEEP:
             values["last_ping"] = float(change.last_ping)
         if change.management_server_id is not KEEP:

@@ -211,6 +211,13 @@ class Host:
     or not known): a stale heartbeat then does not prove the host dead
     (:func:`~cloudha.investigators.support.stale_proof`).
 
+    ``owner_epoch`` is the ownership epoch of ``management_server_id``: the
+    owner's registration epoch when it claimed the host (0 for a server that
+    runs alone). A server writes the row only while it names that server at
+    its current epoch, so a server that was declared departed (paused, cut
+    off) and came back cannot act on a host it no longer owns
+    (docs/cluster.md).
+
     ``rack`` is an optional rack label: with ``rack`` among
     ``cloudha.storm.domains``, the hosts sharing it are one failure domain of
     storm protection (:class:`~cloudha.detection.storm.StormGuard`).
@@ -232,6 +239,7 @@ class Host:
     update_count: int = 0
     watchdog: bool = False
     rack: str | None = None
+    owner_epoch: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not self.name:

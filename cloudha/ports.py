@@ -64,6 +64,9 @@ __all__ = [
     "RecoveryOutcome",
     "RecoveryResult",
     "Router",
+    "ServerRecord",
+    "ServerRegistry",
+    "ServerState",
     "ShellResult",
     "StatusChange",
     "StoragePoolDirectory",
@@ -110,16 +113,27 @@ class StatusChange:
         last_ping: new wall-clock ``last_ping``, or KEEP.
         management_server_id: new owner (None clears it), or KEEP.
         disconnected_on: new wall-clock ``disconnected_on``, or KEEP.
+        owner_epoch: new ``owner_epoch`` (the owner's registration epoch), or KEEP.
+
+    ``to_status`` is None only with ``from_status`` None: a change of owner
+    alone of a host that never connected (a claim).
     """
 
     host_id: str
     from_status: Status | None
-    to_status: Status
+    to_status: Status | None
     event: Event | None
     expected_update_count: int
     last_ping: float | Keep = KEEP
     management_server_id: str | Keep | None = KEEP
     disconnected_on: float | Keep = KEEP
+    owner_epoch: int | Keep = KEEP
+
+    def __attrs_post_init__(self) -> None:
+        if self.to_status is None and self.from_status is not None:
+            raise ValueError(
+                f"StatusChange of {self.host_id}: to_status None needs from_status None"
+            )
 
 
 @runtime_checkable
@@ -141,6 +155,78 @@ class HostDirectory(Protocol):
 
     def update_status(self, change: StatusChange) -> bool:
         """Apply ``change`` if the row is as expected; see :class:`StatusChange`."""
+
+
+class ServerState(enum.Enum):
+    """A management server's registration state (:class:`ServerRegistry`)."""
+
+    UP = "Up"
+    """Registered and heartbeating."""
+    DOWN = "Down"
+    """Left gracefully (:meth:`ServerRegistry.leave`)."""
+    DEPARTED = "Departed"
+    """Declared departed by a peer: its heartbeat lapsed past the takeover timeout."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class ServerRecord:
+    """One management server of a group, as the registry holds it.
+
+    Attributes:
+        id: the server id (owner of hosts and HA works).
+        address: where operators reach it (free text, e.g. ``host:port``).
+        state: Up, Down or Departed.
+        epoch: its registration epoch, one more at each :meth:`ServerRegistry.register`.
+        beat: its heartbeat counter, one more at each :meth:`ServerRegistry.heartbeat`.
+        heartbeat_at: wall-clock seconds of its last heartbeat (its own clock; for
+            display, never for decisions).
+        registered_at: wall-clock seconds of its last registration.
+        departed_by: the server that declared it departed, or None.
+    """
+
+    id: str
+    address: str
+    state: ServerState
+    epoch: int
+    beat: int
+    heartbeat_at: float
+    registered_at: float
+    departed_by: str | None = None
+
+
+@runtime_checkable
+class ServerRegistry(Protocol):
+    """The management servers sharing one database (CloudStack's ``mshost``).
+
+    Every method is one atomic database operation, safe across processes.
+    Departure is decided by the observers (:class:`cloudha.cluster.ClusterMember`)
+    on their own monotonic clocks: a peer whose ``(epoch, beat)`` did not move
+    for ``cloudha.ms.takeover.timeout`` is declared departed with
+    :meth:`declare_departed`, which succeeds for exactly one caller. The
+    contract checker is :func:`cloudha.testing.check_server_registry`.
+    """
+
+    def register(self, server_id: str, address: str) -> int:
+        """(Re-)register ``server_id`` Up at ``address``; its new epoch (previous + 1; 1 first)."""
+
+    def heartbeat(self, server_id: str, epoch: int) -> bool:
+        """Count one beat; False (nothing changed) unless the row is Up at ``epoch``."""
+
+    def servers(self) -> Sequence[ServerRecord]:
+        """Every registered server (any state), by id."""
+
+    def declare_departed(self, server_id: str, epoch: int, beat: int, by: str) -> bool:
+        """Mark ``server_id`` Departed if it is still Up at ``epoch`` and ``beat``; True if so.
+
+        Exactly one of several concurrent callers gets True: that one acts on
+        the departure (releases the server's works and Host-HA ownership).
+        """
+
+    def leave(self, server_id: str, epoch: int) -> bool:
+        """Graceful stop: mark ``server_id`` Down if it is Up at ``epoch``; True if so."""
 
 
 @attrs.frozen

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloudha.clock import Clock
+from cloudha.cluster import ClusterMember
 from cloudha.detection import AgentManager, MonitorTask, PingMap, PingTask
 from cloudha.detection.escalation import EscalationLadder
 from cloudha.detection.freshness import Freshness
@@ -82,6 +83,7 @@ from cloudha.ports import (
     MetricsSink,
     MigrationFailureSink,
     PingReport,
+    ServerRegistry,
     StatusChange,
     StoragePoolDirectory,
     TaskExecutor,
@@ -400,6 +402,12 @@ class ManagementServer:
             one tick. Above 0 (the simulator): a worker's tick claims, it
             holds the claim that long, and its next tick processes the work,
             so a server that dies meanwhile dies holding the claim.
+        registry: the group's :class:`~cloudha.ports.ServerRegistry` (e.g.
+            :class:`cloudha.cluster.SqlServerRegistry` on the shared database):
+            this server is one of several, each host owned by exactly one of
+            them (the ``Cluster`` loop, :class:`~cloudha.cluster.ClusterMember`;
+            docs/cluster.md). None: it runs alone.
+        address: where operators reach this server (kept in the registry).
         metrics: where metrics are counted (:class:`~cloudha.ports.MetricsSink`,
             e.g. :class:`cloudha.metrics.Metrics`): every evidence record goes
             to it as well as to ``evidence``, and it is given this server to
@@ -445,6 +453,8 @@ class ManagementServer:
         poller: HostPoller | None = None,
         poll_executor: TaskExecutor | None = None,
         metrics: MetricsSink | None = None,
+        registry: ServerRegistry | None = None,
+        address: str = "",
     ) -> None:
         if not isinstance(settings, Settings):
             raise ConfigurationError("settings must be a cloudha.Settings", key="settings")
@@ -469,6 +479,7 @@ class ManagementServer:
             ("shell", shell, HostShell),
             ("poller", poller, HostPoller),
             ("metrics", metrics, MetricsSink),
+            ("registry", registry, ServerRegistry),
         ]
         for name, port, protocol in ports:
             validate_port(name, port, protocol)
@@ -696,6 +707,13 @@ class ManagementServer:
             self.escalation.shadow = settings.cloudha_shadow
             self.agents.escalation = self.escalation
         self.agents.shadow = settings.cloudha_shadow
+        self.cluster: ClusterMember | None = None
+        """This server's membership of a group (``registry``); None when it runs alone."""
+        if registry is not None:
+            self.agents.clustered = True
+            self.cluster = ClusterMember(self, registry, address)
+            if self.host_ha is not None:
+                self.host_ha.follows = self.cluster.owns
         self.monitor = MonitorTask(self.agents)
         self.direct_pings = DirectPings(self)
         """The ``PingTask`` of every directly managed host this server owns, as one loop."""
@@ -722,6 +740,7 @@ class ManagementServer:
         self.work_seconds = float(work_seconds)
         self._held: dict[int, Work] = {}
         self._recovered = False
+        self._recovery_lock = threading.RLock()
         self._connected: frozenset[str] = frozenset()
         self._cleanup_due = False
         self._pumps: list[Pump] = []
@@ -756,8 +775,14 @@ class ManagementServer:
         :meth:`AgentManager.recover`). A failure is logged and recorded; the
         monitor loop calls this again until it succeeds.
         """
+        with self._recovery_lock:  # the monitor and the Cluster loop (rejoin) both recover
+            return self._recover(connected)
+
+    def _recover(self, connected: Collection[str]) -> bool:
         self._connected = frozenset(connected)
         try:
+            if self.cluster is not None and self.cluster.epoch is None:
+                self.cluster.join()
             self.ha.recover()
             self.agents.recover(needs_hand_over=self._needs_hand_over, connected=self._connected)
         except Exception as exc:
@@ -770,6 +795,18 @@ class ManagementServer:
         self._recovered = True
         self.work_added()
         return True
+
+    def rejoin(self) -> None:
+        """This server lost its ownership (declared departed): start over from durable state.
+
+        Its split-tick work claims are dropped (they were released), then
+        :meth:`recover` registers it again with a new epoch and takes up
+        what is still its own; the ``Cluster`` loop claims anew.
+        """
+        with self._recovery_lock:
+            self._held.clear()
+            self._recovered = False
+            self.recover(connected=())
 
     def _needs_hand_over(self, host: Host) -> bool:
         force = self.settings.force_ha
@@ -787,11 +824,12 @@ class ManagementServer:
             self.watched_directory.list_hosts(management_server_id=self.server_id)
 
     def _owned_hosts(self) -> list[Host]:
-        return [
-            h
-            for h in self.watched_directory.list_hosts()
-            if h.management_server_id in (None, self.server_id)
-        ]
+        """The hosts this server looks after: its own (in a group, at its epoch; alone, also
+        those without an owner)."""
+        hosts = self.watched_directory.list_hosts()
+        if self.cluster is not None:
+            return [h for h in hosts if self.cluster.owns(h)]
+        return [h for h in hosts if h.management_server_id in (None, self.server_id)]
 
     # -- introspection --------------------------------------------------------
 
@@ -855,6 +893,11 @@ class ManagementServer:
         if not self._recovered:
             delay = min(delay, self.settings.ping_interval)
         return delay
+
+    def cluster_tick(self) -> float:
+        """One round of the group membership (:meth:`ClusterMember.tick`)."""
+        assert self.cluster is not None
+        return self.cluster.tick()
 
     def work_tick(self, worker: int = 0) -> float:
         """One HA worker round: process one due work; 0 when one was processed.
@@ -932,6 +975,8 @@ class ManagementServer:
     def loops(self) -> list[Loop]:
         """Every loop of this server, in start order (ping tasks last)."""
         loops = [Loop("AgentMonitor", self.monitor_tick)]
+        if self.cluster is not None:
+            loops.append(Loop("Cluster", self.cluster_tick))
         if self.oobm.driver_names:
             loops.append(Loop("OobmSync", self.oobm_sync.tick))
         loops.extend(
@@ -1007,6 +1052,11 @@ class ManagementServer:
             self.host_ha.stop(max(0.0, deadline - time.monotonic()))
         if self.agent_poller is not None:
             self.agent_poller.close(max(0.0, deadline - time.monotonic()))
+        if self.cluster is not None:
+            try:
+                self.cluster.leave()
+            except Exception:
+                log.exception("leaving the group failed for %s", self.server_id)
         try:
             self.store.mark_server_pending_as_investigating(self.server_id)
             released = self.store.release_server(self.server_id)

@@ -232,6 +232,7 @@ _EVIDENCE_STORE = "cloudha.evidence_store"
 _ESCALATION = "cloudha.detection.escalation"
 _AGENT_POLLER = "cloudha.detection.poller"
 _DAEMON = "cloudha.daemon"
+_CLUSTER = "cloudha.cluster.member"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -348,7 +349,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "Direct agents loaded per scan round; size of the agent task pool.",
         _S21,
         bounds=_POOL,
-        read_by=NOT_USED_YET,
+        read_by=(_CLUSTER,),
     ),
     _key(
         "direct.agent.pool.size",
@@ -374,7 +375,7 @@ _SPECS: tuple[KeySpec, ...] = (
         "How often to look for direct agents no server owns.",
         _S21,
         bounds=_PERIOD,
-        read_by=NOT_USED_YET,
+        read_by=(_CLUSTER,),
     ),
     _key(
         "agent.lb.enabled",
@@ -382,7 +383,7 @@ _SPECS: tuple[KeySpec, ...] = (
         False,
         "Rebalance direct agents across servers.",
         _S21,
-        read_by=NOT_USED_YET,
+        read_by=(_CLUSTER,),
     ),
     _key(
         "agent.load.threshold",
@@ -390,7 +391,7 @@ _SPECS: tuple[KeySpec, ...] = (
         0.7,
         "Load share above which a server hands direct agents to others.",
         _S21,
-        read_by=NOT_USED_YET,
+        read_by=(_CLUSTER,),
     ),
     _key(
         "host.ping.retry.count",
@@ -1065,6 +1066,28 @@ _SPECS: tuple[KeySpec, ...] = (
         "cloudha",
         read_by=(_SERVER, _SIMULATOR, _HEARTBEAT_CLI, _DAEMON),
     ),
+    # cloudha's own: several management servers (docs/cluster.md).
+    _key(
+        "cloudha.ms.takeover.timeout",
+        "duration",
+        150,
+        "How long a management server's heartbeat may stay still before a peer declares it"
+        " departed and the group takes over its hosts and HA works (CloudStack's"
+        " cluster.heartbeat.threshold). At least twice cloudha.ms.heartbeat.interval.",
+        "cloudha",
+        bounds=(1, 86_400, "under a second is no heartbeat; over a day strands hosts"),
+        read_by=(_CLUSTER,),
+    ),
+    _key(
+        "cloudha.ms.heartbeat.interval",
+        "duration",
+        5,
+        "How often each management server of a group heartbeats in the registry and looks"
+        " at its peers (a peer's silence is timed on the observer's own clock).",
+        "cloudha",
+        bounds=(0.05, 3600, "under 50 ms floods the database; over an hour is no heartbeat"),
+        read_by=(_CLUSTER,),
+    ),
     # cloudha's own: lasting evidence (docs/evidence.md).
     _key(
         "cloudha.evidence.retention",
@@ -1723,6 +1746,9 @@ class Settings:
     cloudha_storm_disruption_threshold: float = 0.5
     # cloudha's own: shadow mode.
     cloudha_shadow: bool = False
+    # cloudha's own: several management servers.
+    cloudha_ms_takeover_timeout: float = 150.0
+    cloudha_ms_heartbeat_interval: float = 5.0
     # cloudha's own: lasting evidence.
     cloudha_evidence_retention: float = 30 * 86_400.0
     cloudha_evidence_max_records: int = 1_000_000

@@ -152,7 +152,7 @@ class ToyHostTable:
             ):
                 return False
             new = attrs.evolve(row, status=change.to_status, update_count=row.update_count + 1)
-            for column in ("last_ping", "management_server_id", "disconnected_on"):
+            for column in ("last_ping", "management_server_id", "disconnected_on", "owner_epoch"):
                 value = getattr(change, column)
                 if value is not KEEP:  # KEEP: leave the column alone
                     new = attrs.evolve(new, **{column: value})

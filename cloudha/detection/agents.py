@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 import attrs
 import tenacity
@@ -30,7 +30,7 @@ from cloudha.detection.freshness import Freshness
 from cloudha.detection.pingmap import PingMap
 from cloudha.detection.sightings import Sightings
 from cloudha.errors import NoTransitionError, ProbeError
-from cloudha.evidence import EvidenceSink, Recorder
+from cloudha.evidence import EvidenceSink, JSONValue, Recorder
 from cloudha.investigators import (
     ChainResult,
     Finding,
@@ -202,6 +202,11 @@ class AgentManager:
         """Shadow mode (``cloudha.shadow``): a Down host's VMs are recorded as what would be
         restarted (``ha_scheduled`` with ``shadow``), never handed to the scheduler."""
         self.escalation = escalation
+        self.clustered = False
+        """One of several management servers (:class:`cloudha.cluster.ClusterMember`): a host
+        row is written only while it names this server at :attr:`owner_epoch`."""
+        self.owner_epoch = 0
+        """This server's registration epoch (0 alone); written into each row it claims."""
         self._alert_watch: dict[str, float] = {}
         self._adopted: set[str] = set()  # re-adopted while Disconnected, by recover()
         self._watch_lock = threading.Lock()
@@ -250,6 +255,17 @@ class AgentManager:
             if host is None:
                 self.recorder.emit(
                     "connection_refused", host=host_id, reason="no such host in the directory"
+                )
+                return False
+            if self.clustered and not self._may_connect(host):
+                self.recorder.emit(
+                    "connection_refused",
+                    host=host_id,
+                    reason=(
+                        f"owned by management server {host.management_server_id} "
+                        f"(epoch {host.owner_epoch}): its agent belongs there"
+                    ),
+                    owner=host.management_server_id,
                 )
                 return False
             try:
@@ -371,6 +387,8 @@ class AgentManager:
                 expected_update_count=host.update_count,
                 last_ping=wall - timeout,
                 disconnected_on=wall,
+                management_server_id=self.management_server_id,
+                owner_epoch=self.owner_epoch,
             )
             if self.directory.update_status(change):
                 self.recorder.emit(
@@ -442,24 +460,17 @@ class AgentManager:
         adopted: list[str] = []
         held: dict[str, float] = {}
         for host in self.directory.list_hosts():
-            if host.id in marked or host.management_server_id not in (
-                None,
-                self.management_server_id,
-            ):
+            if host.id in marked:
                 continue
-            if host.status in (Status.ALERT, Status.DISCONNECTED) and not host.type.is_virtual:
-                least = 0.0 if host.status is Status.ALERT else self.settings.ping_interval
-                left = self._grace_left(host, wall, least)
-                held[host.id] = round(left, 3)
-                due = now + left
-                with self._watch_lock:
-                    self._alert_watch[host.id] = due
-                    if host.status is Status.DISCONNECTED:
-                        self._adopted.add(host.id)
-                adopted.append(host.id)
-            elif host.status is Status.DOWN and (needs_hand_over is None or needs_hand_over(host)):
-                with self._watch_lock:
-                    self._hand_over_due.setdefault(host.id, (0, now))
+            owner = host.management_server_id
+            if owner != self.management_server_id and (self.clustered or owner is not None):
+                continue  # in a group, hosts without an owner are claimed (take_over)
+            if self.clustered and not self._current(host):
+                claimed = self._claim(host)
+                if claimed is None:
+                    continue
+                host = claimed
+            if self._adopt(host, now, wall, held, needs_hand_over):
                 adopted.append(host.id)
         if adopted:
             self.recorder.emit(
@@ -469,6 +480,165 @@ class AgentManager:
                 grace=held,
             )
         return adopted
+
+    def _adopt(
+        self,
+        host: Host,
+        now: float,
+        wall: float,
+        held: dict[str, float],
+        needs_hand_over: Callable[[Host], bool] | None,
+    ) -> bool:
+        """Follow up a host left unfinished (Alert, Disconnected, Down); True if it is followed."""
+        if host.status in (Status.ALERT, Status.DISCONNECTED) and not host.type.is_virtual:
+            least = 0.0 if host.status is Status.ALERT else self.settings.ping_interval
+            left = self._grace_left(host, wall, least)
+            held[host.id] = round(left, 3)
+            with self._watch_lock:
+                self._alert_watch[host.id] = now + left
+                if host.status is Status.DISCONNECTED:
+                    self._adopted.add(host.id)
+            return True
+        if host.status is Status.DOWN and (needs_hand_over is None or needs_hand_over(host)):
+            with self._watch_lock:
+                self._hand_over_due.setdefault(host.id, (0, now))
+            return True
+        return False
+
+    def _claim(self, host: Host) -> Host | None:
+        """Write this server as ``host``'s owner at :attr:`owner_epoch`; the new row, or None.
+
+        A host that was Up (Connecting, Rebalancing) under its previous owner
+        becomes Disconnected (``ManagementServerDown``: its ``last_ping`` one
+        ping timeout back, ``disconnected_on`` now): its agent must come to
+        this server, and until it does or its grace ends no verdict is made.
+        Any other status is kept. None when the row changed underneath
+        (another server claimed it first).
+        """
+        wall = self.clock.now().timestamp()
+        to_status: Status | None = host.status
+        last_ping: float | Keep = KEEP
+        disconnected_on: float | Keep = KEEP
+        event: Event | None = None
+        if host.status in (Status.UP, Status.CONNECTING, Status.REBALANCING):
+            event = Event.MANAGEMENT_SERVER_DOWN
+            to_status = host_transition(host.status, event)
+            last_ping = wall - self.settings.behind_on_ping_timeout
+            disconnected_on = wall
+        change = StatusChange(
+            host_id=host.id,
+            from_status=host.status,
+            to_status=to_status,
+            event=event,
+            expected_update_count=host.update_count,
+            last_ping=last_ping,
+            management_server_id=self.management_server_id,
+            disconnected_on=disconnected_on,
+            owner_epoch=self.owner_epoch,
+        )
+        if not self.directory.update_status(change):
+            return None
+        if to_status is not host.status:
+            self.recorder.emit(
+                "host_status",
+                host=host.id,
+                reason=(
+                    f"taken over from {host.management_server_id or 'no management server'}:"
+                    " its agent must connect to this server"
+                ),
+                **{
+                    "from": None if host.status is None else str(host.status),
+                    "to": None if to_status is None else str(to_status),
+                    "event": None if event is None else str(event),
+                },
+            )
+        return self.directory.find_host(host.id)
+
+    def release(self, hosts: Iterable[Host]) -> list[str]:
+        """Give ``hosts`` up (graceful stop, rebalancing): no owner, for the group to claim.
+
+        A host that was Up (Connecting, Rebalancing) becomes Disconnected
+        (``ManagementServerDown``) as when it is claimed, so its new owner
+        waits for its agent. Only rows this server owns at its epoch are
+        released; each leaves this server's watch. Returns those released.
+        """
+        wall = self.clock.now().timestamp()
+        released: list[str] = []
+        for host in hosts:
+            if host.management_server_id != self.management_server_id or not self._current(host):
+                continue
+            with self._lock(host.id):
+                to_status: Status | None = host.status
+                event: Event | None = None
+                last_ping: float | Keep = KEEP
+                disconnected_on: float | Keep = KEEP
+                if host.status in (Status.UP, Status.CONNECTING, Status.REBALANCING):
+                    event = Event.MANAGEMENT_SERVER_DOWN
+                    to_status = host_transition(host.status, event)
+                    last_ping = wall - self.settings.behind_on_ping_timeout
+                    disconnected_on = wall
+                change = StatusChange(
+                    host_id=host.id,
+                    from_status=host.status,
+                    to_status=to_status,
+                    event=event,
+                    expected_update_count=host.update_count,
+                    last_ping=last_ping,
+                    management_server_id=None,
+                    disconnected_on=disconnected_on,
+                    owner_epoch=0,
+                )
+                if not self.directory.update_status(change):
+                    continue
+                self.drop(host.id)
+                released.append(host.id)
+        return released
+
+    def take_over(
+        self,
+        hosts: Iterable[Host],
+        *,
+        needs_hand_over: Callable[[Host], bool] | None = None,
+    ) -> list[str]:
+        """Claim ``hosts`` (rows as read: orphans of a group) and follow them up; those claimed.
+
+        Each row is claimed optimistically (:meth:`_claim`), so of several
+        servers claiming one host exactly one gets it. A claimed host gets
+        the start grace before any verdict: a host that was Up is
+        Disconnected until its agent connects here, investigated as behind
+        on ping if it has not within the grace
+        (:meth:`HostDeadlines.start_grace`, counted from now); one in Alert
+        or Disconnected is rechecked after the rest of its grace; a Down one
+        is handed over to the HA scheduler again when ``needs_hand_over``
+        says so. The ``takeover`` record names the hosts, their previous
+        owners and graces.
+        """
+        now = self.clock.monotonic()
+        wall = self.clock.now().timestamp()
+        claimed: list[str] = []
+        previous: dict[str, JSONValue] = {}
+        held: dict[str, float] = {}
+        for host in hosts:
+            with self._lock(host.id):
+                row = self._claim(host)
+                if row is None:
+                    continue
+                claimed.append(host.id)
+                previous[host.id] = host.management_server_id
+                self._adopt(row, now, wall, held, needs_hand_over)
+        if claimed:
+            self.recorder.emit(
+                "takeover",
+                reason=(
+                    f"{len(claimed)} hosts claimed at epoch {self.owner_epoch};"
+                    " no verdict on them before their grace ends"
+                ),
+                hosts=claimed,
+                previous=previous,
+                grace=dict(held),
+                epoch=self.owner_epoch,
+            )
+        return claimed
 
     # -- disconnects ------------------------------------------------------
 
@@ -480,6 +650,8 @@ class AgentManager:
             host = self.directory.find_host(host_id)
             if host is None:
                 self._forget(host_id, "no such host in the directory")
+                return False
+            if not self._owns(host, f"disconnect ({event})"):
                 return False
             return self._disconnect(host, event, transit_state=transit_state)
 
@@ -495,6 +667,8 @@ class AgentManager:
             host = self.directory.find_host(host_id)
             if host is None:
                 self._forget(host_id, "no such host in the directory")
+                return False
+            if not self._owns(host, f"investigation ({event})"):
                 return False
             no_vm_runs = False
             if needs_investigation(host.status, event):
@@ -541,6 +715,8 @@ class AgentManager:
             host = self.directory.find_host(host_id)
             if host is None:
                 self._forget(host_id, "no such host in the directory")
+                return False
+            if not self._owns(host, "declaring it Down"):
                 return False
             if host.status is not Status.DOWN:
                 self._alert(host, f"Host down, {host.id}", reason)
@@ -597,6 +773,8 @@ class AgentManager:
             return False
         with self._lock(host_id):
             host = self.directory.find_host(host_id)
+            if host is not None and not self._owns(host, "recheck"):
+                return False
             with self._watch_lock:
                 adopted = host_id in self._adopted
             if host is not None and host.status is Status.DISCONNECTED and adopted:
@@ -802,6 +980,8 @@ class AgentManager:
             return False
         try:
             after = self.directory.find_host(host_id)
+            if after is not None and not self._owns(after, "HA scheduling"):
+                return True  # not ours to hand over any more: its owner does it
             if after is None or after.status is not Status.DOWN:
                 with self._watch_lock:
                     self._hand_over_due.pop(host_id, None)
@@ -925,7 +1105,18 @@ class AgentManager:
         self.recorder.emit("monitor_dropped", host=host_id, reason=reason)
 
     def _transit(self, host: Host, event: Event, *, disconnecting: bool = False) -> Host | None:
-        """Apply ``event`` to the row optimistically; the new row, or None."""
+        """Apply ``event`` to the row optimistically; the new row, or None.
+
+        The row gets this server as owner at :attr:`owner_epoch`, also when
+        the host lost its connection (CloudStack clears the owner then): the
+        server that follows a host in Alert or Down up stays the only one.
+        In a group the write is refused (``ownership_lost``) unless the row
+        names this server at its current epoch (a connecting agent may also
+        take a host that has no owner).
+        """
+        connecting = event is Event.AGENT_CONNECTED and self._may_connect(host)
+        if self.clustered and not connecting and not self._owns(host, f"status change ({event})"):
+            return None
         try:
             target = host_transition(host.status, event)
         except NoTransitionError as exc:
@@ -950,8 +1141,9 @@ class AgentManager:
             event=event,
             expected_update_count=host.update_count,
             last_ping=last_ping,
-            management_server_id=None if target.lost_connection else self.management_server_id,
+            management_server_id=self.management_server_id,
             disconnected_on=wall if disconnecting else KEEP,
+            owner_epoch=self.owner_epoch,
         )
         if not self.directory.update_status(change):
             self.recorder.emit(
@@ -976,6 +1168,63 @@ class AgentManager:
         if target is Status.UP and host.status is not Status.UP:
             self._reset_escalation(host.id, target)
         return self.directory.find_host(host.id)
+
+    # -- ownership (several management servers) ----------------------------
+
+    def _may_connect(self, host: Host) -> bool:
+        """Whether an agent of ``host`` may connect here: no owner, or this server at its epoch."""
+        owner = host.management_server_id
+        return owner is None or (owner == self.management_server_id and self._current(host))
+
+    def _current(self, host: Host) -> bool:
+        return host.owner_epoch == self.owner_epoch
+
+    def _owns(self, host: Host, what: str) -> bool:
+        """Whether this server may act on ``host``; if not, ``ownership_lost`` and it is dropped.
+
+        Alone (not :attr:`clustered`) a server acts on every host it is given.
+        In a group it acts only on a row that names it at :attr:`owner_epoch`:
+        a server that was declared departed (paused, cut off) and came back
+        finds its hosts claimed by others, records the refused action and
+        stops monitoring them.
+        """
+        if not self.clustered or (
+            host.management_server_id == self.management_server_id and self._current(host)
+        ):
+            return True
+        self.drop(host.id)
+        self.recorder.emit(
+            "ownership_lost",
+            host=host.id,
+            reason=(
+                f"{what} refused: the host is owned by "
+                f"{host.management_server_id or 'no management server'}"
+                f" at epoch {host.owner_epoch}, this server is {self.management_server_id}"
+                f" at epoch {self.owner_epoch}"
+            ),
+            owner=host.management_server_id,
+            owner_epoch=host.owner_epoch,
+            epoch=self.owner_epoch,
+        )
+        return False
+
+    def drop(self, host_id: str) -> None:
+        """Stop following ``host_id`` up at all (its ownership went elsewhere)."""
+        self.ping_map.disconnect(host_id)
+        with self._watch_lock:
+            self._alert_watch.pop(host_id, None)
+            self._adopted.discard(host_id)
+            self._hand_over_due.pop(host_id, None)
+            self._no_vm_runs.discard(host_id)
+
+    def forget_all(self) -> list[str]:
+        """Drop every host this server follows (its ownership was lost); their ids."""
+        hosts = set(self.ping_map.hosts())
+        with self._watch_lock:
+            hosts |= set(self._alert_watch) | set(self._hand_over_due)
+        for host_id in hosts:
+            self.drop(host_id)
+        return sorted(hosts)
 
     def _alert(self, host: Host, subject: str, body: str) -> None:
         self.recorder.emit(

@@ -334,6 +334,20 @@ class HighAvailabilityManager:
 
     # -- reading the store -----------------------------------------------------
 
+    def _claim_lost(self, work: Work, when: str) -> None:
+        """Record that a write about ``work`` was refused: the claim is no longer ours."""
+        self.notifier.evidence(
+            "ownership_lost",
+            vm=work.instance_id,
+            host=work.host_id,
+            reason=(
+                f"HA work {work.id} ({work.type}) was released or claimed by another "
+                f"management server {when}"
+            ),
+            work=work.id,
+            generation=work.generation,
+        )
+
     def _quarantine(self, exc: UnreadableWorkError) -> None:
         log.error(
             "HA work %s cannot be read (%s); marking it Error so the queue goes on",
@@ -697,6 +711,7 @@ class HighAvailabilityManager:
                 outcome = self._decide_and_act(holder, vm, policy)
         except StaleWorkError:
             log.warning("%s: our claim was taken away while we worked on it", work)
+            self._claim_lost(work, "while this server worked on it; it acts no further")
             return WorkResult.LOST
         except Exception as exc:
             log.exception("%s failed", work)
@@ -711,6 +726,7 @@ class HighAvailabilityManager:
             result = self._conclude(holder.work, outcome, acted=holder.acted, policy=policy)
         except StaleWorkError:
             log.warning("%s: our claim was taken away before we could record %s", work, outcome)
+            self._claim_lost(work, f"before this server could record {outcome.reason!r}")
             return WorkResult.LOST
         except UnreadableWorkError as exc:  # the row was edited by hand while we held it
             self._quarantine(exc)

@@ -214,12 +214,28 @@ cloudha_host: Final = sa.Table(
     sa.Column("fence_ready", sa.Boolean(), nullable=True),
     sa.Column("fence_detail", sa.Text(), nullable=True),
     sa.Column("fence_checked_at", _UTCDateTime(), nullable=True),
+    sa.Column("owner_epoch", sa.Integer(), nullable=False, server_default="0"),
     sa.Index(None, "management_server_id"),
     sa.Index(None, "cluster"),
 )
 """The host table of a fleet run without an orchestrator (CloudStack's ``host``, the
 columns cloudha reads), plus ``removed`` and the fence readiness the daemon writes
 (:class:`cloudha.hoststore.SqlHostDirectory`)."""
+
+cloudha_management_server: Final = sa.Table(
+    "cloudha_management_server",
+    metadata,
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("address", sa.String(255), nullable=False, server_default=""),
+    sa.Column("state", sa.String(32), nullable=False),
+    sa.Column("epoch", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("beat", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("heartbeat_at", sa.Double(), nullable=False, server_default="0"),
+    sa.Column("registered_at", sa.Double(), nullable=False, server_default="0"),
+    sa.Column("departed_by", sa.String(255), nullable=True),
+)
+"""The management servers of a group (CloudStack's ``mshost``;
+:class:`cloudha.cluster.SqlServerRegistry`)."""
 
 
 def create_schema(engine: Engine) -> None:

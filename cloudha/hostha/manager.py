@@ -168,6 +168,11 @@ class HAManager:
     ) -> None:
         self.server_id = server_id
         self.store = store
+        self.follows: Callable[[Host], bool] | None = None
+        """In a group of management servers: whether this server owns ``host``'s row. Then
+        the host's owner runs its Host-HA, whatever server last wrote its ``ha_config``
+        row (host ownership moves on takeover and rebalancing); None: CloudStack's
+        "first writer wins" on ``ha_config.mgmt_server_id``."""
         self.directory = directory
         self.providers: Mapping[str, HAProvider] = {p.name: p for p in providers}
         self.clock = clock
@@ -319,7 +324,7 @@ class HAManager:
             log.warning("Host-HA poll: ha_config unreadable: %s", exc)
             return POLL_INTERVAL
         for config in configs:
-            if not config.owned_by(self.server_id):
+            if self.follows is None and not config.owned_by(self.server_id):
                 continue
             try:
                 self._poll(config)
@@ -343,6 +348,9 @@ class HAManager:
             if config.state is not HAState.DISABLED:
                 self._move(config, HAEvent.DISABLED, "the host is no longer in the directory")
             self._forget(config.resource_id)
+            return
+        if self.follows is not None and not self.follows(host):
+            self._forget(host.id)  # another management server of the group owns the host
             return
         if not config.enabled:
             if config.state is not HAState.DISABLED:
@@ -541,9 +549,12 @@ class HAManager:
 
     def _current(self, host_id: str) -> HAConfig | None:
         config = self.store.find(host_id)
-        if config is None or not config.enabled or not config.owned_by(self.server_id):
+        if config is None or not config.enabled:
             return None
-        return config
+        if self.follows is None:
+            return config if config.owned_by(self.server_id) else None
+        host = self.directory.find_host(host_id)
+        return config if host is not None and self.follows(host) else None
 
     def _late(self, config: HAConfig, event: HAEvent, what: str) -> bool:
         """A result the state has moved past (CloudStack #8326): dropped, and said so."""

@@ -8,6 +8,8 @@ Not imported by ``import cloudha``.
 """
 
 from cloudha.testing.clock import FakeClock as FakeClock
+from cloudha.testing.cluster import FakeServerRegistry as FakeServerRegistry
+from cloudha.testing.cluster import check_server_registry as check_server_registry
 from cloudha.testing.contract import check_agent_gateway as check_agent_gateway
 from cloudha.testing.contract import check_fencer as check_fencer
 from cloudha.testing.contract import check_ha_provider as check_ha_provider
@@ -86,6 +88,7 @@ __all__ = [
     "FakeHypervisorProbe",
     "FakeOrchestratorHost",
     "FakePowerDriver",
+    "FakeServerRegistry",
     "FakeWatchdog",
     "InMemoryHostDirectory",
     "InMemoryOrchestrator",
@@ -134,6 +137,7 @@ __all__ = [
     "check_isolation_probe",
     "check_metrics_sink",
     "check_power_driver",
+    "check_server_registry",
     "check_suspicion_check",
     "check_vm_orchestrator",
     "check_volume_directory",

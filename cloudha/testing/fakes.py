@@ -128,6 +128,9 @@ class InMemoryHostDirectory:
                     if change.disconnected_on is KEEP
                     else change.disconnected_on
                 ),
+                owner_epoch=(
+                    host.owner_epoch if change.owner_epoch is KEEP else change.owner_epoch
+                ),
             )
             self._hosts[host.id] = updated
             self.changes.append(change)

@@ -138,6 +138,8 @@ class LabHostDirectory:
                 new = attrs.evolve(new, management_server_id=change.management_server_id)
             if change.disconnected_on is not KEEP:
                 new = attrs.evolve(new, disconnected_on=change.disconnected_on)
+            if change.owner_epoch is not KEEP:  # several management servers (docs/cluster.md)
+                new = attrs.evolve(new, owner_epoch=change.owner_epoch)
             self.cloud.hosts[row.id] = new
             return True
 

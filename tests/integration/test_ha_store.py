@@ -401,7 +401,7 @@ def test_alembic_upgrade_matches_create_schema(
         assert _schema(eng) == expected
         with eng.connect() as conn:
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == (
-                "0003"
+                "0004"
             )
         upgrade(eng)  # idempotent at head
         store = WorkStore(eng, FakeClock(T0))

@@ -121,6 +121,8 @@ EXPECTED: dict[str, tuple[object, object]] = {
     "cloudha.storm.fence.window": (300, 300.0),
     "cloudha.storm.disruption.threshold": (0.5, 0.5),
     "cloudha.shadow": (False, False),
+    "cloudha.ms.takeover.timeout": (150, 150.0),
+    "cloudha.ms.heartbeat.interval": (5, 5.0),
     "cloudha.evidence.retention": (2_592_000, 2_592_000.0),
     "cloudha.evidence.max.records": (1_000_000, 1_000_000),
     "cloudha.ping.grace.multiplier": (1.0, 1.0),
@@ -159,7 +161,7 @@ def _message(excinfo: pytest.ExceptionInfo[ConfigurationError]) -> str:
 
 def test_catalogue_lists_exactly_the_expected_keys_in_spec_order() -> None:
     assert list(KEYS) == list(EXPECTED)
-    assert len(KEYS) == 106
+    assert len(KEYS) == 108
 
 
 @pytest.mark.parametrize(("key", "expected"), list(EXPECTED.items()))
@@ -1016,6 +1018,8 @@ def test_cloudhas_own_keys_are_exactly_the_cloudha_section() -> None:
         "cloudha.storm.fence.window",
         "cloudha.storm.disruption.threshold",
         "cloudha.shadow",
+        "cloudha.ms.takeover.timeout",
+        "cloudha.ms.heartbeat.interval",
         "cloudha.evidence.retention",
         "cloudha.evidence.max.records",
         "cloudha.ping.grace.multiplier",

@@ -323,12 +323,12 @@ def test_a_used_key_gives_no_warning(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_the_environment_warns_about_an_unused_key(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="cloudha.settings"):
-        settings = Settings.from_env({"CLOUDHA_AGENT_LB_ENABLED": "true"})
-    assert settings.agent_lb_enabled is True
+        settings = Settings.from_env({"CLOUDHA_DIRECT_AGENT_POOL_SIZE": "40"})
+    assert settings.direct_agent_pool_size == 40
     messages = [r.getMessage() for r in caplog.records if r.name == "cloudha.settings"]
     assert len(messages) == 1
-    assert "'agent.lb.enabled'" in messages[0]
-    assert "CLOUDHA_AGENT_LB_ENABLED" in messages[0]
+    assert "'direct.agent.pool.size'" in messages[0]
+    assert "CLOUDHA_DIRECT_AGENT_POOL_SIZE" in messages[0]
 
 
 def test_a_whole_copied_config_warns_once_per_unused_key(

@@ -1,0 +1,306 @@
+"""One management server's membership of a group sharing one database.
+
+:class:`ClusterMember` is the ``Cluster`` loop of a
+:class:`~cloudha.ManagementServer` given a :class:`~cloudha.ports.ServerRegistry`.
+Every ``cloudha.ms.heartbeat.interval`` it:
+
+1. **heartbeats**: a refused heartbeat means a peer declared this server
+   departed (it was paused or cut off past the takeover timeout): it records
+   ``ownership_lost``, forgets every host it followed, registers again with a
+   new epoch and recovers from durable state like a fresh start (the hosts
+   others took are theirs now: its writes about them are refused);
+2. **watches its peers**: a peer whose ``(epoch, beat)`` did not move for
+   ``cloudha.ms.takeover.timeout`` on this server's own monotonic clock is
+   declared departed with one atomic conditional update, so exactly one
+   survivor wins; the winner runs CloudStack's ``onManagementNodeLeft``
+   (the departed server's HA works and Host-HA ownership are released;
+   ``ms_departed``). Silence is only counted while this server's own
+   heartbeats get through: after its own outage (the database restarted, the
+   process stalled) every peer starts a fresh count;
+3. **claims orphans**: a host with no owner, or whose owner is not an Up
+   server at the host's ``owner_epoch``, is claimed with
+   :meth:`~cloudha.detection.AgentManager.take_over` (optimistic: one
+   claimer wins) in batches of ``direct.agent.load.size``, up to this
+   server's fair share (``ceil(hosts / Up servers)``). One batch per round
+   while orphans are left, and every ``direct.agent.scan.interval`` when
+   none were; batches until the fair share at once when the group changed
+   (a departure, a server joining or leaving), so a takeover takes one
+   heartbeat interval past the takeover timeout. Each server tries the
+   orphans in its own order (a hash of its id and the host's), so
+   claimers seldom collide;
+4. **rebalances** (``agent.lb.enabled``): once ``agent.load.threshold`` of
+   the hosts are owned, a server above its fair share releases up to one
+   batch of its Up hosts a round (``rebalance``) for the others to claim.
+
+The decisions use the injected clock only; the loop is driven by the
+server's pumps (or the simulator).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from cloudha.errors import ConfigurationError
+from cloudha.model import Host
+from cloudha.ports import ServerRecord, ServerRegistry, ServerState
+from cloudha.status import Status
+
+if TYPE_CHECKING:
+    from cloudha.server import ManagementServer
+
+__all__ = ["ClusterMember"]
+
+log = logging.getLogger(__name__)
+
+
+class ClusterMember:
+    """The ``Cluster`` loop of one management server (see the module docstring).
+
+    Args:
+        server: the management server (its directory, agent manager, HA
+            queue, Host-HA and recorder are used).
+        registry: the group's :class:`~cloudha.ports.ServerRegistry`.
+        address: where operators reach this server (stored in the registry).
+
+    Raises:
+        ConfigurationError: ``cloudha.ms.takeover.timeout`` is under twice
+            ``cloudha.ms.heartbeat.interval`` (one late heartbeat would be a
+            departure).
+    """
+
+    def __init__(self, server: ManagementServer, registry: ServerRegistry, address: str) -> None:
+        settings = server.settings
+        if settings.cloudha_ms_takeover_timeout < 2 * settings.cloudha_ms_heartbeat_interval:
+            raise ConfigurationError(
+                "cloudha.ms.takeover.timeout must be at least twice cloudha.ms.heartbeat.interval"
+                f" ({settings.cloudha_ms_takeover_timeout:g}s <"
+                f" 2 x {settings.cloudha_ms_heartbeat_interval:g}s)",
+                key="cloudha.ms.takeover.timeout",
+                value=settings.cloudha_ms_takeover_timeout,
+            )
+        self.server = server
+        self.registry = registry
+        self.address = address
+        self.server_id = server.server_id
+        self.epoch: int | None = None
+        """This server's registration epoch; None until :meth:`join` (and after a loss)."""
+        self._peers: dict[str, tuple[tuple[int, int], float]] = {}  # id -> ((epoch, beat), since)
+        self._group: frozenset[tuple[str, int]] | None = None
+        self._last_ok: float | None = None
+        self._next_scan = 0.0
+
+    # -- membership -----------------------------------------------------------
+
+    def join(self) -> int:
+        """Register (a new epoch) and give it to the agent manager; the epoch."""
+        epoch = self.registry.register(self.server_id, self.address)
+        self.epoch = epoch
+        self.server.agents.owner_epoch = epoch
+        self._peers.clear()
+        self._group = None  # the first round's group is the baseline, not a change
+        self._last_ok = None
+        self._next_scan = 0.0
+        self.server.recorder.emit(
+            "ms_registered",
+            reason=f"registered at epoch {epoch}",
+            epoch=epoch,
+            address=self.address,
+        )
+        return epoch
+
+    def leave(self) -> None:
+        """Graceful stop: release this server's hosts and leave the registry (state Down)."""
+        if self.epoch is None:
+            return
+        epoch = self.epoch
+        mine = self._mine(self.server.watched_directory.list_hosts())
+        released = self.server.agents.release(mine)
+        self.epoch = None
+        self.registry.leave(self.server_id, epoch)
+        self.server.recorder.emit(
+            "ms_left",
+            reason=f"stopped: {len(released)} hosts released for the group to claim",
+            epoch=epoch,
+            hosts=released,
+        )
+
+    def _lost(self, epoch: int) -> None:
+        """The registry refused this server's heartbeat: a peer declared it departed."""
+        by = next((r.departed_by for r in self.registry.servers() if r.id == self.server_id), None)
+        dropped = self.server.agents.forget_all()
+        self.epoch = None
+        self.server.recorder.emit(
+            "ownership_lost",
+            reason=(
+                f"the registry no longer has this server Up at epoch {epoch}"
+                + (f" (declared departed by {by})" if by else "")
+                + f": {len(dropped)} hosts forgotten, registering again to claim anew"
+            ),
+            epoch=epoch,
+            by=by,
+            hosts=dropped,
+        )
+        log.warning("management server %s lost its ownership (epoch %d)", self.server_id, epoch)
+        self.server.rejoin()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def tick(self) -> float:
+        """One round (module docstring); seconds until the next."""
+        settings = self.server.settings
+        interval = settings.cloudha_ms_heartbeat_interval
+        epoch = self.epoch
+        if epoch is None:
+            return interval  # not joined yet: the server's recovery joins
+        clock = self.server.clock
+        if not self.registry.heartbeat(self.server_id, epoch):
+            self._lost(epoch)
+            return interval
+        servers = self.registry.servers()
+        now = clock.monotonic()
+        if self._last_ok is None or now - self._last_ok > 2 * interval:
+            self._peers.clear()  # our own outage: nobody's silence counts from before it
+        self._last_ok = now
+        departed = self._watch(servers, now)
+        if departed:
+            servers = self.registry.servers()
+        group = frozenset((r.id, r.epoch) for r in servers if r.state is ServerState.UP)
+        changed = self._group is not None and group != self._group
+        self._group = group
+        if changed or now >= self._next_scan:
+            full = self._claim(servers, until_fair=changed)
+            self._next_scan = now if full else now + settings.direct_agent_scan_interval
+        if settings.agent_lb_enabled:
+            self._rebalance(servers)
+        return interval
+
+    def _watch(self, servers: Sequence[ServerRecord], now: float) -> list[str]:
+        timeout = self.server.settings.cloudha_ms_takeover_timeout
+        departed: list[str] = []
+        up = {r.id for r in servers if r.state is ServerState.UP}
+        for peer in list(self._peers):
+            if peer not in up:
+                del self._peers[peer]
+        for record in servers:
+            if record.id == self.server_id or record.state is not ServerState.UP:
+                continue
+            key = (record.epoch, record.beat)
+            seen = self._peers.get(record.id)
+            if seen is None or seen[0] != key:
+                self._peers[record.id] = (key, now)
+                continue
+            silent = now - seen[1]
+            if silent < timeout:
+                continue
+            del self._peers[record.id]
+            if self.registry.declare_departed(record.id, record.epoch, record.beat, self.server_id):
+                self._node_left(record, silent)
+                departed.append(record.id)
+        return departed
+
+    def _node_left(self, record: ServerRecord, silent: float) -> None:
+        """CloudStack ``onManagementNodeLeft``: release the departed server's works and Host-HA."""
+        server = self.server
+        works = server.ha.on_server_left(record.id)
+        host_ha = 0
+        if server.host_ha is not None:
+            host_ha = server.host_ha.store.expire_ownership(record.id)
+        server.recorder.emit(
+            "ms_departed",
+            reason=(
+                f"management server {record.id} (epoch {record.epoch}) silent for"
+                f" {silent:.1f}s: declared departed; {works} HA works and {host_ha}"
+                " Host-HA configs released, its hosts are claimed by the group"
+            ),
+            server=record.id,
+            epoch=record.epoch,
+            by=self.server_id,
+            silent=round(silent, 3),
+            works=works,
+            host_ha=host_ha,
+        )
+
+    # -- hosts --------------------------------------------------------------------
+
+    def _mine(self, hosts: Sequence[Host]) -> list[Host]:
+        return [
+            h
+            for h in hosts
+            if h.management_server_id == self.server_id and h.owner_epoch == self.epoch
+        ]
+
+    def owns(self, host: Host) -> bool:
+        """Whether ``host``'s row names this server at its current epoch."""
+        return (
+            self.epoch is not None
+            and host.management_server_id == self.server_id
+            and host.owner_epoch == self.epoch
+        )
+
+    @staticmethod
+    def _orphan(host: Host, up: Mapping[str, int]) -> bool:
+        owner = host.management_server_id
+        return owner is None or up.get(owner) != host.owner_epoch
+
+    def _fair(self, total: int, up: Mapping[str, int]) -> int:
+        return math.ceil(total / max(1, len(up)))
+
+    def _up(self, servers: Sequence[ServerRecord]) -> dict[str, int]:
+        up = {r.id: r.epoch for r in servers if r.state is ServerState.UP}
+        if self.epoch is not None:
+            up[self.server_id] = self.epoch
+        return up
+
+    def _claim(self, servers: Sequence[ServerRecord], *, until_fair: bool) -> bool:
+        """Claim orphans (one batch, or batches up to the fair share); True if a full batch went."""
+        server = self.server
+        batch = server.settings.direct_agent_load_size
+        up = self._up(servers)
+        hosts = list(server.watched_directory.list_hosts())
+        room = self._fair(len(hosts), up) - len(self._mine(hosts))
+        orphans = sorted(
+            (h for h in hosts if self._orphan(h, up)),
+            key=lambda h: (zlib.crc32(f"{self.server_id}/{h.id}".encode()), h.id),
+        )
+        full = False
+        while room > 0 and orphans:
+            chunk, orphans = orphans[: min(batch, room)], orphans[min(batch, room) :]
+            claimed = server.agents.take_over(chunk, needs_hand_over=server._needs_hand_over)
+            room -= len(claimed)
+            full = len(chunk) == batch
+            if not until_fair:
+                break
+        return full
+
+    def _rebalance(self, servers: Sequence[ServerRecord]) -> None:
+        server = self.server
+        up = self._up(servers)
+        hosts = list(server.watched_directory.list_hosts())
+        if not hosts:
+            return
+        owned = sum(1 for h in hosts if not self._orphan(h, up))
+        if owned / len(hosts) < server.settings.agent_load_threshold:
+            return
+        mine = self._mine(hosts)
+        surplus = len(mine) - self._fair(len(hosts), up)
+        if surplus <= 0:
+            return
+        movable = [h for h in sorted(mine, key=lambda h: h.id) if h.status is Status.UP]
+        chunk = movable[: min(surplus, server.settings.direct_agent_load_size)]
+        released = server.agents.release(chunk)
+        if released:
+            server.recorder.emit(
+                "rebalance",
+                reason=(
+                    f"{len(mine)} hosts owned, fair share {len(mine) - surplus}:"
+                    f" {len(released)} released for the group to claim"
+                ),
+                hosts=released,
+            )
+
+    def __repr__(self) -> str:
+        return f"ClusterMember({self.server_id!r}, epoch={self.epoch})"
