@@ -18,12 +18,13 @@ on SQLite or on a throwaway PostgreSQL, with N hosts at ``ping.interval``
 Every host is connected first, in bulk (not timed): one UPDATE makes every
 row Up and owned by the server, and each host enters the ping map as its
 agent's ``AgentConnected`` + ``Ready`` would leave it (the real path costs
-five transactions per host, a minute of commits at 10,000 hosts). Then the process's CPU time (``time.process_time``: every
-thread) is read over a window of wall time: the figure is CPU seconds per
-wall second (1.0 = one core busy). The run also checks that every host
-stayed Up: no ``behind_on_ping`` record in the window, and every row of the
-table Up at the end. The database server's own CPU (PostgreSQL runs in
-other processes) is not counted.
+five transactions per host, a minute of commits at 10,000 hosts). Then the
+process's CPU time (``time.process_time``: every thread) is read over a
+window of wall time: the figure is CPU seconds per wall second (1.0 = one
+core busy). The run also checks that every host stayed Up: no
+``behind_on_ping`` record in the window, and every row of the table Up at
+the end. The database server's own CPU (PostgreSQL runs in other processes)
+is not counted.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlalchemy as sa  # noqa: E402
-from ha_queue import on_postgres  # noqa: E402
+import sqlalchemy as sa
+from ha_queue import on_postgres
 
 from cloudha.clock import SystemClock
 from cloudha.evidence import Evidence, EvidenceLog
@@ -293,4 +294,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     modes: tuple[Mode, ...] = tuple(args.mode) if args.mode else ("agents", "poller")
     for line in p12_lines(args.hosts, window=args.window, modes=modes):
-        print(f"{line.backend:10} {line.mode:6} {line.hosts:6} {line.cpu_per_wall:.3f}  {line.detail}")
+        print(
+            f"{line.backend:10} {line.mode:6} {line.hosts:6} {line.cpu_per_wall:.3f}  {line.detail}"
+        )
