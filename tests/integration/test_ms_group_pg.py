@@ -49,6 +49,7 @@ from tests.integration.postgres import (  # noqa: F401
     postgres_db,
     postgres_server,
 )
+from tests.integration.sql_orchestrator import hosts as orchestrator_hosts
 from tests.integration.sql_orchestrator import record_metadata, seed, starts, vms
 
 pytestmark = pytest.mark.integration
@@ -129,7 +130,43 @@ class Group:
 
     # -- the database ----------------------------------------------------------------
 
+    def summary(self) -> str:
+        """Hosts by (status, owner, whether the owner is Up at the host's epoch), and servers."""
+        try:
+            up = self.up_epochs()
+            rows = self.hosts().values()
+            servers = self.registry.servers()
+        except sa.exc.OperationalError as exc:
+            return f"database unavailable: {exc}"
+        counts = Counter(
+            (
+                row.status,
+                row.management_server_id,
+                up.get(str(row.management_server_id)) == row.owner_epoch,
+            )
+            for row in rows
+        )
+        shown = [(r.id, r.state.value, r.epoch, r.beat) for r in servers]
+        odd = sorted(str(row.id) for row in rows if row.status != Status.UP.value)[:3]
+        with self.engine.connect() as conn:
+            trail = [
+                (r.actor, r.kind, r.reason[:120])
+                for r in conn.execute(
+                    sa.select(cloudha_evidence)
+                    .where(cloudha_evidence.c.host.in_(odd))
+                    .order_by(cloudha_evidence.c.id)
+                )
+            ]
+        return f"evidence of {odd}: {trail}\nhosts {dict(counts)}; servers {shown}"
+
     def kill_host(self, host_id: str) -> None:
+        """The host dies: its agent stops answering, and the orchestrator places nothing on it."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                orchestrator_hosts.update()
+                .where(orchestrator_hosts.c.host_id == host_id)
+                .values(up=False)
+            )
         (self.markers / host_id).touch()
 
     def hosts(self) -> dict[str, sa.Row[tuple[object, ...]]]:
@@ -209,7 +246,9 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, group: Grou
             return found
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {s} ---\n{group.log_tail(s)}" for s in group.procs)
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{tails}")
+            pytest.fail(
+                f"timed out after {timeout:g}s waiting for {what}\n{group.summary()}\n{tails}"
+            )
         time.sleep(0.1)
 
 
