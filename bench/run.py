@@ -18,6 +18,9 @@ fast and a slow machine:
 * P11 seconds from a crash or a hang to the first HA VM running elsewhere / the
   target, default and fast settings, IPMI and Redfish, beside CloudStack's path
   (``bench/recovery.py``);
+* P12 CPU seconds per wall second of one management-server process monitoring
+  1k, 5k and 10k hosts at 1 s pings, agents pinging or the poller polling, on
+  PostgreSQL (and SQLite at the largest size) (``bench/ms_capacity.py``);
 * P9  seconds to drain the HA work of a rack failure through the real
   ``HighAvailabilityManager`` and its worker threads (informational,
   ``bench/ha_drain.py``).
@@ -48,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ha_drain import p9_lines
 from ha_queue import WORKERS as QUEUE_WORKERS
 from ha_queue import p8_lines
+from ms_capacity import p12_lines
 from recovery import no_bmc_crash, p11_lines
 from rich.console import Console
 from rich.markup import escape
@@ -132,6 +136,8 @@ class Sizes:
     drain_works: int
     campaign_runs: int
     recovery_seeds: int
+    capacity_hosts: tuple[int, ...]
+    capacity_window: float
 
 
 FULL = Sizes(
@@ -154,6 +160,8 @@ FULL = Sizes(
     drain_works=10_000,
     campaign_runs=200,
     recovery_seeds=10,
+    capacity_hosts=(1000, 5000, 10_000),
+    capacity_window=8.0,
 )
 
 QUICK = Sizes(
@@ -176,6 +184,8 @@ QUICK = Sizes(
     drain_works=200,
     campaign_runs=10,
     recovery_seeds=1,
+    capacity_hosts=(200,),
+    capacity_window=1.0,
 )
 
 PING_TIMEOUT = 2.5
@@ -188,6 +198,9 @@ P3_TARGET = 0.33
 P6_TARGET = 300.0
 P7_TARGET = 360.0
 P8_TARGET = 0.3
+P12_TARGET = 1.0
+"""CPU s per wall s at 10,000 hosts: at most one of the 2 cores (the database has the other)."""
+P12_HOSTS = 10_000
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -749,6 +762,28 @@ def p9_ha_drain(sizes: Sizes) -> list[Figure]:
     ]
 
 
+# -- P12: hosts per server process at 1 s pings (bench/ms_capacity.py) ---------------------
+
+
+def p12_capacity(sizes: Sizes) -> list[Figure]:
+    largest = max(sizes.capacity_hosts)
+    figures = []
+    for line in p12_lines(sizes.capacity_hosts, window=sizes.capacity_window):
+        judged = line.hosts == P12_HOSTS or (line.hosts == largest and largest < P12_HOSTS)
+        figures.append(
+            Figure(
+                "P12",
+                f"CPU s ÷ wall s, one server, {line.hosts:,} hosts at 1 s pings, {line.backend},"
+                f" {'agents ping' if line.mode == 'agents' else 'poller'}",
+                line.cpu_per_wall,
+                P12_TARGET if judged else None,
+                True,
+                detail=line.detail,
+            )
+        )
+    return figures
+
+
 # -- P10: fault-campaign throughput -------------------------------------------------------
 
 
@@ -861,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p7_simulator_speed,
         p8_ha_queue,
         p9_ha_drain,
+        p12_capacity,
         p10_campaign,
         p11_recovery,
     ):

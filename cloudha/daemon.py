@@ -398,8 +398,9 @@ class Assembly:
         """The startup line: inventory, database (password hidden), hosts, shadow."""
         inv = self.inventory
         shadow = "on" if self.server.settings.cloudha_shadow else "off"
+        member = "" if self.server.cluster is None else " (a group member)"
         return (
-            f"cloudha run: server {inv.server_id}, inventory {_source(inv)},"
+            f"cloudha run: server {self.server.server_id}{member}, inventory {_source(inv)},"
             f" database {shown_url(self.db_url)}, {len(inv.hosts)} hosts"
             f" ({', '.join(self.host_ids) or 'none'}), shadow mode {shadow}"
         )
@@ -694,6 +695,15 @@ def _bmc_reads_off(server: ManagementServer) -> Callable[[str], bool]:
     return powered_off
 
 
+def _group_options(group: bool, engine: Engine, clock: Clock, address: str) -> dict[str, Any]:
+    """The ``registry`` and ``address`` of a group member; nothing for a server alone."""
+    if not group:
+        return {}
+    from cloudha.cluster import SqlServerRegistry
+
+    return {"registry": SqlServerRegistry(engine, clock), "address": address}
+
+
 def assemble(
     inventory: InventoryView,
     *,
@@ -708,6 +718,9 @@ def assemble(
     power_drivers: Iterable[PowerDriver] | None = None,
     evidence: EvidenceSink | None = None,
     directory: Any | None = None,
+    server_id: str | None = None,
+    address: str = "",
+    group: bool | None = None,
     **server_options: Any,
 ) -> Assembly:
     """Build the management server of ``cloudha run`` for ``inventory`` (not started).
@@ -730,6 +743,13 @@ def assemble(
         directory: the host table instead of ``SqlHostDirectory`` on the
             database (tests): a HostDirectory with ``sync(hosts)`` and
             ``note_fence_readiness(readiness)``.
+        server_id: this server's id instead of the inventory's ``[server] id``
+            (``--server-id``: several servers of a group share one inventory).
+        address: where operators reach this server (kept in the server registry).
+        group: whether the server is a member of a group of servers on the
+            database (:class:`~cloudha.cluster.SqlServerRegistry`: host
+            ownership, takeover, fenced writes; docs/cluster.md). None (the
+            default): on PostgreSQL yes, on SQLite (a file of one machine) no.
         server_options: more :class:`~cloudha.ManagementServer` arguments.
 
     Raises:
@@ -773,6 +793,9 @@ def assemble(
             evidence=evidence,
             server_options=server_options,
             directory=directory,
+            server_id=server_id if server_id is not None else inventory.server_id,
+            address=address,
+            group=engine.dialect.name == "postgresql" if group is None else group,
         )
     except BaseException:
         engine.dispose()
@@ -795,6 +818,9 @@ def _assemble(
     evidence: EvidenceSink | None,
     server_options: Mapping[str, Any],
     directory: Any | None,
+    server_id: str,
+    address: str,
+    group: bool,
 ) -> Assembly:
     if directory is None:
         from cloudha.hoststore import SqlHostDirectory
@@ -846,7 +872,7 @@ def _assemble(
         alerts=LoggingAlertSink(),
         engine=engine,
         evidence=TeeSink(*sinks),
-        server_id=inventory.server_id,
+        server_id=server_id,
         thread_factory=thread_factory,
         oobm_drivers=power_drivers,
         oobm_configs=oobm_configs,
@@ -855,6 +881,7 @@ def _assemble(
         shell=routes,
         poller=HypervisorPoller(probe),
         metrics=metrics,
+        **_group_options(group, engine, clock, address),
         **server_options,
     )
     if built_orchestrator is not None:

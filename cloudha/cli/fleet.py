@@ -73,6 +73,7 @@ def host_document(row: Any, now: dt.datetime) -> dict[str, Any]:
         "status": None if host.status is None else str(host.status),
         "removed": row.removed,
         "owner": host.management_server_id,
+        "owner_epoch": host.owner_epoch,
         "update_count": host.update_count,
         "last_ping": (iso(dt.datetime.fromtimestamp(host.last_ping, dt.UTC)) if pinged else None),
         "last_ping_age": round(now_s - host.last_ping, 3) if pinged else None,
@@ -198,6 +199,62 @@ def _queue(database: _Database, now: dt.datetime) -> dict[str, Any]:
     }
 
 
+def _servers(database: _Database, docs: Sequence[dict[str, Any]], now: dt.datetime) -> list[Any]:
+    """Every management server of the registry, with the hosts each owns at its epoch.
+
+    Empty for a database without the registry table (written before groups).
+    """
+    from cloudha.cluster import SqlServerRegistry
+    from cloudha.ha.store import cloudha_management_server
+
+    present = database.read(lambda: _has_table(database, cloudha_management_server.name))
+    if not present:
+        return []
+    records = database.read(lambda: SqlServerRegistry(database.engine, database.clock).servers())
+    now_s = now.timestamp()
+    found = []
+    for record in records:
+        owned = [
+            doc["id"]
+            for doc in docs
+            if doc["owner"] == record.id and doc["owner_epoch"] == record.epoch
+        ]
+        found.append(
+            {
+                "id": record.id,
+                "address": record.address,
+                "state": record.state.value,
+                "epoch": record.epoch,
+                "beat": record.beat,
+                "last_heartbeat": iso(dt.datetime.fromtimestamp(record.heartbeat_at, dt.UTC)),
+                "last_heartbeat_age": round(now_s - record.heartbeat_at, 3),
+                "departed_by": record.departed_by,
+                "hosts": owned,
+            }
+        )
+    return found
+
+
+def _has_table(database: _Database, name: str) -> bool:
+    import sqlalchemy as sa
+    import sqlalchemy.exc
+
+    try:
+        return bool(sa.inspect(database.engine).has_table(name))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise StoreError(_driver_message(exc)) from exc
+
+
+def _orphans(docs: Sequence[dict[str, Any]], servers: Sequence[dict[str, Any]]) -> list[str]:
+    """Hosts no Up server owns at its epoch (claimed by the group within a scan interval)."""
+    up = {s["id"]: s["epoch"] for s in servers if s["state"] == "Up"}
+    return [
+        doc["id"]
+        for doc in docs
+        if doc["owner"] is None or up.get(doc["owner"]) != doc["owner_epoch"]
+    ]
+
+
 def _fence(doc: dict[str, Any]) -> str:
     ready = doc["fence_ready"]
     if doc["fence_checked_at"] is None:
@@ -219,8 +276,8 @@ def _by_status(docs: Sequence[dict[str, Any]]) -> dict[str, int]:
 @_inventory_option
 @_json_option
 def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
-    """The fleet at a glance: hosts by status, each host's owner, last ping and fence
-    readiness, and the HA work queue's depth.
+    """The fleet at a glance: the management servers and the hosts each owns, hosts by
+    status, each host's owner, last ping and fence readiness, and the HA work queue's depth.
 
     Hosts removed from the inventory are counted apart (cloudha hosts lists
     them). The last ping is the host row's (set when the agent connects and
@@ -232,11 +289,13 @@ def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
         rows = database.read(database.directory.rows)
         now = database.clock.now()
         queue = _queue(database, now)
+        docs = [host_document(row, now) for row in rows if not row.removed]
+        servers = _servers(database, docs, now)
     finally:
         database.close()
-    docs = [host_document(row, now) for row in rows if not row.removed]
     removed = sum(1 for row in rows if row.removed)
     by_status = _by_status(docs)
+    orphans = _orphans(docs, servers) if servers else []
     if as_json:
         emit_json(
             {
@@ -244,6 +303,8 @@ def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
                 "at": iso(now),
                 "by_status": by_status,
                 "removed": removed,
+                "servers": servers,
+                "unowned": orphans,
                 "hosts": [
                     {
                         key: doc[key]
@@ -251,6 +312,7 @@ def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
                             "id",
                             "status",
                             "owner",
+                            "owner_epoch",
                             "last_ping",
                             "last_ping_age",
                             "fence_ready",
@@ -266,6 +328,31 @@ def status(url: str | None, inventory: Path | None, as_json: bool) -> None:
         )
         return
     shown = console()
+    if servers:
+        shown.print(
+            table(
+                f"{len(servers)} management servers",
+                ["server", "address", "state", "epoch", ">last heartbeat", ">hosts"],
+                (
+                    (
+                        s["id"],
+                        s["address"] or "-",
+                        s["state"]
+                        + (f" (declared by {s['departed_by']})" if s["departed_by"] else ""),
+                        str(s["epoch"]),
+                        _age(s["last_heartbeat_age"]),
+                        str(len(s["hosts"])),
+                    )
+                    for s in servers
+                ),
+            )
+        )
+        if orphans:
+            shown.print(
+                f"{len(orphans)} hosts owned by no live server (the group claims them): "
+                + ", ".join(orphans[:10])
+                + (" ..." if len(orphans) > 10 else "")
+            )
     counts = ", ".join(f"{n} {name}" for name, n in by_status.items()) or "no hosts"
     extra = f" ({removed} removed from the inventory)" if removed else ""
     shown.print(f"{len(docs)} hosts: {counts}{extra}")

@@ -1,4 +1,4 @@
-"""``cloudha run --inventory cluster.toml [--db URL] [--shadow] [--metrics-port N]``.
+"""``cloudha run --inventory cluster.toml [--db URL] [--server-id ID] [--shadow] ...``.
 
 The daemon for a fleet without an orchestrator (docs/run.md): it assembles a
 :class:`~cloudha.ManagementServer` from the inventory
@@ -7,13 +7,22 @@ SIGINT (a graceful stop: the loops end, unfinished HA works are handed back,
 exit 0). SIGHUP reloads the inventory: a bad one is logged, one line per
 problem, and the one in force is kept. Everything is logged through
 :mod:`logging` (INFO and up unless ``-v`` asks for more).
+
+On PostgreSQL (or with ``--group``) the server is one member of a group of
+servers on that database (docs/cluster.md): ``--server-id`` names it (default:
+the inventory's ``[server] id``), and it refuses to start (exit 2) while
+another live process heartbeats under the same id.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import signal
+import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -122,6 +131,25 @@ class _Signals:
     help="The database (default: the inventory's [server] db; sqlite:///path or"
     " postgresql+psycopg://...).",
 )
+@click.option(
+    "--server-id",
+    metavar="ID",
+    help="This server's id (default: the inventory's [server] id); each server of a group"
+    " needs its own.",
+)
+@click.option(
+    "--address",
+    default="",
+    metavar="TEXT",
+    help="Where operators reach this server, shown by cloudha status (default: the host name).",
+)
+@click.option(
+    "--group/--alone",
+    "group",
+    default=None,
+    help="Be a member of the group of servers on the database, or run alone (default:"
+    " a member on PostgreSQL, alone on SQLite).",
+)
 @click.option("--shadow", is_flag=True, help="Shadow mode: decide everything, execute nothing.")
 @click.option(
     "--metrics-port",
@@ -147,6 +175,9 @@ class _Signals:
 def run(
     inventory_path: Path,
     db_url: str | None,
+    server_id: str | None,
+    address: str,
+    group: bool | None,
     shadow: bool,
     metrics_port: int | None,
     metrics_address: str,
@@ -167,13 +198,36 @@ def run(
         for line in lines[:-1]:
             click.echo(f"cloudha {_COMMAND}: {line}", err=True)
         fail(_COMMAND, lines[-1], EXIT_USAGE)
+    if server_id is not None and not _ID.fullmatch(server_id):
+        fail(
+            _COMMAND,
+            f"--server-id: {server_id!r} is not a server id"
+            " (1 to 64 letters, digits, '.', '_' or '-', a letter or digit first)",
+            EXIT_USAGE,
+        )
     metrics = make_metrics(metrics_port)
     try:
-        assembly = assemble(inventory, db_url=db_url, shadow=shadow, metrics=metrics)
+        assembly = assemble(
+            inventory,
+            db_url=db_url,
+            shadow=shadow,
+            metrics=metrics,
+            server_id=server_id,
+            address=address or socket.gethostname(),
+            group=group,
+        )
     except StoreError as exc:
         fail(_COMMAND, exc, EXIT_DATABASE)
     except CloudHAError as exc:
         fail(_COMMAND, exc, EXIT_USAGE)
+    try:
+        in_use = id_in_use(assembly.server)
+    except StoreError as exc:
+        assembly.close()
+        fail(_COMMAND, exc, EXIT_DATABASE)
+    if in_use is not None:
+        assembly.close()
+        fail(_COMMAND, in_use, EXIT_USAGE)
     signals = _Signals()
     signals.install()
     status = EXIT_OK
@@ -203,6 +257,43 @@ def run(
         assembly.close()
     log.info("cloudha run: stopped")
     raise SystemExit(status)
+
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def id_in_use(server: Any, *, sleep: Callable[[float], None] = time.sleep) -> str | None:
+    """Why ``server``'s id is taken by another live process of its group, or None.
+
+    A row of the registry under this id that is Up is watched for two
+    ``cloudha.ms.heartbeat.interval``: a beat that moves is another process
+    heartbeating (a crashed server's row stands still, and restarting it is
+    allowed). None for a server that runs alone.
+    """
+    cluster = getattr(server, "cluster", None)
+    if cluster is None:
+        return None
+    from cloudha.ports import ServerState
+
+    def row() -> Any:
+        return next((r for r in cluster.registry.servers() if r.id == server.server_id), None)
+
+    first = row()
+    if first is None or first.state is not ServerState.UP:
+        return None
+    interval = server.settings.cloudha_ms_heartbeat_interval
+    for _ in range(4):
+        sleep(interval / 2)
+        now = row()
+        if now is None or now.state is not ServerState.UP:
+            return None
+        if (now.epoch, now.beat) != (first.epoch, first.beat):
+            where = f" at {now.address}" if now.address else ""
+            return (
+                f"server id {server.server_id!r} is in use: a live server{where} heartbeats under"
+                " it; give each server of the group its own --server-id (or [server] id)"
+            )
+    return None
 
 
 def _reload(assembly: Any, path: Path) -> None:

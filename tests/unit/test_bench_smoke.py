@@ -18,6 +18,6 @@ def test_bench_quick_runs_and_reports_every_figure() -> None:
         check=True,
         cwd=ROOT,
     )
-    for key in ("P1a", "P1b", "P2", "P3", "P6", "P7", "P8", "P9", "P10", "P11"):
+    for key in ("P1a", "P1b", "P2", "P3", "P6", "P7", "P8", "P9", "P10", "P11", "P12"):
         assert key in out.stdout
     assert "smoke" in out.stdout

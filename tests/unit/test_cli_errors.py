@@ -228,6 +228,18 @@ CASES: tuple[Case, ...] = (
         "not a database URL",
     ),
     case(
+        "run:bad-server-id",
+        lambda f: ["--inventory", inventory(f), "--server-id", "ms 1"],
+        EXIT_USAGE,
+        "--server-id: 'ms 1' is not a server id",
+    ),
+    case(
+        "run:unreachable-group-db",
+        lambda f: ["--inventory", inventory(f), "--db", BAD_URL, "--server-id", "ms2"],
+        EXIT_DATABASE,
+        "127.0.0.1",
+    ),
+    case(
         "run:metrics-port",
         lambda f: ["--inventory", inventory(f), "--metrics-port", "70000"],
         EXIT_USAGE,

@@ -111,6 +111,7 @@ def test_status_json(url: str) -> None:
         "id": "kvm1",
         "status": "Up",
         "owner": "ms1",
+        "owner_epoch": 0,
         "last_ping": "2026-12-07T05:59:20+00:00",
         "last_ping_age": 90.0,
         "fence_ready": True,
@@ -246,3 +247,48 @@ def test_a_bad_inventory_or_both_sources_is_one_line_and_status_2(url: str, tmp_
     both = run("hosts", "--db", url, "--inventory", str(_inventory(tmp_path, url)))
     assert both.exit_code == EXIT_USAGE
     assert "one of them" in both.output
+
+
+def test_status_shows_every_server_and_the_hosts_it_owns(url: str, clock: FakeClock) -> None:
+    from cloudha.cluster import SqlServerRegistry
+    from cloudha.ha.store import cloudha_host
+
+    engine = sa.create_engine(url)
+    registry = SqlServerRegistry(engine, clock)
+    epoch = registry.register("ms1", "10.1.0.1")
+    assert registry.heartbeat("ms1", epoch)
+    other = registry.register("ms2", "10.1.0.2")
+    clock.advance(12)
+    assert registry.declare_departed("ms2", other, 0, "ms1")
+    with engine.begin() as conn:
+        conn.execute(
+            cloudha_host.update().where(cloudha_host.c.id == "kvm1").values(owner_epoch=epoch)
+        )
+    engine.dispose()
+
+    doc = json.loads(run("status", "--db", url, "--json").output)
+    servers = {s["id"]: s for s in doc["servers"]}
+    assert servers["ms1"]["state"] == "Up"
+    assert servers["ms1"]["address"] == "10.1.0.1"
+    assert servers["ms1"]["epoch"] == epoch
+    assert servers["ms1"]["beat"] == 1
+    assert servers["ms1"]["last_heartbeat_age"] == 12.0
+    assert servers["ms1"]["hosts"] == ["kvm1"]
+    assert servers["ms2"]["state"] == "Departed"
+    assert servers["ms2"]["departed_by"] == "ms1"
+    assert servers["ms2"]["hosts"] == []
+    assert doc["unowned"] == ["kvm2"]  # never connected: no owner yet
+    assert {h["id"]: h["owner_epoch"] for h in doc["hosts"]} == {"kvm1": epoch, "kvm2": 0}
+
+    shown = run("status", "--db", url)
+    assert shown.exit_code == 0, shown.output
+    assert "2 management servers" in shown.output
+    assert "10.1.0.1" in shown.output
+    assert "Departed" in shown.output
+    assert "1 hosts owned by no live server" in shown.output
+
+
+def test_status_without_a_server_registry_shows_no_servers(url: str) -> None:
+    doc = json.loads(run("status", "--db", url, "--json").output)
+    assert doc["servers"] == []
+    assert doc["unowned"] == []
