@@ -663,6 +663,7 @@ class _Gateways:
                 pools=self.pools,
                 remote_command=_LOCAL_COMMAND,
                 remote_settings=self.settings_file,
+                ping_command=None,  # this machine is no witness of a host's network
             )
             return gateway, None
         from cloudha.transport.shell import SSHHostShell
