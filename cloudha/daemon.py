@@ -11,8 +11,12 @@ embedding implements, so :func:`assemble` builds each from the inventory
   every ``ping.interval`` (:class:`~cloudha.detection.poller.HypervisorPoller`);
   the investigators' commands run on the hosts over SSH
   (:class:`~cloudha.transport.gateway.SSHAgentGateway`, host keys verified
-  through each host's ``known_hosts``), or as local processes for
-  ``agent = "local"`` hosts (a lab on one machine);
+  through each host's ``known_hosts``; a neighbour's ``ping`` is the
+  PingTest of fence on suspicion), or as local processes for
+  ``agent = "local"`` hosts (a lab on one machine: no ping witness, and an
+  agent check that never finds a host dead); a host whose pools are plain
+  directories (``allow_unmounted`` in the inventory) has its heartbeat
+  checkers told so;
 * the hypervisors: :class:`~cloudha.transport.libvirt.LibvirtHypervisorProbe`
   on each host's libvirt URI (probe, and libvirt fencer's control);
 * the VMs: :class:`~cloudha.ha.libvirt_orchestrator.LibvirtOrchestrator`
@@ -50,7 +54,7 @@ from sqlalchemy.engine import Engine
 
 from cloudha.clock import Clock, SystemClock
 from cloudha.detection.poller import HypervisorPoller
-from cloudha.errors import ConfigurationError, ProbeConnectionError, StoreError
+from cloudha.errors import CloudHAError, ConfigurationError, ProbeConnectionError, StoreError
 from cloudha.evidence import EvidenceLog, EvidenceSink, TeeSink
 from cloudha.evidence_store import SqlEvidenceStore, open_engine
 from cloudha.ha.store import create_schema, prepare_sqlite_engine, upgrade
@@ -658,17 +662,23 @@ class _Gateways:
         from cloudha.transport.gateway import SSHAgentGateway
 
         transport = self._transport(entry)
+        # Its pools are plain directories (the inventory's allow_unmounted): say so to its
+        # heartbeat checkers, which otherwise refuse a pool where nothing is mounted.
+        unmounted = bool(getattr(entry, "allow_unmounted", False))
         if entry.agent == "local":
             gateway = SSHAgentGateway(
                 transport,
                 pools=self.pools,
                 remote_command=_LOCAL_COMMAND,
                 remote_settings=self.settings_file,
+                allow_unmounted=unmounted,
+                ping_command=None,  # this machine is no witness of a host's network
             )
             return gateway, None
         from cloudha.transport.shell import SSHHostShell
 
-        return SSHAgentGateway(transport, pools=self.pools), SSHHostShell(transport)
+        gateway = SSHAgentGateway(transport, pools=self.pools, allow_unmounted=unmounted)
+        return gateway, SSHHostShell(transport)
 
     def prune(self, keep: set[tuple[Any, ...]]) -> None:
         """Close the transports no host uses any more (a changed key, a removed host)."""
@@ -682,15 +692,26 @@ class _Gateways:
 
 def _bmc_reads_off(server: ManagementServer) -> Callable[[str], bool]:
     """Asks a host's BMC now whether its power is off (the libvirt orchestrator's forced stop
-    on a host whose libvirtd is gone counts as done then)."""
+    on a host whose libvirtd is gone counts as done then).
+
+    True only on a STATUS that succeeded and read power Off, asked now (never the power
+    state machine's last reading). A host not in the table, without a BMC, a BMC that
+    cannot be reached or refuses the login, a failed STATUS, power On or Unknown, a host
+    table that cannot be read: False (logged), never an exception.
+    """
     from cloudha.oobm.power import PowerOperation, PowerState
 
     def powered_off(host_id: str) -> bool:
-        host = server.directory.find_host(host_id)
-        if host is None or server.oobm.config(host) is None:
+        try:
+            host = server.directory.find_host(host_id)
+            if host is None or server.oobm.config(host) is None:
+                return False
+            result = server.oobm.execute(host, PowerOperation.STATUS)
+        except CloudHAError as exc:
+            # The host table, the BMC (a reload may drop it between the two calls), its driver.
+            log.warning("%s: the BMC could not say whether it is powered off: %s", host_id, exc)
             return False
-        result = server.oobm.execute(host, PowerOperation.STATUS)
-        return result.success and result.state is PowerState.OFF
+        return result.success is True and result.state is PowerState.OFF
 
     return powered_off
 

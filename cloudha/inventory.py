@@ -47,7 +47,11 @@ __all__ = [
 ]
 
 AGENT_KINDS: Final = ("ssh", "local")
-"""How cloudha's agent-side commands run on a host: over SSH, or as local processes (a lab)."""
+"""How cloudha's agent-side commands run on a host: over SSH, or as local processes (a lab).
+
+``local`` runs them on this machine, which answers for a host whatever became
+of it: its agent check never finds it dead. It is for a lab whose hosts are
+this machine, so a local host's address must be a loopback address."""
 OOBM_DRIVERS: Final = ("ipmitool", "ipmi", "redfish")
 """The built-in power drivers (:func:`cloudha.oobm.drivers.default_power_drivers`)."""
 URI_FIELDS: Final = ("address", "id", "name")
@@ -76,7 +80,7 @@ _SHARED: Final = (
     "capacity",
     "oobm",
 )
-_POOL: Final = ("id", "mount", "cluster", "zone", "type", "supports_ha")
+_POOL: Final = ("id", "mount", "cluster", "zone", "type", "supports_ha", "allow_unmounted")
 _VMS: Final = ("ha",)
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -163,6 +167,9 @@ class HostEntry:
 
     ``libvirt_uri`` is the host's URI with the template filled in.
     ``capacity`` is how many VMs it may run (None: the daemon's default).
+    ``allow_unmounted``: its HA pools are plain directories (each ``[[pools]]``
+    entry says ``allow_unmounted = true``): its heartbeat checkers are given
+    ``--allow-unmounted``. A host's HA pools are all such, or none.
     """
 
     id: str
@@ -180,6 +187,7 @@ class HostEntry:
     hypervisor: HypervisorType = HypervisorType.KVM
     capacity: int | None = None
     oobm: OobmEntry | None = None
+    allow_unmounted: bool = False
     line: int | None = attrs.field(default=None, eq=False)
     """The line of its ``[[hosts]]`` header (for messages)."""
 
@@ -211,6 +219,8 @@ class Inventory:
         pools: ``[[pools]]``.
         hosts: ``[[hosts]]``, in file order.
         vm_ha: ``[vms] ha``: fnmatch patterns of the HA-enabled domain names.
+        unmounted_pools: the ids of the pools that are plain directories
+            (``allow_unmounted = true``).
     """
 
     path: Path
@@ -220,6 +230,7 @@ class Inventory:
     pools: tuple[Pool, ...] = ()
     hosts: tuple[HostEntry, ...] = ()
     vm_ha: tuple[str, ...] = ()
+    unmounted_pools: frozenset[str] = frozenset()
 
     def hosts_as_model(self) -> list[Host]:
         """Every host as a :class:`~cloudha.model.Host`."""
@@ -241,6 +252,10 @@ class Inventory:
             f"{_plural(len(self.hosts), 'host')} in {_plural(clusters, 'cluster')},"
             f" {_plural(len(self.pools), 'pool')}, {_plural(bmcs, 'BMC')}"
         )
+
+
+def _loopback(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
 
 
 def _plural(n: int, word: str) -> str:
@@ -269,6 +284,8 @@ class _Loader:
         self.lines = TomlLines(text)
         self.environ = environ
         self.problems: list[Problem] = []
+        self.unmounted: set[str] = set()
+        """The ids of the pools with ``allow_unmounted = true``."""
 
     # -- reporting
 
@@ -358,6 +375,7 @@ class _Loader:
         self.unknown_keys(defaults, _SHARED, ("defaults",), "defaults")
         pools = self.pools(doc.get("pools", []), defaults)
         hosts = self.hosts(doc.get("hosts", []), defaults, {p.id: p for p in pools})
+        unmounted = frozenset(self.unmounted)
         vm_ha = self.vms(self.table(doc, "vms", (), ""))
         if self.problems:
             return None
@@ -372,6 +390,7 @@ class _Loader:
             pools=tuple(pools),
             hosts=tuple(hosts),
             vm_ha=vm_ha,
+            unmounted_pools=unmounted,
         )
 
     def server(self, table: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -458,13 +477,20 @@ class _Loader:
             supports_ha = self.boolean(
                 entry.get("supports_ha", True), (*where, "supports_ha"), f"{shown}.supports_ha"
             )
+            unmounted = self.boolean(
+                entry.get("allow_unmounted", False),
+                (*where, "allow_unmounted"),
+                f"{shown}.allow_unmounted",
+            )
             if isinstance(pool_id, str):
                 if pool_id in seen:
                     self.problem((*where, "id"), f"{shown}.id", f"duplicate pool id {pool_id!r}")
                 seen.add(pool_id)
-            values = (pool_id, mount, zone, kind, supports_ha)
+            values = (pool_id, mount, zone, kind, supports_ha, unmounted)
             if _MISSING in values or (cluster is _MISSING and "cluster" in entry):
                 continue
+            if unmounted:
+                self.unmounted.add(pool_id)
             pools.append(
                 Pool(
                     pool_id,
@@ -567,6 +593,15 @@ class _Loader:
         if agent is not _MISSING and agent not in AGENT_KINDS:
             self.problem(*at("agent"), f"must be one of {', '.join(AGENT_KINDS)}, got {agent!r}")
             agent = _MISSING
+        if agent == "local" and isinstance(address, str) and not _loopback(address):
+            self.problem(
+                (*here, "address"),
+                f"{shown}.address",
+                f'agent = "local" runs the host\'s agent-side commands on this machine, which'
+                " answers whatever became of the host (it never looks dead): it is for a lab"
+                f" whose hosts are this machine, on loopback addresses, not {address}"
+                ' (use agent = "ssh")',
+            )
         host_pools = self.strings(get("pools", []), *at("pools"))
         if host_pools is not _MISSING:
             for pool_id in host_pools:
@@ -586,6 +621,19 @@ class _Loader:
                     self.problem(
                         *at("pools"), f"pool {pool_id!r} is in zone {pool.zone!r}, not {zone!r}"
                     )
+        allow_unmounted = False
+        if host_pools is not _MISSING:
+            ha_pools = [p for p in host_pools if p in pools and pools[p].supports_ha]
+            plain = [p for p in ha_pools if p in self.unmounted]
+            if plain and len(plain) < len(ha_pools):
+                mounted = [p for p in ha_pools if p not in self.unmounted]
+                self.problem(
+                    *at("pools"),
+                    f"mixes plain-directory pools (allow_unmounted: {', '.join(plain)}) with"
+                    f" mounted ones ({', '.join(mounted)}): one heartbeat check reads them all,"
+                    " so a host's HA pools are all plain directories or none",
+                )
+            allow_unmounted = bool(plain)
         ssh = self.ssh(entry, defaults, here, shown, check=agent == "ssh")
         uri = self.uri(get("libvirt_uri"), *at("libvirt_uri"), host_id, address, name)
         oobm = self.oobm(entry, defaults, here, shown)
@@ -607,6 +655,7 @@ class _Loader:
             hypervisor=hypervisor,
             capacity=None if capacity is _MISSING else capacity,
             oobm=None if oobm is _MISSING else oobm,
+            allow_unmounted=allow_unmounted,
             line=self.lines.find_path(here),
         )
 

@@ -70,7 +70,13 @@ def inventory_document(inventory: Any) -> dict[str, Any]:
         "server_id": inventory.server_id,
         "db": sa.engine.make_url(inventory.db_url).render_as_string(hide_password=True),
         "pools": [
-            {"id": p.id, "mount": p.mount_point, "cluster": p.cluster, "zone": p.zone}
+            {
+                "id": p.id,
+                "mount": p.mount_point,
+                "cluster": p.cluster,
+                "zone": p.zone,
+                "allow_unmounted": p.id in inventory.unmounted_pools,
+            }
             for p in inventory.pools
         ],
         "hosts": hosts,

@@ -10,31 +10,56 @@ commands by running ``cloudha`` on the host over SSH:
 * ``CheckVMActivityOnStoragePoolCommand``: ``cloudha heartbeat activity
   --json`` on the asked host looks for the target's heartbeat and volume
   writes on the pool (Host-HA's activity check).
+* ``PingTestCommand`` (a host's address, no router): the asked host runs
+  ``ping -c 1 -n -q -W SECONDS ADDRESS`` (``ping_command``). Exit status 0
+  is "it answers", 1 is "no reply"; anything else (no ``ping`` program, no
+  permission, a bad address) is no answer at all, ``data["supported"] =
+  False``, which fence on suspicion reads as a neighbour that could not be
+  asked. A ping through a router (a VM's address) is not supported.
 
-Other commands (PingTest among them) are answered ``result=False`` with
-``data["supported"] = False`` ("not supported over SSH"), which investigators
-read as UNKNOWN and fence on suspicion as a neighbour that could not be
-asked. cloudha must be installed on the hosts; ``remote_command`` says how
-to start it there.
+The readings of a heartbeat check carry the inventory's pool ids (the
+remote checker only knows mount points; the gateway names each reading
+after the asked host's pool mounted there), so fence on suspicion can
+match them to the target's pools.
+
+Other commands are answered ``result=False`` with ``data["supported"] =
+False`` ("not supported over SSH"), which investigators read as UNKNOWN.
+cloudha must be installed on the hosts; ``remote_command`` says how to
+start it there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from cloudha.commands import CHECK_ON_HOST, CHECK_VM_ACTIVITY, UNSUPPORTED
+import attrs
+
+from cloudha.commands import CHECK_ON_HOST, CHECK_VM_ACTIVITY, PING_TEST, UNSUPPORTED
 from cloudha.errors import ConfigurationError, ProbeConnectionError, ProbeError
 from cloudha.heartbeat import ActivityReport, HeartbeatReport
 from cloudha.model import Host
 from cloudha.ports import Answer, Command, StoragePoolDirectory
 from cloudha.transport.ssh import CommandResult
 
-__all__ = ["CommandTransport", "SSHAgentGateway"]
+__all__ = ["DEFAULT_PING", "CommandTransport", "SSHAgentGateway", "ping_wait"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_PING: tuple[str, ...] = ("ping",)
+"""The program a neighbour runs for a PingTest (iputils or busybox ``ping``)."""
+
+_PING_REACHED = 0
+_PING_NO_REPLY = 1  # iputils and busybox: packets sent, none answered
+
+
+def ping_wait(timeout: float) -> int:
+    """The ``-W`` seconds of a PingTest bounded by ``timeout``: half of it (the rest is
+    for SSH), at least 1 (``ping`` takes whole seconds), at most 5."""
+    return max(1, min(5, math.floor(timeout / 2)))
 
 
 def _private_ip(host: Host) -> str:
@@ -70,6 +95,9 @@ class SSHAgentGateway:
             it reads pools that are plain directories (tests and demos only: by
             default a checker refuses a pool where nothing is mounted, and
             the command fails instead of judging from the local disk).
+        ping_command: argv that starts ``ping`` on a host (default
+            :data:`DEFAULT_PING`); None answers every PingTest "not supported"
+            (a host that is this machine is no witness of another's network).
     """
 
     def __init__(
@@ -81,15 +109,19 @@ class SSHAgentGateway:
         remote_settings: str | None = None,
         address: Callable[[Host], str] = _private_ip,
         allow_unmounted: bool = False,
+        ping_command: Sequence[str] | None = DEFAULT_PING,
     ) -> None:
         if not remote_command:
             raise ConfigurationError("remote_command must not be empty", key="remote_command")
+        if ping_command is not None and not ping_command:
+            raise ConfigurationError("ping_command must not be empty", key="ping_command")
         self.transport = transport
         self.pools = pools
         self.remote_command = tuple(remote_command)
         self.remote_settings = remote_settings
         self.address = address
         self.allow_unmounted = allow_unmounted
+        self.ping_command = None if ping_command is None else tuple(ping_command)
 
     def check_health(self, host: Host, *, timeout: float) -> bool:
         result = self.transport.run(
@@ -105,19 +137,45 @@ class SSHAgentGateway:
             return self._check_on_host(host, command, timeout)
         if command.name == CHECK_VM_ACTIVITY:
             return self._check_activity(host, command, timeout)
+        if command.name == PING_TEST and self.ping_command is not None:
+            return self._ping(host, command, timeout)
         return Answer(False, f"{command.name} is not supported over SSH", UNSUPPORTED)
+
+    def _ping(self, host: Host, command: Command, timeout: float) -> Answer:
+        """``ping`` on ``host``: 0 answers, 1 no reply, anything else is no answer."""
+        ip = command.params.get("ip")
+        if command.params.get("router_ip") is not None:
+            return Answer(False, "a ping through a router is not supported over SSH", UNSUPPORTED)
+        if not isinstance(ip, str) or not ip or ip.startswith("-"):
+            return Answer(False, f"no address to ping: {ip!r}", UNSUPPORTED)
+        assert self.ping_command is not None
+        argv = [*self.ping_command, "-c", "1", "-n", "-q", "-W", str(ping_wait(timeout)), ip]
+        result = self.transport.run(self.address(host), argv, timeout=timeout, host_id=host.id)
+        if result.exit_status == _PING_REACHED:
+            return Answer(True, f"{ip} answers a ping from {host.id}", {"reached": True})
+        if result.exit_status == _PING_NO_REPLY:
+            return Answer(False, f"{ip} does not answer a ping from {host.id}", {"reached": False})
+        said = result.stderr.decode(errors="replace").strip().splitlines()[:1]
+        why = f"ping on {host.id} exited {result.exit_status}"
+        return Answer(False, f"{why}: {said[0]}" if said else why, UNSUPPORTED)
 
     def _check_on_host(self, host: Host, command: Command, timeout: float) -> Answer:
         target_ip = command.params.get("host_ip")
         if not isinstance(target_ip, str) or not target_ip:
             return Answer(False, "the target host has no private address")
         argv = [*self.remote_command, "heartbeat", "check", "--json", "--host-ip", target_ip]
+        pool_ids: dict[str, str] = {}
         for pool in self.pools.pools_for_host(host):
             if pool.supports_ha:
                 argv += ["--mount", pool.mount_point]
+                pool_ids.setdefault(pool.mount_point, pool.id)
         if command.params.get("fail_on_one_pool"):
             argv.append("--fail-on-one-pool")
-        return self._run_checker(host, argv, timeout, HeartbeatReport.from_dict)
+
+        def parse(document: Any) -> HeartbeatReport:
+            return _named(HeartbeatReport.from_dict(document), pool_ids)
+
+        return self._run_checker(host, argv, timeout, parse)
 
     def _check_activity(self, host: Host, command: Command, timeout: float) -> Answer:
         params = command.params
@@ -162,3 +220,12 @@ class SSHAgentGateway:
             log.warning("heartbeat checker on %s answered garbage: %s", host.id, exc)
             return Answer(False, f"checker answered garbage: {exc}")
         return Answer(True, report.reason, report.to_dict())
+
+
+def _named(report: HeartbeatReport, pool_ids: Mapping[str, str]) -> HeartbeatReport:
+    """``report`` with each reading named after the pool mounted at its mount point
+    (the remote checker names them by mount point)."""
+    readings = tuple(
+        attrs.evolve(r, pool_id=pool_ids.get(r.mount_point, r.pool_id)) for r in report.readings
+    )
+    return attrs.evolve(report, readings=readings)

@@ -16,10 +16,15 @@ import libvirt
 import paramiko
 import pytest
 
+from cloudha.commands import answer_reached, ping_test
 from cloudha.heartbeat import parse_heartbeat
+from cloudha.model import Host
 from cloudha.oobm.power import PowerOperation, PowerState
+from cloudha.testing import InMemoryStoragePools
 from cloudha.testing.lab.cluster import DOMAIN_ROLES, Lab
 from cloudha.testing.lab.processes import alive, python_env, wait_gone
+from cloudha.transport.gateway import SSHAgentGateway
+from cloudha.transport.ssh import SSHTransport
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +101,31 @@ def test_the_sshd_runs_this_cloudha_with_its_host_key_verified(lab: Lab) -> None
     assert server.server.known_hosts.read_text().startswith(f"[{server.server.address}]:")
 
 
+def ping_from(lab: Lab, host_id: str, address: str) -> bool | None:
+    """What ``host_id``'s ``ping`` (run over SSH, as the daemon runs it) says of ``address``."""
+    sshd = lab.host(host_id).sshd
+    assert sshd is not None
+    server = sshd.server
+    transport = SSHTransport(
+        username=server.username,
+        port=server.port,
+        key_filename=str(server.client_key),
+        known_hosts=str(server.known_hosts),
+    )
+    gateway = SSHAgentGateway(transport, pools=InMemoryStoragePools([]))
+    try:
+        via = Host(id=host_id, private_ip=lab.host(host_id).address)
+        return answer_reached(gateway.send(via, ping_test(address), timeout=10))
+    finally:
+        transport.close()
+
+
+def test_a_lab_hosts_ping_reaches_a_lab_host_that_runs_and_nothing_else(lab: Lab) -> None:
+    assert (lab.root / "bin" / "ping") == lab.ping_program
+    assert ping_from(lab, "kvm1", lab.host("kvm2").address) is True
+    assert ping_from(lab, "kvm1", "127.0.0.99") is None  # no lab host's: no answer at all
+
+
 def test_power_off_at_the_bmc_kills_the_host_and_only_that_host(lab: Lab) -> None:
     # Module-scoped lab: this test runs last in the module and leaves kvm2 dead.
     kvm1, kvm2 = lab.hosts
@@ -108,6 +138,7 @@ def test_power_off_at_the_bmc_kills_the_host_and_only_that_host(lab: Lab) -> Non
     assert kvm2.running() == set()
     assert kvm2.bmc.power_state() == "off"
     assert kvm2.bmc.history() == ["off"]
+    assert ping_from(lab, "kvm1", kvm2.address) is False  # no reply from a dead host
     stale = _stamp(lab, "kvm2")
     time.sleep(2.1)  # two writer rounds: a live writer would have stamped a later second
     assert _stamp(lab, "kvm2") == stale

@@ -71,7 +71,7 @@ def files(tmp_path: Path) -> Files:
     directory.mkdir()
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(
-        '[server]\nid = "ms1"\n[[hosts]]\nid = "h1"\naddress = "10.0.0.1"\ncluster = "c1"\n'
+        '[server]\nid = "ms1"\n[[hosts]]\nid = "h1"\naddress = "127.0.0.11"\ncluster = "c1"\n'
         'agent = "local"\nlibvirt_uri = "test:///default"\noobm = { driver = "ipmitool",'
         ' address = "10.0.1.1", username = "admin", password_env = "CLOUDHA_TEST_UNSET_PW" }\n',
         encoding="utf-8",

@@ -33,12 +33,12 @@ oobm = { driver = "ipmitool", username = "admin", password_env = "CFG_TEST_BMC_P
 
 [[hosts]]
 id = "h1"
-address = "10.0.0.1"
+address = "127.0.0.11"
 oobm = { address = "10.0.1.1" }
 
 [[hosts]]
 id = "h2"
-address = "10.0.0.2"
+address = "127.0.0.12"
 """
 
 

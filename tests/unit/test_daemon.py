@@ -13,7 +13,8 @@ import logging
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -38,7 +39,10 @@ from cloudha.daemon import (
 )
 from cloudha.errors import ConfigurationError, ProbeConnectionError, ProbeTimeout, StoreError
 from cloudha.hostha.executor import InlineExecutor
+from cloudha.oobm.manager import OobmNotConfigured
+from cloudha.oobm.power import PowerOperation, PowerResult, PowerState
 from cloudha.ports import Command, DomainState
+from cloudha.server import ManagementServer
 from cloudha.testing import (
     FakeAgentGateway,
     FakeClock,
@@ -294,6 +298,80 @@ def test_the_libvirt_orchestrator_asks_the_bmc_whether_a_gone_host_is_powered_of
         assembly.close()
 
 
+def test_a_bmc_that_cannot_say_off_never_counts_a_stop_as_done(tmp_path: Path) -> None:
+    """The powered_off hook, the unsafe way round: a silent BMC, a refused login, a host
+    without a BMC, a dropped host all answer False, never raise."""
+    driver = FakePowerDriver("fake")
+    bmcs = {n: driver.add(f"10.0.1.{n}") for n in (1, 2)}
+    bmcs[1].password = bmcs[2].password = "s3cret-bmc"
+    bmcs[1].power = bmcs[2].power = "off"  # off, but it cannot be told
+    bmcs[1].silent = True
+    bmcs[2].password = "another"
+    inventory = Inventory(hosts=(entry("h1", 1), entry("h2", 2), Entry("h3", "10.0.0.3")))
+    assembly = assemble(
+        inventory,
+        db_url=f"sqlite:///{tmp_path / 'cloudha.db'}",
+        clock=FakeClock(1000.0),
+        probe=FakeHypervisorProbe({"h1": True, "h2": True, "h3": True}),
+        gateway=lambda host: (FakeAgentGateway({host.id: True}), None),
+        power_drivers=[driver],
+        directory=Directory(),
+        discover_plugins=False,
+    )
+    try:
+        powered_off = assembly.orchestrator.powered_off  # type: ignore[attr-defined]
+        assert [powered_off(h) for h in ("h1", "h2", "h3")] == [False, False, False]
+        bmcs[1].silent = False
+        assert powered_off("h1") is True  # the same BMC, answering now
+    finally:
+        assembly.close()
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (PowerResult(PowerOperation.STATUS, True, PowerState.OFF), True),
+        (PowerResult(PowerOperation.STATUS, True, PowerState.ON), False),
+        (PowerResult(PowerOperation.STATUS, True, PowerState.UNKNOWN), False),
+        (PowerResult(PowerOperation.STATUS, True, None), False),
+        (PowerResult(PowerOperation.STATUS, False, PowerState.OFF), False),  # a failed STATUS
+        (ProbeTimeout("silent"), False),
+        (ProbeConnectionError("unreachable"), False),
+        (OobmNotConfigured("dropped by a reload"), False),
+    ],
+)
+def test_only_a_successful_status_reading_off_is_powered_off(
+    result: PowerResult | Exception, expected: bool
+) -> None:
+    from cloudha.daemon import _bmc_reads_off
+
+    asked: list[PowerOperation] = []
+
+    class Oobm:
+        def config(self, host: Host) -> object:
+            return object()
+
+        def execute(self, host: Host, operation: PowerOperation) -> PowerResult:
+            asked.append(operation)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+    class Directory:
+        def find_host(self, host_id: str) -> Host | None:
+            if host_id == "broken":
+                raise StoreError("the host table cannot be read")
+            return Host(host_id) if host_id == "h1" else None
+
+    server = cast(ManagementServer, SimpleNamespace(directory=Directory(), oobm=Oobm()))
+    powered_off = _bmc_reads_off(server)
+    assert powered_off("h1") is expected
+    assert asked == [PowerOperation.STATUS]  # asked now, a status only
+    assert powered_off("nowhere") is False
+    assert powered_off("broken") is False
+    assert asked == [PowerOperation.STATUS]
+
+
 def test_evidence_is_stored_in_sql_for_explain(fleet: Fleet) -> None:
     server = fleet.assembly.server
     server.recover()
@@ -490,6 +568,41 @@ def test_a_local_hosts_checker_reads_the_inventorys_settings(tmp_path: Path) -> 
     gateway, _ = _Gateways(InventoryPools(), str(with_settings))(Entry("h1", "x", agent="local"))
     assert isinstance(gateway, SSHAgentGateway)
     assert gateway.remote_settings == str(with_settings)
+
+
+def test_gateways_tell_the_checkers_of_plain_directory_pools_and_ping_over_ssh_only(
+    tmp_path: Path,
+) -> None:
+    """allow_unmounted comes from the inventory's host entry (its pools), never by default;
+    a neighbour's ping runs over SSH, never on this machine for a local host."""
+    from cloudha.daemon import _Gateways
+    from cloudha.transport.gateway import DEFAULT_PING, SSHAgentGateway
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("")
+    build = _Gateways(InventoryPools())
+
+    @attrs.frozen
+    class Plain(Entry):
+        allow_unmounted: bool = True
+
+    found = {}
+    for name, entry in {
+        "local": Entry("h1", "127.0.0.1", agent="local"),
+        "local plain": Plain("h2", "127.0.0.2", agent="local"),
+        "ssh": Entry("h3", "127.0.0.3", ssh=Ssh(known_hosts=str(known_hosts))),
+        "ssh plain": Plain("h4", "127.0.0.4", ssh=Ssh(known_hosts=str(known_hosts))),
+    }.items():
+        gateway, _ = build(entry)
+        assert isinstance(gateway, SSHAgentGateway)
+        found[name] = (gateway.allow_unmounted, gateway.ping_command)
+    assert found == {
+        "local": (False, None),
+        "local plain": (True, None),
+        "ssh": (False, DEFAULT_PING),
+        "ssh plain": (True, DEFAULT_PING),
+    }
+    build.prune(set())
 
 
 def test_an_ssh_host_needs_a_known_hosts_that_exists(tmp_path: Path) -> None:

@@ -309,10 +309,67 @@ def test_a_missing_key_file_and_known_hosts(files: Path) -> None:
     assert "does not exist" in found[0].message
 
 
+def local(text: str) -> str:
+    """``text`` with ``agent = "local"`` hosts, on loopback addresses (a lab)."""
+    text = text.replace("watchdog = true", 'watchdog = true\nagent = "local"')
+    return text.replace('"10.0.0.1"', '"127.0.0.11"').replace('"fd00::2"', '"::1"')
+
+
 def test_local_agents_need_no_ssh_files(files: Path) -> None:
     (files / "id_ed25519").unlink()
-    text = GOOD.replace("watchdog = true", 'watchdog = true\nagent = "local"')
+    text = local(GOOD)
     assert [h.agent for h in load_inventory(write(files, text), environ={}).hosts] == ["local"] * 2
+
+
+def test_a_local_agent_is_for_a_lab_on_loopback_only(files: Path) -> None:
+    """A local host's agent check runs on this machine and never finds it dead: refused for a
+    host that is not this machine."""
+    text = GOOD.replace("watchdog = true", 'watchdog = true\nagent = "local"')
+    found = problems(write(files, text))
+    assert [(p.line, p.key) for p in found] == [
+        (23, "hosts[kvm1].address"),
+        (29, "hosts[kvm2].address"),
+    ]
+    assert "never looks dead" in found[0].message
+    assert "not 10.0.0.1" in found[0].message
+    assert 'use agent = "ssh"' in found[0].message
+    # The same addresses over SSH are fine.
+    assert len(load_inventory(write(files, GOOD), environ={}).hosts) == 2
+
+
+def test_a_pool_that_is_a_plain_directory_says_so(files: Path) -> None:
+    text = GOOD.replace(
+        'cluster = "c1"\n\n[[hosts]]', 'cluster = "c1"\nallow_unmounted = true\n\n[[hosts]]', 1
+    )
+    inventory = load_inventory(write(files, text), environ={})
+    assert inventory.unmounted_pools == frozenset({"nfs1"})
+    assert [h.allow_unmounted for h in inventory.hosts] == [True, True]
+    plain = load_inventory(write(files, GOOD), environ={})
+    assert plain.unmounted_pools == frozenset()
+    assert [h.allow_unmounted for h in plain.hosts] == [False, False]  # the default: mounted
+
+
+def test_allow_unmounted_must_be_a_boolean_and_a_host_cannot_mix_pools(files: Path) -> None:
+    text = GOOD.replace(
+        'cluster = "c1"\n\n[[hosts]]', 'cluster = "c1"\nallow_unmounted = "yes"\n\n[[hosts]]', 1
+    )
+    (found,) = [p for p in problems(write(files, text)) if p.key.startswith("pools")]
+    assert (found.key, found.message) == (
+        "pools[nfs1].allow_unmounted",
+        "must be true or false, got 'yes'",
+    )
+    mixed = GOOD.replace(
+        'cluster = "c1"\n\n[[hosts]]',
+        'cluster = "c1"\nallow_unmounted = true\n\n[[pools]]\nid = "nfs2"\nmount = "/mnt/nfs2"\n'
+        'cluster = "c1"\n\n[[hosts]]',
+        1,
+    ).replace('pools = ["nfs1"]', 'pools = ["nfs1", "nfs2"]')
+    (found,) = problems(write(files, mixed))
+    assert found.key == "defaults.pools"
+    assert (
+        "mixes plain-directory pools (allow_unmounted: nfs1) with mounted ones (nfs2)"
+        in found.message
+    )
 
 
 def test_a_missing_environment_variable(files: Path) -> None:

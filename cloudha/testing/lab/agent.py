@@ -103,6 +103,7 @@ def lab_gateways(lab: Lab) -> Callable[[Any], tuple[AgentGateway, None]]:
             pools=pools,
             remote_command=(str(lab.cloudha_program),),
             remote_settings=str(lab.settings_file),
+            ping_command=None,  # every local host is this machine: no witness of another
         )
         return gateway, None
 

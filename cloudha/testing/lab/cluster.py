@@ -15,7 +15,9 @@ Each host ``kvm1`` ... ``kvmN`` is, all on 127.0.0.1:
   when there is one, the sshd;
 * optionally an **sshd** (:mod:`cloudha.testing.lab.sshd`), the host's agent
   side for ``agent = "ssh"`` (its sessions get a ``PYTHONPATH`` to this
-  cloudha, so ``python -m cloudha`` runs there).
+  cloudha, so ``python -m cloudha`` runs there, and a ``PATH`` whose
+  ``ping`` is the lab's, :mod:`cloudha.testing.lab.ping`: a lab address
+  answers while that host's processes run).
 
 A host's heartbeat address is an identity, not a place: every server listens
 on 127.0.0.1, and the address only names the host's heartbeat file
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import shlex
 import shutil
 import subprocess
@@ -279,6 +282,7 @@ class Lab:
             self.heartbeat_dir.mkdir(exist_ok=True)
             self._write_settings()
             self._write_program()
+            self._write_ping()
             for index in range(1, self.size + 1):
                 self.hosts.append(self._start_host(index))
             for host in self.hosts:
@@ -355,9 +359,34 @@ exec {python} -m cloudha "$@"
         self.cloudha_program.write_text(script)
         self.cloudha_program.chmod(0o755)
 
+    @property
+    def ping_program(self) -> Path:
+        """The lab hosts' ``ping`` (:mod:`cloudha.testing.lab.ping`): an address of a lab host
+        answers while one of that host's processes runs, whatever loopback does. Written by
+        :meth:`start`, next to :attr:`cloudha_program`."""
+        return self.root / "bin" / "ping"
+
+    def _write_ping(self) -> None:
+        from cloudha.testing.lab import ping
+
+        hosts = self.root / "addresses.json"
+        addresses = {
+            self._address(index): str(self.root / f"kvm{index}" / KILL_FILE)
+            for index in range(1, self.size + 1)
+        }
+        hosts.write_text(json.dumps(addresses, indent=2, sort_keys=True) + "\n")
+        python, script = shlex.quote(sys.executable), shlex.quote(str(Path(ping.__file__)))
+        self.ping_program.parent.mkdir(exist_ok=True)
+        self.ping_program.write_text(
+            "#!/bin/sh\n# ping on a lab host (cloudha.testing.lab.ping).\n"
+            f'exec {python} -S {script} {shlex.quote(str(hosts))} "$@"\n'
+        )
+        self.ping_program.chmod(0o755)
+
     def _session_env(self) -> dict[str, str]:
         """What an SSH session on a lab host sees: :attr:`cloudha_program` as ``cloudha``
-        on the PATH and the lab's settings as ``CLOUDHA_*`` variables."""
+        and :attr:`ping_program` as ``ping`` on the PATH, and the lab's settings as
+        ``CLOUDHA_*`` variables."""
         from cloudha.settings import KEYS
 
         env = {

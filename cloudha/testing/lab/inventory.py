@@ -4,7 +4,10 @@
 lab's settings, the shared heartbeat directory as the pool, one ``[[hosts]]``
 entry per lab host (its heartbeat address, its libvirt URI, its BMC with the
 password in a file beside the inventory, readable by its owner only) and the
-HA patterns of the lab's domains. With ``agent = "ssh"`` each host names its
+HA patterns of the lab's domains. The pool is a plain directory, and says so
+(``allow_unmounted = true``: the hosts' heartbeat checkers are told). A
+libvirt URI is written as a literal: the inventory reads ``libvirt_uri`` as a
+template, so its braces are doubled. With ``agent = "ssh"`` each host names its
 sshd (port, user, key and a known_hosts holding exactly its host key: host
 keys are verified; the sshd listens on the host's own loopback address);
 with ``agent = "local"`` cloudha's agent-side commands run on this machine.
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from cloudha.testing.lab.cluster import HA_PATTERNS, Lab, LabHost
 
-__all__ = ["write_inventory"]
+__all__ = ["literal_uri", "write_inventory"]
 
 
 def _q(value: str) -> str:
@@ -35,6 +38,12 @@ def _value(value: object) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as a TOML value")
+
+
+def literal_uri(uri: str) -> str:
+    """``uri`` as an inventory ``libvirt_uri`` that means exactly it: ``{`` and ``}`` doubled
+    (the inventory fills in ``{address}``, ``{id}`` and ``{name}``)."""
+    return uri.replace("{", "{{").replace("}", "}}")
 
 
 def _table(entries: Mapping[str, object]) -> str:
@@ -95,6 +104,7 @@ def write_inventory(
         'id = "pool"',
         f"mount = {_q(str(lab.heartbeat_dir))}",
         'cluster = "lab"',
+        "allow_unmounted = true  # a plain directory, not a mounted pool",
     ]
     for host in chosen:
         oobm = {
@@ -109,7 +119,7 @@ def write_inventory(
             "[[hosts]]",
             f"id = {_q(host.id)}",
             f"address = {_q(host.address)}",
-            f"libvirt_uri = {_q(host.uri)}",
+            f"libvirt_uri = {_q(literal_uri(host.uri))}",
             f"oobm = {_table(oobm)}",
         ]
         if agent == "ssh":
