@@ -618,6 +618,9 @@ class _ScrapeCollector:
             causes.update(view.causes)
             if view.fresh:
                 causes.add("resuming")
+        if not judging and freshness.lapsed() is not None:
+            causes.add("membership")  # checked at once, not only at the last evaluation
+            causes.discard("resuming")
         why = family(
             "cloudha_not_judging",
             "1 for each reason the server does not judge hosts now, 0 for the others",

@@ -95,9 +95,17 @@ class ClusterMember:
 
     # -- membership -----------------------------------------------------------
 
+    def _lease(self, sent: float) -> None:
+        """The registry accepted a registration or heartbeat sent at ``sent`` (monotonic)."""
+        settings = self.server.settings
+        until = sent + settings.cloudha_ms_takeover_timeout - settings.cloudha_ms_heartbeat_interval
+        self.server.freshness.note_lease(sent, until)
+
     def join(self) -> int:
         """Register (a new epoch) and give it to the agent manager; the epoch."""
+        sent = self.server.clock.monotonic()
         epoch = self.registry.register(self.server_id, self.address)
+        self._lease(sent)
         self.epoch = epoch
         self.server.agents.owner_epoch = epoch
         self._peers.clear()
@@ -120,6 +128,7 @@ class ClusterMember:
         mine = self._mine(self.server.watched_directory.list_hosts())
         released = self.server.agents.release(mine)
         self.epoch = None
+        self.server.freshness.note_lease(None, self.server.clock.monotonic())
         self.registry.leave(self.server_id, epoch)
         self.server.recorder.emit(
             "ms_left",
@@ -130,6 +139,7 @@ class ClusterMember:
 
     def _lost(self, epoch: int) -> None:
         """The registry refused this server's heartbeat: a peer declared it departed."""
+        self.server.freshness.note_lease(None, self.server.clock.monotonic())  # no lease left
         by = next((r.departed_by for r in self.registry.servers() if r.id == self.server_id), None)
         dropped = self.server.agents.forget_all()
         self.epoch = None
@@ -157,9 +167,11 @@ class ClusterMember:
         if epoch is None:
             return interval  # not joined yet: the server's recovery joins
         clock = self.server.clock
+        sent = clock.monotonic()
         if not self.registry.heartbeat(self.server_id, epoch):
             self._lost(epoch)
             return interval
+        self._lease(sent)
         servers = self.registry.servers()
         now = clock.monotonic()
         if self._last_ok is None or now - self._last_ok > 2 * interval:
@@ -172,6 +184,7 @@ class ClusterMember:
         changed = self._group is not None and group != self._group
         try:
             if changed or now >= self._next_scan:
+                self._sweep(servers)
                 full = self._claim(servers, until_fair=changed)
                 self._next_scan = now if full else now + settings.direct_agent_scan_interval
             if settings.agent_lb_enabled:
@@ -209,13 +222,45 @@ class ClusterMember:
                 departed.append(record.id)
         return departed
 
+    def _release(self, server_id: str) -> tuple[int, int]:
+        """Release what ``server_id`` (not Up) still holds: its HA works and Host-HA configs."""
+        server = self.server
+        works = server.ha.on_server_left(server_id)
+        host_ha = 0
+        if server.host_ha is not None:
+            host_ha = server.host_ha.store.expire_ownership(server_id)
+        return works, host_ha
+
+    def _sweep(self, servers: Sequence[ServerRecord]) -> None:
+        """Finish ``onManagementNodeLeft`` for every server that is not Up.
+
+        The winner of a departure releases the works at once (:meth:`_node_left`),
+        but it may fail or die between the conditional update and the release;
+        every claim round each survivor releases whatever a departed or stopped
+        server still holds (one update per server, nothing when it holds
+        nothing), so no work waits on a server that will never run it.
+        """
+        for record in servers:
+            if record.id == self.server_id or record.state is ServerState.UP:
+                continue
+            works, host_ha = self._release(record.id)
+            if works or host_ha:
+                self.server.recorder.emit(
+                    "ms_released",
+                    reason=(
+                        f"management server {record.id} is {record.state.value} and still held"
+                        f" {works} HA works and {host_ha} Host-HA configs: released"
+                    ),
+                    server=record.id,
+                    epoch=record.epoch,
+                    works=works,
+                    host_ha=host_ha,
+                )
+
     def _node_left(self, record: ServerRecord, silent: float) -> None:
         """CloudStack ``onManagementNodeLeft``: release the departed server's works and Host-HA."""
         server = self.server
-        works = server.ha.on_server_left(record.id)
-        host_ha = 0
-        if server.host_ha is not None:
-            host_ha = server.host_ha.store.expire_ownership(record.id)
+        works, host_ha = self._release(record.id)
         server.recorder.emit(
             "ms_departed",
             reason=(

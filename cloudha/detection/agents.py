@@ -447,14 +447,21 @@ class AgentManager:
         scheduler again (the scheduler skips VMs that already have work).
         Hosts in ``connected`` are known to have their agent connected (a
         first start in a running cloud): they are monitored as if they had
-        just pinged instead of being marked Disconnected.
+        just pinged instead of being marked Disconnected (in a group only
+        those whose row names this server at its epoch; the others wait for
+        the group's claims).
         Returns the re-adopted host ids.
         """
         marked = set(self.mark_hosts_as_disconnected(skip=connected))
         for host_id in sorted(connected):
             host = self.directory.find_host(host_id)
-            if host is not None and host.status is Status.UP:
-                self.ping_map.connect(host.id, host.type)
+            if host is None or host.status is not Status.UP:
+                continue
+            if self.clustered and not (
+                host.management_server_id == self.management_server_id and self._current(host)
+            ):
+                continue  # in a group a host is monitored by its owner: the claims decide
+            self.ping_map.connect(host.id, host.type)
         now = self.clock.monotonic()
         wall = self.clock.now().timestamp()
         adopted: list[str] = []
@@ -1053,6 +1060,10 @@ class AgentManager:
             return False
         host = self.directory.find_host(host_id)
         if host is None or host.status is not Status.ALERT or host.type.is_virtual:
+            return False
+        # A fence is the one action with effects outside the database: asked again right
+        # before it (an investigation may have taken long), not only when the round began.
+        if self._held("fence on suspicion", host_id) or not self._owns(host, "fence on suspicion"):
             return False
         try:
             fenced = self.suspicion.consider(host)

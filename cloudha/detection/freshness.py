@@ -11,7 +11,18 @@ VMs twice. :class:`Freshness` keeps the server's own view honest:
   BMC reads power Off is not expected to ping and is not counted), when the
   monitor itself ran within that window (a paused process wakes with every
   ping stale), and when the HA work store accepted its last write;
-* **desired state** is fresh when the host directory answered within the window.
+* **desired state** is fresh when the host directory answered within the window;
+* **membership** (a server of a group, :class:`cloudha.cluster.ClusterMember`)
+  holds while the server's group lease runs: it ends
+  ``cloudha.ms.takeover.timeout`` less one ``cloudha.ms.heartbeat.interval``
+  after the last heartbeat the registry accepted was sent. A peer declares a
+  server departed only after seeing its last accepted heartbeat unchanged for
+  the whole takeover timeout, so a server whose lease ran out may already be
+  departed, its hosts and works claimed by others: it judges nothing until a
+  heartbeat goes through again (or is refused: then it lost its ownership).
+  The lease is checked at every :meth:`Freshness.hold`, not only once per
+  round, and also when the gate is disabled (``cloudha.freshness.enabled``):
+  it is the group's safety, not a tuning.
 
 While not fresh nothing is judged: no verdict becomes Down, no fence, no HA
 scheduling (the agent manager, the HA workers and Host-HA ask :meth:`judging`).
@@ -45,9 +56,10 @@ __all__ = ["CAUSES", "Freshness", "FreshnessView"]
 
 log = logging.getLogger(__name__)
 
-CAUSES = ("paused", "pings", "store", "directory")
+CAUSES = ("paused", "pings", "store", "directory", "membership")
 """Why a view is not fresh, as bounded codes (:attr:`FreshnessView.causes`): the monitor
-paused, too few hosts pinged, the HA work store refused a write, the host directory is silent."""
+paused, too few hosts pinged, the HA work store refused a write, the host directory is silent,
+the server's group lease ran out."""
 
 
 @attrs.frozen
@@ -138,6 +150,8 @@ class Freshness:
         self._directory_ok: float | None = now
         self._directory_error: str | None = None
         self._store_error: str | None = None
+        self._lease_until: float | None = None
+        self._lease_from: float | None = None
         self._last_tick: float | None = None
         self._evaluated_at: float | None = None
         self._fresh_runs = 0
@@ -162,12 +176,37 @@ class Freshness:
         with self._lock:
             self._store_error = None if error is None else f"{type(error).__name__}: {error}"
 
+    def note_lease(self, sent: float | None, until: float | None) -> None:
+        """The group lease: the last accepted heartbeat was sent at ``sent`` (monotonic) and
+        the lease runs until ``until``; both None: not a member of a group (no lease)."""
+        with self._lock:
+            self._lease_from = sent
+            self._lease_until = until
+
+    def lapsed(self) -> str | None:
+        """Why the group lease does not hold now; None when it holds or there is none."""
+        return self._lapsed(self.clock.monotonic())
+
+    def _lapsed(self, now: float) -> str | None:
+        """Why the group lease does not hold at ``now`` (None: it holds, or there is none)."""
+        with self._lock:
+            until, sent = self._lease_until, self._lease_from
+        if until is None or now < until:
+            return None
+        if sent is None:
+            return "this server is not a member of its group (its ownership was lost)"
+        return (
+            f"this server's last heartbeat the group registry accepted was sent"
+            f" {now - sent:.0f} s ago: a peer may have declared it departed and taken its hosts"
+        )
+
     # -- the gate ----------------------------------------------------------------
 
     def judging(self) -> bool:
-        """May the server judge others now? (Always True when disabled.)"""
+        """May the server judge others now? (When disabled: while its group lease holds.)"""
         with self._lock:
-            return self._judging
+            judging = self._judging
+        return judging and self._lapsed(self.clock.monotonic()) is None
 
     @property
     def view(self) -> FreshnessView | None:
@@ -180,13 +219,14 @@ class Freshness:
     ) -> bool:
         """True (and a ``freshness`` record, at most once per interval per subject, unless
         not ``record``) when ``what`` must wait because the view is not fresh; False when it
-        may go on."""
+        may go on. A lapsed group lease holds at once, whatever the last evaluation."""
         if self.judging():
             return False
+        now = self.clock.monotonic()
+        lapsed = self._lapsed(now)
         if not record:
             return True
         subject = host or vm or ""
-        now = self.clock.monotonic()
         with self._lock:
             last = self._held.get(subject)
             if last is not None and now - last < self.interval:
@@ -194,7 +234,9 @@ class Freshness:
             self._held[subject] = now
             view = self._view
             runs = self._fresh_runs
-        if view is not None and view.reasons:
+        if lapsed is not None:
+            because = lapsed
+        elif view is not None and view.reasons:
             because = "; ".join(view.reasons)
         else:
             because = f"fresh for {runs} of the {self.resume_after} intervals in a row it needs"
@@ -271,6 +313,11 @@ class Freshness:
             )
         if paused_for is not None:
             actual = False
+        lapsed = self._lapsed(now)
+        if lapsed is not None:
+            actual = False
+            causes.append("membership")
+            reasons.append(lapsed)
         with self._lock:
             directory_ok = self._directory_ok
         if self.probe_directory is not None and (

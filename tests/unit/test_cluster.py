@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Callable, Iterable
 
+import attrs
 import pytest
 import sqlalchemy as sa
 
@@ -23,6 +25,7 @@ from cloudha.cluster import SqlServerRegistry
 from cloudha.ha.store import create_schema
 from cloudha.hostha import HAExecutors, HAState
 from cloudha.ports import ServerState
+from cloudha.status import Event
 from cloudha.testing import (
     FakeAgentGateway,
     FakeClock,
@@ -102,7 +105,9 @@ class Group:
         self.servers: dict[str, ManagementServer] = {}
         self.stalled: set[str] = set()
 
-    def start(self, server_id: str, **extra: object) -> ManagementServer:
+    def start(
+        self, server_id: str, *, connected: Iterable[str] = (), **extra: object
+    ) -> ManagementServer:
         server = ManagementServer(
             settings=self.settings,
             clock=self.clock,
@@ -122,7 +127,7 @@ class Group:
             address=f"{server_id}.example:8250",
             **extra,  # type: ignore[arg-type]
         )
-        assert server.recover()
+        assert server.recover(connected=tuple(connected))
         self.servers[server_id] = server
         return server
 
@@ -348,3 +353,105 @@ def test_host_ha_of_a_host_runs_on_the_host_owner_whoever_wrote_its_config() -> 
     assert config is not None
     assert config.state is HAState.AVAILABLE
     assert config.mgmt_server_id == "ms1"
+
+
+def test_a_server_whose_lease_ran_out_judges_nothing_until_a_heartbeat_goes_through() -> None:
+    group = Group(hosts=HOSTS[:9])
+    for server_id in ("ms1", "ms2", "ms3"):
+        group.start(server_id)
+    group.tick(6)
+    ms1 = group.servers["ms1"]
+    mine = sorted(h.id for h in group.directory.list_hosts() if h.management_server_id == "ms1")
+    assert mine
+    for server in group.servers.values():
+        server.monitor_tick()
+    assert ms1.freshness.lapsed() is None
+    # The whole group stalls past the lease (the takeover timeout less one heartbeat): no
+    # peer declared ms1 departed yet, so its rows still name it at its epoch.
+    group.clock.advance(TIMEOUT - BEAT)
+    before = group.directory.find_host(mine[0])
+    lapsed = ms1.freshness.lapsed()
+    assert lapsed is not None
+    assert "heartbeat" in lapsed
+    assert not ms1.freshness.judging()
+    investigations = len(group.kinds("investigation"))
+    assert ms1.agents.disconnect_with_investigation(mine[0], Event.PING_TIMEOUT) is False
+    assert group.directory.find_host(mine[0]) == before  # nothing judged, nothing written
+    assert len(group.kinds("investigation")) == investigations
+    held = [r for r in group.kinds("freshness", actor="ms1") if r.get("held")]
+    assert held
+    assert "heartbeat" in str(held[-1]["reason"])
+    ms1.monitor_tick()
+    view = ms1.freshness.view
+    assert view is not None
+    assert "membership" in view.causes
+    ms1.cluster_tick()  # accepted: nobody declared it departed, the lease is back
+    assert ms1.freshness.lapsed() is None
+    assert not group.kinds("ownership_lost", actor="ms1")
+
+
+def test_a_lapsed_lease_holds_even_with_the_freshness_gate_disabled() -> None:
+    group = Group(hosts=HOSTS[:4], settings={"cloudha.freshness.enabled": False})
+    ms1 = group.start("ms1")
+    group.tick(2)
+    assert ms1.freshness.judging()
+    group.clock.advance(TIMEOUT)
+    assert not ms1.freshness.judging()
+    assert ms1.freshness.hold("investigation", host=HOSTS[0])
+    group.tick()
+    assert ms1.freshness.judging()
+
+
+def test_works_the_departure_winner_failed_to_release_are_released_by_a_later_round() -> None:
+    group = Group(hosts=HOSTS[:9])
+    for server_id in ("ms1", "ms2", "ms3"):
+        group.start(server_id)
+    group.tick(6)
+    ms2 = group.servers["ms2"]
+    ms2.ha.schedule_restart(group.orchestrator.find_vm("vm1"), investigate=True)  # type: ignore[arg-type]
+    claimed = ms2.store.claim("ms2")
+    assert claimed is not None
+    group.stalled.add("ms2")
+    failures: list[str] = []
+    for server in group.servers.values():
+        release = server.ha.on_server_left
+
+        def failing(server_id: str, release: Callable[[str], int] = release) -> int:
+            if not failures:
+                failures.append(server_id)
+                raise ConnectionError("the database went away after the departure committed")
+            return release(server_id)
+
+        server.ha.on_server_left = failing  # type: ignore[method-assign]
+    for _ in range(int(2 * TIMEOUT / BEAT)):
+        group.clock.advance(BEAT)
+        for server_id, server in sorted(group.servers.items()):
+            if server_id in group.stalled:
+                continue
+            with contextlib.suppress(ConnectionError):
+                server.cluster_tick()
+        group.connect_agents()
+    assert failures == ["ms2"]
+    assert {r.id: r.state for r in group.registry.servers()}["ms2"] is ServerState.DEPARTED
+    assert not group.kinds("ms_departed")  # the winner failed half-way
+    swept = group.kinds("ms_released")
+    assert len(swept) == 1
+    assert swept[0]["server"] == "ms2"
+    assert swept[0]["works"] == 1
+    released = ms2.store.get(claimed.id)
+    assert released is not None
+    assert released.mgmt_server_id is None
+    assert group.owners() == {"ms1": 5, "ms3": 4} or group.owners() == {"ms1": 4, "ms3": 5}
+
+
+def test_in_a_group_a_connected_host_is_monitored_only_by_its_owner() -> None:
+    group = Group(hosts=HOSTS[:6])
+    for host_id in group.hosts:
+        host = group.directory.find_host(host_id)
+        assert host is not None
+        group.directory.replace(attrs.evolve(host, status=Status.UP))
+    ms1 = group.start("ms1", connected=group.hosts)
+    assert len(ms1.agents.ping_map) == 0  # nobody's yet: the claims decide
+    group.tick(3)
+    assert group.owners() == {"ms1": 6}
+    assert sorted(ms1.agents.ping_map.hosts()) == sorted(group.hosts)

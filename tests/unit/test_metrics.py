@@ -23,7 +23,7 @@ from cloudha import (
     VmState,
 )
 from cloudha.ha.store import WorkType
-from cloudha.metrics import Metrics
+from cloudha.metrics import NOT_JUDGING_CAUSES, Metrics
 from cloudha.ports import MetricsSink
 from cloudha.testing import (
     FakeAgentGateway,
@@ -576,7 +576,7 @@ def test_with_freshness_off_the_server_always_judges_and_gives_no_cause() -> Non
         assert value(found, "cloudha_judging") == 1
         assert value(found, "cloudha_fresh") == 0  # nothing is evaluated
         causes = [k for k in found if k[0] == "cloudha_not_judging"]
-        assert len(causes) == 6
+        assert len(causes) == len(NOT_JUDGING_CAUSES)
         assert all(found[k] == 0 for k in causes)
     finally:
         off.close()
