@@ -24,6 +24,9 @@ The server is ``initdb`` + ``pg_ctl start`` from ``/usr/lib/postgresql/*/bin``
 and unix socket live in a fresh directory under the system temp dir, owned by
 ``postgres``; it listens on 127.0.0.1 only, on a free port, with ``fsync``,
 ``synchronous_commit`` and ``full_page_writes`` off, trust authentication.
+With ``synchronous_commit`` off an immediate restart loses the last commits the
+server acknowledged: a test that restarts it mid-run connects with
+``options=-c synchronous_commit=on`` (``test_ms_group_pg.durable``).
 It is stopped with ``pg_ctl stop -m immediate`` (then SIGKILL by PID if that
 fails) and its directory removed, even when a test fails.
 """
