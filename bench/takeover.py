@@ -68,6 +68,8 @@ class TakeoverRound:
     hosts_moved: int
     seconds: float
     """From just after the SIGKILL until every host of the victim is owned by a live survivor."""
+    declared: float
+    """From the SIGKILL until the ``ms_departed`` record (its monotonic time stamp ``t``)."""
     silent: float
     """The silence the winner counted when it declared the victim departed (its evidence)."""
     by: str
@@ -181,6 +183,7 @@ def measure_takeover(url: str, *, hosts: int, timeout: float, victim: str) -> Ta
             raise RuntimeError(f"bench: {victim} owns no host: {owners}")
         group.procs[victim].send_signal(signal.SIGKILL)
         killed = time.perf_counter()
+        killed_clock = time.monotonic()  # the evidence's t: CLOCK_MONOTONIC, system-wide
         limit = killed + 3 * timeout + 10
         while True:
             current = group.owners()
@@ -196,7 +199,12 @@ def measure_takeover(url: str, *, hosts: int, timeout: float, victim: str) -> Ta
             raise RuntimeError(f"bench: {victim} declared departed {len(records)} times")
         record = records[0]
         return TakeoverRound(
-            victim, len(mine), seconds, float(record.details["silent"]), str(record.actor)
+            victim,
+            len(mine),
+            seconds,
+            float(record._mapping["t"]) - killed_clock,
+            float(record.details["silent"]),
+            str(record.actor),
         )
 
 
@@ -224,7 +232,8 @@ def p14_lines(*, hosts: int, timeout: float, rounds: int) -> list[TakeoverLine]:
         return [TakeoverLine(hosts, rounds, math.nan, f"NOT MEASURED: {measured}")]
     median = statistics.median(r.seconds for r in measured)
     each = ", ".join(
-        f"{r.victim} {r.hosts_moved} hosts {r.seconds:.2f} s (silent {r.silent:.2f} s)"
+        f"{r.victim} {r.hosts_moved} hosts {r.seconds:.2f} s (declared departed after"
+        f" {r.declared:.2f} s, silent {r.silent:.2f} s)"
         for r in measured
     )
     return [
