@@ -149,6 +149,7 @@ class Sizes:
     takeover_hosts: int
     takeover_timeout: float
     takeover_rounds: int
+    takeover_long_timeout: float | None
 
 
 FULL = Sizes(
@@ -178,6 +179,7 @@ FULL = Sizes(
     takeover_hosts=300,
     takeover_timeout=5.0,
     takeover_rounds=3,
+    takeover_long_timeout=10.0,
 )
 
 QUICK = Sizes(
@@ -207,6 +209,7 @@ QUICK = Sizes(
     takeover_hosts=30,
     takeover_timeout=3.0,
     takeover_rounds=1,
+    takeover_long_timeout=None,
 )
 
 PING_TIMEOUT = 2.5
@@ -840,7 +843,7 @@ def p13_group_drain(sizes: Sizes) -> list[Figure]:
 
 
 def p14_takeover(sizes: Sizes) -> list[Figure]:
-    return [
+    figures = [
         Figure(
             "P14",
             f"takeover time ÷ cloudha.ms.takeover.timeout, 1 of 3 servers SIGKILLed,"
@@ -857,6 +860,26 @@ def p14_takeover(sizes: Sizes) -> list[Figure]:
             rounds=sizes.takeover_rounds,
         )
     ]
+    if sizes.takeover_long_timeout is not None:
+        # The same 1 s heartbeat against a longer timeout: what is a constant
+        # (heartbeat phases, the second survivor's round) becomes a smaller fraction.
+        figures.extend(
+            Figure(
+                "P14",
+                f"  same, timeout {sizes.takeover_long_timeout:g} s (informational)",
+                line.ratio,
+                None,
+                True,
+                fmt="{:.2f}",
+                detail=line.detail,
+            )
+            for line in p14_lines(
+                hosts=sizes.takeover_hosts,
+                timeout=sizes.takeover_long_timeout,
+                rounds=sizes.takeover_rounds,
+            )
+        )
+    return figures
 
 
 # -- P10: fault-campaign throughput -------------------------------------------------------
