@@ -23,7 +23,12 @@ fast and a slow machine:
   PostgreSQL (and SQLite at the largest size) (``bench/ms_capacity.py``);
 * P9  seconds to drain the HA work of a rack failure through the real
   ``HighAvailabilityManager`` and its worker threads (informational,
-  ``bench/ha_drain.py``).
+  ``bench/ha_drain.py``);
+* P13 HA-work drain throughput on PostgreSQL with three server processes /
+  with one, each process its own HA manager on the same work store, the VMs
+  in the same database (``bench/ha_drain.py``);
+* P14 seconds from SIGKILL of one of three server processes until a survivor
+  owns each of its hosts / ``cloudha.ms.takeover.timeout`` (``bench/takeover.py``).
 
 The command prints a table and exits 0; with ``--strict`` it exits 1 when a
 target is missed. ``--quick`` shrinks the sizes for a smoke run.
@@ -48,7 +53,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ha_drain import p9_lines
+from ha_drain import p9_lines, p13_lines
 from ha_queue import WORKERS as QUEUE_WORKERS
 from ha_queue import p8_lines
 from ms_capacity import p12_lines
@@ -56,6 +61,7 @@ from recovery import no_bmc_crash, p11_lines
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from takeover import p14_lines
 
 from cloudha.clock import SystemClock
 from cloudha.detection import AgentManager, HostDeadlines, MonitorTask, PingMap
@@ -138,6 +144,12 @@ class Sizes:
     recovery_seeds: int
     capacity_hosts: tuple[int, ...]
     capacity_window: float
+    group_dead_hosts: int
+    group_vms_per_host: int
+    takeover_hosts: int
+    takeover_timeout: float
+    takeover_rounds: int
+    takeover_long_timeout: float | None
 
 
 FULL = Sizes(
@@ -162,6 +174,12 @@ FULL = Sizes(
     recovery_seeds=10,
     capacity_hosts=(1000, 5000, 10_000),
     capacity_window=8.0,
+    group_dead_hosts=20,
+    group_vms_per_host=30,
+    takeover_hosts=300,
+    takeover_timeout=5.0,
+    takeover_rounds=3,
+    takeover_long_timeout=10.0,
 )
 
 QUICK = Sizes(
@@ -186,6 +204,12 @@ QUICK = Sizes(
     recovery_seeds=1,
     capacity_hosts=(200,),
     capacity_window=1.0,
+    group_dead_hosts=2,
+    group_vms_per_host=15,
+    takeover_hosts=30,
+    takeover_timeout=3.0,
+    takeover_rounds=1,
+    takeover_long_timeout=None,
 )
 
 PING_TIMEOUT = 2.5
@@ -201,6 +225,13 @@ P8_TARGET = 0.3
 P12_TARGET = 1.0
 """CPU s per wall s at 10,000 hosts: at most one of the 2 cores (the database has the other)."""
 P12_HOSTS = 10_000
+P13_TARGET = 2.0
+"""Works/s of three server processes ÷ one, on one PostgreSQL."""
+P13_WORKERS = 2
+"""``ha.workers`` of every P13 server process."""
+P13_LATENCY = 0.05
+"""Seconds a VM start takes in P13's orchestrator (slept before its transaction)."""
+P14_TARGET = 1.1
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -784,6 +815,73 @@ def p12_capacity(sizes: Sizes) -> list[Figure]:
     return figures
 
 
+# -- P13: the drain by three server processes ÷ by one (bench/ha_drain.py) -----------------
+
+
+def p13_group_drain(sizes: Sizes) -> list[Figure]:
+    works = sizes.group_dead_hosts * sizes.group_vms_per_host
+    return [
+        Figure(
+            "P13",
+            f"HA drain works/s, 3 server processes ÷ 1, PostgreSQL, {works:,} works",
+            line.ratio,
+            P13_TARGET,
+            False,
+            fmt="{:.2f}",
+            detail=line.detail,
+        )
+        for line in p13_lines(
+            dead_hosts=sizes.group_dead_hosts,
+            vms_per_host=sizes.group_vms_per_host,
+            workers=P13_WORKERS,
+            latency=P13_LATENCY,
+        )
+    ]
+
+
+# -- P14: takeover time after a server dies (bench/takeover.py) ------------------------------
+
+
+def p14_takeover(sizes: Sizes) -> list[Figure]:
+    figures = [
+        Figure(
+            "P14",
+            f"takeover time ÷ cloudha.ms.takeover.timeout, 1 of 3 servers SIGKILLed,"
+            f" {line.hosts:,} hosts, median of {line.rounds}",
+            line.ratio,
+            P14_TARGET,
+            True,
+            fmt="{:.2f}",
+            detail=line.detail,
+        )
+        for line in p14_lines(
+            hosts=sizes.takeover_hosts,
+            timeout=sizes.takeover_timeout,
+            rounds=sizes.takeover_rounds,
+        )
+    ]
+    if sizes.takeover_long_timeout is not None:
+        # The same 1 s heartbeat against a longer timeout: what is a constant
+        # (heartbeat phases, the second survivor's round) becomes a smaller fraction.
+        figures.extend(
+            Figure(
+                "P14",
+                f"  same, timeout {sizes.takeover_long_timeout:g} s (informational)",
+                line.ratio,
+                None,
+                True,
+                fmt="{:.2f}",
+                detail=line.detail,
+            )
+            for line in p14_lines(
+                hosts=sizes.takeover_hosts,
+                timeout=sizes.takeover_long_timeout,
+                rounds=sizes.takeover_rounds,
+            )
+        )
+    return figures
+
+
 # -- P10: fault-campaign throughput -------------------------------------------------------
 
 
@@ -897,6 +995,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p8_ha_queue,
         p9_ha_drain,
         p12_capacity,
+        p13_group_drain,
+        p14_takeover,
         p10_campaign,
         p11_recovery,
     ):
