@@ -178,7 +178,7 @@ FULL = Sizes(
     group_vms_per_host=30,
     takeover_hosts=300,
     takeover_timeout=5.0,
-    takeover_rounds=3,
+    takeover_rounds=5,
     takeover_long_timeout=10.0,
 )
 

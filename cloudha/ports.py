@@ -100,7 +100,9 @@ class StatusChange:
 
     The directory applies it only if the row still has ``from_status`` and
     ``expected_update_count``; it then sets the new values, increments
-    ``update_count`` and returns True. Otherwise it changes nothing and
+    ``update_count`` by one and returns True (the row is then
+    :meth:`applied_to` of the row read: the agent manager relies on it
+    instead of reading a claimed row again). Otherwise it changes nothing and
     returns False (someone else changed the host first).
 
     Attributes:
@@ -134,6 +136,24 @@ class StatusChange:
             raise ValueError(
                 f"StatusChange of {self.host_id}: to_status None needs from_status None"
             )
+
+    def applied_to(self, host: Host) -> Host:
+        """``host`` (the row read, at ``expected_update_count``) as this change leaves it."""
+        return attrs.evolve(
+            host,
+            status=self.to_status,
+            update_count=host.update_count + 1,
+            last_ping=host.last_ping if self.last_ping is KEEP else self.last_ping,
+            management_server_id=(
+                host.management_server_id
+                if self.management_server_id is KEEP
+                else self.management_server_id
+            ),
+            disconnected_on=(
+                host.disconnected_on if self.disconnected_on is KEEP else self.disconnected_on
+            ),
+            owner_epoch=host.owner_epoch if self.owner_epoch is KEEP else self.owner_epoch,
+        )
 
 
 @runtime_checkable

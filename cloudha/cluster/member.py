@@ -24,8 +24,10 @@ Every ``cloudha.ms.heartbeat.interval`` it:
    server's fair share (``ceil(hosts / Up servers)``). One batch per round
    while orphans are left, and every ``direct.agent.scan.interval`` when
    none were; batches until the fair share at once when the group changed
-   (a departure, a server joining or leaving), so a takeover takes one
-   heartbeat interval past the takeover timeout. Each server tries the
+   (a departure, a server joining or leaving; a declaration lost to
+   another survivor counts), and a round is run early when a peer's silence
+   reaches the timeout before the next one, so a takeover completes within
+   one heartbeat interval past the takeover timeout. Each server tries the
    orphans in its own order (a hash of its id and the host's), so
    claimers seldom collide;
 4. **rebalances** (``agent.lb.enabled``): once ``agent.load.threshold`` of
@@ -53,6 +55,9 @@ if TYPE_CHECKING:
     from cloudha.server import ManagementServer
 
 __all__ = ["ClusterMember"]
+
+_DUE_SLACK = 1e-3
+"""Seconds past a peer's due time the round is scheduled at (float rounding aside)."""
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +182,9 @@ class ClusterMember:
         if self._last_ok is None or now - self._last_ok > 2 * interval:
             self._peers.clear()  # our own outage: nobody's silence counts from before it
         self._last_ok = now
-        departed = self._watch(servers, now)
-        if departed:
-            servers = self.registry.servers()
+        decided = self._watch(servers, now)
+        if decided:
+            servers = self.registry.servers()  # won or lost, the group changed
         group = frozenset((r.id, r.epoch) for r in servers if r.state is ServerState.UP)
         changed = self._group is not None and group != self._group
         try:
@@ -194,11 +199,32 @@ class ClusterMember:
             # the heartbeat went through, the claims wait for the next round, which
             # still sees the group change if there was one.
             log.warning("management server %s: claims postponed: %s", self.server_id, exc)
-            return interval
+            return self._next_round(now, interval)
         self._group = group
-        return interval
+        return self._next_round(now, interval)
+
+    def _next_round(self, now: float, interval: float) -> float:
+        """Seconds to the next round: one interval, or less while a peer is suspect.
+
+        A peer silent for more than the takeover timeout less one interval is
+        suspect: the rounds come every quarter interval, and one exactly when
+        its silence reaches the timeout. So this server declares the departure
+        when due, not up to one interval later, and when another survivor
+        declared it first (its count began earlier) this server sees it
+        within a quarter interval and claims its share.
+        """
+        timeout = self.server.settings.cloudha_ms_takeover_timeout
+        due = min((since + timeout for _key, since in self._peers.values()), default=None)
+        if due is None or due - now >= interval:
+            return interval
+        return min(interval / 4, max(0.0, due - now) + _DUE_SLACK)
 
     def _watch(self, servers: Sequence[ServerRecord], now: float) -> list[str]:
+        """Declare the peers silent for the takeover timeout departed; those decided.
+
+        A declaration this server lost (a peer won it) counts too: the group
+        changed either way, and this server claims its share at once.
+        """
         timeout = self.server.settings.cloudha_ms_takeover_timeout
         departed: list[str] = []
         up = {r.id for r in servers if r.state is ServerState.UP}
@@ -219,7 +245,7 @@ class ClusterMember:
             del self._peers[record.id]
             if self.registry.declare_departed(record.id, record.epoch, record.beat, self.server_id):
                 self._node_left(record, silent)
-                departed.append(record.id)
+            departed.append(record.id)
         return departed
 
     def _release(self, server_id: str) -> tuple[int, int]:

@@ -553,6 +553,7 @@ class AgentManager:
         change = self._owner_change(host, self.management_server_id, self.owner_epoch)
         if not self.directory.update_status(change):
             return None
+        claimed = change.applied_to(host)  # the row as written: no second read per claim
         to_status, event = change.to_status, change.event
         if to_status is not host.status:
             self.recorder.emit(
@@ -568,7 +569,7 @@ class AgentManager:
                     "event": None if event is None else str(event),
                 },
             )
-        return self.directory.find_host(host.id)
+        return claimed
 
     def release(self, hosts: Iterable[Host]) -> list[str]:
         """Give ``hosts`` up (graceful stop, rebalancing): no owner, for the group to claim.

@@ -365,7 +365,8 @@ def check_host_directory(directory: HostDirectory, host_id: str) -> None:
     for an unknown id; ``list_hosts`` lists it and filters by cluster and
     owner; ``update_status`` is optimistic (a stale ``expected_update_count``
     or ``from_status`` changes nothing and returns False; a current one
-    applies the change, bumps ``update_count`` and honours ``KEEP``); of two
+    applies the change, bumps ``update_count`` by one and honours ``KEEP``, leaving
+    the row as :meth:`StatusChange.applied_to` says); of two
     racing updates with the same expected count exactly one wins. The row is
     put back to its status afterwards (with a higher ``update_count``).
 
@@ -404,9 +405,15 @@ def check_host_directory(directory: HostDirectory, host_id: str) -> None:
     after = directory.find_host(host_id)
     if after != host:
         problems.append("update_status with a stale update_count changed the row")
-    if not directory.update_status(change(host, target, host.update_count)):
+    current = change(host, target, host.update_count)
+    if not directory.update_status(current):
         problems.append("update_status with the current update_count returned False")
     after = directory.find_host(host_id)
+    if after is not None and after.status is target and after != current.applied_to(host):
+        problems.append(
+            "update_status left the row other than StatusChange.applied_to(row):"
+            " update_count + 1, the columns given, nothing else"
+        )
     if after is None or after.status is not target:
         problems.append(f"update_status did not set the status to {target}")
     elif after.update_count <= host.update_count:

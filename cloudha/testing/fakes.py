@@ -20,7 +20,6 @@ from cloudha.hostha.provider import BaseHAProvider, HAProviderConfig
 from cloudha.investigators import BaseInvestigator, Finding, Verdict
 from cloudha.model import Host, Pool, ReasonType, Vm
 from cloudha.ports import (
-    KEEP,
     Alert,
     Answer,
     Command,
@@ -113,25 +112,7 @@ class InMemoryHostDirectory:
                 or host.update_count != change.expected_update_count
             ):
                 return False
-            updated = attrs.evolve(
-                host,
-                status=change.to_status,
-                update_count=host.update_count + 1,
-                last_ping=host.last_ping if change.last_ping is KEEP else change.last_ping,
-                management_server_id=(
-                    host.management_server_id
-                    if change.management_server_id is KEEP
-                    else change.management_server_id
-                ),
-                disconnected_on=(
-                    host.disconnected_on
-                    if change.disconnected_on is KEEP
-                    else change.disconnected_on
-                ),
-                owner_epoch=(
-                    host.owner_epoch if change.owner_epoch is KEEP else change.owner_epoch
-                ),
-            )
+            updated = change.applied_to(host)
             self._hosts[host.id] = updated
             self.changes.append(change)
             return True

@@ -455,3 +455,31 @@ def test_in_a_group_a_connected_host_is_monitored_only_by_its_owner() -> None:
     group.tick(3)
     assert group.owners() == {"ms1": 6}
     assert sorted(ms1.agents.ping_map.hosts()) == sorted(group.hosts)
+
+
+def test_a_departure_is_declared_when_due_and_every_survivor_claims_at_once() -> None:
+    timeout = TIMEOUT + BEAT / 2  # not a whole number of heartbeats
+    group = Group(hosts=HOSTS[:12], settings={"cloudha.ms.takeover.timeout": timeout})
+    for server_id in ("ms1", "ms2", "ms3"):
+        group.start(server_id)
+    group.tick(6)
+    assert group.owners() == {"ms1": 4, "ms2": 4, "ms3": 4}
+    # From here each server runs on the delays its Cluster loop asks for; ms2 dies
+    # right after a heartbeat the others have both seen.
+    group.stalled.add("ms2")
+    start = group.clock.monotonic()
+    due = {"ms1": start + 0.3, "ms3": start + 0.7}  # their own phases
+    while "ms2" in group.owners():
+        server_id = min(due, key=lambda s: due[s])
+        group.clock.set(due[server_id])
+        due[server_id] += group.servers[server_id].cluster_tick()
+        group.connect_agents()
+        assert group.clock.monotonic() - start <= timeout + BEAT, "takeover too slow"
+    took = group.clock.monotonic() - start
+    (departed,) = group.kinds("ms_departed")
+    # Silence is counted from each survivor's first round after ms2's last beat (up
+    # to one heartbeat later), then the departure is declared when due, not up to a
+    # heartbeat after that; the survivor that lost the declaration claims at once too.
+    assert timeout <= took <= timeout + BEAT
+    assert float(departed["silent"]) == pytest.approx(timeout, abs=0.01)  # type: ignore[arg-type]
+    assert group.owners() == {"ms1": 6, "ms3": 6}
