@@ -233,6 +233,7 @@ _ESCALATION = "cloudha.detection.escalation"
 _AGENT_POLLER = "cloudha.detection.poller"
 _DAEMON = "cloudha.daemon"
 _CLUSTER = "cloudha.cluster.member"
+_RUN_CLI = "cloudha.cli.run"
 
 # Allowed ranges, in each key's own unit, with the reason (error messages and
 # docs/settings.md show it): "below: why not less; above: why not more".
@@ -1086,7 +1087,7 @@ _SPECS: tuple[KeySpec, ...] = (
         " at its peers (a peer's silence is timed on the observer's own clock).",
         "cloudha",
         bounds=(0.05, 3600, "under 50 ms floods the database; over an hour is no heartbeat"),
-        read_by=(_CLUSTER, _SCENARIO, _CAMPAIGN),
+        read_by=(_CLUSTER, _SCENARIO, _CAMPAIGN, _RUN_CLI),
     ),
     # cloudha's own: lasting evidence (docs/evidence.md).
     _key(
