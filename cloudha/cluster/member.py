@@ -206,8 +206,8 @@ class ClusterMember:
     def _next_round(self, now: float, interval: float) -> float:
         """Seconds to the next round: one interval, or less while a peer is suspect.
 
-        A peer silent for more than the takeover timeout less one interval is
-        suspect: the rounds come every quarter interval, and one exactly when
+        A peer silent for more than the takeover timeout less two intervals
+        (one when the timeout is under three) is suspect: the rounds come every quarter interval, and one exactly when
         its silence reaches the timeout. So this server declares the departure
         when due, not up to one interval later, and when another survivor
         declared it first (its count began earlier) this server sees it
@@ -215,7 +215,10 @@ class ClusterMember:
         """
         timeout = self.server.settings.cloudha_ms_takeover_timeout
         due = min((since + timeout for _key, since in self._peers.values()), default=None)
-        if due is None or due - now >= interval:
+        # Two intervals ahead: another survivor's count may have begun up to one interval
+        # before this server's, and its declaration is then seen within a quarter.
+        ahead = max(interval, min(2 * interval, timeout - interval))
+        if due is None or due - now >= ahead:
             return interval
         return min(interval / 4, max(0.0, due - now) + _DUE_SLACK)
 
