@@ -17,9 +17,10 @@ the kill to that moment, divided by the timeout.
 What the measured time holds: the survivors count the victim's silence from
 the last heartbeat they saw change, which came up to one heartbeat interval
 (and one of their own rounds) before the kill, so the declaration follows the
-kill by a little less or a little more than the timeout; then the winner
-claims its fair share in batches at once, and the other survivor claims the
-rest at its next round (up to one more heartbeat interval). Each kill runs
+kill by a little less or a little more than the timeout (it is made when
+due: survivors run quarter-interval rounds while a peer is suspect); then
+the winner claims its fair share at once, and the other survivor, which sees
+the departure within a quarter interval, claims the rest. Each kill runs
 on a fresh database with fresh processes; the figure is the median of
 ``rounds`` kills, the victim taking turns.
 

@@ -207,8 +207,9 @@ class ClusterMember:
         """Seconds to the next round: one interval, or less while a peer is suspect.
 
         A peer silent for more than the takeover timeout less two intervals
-        (one when the timeout is under three) is suspect: the rounds come every quarter interval, and one exactly when
-        its silence reaches the timeout. So this server declares the departure
+        (one when the timeout is under three) is suspect: the rounds come
+        every quarter interval, and one exactly when its silence reaches the
+        timeout. So this server declares the departure
         when due, not up to one interval later, and when another survivor
         declared it first (its count began earlier) this server sees it
         within a quarter interval and claims its share.
