@@ -550,6 +550,8 @@ class AgentManager:
         Any other status is kept. None when the row changed underneath
         (another server claimed it first).
         """
+        if self._lease_out(host.id, "claim"):
+            return None
         change = self._owner_change(host, self.management_server_id, self.owner_epoch)
         if not self.directory.update_status(change):
             return None
@@ -1114,6 +1116,8 @@ class AgentManager:
         names this server at its current epoch (a connecting agent may also
         take a host that has no owner).
         """
+        if self.clustered and self._lease_out(host.id, f"status change ({event})"):
+            return None
         connecting = event is Event.AGENT_CONNECTED and self._may_connect(host)
         if self.clustered and not connecting and not self._owns(host, f"status change ({event})"):
             return None
@@ -1170,6 +1174,16 @@ class AgentManager:
         return self.directory.find_host(host.id)
 
     # -- ownership (several management servers) ----------------------------
+
+    def _lease_out(self, host_id: str, what: str) -> bool:
+        """In a group: whether this server's lease ran out, so it writes no host row (recorded).
+
+        A peer may have declared it departed already; a row still naming it is
+        not its to write until a heartbeat goes through again (or is refused).
+        """
+        return self.freshness is not None and self.freshness.hold(
+            what, host=host_id, lease_only=True
+        )
 
     def _may_connect(self, host: Host) -> bool:
         """Whether an agent of ``host`` may connect here: no owner, or this server at its epoch."""

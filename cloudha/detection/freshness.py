@@ -215,15 +215,25 @@ class Freshness:
             return self._view
 
     def hold(
-        self, what: str, *, host: str | None = None, vm: str | None = None, record: bool = True
+        self,
+        what: str,
+        *,
+        host: str | None = None,
+        vm: str | None = None,
+        record: bool = True,
+        lease_only: bool = False,
     ) -> bool:
         """True (and a ``freshness`` record, at most once per interval per subject, unless
         not ``record``) when ``what`` must wait because the view is not fresh; False when it
-        may go on. A lapsed group lease holds at once, whatever the last evaluation."""
-        if self.judging():
-            return False
+        may go on. A lapsed group lease holds at once, whatever the last evaluation.
+        ``lease_only``: only the lease counts (a host row write that judges nothing, such as
+        an agent connecting, which a view still filling up must not stop)."""
         now = self.clock.monotonic()
         lapsed = self._lapsed(now)
+        if lease_only and lapsed is None:
+            return False
+        if not lease_only and self.judging():
+            return False
         if not record:
             return True
         subject = host or vm or ""

@@ -378,6 +378,10 @@ def test_a_server_whose_lease_ran_out_judges_nothing_until_a_heartbeat_goes_thro
     assert ms1.agents.disconnect_with_investigation(mine[0], Event.PING_TIMEOUT) is False
     assert group.directory.find_host(mine[0]) == before  # nothing judged, nothing written
     assert len(group.kinds("investigation")) == investigations
+    # Nor a host row write that judges nothing: the row may not be its own any more.
+    other = group.directory.find_host(mine[1])
+    assert ms1.agents.disconnect_without_investigation(mine[1], Event.SHUTDOWN_REQUESTED) is False
+    assert group.directory.find_host(mine[1]) == other
     held = [r for r in group.kinds("freshness", actor="ms1") if r.get("held")]
     assert held
     assert "heartbeat" in str(held[-1]["reason"])
