@@ -17,7 +17,9 @@ it is logged (once per outage, as a warning naming the database), counted
 written at the first record (or :meth:`~SqlEvidenceStore.flush`) after
 ``retry_interval`` seconds on the injected clock. Only a buffer overflow
 during a long outage loses records, oldest first, and those are counted too
-(:attr:`~SqlEvidenceStore.dropped`) and logged.
+(:attr:`~SqlEvidenceStore.dropped`) and logged. A process killed outright
+(SIGKILL, a power loss) loses the records it had not written yet: those of its
+last moments, in the buffer or in a write not committed.
 
 Retention is bounded by age (``cloudha.evidence.retention``) and by count
 (``cloudha.evidence.max.records``), pruned by the writer at most once per
