@@ -660,10 +660,12 @@ class WorkStore(Protocol):
         """Delete the VM's untaken works of ``type``; how many."""
 
     def mark_pending_as_investigating(self) -> int:
-        """Give every claimable work step Investigating; how many."""
+        """Give every claimable work step Investigating, except those in step Stopping
+        (a stop of theirs may have happened unrecorded); how many."""
 
     def mark_server_pending_as_investigating(self, server_id: str) -> int:
-        """Give the server's non-terminal works step Investigating (claim kept); how many."""
+        """Give the server's non-terminal works step Investigating (claim kept), except
+        those in step Stopping; how many."""
 
     def cleanup(self, older_than_seconds: float) -> int:
         """Delete Done and Cancelled works whose ``taken`` (else ``created``) is older; how many."""

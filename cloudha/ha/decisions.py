@@ -265,7 +265,16 @@ def decide_ha(inp: Inputs) -> Decision:
         )
     if vm.state is VmState.ERROR:
         return _done("the VM is in state Error")
-    if vm.state is not work.previous_state or vm.updated != work.updated:
+    # NOTE: a work in step Stopping was about to stop the VM when its server
+    # died, stopped or lost the work; the stop may have happened without the
+    # new snapshot being recorded. A VM now Stopped on no host is taken as
+    # stopped by this work (an operator's stop in that same instant cannot be
+    # told apart, and leaving an HA VM down is the worse mistake), and is
+    # restarted; CloudStack ends the work as "changed" and the VM stays down.
+    stopped_by_us = (
+        work.step is Step.STOPPING and vm.state is VmState.STOPPED and vm.host_id is None
+    )
+    if not stopped_by_us and (vm.state is not work.previous_state or vm.updated != work.updated):
         return _done(
             f"the VM has been changed ({work.previous_state}/{work.updated} -> "
             f"{vm.state}/{vm.updated})"
@@ -275,7 +284,7 @@ def decide_ha(inp: Inputs) -> Decision:
     if work.host_id is not None and host is None:
         return Finish(f"unknown host {work.host_id!r}", Step.ERROR)
     removed = host is not None and host.status is Status.REMOVED
-    if work.step is not Step.INVESTIGATING:
+    if work.step not in (Step.INVESTIGATING, Step.STOPPING):
         return Restart("start", removed)
     # NOTE: CloudStack ends the work when the VM has no host here. But a work
     # this server had already fenced and stopped (step Scheduled) is marked

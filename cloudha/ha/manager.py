@@ -866,7 +866,7 @@ class HighAvailabilityManager:
             if proof is not None:
                 return proof
         elif plan.first == "stop":
-            self._confirm(holder)
+            self._stopping(holder)
             self.orchestrator.advance_stop(vm, force=True)
         if plan.first != "start":
             # The stop is ours: record the VM as it left it, so that an attempt
@@ -902,9 +902,22 @@ class HighAvailabilityManager:
         if not isinstance(step, Proceed):
             return self._decided(step)
         self._emit(holder.work, Step.FENCING, step.why)
-        self._confirm(holder)
+        self._stopping(holder)
         self.orchestrator.advance_stop(vm, force=True)
         return None
+
+    def _stopping(self, holder: _Holder) -> None:
+        """Record step Stopping before the HA stop: :meth:`_confirm`, made durable.
+
+        Should this server die, stop or lose the work between the stop and
+        recording the VM as the stop left it, the work's next attempt (here
+        after a restart, or on another server) knows the stop may be its own
+        (:func:`~cloudha.ha.decisions.decide_ha`) rather than ending the work
+        as "changed" with the VM left down. Raises :class:`StaleWorkError`
+        when the work is no longer ours.
+        """
+        holder.work = self._db(lambda: self.store.update_step(holder.work, Step.STOPPING))
+        holder.acted = True
 
     def _last_look(self, host: Host, policy: Policy) -> Retry | None:
         """Investigate a Down host once more right before a fence (:func:`decide_last_look`).

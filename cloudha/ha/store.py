@@ -938,19 +938,28 @@ class SqlWorkStore:
             return conn.execute(stmt).rowcount
 
     def mark_pending_as_investigating(self) -> int:
-        """Every claimable work (see :meth:`claim`) gets step Investigating; return how many."""
+        """Every claimable work (see :meth:`claim`) gets step Investigating; return how many.
+
+        A work in step Stopping keeps it: its stop may have happened without
+        the row showing it (see :func:`~cloudha.ha.decisions.decide_ha`).
+        """
         _now, now_s = self._now()
         stmt = (
-            op_ha_work.update().where(self._claimable(now_s)).values(step=Step.INVESTIGATING.value)
+            op_ha_work.update()
+            .where(self._claimable(now_s), _W.step != Step.STOPPING.value)
+            .values(step=Step.INVESTIGATING.value)
         )
         with self._tx() as conn:
             return conn.execute(stmt).rowcount
 
     def mark_server_pending_as_investigating(self, server_id: str) -> int:
-        """Give ``server_id``'s non-terminal works step Investigating (claim kept); count them."""
+        """Give ``server_id``'s non-terminal works step Investigating (claim kept); count them.
+
+        A work in step Stopping keeps it, as in :meth:`mark_pending_as_investigating`.
+        """
         stmt = (
             op_ha_work.update()
-            .where(_W.mgmt_server_id == server_id, _not_terminal())
+            .where(_W.mgmt_server_id == server_id, _not_terminal(), _W.step != Step.STOPPING.value)
             .values(step=Step.INVESTIGATING.value)
         )
         with self._tx() as conn:

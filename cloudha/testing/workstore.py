@@ -343,11 +343,18 @@ class InMemoryWorkStore:
 
     def mark_pending_as_investigating(self) -> int:
         _now, now_s = self._now()
-        return self._bulk(lambda r: self._claimable(r, now_s), step=Step.INVESTIGATING.value)
+        return self._bulk(
+            lambda r: self._claimable(r, now_s) and r["step"] != Step.STOPPING.value,
+            step=Step.INVESTIGATING.value,
+        )
 
     def mark_server_pending_as_investigating(self, server_id: str) -> int:
         return self._bulk(
-            lambda r: r["mgmt_server_id"] == server_id and not self._terminal(r),
+            lambda r: (
+                r["mgmt_server_id"] == server_id
+                and not self._terminal(r)
+                and r["step"] != Step.STOPPING.value
+            ),
             step=Step.INVESTIGATING.value,
         )
 
@@ -726,6 +733,21 @@ def check_mark_investigating(c: _Ctx) -> None:
         assert row.step is step
 
 
+def check_stopping_kept(c: _Ctx) -> None:
+    """A work in step Stopping keeps it through both marks: its stop may be unrecorded."""
+    works = [_add(c.store, "a"), _add(c.store, "b")]
+    for _ in works:
+        c.store.update_step(_claim(c.store), Step.STOPPING)
+    assert c.store.release_server("ms1") == 2
+    _claim(c.store)  # one held by ms1 again, the other due and unclaimed
+    assert c.store.mark_pending_as_investigating() == 0
+    assert c.store.mark_server_pending_as_investigating("ms1") == 0
+    for work in works:
+        row = c.store.get(work.id)
+        assert row is not None
+        assert row.step is Step.STOPPING, (work.instance_id, row.step)
+
+
 def check_queries(c: _Ctx) -> None:
     """Pending/history queries, oldest first; has_been_scheduled counts untaken works only."""
     ha = _add(c.store, "vm1", host_id="h1")
@@ -869,6 +891,7 @@ WORK_STORE_CHECKS: Final[tuple[Callable[[_Ctx], None], ...]] = (
     check_release_server,
     check_reschedule_timing,
     check_mark_investigating,
+    check_stopping_kept,
     check_queries,
     check_cancel_and_delete_untaken,
     check_cleanup,

@@ -18,10 +18,11 @@ Usage (``PYTHONPATH`` must hold the repository root)::
         until every work is terminal, ``stop()``s and exits 0 (1 when that
         takes more than 50 s or ``stop()`` fails).
 
-        With ``--hang POINT`` (``stop``, ``start`` or ``started``) the first N
-        forced stops of the process go through; the VM of every later stop
-        is doomed: at POINT of its restart (before the stop; after the stop,
-        before the start; after the start committed) the worker thread
+        With ``--hang POINT`` (``stop``, ``stopped``, ``start`` or ``started``)
+        the first N forced stops of the process go through; the VM of every
+        later stop is doomed: at POINT of its restart (before the stop; after
+        the stop committed, before the work records it; after the stop is
+        recorded, before the start; after the start committed) the worker thread
         prints ``mid-work VM POINT`` and sleeps (at most 120 s) while it
         holds the work: the test SIGKILLs the process. So, once THREADS
         lines were printed, exactly N works are Done and THREADS are held
@@ -67,7 +68,7 @@ done = sa.Table(
 _HANG_SECONDS = 120.0
 _MANAGER_DEADLINE = 50.0
 _POLL = 0.05
-_POINTS = ("stop", "start", "started")
+_POINTS = ("stop", "stopped", "start", "started")
 
 
 def _claim_all(store: WorkStore, server_id: str, errors: list[BaseException]) -> None:

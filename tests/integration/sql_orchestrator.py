@@ -129,8 +129,9 @@ start_attempts = sa.Table(
 
 Hook = Callable[[str, str], None]
 """Called as ``hook(point, vm_id)`` at ``"stop"`` (before a stop does anything),
-``"start"`` (after the attempt is recorded, before the start's transaction) and
-``"started"`` (after the start committed, before it returns)."""
+``"stopped"`` (after a stop committed, before it returns), ``"start"`` (after
+the attempt is recorded, before the start's transaction) and ``"started"``
+(after the start committed, before it returns)."""
 
 _STOPPED_LIKE = (VmState.STOPPED.value, VmState.DESTROYED.value, VmState.EXPUNGING.value)
 _V = vms.c
@@ -257,11 +258,13 @@ class SqlOrchestrator:
             )
         )
         with self.engine.begin() as conn:
-            if conn.execute(stmt).rowcount == 1:
-                return
-            current = self._row(conn, vm.id)  # UnknownVmError when there is no such VM
-            if current.state not in (VmState.STOPPED.value, VmState.DESTROYED.value):
-                raise ConcurrentOperationError(vm.id, f"VM is {current.state}")
+            stopped = conn.execute(stmt).rowcount == 1
+            if not stopped:
+                current = self._row(conn, vm.id)  # UnknownVmError when there is no such VM
+                if current.state not in (VmState.STOPPED.value, VmState.DESTROYED.value):
+                    raise ConcurrentOperationError(vm.id, f"VM is {current.state}")
+        if stopped:
+            self._fire("stopped", vm.id)
 
     # -- start ------------------------------------------------------------------
 

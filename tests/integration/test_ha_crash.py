@@ -4,8 +4,9 @@ Process A (server ``ms1``, the real :class:`~cloudha.ha.manager.HighAvailability
 with worker threads) restarts the VMs of a Down host through a VM orchestrator
 kept in the shared database (:mod:`tests.integration.sql_orchestrator`). After
 a few restarts every worker thread of A hangs at one point of its next
-restart (before the forced stop; between the stop and the start; after the
-start, before the work is finished) and A is SIGKILLed there. Then process B
+restart (before the forced stop; after the stop, before the work records it;
+between the stop and the start; after the start, before the work is finished)
+and A is SIGKILLed there. Then process B
 takes over: either ``ms1`` again (a restarted server: its ``start()`` /
 ``recover()`` releases its own old claims) or a second server ``ms2`` told
 that ``ms1`` left (``on_server_left``). Both on a SQLite file and on a real
@@ -302,8 +303,10 @@ def _check_the_killed_state(
     assert started_by_a == {w.vm for w in done} | (mid if point == "started" else set())
     for vm in mid:
         row = vm_rows[vm]
-        if point == "stop":  # hung before its forced stop
-            assert (row.state, row.host, works[vm].step) == ("Running", DOWN_HOST, "Investigating")
+        if point == "stop":  # hung before its forced stop, the work marked Stopping
+            assert (row.state, row.host, works[vm].step) == ("Running", DOWN_HOST, "Stopping")
+        elif point == "stopped":  # stopped, the work's snapshot not retaken yet
+            assert (row.state, row.host, works[vm].step) == ("Stopped", None, "Stopping")
         elif point == "start":  # stopped, not started yet
             assert (row.state, row.host, works[vm].step) == ("Stopped", None, "Scheduled")
         else:  # started, the work not finished
@@ -314,7 +317,7 @@ def _check_the_killed_state(
 
 
 @pytest.mark.parametrize("successor", ["ms1", "ms2"], ids=["ms1-restarted", "ms2-takes-over"])
-@pytest.mark.parametrize("point", ["stop", "start", "started"])
+@pytest.mark.parametrize("point", ["stop", "stopped", "start", "started"])
 def test_a_sigkilled_manager_leaves_no_vm_down_and_none_started_twice(
     url: str, tmp_path: Path, point: str, successor: str
 ) -> None:

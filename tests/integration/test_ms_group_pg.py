@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -50,7 +50,13 @@ from tests.integration.postgres import (  # noqa: F401
     postgres_server,
 )
 from tests.integration.sql_orchestrator import hosts as orchestrator_hosts
-from tests.integration.sql_orchestrator import record_metadata, seed, starts, vms
+from tests.integration.sql_orchestrator import (
+    record_metadata,
+    seed,
+    start_attempts,
+    starts,
+    vms,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -238,6 +244,28 @@ class Group:
         with self.engine.connect() as conn:
             return Counter(str(v) for v in conn.execute(sa.select(starts.c.instance_id)).scalars())
 
+    def trail(self, vm_ids: Iterable[str]) -> str:
+        """The works, start attempts, starts and evidence of ``vm_ids``: a failure's story."""
+        wanted = sorted(vm_ids)
+        with self.engine.connect() as conn:
+            tables = {
+                "works": sa.select(op_ha_work).where(op_ha_work.c.instance_id.in_(wanted)),
+                "attempts": sa.select(start_attempts).where(
+                    start_attempts.c.instance_id.in_(wanted)
+                ),
+                "starts": sa.select(starts).where(starts.c.instance_id.in_(wanted)),
+                "vms": sa.select(vms).where(vms.c.instance_id.in_(wanted)),
+                "evidence": sa.select(cloudha_evidence)
+                .where(cloudha_evidence.c.vm.in_(wanted))
+                .order_by(cloudha_evidence.c.id),
+            }
+            lines = [
+                f"{name}: {tuple(row)}"
+                for name, stmt in tables.items()
+                for row in conn.execute(stmt)
+            ]
+        return "\n".join(lines)
+
     def vm_states(self) -> dict[str, str]:
         with self.engine.connect() as conn:
             return {
@@ -316,7 +344,8 @@ def _check_works_done(group: Group, dead: list[str]) -> None:
     undone = [w for w in works if w.instance_id in expected and w.step != Step.DONE.value]
     assert not undone, [(w.instance_id, w.type, w.step, w.reason) for w in undone]
     started = group.started()
-    assert {vm: started[vm] for vm in expected} == dict.fromkeys(expected, 1)  # once each
+    odd = [vm for vm in expected if started[vm] != 1]
+    assert not odd, f"not started exactly once: {odd}\n{group.trail(odd)}"
     states = group.vm_states()
     assert all(states[vm] == VmState.RUNNING.value for vm in expected), states
 

@@ -110,6 +110,27 @@ def test_ha_first_step() -> None:
     assert d.decide_ha(inputs(no_host, vm=nowhere, host=None)) == d.Restart("stop", False)
 
 
+def test_ha_a_work_caught_stopping_takes_a_stopped_vm_for_its_own_stop() -> None:
+    # Its server died (or lost the work) between the stop and recording it: the
+    # VM, Stopped on no host with a newer snapshot, is restarted, not left down.
+    stopping = work(step=Step.STOPPING)
+    stopped = attrs.evolve(VM, state=VmState.STOPPED, host_id=None, updated=4)
+    assert d.decide_ha(inputs(stopping, vm=stopped)) == d.Restart("stop", removed=False)
+    # The same change seen by a work that never got to stop is somebody else's.
+    assert d.decide_ha(inputs(vm=stopped)) == d.Finish(
+        "the VM has been changed (Running/3 -> Stopped/4)"
+    )
+    # The stop never happened: as when Investigating, death is proved again.
+    assert d.decide_ha(inputs(stopping)) == d.Restart("prove", removed=False)
+    # Any other change still ends it: the VM runs again, elsewhere or on its host.
+    elsewhere = attrs.evolve(VM, host_id="h2", updated=5)
+    assert d.decide_ha(inputs(stopping, vm=elsewhere)) == d.Finish(
+        "the VM has been changed (Running/3 -> Running/5)"
+    )
+    destroyed = attrs.evolve(VM, state=VmState.DESTROYED, host_id=None, updated=4)
+    assert isinstance(d.decide_ha(inputs(stopping, vm=destroyed)), d.Finish)
+
+
 def test_verdicts_and_fences() -> None:
     up = attrs.evolve(HOST, status=Status.UP)
     alive = d.decide_verdict(Verdict.ALIVE, "agent", VM, up, POLICY, NOW)

@@ -1394,6 +1394,41 @@ def test_a_crash_between_our_stop_and_the_start_still_restarts_the_vm(env: Env) 
     assert len(env.orch.starts) == 1
 
 
+class _Crash(BaseException):
+    """The process dies here: nothing after it runs, no handler sees it."""
+
+
+@pytest.mark.parametrize("back", ["restart", "another server"])
+def test_a_crash_right_after_our_stop_still_restarts_the_vm(env: Env, back: str) -> None:
+    # The worker proves the VM dead and stops it; its server dies before it
+    # records the VM as the stop left it (the snapshot's read). The work comes
+    # back (the server restarts, or another one takes over): the VM, Stopped
+    # on no host, is taken for this work's own stop and restarted, not ended
+    # as "changed" with the VM left down.
+    env.inv.script["vm1"] = Verdict.DEAD
+    work = env.restart()
+    env.orch.before("find_vm", lambda _vm: None)  # the claim's first read
+
+    def server_dies(_vm_id: str) -> None:
+        raise _Crash
+
+    env.orch.before("find_vm", server_dies)  # the snapshot after our stop
+    with pytest.raises(_Crash):
+        env.manager.process_next()
+    assert (env.vm().state, env.vm().host_id) == (VmState.STOPPED, None)
+    row = env.work(work.id)
+    assert (row.step, row.previous_state) == (Step.STOPPING, VmState.RUNNING)
+    if back == "restart":
+        assert env.manager.recover() == (1, 0)  # released; Stopping is kept
+    else:
+        assert env.store.release_server("ms1") == 1  # a survivor's on_server_left("ms1")
+    assert env.work(work.id).step is Step.STOPPING
+    assert env.manager.process_next() is WorkResult.DONE
+    assert (env.vm().state, env.vm().host_id) == (VmState.RUNNING, "h2")
+    assert len(env.orch.starts) == 1
+    assert len(env.fencer.calls) == 0  # proved dead by the investigator; never fenced
+
+
 def test_a_change_by_somebody_else_while_the_work_waits_ends_it() -> None:
     # An operator stops the VM while the fence is tried; the fence fails and
     # the work waits. The next attempt sees the change and leaves the VM
