@@ -145,6 +145,8 @@ class HostView(Protocol):
     def ssh(self) -> SshView: ...
     @property
     def oobm(self) -> OobmView | None: ...
+    @property
+    def allow_unmounted(self) -> bool: ...
 
     def to_host(self) -> Host: ...
 
@@ -664,7 +666,7 @@ class _Gateways:
         transport = self._transport(entry)
         # Its pools are plain directories (the inventory's allow_unmounted): say so to its
         # heartbeat checkers, which otherwise refuse a pool where nothing is mounted.
-        unmounted = bool(getattr(entry, "allow_unmounted", False))
+        unmounted = entry.allow_unmounted
         if entry.agent == "local":
             gateway = SSHAgentGateway(
                 transport,

@@ -93,6 +93,7 @@ class Entry:
     ssh: Ssh = Ssh()
     oobm: Oobm | None = None
     cluster: str = "c1"
+    allow_unmounted: bool = False
 
     @property
     def libvirt_uri(self) -> str:
@@ -266,6 +267,20 @@ def test_a_killed_host_is_found_down_fenced_and_its_ha_vm_restarted(fleet: Fleet
     assert {"host_status", "ha_work"} <= kinds
 
 
+def _with_bmcs(inventory: Inventory, driver: FakePowerDriver, tmp_path: Path) -> Assembly:
+    """``inventory`` assembled over fakes, its BMCs those of ``driver`` (h1-h3 alive)."""
+    return assemble(
+        inventory,
+        db_url=f"sqlite:///{tmp_path / 'cloudha.db'}",
+        clock=FakeClock(1000.0),
+        probe=FakeHypervisorProbe({"h1": True, "h2": True, "h3": True}),
+        gateway=lambda host: (FakeAgentGateway({host.id: True}), None),
+        power_drivers=[driver],
+        directory=Directory(),
+        discover_plugins=False,
+    )
+
+
 def test_the_libvirt_orchestrator_asks_the_bmc_whether_a_gone_host_is_powered_off(
     tmp_path: Path,
 ) -> None:
@@ -276,16 +291,7 @@ def test_the_libvirt_orchestrator_asks_the_bmc_whether_a_gone_host_is_powered_of
     for bmc in bmcs.values():
         bmc.password = "s3cret-bmc"
     bmcs[2].power = "off"
-    assembly = assemble(
-        INVENTORY,
-        db_url=f"sqlite:///{tmp_path / 'cloudha.db'}",
-        clock=FakeClock(1000.0),
-        probe=FakeHypervisorProbe({"h1": True, "h2": True, "h3": True}),
-        gateway=lambda host: (FakeAgentGateway({host.id: True}), None),
-        power_drivers=[driver],
-        directory=Directory(),
-        discover_plugins=False,
-    )
+    assembly = _with_bmcs(INVENTORY, driver, tmp_path)
     try:
         powered_off = assembly.orchestrator.powered_off  # type: ignore[attr-defined]
         assert [powered_off(h) for h in ("h1", "h2", "h3", "nowhere")] == [
@@ -308,16 +314,7 @@ def test_a_bmc_that_cannot_say_off_never_counts_a_stop_as_done(tmp_path: Path) -
     bmcs[1].silent = True
     bmcs[2].password = "another"
     inventory = Inventory(hosts=(entry("h1", 1), entry("h2", 2), Entry("h3", "10.0.0.3")))
-    assembly = assemble(
-        inventory,
-        db_url=f"sqlite:///{tmp_path / 'cloudha.db'}",
-        clock=FakeClock(1000.0),
-        probe=FakeHypervisorProbe({"h1": True, "h2": True, "h3": True}),
-        gateway=lambda host: (FakeAgentGateway({host.id: True}), None),
-        power_drivers=[driver],
-        directory=Directory(),
-        discover_plugins=False,
-    )
+    assembly = _with_bmcs(inventory, driver, tmp_path)
     try:
         powered_off = assembly.orchestrator.powered_off  # type: ignore[attr-defined]
         assert [powered_off(h) for h in ("h1", "h2", "h3")] == [False, False, False]
@@ -582,16 +579,14 @@ def test_gateways_tell_the_checkers_of_plain_directory_pools_and_ping_over_ssh_o
     known_hosts.write_text("")
     build = _Gateways(InventoryPools())
 
-    @attrs.frozen
-    class Plain(Entry):
-        allow_unmounted: bool = True
-
     found = {}
     for name, entry in {
         "local": Entry("h1", "127.0.0.1", agent="local"),
-        "local plain": Plain("h2", "127.0.0.2", agent="local"),
+        "local plain": Entry("h2", "127.0.0.2", agent="local", allow_unmounted=True),
         "ssh": Entry("h3", "127.0.0.3", ssh=Ssh(known_hosts=str(known_hosts))),
-        "ssh plain": Plain("h4", "127.0.0.4", ssh=Ssh(known_hosts=str(known_hosts))),
+        "ssh plain": Entry(
+            "h4", "127.0.0.4", ssh=Ssh(known_hosts=str(known_hosts)), allow_unmounted=True
+        ),
     }.items():
         gateway, _ = build(entry)
         assert isinstance(gateway, SSHAgentGateway)
